@@ -1,0 +1,42 @@
+/* endpoints.h: the endpoint table, keyed by the host-side veth ifindex. */
+#ifndef PALISADE_ENDPOINTS_H
+#define PALISADE_ENDPOINTS_H
+
+#include "common.h"
+
+#define EP_F_INGRESS_ENFORCED (1U << 0)
+#define EP_F_EGRESS_ENFORCED (1U << 1)
+
+struct endpoint_key {
+	__u32 ifindex; /* host-side veth */
+};
+
+struct endpoint_info {
+	__u32 ep_id;    /* node-local endpoint id, the policy map's scope */
+	__u32 identity; /* numeric security identity of the endpoint's labels */
+	__be32 ipv4;    /* the endpoint's address; other sources are spoofed */
+	__u32 flags;    /* EP_F_* */
+};
+
+/* palisade_endpoints_v1: ifindex -> endpoint_info. Written by palisade-ctrl
+ * before the endpoint's programs are attached; removed after detach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+} palisade_endpoints_v1 SEC(".maps");
+
+static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
+{
+	struct endpoint_key key = { .ifindex = ifindex };
+
+	return bpf_map_lookup_elem(&palisade_endpoints_v1, &key);
+}
+
+static __always_inline int endpoint_enforced(const struct endpoint_info *ep, __u8 dir)
+{
+	return ep->flags & (dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED);
+}
+
+#endif

@@ -1,0 +1,94 @@
+/* policy.h: the per-endpoint policy table and the verdict for a new flow. */
+#ifndef PALISADE_POLICY_H
+#define PALISADE_POLICY_H
+
+#include "common.h"
+#include "drop_reasons.h"
+
+/* Policy key, looked up in an LPM trie. The bytes are ordered from the most
+ * to the least significant for matching: endpoint, peer identity, direction,
+ * protocol, destination port. The prefix always covers endpoint, identity
+ * and direction (72 bits); what it leaves out is wildcarded:
+ *
+ *   prefixlen  72  any protocol, any port      (L3-only rule, protocol ANY)
+ *   prefixlen  80  one protocol, any port      (toPorts with port 0/absent)
+ *   prefixlen  96  one protocol, one port
+ *   prefixlen 81..95  one protocol, a port block (ranges expand to blocks)
+ *
+ * The peer identity cannot be wildcarded by prefix (it sits before the
+ * port), so "any peer" rules are stored under identity 0 and a new flow does
+ * exactly two lookups: one with the peer's identity, one with 0. An explicit
+ * deny found by either lookup wins over any allow; otherwise either allow
+ * admits the flow. The trie makes each lookup cost a function of the key
+ * length, not of the number of rules. dport is big-endian so that port
+ * prefixes are numeric ranges. For ICMP the "port" is the ICMP type. */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 ep_id;
+	__u32 identity;
+	__u8 direction;
+	__u8 proto;
+	__be16 dport;
+};
+
+#define POLICY_F_DENY (1U << 0)
+
+struct policy_entry {
+	__u32 cookie;     /* which rule installed it: (policy index << 16 | rule) */
+	__u16 proxy_port; /* L7 redirect target, 0 = none (later issues) */
+	__u8 flags;       /* POLICY_F_* */
+	__u8 pad;
+};
+
+#define POLICY_PREFIX_BASE 72
+
+/* palisade_policy_v1: one trie for all endpoints, scoped by ep_id. Written
+ * by palisade-ctrl as a difference against what is already installed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+} palisade_policy_v1 SEC(".maps");
+
+struct policy_verdict {
+	int reason;   /* REASON_FORWARDED or -DROP_* */
+	__u32 cookie; /* rule that decided, 0 when none */
+};
+
+static __always_inline struct policy_verdict
+policy_check(__u32 ep_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+{
+	struct policy_key k = {
+		.prefixlen = 96,
+		.ep_id = ep_id,
+		.identity = peer,
+		.direction = dir,
+		.proto = proto,
+		.dport = dport,
+	};
+	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0 };
+	struct policy_entry *by_id, *by_any;
+
+	by_id = bpf_map_lookup_elem(&palisade_policy_v1, &k);
+	k.identity = IDENTITY_ANY;
+	by_any = bpf_map_lookup_elem(&palisade_policy_v1, &k);
+
+	if (by_id && (by_id->flags & POLICY_F_DENY)) {
+		v.reason = -DROP_POLICY_DENY;
+		v.cookie = by_id->cookie;
+	} else if (by_any && (by_any->flags & POLICY_F_DENY)) {
+		v.reason = -DROP_POLICY_DENY;
+		v.cookie = by_any->cookie;
+	} else if (by_id) {
+		v.cookie = by_id->cookie;
+	} else if (by_any) {
+		v.cookie = by_any->cookie;
+	} else if (enforced) {
+		v.reason = -DROP_POLICY;
+	}
+	return v;
+}
+
+#endif
