@@ -72,13 +72,13 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int reason)
 	return TC_ACT_OK;
 }
 
-SEC("tc")
+SEC("tcx/ingress")
 int tc_from_endpoint(struct __sk_buff *skb)
 {
 	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS));
 }
 
-SEC("tc")
+SEC("tcx/egress")
 int tc_to_endpoint(struct __sk_buff *skb)
 {
 	return finish(skb, DIR_INGRESS, verdict(skb, DIR_INGRESS));

@@ -1,0 +1,450 @@
+//! Loading the endpoint object with its maps pinned under one directory, and
+//! typed access to those maps. A second load against the same directory
+//! (a restarted agent) reuses the pinned maps, so the datapath state — and so
+//! every verdict — survives the process.
+use std::{
+    mem::MaybeUninit,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use libbpf_rs::{
+    skel::{OpenSkel, SkelBuilder},
+    MapCore, MapFlags, MapMut, OpenObject, ProgramInput,
+};
+
+use crate::{
+    abi::{self, EndpointSkel, EndpointSkelBuilder, Pod},
+    attach::{self, Hook},
+    maps::{ipcache_host_key, ipcache_lpm_key},
+    Context, Counter, CtEntry, EndpointValue, Error, IpcacheValue, PolicyKey, PolicyValue, Reason,
+    Result,
+};
+
+/// Map sizes and timeouts, fixed at load. Changing a size against existing
+/// pins fails loudly (libbpf refuses to reuse an incompatible map).
+#[derive(Debug, Clone)]
+pub struct DatapathConfig {
+    pub bpf_dir: PathBuf,
+    pub endpoints_max: u32,
+    pub ipcache_max: u32,
+    pub ipcache_lpm_max: u32,
+    pub policy_max: u32,
+    pub ct_max: u32,
+    pub ct_tcp_lifetime_s: u64,
+    pub ct_other_lifetime_s: u64,
+}
+
+impl DatapathConfig {
+    pub fn new(bpf_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            bpf_dir: bpf_dir.into(),
+            endpoints_max: 4096,
+            ipcache_max: 65536,
+            ipcache_lpm_max: 16384,
+            policy_max: 65536,
+            ct_max: 262144,
+            ct_tcp_lifetime_s: 21600,
+            ct_other_lifetime_s: 60,
+        }
+    }
+}
+
+/// The loaded datapath. One per process; it lives as long as the process.
+pub struct Datapath {
+    skel: EndpointSkel<'static>,
+    dir: PathBuf,
+}
+
+/// Pinned file name of each map (also its versioned ABI name).
+pub const MAP_NAMES: [&str; 6] = [
+    "palisade_endpoints_v1",
+    "palisade_ipcache_v1",
+    "palisade_ipcache_lpm_v1",
+    "palisade_policy_v1",
+    "palisade_ct_v1",
+    "palisade_metrics_v1",
+];
+
+impl Datapath {
+    /// Loads the programs; maps are created and pinned under `bpf_dir`, or
+    /// reused if already pinned there.
+    pub fn load(cfg: &DatapathConfig) -> Result<Self> {
+        ensure_bpffs(&cfg.bpf_dir)?;
+        std::fs::create_dir_all(&cfg.bpf_dir)
+            .ctx(|| format!("creating {}", cfg.bpf_dir.display()))?;
+        // The skeleton borrows its storage for its whole life, which here is
+        // the process's: leak one allocation per load.
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = EndpointSkelBuilder::default()
+            .open(storage)
+            .ctx(|| "opening the endpoint BPF object".into())?;
+        let dir = cfg.bpf_dir.clone();
+        {
+            let m = &mut open.maps;
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 6] = [
+                (
+                    &mut m.palisade_endpoints_v1,
+                    MAP_NAMES[0],
+                    Some(cfg.endpoints_max),
+                ),
+                (
+                    &mut m.palisade_ipcache_v1,
+                    MAP_NAMES[1],
+                    Some(cfg.ipcache_max),
+                ),
+                (
+                    &mut m.palisade_ipcache_lpm_v1,
+                    MAP_NAMES[2],
+                    Some(cfg.ipcache_lpm_max),
+                ),
+                (
+                    &mut m.palisade_policy_v1,
+                    MAP_NAMES[3],
+                    Some(cfg.policy_max),
+                ),
+                (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
+                (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
+            ];
+            for (map, name, max) in sized {
+                if let Some(max) = max {
+                    map.set_max_entries(max)
+                        .ctx(|| format!("sizing map {name} to {max}"))?;
+                }
+                map.set_pin_path(dir.join(name))
+                    .ctx(|| format!("setting pin path of {name}"))?;
+            }
+            let ro = m
+                .rodata_data
+                .as_deref_mut()
+                .expect("endpoint object has rodata");
+            ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
+            ro.ct_lifetime_other_ns = cfg.ct_other_lifetime_s * 1_000_000_000;
+        }
+        let skel = open.load().ctx(|| {
+            format!(
+                "loading the endpoint programs with maps pinned in {} (if a map's size or layout changed, \
+                 remove the old pins or use another --bpf-dir)",
+                dir.display()
+            )
+        })?;
+        Ok(Self { skel, dir })
+    }
+
+    pub fn bpf_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Attaches (or re-attaches, atomically) both programs to a host veth.
+    pub fn attach(&self, ifindex: u32, ifname: &str) -> Result<()> {
+        let p = &self.skel.progs;
+        attach::attach_or_update(
+            &p.tc_from_endpoint,
+            ifindex,
+            ifname,
+            &attach::link_pin_path(&self.dir, ifname, Hook::FromEndpoint),
+        )?;
+        attach::attach_or_update(
+            &p.tc_to_endpoint,
+            ifindex,
+            ifname,
+            &attach::link_pin_path(&self.dir, ifname, Hook::ToEndpoint),
+        )
+    }
+
+    /// Whether both links of `ifname` are pinned.
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        [Hook::FromEndpoint, Hook::ToEndpoint]
+            .iter()
+            .all(|h| attach::link_pin_path(&self.dir, ifname, *h).exists())
+    }
+
+    pub fn detach(&self, ifname: &str) -> Result<()> {
+        attach::detach(&attach::link_pin_path(
+            &self.dir,
+            ifname,
+            Hook::FromEndpoint,
+        ))?;
+        attach::detach(&attach::link_pin_path(&self.dir, ifname, Hook::ToEndpoint))
+    }
+
+    // --- endpoints ---
+
+    pub fn endpoint_put(&self, ifindex: u32, v: EndpointValue) -> Result<()> {
+        let k = abi::endpoint_key { ifindex };
+        put(
+            &self.skel.maps.palisade_endpoints_v1,
+            "endpoints",
+            &k,
+            &v.to_abi(),
+        )
+    }
+
+    pub fn endpoint_delete(&self, ifindex: u32) -> Result<()> {
+        del(
+            &self.skel.maps.palisade_endpoints_v1,
+            "endpoints",
+            &abi::endpoint_key { ifindex },
+        )
+    }
+
+    pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>> {
+        dump::<abi::endpoint_key, abi::endpoint_info>(
+            &self.skel.maps.palisade_endpoints_v1,
+            "endpoints",
+        )
+        .map(|v| {
+            v.into_iter()
+                .map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e)))
+                .collect()
+        })
+    }
+
+    // --- ipcache ---
+
+    pub fn ipcache_put(&self, ip: Ipv4Addr, v: IpcacheValue) -> Result<()> {
+        let e = abi::ipcache_entry {
+            identity: v.identity,
+            node_id: v.node_id,
+        };
+        put(
+            &self.skel.maps.palisade_ipcache_v1,
+            "ipcache",
+            &ipcache_host_key(ip),
+            &e,
+        )
+    }
+
+    pub fn ipcache_delete(&self, ip: Ipv4Addr) -> Result<()> {
+        del(
+            &self.skel.maps.palisade_ipcache_v1,
+            "ipcache",
+            &ipcache_host_key(ip),
+        )
+    }
+
+    pub fn ipcache(&self) -> Result<Vec<(Ipv4Addr, IpcacheValue)>> {
+        Ok(dump::<abi::ipcache_host_key, abi::ipcache_entry>(
+            &self.skel.maps.palisade_ipcache_v1,
+            "ipcache",
+        )?
+        .into_iter()
+        .filter(|(k, _)| k.family == 4)
+        .map(|(k, e)| {
+            let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
+            (
+                ip,
+                IpcacheValue {
+                    identity: e.identity,
+                    node_id: e.node_id,
+                },
+            )
+        })
+        .collect())
+    }
+
+    pub fn ipcache_prefix_put(&self, net: Ipv4Addr, prefix: u8, v: IpcacheValue) -> Result<()> {
+        let e = abi::ipcache_entry {
+            identity: v.identity,
+            node_id: v.node_id,
+        };
+        put(
+            &self.skel.maps.palisade_ipcache_lpm_v1,
+            "ipcache_lpm",
+            &ipcache_lpm_key(net, prefix),
+            &e,
+        )
+    }
+
+    // --- policy ---
+
+    pub fn policy_put(&self, k: PolicyKey, v: PolicyValue) -> Result<()> {
+        put(
+            &self.skel.maps.palisade_policy_v1,
+            "policy",
+            &k.to_abi(),
+            &v.to_abi(),
+        )
+    }
+
+    pub fn policy_delete(&self, k: PolicyKey) -> Result<()> {
+        del(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi())
+    }
+
+    pub fn policy(&self) -> Result<Vec<(PolicyKey, PolicyValue)>> {
+        dump::<abi::policy_key, abi::policy_entry>(&self.skel.maps.palisade_policy_v1, "policy")
+            .map(|v| {
+                v.into_iter()
+                    .map(|(k, e)| (PolicyKey::from_abi(&k), PolicyValue::from_abi(&e)))
+                    .collect()
+            })
+    }
+
+    // --- conntrack ---
+
+    pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
+        dump::<abi::ct_key, abi::ct_entry>(&self.skel.maps.palisade_ct_v1, "ct")
+            .map(|v| v.iter().map(|(k, e)| CtEntry::from_abi(k, e)).collect())
+    }
+
+    /// Removes every conntrack entry of one endpoint (on endpoint delete).
+    pub fn conntrack_flush_endpoint(&self, ep_id: u32) -> Result<usize> {
+        let map = &self.skel.maps.palisade_ct_v1;
+        let mut n = 0;
+        for key in map.keys().collect::<Vec<_>>() {
+            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id)
+                && map.delete(&key).is_ok()
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    // --- metrics ---
+
+    /// Non-zero counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<Counter>> {
+        let map = &self.skel.maps.palisade_metrics_v1;
+        let mut out = Vec::new();
+        for reason in Reason::ALL {
+            for direction in [crate::DIR_INGRESS, crate::DIR_EGRESS] {
+                let idx = reason.metrics_index(direction);
+                let per_cpu = map
+                    .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+                    .ctx(|| format!("reading counter {}", reason.description()))?
+                    .unwrap_or_default();
+                let (mut packets, mut bytes) = (0, 0);
+                for b in per_cpu {
+                    if let Some(v) = abi::from_bytes::<abi::metrics_value>(&b) {
+                        packets += v.packets;
+                        bytes += v.bytes;
+                    }
+                }
+                if packets > 0 {
+                    out.push(Counter {
+                        reason,
+                        direction,
+                        packets,
+                        bytes,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // --- BPF_PROG_TEST_RUN ---
+
+    /// Runs one program over `packet` as if it arrived on `ifindex`
+    /// (which must exist in the caller's network namespace). Returns the TC
+    /// verdict and the kernel's average ns per run.
+    pub fn test_run(
+        &self,
+        hook: Hook,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(i32, u64)> {
+        // Built as zeroed bytes: the kernel rejects a context whose unused
+        // fields or padding are not zero.
+        let mut ctx = vec![0u8; size_of::<abi::types::__sk_buff>()];
+        let off = std::mem::offset_of!(abi::types::__sk_buff, ifindex);
+        ctx[off..off + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut input = ProgramInput::default();
+        input.context_in = Some(&mut ctx);
+        input.data_in = Some(packet);
+        input.data_out = Some(&mut out);
+        input.repeat = repeat;
+        let prog = match hook {
+            Hook::FromEndpoint => &self.skel.progs.tc_from_endpoint,
+            Hook::ToEndpoint => &self.skel.progs.tc_to_endpoint,
+        };
+        let o = prog
+            .test_run(input)
+            .ctx(|| format!("BPF_PROG_TEST_RUN of {}", hook.as_str()))?;
+        Ok((o.return_value as i32, o.duration.as_nanos() as u64))
+    }
+
+    /// Deletes every conntrack entry (fixtures start from a known state).
+    pub fn conntrack_clear(&self) -> Result<()> {
+        let map = &self.skel.maps.palisade_ct_v1;
+        for key in map.keys().collect::<Vec<_>>() {
+            let _ = map.delete(&key);
+        }
+        Ok(())
+    }
+
+    /// Removes all entries from every map except metrics (fixtures only).
+    pub fn clear_all(&self) -> Result<()> {
+        let m = &self.skel.maps;
+        for map in [
+            &m.palisade_endpoints_v1,
+            &m.palisade_ipcache_v1,
+            &m.palisade_ipcache_lpm_v1,
+            &m.palisade_policy_v1,
+            &m.palisade_ct_v1,
+        ] {
+            for key in map.keys().collect::<Vec<_>>() {
+                let _ = map.delete(&key);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
+    map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY)
+        .ctx(|| format!("updating map {name}"))
+}
+
+fn del<K: Pod>(map: &MapMut<'_>, name: &'static str, k: &K) -> Result<()> {
+    match map.delete(abi::bytes_of(k)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Libbpf {
+            what: format!("deleting from map {name}"),
+            source,
+        }),
+    }
+}
+
+fn dump<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str) -> Result<Vec<(K, V)>> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let Some(val) = map
+            .lookup(&key, MapFlags::ANY)
+            .ctx(|| format!("reading map {name}"))?
+        else {
+            continue; // deleted since the key was listed
+        };
+        let k = abi::from_bytes::<K>(&key).ok_or(Error::ValueSize {
+            map: name,
+            got: key.len(),
+            expected: size_of::<K>(),
+        })?;
+        let v = abi::from_bytes::<V>(&val).ok_or(Error::ValueSize {
+            map: name,
+            got: val.len(),
+            expected: size_of::<V>(),
+        })?;
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Mounts bpffs at /sys/fs/bpf when the pin directory is not on one.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let root = Path::new("/sys/fs/bpf");
+    if !dir.starts_with(root) {
+        return Ok(()); // the operator chose another bpffs mount; libbpf will say if it is not one
+    }
+    if crate::abi::statfs_magic(root) == Some(BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    crate::abi::mount_bpffs(root)
+        .ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
+}

@@ -1,0 +1,461 @@
+//! The datapath fixture table: each row is a description, an input packet,
+//! the map state it runs against, the expected verdict and the counter that
+//! must move. `tests/fixtures.rs` asserts every row through
+//! BPF_PROG_TEST_RUN; the benchmark (`palisade-bench datapath`) runs the same
+//! rows with a large repeat and reports ns/packet.
+use std::net::Ipv4Addr;
+
+use crate::{
+    attach::Hook, identity, Datapath, EndpointValue, IpcacheValue, PolicyKey, PolicyValue, Reason,
+    Result, DIR_EGRESS, DIR_INGRESS,
+};
+
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// The fixture endpoint sits on ifindex 1 (`lo`, present in every netns).
+pub const EP_IFINDEX: u32 = 1;
+pub const EP_ID: u32 = 11;
+pub const EP_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub const EP_IDENTITY: u32 = 300;
+pub const FRONTEND_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2); // identity 301
+pub const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3); // identity 302
+pub const BLOCKED_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4); // identity 303
+pub const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5); // identity 304
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7); // not in ipcache: WORLD
+
+/// Installs the fixture state: one enforced endpoint and its rules.
+///   ingress: 301 TCP/8080; any UDP/53; any TCP/9090 but deny 303 (all);
+///            304 TCP every port; 301 TCP 5000-5999
+///   egress:  301 every protocol; 302 TCP/443
+pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
+    dp.clear_all()?;
+    dp.endpoint_put(
+        EP_IFINDEX,
+        EndpointValue {
+            ep_id: EP_ID,
+            identity: EP_IDENTITY,
+            ipv4: EP_IP,
+            flags: ep_flags,
+        },
+    )?;
+    for (ip, id) in [
+        (EP_IP, EP_IDENTITY),
+        (FRONTEND_IP, 301),
+        (OTHER_IP, 302),
+        (BLOCKED_IP, 303),
+        (ADMIN_IP, 304),
+    ] {
+        dp.ipcache_put(
+            ip,
+            IpcacheValue {
+                identity: id,
+                node_id: 0,
+            },
+        )?;
+    }
+    dp.ipcache_prefix_put(
+        Ipv4Addr::UNSPECIFIED,
+        0,
+        IpcacheValue {
+            identity: identity::WORLD,
+            node_id: 0,
+        },
+    )?;
+    let allow = |cookie| PolicyValue {
+        cookie,
+        proxy_port: 0,
+        deny: false,
+    };
+    let key = |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey {
+        ep_id: EP_ID,
+        identity,
+        direction,
+        proto,
+        port,
+        port_bits,
+    };
+    dp.policy_put(key(301, DIR_INGRESS, Some(6), 8080, 16), allow(1))?;
+    dp.policy_put(key(0, DIR_INGRESS, Some(17), 53, 16), allow(2))?;
+    dp.policy_put(key(0, DIR_INGRESS, Some(6), 9090, 16), allow(3))?;
+    dp.policy_put(
+        key(303, DIR_INGRESS, None, 0, 0),
+        PolicyValue {
+            cookie: 4,
+            proxy_port: 0,
+            deny: true,
+        },
+    )?;
+    dp.policy_put(key(304, DIR_INGRESS, Some(6), 0, 0), allow(5))?;
+    for (port, bits) in PolicyKey::port_blocks(5000, 5999) {
+        dp.policy_put(key(301, DIR_INGRESS, Some(6), port, bits), allow(6))?;
+    }
+    dp.policy_put(key(301, DIR_EGRESS, None, 0, 0), allow(7))?;
+    dp.policy_put(key(302, DIR_EGRESS, Some(6), 443, 16), allow(8))?;
+    Ok(())
+}
+
+pub const ENFORCED: u32 = EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED;
+
+pub struct Fixture {
+    pub name: &'static str,
+    pub hook: Hook,
+    pub packet: Vec<u8>,
+    /// Endpoint flags for this row (enforcement per direction).
+    pub ep_flags: u32,
+    /// Packets run first (same state, CT kept) to set up e.g. a connection.
+    pub prime: Vec<(Hook, Vec<u8>)>,
+    pub verdict: i32,
+    pub reason: Reason,
+}
+
+impl Fixture {
+    pub fn direction(&self) -> u8 {
+        match self.hook {
+            Hook::FromEndpoint => DIR_EGRESS,
+            Hook::ToEndpoint => DIR_INGRESS,
+        }
+    }
+}
+
+// --- packet builders (Ethernet + IPv4 + L4; checksums are not checked) ---
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+pub struct Ip {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ihl: u8,
+    pub frag: u16,
+    /// Override of the total-length field (for lies).
+    pub tot_len: Option<u16>,
+}
+
+impl Ip {
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            ihl: 5,
+            frag: 0,
+            tot_len: None,
+        }
+    }
+
+    pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
+        let mut p = eth(0x0800);
+        let hlen = usize::from(self.ihl) * 4;
+        let tot = self.tot_len.unwrap_or((hlen.max(20) + l4.len()) as u16);
+        p.push(0x40 | (self.ihl & 0xf));
+        p.push(0);
+        p.extend_from_slice(&tot.to_be_bytes());
+        p.extend_from_slice(&[0x12, 0x34]);
+        p.extend_from_slice(&self.frag.to_be_bytes());
+        p.extend_from_slice(&[64, self.proto, 0, 0]);
+        p.extend_from_slice(&self.src.octets());
+        p.extend_from_slice(&self.dst.octets());
+        p.resize(14 + hlen.max(20), 0x01); // options: NOPs
+        p.extend_from_slice(l4);
+        p
+    }
+}
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut p = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    p.extend_from_slice(&ethertype.to_be_bytes());
+    p
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+pub fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::with_capacity(12);
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 12, 0, 0, b'p', b'i', b'n', b'g']);
+    u
+}
+
+pub fn icmp_echo(id: u16) -> Vec<u8> {
+    let mut i = vec![8, 0, 0, 0];
+    i.extend_from_slice(&id.to_be_bytes());
+    i.extend_from_slice(&[0, 1]);
+    i
+}
+
+pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> {
+    Ip::new(src, dst, 6).packet(&tcp(sport, dport, TCP_SYN))
+}
+
+/// The fixture table.
+pub fn table() -> Vec<Fixture> {
+    use Hook::{FromEndpoint as From, ToEndpoint as To};
+    use Reason::*;
+    let row = |name, hook, packet, verdict, reason| Fixture {
+        name,
+        hook,
+        packet,
+        ep_flags: ENFORCED,
+        prime: vec![],
+        verdict,
+        reason,
+    };
+    let ok = TC_ACT_OK;
+    let shot = TC_ACT_SHOT;
+    let mut rows = vec![
+        row(
+            "new flow allowed (identity + port)",
+            To,
+            tcp_syn(FRONTEND_IP, EP_IP, 40000, 8080),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "new flow denied (no rule for identity)",
+            To,
+            tcp_syn(OTHER_IP, EP_IP, 40000, 8080),
+            shot,
+            Policy,
+        ),
+        row(
+            "new flow denied (wrong port)",
+            To,
+            tcp_syn(FRONTEND_IP, EP_IP, 40000, 8081),
+            shot,
+            Policy,
+        ),
+        row(
+            "wildcard identity (world → UDP/53)",
+            To,
+            Ip::new(WORLD_IP, EP_IP, 17).packet(&udp(5353, 53)),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "wildcard port (304 → any TCP port)",
+            To,
+            tcp_syn(ADMIN_IP, EP_IP, 40000, 12345),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "port range 5000-5999 (5999)",
+            To,
+            tcp_syn(FRONTEND_IP, EP_IP, 40000, 5999),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "port range 5000-5999 (6000)",
+            To,
+            tcp_syn(FRONTEND_IP, EP_IP, 40000, 6000),
+            shot,
+            Policy,
+        ),
+        row(
+            "deny rule wins over wildcard allow",
+            To,
+            tcp_syn(BLOCKED_IP, EP_IP, 40000, 9090),
+            shot,
+            PolicyDeny,
+        ),
+        row(
+            "L3-only egress allow (ICMP echo)",
+            From,
+            Ip::new(EP_IP, FRONTEND_IP, 1).packet(&icmp_echo(7)),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "ICMP echo with no rule",
+            To,
+            Ip::new(OTHER_IP, EP_IP, 1).packet(&icmp_echo(7)),
+            shot,
+            Policy,
+        ),
+        row(
+            "spoofed source address",
+            From,
+            tcp_syn(OTHER_IP, FRONTEND_IP, 40000, 80),
+            shot,
+            SpoofedSource,
+        ),
+        row(
+            "non-IP (ARP) passes",
+            To,
+            {
+                let mut p = eth(0x0806);
+                p.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+                p.resize(42, 0);
+                p
+            },
+            ok,
+            Forwarded,
+        ),
+        row(
+            "IPv6 in an enforced direction",
+            To,
+            {
+                let mut p = eth(0x86dd);
+                p.resize(54 + 20, 0);
+                p[14] = 0x60;
+                p
+            },
+            shot,
+            UnsupportedL3,
+        ),
+        // (An IPv4 header shorter than 20 bytes cannot be fed to
+        // BPF_PROG_TEST_RUN: the kernel refuses it before the program runs.)
+        row(
+            "IHL claims 60 bytes, packet has 20",
+            To,
+            {
+                let mut p = Ip::new(FRONTEND_IP, EP_IP, 6).packet(&[]);
+                p[14] = 0x4f;
+                p
+            },
+            shot,
+            Invalid,
+        ),
+        row(
+            "IHL below 5",
+            To,
+            {
+                let mut p = tcp_syn(FRONTEND_IP, EP_IP, 40000, 8080);
+                p[14] = 0x44;
+                p
+            },
+            shot,
+            Invalid,
+        ),
+        row(
+            "total length longer than packet",
+            To,
+            Ip {
+                tot_len: Some(1400),
+                ..Ip::new(FRONTEND_IP, EP_IP, 6)
+            }
+            .packet(&tcp(40000, 8080, TCP_SYN)),
+            shot,
+            Invalid,
+        ),
+        row(
+            "TCP header cut short",
+            To,
+            {
+                let mut p = tcp_syn(FRONTEND_IP, EP_IP, 40000, 8080);
+                p.truncate(14 + 20 + 10);
+                p[17] = 30; // tot_len = 30: IP says 10 bytes of TCP
+                p
+            },
+            shot,
+            Invalid,
+        ),
+        row(
+            "IP options are skipped (IHL 6)",
+            To,
+            Ip {
+                ihl: 6,
+                ..Ip::new(FRONTEND_IP, EP_IP, 6)
+            }
+            .packet(&tcp(40000, 8080, TCP_SYN)),
+            ok,
+            Forwarded,
+        ),
+        row(
+            "fragment in an enforced direction",
+            To,
+            Ip {
+                frag: 0x2000,
+                ..Ip::new(FRONTEND_IP, EP_IP, 17)
+            }
+            .packet(&udp(1, 53)),
+            shot,
+            FragNoSupport,
+        ),
+    ];
+    rows.push(Fixture {
+        name: "reply after allowed egress (ingress has no rule)",
+        hook: To,
+        packet: Ip::new(OTHER_IP, EP_IP, 6).packet(&tcp(443, 40001, TCP_SYN | TCP_ACK)),
+        ep_flags: ENFORCED,
+        prime: vec![(From, tcp_syn(EP_IP, OTHER_IP, 40001, 443))],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows.push(Fixture {
+        name: "established flow (conntrack hit)",
+        hook: To,
+        packet: Ip::new(FRONTEND_IP, EP_IP, 6).packet(&tcp(40002, 8080, TCP_ACK)),
+        ep_flags: ENFORCED,
+        prime: vec![(To, tcp_syn(FRONTEND_IP, EP_IP, 40002, 8080))],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows.push(Fixture {
+        name: "unenforced direction passes without a rule",
+        hook: To,
+        packet: tcp_syn(OTHER_IP, EP_IP, 40000, 8080),
+        ep_flags: EndpointValue::EGRESS_ENFORCED,
+        prime: vec![],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows
+}
+
+/// Runs one row once against fresh state; returns (verdict, reason counter delta).
+pub fn run_once(dp: &Datapath, f: &Fixture) -> Result<(i32, u64)> {
+    install_state(dp, f.ep_flags)?;
+    for (hook, p) in &f.prime {
+        dp.test_run(*hook, EP_IFINDEX, p, 1)?;
+    }
+    let before = counter(dp, f.reason, f.direction())?;
+    let (verdict, _) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
+    Ok((verdict, counter(dp, f.reason, f.direction())? - before))
+}
+
+fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
+    Ok(dp
+        .counters()?
+        .iter()
+        .filter(|c| c.reason == reason && c.direction == direction)
+        .map(|c| c.packets)
+        .sum())
+}
+
+/// ns/packet of a row: `repeat` runs in the kernel. Rows that create a
+/// conntrack entry are timed as single runs with the entry removed between
+/// them (otherwise every repeat after the first measures the established
+/// path); the median of `samples` single runs is returned for those.
+pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize) -> Result<f64> {
+    install_state(dp, f.ep_flags)?;
+    for (hook, p) in &f.prime {
+        dp.test_run(*hook, EP_IFINDEX, p, 1)?;
+    }
+    let creates_ct = f.prime.is_empty()
+        && f.verdict == TC_ACT_OK
+        && f.packet.len() >= 34
+        && f.packet[12..14] == [0x08, 0x00];
+    if !creates_ct {
+        let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, repeat)?;
+        return Ok(ns as f64);
+    }
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        dp.conntrack_clear()?;
+        let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
+        v.push(ns as f64);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}

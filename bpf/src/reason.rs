@@ -1,0 +1,111 @@
+//! The Rust side of `bpf/lib/drop_reasons.h`: the one place reason codes are
+//! turned into names, for counters, status and (later) flows.
+
+/// A verdict reason. Codes are the C `DROP_*` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    Forwarded,
+    Policy,
+    PolicyDeny,
+    Invalid,
+    FragNoSupport,
+    SpoofedSource,
+    UnsupportedL3,
+    NoEndpoint,
+}
+
+/// `REASON_BASE` in C: metrics index = code - BASE.
+pub const REASON_BASE: u32 = 128;
+/// `REASON_MAX` in C: reasons per direction in the metrics map.
+pub const REASON_MAX: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; 8] = [
+        Reason::Forwarded,
+        Reason::Policy,
+        Reason::PolicyDeny,
+        Reason::Invalid,
+        Reason::FragNoSupport,
+        Reason::SpoofedSource,
+        Reason::UnsupportedL3,
+        Reason::NoEndpoint,
+    ];
+
+    pub fn code(self) -> u32 {
+        match self {
+            Reason::Forwarded => 128,
+            Reason::Policy => 133,
+            Reason::PolicyDeny => 134,
+            Reason::Invalid => 135,
+            Reason::FragNoSupport => 136,
+            Reason::SpoofedSource => 137,
+            Reason::UnsupportedL3 => 138,
+            Reason::NoEndpoint => 139,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Cilium's wording where Cilium has the reason.
+    pub fn description(self) -> &'static str {
+        match self {
+            Reason::Forwarded => "Forwarded",
+            Reason::Policy => "Policy denied",
+            Reason::PolicyDeny => "Policy denied by denylist",
+            Reason::Invalid => "Invalid packet",
+            Reason::FragNoSupport => "Fragmented packet in enforced direction",
+            Reason::SpoofedSource => "Invalid source ip",
+            Reason::UnsupportedL3 => "Unsupported L3 protocol",
+            Reason::NoEndpoint => "No endpoint for interface",
+        }
+    }
+
+    pub fn is_drop(self) -> bool {
+        self != Reason::Forwarded
+    }
+
+    /// Index of (reason, direction) in `palisade_metrics_v1`.
+    pub fn metrics_index(self, direction: u8) -> u32 {
+        (self.code() - REASON_BASE) * 2 + u32::from(direction & 1)
+    }
+}
+
+/// A counter summed over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counter {
+    pub reason: Reason,
+    pub direction: u8,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every code in the C header decodes, and fits the metrics map.
+    #[test]
+    fn table_matches_c_header() {
+        let header = include_str!("../lib/drop_reasons.h");
+        for line in header
+            .lines()
+            .filter(|l| l.starts_with("#define DROP_") || l.starts_with("#define REASON_FORWARDED"))
+        {
+            let code: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+            let r = Reason::from_code(code)
+                .unwrap_or_else(|| panic!("code {code} from `{line}` has no Reason"));
+            assert!(r.metrics_index(1) < REASON_MAX * 2);
+        }
+        assert!(header.contains(&format!("#define REASON_MAX {REASON_MAX} ")));
+        assert_eq!(
+            Reason::ALL.len(),
+            header
+                .lines()
+                .filter(|l| l.starts_with("#define DROP_"))
+                .count()
+                + 1
+        );
+    }
+}
