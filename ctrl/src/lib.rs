@@ -1,1 +1,14 @@
-//! placeholder
+//! palisade-ctrl: the node agent (policy compiler, identity allocator,
+//! endpoint plumbing, datapath owner) and the `palisade` CLI, as a library
+//! with two thin binaries.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod compile;
+pub mod daemon;
+pub mod identity;
+pub mod netplumb;
+pub mod state;
+pub mod view;

@@ -1,0 +1,76 @@
+//! palisade-ctrl's configuration and main loop.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use palisade_bpf::DatapathConfig;
+
+use crate::daemon::{Config, Daemon};
+
+#[derive(Parser, Debug)]
+#[command(name = "palisade-ctrl", version, about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI")]
+pub struct Args {
+    /// bpffs directory for pinned maps and links.
+    #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
+    pub bpf_dir: PathBuf,
+    /// Directory for durable state (endpoints, policies, identities).
+    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+    pub state_dir: PathBuf,
+    /// API socket (root only).
+    #[arg(long, env = "PALISADE_SOCKET", default_value = crate::cli::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Pod CIDR to allocate endpoint addresses from.
+    #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16")]
+    pub pod_cidr: String,
+    /// Size of the policy map (entries, all endpoints together).
+    #[arg(long, default_value_t = 65536)]
+    pub policy_map_size: u32,
+    /// Size of the conntrack map (LRU).
+    #[arg(long, default_value_t = 262144)]
+    pub ct_map_size: u32,
+    /// Size of the ipcache host-address map.
+    #[arg(long, default_value_t = 65536)]
+    pub ipcache_map_size: u32,
+    /// Maximum number of endpoints.
+    #[arg(long, default_value_t = 4096)]
+    pub endpoint_map_size: u32,
+}
+
+/// A configuration error: the process exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
+    let bad = || ConfigError(format!("--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"));
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&len) {
+        return Err(bad());
+    }
+    Ok((ip, len))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let pod_cidr = parse_cidr(&a.pod_cidr)?;
+    if !a.bpf_dir.is_absolute() || !a.state_dir.is_absolute() {
+        return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
+    }
+    let mut dp = DatapathConfig::new(&a.bpf_dir);
+    dp.policy_max = a.policy_map_size;
+    dp.ct_max = a.ct_map_size;
+    dp.ipcache_max = a.ipcache_map_size;
+    dp.endpoints_max = a.endpoint_map_size;
+    let cfg = Config { state_dir: a.state_dir, socket: a.socket.clone(), pod_cidr, datapath: dp };
+    let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
+    let daemon = Arc::new(Mutex::new(daemon));
+    crate::api::serve(&a.socket, move |req| {
+        let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        d.handle(req)
+    })
+}

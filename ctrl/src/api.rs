@@ -1,0 +1,106 @@
+//! The agent's API: one JSON request and one JSON response per connection
+//! on a root-only unix socket. The CLI is its only client today; the shapes
+//! here are what `-o json` prints.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    os::unix::net::UnixStream,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    EndpointAdd { name: String, netns: String, ip: Option<Ipv4Addr>, labels: BTreeMap<String, String> },
+    EndpointDelete { name: String },
+    EndpointList,
+    EndpointGet { name: String },
+    /// The CLI reads the file and sends its text, so errors name the file.
+    PolicyApply { file: String, text: String },
+    PolicyDelete { names: Vec<String> },
+    PolicyGet { name: Option<String> },
+    PolicyTrace { src: String, dst: String, proto: u8, dport: u16 },
+    IdentityList,
+    IdentityGet { id: u32 },
+    BpfPolicyGet { endpoint: String },
+    BpfCtList,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// Sends one request to the agent at `socket` and returns its data, or its
+/// error as an `Err`.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to palisade-ctrl at {} (is it running? set --socket or PALISADE_SOCKET)",
+            socket.display()
+        )
+    })?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).context("sending request to palisade-ctrl")?;
+    let mut resp = String::new();
+    BufReader::new(s).read_line(&mut resp).context("reading reply from palisade-ctrl")?;
+    if resp.is_empty() {
+        anyhow::bail!("palisade-ctrl closed the connection without a reply (did it crash? see its log)");
+    }
+    let r: Response = serde_json::from_str(&resp).context("decoding reply from palisade-ctrl")?;
+    match (r.ok, r.error) {
+        (true, _) => Ok(r.data),
+        (false, e) => Err(anyhow::anyhow!(e.unwrap_or_else(|| "unknown error".into()))),
+    }
+}
+
+/// Serves requests: `handle` runs under the caller's lock, one at a time.
+pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value> + Send + Sync + 'static) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            anyhow::bail!("another palisade-ctrl is serving {}", socket.display());
+        }
+        std::fs::remove_file(socket)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    tracing::info!(socket = %socket.display(), "serving the palisade API");
+    let handle = std::sync::Arc::new(handle);
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let handle = handle.clone();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(&conn);
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                return;
+            }
+            let resp = match serde_json::from_str::<Request>(&line) {
+                Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null },
+                Ok(req) => match handle(req) {
+                    Ok(data) => Response { ok: true, error: None, data },
+                    Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
+                },
+            };
+            let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+            out.push(b'\n');
+            let _ = (&conn).write_all(&out);
+        });
+    }
+    Ok(())
+}

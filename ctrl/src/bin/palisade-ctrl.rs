@@ -1,0 +1,15 @@
+//! `palisade-ctrl`: the node agent. Loads the datapath, restores state and
+//! serves the API; exits 64 on bad configuration.
+use clap::Parser;
+
+fn main() {
+    let args = palisade_ctrl::agent::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = palisade_ctrl::agent::run(args) {
+        eprintln!("palisade-ctrl: {e:#}");
+        std::process::exit(e.downcast_ref::<palisade_ctrl::agent::ConfigError>().map_or(1, |_| 64));
+    }
+}

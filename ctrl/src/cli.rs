@@ -1,0 +1,390 @@
+//! The `palisade` command line: a client of the agent's socket, except
+//! `policy validate`, which runs offline. Tables by default, `-o json` for
+//! scripts (the JSON is the API's answer, unchanged).
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::api::{call, Request};
+
+pub const DEFAULT_SOCKET: &str = "/run/palisade/ctrl.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
+pub struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Agent and datapath status, with verdict counters.
+    Status,
+    /// Manage endpoints (pods): create their interfaces and put them under policy.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
+    /// Apply, inspect, validate and trace policies.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    /// Security identities (label sets and their numbers).
+    #[command(subcommand)]
+    Identity(IdentityCmd),
+    /// What the BPF maps hold.
+    #[command(subcommand)]
+    Bpf(BpfCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EndpointCmd {
+    /// Create an endpoint in an existing network namespace: veth pair, address,
+    /// routes, BPF programs and policy, all in place before this returns.
+    Add {
+        /// NAMESPACE/POD (a bare POD is in namespace "default").
+        name: String,
+        /// Network namespace of the pod (as in /run/netns).
+        #[arg(long)]
+        netns: String,
+        /// IPv4 address; allocated from the node's pod CIDR when omitted.
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// Labels, e.g. app=frontend,tier=web.
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// Remove an endpoint and its interfaces.
+    #[command(alias = "del", alias = "rm")]
+    Delete { name: String },
+    /// List endpoints.
+    #[command(alias = "ls")]
+    List,
+    /// Show one endpoint.
+    Get { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Apply policy files (several YAML documents per file allowed). A file
+    /// with any error changes nothing.
+    Apply {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Delete policies by name, or those a file defines.
+    #[command(alias = "del", alias = "rm")]
+    Delete {
+        /// Policy names (NAME or NAMESPACE/NAME).
+        names: Vec<String>,
+        /// Namespace for bare names.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'f', long = "file")]
+        files: Vec<PathBuf>,
+    },
+    /// List policies, or show one as applied.
+    Get {
+        name: Option<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Check policy files offline (no agent needed); exits 1 on the first error.
+    Validate {
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Which rule decides a connection between two endpoints, from the
+    /// entries the datapath holds.
+    Trace {
+        /// Source endpoint NAMESPACE/POD.
+        #[arg(long)]
+        src: String,
+        /// Destination endpoint NAMESPACE/POD.
+        #[arg(long)]
+        dst: String,
+        /// PORT/PROTOCOL, e.g. 8080/TCP, 53/UDP, 0/ICMP (PORT alone means TCP).
+        #[arg(long)]
+        dport: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IdentityCmd {
+    /// List identities.
+    #[command(alias = "ls")]
+    List,
+    /// Show one identity.
+    Get { id: u32 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfCmd {
+    /// Policy map contents.
+    #[command(subcommand)]
+    Policy(BpfPolicyCmd),
+    /// Conntrack map contents.
+    #[command(subcommand)]
+    Ct(BpfCtCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfPolicyCmd {
+    /// Entries of one endpoint, with identities resolved to labels.
+    Get { endpoint: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfCtCmd {
+    /// Tracked connections.
+    List,
+}
+
+/// Parses `8080/TCP`, `53/udp`, `8080` (TCP).
+pub fn parse_port_proto(s: &str) -> Result<(u16, u8)> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
+    let port: u16 = port.parse().with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
+    let p = palisade_policy::Protocol::parse(proto)
+        .and_then(|p| p.number())
+        .with_context(|| format!("--dport {s:?}: {proto:?} is not TCP, UDP, SCTP or ICMP"))?;
+    Ok((port, p))
+}
+
+fn with_ns(name: &str, ns: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{ns}/{name}")
+    }
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let json = cli.output == Output::Json;
+    let sock = cli.socket.clone();
+    let req = |r: Request| call(&sock, &r);
+    match cli.cmd {
+        Cmd::Status => {
+            let v = req(Request::Status)?;
+            print_or(json, &v, || status_text(&v))
+        }
+        Cmd::Endpoint(EndpointCmd::Add { name, netns, ip, labels }) => {
+            let labels: BTreeMap<String, String> =
+                palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+            let v = req(Request::EndpointAdd { name, netns, ip, labels })?;
+            print_or(json, &v, || format!("endpoint {} created: id {}, identity {}, {} on {} (netns {})\n", s(&v["name"]), v["id"], v["identity"], s(&v["ipv4"]), s(&v["interface"]), s(&v["netns"])))
+        }
+        Cmd::Endpoint(EndpointCmd::Delete { name }) => {
+            let v = req(Request::EndpointDelete { name })?;
+            print_or(json, &v, || format!("endpoint {} deleted\n", s(&v["deleted"])))
+        }
+        Cmd::Endpoint(EndpointCmd::List) => {
+            let v = req(Request::EndpointList)?;
+            print_or(json, &v, || endpoint_table(&v))
+        }
+        Cmd::Endpoint(EndpointCmd::Get { name }) => {
+            let v = req(Request::EndpointGet { name })?;
+            print_or(json, &v, || endpoint_table(&Value::Array(vec![v.clone()])))
+        }
+        Cmd::Policy(PolicyCmd::Apply { files }) => {
+            // Validate every file before sending any, so a bad second file
+            // does not leave the first applied.
+            let texts: Vec<(String, String)> = files.iter().map(|f| Ok((f.display().to_string(), read(f)?))).collect::<Result<_>>()?;
+            for (name, text) in &texts {
+                palisade_policy::parse_policies(name, text)?;
+            }
+            let mut all = Vec::new();
+            for (file, text) in texts {
+                all.push(req(Request::PolicyApply { file, text })?);
+            }
+            let v = Value::Array(all);
+            print_or(json, &v, || {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|r| r["applied"].as_array().cloned().unwrap_or_default())
+                    .map(|a| format!("policy {} {}\n", s(&a["policy"]), s(&a["status"])))
+                    .collect()
+            })
+        }
+        Cmd::Policy(PolicyCmd::Delete { names, namespace, files }) => {
+            let mut all: Vec<String> = names.iter().map(|n| with_ns(n, &namespace)).collect();
+            for f in &files {
+                for p in palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)? {
+                    all.push(p.key());
+                }
+            }
+            if all.is_empty() {
+                bail!("name the policies to delete, or give -f FILE");
+            }
+            let v = req(Request::PolicyDelete { names: all })?;
+            print_or(json, &v, || v["deleted"].as_array().into_iter().flatten().map(|n| format!("policy {} deleted\n", s(n))).collect())
+        }
+        Cmd::Policy(PolicyCmd::Get { name, namespace }) => {
+            let v = req(Request::PolicyGet { name: name.map(|n| with_ns(&n, &namespace)) })?;
+            if v.is_array() {
+                print_or(json, &v, || policy_table(&v))
+            } else {
+                print_or(json, &v, || serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+            }
+        }
+        Cmd::Policy(PolicyCmd::Validate { files }) => {
+            let mut out = Vec::new();
+            for f in &files {
+                let ps = palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)?;
+                for p in ps {
+                    out.push(serde_json::json!({ "file": f.display().to_string(), "policy": p.key(), "rules": p.rules.len(), "valid": true }));
+                }
+            }
+            let v = Value::Array(out);
+            print_or(json, &v, || v.as_array().into_iter().flatten().map(|p| format!("{}: {} valid ({} rule(s))\n", s(&p["file"]), s(&p["policy"]), p["rules"])).collect())
+        }
+        Cmd::Policy(PolicyCmd::Trace { src, dst, dport }) => {
+            let (port, proto) = parse_port_proto(&dport)?;
+            let v = req(Request::PolicyTrace { src, dst, proto, dport: port })?;
+            print_or(json, &v, || v["lines"].as_array().into_iter().flatten().map(|l| format!("{}\n", s(l))).collect())
+        }
+        Cmd::Identity(IdentityCmd::List) => {
+            let v = req(Request::IdentityList)?;
+            print_or(json, &v, || identity_table(&v))
+        }
+        Cmd::Identity(IdentityCmd::Get { id }) => {
+            let v = req(Request::IdentityGet { id })?;
+            print_or(json, &v, || identity_table(&Value::Array(vec![v.clone()])))
+        }
+        Cmd::Bpf(BpfCmd::Policy(BpfPolicyCmd::Get { endpoint })) => {
+            let v = req(Request::BpfPolicyGet { endpoint })?;
+            print_or(json, &v, || bpf_policy_table(&v))
+        }
+        Cmd::Bpf(BpfCmd::Ct(BpfCtCmd::List)) => {
+            let v = req(Request::BpfCtList)?;
+            print_or(json, &v, || {
+                table(
+                    &["ENDPOINT", "PROTO", "LOCAL", "REMOTE", "ORIGIN", "AGE(s)", "IDLE(s)"],
+                    v.as_array().into_iter().flatten().map(|c| {
+                        vec![s(&c["endpoint"]), s(&c["protocol"]), s(&c["local"]), s(&c["remote"]), s(&c["origin"]), c["age_s"].to_string(), c["idle_s"].to_string()]
+                    }),
+                )
+            })
+        }
+    }
+}
+
+fn print_or(json: bool, v: &Value, text: impl FnOnce() -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(x) => x.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn joined(v: &Value) -> String {
+    v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_else(|| s(v))
+}
+
+/// A plain aligned table.
+pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut w: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| -> String {
+        let mut l = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("   ");
+        l.truncate(l.trim_end().len());
+        l + "\n"
+    };
+    let mut out = line(head.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        out += &line(r);
+    }
+    out
+}
+
+fn endpoint_table(v: &Value) -> String {
+    table(
+        &["ENDPOINT", "ID", "IDENTITY", "IPV4", "INGRESS-ENFORCEMENT", "EGRESS-ENFORCEMENT", "STATE", "LABELS"],
+        v.as_array().into_iter().flatten().map(|e| {
+            vec![
+                s(&e["name"]),
+                s(&e["id"]),
+                s(&e["identity"]),
+                s(&e["ipv4"]),
+                s(&e["policy"]["ingress"]),
+                s(&e["policy"]["egress"]),
+                s(&e["state"]),
+                joined(&e["labels"]),
+            ]
+        }),
+    )
+}
+
+fn identity_table(v: &Value) -> String {
+    table(
+        &["ID", "LABELS", "ENDPOINTS"],
+        v.as_array().into_iter().flatten().map(|i| vec![s(&i["id"]), joined(&i["labels"]), joined(&i["endpoints"])]),
+    )
+}
+
+fn policy_table(v: &Value) -> String {
+    table(
+        &["NAMESPACE", "NAME", "KIND", "RULES", "ENDPOINTS"],
+        v.as_array().into_iter().flatten().map(|p| vec![s(&p["namespace"]), s(&p["name"]), s(&p["kind"]), s(&p["rules"]), joined(&p["endpoints"])]),
+    )
+}
+
+fn bpf_policy_table(v: &Value) -> String {
+    let mut out = format!(
+        "endpoint {} (id {}, identity {}): ingress {}, egress {}\n",
+        s(&v["endpoint"]),
+        v["id"],
+        v["identity"],
+        if v["ingress_enforced"] == true { "enforced" } else { "not enforced" },
+        if v["egress_enforced"] == true { "enforced" } else { "not enforced" },
+    );
+    out += &table(
+        &["DIRECTION", "VERDICT", "IDENTITY", "LABELS", "PROTO", "PORT", "POLICY", "RULE"],
+        v["entries"].as_array().into_iter().flatten().map(|e| {
+            vec![s(&e["direction"]), s(&e["verdict"]), s(&e["identity"]), joined(&e["labels"]), s(&e["protocol"]), s(&e["port"]), s(&e["policy"]), s(&e["rule"])]
+        }),
+    );
+    out
+}
+
+fn status_text(v: &Value) -> String {
+    let mut out = format!(
+        "Mode:          {}\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\n\nCounters:\n",
+        s(&v["mode"]), s(&v["version"]), v["uptime_s"], s(&v["bpf_dir"]), s(&v["attach"]), s(&v["state_dir"]), s(&v["socket"]), s(&v["pod_cidr"]),
+        v["endpoints"], v["identities"], v["policies"], v["policy_map_entries"], v["ipcache_entries"], v["conntrack_entries"],
+    );
+    out += &table(
+        &["DIRECTION", "REASON", "PACKETS", "BYTES"],
+        v["counters"].as_array().into_iter().flatten().map(|c| vec![s(&c["direction"]), s(&c["reason"]), s(&c["packets"]), s(&c["bytes"])]),
+    );
+    out
+}

@@ -1,0 +1,401 @@
+//! The node agent: owns the datapath maps, the endpoint plumbing and the
+//! durable state, and keeps the three consistent. Every mutation follows one
+//! order: validate (changes nothing on error) → persist → apply the
+//! difference to the maps → return. On start it rebuilds from the state file
+//! and the pinned maps, applying only what differs, so a restart changes no
+//! verdict and cuts no established flow.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+};
+
+use anyhow::{bail, Context, Result};
+use palisade_bpf::{Datapath, DatapathConfig, EndpointValue, IpcacheValue};
+use palisade_policy::{parse_policies, Labels};
+use serde_json::{json, Value};
+
+use crate::{
+    api::Request,
+    compile::{self, Compiled},
+    netplumb,
+    state::{Endpoint, StateFile, Store},
+    view,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub pod_cidr: (Ipv4Addr, u8),
+    pub datapath: DatapathConfig,
+}
+
+pub struct Daemon {
+    pub(crate) cfg: Config,
+    pub(crate) dp: Datapath,
+    state: StateFile,
+    pub(crate) store: Store,
+    /// What the policy map and endpoint flags hold, per endpoint id.
+    installed: BTreeMap<u32, Compiled>,
+    pub(crate) started_unix: u64,
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Daemon {
+    pub fn start(cfg: Config) -> Result<Self> {
+        netplumb::prepare_node()?;
+        let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
+        let state = StateFile::new(&cfg.state_dir)?;
+        let store = state.load()?;
+        let mut d = Self { cfg, dp, state, store, installed: BTreeMap::new(), started_unix: now_unix() };
+        d.read_installed()?;
+        d.reconcile_endpoints()?;
+        d.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
+        let stats = d.sync()?;
+        tracing::info!(
+            endpoints = d.store.endpoints.len(),
+            policies = d.store.policies.len(),
+            put = stats.0,
+            deleted = stats.1,
+            "state restored from pinned maps and state file"
+        );
+        Ok(d)
+    }
+
+    /// Reads the policy map and endpoint flags as the datapath has them now.
+    fn read_installed(&mut self) -> Result<()> {
+        self.installed.clear();
+        for (k, v) in self.dp.policy()? {
+            self.installed.entry(k.ep_id).or_default().entries.insert(k, v);
+        }
+        for (_, e) in self.dp.endpoints()? {
+            self.installed.entry(e.ep_id).or_default().flags = e.flags;
+        }
+        Ok(())
+    }
+
+    /// Endpoints whose interface is gone (pod namespace deleted while the
+    /// agent was down) are removed; the others get their programs swapped
+    /// for the ones this process loaded (an atomic link update).
+    fn reconcile_endpoints(&mut self) -> Result<()> {
+        let names: Vec<String> = self.store.endpoints.keys().cloned().collect();
+        let mut changed = false;
+        for name in names {
+            let ep = self.store.endpoints[&name].clone();
+            match netplumb::ifindex(&ep.ifname) {
+                Some(ifindex) => {
+                    if ifindex != ep.ifindex {
+                        self.dp.endpoint_delete(ep.ifindex)?;
+                        self.store.endpoints.get_mut(&name).expect("listed").ifindex = ifindex;
+                        changed = true;
+                    }
+                    self.write_endpoint_entries(&self.store.endpoints[&name].clone())?;
+                    self.dp.attach(ifindex, &ep.ifname)?;
+                }
+                None => {
+                    tracing::warn!(endpoint = %name, ifname = %ep.ifname, "interface is gone; removing the endpoint");
+                    self.forget_endpoint(&ep)?;
+                    self.store.endpoints.remove(&name);
+                    changed = true;
+                }
+            }
+        }
+        // Entries for interfaces no endpoint owns any more.
+        let known: BTreeSet<u32> = self.store.endpoints.values().map(|e| e.ifindex).collect();
+        for (ifindex, _) in self.dp.endpoints()? {
+            if !known.contains(&ifindex) {
+                self.dp.endpoint_delete(ifindex)?;
+            }
+        }
+        let ips: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).collect();
+        for (ip, _) in self.dp.ipcache()? {
+            if !ips.contains(&ip) {
+                self.dp.ipcache_delete(ip)?;
+            }
+        }
+        if changed {
+            self.state.save(&self.store)?;
+        }
+        Ok(())
+    }
+
+    /// Endpoint and ipcache entries of one endpoint, keeping the flags that
+    /// are installed (sync() moves them).
+    fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
+        let flags = self.installed.get(&ep.ep_id).map(|c| c.flags).unwrap_or(0);
+        self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
+        self.dp.endpoint_put(ep.ifindex, EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags })?;
+        Ok(())
+    }
+
+    fn forget_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
+        let _ = self.dp.detach(&ep.ifname);
+        self.dp.endpoint_delete(ep.ifindex)?;
+        self.dp.ipcache_delete(ep.ipv4)?;
+        if let Some(c) = self.installed.remove(&ep.ep_id) {
+            for k in c.entries.keys() {
+                self.dp.policy_delete(*k)?;
+            }
+        }
+        self.dp.conntrack_flush_endpoint(ep.ep_id)?;
+        if !self.store.endpoints.values().any(|e| e.name != ep.name && e.labels == ep.labels) {
+            self.store.identities.release(&ep.labels);
+        }
+        Ok(())
+    }
+
+    /// Recompiles every endpoint and applies the difference: new and changed
+    /// entries first, then enforcement flags, then removals, so a rule being
+    /// replaced is never missing in between. Returns (written, deleted).
+    pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
+        let policies: Vec<_> = self.store.policies.values().cloned().collect();
+        let ids = &self.store.identities;
+        let mut put = 0;
+        let mut deleted = 0;
+        let mut live = BTreeSet::new();
+        for ep in self.store.endpoints.values() {
+            live.insert(ep.ep_id);
+            let want = compile::compile_endpoint(ep.ep_id, &ep.labels, &policies, ids.labelled());
+            let have = self.installed.entry(ep.ep_id).or_default();
+            let d = compile::diff(&have.entries, &want.entries);
+            for (k, v) in &d.put {
+                self.dp.policy_put(*k, *v)?;
+            }
+            if have.flags != want.flags {
+                self.dp.endpoint_put(ep.ifindex, EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: want.flags })?;
+            }
+            for k in &d.delete {
+                self.dp.policy_delete(*k)?;
+            }
+            put += d.put.len();
+            deleted += d.delete.len();
+            *have = want;
+        }
+        let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
+        for id in stale {
+            for k in self.installed.remove(&id).unwrap_or_default().entries.keys() {
+                self.dp.policy_delete(*k)?;
+                deleted += 1;
+            }
+        }
+        Ok((put, deleted))
+    }
+
+    pub fn handle(&mut self, req: Request) -> Result<Value> {
+        match req {
+            Request::Status => view::status(self),
+            Request::EndpointAdd { name, netns, ip, labels } => self.endpoint_add(&name, &netns, ip, labels),
+            Request::EndpointDelete { name } => self.endpoint_delete(&name),
+            Request::EndpointList => Ok(Value::Array(self.store.endpoints.values().map(|e| view::endpoint(self, e)).collect())),
+            Request::EndpointGet { name } => {
+                let ep = self.endpoint(&name)?;
+                Ok(view::endpoint(self, ep))
+            }
+            Request::PolicyApply { file, text } => self.policy_apply(&file, &text),
+            Request::PolicyDelete { names } => self.policy_delete(&names),
+            Request::PolicyGet { name } => view::policy_get(self, name.as_deref()),
+            Request::PolicyTrace { src, dst, proto, dport } => view::trace(self, &src, &dst, proto, dport),
+            Request::IdentityList => Ok(Value::Array(
+                self.store.identities.all().iter().map(|(id, l)| view::identity(self, *id, l)).collect(),
+            )),
+            Request::IdentityGet { id } => {
+                let l = self.store.identities.get(id).with_context(|| format!("identity {id} does not exist (see `palisade identity list`)"))?;
+                Ok(view::identity(self, id, &l))
+            }
+            Request::BpfPolicyGet { endpoint } => view::bpf_policy(self, &endpoint),
+            Request::BpfCtList => view::conntrack(self),
+        }
+    }
+
+    pub(crate) fn endpoint(&self, name: &str) -> Result<&Endpoint> {
+        let full = full_name(name);
+        self.store
+            .endpoints
+            .get(&full)
+            .with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
+    }
+
+    fn endpoint_add(&mut self, name: &str, netns: &str, ip: Option<Ipv4Addr>, user_labels: BTreeMap<String, String>) -> Result<Value> {
+        let full = full_name(name);
+        let (namespace, pod) = full.split_once('/').expect("full_name has a slash");
+        for (what, v) in [("namespace", namespace), ("pod name", pod)] {
+            if !valid_dns_label(v) {
+                bail!("endpoint {full}: {what} {v:?} is not a valid name (lowercase letters, digits and '-', at most 63)");
+            }
+        }
+        if self.store.endpoints.contains_key(&full) {
+            bail!("endpoint {full} already exists");
+        }
+        for (k, v) in &user_labels {
+            palisade_policy::labels::validate_key(k).map_err(anyhow::Error::msg).with_context(|| format!("endpoint {full}: --labels"))?;
+            palisade_policy::labels::validate_value(v).map_err(anyhow::Error::msg).with_context(|| format!("endpoint {full}: --labels {k}"))?;
+        }
+        if let Some(other) = self.store.endpoints.values().find(|e| e.netns == netns) {
+            bail!("endpoint {full}: network namespace {netns:?} already holds endpoint {}", other.name);
+        }
+        let ipv4 = match ip {
+            Some(ip) => {
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                    bail!("endpoint {full}: --ip {ip} is not a unicast address");
+                }
+                if let Some(other) = self.store.endpoints.values().find(|e| e.ipv4 == ip) {
+                    bail!("endpoint {full}: address {ip} is already used by endpoint {}", other.name);
+                }
+                ip
+            }
+            None => self.allocate_ip().with_context(|| format!("endpoint {full}"))?,
+        };
+        if !netplumb::netns_exists(netns) {
+            bail!("endpoint {full}: network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
+        }
+
+        let labels = Labels::for_endpoint(namespace, &user_labels);
+        let identity = self.store.identities.allocate(&labels);
+        let ep_id = self.next_ep_id();
+        let ifname = netplumb::host_ifname(&full);
+        let created = match netplumb::create(netns, &ifname, ipv4) {
+            Ok(c) => c,
+            Err(e) => {
+                self.release_if_unused(&labels);
+                return Err(e.context(format!("endpoint {full}: creating its interfaces")));
+            }
+        };
+        let ep = Endpoint {
+            name: full.clone(),
+            namespace: namespace.to_string(),
+            pod: pod.to_string(),
+            netns: netns.to_string(),
+            ipv4,
+            user_labels,
+            labels: labels.clone(),
+            identity,
+            ep_id,
+            ifname: ifname.clone(),
+            ifindex: created.ifindex,
+            pod_mac: created.pod_mac.clone(),
+            created_unix: now_unix(),
+        };
+        // Map state first, then programs, then the link comes up: the
+        // endpoint's first packet already meets its policy.
+        let r = (|| -> Result<()> {
+            self.store.endpoints.insert(full.clone(), ep.clone());
+            self.store.next_ep_id = ep_id + 1;
+            self.state.save(&self.store)?;
+            self.write_endpoint_entries(&ep)?;
+            self.sync()?;
+            self.dp.attach(ep.ifindex, &ifname)?;
+            netplumb::bring_up(&ifname, ipv4, &created.pod_mac)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = self.forget_endpoint(&ep);
+            let _ = netplumb::delete(&ifname);
+            self.store.endpoints.remove(&full);
+            let _ = self.sync();
+            let _ = self.state.save(&self.store);
+            return Err(e.context(format!("endpoint {full}: setting up the datapath (rolled back)")));
+        }
+        tracing::info!(endpoint = %full, %ipv4, identity, ifname = %ifname, "endpoint added");
+        Ok(view::endpoint(self, &ep))
+    }
+
+    fn release_if_unused(&mut self, labels: &Labels) {
+        if !self.store.endpoints.values().any(|e| &e.labels == labels) {
+            self.store.identities.release(labels);
+        }
+    }
+
+    fn next_ep_id(&self) -> u32 {
+        let used: BTreeSet<u32> = self.store.endpoints.values().map(|e| e.ep_id).collect();
+        let mut id = self.store.next_ep_id.max(1);
+        while used.contains(&id) {
+            id += 1;
+        }
+        id
+    }
+
+    fn allocate_ip(&self) -> Result<Ipv4Addr> {
+        let (net, len) = self.cfg.pod_cidr;
+        let base = u32::from(net) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+        let size = 1u64 << (32 - len);
+        let used: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).collect();
+        // Skip the network address and .1 (often a gateway), and broadcast.
+        (2..size.saturating_sub(1))
+            .map(|i| Ipv4Addr::from(base + i as u32))
+            .find(|ip| !used.contains(ip))
+            .with_context(|| format!("pod CIDR {net}/{len} is full"))
+    }
+
+    fn endpoint_delete(&mut self, name: &str) -> Result<Value> {
+        let ep = self.endpoint(name)?.clone();
+        self.store.endpoints.remove(&ep.name);
+        self.state.save(&self.store)?;
+        self.forget_endpoint(&ep)?;
+        netplumb::delete(&ep.ifname).with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
+        self.sync()?;
+        self.state.save(&self.store)?;
+        tracing::info!(endpoint = %ep.name, "endpoint deleted");
+        Ok(json!({ "deleted": ep.name }))
+    }
+
+    fn policy_apply(&mut self, file: &str, text: &str) -> Result<Value> {
+        // Parse and validate everything first: a bad file changes nothing.
+        let policies = parse_policies(file, text)?;
+        let mut result = Vec::new();
+        let before = self.store.policies.clone();
+        for p in policies {
+            let key = p.key();
+            let status = match self.store.policies.insert(key.clone(), p.clone()) {
+                None => "created",
+                Some(old) if old == p => "unchanged",
+                Some(_) => "configured",
+            };
+            result.push(json!({ "policy": key, "status": status }));
+        }
+        if let Err(e) = self.state.save(&self.store).and_then(|_| self.sync().map(|_| ())) {
+            self.store.policies = before;
+            let _ = self.sync();
+            let _ = self.state.save(&self.store);
+            return Err(e.context("applying policy (rolled back to the previous policy set)"));
+        }
+        tracing::info!(file, count = result.len(), "policy applied");
+        Ok(json!({ "applied": result, "revision": self.store.policies.len() }))
+    }
+
+    fn policy_delete(&mut self, names: &[String]) -> Result<Value> {
+        let keys: Vec<String> = names.iter().map(|n| full_name(n)).collect();
+        for k in &keys {
+            if !self.store.policies.contains_key(k) {
+                bail!("policy {k} does not exist (see `palisade policy get`)");
+            }
+        }
+        for k in &keys {
+            self.store.policies.remove(k);
+        }
+        self.state.save(&self.store)?;
+        self.sync()?;
+        tracing::info!(?keys, "policy deleted");
+        Ok(json!({ "deleted": keys }))
+    }
+}
+
+/// `ns/name` stays; a bare `name` is in namespace `default`.
+pub fn full_name(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("default/{name}")
+    }
+}
+
+fn valid_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}

@@ -1,0 +1,128 @@
+//! Identity allocation, standalone mode: a sorted label set maps to one
+//! numeric identity, stable across restarts (persisted with the rest of the
+//! node state). Reserved identities keep Cilium's numbers; label identities
+//! start at 256 and are released when no endpoint holds them.
+use std::collections::BTreeMap;
+
+use palisade_bpf::identity as reserved;
+use palisade_policy::Labels;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdentityAllocator {
+    #[serde(with = "as_pairs")]
+    by_labels: BTreeMap<Labels, u32>,
+    /// Next number to try; numbers are not reused right away, so a stale
+    /// reference to a released identity cannot name a new label set.
+    next: u32,
+}
+
+impl Default for IdentityAllocator {
+    fn default() -> Self {
+        Self { by_labels: BTreeMap::new(), next: reserved::FIRST_LABEL }
+    }
+}
+
+/// The reserved identities and their labels.
+pub fn reserved_identities() -> Vec<(u32, Labels)> {
+    [
+        (reserved::HOST, "host"),
+        (reserved::WORLD, "world"),
+        (reserved::UNMANAGED, "unmanaged"),
+        (reserved::HEALTH, "health"),
+        (reserved::INIT, "init"),
+        (reserved::REMOTE_NODE, "remote-node"),
+        (reserved::KUBE_APISERVER, "kube-apiserver"),
+    ]
+    .into_iter()
+    .map(|(id, n)| (id, Labels::reserved(n)))
+    .collect()
+}
+
+impl IdentityAllocator {
+    /// The identity of `labels`, allocating one if needed.
+    pub fn allocate(&mut self, labels: &Labels) -> u32 {
+        if let Some(id) = self.by_labels.get(labels) {
+            return *id;
+        }
+        let used: std::collections::BTreeSet<u32> = self.by_labels.values().copied().collect();
+        let mut id = self.next.max(reserved::FIRST_LABEL);
+        while used.contains(&id) {
+            id += 1;
+        }
+        self.next = id + 1;
+        self.by_labels.insert(labels.clone(), id);
+        id
+    }
+
+    pub fn release(&mut self, labels: &Labels) {
+        self.by_labels.remove(labels);
+    }
+
+    pub fn get(&self, id: u32) -> Option<Labels> {
+        reserved_identities()
+            .into_iter()
+            .find(|(r, _)| *r == id)
+            .map(|(_, l)| l)
+            .or_else(|| self.by_labels.iter().find(|(_, v)| **v == id).map(|(l, _)| l.clone()))
+    }
+
+    /// Every identity, reserved first, then label identities by number.
+    pub fn all(&self) -> Vec<(u32, Labels)> {
+        let mut v = reserved_identities();
+        let mut labelled: Vec<(u32, Labels)> = self.by_labels.iter().map(|(l, id)| (*id, l.clone())).collect();
+        labelled.sort();
+        v.extend(labelled);
+        v
+    }
+
+    /// Label identities only (what pod selectors can match).
+    pub fn labelled(&self) -> impl Iterator<Item = (u32, &Labels)> + Clone {
+        self.by_labels.iter().map(|(l, id)| (*id, l))
+    }
+}
+
+/// JSON object keys must be strings: persist the map as a list of pairs.
+mod as_pairs {
+    use std::collections::BTreeMap;
+
+    use palisade_policy::Labels;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(m: &BTreeMap<Labels, u32>, s: S) -> Result<S::Ok, S::Error> {
+        m.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Labels, u32>, D::Error> {
+        Ok(Vec::<(Labels, u32)>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_policy::labels::parse_label_list;
+
+    fn l(ns: &str, s: &str) -> Labels {
+        Labels::for_endpoint(ns, &parse_label_list(s).unwrap())
+    }
+
+    #[test]
+    fn same_labels_same_identity_and_no_immediate_reuse() {
+        let mut a = IdentityAllocator::default();
+        let x = a.allocate(&l("shop", "app=a,tier=1"));
+        assert_eq!(x, 256);
+        assert_eq!(a.allocate(&l("shop", "tier=1,app=a")), x, "label order does not matter");
+        let y = a.allocate(&l("shop", "app=b"));
+        assert_eq!(y, 257);
+        assert_ne!(a.allocate(&l("other", "app=a,tier=1")), x, "namespace is part of the identity");
+        a.release(&l("shop", "app=b"));
+        assert_eq!(a.get(y), None);
+        let z = a.allocate(&l("shop", "app=c"));
+        assert!(z > y, "released numbers are not handed out again at once");
+        assert_eq!(a.get(2).unwrap().to_string(), "reserved:world");
+        let json = serde_json::to_string(&a).unwrap();
+        let b: IdentityAllocator = serde_json::from_str(&json).unwrap();
+        assert_eq!(b.all(), a.all(), "survives persistence");
+    }
+}

@@ -1,0 +1,121 @@
+//! What a CNI plugin would do for an endpoint: a veth pair with the host side
+//! in the agent's network namespace and `eth0` in the pod's, a /32 address,
+//! a default route through a link-local gateway, static neighbours both ways
+//! (no ARP dependence), and a /32 host route back. Done with iproute2, the
+//! tool every operator can read back with `ip -d link`.
+use std::{net::Ipv4Addr, path::Path, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+/// Link-local next hop the pod routes through (answered by the host veth).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+pub fn netns_exists(netns: &str) -> bool {
+    !netns.is_empty() && !netns.contains('/') && Path::new("/run/netns").join(netns).exists()
+}
+
+/// Host-side interface name for an endpoint: `pal` + 8 hex digits of a hash
+/// of its name (interface names are at most 15 bytes).
+pub fn host_ifname(endpoint: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in endpoint.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("pal{h:08x}")
+}
+
+fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2 is required)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sysctl_netns(netns: &str, key: &str, value: &str) -> Result<()> {
+    ip(&["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+}
+
+/// Writes a sysctl of this process's network namespace.
+pub fn sysctl_local(key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&path, value).with_context(|| format!("setting {key}={value}"))
+}
+
+pub fn ifindex(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex")).ok()?.trim().parse().ok()
+}
+
+fn mac(netns: Option<&str>, ifname: &str) -> Result<String> {
+    let out = match netns {
+        Some(ns) => ip(&["-n", ns, "-j", "link", "show", "dev", ifname])?,
+        None => ip(&["-j", "link", "show", "dev", ifname])?,
+    };
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link output")?;
+    v[0]["address"].as_str().map(str::to_string).context("interface has no MAC address")
+}
+
+/// Makes the veth pair and configures both sides, leaving the host side
+/// DOWN so no packet can flow before the programs are attached (see
+/// [`bring_up`]). On error, whatever was created is removed.
+pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
+    if !netns_exists(netns) {
+        bail!("network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
+    }
+    if ip(&["-n", netns, "link", "show", "dev", "eth0"]).is_ok() {
+        bail!("network namespace {netns:?} already has an eth0; one endpoint per namespace");
+    }
+    if ifindex(host_if).is_some() {
+        bail!("interface {host_if} already exists on the node");
+    }
+    let r = (|| -> Result<Created> {
+        ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+        let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
+        let _ = sysctl_netns(netns, "net.ipv6.conf.all.disable_ipv6", "1");
+        let host_mac = mac(None, host_if)?;
+        let pod_mac = mac(Some(netns), "eth0")?;
+        let addr = format!("{ipv4}/32");
+        let gw = GATEWAY.to_string();
+        ip(&["-n", netns, "link", "set", "lo", "up"])?;
+        ip(&["-n", netns, "addr", "add", &addr, "dev", "eth0"])?;
+        ip(&["-n", netns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+        ip(&["-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
+        ip(&["-n", netns, "neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        let ifindex = ifindex(host_if).context("host veth vanished right after creation")?;
+        Ok(Created { ifindex, pod_mac })
+    })();
+    if r.is_err() {
+        let _ = ip(&["link", "del", host_if]);
+    }
+    r
+}
+
+pub struct Created {
+    pub ifindex: u32,
+    pub pod_mac: String,
+}
+
+/// Brings the host side up, routes the endpoint's address to it and pins
+/// the pod's MAC as a permanent neighbour (set after up: a link going down
+/// flushes its neighbours).
+pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
+    ip(&["link", "set", host_if, "up"])?;
+    ip(&["route", "replace", &format!("{ipv4}/32"), "dev", host_if])?;
+    ip(&["neigh", "replace", &ipv4.to_string(), "lladdr", pod_mac, "dev", host_if, "nud", "permanent"])?;
+    Ok(())
+}
+
+/// Removes the veth pair (both ends) and the host route.
+pub fn delete(host_if: &str) -> Result<()> {
+    if ifindex(host_if).is_none() {
+        return Ok(());
+    }
+    ip(&["link", "del", host_if]).map(|_| ())
+}
+
+/// Node-wide settings the endpoints need: forwarding on.
+pub fn prepare_node() -> Result<()> {
+    sysctl_local("net.ipv4.ip_forward", "1")
+}

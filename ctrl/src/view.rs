@@ -1,0 +1,268 @@
+//! What the API answers with: JSON views of endpoints, identities, map
+//! contents, traces and status. The CLI prints tables from exactly these, and
+//! `-o json` prints them as they are, so both always agree.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use palisade_bpf::{EndpointValue, PolicyKey, PolicyValue, DIR_EGRESS, DIR_INGRESS};
+use palisade_policy::{Labels, Protocol};
+use serde_json::{json, Value};
+
+use crate::{
+    compile::{self, cookie_table, Verdict},
+    daemon::{full_name, Daemon},
+    state::Endpoint,
+};
+
+fn labels_list(l: &Labels) -> Vec<String> {
+    l.to_string().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+}
+
+fn enforcement(flags: u32, bit: u32) -> &'static str {
+    if flags & bit != 0 {
+        "Enabled"
+    } else {
+        "Disabled"
+    }
+}
+
+fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
+    d.dp.endpoints().ok()?.into_iter().find(|(i, _)| *i == ep.ifindex).map(|(_, v)| v.flags)
+}
+
+pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
+    let flags = live_flags(d, ep);
+    let attached = d.dp.is_attached(&ep.ifname);
+    json!({
+        "name": ep.name,
+        "namespace": ep.namespace,
+        "pod": ep.pod,
+        "id": ep.ep_id,
+        "identity": ep.identity,
+        "labels": labels_list(&ep.labels),
+        "ipv4": ep.ipv4.to_string(),
+        "addresses": [ep.ipv4.to_string()],
+        "netns": ep.netns,
+        "interface": ep.ifname,
+        "ifindex": ep.ifindex,
+        "mac": ep.pod_mac,
+        "policy": {
+            "ingress": enforcement(flags.unwrap_or(0), EndpointValue::INGRESS_ENFORCED),
+            "egress": enforcement(flags.unwrap_or(0), EndpointValue::EGRESS_ENFORCED),
+        },
+        "state": if attached && flags.is_some() { "ready" } else { "not-ready" },
+    })
+}
+
+pub fn identity(d: &Daemon, id: u32, l: &Labels) -> Value {
+    let users: Vec<&str> = d.store.endpoints.values().filter(|e| e.identity == id).map(|e| e.name.as_str()).collect();
+    json!({ "id": id, "labels": labels_list(l), "endpoints": users, "reserved": id < palisade_bpf::identity::FIRST_LABEL })
+}
+
+fn identity_labels(d: &Daemon, id: u32) -> Vec<String> {
+    if id == palisade_bpf::identity::ANY {
+        return vec!["<any>".into()];
+    }
+    d.store.identities.get(id).map(|l| labels_list(&l)).unwrap_or_else(|| vec!["<unknown>".into()])
+}
+
+fn proto_name(p: Option<u8>) -> String {
+    match p {
+        None => "ANY".into(),
+        Some(n) => Protocol::from_number(n).map(|p| p.as_str().to_string()).unwrap_or_else(|| n.to_string()),
+    }
+}
+
+fn port_text(k: &PolicyKey) -> String {
+    if k.proto.is_none() || k.port_bits == 0 {
+        return "*".into();
+    }
+    let (lo, hi) = k.port_range();
+    if lo == hi {
+        lo.to_string()
+    } else {
+        format!("{lo}-{hi}")
+    }
+}
+
+fn dir_name(d: u8) -> &'static str {
+    if d == DIR_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
+}
+
+/// Live policy-map entries of one endpoint, read from the map itself.
+fn live_entries(d: &Daemon, ep_id: u32) -> Result<BTreeMap<PolicyKey, PolicyValue>> {
+    Ok(d.dp.policy()?.into_iter().filter(|(k, _)| k.ep_id == ep_id).collect())
+}
+
+pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
+    let ep = d.endpoint(name)?;
+    let cookies = cookie_table(&d.store.policies.values().cloned().collect::<Vec<_>>());
+    let flags = live_flags(d, ep).unwrap_or(0);
+    let entries: Vec<Value> = live_entries(d, ep.ep_id)?
+        .iter()
+        .map(|(k, v)| {
+            let rule = cookies.get(&v.cookie);
+            json!({
+                "direction": dir_name(k.direction),
+                "identity": k.identity,
+                "labels": identity_labels(d, k.identity),
+                "protocol": proto_name(k.proto),
+                "port": port_text(k),
+                "verdict": if v.deny { "deny" } else { "allow" },
+                "policy": rule.map(|r| r.policy.clone()),
+                "rule": rule.map(|r| r.path.clone()),
+                "cookie": v.cookie,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "endpoint": ep.name,
+        "id": ep.ep_id,
+        "identity": ep.identity,
+        "ingress_enforced": flags & EndpointValue::INGRESS_ENFORCED != 0,
+        "egress_enforced": flags & EndpointValue::EGRESS_ENFORCED != 0,
+        "entries": entries,
+    }))
+}
+
+pub fn conntrack(d: &Daemon) -> Result<Value> {
+    let by_id: BTreeMap<u32, &str> = d.store.endpoints.values().map(|e| (e.ep_id, e.name.as_str())).collect();
+    let now = monotonic_ns();
+    Ok(Value::Array(
+        d.dp.conntrack()?
+            .iter()
+            .map(|c| {
+                json!({
+                    "endpoint": by_id.get(&c.ep_id).copied().unwrap_or("<gone>"),
+                    "protocol": proto_name(Some(c.proto)),
+                    "local": format!("{}:{}", c.local, c.local_port),
+                    "remote": format!("{}:{}", c.remote, c.remote_port),
+                    "origin": dir_name(c.origin_direction),
+                    "age_s": now.saturating_sub(c.created_ns) / 1_000_000_000,
+                    "idle_s": now.saturating_sub(c.last_seen_ns) / 1_000_000_000,
+                    "closing": c.closing,
+                })
+            })
+            .collect(),
+    ))
+}
+
+fn monotonic_ns() -> u64 {
+    // bpf_ktime_get_ns() is CLOCK_MONOTONIC; /proc/uptime is close enough
+    // for ages in seconds and needs no unsafe.
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|s| (s * 1e9) as u64)
+        .unwrap_or(0)
+}
+
+pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
+    match name {
+        Some(n) => {
+            let k = full_name(n);
+            let p = d.store.policies.get(&k).with_context(|| format!("policy {k} does not exist (see `palisade policy get`)"))?;
+            Ok(p.source.clone())
+        }
+        None => Ok(Value::Array(
+            d.store
+                .policies
+                .values()
+                .map(|p| {
+                    let selected: Vec<&str> = d
+                        .store
+                        .endpoints
+                        .values()
+                        .filter(|e| p.rules.iter().any(|r| r.endpoint_selector.matches(&e.labels)))
+                        .map(|e| e.name.as_str())
+                        .collect();
+                    json!({
+                        "namespace": p.namespace,
+                        "name": p.name,
+                        "kind": format!("{:?}", p.kind),
+                        "rules": p.rules.len(),
+                        "endpoints": selected,
+                    })
+                })
+                .collect(),
+        )),
+    }
+}
+
+pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<Value> {
+    let s = d.endpoint(src)?;
+    let t = d.endpoint(dst)?;
+    if s.name == t.name {
+        bail!("source and destination are the same endpoint ({})", s.name);
+    }
+    let cookies = cookie_table(&d.store.policies.values().cloned().collect::<Vec<_>>());
+    let port_text = format!("{dport}/{}", proto_name(Some(proto)));
+    let mut lines = vec![format!(
+        "Tracing {} (identity {}) -> {} (identity {}) {port_text}",
+        s.name, s.identity, t.name, t.identity
+    )];
+    let mut allowed = true;
+    let mut steps = Vec::new();
+    for (ep, peer, dir, label) in [(s, t, DIR_EGRESS, "Egress from"), (t, s, DIR_INGRESS, "Ingress to")] {
+        let flags = live_flags(d, ep).context("endpoint has no datapath entry")?;
+        let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
+        let enforced = flags & bit != 0;
+        let entries = live_entries(d, ep.ep_id)?;
+        let v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
+        let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
+        let (ok, why) = match &v {
+            Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
+            Verdict::Allowed { cookie, key } => (true, format!("allowed by {} (entry: identity {}, {}/{})", rule_of(cookie), key.identity, port_text_key(key), proto_name(key.proto))),
+            Verdict::Denied { cookie, .. } => (false, format!("denied by deny rule {}", rule_of(cookie))),
+            Verdict::DefaultDeny => (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string()),
+        };
+        allowed &= ok;
+        lines.push(format!("{label} {}: {why}", ep.name));
+        steps.push(json!({
+            "direction": dir_name(dir),
+            "endpoint": ep.name,
+            "enforced": enforced,
+            "allowed": ok,
+            "reason": why,
+            "policy": match &v { Verdict::Allowed { cookie, .. } | Verdict::Denied { cookie, .. } => cookies.get(cookie).map(|r| r.policy.clone()), _ => None },
+            "rule": match &v { Verdict::Allowed { cookie, .. } | Verdict::Denied { cookie, .. } => cookies.get(cookie).map(|r| r.path.clone()), _ => None },
+        }));
+    }
+    let verdict = if allowed { "ALLOWED" } else { "DENIED" };
+    lines.push(format!("Final verdict: {verdict}"));
+    Ok(json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }))
+}
+
+fn port_text_key(k: &PolicyKey) -> String {
+    port_text(k)
+}
+
+pub fn status(d: &Daemon) -> Result<Value> {
+    let counters: Vec<Value> = d
+        .dp
+        .counters()?
+        .iter()
+        .map(|c| json!({ "reason": c.reason.description(), "drop": c.reason.is_drop(), "direction": dir_name(c.direction), "packets": c.packets, "bytes": c.bytes }))
+        .collect();
+    Ok(json!({
+        "mode": "standalone",
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": crate::daemon::now_unix().saturating_sub(d.started_unix),
+        "bpf_dir": d.dp.bpf_dir().display().to_string(),
+        "state_dir": d.cfg.state_dir.display().to_string(),
+        "socket": d.cfg.socket.display().to_string(),
+        "pod_cidr": format!("{}/{}", d.cfg.pod_cidr.0, d.cfg.pod_cidr.1),
+        "attach": "tcx",
+        "endpoints": d.store.endpoints.len(),
+        "identities": d.store.identities.all().len(),
+        "policies": d.store.policies.len(),
+        "policy_map_entries": d.dp.policy()?.len(),
+        "ipcache_entries": d.dp.ipcache()?.len(),
+        "conntrack_entries": d.dp.conntrack()?.len(),
+        "counters": counters,
+    }))
+}
