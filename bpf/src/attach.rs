@@ -1,24 +1,20 @@
-//! Attaching the endpoint programs to a host-side veth with tcx links,
-//! pinned under `<bpf-dir>/links/` so they outlive `palisade-ctrl`: a
-//! restarted agent finds them and swaps in its freshly loaded programs with
-//! an atomic link update, so no packet ever meets an unattached interface.
+//! Attaching the endpoint programs to a host-side veth with tcx.
+//!
+//! We use tcx *program* attachments (BPF_PROG_ATTACH with BPF_TCX_INGRESS /
+//! BPF_TCX_EGRESS), not links: they belong to the interface, not to a file
+//! descriptor, so they keep enforcing while `palisade-ctrl` is down, and a
+//! restarted agent swaps in its freshly loaded program atomically with
+//! BPF_F_REPLACE. (A tcx link would need pinning to outlive the process, and
+//! this kernel refuses to pin links: EPERM; see docs/datapath.md.)
+//! Our programs are found among the interface's attachments by name, so
+//! other tcx programs on the same device are left alone.
 #![allow(unsafe_code)]
 
-use std::{
-    path::{Path, PathBuf},
-    ptr::NonNull,
-};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use libbpf_rs::{AsRawLibbpf, Link, Program};
+use libbpf_rs::libbpf_sys as sys;
 
-use crate::{Context, Result};
-
-/// Where the link of `ifname`'s hook is pinned.
-pub fn link_pin_path(bpf_dir: &Path, ifname: &str, hook: Hook) -> PathBuf {
-    bpf_dir
-        .join("links")
-        .join(format!("{ifname}.{}", hook.as_str()))
-}
+use crate::{Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -35,74 +31,101 @@ impl Hook {
             Hook::ToEndpoint => "to-endpoint",
         }
     }
+
+    fn attach_type(self) -> sys::bpf_attach_type {
+        match self {
+            Hook::FromEndpoint => sys::BPF_TCX_INGRESS,
+            Hook::ToEndpoint => sys::BPF_TCX_EGRESS,
+        }
+    }
+
+    /// Kernel program name (15 bytes at most) of our program for this hook.
+    fn prog_name(self) -> &'static str {
+        match self {
+            Hook::FromEndpoint => "tc_from_endpoin",
+            Hook::ToEndpoint => "tc_to_endpoint",
+        }
+    }
 }
 
-/// Attaches `prog` with a tcx link on `ifindex` (the hook is the program's
-/// expected attach type) and pins the link. If a pinned link already exists
-/// and is still attached, its program is replaced in place instead.
-pub fn attach_or_update(prog: &Program<'_>, ifindex: u32, ifname: &str, pin: &Path) -> Result<()> {
-    if pin.exists() {
-        if let Ok(mut link) = Link::open(pin) {
-            let attached = link
-                .info()
-                .map(|i| link_ifindex(&i) == Some(ifindex))
-                .unwrap_or(false);
-            if attached && link.update_prog(prog).is_ok() {
-                return Ok(());
-            }
+fn os_err(what: String) -> Error {
+    Error::Io { what, source: std::io::Error::last_os_error() }
+}
+
+fn prog_info(fd: i32) -> Option<sys::bpf_prog_info> {
+    let mut info = sys::bpf_prog_info::default();
+    let mut len = size_of::<sys::bpf_prog_info>() as u32;
+    // SAFETY: info is a properly sized out-buffer.
+    (unsafe { sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) } == 0).then_some(info)
+}
+
+/// Our program currently attached at (ifindex, hook), as (id, fd).
+fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
+    let mut ids = [0u32; 64];
+    let mut opts = sys::bpf_prog_query_opts { sz: size_of::<sys::bpf_prog_query_opts>() as _, ..Default::default() };
+    opts.prog_ids = ids.as_mut_ptr();
+    opts.__bindgen_anon_1.prog_cnt = ids.len() as u32;
+    // SAFETY: opts is sized and points at a buffer of prog_cnt ids.
+    let rc = unsafe { sys::bpf_prog_query_opts(ifindex as i32, hook.attach_type(), &mut opts) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODEV) {
+            return Ok(None);
         }
-        // Stale (interface gone or recreated): drop the pin and attach anew.
-        std::fs::remove_file(pin).ctx(|| format!("removing stale link pin {}", pin.display()))?;
+        return Err(Error::Io { what: format!("querying tcx programs on ifindex {ifindex}"), source: e });
     }
-    let opts = libbpf_rs::libbpf_sys::bpf_tcx_opts {
-        sz: size_of::<libbpf_rs::libbpf_sys::bpf_tcx_opts>() as _,
-        ..Default::default()
-    };
-    // SAFETY: prog is a loaded program owned by a live object; opts is a
-    // properly sized, zero-initialised options struct.
-    let raw = unsafe {
-        libbpf_rs::libbpf_sys::bpf_program__attach_tcx(
-            prog.as_libbpf_object().as_ptr(),
-            ifindex as i32,
-            &opts,
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    let Some(ptr) = NonNull::new(raw).filter(|p| !is_err_ptr(p.as_ptr() as usize)) else {
-        return Err(crate::Error::Io {
-            what: format!("attaching tcx program to {ifname} (ifindex {ifindex})"),
-            source: err,
-        });
-    };
-    // SAFETY: ptr is a valid bpf_link just returned by libbpf.
-    let mut link = unsafe { Link::from_ptr(ptr) };
-    if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+    // SAFETY: the kernel wrote the count into the union.
+    let n = unsafe { opts.__bindgen_anon_1.prog_cnt } as usize;
+    for &id in &ids[..n.min(ids.len())] {
+        // SAFETY: plain syscall wrapper; a negative return is an error.
+        let fd = unsafe { sys::bpf_prog_get_fd_by_id(id) };
+        if fd < 0 {
+            continue; // detached meanwhile
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let Some(info) = prog_info(fd.as_raw_fd()) else { continue };
+        let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        if name == hook.prog_name().as_bytes() {
+            return Ok(Some((id, fd)));
+        }
     }
-    link.pin(pin)
-        .ctx(|| format!("pinning link of {ifname} at {}", pin.display()))?;
+    Ok(None)
+}
+
+/// Attaches `prog_fd` at (ifindex, hook), atomically replacing an earlier
+/// version of our program if one is attached there.
+pub fn attach_or_replace(prog_fd: i32, ifindex: u32, ifname: &str, hook: Hook) -> Result<()> {
+    let prog_id = prog_info(prog_fd).map(|i| i.id).unwrap_or(0);
+    let mut opts = sys::bpf_prog_attach_opts { sz: size_of::<sys::bpf_prog_attach_opts>() as _, ..Default::default() };
+    let old = find_ours(ifindex, hook)?;
+    if let Some((id, fd)) = &old {
+        if *id == prog_id {
+            return Ok(());
+        }
+        opts.flags = sys::BPF_F_REPLACE;
+        opts.__bindgen_anon_1.replace_prog_fd = fd.as_raw_fd();
+    }
+    // SAFETY: prog_fd is a loaded program; opts is sized and initialised.
+    let rc = unsafe { sys::bpf_prog_attach_opts(prog_fd, ifindex as i32, hook.attach_type(), &opts) };
+    if rc != 0 {
+        return Err(os_err(format!("attaching {} program to {ifname} (ifindex {ifindex}) with tcx", hook.as_str())));
+    }
     Ok(())
 }
 
-fn is_err_ptr(p: usize) -> bool {
-    p >= (-4095isize) as usize
+/// Whether our program is attached at (ifindex, hook).
+pub fn is_attached(ifindex: u32, hook: Hook) -> bool {
+    matches!(find_ours(ifindex, hook), Ok(Some(_)))
 }
 
-fn link_ifindex(info: &libbpf_rs::query::LinkInfo) -> Option<u32> {
-    match &info.info {
-        libbpf_rs::query::LinkTypeInfo::Tcx(t) => Some(t.ifindex),
-        _ => None,
+/// Detaches our program from (ifindex, hook), if attached.
+pub fn detach(ifindex: u32, hook: Hook) -> Result<()> {
+    let Some((_, fd)) = find_ours(ifindex, hook)? else { return Ok(()) };
+    let opts = sys::bpf_prog_detach_opts { sz: size_of::<sys::bpf_prog_detach_opts>() as _, ..Default::default() };
+    // SAFETY: fd is the attached program; opts is sized and zeroed.
+    if unsafe { sys::bpf_prog_detach_opts(fd.as_raw_fd(), ifindex as i32, hook.attach_type(), &opts) } != 0 {
+        return Err(os_err(format!("detaching {} program from ifindex {ifindex}", hook.as_str())));
     }
-}
-
-/// Detaches and unpins the link at `pin`, if any. Deleting the interface
-/// detaches it anyway; this removes the pin too.
-pub fn detach(pin: &Path) -> Result<()> {
-    if !pin.exists() {
-        return Ok(());
-    }
-    if let Ok(link) = Link::open(pin) {
-        let _ = link.detach();
-    }
-    std::fs::remove_file(pin).ctx(|| format!("removing link pin {}", pin.display()))
+    Ok(())
 }

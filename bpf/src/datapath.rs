@@ -8,6 +8,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::os::fd::{AsFd, AsRawFd};
+
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
     MapCore, MapFlags, MapMut, OpenObject, ProgramInput,
@@ -136,37 +138,30 @@ impl Datapath {
         &self.dir
     }
 
-    /// Attaches (or re-attaches, atomically) both programs to a host veth.
+    /// Attaches (or atomically re-attaches) both programs to a host veth.
     pub fn attach(&self, ifindex: u32, ifname: &str) -> Result<()> {
-        let p = &self.skel.progs;
-        attach::attach_or_update(
-            &p.tc_from_endpoint,
-            ifindex,
-            ifname,
-            &attach::link_pin_path(&self.dir, ifname, Hook::FromEndpoint),
-        )?;
-        attach::attach_or_update(
-            &p.tc_to_endpoint,
-            ifindex,
-            ifname,
-            &attach::link_pin_path(&self.dir, ifname, Hook::ToEndpoint),
-        )
+        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+            let prog = self.prog(hook);
+            attach::attach_or_replace(prog.as_fd().as_raw_fd(), ifindex, ifname, hook)?;
+        }
+        Ok(())
     }
 
-    /// Whether both links of `ifname` are pinned.
-    pub fn is_attached(&self, ifname: &str) -> bool {
-        [Hook::FromEndpoint, Hook::ToEndpoint]
-            .iter()
-            .all(|h| attach::link_pin_path(&self.dir, ifname, *h).exists())
+    fn prog(&self, hook: Hook) -> &libbpf_rs::ProgramMut<'static> {
+        match hook {
+            Hook::FromEndpoint => &self.skel.progs.tc_from_endpoint,
+            Hook::ToEndpoint => &self.skel.progs.tc_to_endpoint,
+        }
     }
 
-    pub fn detach(&self, ifname: &str) -> Result<()> {
-        attach::detach(&attach::link_pin_path(
-            &self.dir,
-            ifname,
-            Hook::FromEndpoint,
-        ))?;
-        attach::detach(&attach::link_pin_path(&self.dir, ifname, Hook::ToEndpoint))
+    /// Whether our programs are attached to both hooks of `ifindex`.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        attach::is_attached(ifindex, Hook::FromEndpoint) && attach::is_attached(ifindex, Hook::ToEndpoint)
+    }
+
+    pub fn detach(&self, ifindex: u32) -> Result<()> {
+        attach::detach(ifindex, Hook::FromEndpoint)?;
+        attach::detach(ifindex, Hook::ToEndpoint)
     }
 
     // --- endpoints ---
@@ -358,11 +353,7 @@ impl Datapath {
         input.data_in = Some(packet);
         input.data_out = Some(&mut out);
         input.repeat = repeat;
-        let prog = match hook {
-            Hook::FromEndpoint => &self.skel.progs.tc_from_endpoint,
-            Hook::ToEndpoint => &self.skel.progs.tc_to_endpoint,
-        };
-        let o = prog
+        let o = self.prog(hook)
             .test_run(input)
             .ctx(|| format!("BPF_PROG_TEST_RUN of {}", hook.as_str()))?;
         Ok((o.return_value as i32, o.duration.as_nanos() as u64))

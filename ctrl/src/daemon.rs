@@ -133,7 +133,7 @@ impl Daemon {
     }
 
     fn forget_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let _ = self.dp.detach(&ep.ifname);
+        let _ = self.dp.detach(ep.ifindex);
         self.dp.endpoint_delete(ep.ifindex)?;
         self.dp.ipcache_delete(ep.ipv4)?;
         if let Some(c) = self.installed.remove(&ep.ep_id) {

@@ -43,8 +43,13 @@ pub fn sysctl_local(key: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).with_context(|| format!("setting {key}={value}"))
 }
 
+/// Interface index in this process's network namespace. (Not from /sys:
+/// sysfs shows the namespace it was mounted in, which under `nsenter --net`
+/// is not ours.)
 pub fn ifindex(ifname: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/ifindex")).ok()?.trim().parse().ok()
+    let out = ip(&["-j", "link", "show", "dev", ifname]).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v[0]["ifindex"].as_u64().map(|i| i as u32)
 }
 
 fn mac(netns: Option<&str>, ifname: &str) -> Result<String> {

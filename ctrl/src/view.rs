@@ -32,7 +32,7 @@ fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
 
 pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
     let flags = live_flags(d, ep);
-    let attached = d.dp.is_attached(&ep.ifname);
+    let attached = d.dp.is_attached(ep.ifindex);
     json!({
         "name": ep.name,
         "namespace": ep.namespace,
