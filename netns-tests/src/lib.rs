@@ -1,1 +1,331 @@
-//! placeholder
+//! The netns test harness: a "node" is a network namespace running a real
+//! `palisade-ctrl` (started with `nsenter --net`, so it keeps this mount
+//! namespace and sees bpffs), with its own pinned-map directory, state
+//! directory and socket; "pods" are network namespaces registered through
+//! the real `palisade` CLI. Probes are real TCP/UDP round trips and real
+//! pings. Every name carries a per-test tag, so tests run in parallel, and
+//! everything is removed on drop, also when the test fails.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Directory holding the workspace binaries (palisade, palisade-ctrl, palisade-probe).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("PALISADE_BIN_DIR") {
+        return d.into();
+    }
+    // target/<profile>/deps/<test-binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
+    p
+}
+
+pub fn require_root() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    assert!(root, "netns tests create namespaces and load BPF: run them as root (scripts/test.sh)");
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+}
+
+fn sh(args: &[&str]) {
+    let out = run(Command::new(args[0]).args(&args[1..]));
+    assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A node: its netns, its palisade-ctrl, its directories.
+pub struct Node {
+    pub tag: String,
+    pub netns: String,
+    pub bpf_dir: PathBuf,
+    pub tmp: PathBuf,
+    pub socket: PathBuf,
+    ctrl: Option<Child>,
+    pods: Vec<String>,
+}
+
+impl Node {
+    pub fn new() -> Self {
+        require_root();
+        let tag = format!("pt{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
+        let tmp = std::env::temp_dir().join(format!("palisade-{tag}"));
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        let netns = format!("{tag}-node");
+        let mut n = Node {
+            bpf_dir: PathBuf::from(format!("/sys/fs/bpf/palisade-tests/{tag}")),
+            socket: tmp.join("ctrl.sock"),
+            tag,
+            netns: netns.clone(),
+            tmp,
+            ctrl: None,
+            pods: Vec::new(),
+        };
+        sh(&["ip", "netns", "add", &netns]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        n.start_ctrl();
+        n
+    }
+
+    /// Starts palisade-ctrl in the node netns and waits for its socket.
+    pub fn start_ctrl(&mut self) {
+        assert!(self.ctrl.is_none(), "ctrl already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("ctrl.log")).expect("log file");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(bin("palisade-ctrl"))
+            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
+            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
+            .args(["--socket", &self.socket.display().to_string()])
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn palisade-ctrl");
+        self.ctrl = Some(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(20) {
+            if self.cli(&["status"]).status.success() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.ctrl.as_mut().map(|c| c.try_wait()) {
+                panic!("palisade-ctrl exited with {st}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("palisade-ctrl did not come up: {}", self.log());
+    }
+
+    /// Kills palisade-ctrl (SIGKILL: a crash, not a clean stop).
+    pub fn kill_ctrl(&mut self) {
+        if let Some(mut c) = self.ctrl.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default()
+    }
+
+    /// Runs the real CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("palisade")).arg("--socket").arg(&self.socket).args(args))
+    }
+
+    /// Runs the CLI and panics (with its stderr and the agent log) unless it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "palisade {} failed: {}\n--- ctrl log ---\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "palisade {} unexpectedly succeeded: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("CLI printed valid JSON")
+    }
+
+    /// Creates a pod netns and registers it: `name` is `ns/pod`.
+    pub fn pod(&mut self, name: &str, labels: &str) -> Pod {
+        let netns = format!("{}-{}", self.tag, name.replace('/', "-"));
+        sh(&["ip", "netns", "add", &netns]);
+        self.pods.push(netns.clone());
+        let v = self.json(&["endpoint", "add", name, "--netns", &netns, "--labels", labels]);
+        let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
+        Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
+    }
+
+    /// Writes `yaml` to a file and applies it.
+    pub fn apply(&self, name: &str, yaml: &str) -> String {
+        let f = self.tmp.join(name);
+        std::fs::write(&f, yaml).expect("write policy file");
+        self.ok(&["policy", "apply", "-f", &f.display().to_string()])
+    }
+
+    /// Applies one of the repository's example policies.
+    pub fn apply_example(&self, file: &str) -> String {
+        let p = example(file);
+        self.ok(&["policy", "apply", "-f", &p])
+    }
+}
+
+pub fn example(file: &str) -> String {
+    format!("{}/../examples/policies/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_ctrl();
+        for p in self.pods.drain(..) {
+            let _ = run(Command::new("ip").args(["netns", "del", &p]));
+        }
+        let _ = run(Command::new("ip").args(["netns", "del", &self.netns]));
+        let _ = std::fs::remove_dir_all(&self.bpf_dir);
+        let _ = std::fs::remove_dir(self.bpf_dir.parent().expect("parent"));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        } else {
+            eprintln!("palisade-ctrl log kept at {}", self.tmp.join("ctrl.log").display());
+        }
+    }
+}
+
+/// A pod: its netns and address, and the echo servers running in it.
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    servers: Vec<Child>,
+}
+
+impl Pod {
+    fn in_ns(&self, program: &PathBuf) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.netns]).arg(program);
+        c
+    }
+
+    /// Starts an echo server on TCP and UDP `ports`, waits until it listens.
+    pub fn serve(&mut self, ports: &[u16]) {
+        let mut c = self.in_ns(&bin("palisade-probe"));
+        c.arg("serve");
+        for p in ports {
+            c.args(["--tcp", &p.to_string(), "--udp", &p.to_string()]);
+        }
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn probe server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("probe server output");
+        assert_eq!(line.trim(), "ready", "probe server in {} did not start", self.name);
+        self.servers.push(child);
+    }
+
+    pub fn tcp(&self, dst: &Pod, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{}:{port}", dst.ip)])).status.success()
+    }
+
+    pub fn udp(&self, dst: &Pod, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{}:{port}", dst.ip)])).status.success()
+    }
+
+    pub fn ping(&self, dst: &Pod) -> bool {
+        run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &dst.ip.to_string()])).status.success()
+    }
+
+    /// Opens a long-lived TCP connection to `dst:port`.
+    pub fn session(&self, dst: &Pod, port: u16) -> Session {
+        let mut child = self
+            .in_ns(&bin("palisade-probe"))
+            .args(["session", &format!("{}:{port}", dst.ip)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn session");
+        let stdin = child.stdin.take().expect("stdin");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("session output");
+        assert_eq!(line.trim(), "connected", "session from {} to {}:{port} did not connect", self.name, dst.name);
+        Session { child, stdin, out, n: 0 }
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        for mut c in self.servers.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A long-lived TCP connection driven line by line.
+pub struct Session {
+    child: Child,
+    stdin: ChildStdin,
+    out: BufReader<ChildStdout>,
+    n: u32,
+}
+
+impl Session {
+    /// One round trip on the open connection.
+    pub fn round_trip(&mut self) -> bool {
+        self.n += 1;
+        if writeln!(self.stdin, "msg-{}", self.n).is_err() || self.stdin.flush().is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        self.out.read_line(&mut line).is_ok() && line.trim() == "ok"
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Expected reachability: (from, to, port or None for ping, allowed).
+pub fn check_matrix(rows: &[(&Pod, &Pod, Option<u16>, bool)]) {
+    let mut bad = Vec::new();
+    for (from, to, port, want) in rows {
+        let (what, got) = match port {
+            Some(p) => (format!("tcp/{p}"), from.tcp(to, *p)),
+            None => ("ping".to_string(), from.ping(to)),
+        };
+        if got != *want {
+            bad.push(format!("{} -> {} {what}: {} (expected {})", from.name, to.name, verdict(got), verdict(*want)));
+        }
+    }
+    assert!(bad.is_empty(), "reachability differs from policy:\n{}", bad.join("\n"));
+}
+
+fn verdict(b: bool) -> &'static str {
+    if b {
+        "allowed"
+    } else {
+        "dropped"
+    }
+}

@@ -1,0 +1,162 @@
+//! palisade-probe: the real client and server the netns tests (and the demo)
+//! run inside pods. `serve` echoes on TCP and UDP ports; `tcp`/`udp` make one
+//! real connection or datagram round trip and exit 0 only if the echo came
+//! back; `session` keeps one TCP connection open and does a round trip per
+//! line read from stdin (a long-lived flow for restart tests).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Real-traffic probe for Palisade tests and demos")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Echo server on the given TCP and UDP ports (0.0.0.0), until killed.
+    Serve {
+        #[arg(long)]
+        tcp: Vec<u16>,
+        #[arg(long)]
+        udp: Vec<u16>,
+    },
+    /// One TCP connect + echo round trip.
+    Tcp {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 800)]
+        timeout_ms: u64,
+    },
+    /// One UDP datagram + echo round trip.
+    Udp {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 800)]
+        timeout_ms: u64,
+    },
+    /// One TCP connection; for each stdin line, a round trip; prints ok/fail.
+    Session {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1500)]
+        timeout_ms: u64,
+    },
+}
+
+fn main() {
+    let code = match Args::parse().cmd {
+        Cmd::Serve { tcp, udp } => serve(tcp, udp),
+        Cmd::Tcp { addr, timeout_ms } => tcp_once(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
+    };
+    std::process::exit(code);
+}
+
+fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
+    let mut threads = Vec::new();
+    for port in tcp {
+        let l = match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("tcp port {port}: {e}");
+                return 2;
+            }
+        };
+        threads.push(std::thread::spawn(move || {
+            for conn in l.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut c = conn;
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+    }
+    for port in udp {
+        let s = match UdpSocket::bind(("0.0.0.0", port)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("udp port {port}: {e}");
+                return 2;
+            }
+        };
+        threads.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }));
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for t in threads {
+        let _ = t.join();
+    }
+    0
+}
+
+fn tcp_once(addr: SocketAddr, t: Duration) -> i32 {
+    let r = (|| -> std::io::Result<bool> {
+        let mut s = TcpStream::connect_timeout(&addr, t)?;
+        s.set_read_timeout(Some(t))?;
+        s.write_all(b"palisade-probe\n")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line == "palisade-probe\n")
+    })();
+    match r {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("tcp {addr}: {e}");
+            1
+        }
+    }
+}
+
+fn udp_once(addr: SocketAddr, t: Duration) -> i32 {
+    let r = (|| -> std::io::Result<bool> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(t))?;
+        s.send_to(b"palisade-probe", addr)?;
+        let mut buf = [0u8; 64];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok(from == addr && &buf[..n] == b"palisade-probe")
+    })();
+    match r {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("udp {addr}: {e}");
+            1
+        }
+    }
+}
+
+fn session(addr: SocketAddr, t: Duration) -> i32 {
+    let Ok(s) = TcpStream::connect_timeout(&addr, t) else {
+        println!("connect-failed");
+        return 1;
+    };
+    let _ = s.set_read_timeout(Some(t));
+    println!("connected");
+    let mut reader = BufReader::new(s.try_clone().expect("clone socket"));
+    let mut w = s;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let mut echo = String::new();
+        let ok = w.write_all(format!("{line}\n").as_bytes()).is_ok() && reader.read_line(&mut echo).is_ok() && echo.trim_end() == line;
+        println!("{}", if ok { "ok" } else { "fail" });
+        let _ = std::io::stdout().flush();
+    }
+    0
+}
