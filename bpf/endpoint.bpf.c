@@ -2,8 +2,9 @@
  *   tc_from_endpoint  host veth ingress = packets the pod sends = its egress policy
  *   tc_to_endpoint    host veth egress  = packets the pod receives = its ingress policy
  * Per packet: one endpoint lookup, one conntrack lookup; on a new flow one
- * ipcache lookup (two on a hash miss) and two policy lookups. Nothing here
- * grows with the number of rules or endpoints. */
+ * ipcache lookup (two on a hash miss) and one verdict-cache lookup, plus two
+ * policy-trie lookups when the cache has no current verdict for the flow's
+ * class (lib/policy.h). */
 #include "lib/common.h"
 #include "lib/drop_reasons.h"
 #include "lib/metrics.h"
@@ -21,6 +22,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir)
 	struct policy_verdict pv;
 	struct tuple t;
 	struct ct_key ck = {};
+	__u32 gen;
 	int rc;
 
 	if (!ep)
@@ -54,8 +56,9 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir)
 	if (ct_lookup_refresh(&ck, t.tcp_closing))
 		return REASON_FORWARDED;
 
-	pv = policy_check(ep->ep_id, endpoint_enforced(ep, dir), ipcache_identity_v4(ck.remote_ip),
-			  dir, t.proto, t.dport);
+	gen = READ_ONCE_U32(ep->policy_gen);
+	pv = policy_decide(ep->ep_id, gen, endpoint_enforced(ep, dir),
+			   ipcache_identity_v4(ck.remote_ip), dir, t.proto, t.dport);
 	if (pv.reason != REASON_FORWARDED)
 		return pv.reason;
 	ct_create(&ck, dir, pv.cookie, t.tcp_closing);

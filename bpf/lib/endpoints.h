@@ -16,6 +16,9 @@ struct endpoint_info {
 	__u32 identity; /* numeric security identity of the endpoint's labels */
 	__be32 ipv4;    /* the endpoint's address; other sources are spoofed */
 	__u32 flags;    /* EP_F_* */
+	__u32 policy_gen; /* bumped by palisade-ctrl on every change of this
+			   * endpoint's policy entries or flags; invalidates
+			   * its verdict-cache entries (policy.h) */
 };
 
 /* palisade_endpoints_v1: ifindex -> endpoint_info. Written by palisade-ctrl

@@ -91,4 +91,65 @@ policy_check(__u32 ep_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16
 	return v;
 }
 
+/* The verdict cache. The trie is the source of truth, but a trie lookup
+ * costs more as the trie grows (measured: 181 ns for a denied new flow with
+ * no other rules, 521 ns with 100k), and the goal is a per-packet cost that
+ * does not grow with the rules. New flows mostly repeat a few classes (the
+ * same peer identity to the same port), so the resolved verdict of a class
+ * is cached in an LRU hash keyed by the exact class, stamped with the
+ * endpoint's policy generation. palisade-ctrl bumps the generation after it
+ * has finished changing an endpoint's entries, which invalidates every
+ * cached verdict of that endpoint at once. The datapath reads the generation
+ * before it walks the trie, so a verdict computed from a half-applied change
+ * is stamped with the old generation and never used after the bump. */
+struct policy_cache_key {
+	__u32 ep_id;
+	__u32 identity;
+	__u8 direction;
+	__u8 proto;
+	__be16 dport;
+};
+
+struct policy_cache_entry {
+	__u32 gen;
+	__u32 cookie;
+	__s32 reason; /* REASON_FORWARDED or -DROP_* */
+};
+
+/* palisade_policy_cache_v1: written by the datapath only; palisade-ctrl
+ * never needs to touch it (generations do the invalidation). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct policy_cache_key);
+	__type(value, struct policy_cache_entry);
+} palisade_policy_cache_v1 SEC(".maps");
+
+static __always_inline struct policy_verdict
+policy_decide(__u32 ep_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+{
+	struct policy_cache_key ck = {
+		.ep_id = ep_id,
+		.identity = peer,
+		.direction = dir,
+		.proto = proto,
+		.dport = dport,
+	};
+	struct policy_cache_entry *c = bpf_map_lookup_elem(&palisade_policy_cache_v1, &ck);
+	struct policy_cache_entry ne;
+	struct policy_verdict v;
+
+	if (c && c->gen == gen) {
+		v.reason = c->reason;
+		v.cookie = c->cookie;
+		return v;
+	}
+	v = policy_check(ep_id, enforced, peer, dir, proto, dport);
+	ne.gen = gen;
+	ne.cookie = v.cookie;
+	ne.reason = v.reason;
+	bpf_map_update_elem(&palisade_policy_cache_v1, &ck, &ne, BPF_ANY);
+	return v;
+}
+
 #endif

@@ -12,7 +12,7 @@ pub use skel_inner::*;
 
 pub use skel_inner::types::{
     ct_entry, ct_key, endpoint_info, endpoint_key, ipcache_entry, ipcache_host_key,
-    ipcache_lpm_key, metrics_value, policy_entry, policy_key,
+    ipcache_lpm_key, metrics_value, policy_cache_entry, policy_cache_key, policy_entry, policy_key,
 };
 
 /// Marker for generated plain-old-data map types: no pointers, no invalid
@@ -64,7 +64,12 @@ mod tests {
     #[test]
     fn layout_matches_c_headers() {
         assert_eq!(size_of::<endpoint_key>(), 4);
-        assert_eq!(size_of::<endpoint_info>(), 16);
+        assert_eq!(size_of::<endpoint_info>(), 20);
+        assert_eq!(offset_of!(endpoint_info, policy_gen), 16);
+        assert_eq!(size_of::<policy_cache_key>(), 12);
+        assert_eq!(offset_of!(policy_cache_key, dport), 10);
+        assert_eq!(size_of::<policy_cache_entry>(), 12);
+        assert_eq!(offset_of!(policy_cache_entry, reason), 8);
         assert_eq!(offset_of!(endpoint_info, ipv4), 8);
         assert_eq!(offset_of!(endpoint_info, flags), 12);
         assert_eq!(size_of::<ipcache_host_key>(), 20);

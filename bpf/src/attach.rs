@@ -49,7 +49,10 @@ impl Hook {
 }
 
 fn os_err(what: String) -> Error {
-    Error::Io { what, source: std::io::Error::last_os_error() }
+    Error::Io {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 fn prog_info(fd: i32) -> Option<sys::bpf_prog_info> {
@@ -62,7 +65,10 @@ fn prog_info(fd: i32) -> Option<sys::bpf_prog_info> {
 /// Our program currently attached at (ifindex, hook), as (id, fd).
 fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
     let mut ids = [0u32; 64];
-    let mut opts = sys::bpf_prog_query_opts { sz: size_of::<sys::bpf_prog_query_opts>() as _, ..Default::default() };
+    let mut opts = sys::bpf_prog_query_opts {
+        sz: size_of::<sys::bpf_prog_query_opts>() as _,
+        ..Default::default()
+    };
     opts.prog_ids = ids.as_mut_ptr();
     opts.__bindgen_anon_1.prog_cnt = ids.len() as u32;
     // SAFETY: opts is sized and points at a buffer of prog_cnt ids.
@@ -72,7 +78,10 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
         if e.raw_os_error() == Some(libc::ENODEV) {
             return Ok(None);
         }
-        return Err(Error::Io { what: format!("querying tcx programs on ifindex {ifindex}"), source: e });
+        return Err(Error::Io {
+            what: format!("querying tcx programs on ifindex {ifindex}"),
+            source: e,
+        });
     }
     // SAFETY: the kernel wrote the count into the union.
     let n = unsafe { opts.__bindgen_anon_1.prog_cnt } as usize;
@@ -84,8 +93,15 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let Some(info) = prog_info(fd.as_raw_fd()) else { continue };
-        let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+        let Some(info) = prog_info(fd.as_raw_fd()) else {
+            continue;
+        };
+        let name: Vec<u8> = info
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
         if name == hook.prog_name().as_bytes() {
             return Ok(Some((id, fd)));
         }
@@ -97,7 +113,10 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
 /// version of our program if one is attached there.
 pub fn attach_or_replace(prog_fd: i32, ifindex: u32, ifname: &str, hook: Hook) -> Result<()> {
     let prog_id = prog_info(prog_fd).map(|i| i.id).unwrap_or(0);
-    let mut opts = sys::bpf_prog_attach_opts { sz: size_of::<sys::bpf_prog_attach_opts>() as _, ..Default::default() };
+    let mut opts = sys::bpf_prog_attach_opts {
+        sz: size_of::<sys::bpf_prog_attach_opts>() as _,
+        ..Default::default()
+    };
     let old = find_ours(ifindex, hook)?;
     if let Some((id, fd)) = &old {
         if *id == prog_id {
@@ -107,9 +126,13 @@ pub fn attach_or_replace(prog_fd: i32, ifindex: u32, ifname: &str, hook: Hook) -
         opts.__bindgen_anon_1.replace_prog_fd = fd.as_raw_fd();
     }
     // SAFETY: prog_fd is a loaded program; opts is sized and initialised.
-    let rc = unsafe { sys::bpf_prog_attach_opts(prog_fd, ifindex as i32, hook.attach_type(), &opts) };
+    let rc =
+        unsafe { sys::bpf_prog_attach_opts(prog_fd, ifindex as i32, hook.attach_type(), &opts) };
     if rc != 0 {
-        return Err(os_err(format!("attaching {} program to {ifname} (ifindex {ifindex}) with tcx", hook.as_str())));
+        return Err(os_err(format!(
+            "attaching {} program to {ifname} (ifindex {ifindex}) with tcx",
+            hook.as_str()
+        )));
     }
     Ok(())
 }
@@ -121,11 +144,22 @@ pub fn is_attached(ifindex: u32, hook: Hook) -> bool {
 
 /// Detaches our program from (ifindex, hook), if attached.
 pub fn detach(ifindex: u32, hook: Hook) -> Result<()> {
-    let Some((_, fd)) = find_ours(ifindex, hook)? else { return Ok(()) };
-    let opts = sys::bpf_prog_detach_opts { sz: size_of::<sys::bpf_prog_detach_opts>() as _, ..Default::default() };
+    let Some((_, fd)) = find_ours(ifindex, hook)? else {
+        return Ok(());
+    };
+    let opts = sys::bpf_prog_detach_opts {
+        sz: size_of::<sys::bpf_prog_detach_opts>() as _,
+        ..Default::default()
+    };
     // SAFETY: fd is the attached program; opts is sized and zeroed.
-    if unsafe { sys::bpf_prog_detach_opts(fd.as_raw_fd(), ifindex as i32, hook.attach_type(), &opts) } != 0 {
-        return Err(os_err(format!("detaching {} program from ifindex {ifindex}", hook.as_str())));
+    if unsafe {
+        sys::bpf_prog_detach_opts(fd.as_raw_fd(), ifindex as i32, hook.attach_type(), &opts)
+    } != 0
+    {
+        return Err(os_err(format!(
+            "detaching {} program from ifindex {ifindex}",
+            hook.as_str()
+        )));
     }
     Ok(())
 }

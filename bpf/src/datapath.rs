@@ -32,6 +32,7 @@ pub struct DatapathConfig {
     pub ipcache_max: u32,
     pub ipcache_lpm_max: u32,
     pub policy_max: u32,
+    pub policy_cache_max: u32,
     pub ct_max: u32,
     pub ct_tcp_lifetime_s: u64,
     pub ct_other_lifetime_s: u64,
@@ -45,6 +46,7 @@ impl DatapathConfig {
             ipcache_max: 65536,
             ipcache_lpm_max: 16384,
             policy_max: 65536,
+            policy_cache_max: 65536,
             ct_max: 262144,
             ct_tcp_lifetime_s: 21600,
             ct_other_lifetime_s: 60,
@@ -59,13 +61,14 @@ pub struct Datapath {
 }
 
 /// Pinned file name of each map (also its versioned ABI name).
-pub const MAP_NAMES: [&str; 6] = [
+pub const MAP_NAMES: [&str; 7] = [
     "palisade_endpoints_v1",
     "palisade_ipcache_v1",
     "palisade_ipcache_lpm_v1",
     "palisade_policy_v1",
     "palisade_ct_v1",
     "palisade_metrics_v1",
+    "palisade_policy_cache_v1",
 ];
 
 impl Datapath {
@@ -85,7 +88,7 @@ impl Datapath {
         let dir = cfg.bpf_dir.clone();
         {
             let m = &mut open.maps;
-            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 6] = [
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 7] = [
                 (
                     &mut m.palisade_endpoints_v1,
                     MAP_NAMES[0],
@@ -108,6 +111,11 @@ impl Datapath {
                 ),
                 (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
                 (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
+                (
+                    &mut m.palisade_policy_cache_v1,
+                    MAP_NAMES[6],
+                    Some(cfg.policy_cache_max),
+                ),
             ];
             for (map, name, max) in sized {
                 if let Some(max) = max {
@@ -156,7 +164,8 @@ impl Datapath {
 
     /// Whether our programs are attached to both hooks of `ifindex`.
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        attach::is_attached(ifindex, Hook::FromEndpoint) && attach::is_attached(ifindex, Hook::ToEndpoint)
+        attach::is_attached(ifindex, Hook::FromEndpoint)
+            && attach::is_attached(ifindex, Hook::ToEndpoint)
     }
 
     pub fn detach(&self, ifindex: u32) -> Result<()> {
@@ -353,7 +362,8 @@ impl Datapath {
         input.data_in = Some(packet);
         input.data_out = Some(&mut out);
         input.repeat = repeat;
-        let o = self.prog(hook)
+        let o = self
+            .prog(hook)
             .test_run(input)
             .ctx(|| format!("BPF_PROG_TEST_RUN of {}", hook.as_str()))?;
         Ok((o.return_value as i32, o.duration.as_nanos() as u64))
@@ -362,6 +372,15 @@ impl Datapath {
     /// Deletes every conntrack entry (fixtures start from a known state).
     pub fn conntrack_clear(&self) -> Result<()> {
         let map = &self.skel.maps.palisade_ct_v1;
+        for key in map.keys().collect::<Vec<_>>() {
+            let _ = map.delete(&key);
+        }
+        Ok(())
+    }
+
+    /// Empties the verdict cache (benchmarks of the uncached path).
+    pub fn policy_cache_clear(&self) -> Result<()> {
+        let map = &self.skel.maps.palisade_policy_cache_v1;
         for key in map.keys().collect::<Vec<_>>() {
             let _ = map.delete(&key);
         }
@@ -377,6 +396,7 @@ impl Datapath {
             &m.palisade_ipcache_lpm_v1,
             &m.palisade_policy_v1,
             &m.palisade_ct_v1,
+            &m.palisade_policy_cache_v1,
         ] {
             for key in map.keys().collect::<Vec<_>>() {
                 let _ = map.delete(&key);

@@ -37,6 +37,7 @@ pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
             identity: EP_IDENTITY,
             ipv4: EP_IP,
             flags: ep_flags,
+            policy_gen: 0,
         },
     )?;
     for (ip, id) in [
@@ -433,12 +434,62 @@ fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
         .sum())
 }
 
+/// Grows the maps to `n` rules, identities and host addresses around the
+/// fixture state: `n` policy entries on the fixture endpoint itself (other
+/// identities, ports and ranges), `n` entries on other endpoints, and `n`
+/// ipcache host entries. The rows' verdicts do not change; their cost must
+/// not either.
+pub fn install_scale(dp: &Datapath, n: u32) -> Result<()> {
+    let allow = PolicyValue {
+        cookie: 99,
+        proxy_port: 0,
+        deny: false,
+    };
+    for i in 0..n {
+        let id = 100_000 + i;
+        let port = 10_000 + (i % 50_000) as u16;
+        let dir = (i % 2) as u8;
+        dp.policy_put(
+            PolicyKey {
+                ep_id: EP_ID,
+                identity: id,
+                direction: dir,
+                proto: Some(6),
+                port,
+                port_bits: 16,
+            },
+            allow,
+        )?;
+        dp.policy_put(
+            PolicyKey {
+                ep_id: 1_000 + i,
+                identity: 301,
+                direction: dir,
+                proto: Some(17),
+                port,
+                port_bits: 12,
+            },
+            allow,
+        )?;
+        let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i);
+        dp.ipcache_put(
+            ip,
+            IpcacheValue {
+                identity: id,
+                node_id: 0,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 /// ns/packet of a row: `repeat` runs in the kernel. Rows that create a
 /// conntrack entry are timed as single runs with the entry removed between
 /// them (otherwise every repeat after the first measures the established
 /// path); the median of `samples` single runs is returned for those.
-pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize) -> Result<f64> {
+pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize, scale: u32) -> Result<f64> {
     install_state(dp, f.ep_flags)?;
+    install_scale(dp, scale)?;
     for (hook, p) in &f.prime {
         dp.test_run(*hook, EP_IFINDEX, p, 1)?;
     }
@@ -453,6 +504,54 @@ pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize) -> Resul
     let mut v = Vec::with_capacity(samples);
     for _ in 0..samples {
         dp.conntrack_clear()?;
+        let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
+        v.push(ns as f64);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+/// Whether timing the row with a repeat would measure the established path
+/// after the first run (the row opens a conntrack entry).
+pub fn opens_flow(f: &Fixture) -> bool {
+    f.prime.is_empty()
+        && f.verdict == TC_ACT_OK
+        && f.packet.len() >= 34
+        && f.packet[12..14] == [0x08, 0x00]
+}
+
+/// The cost of timing one run per syscall (cold caches, timer): a row that
+/// does almost nothing (ARP passes), timed as single runs. Single-run
+/// figures are only comparable with each other, or after subtracting this.
+pub fn single_run_overhead(dp: &Datapath, samples: usize) -> Result<f64> {
+    let arp = table()
+        .into_iter()
+        .find(|f| f.name.starts_with("non-IP"))
+        .expect("ARP row");
+    install_state(dp, arp.ep_flags)?;
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        v.push(dp.test_run(arp.hook, EP_IFINDEX, &arp.packet, 1)?.1 as f64);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok(v[v.len() / 2])
+}
+
+/// ns/packet of a row's first packet of its flow class: conntrack and the
+/// verdict cache are emptied before each single run, so every run walks the
+/// policy trie. Median of `samples`.
+pub fn measure_uncached(dp: &Datapath, f: &Fixture, samples: usize, scale: u32) -> Result<f64> {
+    install_state(dp, f.ep_flags)?;
+    install_scale(dp, scale)?;
+    for (hook, p) in &f.prime {
+        dp.test_run(*hook, EP_IFINDEX, p, 1)?;
+    }
+    let mut v = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        if f.prime.is_empty() {
+            dp.conntrack_clear()?;
+        }
+        dp.policy_cache_clear()?;
         let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
         v.push(ns as f64);
     }

@@ -12,6 +12,9 @@ pub struct EndpointValue {
     pub identity: u32,
     pub ipv4: Ipv4Addr,
     pub flags: u32,
+    /// Policy generation: bump after changing the endpoint's policy entries
+    /// or flags, to invalidate its cached verdicts.
+    pub policy_gen: u32,
 }
 
 impl EndpointValue {
@@ -24,6 +27,7 @@ impl EndpointValue {
             identity: self.identity,
             ipv4: u32::from_ne_bytes(self.ipv4.octets()),
             flags: self.flags,
+            policy_gen: self.policy_gen,
         }
     }
 
@@ -33,6 +37,7 @@ impl EndpointValue {
             identity: v.identity,
             ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()),
             flags: v.flags,
+            policy_gen: v.policy_gen,
         }
     }
 }

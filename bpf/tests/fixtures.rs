@@ -9,13 +9,13 @@ impl Drop for PinDir {
     }
 }
 
-fn datapath() -> (Datapath, PinDir) {
+fn datapath(test: &str) -> (Datapath, PinDir) {
     assert!(
         unsafe_free_is_root(),
         "these tests load BPF programs and must run as root (the README's test command does)"
     );
     let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/palisade-fixtures-{}",
+        "/sys/fs/bpf/palisade-fixtures-{}-{test}",
         std::process::id()
     ));
     let guard = PinDir(dir.clone());
@@ -34,7 +34,7 @@ fn unsafe_free_is_root() -> bool {
 
 #[test]
 fn fixture_table_verdicts_and_counters() {
-    let (dp, _guard) = datapath();
+    let (dp, _guard) = datapath("table");
     let mut failures = Vec::new();
     for f in fixtures::table() {
         let (verdict, delta) = match fixtures::run_once(&dp, &f) {
@@ -63,7 +63,7 @@ fn fixture_table_verdicts_and_counters() {
 
 #[test]
 fn maps_survive_a_reload_from_pins() {
-    let (dp, _guard) = datapath();
+    let (dp, _guard) = datapath("reload");
     fixtures::install_state(&dp, fixtures::ENFORCED).unwrap();
     let before = dp.policy().unwrap().len();
     assert!(before > 5);

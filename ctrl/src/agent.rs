@@ -12,7 +12,11 @@ use palisade_bpf::DatapathConfig;
 use crate::daemon::{Config, Daemon};
 
 #[derive(Parser, Debug)]
-#[command(name = "palisade-ctrl", version, about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI")]
+#[command(
+    name = "palisade-ctrl",
+    version,
+    about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI"
+)]
 pub struct Args {
     /// bpffs directory for pinned maps and links.
     #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
@@ -46,7 +50,11 @@ pub struct Args {
 pub struct ConfigError(pub String);
 
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
-    let bad = || ConfigError(format!("--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"));
+    let bad = || {
+        ConfigError(format!(
+            "--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"
+        ))
+    };
     let (ip, len) = s.split_once('/').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
@@ -66,7 +74,12 @@ pub fn run(a: Args) -> Result<()> {
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
     dp.endpoints_max = a.endpoint_map_size;
-    let cfg = Config { state_dir: a.state_dir, socket: a.socket.clone(), pod_cidr, datapath: dp };
+    let cfg = Config {
+        state_dir: a.state_dir,
+        socket: a.socket.clone(),
+        pod_cidr,
+        datapath: dp,
+    };
     let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     let daemon = Arc::new(Mutex::new(daemon));
     crate::api::serve(&a.socket, move |req| {

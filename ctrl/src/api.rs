@@ -16,18 +16,43 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
     Status,
-    EndpointAdd { name: String, netns: String, ip: Option<Ipv4Addr>, labels: BTreeMap<String, String> },
-    EndpointDelete { name: String },
+    EndpointAdd {
+        name: String,
+        netns: String,
+        ip: Option<Ipv4Addr>,
+        labels: BTreeMap<String, String>,
+    },
+    EndpointDelete {
+        name: String,
+    },
     EndpointList,
-    EndpointGet { name: String },
+    EndpointGet {
+        name: String,
+    },
     /// The CLI reads the file and sends its text, so errors name the file.
-    PolicyApply { file: String, text: String },
-    PolicyDelete { names: Vec<String> },
-    PolicyGet { name: Option<String> },
-    PolicyTrace { src: String, dst: String, proto: u8, dport: u16 },
+    PolicyApply {
+        file: String,
+        text: String,
+    },
+    PolicyDelete {
+        names: Vec<String>,
+    },
+    PolicyGet {
+        name: Option<String>,
+    },
+    PolicyTrace {
+        src: String,
+        dst: String,
+        proto: u8,
+        dport: u16,
+    },
     IdentityList,
-    IdentityGet { id: u32 },
-    BpfPolicyGet { endpoint: String },
+    IdentityGet {
+        id: u32,
+    },
+    BpfPolicyGet {
+        endpoint: String,
+    },
     BpfCtList,
 }
 
@@ -51,11 +76,16 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     })?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    s.write_all(&line).context("sending request to palisade-ctrl")?;
+    s.write_all(&line)
+        .context("sending request to palisade-ctrl")?;
     let mut resp = String::new();
-    BufReader::new(s).read_line(&mut resp).context("reading reply from palisade-ctrl")?;
+    BufReader::new(s)
+        .read_line(&mut resp)
+        .context("reading reply from palisade-ctrl")?;
     if resp.is_empty() {
-        anyhow::bail!("palisade-ctrl closed the connection without a reply (did it crash? see its log)");
+        anyhow::bail!(
+            "palisade-ctrl closed the connection without a reply (did it crash? see its log)"
+        );
     }
     let r: Response = serde_json::from_str(&resp).context("decoding reply from palisade-ctrl")?;
     match (r.ok, r.error) {
@@ -65,7 +95,10 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
 }
 
 /// Serves requests: `handle` runs under the caller's lock, one at a time.
-pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value> + Send + Sync + 'static) -> Result<()> {
+pub fn serve(
+    socket: &Path,
+    handle: impl Fn(Request) -> Result<serde_json::Value> + Send + Sync + 'static,
+) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -77,7 +110,8 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
         }
         std::fs::remove_file(socket)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %socket.display(), "serving the palisade API");
     let handle = std::sync::Arc::new(handle);
@@ -91,10 +125,22 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null },
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("bad request: {e}")),
+                    data: serde_json::Value::Null,
+                },
                 Ok(req) => match handle(req) {
-                    Ok(data) => Response { ok: true, error: None, data },
-                    Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
+                    Ok(data) => Response {
+                        ok: true,
+                        error: None,
+                        data,
+                    },
+                    Err(e) => Response {
+                        ok: false,
+                        error: Some(format!("{e:#}")),
+                        data: serde_json::Value::Null,
+                    },
                 },
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();

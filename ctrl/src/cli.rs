@@ -12,7 +12,11 @@ use crate::api::{call, Request};
 pub const DEFAULT_SOCKET: &str = "/run/palisade/ctrl.sock";
 
 #[derive(Parser, Debug)]
-#[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
+#[command(
+    name = "palisade",
+    version,
+    about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node"
+)]
 pub struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -154,7 +158,9 @@ pub enum BpfCtCmd {
 /// Parses `8080/TCP`, `53/udp`, `8080` (TCP).
 pub fn parse_port_proto(s: &str) -> Result<(u16, u8)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let port: u16 = port.parse().with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
     let p = palisade_policy::Protocol::parse(proto)
         .and_then(|p| p.number())
         .with_context(|| format!("--dport {s:?}: {proto:?} is not TCP, UDP, SCTP or ICMP"))?;
@@ -182,15 +188,38 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::Status)?;
             print_or(json, &v, || status_text(&v))
         }
-        Cmd::Endpoint(EndpointCmd::Add { name, netns, ip, labels }) => {
+        Cmd::Endpoint(EndpointCmd::Add {
+            name,
+            netns,
+            ip,
+            labels,
+        }) => {
             let labels: BTreeMap<String, String> =
-                palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-            let v = req(Request::EndpointAdd { name, netns, ip, labels })?;
-            print_or(json, &v, || format!("endpoint {} created: id {}, identity {}, {} on {} (netns {})\n", s(&v["name"]), v["id"], v["identity"], s(&v["ipv4"]), s(&v["interface"]), s(&v["netns"])))
+                palisade_policy::labels::parse_label_list(&labels)
+                    .map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+            let v = req(Request::EndpointAdd {
+                name,
+                netns,
+                ip,
+                labels,
+            })?;
+            print_or(json, &v, || {
+                format!(
+                    "endpoint {} created: id {}, identity {}, {} on {} (netns {})\n",
+                    s(&v["name"]),
+                    v["id"],
+                    v["identity"],
+                    s(&v["ipv4"]),
+                    s(&v["interface"]),
+                    s(&v["netns"])
+                )
+            })
         }
         Cmd::Endpoint(EndpointCmd::Delete { name }) => {
             let v = req(Request::EndpointDelete { name })?;
-            print_or(json, &v, || format!("endpoint {} deleted\n", s(&v["deleted"])))
+            print_or(json, &v, || {
+                format!("endpoint {} deleted\n", s(&v["deleted"]))
+            })
         }
         Cmd::Endpoint(EndpointCmd::List) => {
             let v = req(Request::EndpointList)?;
@@ -203,7 +232,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Policy(PolicyCmd::Apply { files }) => {
             // Validate every file before sending any, so a bad second file
             // does not leave the first applied.
-            let texts: Vec<(String, String)> = files.iter().map(|f| Ok((f.display().to_string(), read(f)?))).collect::<Result<_>>()?;
+            let texts: Vec<(String, String)> = files
+                .iter()
+                .map(|f| Ok((f.display().to_string(), read(f)?)))
+                .collect::<Result<_>>()?;
             for (name, text) in &texts {
                 palisade_policy::parse_policies(name, text)?;
             }
@@ -221,7 +253,11 @@ pub fn run(cli: Cli) -> Result<()> {
                     .collect()
             })
         }
-        Cmd::Policy(PolicyCmd::Delete { names, namespace, files }) => {
+        Cmd::Policy(PolicyCmd::Delete {
+            names,
+            namespace,
+            files,
+        }) => {
             let mut all: Vec<String> = names.iter().map(|n| with_ns(n, &namespace)).collect();
             for f in &files {
                 for p in palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)? {
@@ -232,14 +268,25 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("name the policies to delete, or give -f FILE");
             }
             let v = req(Request::PolicyDelete { names: all })?;
-            print_or(json, &v, || v["deleted"].as_array().into_iter().flatten().map(|n| format!("policy {} deleted\n", s(n))).collect())
+            print_or(json, &v, || {
+                v["deleted"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| format!("policy {} deleted\n", s(n)))
+                    .collect()
+            })
         }
         Cmd::Policy(PolicyCmd::Get { name, namespace }) => {
-            let v = req(Request::PolicyGet { name: name.map(|n| with_ns(&n, &namespace)) })?;
+            let v = req(Request::PolicyGet {
+                name: name.map(|n| with_ns(&n, &namespace)),
+            })?;
             if v.is_array() {
                 print_or(json, &v, || policy_table(&v))
             } else {
-                print_or(json, &v, || serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
+                print_or(json, &v, || {
+                    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+                })
             }
         }
         Cmd::Policy(PolicyCmd::Validate { files }) => {
@@ -251,12 +298,37 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
             }
             let v = Value::Array(out);
-            print_or(json, &v, || v.as_array().into_iter().flatten().map(|p| format!("{}: {} valid ({} rule(s))\n", s(&p["file"]), s(&p["policy"]), p["rules"])).collect())
+            print_or(json, &v, || {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{}: {} valid ({} rule(s))\n",
+                            s(&p["file"]),
+                            s(&p["policy"]),
+                            p["rules"]
+                        )
+                    })
+                    .collect()
+            })
         }
         Cmd::Policy(PolicyCmd::Trace { src, dst, dport }) => {
             let (port, proto) = parse_port_proto(&dport)?;
-            let v = req(Request::PolicyTrace { src, dst, proto, dport: port })?;
-            print_or(json, &v, || v["lines"].as_array().into_iter().flatten().map(|l| format!("{}\n", s(l))).collect())
+            let v = req(Request::PolicyTrace {
+                src,
+                dst,
+                proto,
+                dport: port,
+            })?;
+            print_or(json, &v, || {
+                v["lines"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| format!("{}\n", s(l)))
+                    .collect()
+            })
         }
         Cmd::Identity(IdentityCmd::List) => {
             let v = req(Request::IdentityList)?;
@@ -274,9 +346,19 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::BpfCtList)?;
             print_or(json, &v, || {
                 table(
-                    &["ENDPOINT", "PROTO", "LOCAL", "REMOTE", "ORIGIN", "AGE(s)", "IDLE(s)"],
+                    &[
+                        "ENDPOINT", "PROTO", "LOCAL", "REMOTE", "ORIGIN", "AGE(s)", "IDLE(s)",
+                    ],
                     v.as_array().into_iter().flatten().map(|c| {
-                        vec![s(&c["endpoint"]), s(&c["protocol"]), s(&c["local"]), s(&c["remote"]), s(&c["origin"]), c["age_s"].to_string(), c["idle_s"].to_string()]
+                        vec![
+                            s(&c["endpoint"]),
+                            s(&c["protocol"]),
+                            s(&c["local"]),
+                            s(&c["remote"]),
+                            s(&c["origin"]),
+                            c["age_s"].to_string(),
+                            c["idle_s"].to_string(),
+                        ]
                     }),
                 )
             })
@@ -302,7 +384,9 @@ fn s(v: &Value) -> String {
 }
 
 fn joined(v: &Value) -> String {
-    v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_else(|| s(v))
+    v.as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+        .unwrap_or_else(|| s(v))
 }
 
 /// A plain aligned table.
@@ -315,7 +399,12 @@ pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
         }
     }
     let line = |cells: Vec<String>| -> String {
-        let mut l = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("   ");
+        let mut l = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+            .collect::<Vec<_>>()
+            .join("   ");
         l.truncate(l.trim_end().len());
         l + "\n"
     };
@@ -328,7 +417,16 @@ pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 
 fn endpoint_table(v: &Value) -> String {
     table(
-        &["ENDPOINT", "ID", "IDENTITY", "IPV4", "INGRESS-ENFORCEMENT", "EGRESS-ENFORCEMENT", "STATE", "LABELS"],
+        &[
+            "ENDPOINT",
+            "ID",
+            "IDENTITY",
+            "IPV4",
+            "INGRESS-ENFORCEMENT",
+            "EGRESS-ENFORCEMENT",
+            "STATE",
+            "LABELS",
+        ],
         v.as_array().into_iter().flatten().map(|e| {
             vec![
                 s(&e["name"]),
@@ -347,14 +445,25 @@ fn endpoint_table(v: &Value) -> String {
 fn identity_table(v: &Value) -> String {
     table(
         &["ID", "LABELS", "ENDPOINTS"],
-        v.as_array().into_iter().flatten().map(|i| vec![s(&i["id"]), joined(&i["labels"]), joined(&i["endpoints"])]),
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| vec![s(&i["id"]), joined(&i["labels"]), joined(&i["endpoints"])]),
     )
 }
 
 fn policy_table(v: &Value) -> String {
     table(
         &["NAMESPACE", "NAME", "KIND", "RULES", "ENDPOINTS"],
-        v.as_array().into_iter().flatten().map(|p| vec![s(&p["namespace"]), s(&p["name"]), s(&p["kind"]), s(&p["rules"]), joined(&p["endpoints"])]),
+        v.as_array().into_iter().flatten().map(|p| {
+            vec![
+                s(&p["namespace"]),
+                s(&p["name"]),
+                s(&p["kind"]),
+                s(&p["rules"]),
+                joined(&p["endpoints"]),
+            ]
+        }),
     )
 }
 
@@ -364,13 +473,39 @@ fn bpf_policy_table(v: &Value) -> String {
         s(&v["endpoint"]),
         v["id"],
         v["identity"],
-        if v["ingress_enforced"] == true { "enforced" } else { "not enforced" },
-        if v["egress_enforced"] == true { "enforced" } else { "not enforced" },
+        if v["ingress_enforced"] == true {
+            "enforced"
+        } else {
+            "not enforced"
+        },
+        if v["egress_enforced"] == true {
+            "enforced"
+        } else {
+            "not enforced"
+        },
     );
     out += &table(
-        &["DIRECTION", "VERDICT", "IDENTITY", "LABELS", "PROTO", "PORT", "POLICY", "RULE"],
+        &[
+            "DIRECTION",
+            "VERDICT",
+            "IDENTITY",
+            "LABELS",
+            "PROTO",
+            "PORT",
+            "POLICY",
+            "RULE",
+        ],
         v["entries"].as_array().into_iter().flatten().map(|e| {
-            vec![s(&e["direction"]), s(&e["verdict"]), s(&e["identity"]), joined(&e["labels"]), s(&e["protocol"]), s(&e["port"]), s(&e["policy"]), s(&e["rule"])]
+            vec![
+                s(&e["direction"]),
+                s(&e["verdict"]),
+                s(&e["identity"]),
+                joined(&e["labels"]),
+                s(&e["protocol"]),
+                s(&e["port"]),
+                s(&e["policy"]),
+                s(&e["rule"]),
+            ]
         }),
     );
     out
@@ -384,7 +519,14 @@ fn status_text(v: &Value) -> String {
     );
     out += &table(
         &["DIRECTION", "REASON", "PACKETS", "BYTES"],
-        v["counters"].as_array().into_iter().flatten().map(|c| vec![s(&c["direction"]), s(&c["reason"]), s(&c["packets"]), s(&c["bytes"])]),
+        v["counters"].as_array().into_iter().flatten().map(|c| {
+            vec![
+                s(&c["direction"]),
+                s(&c["reason"]),
+                s(&c["packets"]),
+                s(&c["bytes"]),
+            ]
+        }),
     );
     out
 }

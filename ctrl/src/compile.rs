@@ -42,7 +42,13 @@ pub fn cookie_table(policies: &[Policy]) -> HashMap<u32, RuleRef> {
         for r in &p.rules {
             for d in [Direction::Ingress, Direction::Egress] {
                 for pr in r.direction(d).unwrap_or_default() {
-                    t.insert(cookie(&p.key(), &pr.path), RuleRef { policy: p.key(), path: pr.path.clone() });
+                    t.insert(
+                        cookie(&p.key(), &pr.path),
+                        RuleRef {
+                            policy: p.key(),
+                            path: pr.path.clone(),
+                        },
+                    );
                 }
             }
         }
@@ -68,9 +74,15 @@ pub fn compile_endpoint<'a>(
     let mut out = Compiled::default();
     for p in policies {
         let pkey = p.key();
-        for rule in p.rules.iter().filter(|r| r.endpoint_selector.matches(labels)) {
+        for rule in p
+            .rules
+            .iter()
+            .filter(|r| r.endpoint_selector.matches(labels))
+        {
             for d in [Direction::Ingress, Direction::Egress] {
-                let Some(peer_rules) = rule.direction(d) else { continue };
+                let Some(peer_rules) = rule.direction(d) else {
+                    continue;
+                };
                 // Default enforcement: a direction any rule selects is default-deny.
                 out.flags |= match d {
                     Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
@@ -85,10 +97,21 @@ pub fn compile_endpoint<'a>(
                             .map(|(id, _)| id)
                             .collect(),
                     };
-                    let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
+                    let value = PolicyValue {
+                        cookie: cookie(&pkey, &pr.path),
+                        proxy_port: 0,
+                        deny: pr.deny,
+                    };
                     for id in ids {
                         for (proto, port, port_bits) in l4_keys(&pr.ports) {
-                            let k = PolicyKey { ep_id, identity: id, direction: dir_num(d), proto, port, port_bits };
+                            let k = PolicyKey {
+                                ep_id,
+                                identity: id,
+                                direction: dir_num(d),
+                                proto,
+                                port,
+                                port_bits,
+                            };
                             insert(&mut out.entries, k, value);
                         }
                     }
@@ -154,7 +177,11 @@ fn covers(a: &PolicyKey, b: &PolicyKey) -> bool {
 /// specific than a deny of the same identity would shadow it. Every allow
 /// covered by a deny becomes that deny.
 fn propagate_denies(entries: &mut BTreeMap<PolicyKey, PolicyValue>) {
-    let denies: Vec<(PolicyKey, PolicyValue)> = entries.iter().filter(|(_, v)| v.deny).map(|(k, v)| (*k, *v)).collect();
+    let denies: Vec<(PolicyKey, PolicyValue)> = entries
+        .iter()
+        .filter(|(_, v)| v.deny)
+        .map(|(k, v)| (*k, *v))
+        .collect();
     if denies.is_empty() {
         return;
     }
@@ -194,8 +221,14 @@ pub fn lookup<'a>(
 pub enum Verdict {
     /// Direction not enforced and no rule matched.
     NotEnforced,
-    Allowed { key: PolicyKey, cookie: u32 },
-    Denied { key: PolicyKey, cookie: u32 },
+    Allowed {
+        key: PolicyKey,
+        cookie: u32,
+    },
+    Denied {
+        key: PolicyKey,
+        cookie: u32,
+    },
     /// Enforced and no rule matched.
     DefaultDeny,
 }
@@ -209,14 +242,26 @@ pub fn verdict(
     port: u16,
 ) -> Verdict {
     let by_id = lookup(entries.iter(), peer, direction, proto, port);
-    let by_any = lookup(entries.iter(), palisade_bpf::identity::ANY, direction, proto, port);
+    let by_any = lookup(
+        entries.iter(),
+        palisade_bpf::identity::ANY,
+        direction,
+        proto,
+        port,
+    );
     for hit in [by_id, by_any].into_iter().flatten() {
         if hit.1.deny {
-            return Verdict::Denied { key: *hit.0, cookie: hit.1.cookie };
+            return Verdict::Denied {
+                key: *hit.0,
+                cookie: hit.1.cookie,
+            };
         }
     }
     match by_id.or(by_any) {
-        Some((k, v)) => Verdict::Allowed { key: *k, cookie: v.cookie },
+        Some((k, v)) => Verdict::Allowed {
+            key: *k,
+            cookie: v.cookie,
+        },
         None if enforced => Verdict::DefaultDeny,
         None => Verdict::NotEnforced,
     }
@@ -229,9 +274,20 @@ pub struct Diff<K, V> {
     pub delete: Vec<K>,
 }
 
-pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Diff<K, V> {
-    let put = desired.iter().filter(|(k, v)| current.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
-    let delete = current.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Diff<K, V> {
+    let put = desired
+        .iter()
+        .filter(|(k, v)| current.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let delete = current
+        .keys()
+        .filter(|k| !desired.contains_key(k))
+        .copied()
+        .collect();
     Diff { put, delete }
 }
 
@@ -251,22 +307,53 @@ mod tests {
     const FRONT_TO_BACK: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: fb, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n";
 
     fn ids() -> Vec<(u32, Labels)> {
-        vec![(256, l("shop", "app=frontend")), (257, l("shop", "app=backend")), (258, l("monitoring", "app=frontend"))]
+        vec![
+            (256, l("shop", "app=frontend")),
+            (257, l("shop", "app=backend")),
+            (258, l("monitoring", "app=frontend")),
+        ]
     }
 
     #[test]
     fn frontend_to_backend_compiles_to_one_entry() {
         let ids = ids();
         let pol = policies(FRONT_TO_BACK);
-        let c = compile_endpoint(5, &l("shop", "app=backend"), &pol, ids.iter().map(|(i, l)| (*i, l)));
-        assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED, "only ingress is selected");
+        let c = compile_endpoint(
+            5,
+            &l("shop", "app=backend"),
+            &pol,
+            ids.iter().map(|(i, l)| (*i, l)),
+        );
+        assert_eq!(
+            c.flags,
+            EndpointValue::INGRESS_ENFORCED,
+            "only ingress is selected"
+        );
         assert_eq!(c.entries.len(), 1, "{:?}", c.entries);
         let (k, _) = c.entries.iter().next().unwrap();
-        assert_eq!((k.identity, k.direction, k.proto, k.port, k.port_bits), (256, DIR_INGRESS, Some(6), 8080, 16));
-        assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }));
-        assert_eq!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8081), Verdict::DefaultDeny);
-        assert_eq!(verdict(&c.entries, true, 258, DIR_INGRESS, 6, 8080), Verdict::DefaultDeny, "other namespace");
-        let front = compile_endpoint(6, &l("shop", "app=frontend"), &pol, ids.iter().map(|(i, l)| (*i, l)));
+        assert_eq!(
+            (k.identity, k.direction, k.proto, k.port, k.port_bits),
+            (256, DIR_INGRESS, Some(6), 8080, 16)
+        );
+        assert!(matches!(
+            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080),
+            Verdict::Allowed { .. }
+        ));
+        assert_eq!(
+            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8081),
+            Verdict::DefaultDeny
+        );
+        assert_eq!(
+            verdict(&c.entries, true, 258, DIR_INGRESS, 6, 8080),
+            Verdict::DefaultDeny,
+            "other namespace"
+        );
+        let front = compile_endpoint(
+            6,
+            &l("shop", "app=frontend"),
+            &pol,
+            ids.iter().map(|(i, l)| (*i, l)),
+        );
         assert_eq!(front, Compiled::default(), "frontend is not selected");
     }
 
@@ -274,18 +361,42 @@ mod tests {
     fn deny_shadows_more_specific_allow() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n";
         let ids = ids();
-        let c = compile_endpoint(5, &l("shop", "app=backend"), &policies(yaml), ids.iter().map(|(i, l)| (*i, l)));
-        assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Denied { .. }));
+        let c = compile_endpoint(
+            5,
+            &l("shop", "app=backend"),
+            &policies(yaml),
+            ids.iter().map(|(i, l)| (*i, l)),
+        );
+        assert!(matches!(
+            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080),
+            Verdict::Denied { .. }
+        ));
     }
 
     #[test]
     fn any_protocol_with_port_and_ranges() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"53\", protocol: ANY}, {port: \"8000\", endPort: 8100, protocol: TCP}]}]\n";
         let ids = ids();
-        let c = compile_endpoint(5, &l("shop", "app=x"), &policies(yaml), ids.iter().map(|(i, l)| (*i, l)));
-        for (proto, port, ok) in [(6, 53, true), (17, 53, true), (1, 53, false), (6, 8050, true), (6, 8101, false), (17, 8050, false)] {
+        let c = compile_endpoint(
+            5,
+            &l("shop", "app=x"),
+            &policies(yaml),
+            ids.iter().map(|(i, l)| (*i, l)),
+        );
+        for (proto, port, ok) in [
+            (6, 53, true),
+            (17, 53, true),
+            (1, 53, false),
+            (6, 8050, true),
+            (6, 8101, false),
+            (17, 8050, false),
+        ] {
             let v = verdict(&c.entries, true, 999, DIR_INGRESS, proto, port);
-            assert_eq!(matches!(v, Verdict::Allowed { .. }), ok, "{proto}/{port}: {v:?}");
+            assert_eq!(
+                matches!(v, Verdict::Allowed { .. }),
+                ok,
+                "{proto}/{port}: {v:?}"
+            );
         }
     }
 

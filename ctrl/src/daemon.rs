@@ -36,13 +36,24 @@ pub struct Daemon {
     pub(crate) dp: Datapath,
     state: StateFile,
     pub(crate) store: Store,
-    /// What the policy map and endpoint flags hold, per endpoint id.
-    installed: BTreeMap<u32, Compiled>,
+    /// What the policy map and endpoint entries hold, per endpoint id.
+    installed: BTreeMap<u32, Installed>,
     pub(crate) started_unix: u64,
 }
 
+/// One endpoint's installed state: its compiled entries and flags as the
+/// maps hold them, and the policy generation its endpoint entry carries.
+#[derive(Debug, Default)]
+struct Installed {
+    compiled: Compiled,
+    gen: u32,
+}
+
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Daemon {
@@ -51,10 +62,24 @@ impl Daemon {
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;
-        let mut d = Self { cfg, dp, state, store, installed: BTreeMap::new(), started_unix: now_unix() };
+        let mut d = Self {
+            cfg,
+            dp,
+            state,
+            store,
+            installed: BTreeMap::new(),
+            started_unix: now_unix(),
+        };
         d.read_installed()?;
         d.reconcile_endpoints()?;
-        d.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
+        d.dp.ipcache_prefix_put(
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            IpcacheValue {
+                identity: palisade_bpf::identity::WORLD,
+                node_id: 0,
+            },
+        )?;
         let stats = d.sync()?;
         tracing::info!(
             endpoints = d.store.endpoints.len(),
@@ -70,10 +95,17 @@ impl Daemon {
     fn read_installed(&mut self) -> Result<()> {
         self.installed.clear();
         for (k, v) in self.dp.policy()? {
-            self.installed.entry(k.ep_id).or_default().entries.insert(k, v);
+            self.installed
+                .entry(k.ep_id)
+                .or_default()
+                .compiled
+                .entries
+                .insert(k, v);
         }
         for (_, e) in self.dp.endpoints()? {
-            self.installed.entry(e.ep_id).or_default().flags = e.flags;
+            let i = self.installed.entry(e.ep_id).or_default();
+            i.compiled.flags = e.flags;
+            i.gen = e.policy_gen;
         }
         Ok(())
     }
@@ -123,12 +155,23 @@ impl Daemon {
         Ok(())
     }
 
-    /// Endpoint and ipcache entries of one endpoint, keeping the flags that
-    /// are installed (sync() moves them).
+    /// Endpoint and ipcache entries of one endpoint, keeping the flags and
+    /// generation that are installed (sync() moves them).
     fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
-        let flags = self.installed.get(&ep.ep_id).map(|c| c.flags).unwrap_or(0);
-        self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
-        self.dp.endpoint_put(ep.ifindex, EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags })?;
+        let (flags, gen) = self
+            .installed
+            .get(&ep.ep_id)
+            .map(|i| (i.compiled.flags, i.gen))
+            .unwrap_or((0, 0));
+        self.dp.ipcache_put(
+            ep.ipv4,
+            IpcacheValue {
+                identity: ep.identity,
+                node_id: 0,
+            },
+        )?;
+        self.dp
+            .endpoint_put(ep.ifindex, endpoint_value(ep, flags, gen))?;
         Ok(())
     }
 
@@ -136,13 +179,18 @@ impl Daemon {
         let _ = self.dp.detach(ep.ifindex);
         self.dp.endpoint_delete(ep.ifindex)?;
         self.dp.ipcache_delete(ep.ipv4)?;
-        if let Some(c) = self.installed.remove(&ep.ep_id) {
-            for k in c.entries.keys() {
+        if let Some(i) = self.installed.remove(&ep.ep_id) {
+            for k in i.compiled.entries.keys() {
                 self.dp.policy_delete(*k)?;
             }
         }
         self.dp.conntrack_flush_endpoint(ep.ep_id)?;
-        if !self.store.endpoints.values().any(|e| e.name != ep.name && e.labels == ep.labels) {
+        if !self
+            .store
+            .endpoints
+            .values()
+            .any(|e| e.name != ep.name && e.labels == ep.labels)
+        {
             self.store.identities.release(&ep.labels);
         }
         Ok(())
@@ -150,7 +198,9 @@ impl Daemon {
 
     /// Recompiles every endpoint and applies the difference: new and changed
     /// entries first, then enforcement flags, then removals, so a rule being
-    /// replaced is never missing in between. Returns (written, deleted).
+    /// replaced is never missing in between. Each changed endpoint's policy
+    /// generation is bumped after its last write, which invalidates the
+    /// datapath's cached verdicts for it. Returns (written, deleted).
     pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
         let policies: Vec<_> = self.store.policies.values().cloned().collect();
         let ids = &self.store.identities;
@@ -161,23 +211,43 @@ impl Daemon {
             live.insert(ep.ep_id);
             let want = compile::compile_endpoint(ep.ep_id, &ep.labels, &policies, ids.labelled());
             let have = self.installed.entry(ep.ep_id).or_default();
-            let d = compile::diff(&have.entries, &want.entries);
+            let d = compile::diff(&have.compiled.entries, &want.entries);
+            if d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags {
+                continue;
+            }
             for (k, v) in &d.put {
                 self.dp.policy_put(*k, *v)?;
             }
-            if have.flags != want.flags {
-                self.dp.endpoint_put(ep.ifindex, EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: want.flags })?;
-            }
-            for k in &d.delete {
-                self.dp.policy_delete(*k)?;
+            have.gen = have.gen.wrapping_add(1);
+            self.dp
+                .endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
+            if !d.delete.is_empty() {
+                for k in &d.delete {
+                    self.dp.policy_delete(*k)?;
+                }
+                have.gen = have.gen.wrapping_add(1);
+                self.dp
+                    .endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
             }
             put += d.put.len();
             deleted += d.delete.len();
-            *have = want;
+            have.compiled = want;
         }
-        let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
+        let stale: Vec<u32> = self
+            .installed
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
         for id in stale {
-            for k in self.installed.remove(&id).unwrap_or_default().entries.keys() {
+            for k in self
+                .installed
+                .remove(&id)
+                .unwrap_or_default()
+                .compiled
+                .entries
+                .keys()
+            {
                 self.dp.policy_delete(*k)?;
                 deleted += 1;
             }
@@ -188,9 +258,20 @@ impl Daemon {
     pub fn handle(&mut self, req: Request) -> Result<Value> {
         match req {
             Request::Status => view::status(self),
-            Request::EndpointAdd { name, netns, ip, labels } => self.endpoint_add(&name, &netns, ip, labels),
+            Request::EndpointAdd {
+                name,
+                netns,
+                ip,
+                labels,
+            } => self.endpoint_add(&name, &netns, ip, labels),
             Request::EndpointDelete { name } => self.endpoint_delete(&name),
-            Request::EndpointList => Ok(Value::Array(self.store.endpoints.values().map(|e| view::endpoint(self, e)).collect())),
+            Request::EndpointList => Ok(Value::Array(
+                self.store
+                    .endpoints
+                    .values()
+                    .map(|e| view::endpoint(self, e))
+                    .collect(),
+            )),
             Request::EndpointGet { name } => {
                 let ep = self.endpoint(&name)?;
                 Ok(view::endpoint(self, ep))
@@ -198,12 +279,24 @@ impl Daemon {
             Request::PolicyApply { file, text } => self.policy_apply(&file, &text),
             Request::PolicyDelete { names } => self.policy_delete(&names),
             Request::PolicyGet { name } => view::policy_get(self, name.as_deref()),
-            Request::PolicyTrace { src, dst, proto, dport } => view::trace(self, &src, &dst, proto, dport),
+            Request::PolicyTrace {
+                src,
+                dst,
+                proto,
+                dport,
+            } => view::trace(self, &src, &dst, proto, dport),
             Request::IdentityList => Ok(Value::Array(
-                self.store.identities.all().iter().map(|(id, l)| view::identity(self, *id, l)).collect(),
+                self.store
+                    .identities
+                    .all()
+                    .iter()
+                    .map(|(id, l)| view::identity(self, *id, l))
+                    .collect(),
             )),
             Request::IdentityGet { id } => {
-                let l = self.store.identities.get(id).with_context(|| format!("identity {id} does not exist (see `palisade identity list`)"))?;
+                let l = self.store.identities.get(id).with_context(|| {
+                    format!("identity {id} does not exist (see `palisade identity list`)")
+                })?;
                 Ok(view::identity(self, id, &l))
             }
             Request::BpfPolicyGet { endpoint } => view::bpf_policy(self, &endpoint),
@@ -213,13 +306,18 @@ impl Daemon {
 
     pub(crate) fn endpoint(&self, name: &str) -> Result<&Endpoint> {
         let full = full_name(name);
-        self.store
-            .endpoints
-            .get(&full)
-            .with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
+        self.store.endpoints.get(&full).with_context(|| {
+            format!("endpoint {full} does not exist (see `palisade endpoint list`)")
+        })
     }
 
-    fn endpoint_add(&mut self, name: &str, netns: &str, ip: Option<Ipv4Addr>, user_labels: BTreeMap<String, String>) -> Result<Value> {
+    fn endpoint_add(
+        &mut self,
+        name: &str,
+        netns: &str,
+        ip: Option<Ipv4Addr>,
+        user_labels: BTreeMap<String, String>,
+    ) -> Result<Value> {
         let full = full_name(name);
         let (namespace, pod) = full.split_once('/').expect("full_name has a slash");
         for (what, v) in [("namespace", namespace), ("pod name", pod)] {
@@ -231,23 +329,36 @@ impl Daemon {
             bail!("endpoint {full} already exists");
         }
         for (k, v) in &user_labels {
-            palisade_policy::labels::validate_key(k).map_err(anyhow::Error::msg).with_context(|| format!("endpoint {full}: --labels"))?;
-            palisade_policy::labels::validate_value(v).map_err(anyhow::Error::msg).with_context(|| format!("endpoint {full}: --labels {k}"))?;
+            palisade_policy::labels::validate_key(k)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("endpoint {full}: --labels"))?;
+            palisade_policy::labels::validate_value(v)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("endpoint {full}: --labels {k}"))?;
         }
         if let Some(other) = self.store.endpoints.values().find(|e| e.netns == netns) {
-            bail!("endpoint {full}: network namespace {netns:?} already holds endpoint {}", other.name);
+            bail!(
+                "endpoint {full}: network namespace {netns:?} already holds endpoint {}",
+                other.name
+            );
         }
         let ipv4 = match ip {
             Some(ip) => {
-                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
+                {
                     bail!("endpoint {full}: --ip {ip} is not a unicast address");
                 }
                 if let Some(other) = self.store.endpoints.values().find(|e| e.ipv4 == ip) {
-                    bail!("endpoint {full}: address {ip} is already used by endpoint {}", other.name);
+                    bail!(
+                        "endpoint {full}: address {ip} is already used by endpoint {}",
+                        other.name
+                    );
                 }
                 ip
             }
-            None => self.allocate_ip().with_context(|| format!("endpoint {full}"))?,
+            None => self
+                .allocate_ip()
+                .with_context(|| format!("endpoint {full}"))?,
         };
         if !netplumb::netns_exists(netns) {
             bail!("endpoint {full}: network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
@@ -297,7 +408,9 @@ impl Daemon {
             self.store.endpoints.remove(&full);
             let _ = self.sync();
             let _ = self.state.save(&self.store);
-            return Err(e.context(format!("endpoint {full}: setting up the datapath (rolled back)")));
+            return Err(e.context(format!(
+                "endpoint {full}: setting up the datapath (rolled back)"
+            )));
         }
         tracing::info!(endpoint = %full, %ipv4, identity, ifname = %ifname, "endpoint added");
         Ok(view::endpoint(self, &ep))
@@ -335,7 +448,8 @@ impl Daemon {
         self.store.endpoints.remove(&ep.name);
         self.state.save(&self.store)?;
         self.forget_endpoint(&ep)?;
-        netplumb::delete(&ep.ifname).with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
+        netplumb::delete(&ep.ifname)
+            .with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
         self.sync()?;
         self.state.save(&self.store)?;
         tracing::info!(endpoint = %ep.name, "endpoint deleted");
@@ -356,7 +470,11 @@ impl Daemon {
             };
             result.push(json!({ "policy": key, "status": status }));
         }
-        if let Err(e) = self.state.save(&self.store).and_then(|_| self.sync().map(|_| ())) {
+        if let Err(e) = self
+            .state
+            .save(&self.store)
+            .and_then(|_| self.sync().map(|_| ()))
+        {
             self.store.policies = before;
             let _ = self.sync();
             let _ = self.state.save(&self.store);
@@ -383,6 +501,16 @@ impl Daemon {
     }
 }
 
+fn endpoint_value(ep: &Endpoint, flags: u32, policy_gen: u32) -> EndpointValue {
+    EndpointValue {
+        ep_id: ep.ep_id,
+        identity: ep.identity,
+        ipv4: ep.ipv4,
+        flags,
+        policy_gen,
+    }
+}
+
 /// `ns/name` stays; a bare `name` is in namespace `default`.
 pub fn full_name(name: &str) -> String {
     if name.contains('/') {
@@ -395,7 +523,8 @@ pub fn full_name(name: &str) -> String {
 fn valid_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

@@ -19,7 +19,10 @@ pub struct IdentityAllocator {
 
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        Self { by_labels: BTreeMap::new(), next: reserved::FIRST_LABEL }
+        Self {
+            by_labels: BTreeMap::new(),
+            next: reserved::FIRST_LABEL,
+        }
     }
 }
 
@@ -64,13 +67,22 @@ impl IdentityAllocator {
             .into_iter()
             .find(|(r, _)| *r == id)
             .map(|(_, l)| l)
-            .or_else(|| self.by_labels.iter().find(|(_, v)| **v == id).map(|(l, _)| l.clone()))
+            .or_else(|| {
+                self.by_labels
+                    .iter()
+                    .find(|(_, v)| **v == id)
+                    .map(|(l, _)| l.clone())
+            })
     }
 
     /// Every identity, reserved first, then label identities by number.
     pub fn all(&self) -> Vec<(u32, Labels)> {
         let mut v = reserved_identities();
-        let mut labelled: Vec<(u32, Labels)> = self.by_labels.iter().map(|(l, id)| (*id, l.clone())).collect();
+        let mut labelled: Vec<(u32, Labels)> = self
+            .by_labels
+            .iter()
+            .map(|(l, id)| (*id, l.clone()))
+            .collect();
         labelled.sort();
         v.extend(labelled);
         v
@@ -112,10 +124,18 @@ mod tests {
         let mut a = IdentityAllocator::default();
         let x = a.allocate(&l("shop", "app=a,tier=1"));
         assert_eq!(x, 256);
-        assert_eq!(a.allocate(&l("shop", "tier=1,app=a")), x, "label order does not matter");
+        assert_eq!(
+            a.allocate(&l("shop", "tier=1,app=a")),
+            x,
+            "label order does not matter"
+        );
         let y = a.allocate(&l("shop", "app=b"));
         assert_eq!(y, 257);
-        assert_ne!(a.allocate(&l("other", "app=a,tier=1")), x, "namespace is part of the identity");
+        assert_ne!(
+            a.allocate(&l("other", "app=a,tier=1")),
+            x,
+            "namespace is part of the identity"
+        );
         a.release(&l("shop", "app=b"));
         assert_eq!(a.get(y), None);
         let z = a.allocate(&l("shop", "app=c"));

@@ -26,15 +26,30 @@ pub fn host_ifname(endpoint: &str) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip").args(args).output().context("running ip (iproute2 is required)")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2 is required)")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn sysctl_netns(netns: &str, key: &str, value: &str) -> Result<()> {
-    ip(&["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    ip(&[
+        "netns",
+        "exec",
+        netns,
+        "sysctl",
+        "-qw",
+        &format!("{key}={value}"),
+    ])
+    .map(|_| ())
 }
 
 /// Writes a sysctl of this process's network namespace.
@@ -58,7 +73,10 @@ fn mac(netns: Option<&str>, ifname: &str) -> Result<String> {
         None => ip(&["-j", "link", "show", "dev", ifname])?,
     };
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link output")?;
-    v[0]["address"].as_str().map(str::to_string).context("interface has no MAC address")
+    v[0]["address"]
+        .as_str()
+        .map(str::to_string)
+        .context("interface has no MAC address")
 }
 
 /// Makes the veth pair and configures both sides, leaving the host side
@@ -75,7 +93,9 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
         bail!("interface {host_if} already exists on the node");
     }
     let r = (|| -> Result<Created> {
-        ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
+        ip(&[
+            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns,
+        ])?;
         let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
         let _ = sysctl_netns(netns, "net.ipv6.conf.all.disable_ipv6", "1");
         let host_mac = mac(None, host_if)?;
@@ -85,9 +105,25 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
         ip(&["-n", netns, "link", "set", "lo", "up"])?;
         ip(&["-n", netns, "addr", "add", &addr, "dev", "eth0"])?;
         ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
-        ip(&["-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
-        ip(&["-n", netns, "neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
+        ip(&[
+            "-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link",
+        ])?;
+        ip(&[
+            "-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0",
+        ])?;
+        ip(&[
+            "-n",
+            netns,
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &host_mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ])?;
         let ifindex = ifindex(host_if).context("host veth vanished right after creation")?;
         Ok(Created { ifindex, pod_mac })
     })();
@@ -108,7 +144,17 @@ pub struct Created {
 pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
     ip(&["link", "set", host_if, "up"])?;
     ip(&["route", "replace", &format!("{ipv4}/32"), "dev", host_if])?;
-    ip(&["neigh", "replace", &ipv4.to_string(), "lladdr", pod_mac, "dev", host_if, "nud", "permanent"])?;
+    ip(&[
+        "neigh",
+        "replace",
+        &ipv4.to_string(),
+        "lladdr",
+        pod_mac,
+        "dev",
+        host_if,
+        "nud",
+        "permanent",
+    ])?;
     Ok(())
 }
 

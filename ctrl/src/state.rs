@@ -48,23 +48,32 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
-        Ok(Self { path: state_dir.join("state.json") })
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        Ok(Self {
+            path: state_dir.join("state.json"),
+        })
     }
 
     pub fn load(&self) -> Result<Store> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {} (corrupt state file?)", self.path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store { next_ep_id: 1, ..Default::default() }),
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("reading {} (corrupt state file?)", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store {
+                next_ep_id: 1,
+                ..Default::default()
+            }),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
         }
     }
 
     pub fn save(&self, s: &Store) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(s)?)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))
     }
 }

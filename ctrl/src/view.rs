@@ -15,7 +15,11 @@ use crate::{
 };
 
 fn labels_list(l: &Labels) -> Vec<String> {
-    l.to_string().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
+    l.to_string()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn enforcement(flags: u32, bit: u32) -> &'static str {
@@ -27,7 +31,11 @@ fn enforcement(flags: u32, bit: u32) -> &'static str {
 }
 
 fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
-    d.dp.endpoints().ok()?.into_iter().find(|(i, _)| *i == ep.ifindex).map(|(_, v)| v.flags)
+    d.dp.endpoints()
+        .ok()?
+        .into_iter()
+        .find(|(i, _)| *i == ep.ifindex)
+        .map(|(_, v)| v.flags)
 }
 
 pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
@@ -55,7 +63,13 @@ pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
 }
 
 pub fn identity(d: &Daemon, id: u32, l: &Labels) -> Value {
-    let users: Vec<&str> = d.store.endpoints.values().filter(|e| e.identity == id).map(|e| e.name.as_str()).collect();
+    let users: Vec<&str> = d
+        .store
+        .endpoints
+        .values()
+        .filter(|e| e.identity == id)
+        .map(|e| e.name.as_str())
+        .collect();
     json!({ "id": id, "labels": labels_list(l), "endpoints": users, "reserved": id < palisade_bpf::identity::FIRST_LABEL })
 }
 
@@ -63,13 +77,19 @@ fn identity_labels(d: &Daemon, id: u32) -> Vec<String> {
     if id == palisade_bpf::identity::ANY {
         return vec!["<any>".into()];
     }
-    d.store.identities.get(id).map(|l| labels_list(&l)).unwrap_or_else(|| vec!["<unknown>".into()])
+    d.store
+        .identities
+        .get(id)
+        .map(|l| labels_list(&l))
+        .unwrap_or_else(|| vec!["<unknown>".into()])
 }
 
 fn proto_name(p: Option<u8>) -> String {
     match p {
         None => "ANY".into(),
-        Some(n) => Protocol::from_number(n).map(|p| p.as_str().to_string()).unwrap_or_else(|| n.to_string()),
+        Some(n) => Protocol::from_number(n)
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| n.to_string()),
     }
 }
 
@@ -95,7 +115,11 @@ fn dir_name(d: u8) -> &'static str {
 
 /// Live policy-map entries of one endpoint, read from the map itself.
 fn live_entries(d: &Daemon, ep_id: u32) -> Result<BTreeMap<PolicyKey, PolicyValue>> {
-    Ok(d.dp.policy()?.into_iter().filter(|(k, _)| k.ep_id == ep_id).collect())
+    Ok(d.dp
+        .policy()?
+        .into_iter()
+        .filter(|(k, _)| k.ep_id == ep_id)
+        .collect())
 }
 
 pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
@@ -130,7 +154,12 @@ pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
 }
 
 pub fn conntrack(d: &Daemon) -> Result<Value> {
-    let by_id: BTreeMap<u32, &str> = d.store.endpoints.values().map(|e| (e.ep_id, e.name.as_str())).collect();
+    let by_id: BTreeMap<u32, &str> = d
+        .store
+        .endpoints
+        .values()
+        .map(|e| (e.ep_id, e.name.as_str()))
+        .collect();
     let now = monotonic_ns();
     Ok(Value::Array(
         d.dp.conntrack()?
@@ -165,7 +194,9 @@ pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     match name {
         Some(n) => {
             let k = full_name(n);
-            let p = d.store.policies.get(&k).with_context(|| format!("policy {k} does not exist (see `palisade policy get`)"))?;
+            let p = d.store.policies.get(&k).with_context(|| {
+                format!("policy {k} does not exist (see `palisade policy get`)")
+            })?;
             Ok(p.source.clone())
         }
         None => Ok(Value::Array(
@@ -177,7 +208,11 @@ pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
                         .store
                         .endpoints
                         .values()
-                        .filter(|e| p.rules.iter().any(|r| r.endpoint_selector.matches(&e.labels)))
+                        .filter(|e| {
+                            p.rules
+                                .iter()
+                                .any(|r| r.endpoint_selector.matches(&e.labels))
+                        })
                         .map(|e| e.name.as_str())
                         .collect();
                     json!({
@@ -207,13 +242,25 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
     )];
     let mut allowed = true;
     let mut steps = Vec::new();
-    for (ep, peer, dir, label) in [(s, t, DIR_EGRESS, "Egress from"), (t, s, DIR_INGRESS, "Ingress to")] {
+    for (ep, peer, dir, label) in [
+        (s, t, DIR_EGRESS, "Egress from"),
+        (t, s, DIR_INGRESS, "Ingress to"),
+    ] {
         let flags = live_flags(d, ep).context("endpoint has no datapath entry")?;
-        let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
+        let bit = if dir == DIR_INGRESS {
+            EndpointValue::INGRESS_ENFORCED
+        } else {
+            EndpointValue::EGRESS_ENFORCED
+        };
         let enforced = flags & bit != 0;
         let entries = live_entries(d, ep.ep_id)?;
         let v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
-        let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
+        let rule_of = |c: &u32| {
+            cookies
+                .get(c)
+                .map(|r| format!("{} {}", r.policy, r.path))
+                .unwrap_or_else(|| format!("cookie {c}"))
+        };
         let (ok, why) = match &v {
             Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
             Verdict::Allowed { cookie, key } => (true, format!("allowed by {} (entry: identity {}, {}/{})", rule_of(cookie), key.identity, port_text_key(key), proto_name(key.proto))),
@@ -234,7 +281,9 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
     }
     let verdict = if allowed { "ALLOWED" } else { "DENIED" };
     lines.push(format!("Final verdict: {verdict}"));
-    Ok(json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }))
+    Ok(
+        json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }),
+    )
 }
 
 fn port_text_key(k: &PolicyKey) -> String {

@@ -1,0 +1,167 @@
+//! palisade-bench: benchmarks that report tables, not pass/fail.
+//! `datapath` runs the datapath fixture table through BPF_PROG_TEST_RUN and
+//! reports the kernel-measured ns/packet per fixture, at several map sizes
+//! (rules, identities and host addresses installed around the fixtures).
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use palisade_bpf::{fixtures, Datapath, DatapathConfig};
+
+#[derive(Parser)]
+#[command(name = "palisade-bench", about = "Palisade benchmarks")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// ns/packet of each datapath fixture (BPF_PROG_TEST_RUN), by map size.
+    Datapath {
+        /// Map sizes to measure at (rules, identities and addresses each).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0,10,100,1000,10000,100000"
+        )]
+        sizes: Vec<u32>,
+        /// Repeats per kernel measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Single-run samples for rows that create conntrack entries.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Reduced matrix for smoke runs (sizes 0,1000; fewer repeats).
+        #[arg(long)]
+        quick: bool,
+        /// Also write results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Datapath {
+            mut sizes,
+            mut repeat,
+            mut samples,
+            quick,
+            json,
+        } => {
+            if quick {
+                sizes = vec![0, 1000];
+                repeat = 100_000;
+                samples = 300;
+            }
+            datapath(&sizes, repeat, samples, json)
+        }
+    }
+}
+
+fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -> Result<()> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
+    let max = sizes.iter().copied().max().unwrap_or(0);
+    let mut cfg = DatapathConfig::new(&dir);
+    cfg.policy_max = cfg.policy_max.max(2 * max + 1024);
+    cfg.ipcache_max = cfg.ipcache_max.max(max + 1024);
+    let dp = Datapath::load(&cfg).context("loading the datapath (run as root)")?;
+    let result = (|| -> Result<serde_json::Value> {
+        let table = fixtures::table();
+        let mut rows = Vec::new();
+        let mut uncached = Vec::new();
+        let mut overhead = Vec::new();
+        for &n in sizes {
+            let _ = n;
+            overhead.push(fixtures::single_run_overhead(&dp, samples)?);
+        }
+        for (i, f) in table.iter().enumerate() {
+            let mut cells = Vec::new();
+            let mut miss = Vec::new();
+            for &n in sizes {
+                eprint!("\r[{}/{}] {:<55} size {n:>6}", i + 1, table.len(), f.name);
+                cells.push(fixtures::measure(&dp, f, repeat, samples, n)?);
+                if f.name.starts_with("new flow denied") {
+                    miss.push(fixtures::measure_uncached(&dp, f, samples, n)?);
+                }
+            }
+            rows.push((
+                if fixtures::opens_flow(f) {
+                    format!("{} †", f.name)
+                } else {
+                    f.name.to_string()
+                },
+                cells,
+            ));
+            if !miss.is_empty() {
+                uncached.push((f.name.to_string(), miss));
+            }
+        }
+        eprintln!();
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_default();
+        println!("Datapath ns/packet (BPF_PROG_TEST_RUN, kernel {}, {cpu}, repeat {repeat}; rows that open a flow: median of {samples} single runs)\n", kernel.trim());
+        rows.push((
+            "(† timed as single runs: per-run overhead, ARP row) ‡".to_string(),
+            overhead.clone(),
+        ));
+        print_table(sizes, &rows);
+        uncached.push((
+            "(per-run overhead, ARP row, same timing) ‡".to_string(),
+            overhead,
+        ));
+        println!("\nFirst packet of a flow class (verdict cache and conntrack emptied before each single run: the policy trie is walked), median of {samples}\n");
+        print_table(sizes, &uncached);
+        Ok(serde_json::json!({
+            "suite": "datapath",
+            "kernel": kernel.trim(),
+            "cpu": cpu,
+            "repeat": repeat,
+            "sizes": sizes,
+            "rows": rows.iter().map(|(n, c)| serde_json::json!({ "fixture": n, "ns_per_packet": c })).collect::<Vec<_>>(),
+            "uncached_rows": uncached.iter().map(|(n, c)| serde_json::json!({ "fixture": n, "ns_per_packet": c })).collect::<Vec<_>>(),
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let v = result?;
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_vec_pretty(&v)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn print_table(sizes: &[u32], rows: &[(String, Vec<f64>)]) {
+    let mut head = "| fixture |".to_string();
+    let mut sep = "|---|".to_string();
+    for n in sizes {
+        head += &format!(" {n} |");
+        sep += "---:|";
+    }
+    if sizes.len() > 1 {
+        head += " growth |";
+        sep += "---:|";
+    }
+    println!("{head}\n{sep}");
+    for (name, cells) in rows {
+        let mut line = format!("| {name} |");
+        for c in cells {
+            line += &format!(" {c:.0} |");
+        }
+        if sizes.len() > 1 {
+            let (first, last) = (cells[0].max(1.0), cells[cells.len() - 1]);
+            line += &format!(" {:+.0}% |", (last / first - 1.0) * 100.0);
+        }
+        println!("{line}");
+    }
+}

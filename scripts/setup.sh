@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Prepares a fresh Debian 12 machine for Palisade: packages, bpffs, build.
+# Idempotent; run as root. Usage: scripts/setup.sh [--release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: run as root (it installs packages and loads BPF programs)" >&2
+  exit 1
+fi
+
+PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
+  iproute2 iputils-ping util-linux procps iptables nftables)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "setup.sh: no Rust toolchain (cargo) found; install rustup first" >&2
+    exit 1
+  fi
+fi
+
+# bpffs for pinned maps
+if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
+  echo "==> mounting bpffs at /sys/fs/bpf"
+  mkdir -p /sys/fs/bpf
+  mount -t bpf bpf /sys/fs/bpf
+fi
+
+echo "==> building ($([ "${1:-}" = --release ] && echo release || echo debug))"
+if [ "${1:-}" = --release ]; then
+  cargo build --release --workspace --bins --quiet
+else
+  cargo build --workspace --bins --quiet
+fi

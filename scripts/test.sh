@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up the machine and runs every test: formatting, clippy, unit tests,
+# BPF_PROG_TEST_RUN fixtures and the real-packet netns tests. Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+bash scripts/setup.sh
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> cargo test (unit, BPF fixtures, netns)"
+cargo test --workspace 2>&1 | tee /tmp/palisade-test.log
