@@ -357,11 +357,13 @@ impl Datapath {
         let off = std::mem::offset_of!(abi::types::__sk_buff, ifindex);
         ctx[off..off + 4].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; packet.len() + 256];
-        let mut input = ProgramInput::default();
-        input.context_in = Some(&mut ctx);
-        input.data_in = Some(packet);
-        input.data_out = Some(&mut out);
-        input.repeat = repeat;
+        let input = ProgramInput {
+            context_in: Some(&mut ctx),
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat,
+            ..Default::default()
+        };
         let o = self
             .prog(hook)
             .test_run(input)
