@@ -12,4 +12,14 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test (unit, BPF fixtures, netns)"
-cargo test --workspace 2>&1 | tee /tmp/palisade-test.log
+log=$(mktemp)
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(awk '/^test result:/ {s += $4} END {print s+0}' "$log")
+failed=$(awk '/^test result:/ {s += $6} END {print s+0}' "$log")
+rm -f "$log"
+echo
+echo "palisade: $passed passed, $failed failed"
+exit "$status"
