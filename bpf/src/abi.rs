@@ -2,7 +2,10 @@
 //! structs in `bpf/lib/*.h` (written once, in C), plus byte views of them.
 //! The layout test below pins each size and offset, and checks them against
 //! the key/value sizes of the maps in the compiled object.
-#![expect(unsafe_code, reason = "the one place this crate touches raw libbpf memory; every block says why it is sound")]
+#![expect(
+    unsafe_code,
+    reason = "the one place this crate touches raw libbpf memory; every block says why it is sound"
+)]
 
 #[allow(clippy::all, non_camel_case_types, non_upper_case_globals, dead_code)]
 mod skel_inner {

@@ -8,7 +8,10 @@
 //! this kernel refuses to pin links: EPERM; see docs/datapath.md.)
 //! Our programs are found among the interface's attachments by name, so
 //! other tcx programs on the same device are left alone.
-#![expect(unsafe_code, reason = "the one place this crate touches raw libbpf memory; every block says why it is sound")]
+#![expect(
+    unsafe_code,
+    reason = "the one place this crate touches raw libbpf memory; every block says why it is sound"
+)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
