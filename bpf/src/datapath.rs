@@ -373,19 +373,13 @@ impl Datapath {
 
     /// Deletes every conntrack entry (fixtures start from a known state).
     pub fn conntrack_clear(&self) -> Result<()> {
-        let map = &self.skel.maps.palisade_ct_v1;
-        for key in map.keys().collect::<Vec<_>>() {
-            let _ = map.delete(&key);
-        }
+        clear(&self.skel.maps.palisade_ct_v1);
         Ok(())
     }
 
     /// Empties the verdict cache (benchmarks of the uncached path).
     pub fn policy_cache_clear(&self) -> Result<()> {
-        let map = &self.skel.maps.palisade_policy_cache_v1;
-        for key in map.keys().collect::<Vec<_>>() {
-            let _ = map.delete(&key);
-        }
+        clear(&self.skel.maps.palisade_policy_cache_v1);
         Ok(())
     }
 
@@ -400,11 +394,16 @@ impl Datapath {
             &m.palisade_ct_v1,
             &m.palisade_policy_cache_v1,
         ] {
-            for key in map.keys().collect::<Vec<_>>() {
-                let _ = map.delete(&key);
-            }
+            clear(map);
         }
         Ok(())
+    }
+}
+
+/// Deletes every entry (fixtures and benchmarks start from known state).
+fn clear(map: &MapMut<'_>) {
+    for key in map.keys().collect::<Vec<_>>() {
+        let _ = map.delete(&key);
     }
 }
 

@@ -507,8 +507,7 @@ pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize, scale: u
         let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
         v.push(ns as f64);
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok(v[v.len() / 2])
+    Ok(median(v))
 }
 
 /// Whether timing the row with a repeat would measure the established path
@@ -533,8 +532,7 @@ pub fn single_run_overhead(dp: &Datapath, samples: usize) -> Result<f64> {
     for _ in 0..samples {
         v.push(dp.test_run(arp.hook, EP_IFINDEX, &arp.packet, 1)?.1 as f64);
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok(v[v.len() / 2])
+    Ok(median(v))
 }
 
 /// ns/packet of a row's first packet of its flow class: conntrack and the
@@ -555,6 +553,10 @@ pub fn measure_uncached(dp: &Datapath, f: &Fixture, samples: usize, scale: u32) 
         let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
         v.push(ns as f64);
     }
+    Ok(median(v))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    Ok(v[v.len() / 2])
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

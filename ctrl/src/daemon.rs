@@ -321,7 +321,7 @@ impl Daemon {
         let full = full_name(name);
         let (namespace, pod) = full.split_once('/').expect("full_name has a slash");
         for (what, v) in [("namespace", namespace), ("pod name", pod)] {
-            if !valid_dns_label(v) {
+            if !palisade_policy::labels::is_dns_label(v) {
                 bail!("endpoint {full}: {what} {v:?} is not a valid name (lowercase letters, digits and '-', at most 63)");
             }
         }
@@ -518,13 +518,4 @@ pub fn full_name(name: &str) -> String {
     } else {
         format!("default/{name}")
     }
-}
-
-fn valid_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
 }

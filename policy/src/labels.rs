@@ -124,7 +124,8 @@ fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn is_dns_label(s: &str) -> bool {
+/// An RFC 1123 label: lowercase alphanumerics and `-`, at most 63, no `-` at either end.
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.chars()
