@@ -120,7 +120,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
             "(per-run overhead, ARP row, same timing) ‡".to_string(),
             overhead,
         ));
-        println!("\nFirst packet of a flow class (verdict cache and conntrack emptied before each single run: the policy trie is walked), median of {samples}\n");
+        println!("\nFirst packet of a flow class (a new destination port per run: verdict-cache miss, the policy trie is walked), single runs, median of {samples}\n");
         print_table(sizes, &uncached);
         Ok(serde_json::json!({
             "suite": "datapath",

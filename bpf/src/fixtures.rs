@@ -493,21 +493,40 @@ pub fn measure(dp: &Datapath, f: &Fixture, repeat: u32, samples: usize, scale: u
     for (hook, p) in &f.prime {
         dp.test_run(*hook, EP_IFINDEX, p, 1)?;
     }
-    let creates_ct = f.prime.is_empty()
-        && f.verdict == TC_ACT_OK
-        && f.packet.len() >= 34
-        && f.packet[12..14] == [0x08, 0x00];
-    if !creates_ct {
+    if !opens_flow(f) {
         let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, repeat)?;
         return Ok(ns as f64);
     }
+    // A new connection per run from the same client (new source port): each
+    // run creates a conntrack entry, as a stream of new flows would, and
+    // finds the class's verdict cached after the first.
     let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        dp.conntrack_clear()?;
-        let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
-        v.push(ns as f64);
+    for i in 0..samples {
+        let p = with_port(&f.packet, PortField::Source, 20_000 + i as u16);
+        v.push(dp.test_run(f.hook, EP_IFINDEX, &p, 1)?.1 as f64);
     }
     Ok(median(v))
+}
+
+enum PortField {
+    Source,
+    Destination,
+}
+
+/// The packet with its L4 source or destination port (ICMP: echo id)
+/// replaced, so each run is a new flow or a new flow class.
+fn with_port(packet: &[u8], which: PortField, port: u16) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    let l4 = 14 + usize::from(p[14] & 0x0f) * 4;
+    let off = match (p[23], which) {
+        (1, _) => l4 + 4,
+        (_, PortField::Source) => l4,
+        (_, PortField::Destination) => l4 + 2,
+    };
+    if p.len() >= off + 2 {
+        p[off..off + 2].copy_from_slice(&port.to_be_bytes());
+    }
+    p
 }
 
 /// Whether timing the row with a repeat would measure the established path
@@ -535,23 +554,21 @@ pub fn single_run_overhead(dp: &Datapath, samples: usize) -> Result<f64> {
     Ok(median(v))
 }
 
-/// ns/packet of a row's first packet of its flow class: conntrack and the
-/// verdict cache are emptied before each single run, so every run walks the
-/// policy trie. Median of `samples`.
+/// ns/packet of the first packet of a flow class (a denied row, whose
+/// verdict is the same on any port), timed as single runs. Median of
+/// `samples`.
 pub fn measure_uncached(dp: &Datapath, f: &Fixture, samples: usize, scale: u32) -> Result<f64> {
     install_state(dp, f.ep_flags)?;
     install_scale(dp, scale)?;
     for (hook, p) in &f.prime {
         dp.test_run(*hook, EP_IFINDEX, p, 1)?;
     }
+    // Each run asks about a port this class has not used yet: a verdict-cache
+    // miss that walks the trie and fills one cache entry.
     let mut v = Vec::with_capacity(samples);
-    for _ in 0..samples {
-        if f.prime.is_empty() {
-            dp.conntrack_clear()?;
-        }
-        dp.policy_cache_clear()?;
-        let (_, ns) = dp.test_run(f.hook, EP_IFINDEX, &f.packet, 1)?;
-        v.push(ns as f64);
+    for i in 0..samples {
+        let p = with_port(&f.packet, PortField::Destination, 20_000 + i as u16);
+        v.push(dp.test_run(f.hook, EP_IFINDEX, &p, 1)?.1 as f64);
     }
     Ok(median(v))
 }
