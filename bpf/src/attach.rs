@@ -8,6 +8,10 @@
 //! this kernel refuses to pin links: EPERM; see docs/datapath.md.)
 //! Our programs are found among the interface's attachments by name, so
 //! other tcx programs on the same device are left alone.
+//!
+//! Kernels before 6.6 have no tcx: there the same programs go on a clsact
+//! qdisc as cls_bpf filters (netlink; they also outlive the process), with
+//! our own handle and priority, replaced in place on restart.
 #![expect(
     unsafe_code,
     reason = "the one place this crate touches raw libbpf memory; every block says why it is sound"
@@ -18,6 +22,54 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use libbpf_rs::libbpf_sys as sys;
 
 use crate::{Error, Result};
+
+/// How programs are attached to endpoint interfaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// tcx program attachments (Linux 6.6+).
+    Tcx,
+    /// cls_bpf filters on a clsact qdisc (any kernel with BPF TC).
+    Clsact,
+}
+
+impl AttachMode {
+    /// tcx where the running kernel has it (6.6 and later), clsact before.
+    pub fn detect() -> Self {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|p| p.parse::<u32>().ok());
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= (6, 6) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Clsact => "clsact",
+        }
+    }
+}
+
+impl std::str::FromStr for AttachMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "tcx" => Ok(AttachMode::Tcx),
+            "clsact" => Ok(AttachMode::Clsact),
+            "auto" => Ok(AttachMode::detect()),
+            other => Err(format!(
+                "{other:?} is not an attach mode (auto, tcx, clsact)"
+            )),
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
@@ -165,4 +217,63 @@ pub fn detach(ifindex: u32, hook: Hook) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Handle and priority of our cls_bpf filters ("PA" + 1): fixed, so a
+/// restarted agent replaces its own filter and nobody else's.
+const CLSACT_HANDLE: u32 = 0x5041_0001;
+const CLSACT_PRIORITY: u32 = 0x5041;
+
+fn clsact_hook(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> libbpf_rs::TcHook {
+    let mut b = libbpf_rs::TcHookBuilder::new(prog);
+    b.ifindex(ifindex as i32)
+        .replace(true)
+        .handle(CLSACT_HANDLE)
+        .priority(CLSACT_PRIORITY);
+    b.hook(match hook {
+        Hook::FromEndpoint => libbpf_rs::TC_INGRESS,
+        Hook::ToEndpoint => libbpf_rs::TC_EGRESS,
+    })
+}
+
+/// Attaches (or replaces in place) our filter at (ifindex, hook) on clsact.
+pub fn clsact_attach(
+    prog: std::os::fd::BorrowedFd<'_>,
+    ifindex: u32,
+    ifname: &str,
+    hook: Hook,
+) -> Result<()> {
+    let mut h = clsact_hook(prog, ifindex, hook);
+    let what = || {
+        format!(
+            "attaching {} filter to {ifname} (ifindex {ifindex}) on clsact",
+            hook.as_str()
+        )
+    };
+    h.create().map_err(|source| Error::Libbpf {
+        what: what(),
+        source,
+    })?;
+    h.attach().map_err(|source| Error::Libbpf {
+        what: what(),
+        source,
+    })?;
+    Ok(())
+}
+
+pub fn clsact_is_attached(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> bool {
+    clsact_hook(prog, ifindex, hook)
+        .query()
+        .is_ok_and(|id| id != 0)
+}
+
+pub fn clsact_detach(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
+    let mut h = clsact_hook(prog, ifindex, hook);
+    if h.query().is_err() {
+        return Ok(());
+    }
+    h.detach().map_err(|source| Error::Libbpf {
+        what: format!("detaching {} filter from ifindex {ifindex}", hook.as_str()),
+        source,
+    })
 }

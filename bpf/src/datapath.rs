@@ -17,7 +17,7 @@ use libbpf_rs::{
 
 use crate::{
     abi::{self, EndpointSkel, EndpointSkelBuilder, Pod},
-    attach::{self, Hook},
+    attach::{self, AttachMode, Hook},
     maps::{ipcache_host_key, ipcache_lpm_key},
     Context, Counter, CtEntry, EndpointValue, Error, IpcacheValue, PolicyKey, PolicyValue, Reason,
     Result,
@@ -36,6 +36,7 @@ pub struct DatapathConfig {
     pub ct_max: u32,
     pub ct_tcp_lifetime_s: u64,
     pub ct_other_lifetime_s: u64,
+    pub attach_mode: AttachMode,
 }
 
 impl DatapathConfig {
@@ -50,6 +51,7 @@ impl DatapathConfig {
             ct_max: 262144,
             ct_tcp_lifetime_s: 21600,
             ct_other_lifetime_s: 60,
+            attach_mode: AttachMode::detect(),
         }
     }
 }
@@ -58,6 +60,7 @@ impl DatapathConfig {
 pub struct Datapath {
     skel: EndpointSkel<'static>,
     dir: PathBuf,
+    mode: AttachMode,
 }
 
 /// Pinned file name of each map (also its versioned ABI name).
@@ -139,7 +142,11 @@ impl Datapath {
                 dir.display()
             )
         })?;
-        Ok(Self { skel, dir })
+        Ok(Self {
+            skel,
+            dir,
+            mode: cfg.attach_mode,
+        })
     }
 
     pub fn bpf_dir(&self) -> &Path {
@@ -149,10 +156,25 @@ impl Datapath {
     /// Attaches (or atomically re-attaches) both programs to a host veth.
     pub fn attach(&self, ifindex: u32, ifname: &str) -> Result<()> {
         for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
-            let prog = self.prog(hook);
-            attach::attach_or_replace(prog.as_fd().as_raw_fd(), ifindex, ifname, hook)?;
+            let prog = self.prog(hook).as_fd();
+            // Attach with this mode, then take ours off the other mechanism
+            // (an agent restarted with another --attach-mode).
+            match self.mode {
+                AttachMode::Tcx => {
+                    attach::attach_or_replace(prog.as_raw_fd(), ifindex, ifname, hook)?;
+                    attach::clsact_detach(prog, ifindex, hook)?;
+                }
+                AttachMode::Clsact => {
+                    attach::clsact_attach(prog, ifindex, ifname, hook)?;
+                    attach::detach(ifindex, hook)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    pub fn attach_mode(&self) -> AttachMode {
+        self.mode
     }
 
     fn prog(&self, hook: Hook) -> &libbpf_rs::ProgramMut<'static> {
@@ -164,13 +186,26 @@ impl Datapath {
 
     /// Whether our programs are attached to both hooks of `ifindex`.
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        attach::is_attached(ifindex, Hook::FromEndpoint)
-            && attach::is_attached(ifindex, Hook::ToEndpoint)
+        [Hook::FromEndpoint, Hook::ToEndpoint]
+            .into_iter()
+            .all(|hook| match self.mode {
+                AttachMode::Tcx => attach::is_attached(ifindex, hook),
+                AttachMode::Clsact => {
+                    attach::clsact_is_attached(self.prog(hook).as_fd(), ifindex, hook)
+                }
+            })
     }
 
     pub fn detach(&self, ifindex: u32) -> Result<()> {
-        attach::detach(ifindex, Hook::FromEndpoint)?;
-        attach::detach(ifindex, Hook::ToEndpoint)
+        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+            match self.mode {
+                AttachMode::Tcx => attach::detach(ifindex, hook)?,
+                AttachMode::Clsact => {
+                    attach::clsact_detach(self.prog(hook).as_fd(), ifindex, hook)?
+                }
+            }
+        }
+        Ok(())
     }
 
     // --- endpoints ---

@@ -39,6 +39,9 @@ pub struct Args {
     /// Size of the ipcache host-address map.
     #[arg(long, default_value_t = 65536)]
     pub ipcache_map_size: u32,
+    /// How programs are attached: tcx (Linux 6.6+), clsact, or auto.
+    #[arg(long, env = "PALISADE_ATTACH_MODE", default_value = "auto")]
+    pub attach_mode: String,
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
@@ -74,6 +77,10 @@ pub fn run(a: Args) -> Result<()> {
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
     dp.endpoints_max = a.endpoint_map_size;
+    dp.attach_mode = a
+        .attach_mode
+        .parse()
+        .map_err(|e| ConfigError(format!("--attach-mode: {e}")))?;
     let cfg = Config {
         state_dir: a.state_dir,
         socket: a.socket.clone(),

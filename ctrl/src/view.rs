@@ -305,7 +305,7 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "state_dir": d.cfg.state_dir.display().to_string(),
         "socket": d.cfg.socket.display().to_string(),
         "pod_cidr": format!("{}/{}", d.cfg.pod_cidr.0, d.cfg.pod_cidr.1),
-        "attach": "tcx",
+        "attach": d.dp.attach_mode().as_str(),
         "endpoints": d.store.endpoints.len(),
         "identities": d.store.identities.all().len(),
         "policies": d.store.policies.len(),

@@ -81,11 +81,17 @@ pub struct Node {
     pub tmp: PathBuf,
     pub socket: PathBuf,
     ctrl: Option<Child>,
+    ctrl_args: Vec<String>,
     pods: Vec<String>,
 }
 
 impl Node {
     pub fn new() -> Self {
+        Self::with_ctrl_args(&[])
+    }
+
+    /// A node whose palisade-ctrl gets extra flags (kept across restarts).
+    pub fn with_ctrl_args(args: &[&str]) -> Self {
         require_root();
         let tag = format!(
             "pt{:x}{}",
@@ -102,6 +108,7 @@ impl Node {
             netns: netns.clone(),
             tmp,
             ctrl: None,
+            ctrl_args: args.iter().map(|a| a.to_string()).collect(),
             pods: Vec::new(),
         };
         sh(&["ip", "netns", "add", &netns]);
@@ -124,6 +131,7 @@ impl Node {
             .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])
             .args(["--socket", &self.socket.display().to_string()])
+            .args(&self.ctrl_args)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()

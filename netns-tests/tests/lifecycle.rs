@@ -368,3 +368,52 @@ fn cli_json_outputs_privileged_test() {
 fn front_identity(node: &Node, name: &str) -> serde_json::Value {
     node.json(&["endpoint", "get", name])["identity"].clone()
 }
+
+/// Kernels without tcx get cls_bpf filters on clsact: same verdicts, same
+/// survival of a restart, and switching mode moves the programs over.
+#[test]
+fn clsact_attach_mode_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--attach-mode", "clsact"]);
+    let front = node.pod("shop/frontend", "app=frontend");
+    let mut back = node.pod("shop/backend", "app=backend");
+    let cart = node.pod("shop/cart", "app=cart");
+    back.serve(&[WEB]);
+    assert_eq!(node.json(&["status"])["attach"], "clsact");
+    node.apply_example("allow-frontend-to-backend.yaml");
+    check_matrix(&[
+        (&front, &back, Some(WEB), true),
+        (&cart, &back, Some(WEB), false),
+    ]);
+    let mut flow = front.session(&back, WEB);
+    node.kill_ctrl();
+    assert!(flow.round_trip());
+    check_matrix(&[(&cart, &back, Some(WEB), false)]);
+    node.start_ctrl();
+    assert!(flow.round_trip());
+    check_matrix(&[
+        (&front, &back, Some(WEB), true),
+        (&cart, &back, Some(WEB), false),
+    ]);
+    let filters = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node.netns,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            &node.json(&["endpoint", "get", "shop/backend"])["interface"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+            "egress",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&filters.stdout).contains("tc_to_endpoint"),
+        "filter not on clsact: {}",
+        String::from_utf8_lossy(&filters.stdout)
+    );
+}
