@@ -39,6 +39,8 @@ pub struct Daemon {
     /// What the policy map and endpoint entries hold, per endpoint id.
     installed: BTreeMap<u32, Installed>,
     pub(crate) started_unix: u64,
+    /// Held for the agent's life: one agent per state directory.
+    _lock: std::fs::File,
 }
 
 /// One endpoint's installed state: its compiled entries and flags as the
@@ -58,6 +60,7 @@ pub fn now_unix() -> u64 {
 
 impl Daemon {
     pub fn start(cfg: Config) -> Result<Self> {
+        let lock = lock_state_dir(&cfg.state_dir)?;
         netplumb::prepare_node()?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
@@ -69,6 +72,7 @@ impl Daemon {
             store,
             installed: BTreeMap::new(),
             started_unix: now_unix(),
+            _lock: lock,
         };
         d.read_installed()?;
         d.reconcile_endpoints()?;
@@ -508,6 +512,31 @@ fn endpoint_value(ep: &Endpoint, flags: u32, policy_gen: u32) -> EndpointValue {
         ipv4: ep.ipv4,
         flags,
         policy_gen,
+    }
+}
+
+/// Takes the state directory's lock, so a second agent on the same node
+/// state fails before it touches a map or an interface.
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another palisade-ctrl is running with state directory {} (it holds {})",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 

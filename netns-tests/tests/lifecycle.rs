@@ -145,6 +145,32 @@ fn ctrl_restart_keeps_verdicts_and_established_flows_privileged_test() {
     ]);
 
     node.start_ctrl();
+    // A second agent on the same state is refused before it touches anything.
+    let second = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.netns))
+        .arg(palisade_netns_tests::bin_dir().join("palisade-ctrl"))
+        .args([
+            "--bpf-dir",
+            &node.bpf_dir.display().to_string(),
+            "--state-dir",
+            &node.tmp.join("state").display().to_string(),
+        ])
+        .args([
+            "--socket",
+            &node.tmp.join("other.sock").display().to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another palisade-ctrl is running"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        flow.round_trip(),
+        "the refused second agent disturbed the flow"
+    );
     assert!(
         node.log().contains("put=0 deleted=0"),
         "a restart with unchanged state must write nothing:\n{}",
