@@ -420,6 +420,8 @@ fn clsact_attach_mode_privileged_test() {
         (&front, &back, Some(WEB), true),
         (&cart, &back, Some(WEB), false),
     ]);
+    let ep = node.json(&["endpoint", "get", "shop/backend"]);
+    let ifname = ep["interface"].as_str().unwrap();
     let filters = std::process::Command::new("ip")
         .args([
             "netns",
@@ -429,10 +431,7 @@ fn clsact_attach_mode_privileged_test() {
             "filter",
             "show",
             "dev",
-            &node.json(&["endpoint", "get", "shop/backend"])["interface"]
-                .as_str()
-                .unwrap()
-                .to_string(),
+            ifname,
             "egress",
         ])
         .output()
