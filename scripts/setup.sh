@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine for Palisade: packages, bpffs, build.
 # Idempotent; run as root. Usage: scripts/setup.sh [--release]
+# (--release also installs the binaries in /usr/local/bin.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,11 @@ fi
 echo "==> building ($([ "${1:-}" = --release ] && echo release || echo debug))"
 if [ "${1:-}" = --release ]; then
   cargo build --release --workspace --bins --quiet
+  # Put the operator's tools on PATH (the systemd unit expects them here).
+  for b in palisade palisade-ctrl palisade-bench palisade-probe; do
+    install -m 0755 "target/release/$b" /usr/local/bin/
+  done
+  echo "==> installed palisade, palisade-ctrl, palisade-bench, palisade-probe in /usr/local/bin"
 else
   cargo build --workspace --bins --quiet
 fi
