@@ -11,21 +11,12 @@ fn clang() -> PathBuf {
     if let Ok(c) = env::var("PALISADE_CLANG") {
         return c.into();
     }
-    for c in [
-        "clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-14",
-    ] {
-        if let Some(path) = env::var_os("PATH")
-            .iter()
-            .flat_map(env::split_paths)
-            .map(|d| d.join(c))
-            .find(|p| p.is_file())
-        {
+    for c in ["clang", "clang-19", "clang-18", "clang-17", "clang-16", "clang-14"] {
+        if let Some(path) = env::var_os("PATH").iter().flat_map(env::split_paths).map(|d| d.join(c)).find(|p| p.is_file()) {
             return path;
         }
     }
-    panic!(
-        "no clang found on PATH: run scripts/setup.sh (installs clang-19) or set PALISADE_CLANG"
-    );
+    panic!("no clang found on PATH: run scripts/setup.sh (installs clang-19) or set PALISADE_CLANG");
 }
 
 fn main() {

@@ -22,11 +22,7 @@ enum Cmd {
     /// ns/packet of each datapath fixture (BPF_PROG_TEST_RUN), by map size.
     Datapath {
         /// Map sizes to measure at (rules, identities and addresses each).
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "0,10,100,1000,10000,100000"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "0,10,100,1000,10000,100000")]
         sizes: Vec<u32>,
         /// Repeats per kernel measurement.
         #[arg(long, default_value_t = 1_000_000)]
@@ -45,13 +41,7 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Args::parse().cmd {
-        Cmd::Datapath {
-            mut sizes,
-            mut repeat,
-            mut samples,
-            quick,
-            json,
-        } => {
+        Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json } => {
             if quick {
                 sizes = vec![0, 1000];
                 repeat = 100_000;
@@ -88,14 +78,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
                     miss.push(fixtures::measure_uncached(&dp, f, samples, n)?);
                 }
             }
-            rows.push((
-                if fixtures::opens_flow(f) {
-                    format!("{} †", f.name)
-                } else {
-                    f.name.to_string()
-                },
-                cells,
-            ));
+            rows.push((if fixtures::opens_flow(f) { format!("{} †", f.name) } else { f.name.to_string() }, cells));
             if !miss.is_empty() {
                 uncached.push((f.name.to_string(), miss));
             }
@@ -104,22 +87,12 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| {
-                c.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
+            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
             .unwrap_or_default();
         println!("Datapath ns/packet (BPF_PROG_TEST_RUN, kernel {}, {cpu}, repeat {repeat}; rows that open a flow: median of {samples} single runs)\n", kernel.trim());
-        rows.push((
-            "(† timed as single runs: per-run overhead, ARP row) ‡".to_string(),
-            overhead.clone(),
-        ));
+        rows.push(("(† timed as single runs: per-run overhead, ARP row) ‡".to_string(), overhead.clone()));
         print_table(sizes, &rows);
-        uncached.push((
-            "(per-run overhead, ARP row, same timing) ‡".to_string(),
-            overhead,
-        ));
+        uncached.push(("(per-run overhead, ARP row, same timing) ‡".to_string(), overhead));
         println!("\nFirst packet of a flow class (a new destination port per run: verdict-cache miss, the policy trie is walked), single runs, median of {samples}\n");
         print_table(sizes, &uncached);
         Ok(serde_json::json!({
@@ -135,8 +108,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
     let _ = std::fs::remove_dir_all(&dir);
     let v = result?;
     if let Some(p) = json {
-        std::fs::write(&p, serde_json::to_vec_pretty(&v)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(&p, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

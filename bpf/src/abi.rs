@@ -2,10 +2,7 @@
 //! structs in `bpf/lib/*.h` (written once, in C), plus byte views of them.
 //! The layout test below pins each size and offset, and checks them against
 //! the key/value sizes of the maps in the compiled object.
-#![expect(
-    unsafe_code,
-    reason = "the one place this crate touches raw libbpf memory; every block says why it is sound"
-)]
+#![expect(unsafe_code, reason = "the one place this crate touches raw libbpf memory; every block says why it is sound")]
 
 #[allow(clippy::all, non_camel_case_types, non_upper_case_globals, dead_code)]
 mod skel_inner {
@@ -14,8 +11,8 @@ mod skel_inner {
 pub use skel_inner::*;
 
 pub use skel_inner::types::{
-    ct_entry, ct_key, endpoint_info, endpoint_key, ipcache_entry, ipcache_host_key,
-    ipcache_lpm_key, metrics_value, policy_cache_entry, policy_cache_key, policy_entry, policy_key,
+    ct_entry, ct_key, endpoint_info, endpoint_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key, metrics_value, policy_cache_entry,
+    policy_cache_key, policy_entry, policy_key,
 };
 
 /// Marker for generated plain-old-data map types: no pointers, no invalid
@@ -68,18 +65,9 @@ pub(crate) fn statfs_magic(path: &std::path::Path) -> Option<i64> {
 pub(crate) fn mount_bpffs(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     std::fs::create_dir_all(path)?;
-    let target =
-        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: all arguments are valid C strings or null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
     if rc == 0 {
         Ok(())
     } else {
@@ -136,49 +124,17 @@ mod tests {
     fn map_key_value_sizes_match_object() {
         use libbpf_rs::skel::SkelBuilder;
         let mut storage = std::mem::MaybeUninit::uninit();
-        let open = EndpointSkelBuilder::default()
-            .open(&mut storage)
-            .expect("open BPF object");
+        let open = EndpointSkelBuilder::default().open(&mut storage).expect("open BPF object");
         let m = &open.maps;
         let check = |name: &str, map: &libbpf_rs::OpenMapMut<'_>, k: usize, v: usize| {
             assert_eq!(map.key_size() as usize, k, "{name} key size");
             assert_eq!(map.value_size() as usize, v, "{name} value size");
         };
-        check(
-            "endpoints",
-            &m.palisade_endpoints_v1,
-            size_of::<endpoint_key>(),
-            size_of::<endpoint_info>(),
-        );
-        check(
-            "ipcache",
-            &m.palisade_ipcache_v1,
-            size_of::<ipcache_host_key>(),
-            size_of::<ipcache_entry>(),
-        );
-        check(
-            "ipcache_lpm",
-            &m.palisade_ipcache_lpm_v1,
-            size_of::<ipcache_lpm_key>(),
-            size_of::<ipcache_entry>(),
-        );
-        check(
-            "policy",
-            &m.palisade_policy_v1,
-            size_of::<policy_key>(),
-            size_of::<policy_entry>(),
-        );
-        check(
-            "ct",
-            &m.palisade_ct_v1,
-            size_of::<ct_key>(),
-            size_of::<ct_entry>(),
-        );
-        check(
-            "metrics",
-            &m.palisade_metrics_v1,
-            4,
-            size_of::<metrics_value>(),
-        );
+        check("endpoints", &m.palisade_endpoints_v1, size_of::<endpoint_key>(), size_of::<endpoint_info>());
+        check("ipcache", &m.palisade_ipcache_v1, size_of::<ipcache_host_key>(), size_of::<ipcache_entry>());
+        check("ipcache_lpm", &m.palisade_ipcache_lpm_v1, size_of::<ipcache_lpm_key>(), size_of::<ipcache_entry>());
+        check("policy", &m.palisade_policy_v1, size_of::<policy_key>(), size_of::<policy_entry>());
+        check("ct", &m.palisade_ct_v1, size_of::<ct_key>(), size_of::<ct_entry>());
+        check("metrics", &m.palisade_metrics_v1, 4, size_of::<metrics_value>());
     }
 }

@@ -12,10 +12,7 @@
 //! Kernels before 6.6 have no tcx: there the same programs go on a clsact
 //! qdisc as cls_bpf filters (netlink; they also outlive the process), with
 //! our own handle and priority, replaced in place on restart.
-#![expect(
-    unsafe_code,
-    reason = "the one place this crate touches raw libbpf memory; every block says why it is sound"
-)]
+#![expect(unsafe_code, reason = "the one place this crate touches raw libbpf memory; every block says why it is sound")]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
@@ -36,10 +33,7 @@ impl AttachMode {
     /// tcx where the running kernel has it (6.6 and later), clsact before.
     pub fn detect() -> Self {
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let mut parts = release
-            .trim()
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|p| p.parse::<u32>().ok());
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse::<u32>().ok());
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if (major, minor) >= (6, 6) {
             AttachMode::Tcx
@@ -64,9 +58,7 @@ impl std::str::FromStr for AttachMode {
             "tcx" => Ok(AttachMode::Tcx),
             "clsact" => Ok(AttachMode::Clsact),
             "auto" => Ok(AttachMode::detect()),
-            other => Err(format!(
-                "{other:?} is not an attach mode (auto, tcx, clsact)"
-            )),
+            other => Err(format!("{other:?} is not an attach mode (auto, tcx, clsact)")),
         }
     }
 }
@@ -104,10 +96,7 @@ impl Hook {
 }
 
 fn os_err(what: String) -> Error {
-    Error::Io {
-        what,
-        source: std::io::Error::last_os_error(),
-    }
+    Error::Io { what, source: std::io::Error::last_os_error() }
 }
 
 fn prog_info(fd: i32) -> Option<sys::bpf_prog_info> {
@@ -120,10 +109,7 @@ fn prog_info(fd: i32) -> Option<sys::bpf_prog_info> {
 /// Our program currently attached at (ifindex, hook), as (id, fd).
 fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
     let mut ids = [0u32; 64];
-    let mut opts = sys::bpf_prog_query_opts {
-        sz: size_of::<sys::bpf_prog_query_opts>() as _,
-        ..Default::default()
-    };
+    let mut opts = sys::bpf_prog_query_opts { sz: size_of::<sys::bpf_prog_query_opts>() as _, ..Default::default() };
     opts.prog_ids = ids.as_mut_ptr();
     opts.__bindgen_anon_1.prog_cnt = ids.len() as u32;
     // SAFETY: opts is sized and points at a buffer of prog_cnt ids.
@@ -133,10 +119,7 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
         if e.raw_os_error() == Some(libc::ENODEV) {
             return Ok(None);
         }
-        return Err(Error::Io {
-            what: format!("querying tcx programs on ifindex {ifindex}"),
-            source: e,
-        });
+        return Err(Error::Io { what: format!("querying tcx programs on ifindex {ifindex}"), source: e });
     }
     // SAFETY: the kernel wrote the count into the union.
     let n = unsafe { opts.__bindgen_anon_1.prog_cnt } as usize;
@@ -151,12 +134,7 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
         let Some(info) = prog_info(fd.as_raw_fd()) else {
             continue;
         };
-        let name: Vec<u8> = info
-            .name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
+        let name: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
         if name == hook.prog_name().as_bytes() {
             return Ok(Some((id, fd)));
         }
@@ -168,10 +146,7 @@ fn find_ours(ifindex: u32, hook: Hook) -> Result<Option<(u32, OwnedFd)>> {
 /// version of our program if one is attached there.
 pub fn attach_or_replace(prog_fd: i32, ifindex: u32, ifname: &str, hook: Hook) -> Result<()> {
     let prog_id = prog_info(prog_fd).map(|i| i.id).unwrap_or(0);
-    let mut opts = sys::bpf_prog_attach_opts {
-        sz: size_of::<sys::bpf_prog_attach_opts>() as _,
-        ..Default::default()
-    };
+    let mut opts = sys::bpf_prog_attach_opts { sz: size_of::<sys::bpf_prog_attach_opts>() as _, ..Default::default() };
     let old = find_ours(ifindex, hook)?;
     if let Some((id, fd)) = &old {
         if *id == prog_id {
@@ -181,13 +156,9 @@ pub fn attach_or_replace(prog_fd: i32, ifindex: u32, ifname: &str, hook: Hook) -
         opts.__bindgen_anon_1.replace_prog_fd = fd.as_raw_fd();
     }
     // SAFETY: prog_fd is a loaded program; opts is sized and initialised.
-    let rc =
-        unsafe { sys::bpf_prog_attach_opts(prog_fd, ifindex as i32, hook.attach_type(), &opts) };
+    let rc = unsafe { sys::bpf_prog_attach_opts(prog_fd, ifindex as i32, hook.attach_type(), &opts) };
     if rc != 0 {
-        return Err(os_err(format!(
-            "attaching {} program to {ifname} (ifindex {ifindex}) with tcx",
-            hook.as_str()
-        )));
+        return Err(os_err(format!("attaching {} program to {ifname} (ifindex {ifindex}) with tcx", hook.as_str())));
     }
     Ok(())
 }
@@ -202,19 +173,10 @@ pub fn detach(ifindex: u32, hook: Hook) -> Result<()> {
     let Some((_, fd)) = find_ours(ifindex, hook)? else {
         return Ok(());
     };
-    let opts = sys::bpf_prog_detach_opts {
-        sz: size_of::<sys::bpf_prog_detach_opts>() as _,
-        ..Default::default()
-    };
+    let opts = sys::bpf_prog_detach_opts { sz: size_of::<sys::bpf_prog_detach_opts>() as _, ..Default::default() };
     // SAFETY: fd is the attached program; opts is sized and zeroed.
-    if unsafe {
-        sys::bpf_prog_detach_opts(fd.as_raw_fd(), ifindex as i32, hook.attach_type(), &opts)
-    } != 0
-    {
-        return Err(os_err(format!(
-            "detaching {} program from ifindex {ifindex}",
-            hook.as_str()
-        )));
+    if unsafe { sys::bpf_prog_detach_opts(fd.as_raw_fd(), ifindex as i32, hook.attach_type(), &opts) } != 0 {
+        return Err(os_err(format!("detaching {} program from ifindex {ifindex}", hook.as_str())));
     }
     Ok(())
 }
@@ -226,10 +188,7 @@ const CLSACT_PRIORITY: u32 = 0x5041;
 
 fn clsact_hook(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> libbpf_rs::TcHook {
     let mut b = libbpf_rs::TcHookBuilder::new(prog);
-    b.ifindex(ifindex as i32)
-        .replace(true)
-        .handle(CLSACT_HANDLE)
-        .priority(CLSACT_PRIORITY);
+    b.ifindex(ifindex as i32).replace(true).handle(CLSACT_HANDLE).priority(CLSACT_PRIORITY);
     b.hook(match hook {
         Hook::FromEndpoint => libbpf_rs::TC_INGRESS,
         Hook::ToEndpoint => libbpf_rs::TC_EGRESS,
@@ -237,34 +196,16 @@ fn clsact_hook(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> l
 }
 
 /// Attaches (or replaces in place) our filter at (ifindex, hook) on clsact.
-pub fn clsact_attach(
-    prog: std::os::fd::BorrowedFd<'_>,
-    ifindex: u32,
-    ifname: &str,
-    hook: Hook,
-) -> Result<()> {
+pub fn clsact_attach(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, ifname: &str, hook: Hook) -> Result<()> {
     let mut h = clsact_hook(prog, ifindex, hook);
-    let what = || {
-        format!(
-            "attaching {} filter to {ifname} (ifindex {ifindex}) on clsact",
-            hook.as_str()
-        )
-    };
-    h.create().map_err(|source| Error::Libbpf {
-        what: what(),
-        source,
-    })?;
-    h.attach().map_err(|source| Error::Libbpf {
-        what: what(),
-        source,
-    })?;
+    let what = || format!("attaching {} filter to {ifname} (ifindex {ifindex}) on clsact", hook.as_str());
+    h.create().map_err(|source| Error::Libbpf { what: what(), source })?;
+    h.attach().map_err(|source| Error::Libbpf { what: what(), source })?;
     Ok(())
 }
 
 pub fn clsact_is_attached(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> bool {
-    clsact_hook(prog, ifindex, hook)
-        .query()
-        .is_ok_and(|id| id != 0)
+    clsact_hook(prog, ifindex, hook).query().is_ok_and(|id| id != 0)
 }
 
 pub fn clsact_detach(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> Result<()> {
@@ -272,8 +213,5 @@ pub fn clsact_detach(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook
     if h.query().is_err() {
         return Ok(());
     }
-    h.detach().map_err(|source| Error::Libbpf {
-        what: format!("detaching {} filter from ifindex {ifindex}", hook.as_str()),
-        source,
-    })
+    h.detach().map_err(|source| Error::Libbpf { what: format!("detaching {} filter from ifindex {ifindex}", hook.as_str()), source })
 }

@@ -19,8 +19,7 @@ use crate::{
     abi::{self, EndpointSkel, EndpointSkelBuilder, Pod},
     attach::{self, AttachMode, Hook},
     maps::{ipcache_host_key, ipcache_lpm_key},
-    Context, Counter, CtEntry, EndpointValue, Error, IpcacheValue, PolicyKey, PolicyValue, Reason,
-    Result,
+    Context, Counter, CtEntry, EndpointValue, Error, IpcacheValue, PolicyKey, PolicyValue, Reason, Result,
 };
 
 /// Map sizes and timeouts, fixed at load. Changing a size against existing
@@ -79,59 +78,30 @@ impl Datapath {
     /// reused if already pinned there.
     pub fn load(cfg: &DatapathConfig) -> Result<Self> {
         ensure_bpffs(&cfg.bpf_dir)?;
-        std::fs::create_dir_all(&cfg.bpf_dir)
-            .ctx(|| format!("creating {}", cfg.bpf_dir.display()))?;
+        std::fs::create_dir_all(&cfg.bpf_dir).ctx(|| format!("creating {}", cfg.bpf_dir.display()))?;
         // The skeleton borrows its storage for its whole life, which here is
         // the process's: leak one allocation per load.
-        let storage: &'static mut MaybeUninit<OpenObject> =
-            Box::leak(Box::new(MaybeUninit::uninit()));
-        let mut open = EndpointSkelBuilder::default()
-            .open(storage)
-            .ctx(|| "opening the endpoint BPF object".into())?;
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = EndpointSkelBuilder::default().open(storage).ctx(|| "opening the endpoint BPF object".into())?;
         let dir = cfg.bpf_dir.clone();
         {
             let m = &mut open.maps;
             let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 7] = [
-                (
-                    &mut m.palisade_endpoints_v1,
-                    MAP_NAMES[0],
-                    Some(cfg.endpoints_max),
-                ),
-                (
-                    &mut m.palisade_ipcache_v1,
-                    MAP_NAMES[1],
-                    Some(cfg.ipcache_max),
-                ),
-                (
-                    &mut m.palisade_ipcache_lpm_v1,
-                    MAP_NAMES[2],
-                    Some(cfg.ipcache_lpm_max),
-                ),
-                (
-                    &mut m.palisade_policy_v1,
-                    MAP_NAMES[3],
-                    Some(cfg.policy_max),
-                ),
+                (&mut m.palisade_endpoints_v1, MAP_NAMES[0], Some(cfg.endpoints_max)),
+                (&mut m.palisade_ipcache_v1, MAP_NAMES[1], Some(cfg.ipcache_max)),
+                (&mut m.palisade_ipcache_lpm_v1, MAP_NAMES[2], Some(cfg.ipcache_lpm_max)),
+                (&mut m.palisade_policy_v1, MAP_NAMES[3], Some(cfg.policy_max)),
                 (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
                 (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
-                (
-                    &mut m.palisade_policy_cache_v1,
-                    MAP_NAMES[6],
-                    Some(cfg.policy_cache_max),
-                ),
+                (&mut m.palisade_policy_cache_v1, MAP_NAMES[6], Some(cfg.policy_cache_max)),
             ];
             for (map, name, max) in sized {
                 if let Some(max) = max {
-                    map.set_max_entries(max)
-                        .ctx(|| format!("sizing map {name} to {max}"))?;
+                    map.set_max_entries(max).ctx(|| format!("sizing map {name} to {max}"))?;
                 }
-                map.set_pin_path(dir.join(name))
-                    .ctx(|| format!("setting pin path of {name}"))?;
+                map.set_pin_path(dir.join(name)).ctx(|| format!("setting pin path of {name}"))?;
             }
-            let ro = m
-                .rodata_data
-                .as_deref_mut()
-                .expect("endpoint object has rodata");
+            let ro = m.rodata_data.as_deref_mut().expect("endpoint object has rodata");
             ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
             ro.ct_lifetime_other_ns = cfg.ct_other_lifetime_s * 1_000_000_000;
         }
@@ -142,11 +112,7 @@ impl Datapath {
                 dir.display()
             )
         })?;
-        Ok(Self {
-            skel,
-            dir,
-            mode: cfg.attach_mode,
-        })
+        Ok(Self { skel, dir, mode: cfg.attach_mode })
     }
 
     pub fn bpf_dir(&self) -> &Path {
@@ -186,23 +152,17 @@ impl Datapath {
 
     /// Whether our programs are attached to both hooks of `ifindex`.
     pub fn is_attached(&self, ifindex: u32) -> bool {
-        [Hook::FromEndpoint, Hook::ToEndpoint]
-            .into_iter()
-            .all(|hook| match self.mode {
-                AttachMode::Tcx => attach::is_attached(ifindex, hook),
-                AttachMode::Clsact => {
-                    attach::clsact_is_attached(self.prog(hook).as_fd(), ifindex, hook)
-                }
-            })
+        [Hook::FromEndpoint, Hook::ToEndpoint].into_iter().all(|hook| match self.mode {
+            AttachMode::Tcx => attach::is_attached(ifindex, hook),
+            AttachMode::Clsact => attach::clsact_is_attached(self.prog(hook).as_fd(), ifindex, hook),
+        })
     }
 
     pub fn detach(&self, ifindex: u32) -> Result<()> {
         for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
             match self.mode {
                 AttachMode::Tcx => attach::detach(ifindex, hook)?,
-                AttachMode::Clsact => {
-                    attach::clsact_detach(self.prog(hook).as_fd(), ifindex, hook)?
-                }
+                AttachMode::Clsact => attach::clsact_detach(self.prog(hook).as_fd(), ifindex, hook)?,
             }
         }
         Ok(())
@@ -212,99 +172,65 @@ impl Datapath {
 
     pub fn endpoint_put(&self, ifindex: u32, v: EndpointValue) -> Result<()> {
         let k = abi::endpoint_key { ifindex };
-        put(
-            &self.skel.maps.palisade_endpoints_v1,
-            "endpoints",
-            &k,
-            &v.to_abi(),
-        )
+        put(&self.skel.maps.palisade_endpoints_v1, "endpoints", &k, &v.to_abi())
     }
 
     pub fn endpoint_delete(&self, ifindex: u32) -> Result<()> {
-        del(
-            &self.skel.maps.palisade_endpoints_v1,
-            "endpoints",
-            &abi::endpoint_key { ifindex },
-        )
+        del(&self.skel.maps.palisade_endpoints_v1, "endpoints", &abi::endpoint_key { ifindex })
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>> {
-        dump::<abi::endpoint_key, abi::endpoint_info>(
-            &self.skel.maps.palisade_endpoints_v1,
-            "endpoints",
-        )
-        .map(|v| {
-            v.into_iter()
-                .map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e)))
-                .collect()
-        })
+        dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v1, "endpoints")
+            .map(|v| v.into_iter().map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e))).collect())
     }
 
     // --- ipcache ---
 
     pub fn ipcache_put(&self, ip: Ipv4Addr, v: IpcacheValue) -> Result<()> {
-        let e = abi::ipcache_entry {
-            identity: v.identity,
-            node_id: v.node_id,
-        };
-        put(
-            &self.skel.maps.palisade_ipcache_v1,
-            "ipcache",
-            &ipcache_host_key(ip),
-            &e,
-        )
+        let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
+        put(&self.skel.maps.palisade_ipcache_v1, "ipcache", &ipcache_host_key(ip), &e)
     }
 
     pub fn ipcache_delete(&self, ip: Ipv4Addr) -> Result<()> {
-        del(
-            &self.skel.maps.palisade_ipcache_v1,
-            "ipcache",
-            &ipcache_host_key(ip),
-        )
+        del(&self.skel.maps.palisade_ipcache_v1, "ipcache", &ipcache_host_key(ip))
     }
 
     pub fn ipcache(&self) -> Result<Vec<(Ipv4Addr, IpcacheValue)>> {
-        Ok(dump::<abi::ipcache_host_key, abi::ipcache_entry>(
-            &self.skel.maps.palisade_ipcache_v1,
-            "ipcache",
-        )?
-        .into_iter()
-        .filter(|(k, _)| k.family == 4)
-        .map(|(k, e)| {
-            let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
-            (
-                ip,
-                IpcacheValue {
-                    identity: e.identity,
-                    node_id: e.node_id,
-                },
-            )
-        })
-        .collect())
+        Ok(dump::<abi::ipcache_host_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_v1, "ipcache")?
+            .into_iter()
+            .filter(|(k, _)| k.family == 4)
+            .map(|(k, e)| {
+                let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
+                (ip, IpcacheValue { identity: e.identity, node_id: e.node_id })
+            })
+            .collect())
     }
 
     pub fn ipcache_prefix_put(&self, net: Ipv4Addr, prefix: u8, v: IpcacheValue) -> Result<()> {
-        let e = abi::ipcache_entry {
-            identity: v.identity,
-            node_id: v.node_id,
-        };
-        put(
-            &self.skel.maps.palisade_ipcache_lpm_v1,
-            "ipcache_lpm",
-            &ipcache_lpm_key(net, prefix),
-            &e,
-        )
+        let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
+        put(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm", &ipcache_lpm_key(net, prefix), &e)
+    }
+
+    pub fn ipcache_prefix_delete(&self, net: Ipv4Addr, prefix: u8) -> Result<()> {
+        del(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm", &ipcache_lpm_key(net, prefix))
+    }
+
+    /// The CIDR prefixes in the ipcache trie, as (network, length, value).
+    pub fn ipcache_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, IpcacheValue)>> {
+        Ok(dump::<abi::ipcache_lpm_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm")?
+            .into_iter()
+            .filter(|(k, _)| k.family == 4)
+            .map(|(k, e)| {
+                let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
+                (ip, k.prefixlen.saturating_sub(32) as u8, IpcacheValue { identity: e.identity, node_id: e.node_id })
+            })
+            .collect())
     }
 
     // --- policy ---
 
     pub fn policy_put(&self, k: PolicyKey, v: PolicyValue) -> Result<()> {
-        put(
-            &self.skel.maps.palisade_policy_v1,
-            "policy",
-            &k.to_abi(),
-            &v.to_abi(),
-        )
+        put(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi(), &v.to_abi())
     }
 
     pub fn policy_delete(&self, k: PolicyKey) -> Result<()> {
@@ -313,11 +239,7 @@ impl Datapath {
 
     pub fn policy(&self) -> Result<Vec<(PolicyKey, PolicyValue)>> {
         dump::<abi::policy_key, abi::policy_entry>(&self.skel.maps.palisade_policy_v1, "policy")
-            .map(|v| {
-                v.into_iter()
-                    .map(|(k, e)| (PolicyKey::from_abi(&k), PolicyValue::from_abi(&e)))
-                    .collect()
-            })
+            .map(|v| v.into_iter().map(|(k, e)| (PolicyKey::from_abi(&k), PolicyValue::from_abi(&e))).collect())
     }
 
     // --- conntrack ---
@@ -332,9 +254,7 @@ impl Datapath {
         let map = &self.skel.maps.palisade_ct_v1;
         let mut n = 0;
         for key in map.keys().collect::<Vec<_>>() {
-            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id)
-                && map.delete(&key).is_ok()
-            {
+            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id) && map.delete(&key).is_ok() {
                 n += 1;
             }
         }
@@ -362,12 +282,7 @@ impl Datapath {
                     }
                 }
                 if packets > 0 {
-                    out.push(Counter {
-                        reason,
-                        direction,
-                        packets,
-                        bytes,
-                    });
+                    out.push(Counter { reason, direction, packets, bytes });
                 }
             }
         }
@@ -379,30 +294,16 @@ impl Datapath {
     /// Runs one program over `packet` as if it arrived on `ifindex`
     /// (which must exist in the caller's network namespace). Returns the TC
     /// verdict and the kernel's average ns per run.
-    pub fn test_run(
-        &self,
-        hook: Hook,
-        ifindex: u32,
-        packet: &[u8],
-        repeat: u32,
-    ) -> Result<(i32, u64)> {
+    pub fn test_run(&self, hook: Hook, ifindex: u32, packet: &[u8], repeat: u32) -> Result<(i32, u64)> {
         // Built as zeroed bytes: the kernel rejects a context whose unused
         // fields or padding are not zero.
         let mut ctx = vec![0u8; size_of::<abi::types::__sk_buff>()];
         let off = std::mem::offset_of!(abi::types::__sk_buff, ifindex);
         ctx[off..off + 4].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; packet.len() + 256];
-        let input = ProgramInput {
-            context_in: Some(&mut ctx),
-            data_in: Some(packet),
-            data_out: Some(&mut out),
-            repeat,
-            ..Default::default()
-        };
-        let o = self
-            .prog(hook)
-            .test_run(input)
-            .ctx(|| format!("BPF_PROG_TEST_RUN of {}", hook.as_str()))?;
+        let input =
+            ProgramInput { context_in: Some(&mut ctx), data_in: Some(packet), data_out: Some(&mut out), repeat, ..Default::default() };
+        let o = self.prog(hook).test_run(input).ctx(|| format!("BPF_PROG_TEST_RUN of {}", hook.as_str()))?;
         Ok((o.return_value as i32, o.duration.as_nanos() as u64))
     }
 
@@ -443,40 +344,25 @@ fn clear(map: &MapMut<'_>) {
 }
 
 fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
-    map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY)
-        .ctx(|| format!("updating map {name}"))
+    map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY).ctx(|| format!("updating map {name}"))
 }
 
 fn del<K: Pod>(map: &MapMut<'_>, name: &'static str, k: &K) -> Result<()> {
     match map.delete(abi::bytes_of(k)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Libbpf {
-            what: format!("deleting from map {name}"),
-            source,
-        }),
+        Err(source) => Err(Error::Libbpf { what: format!("deleting from map {name}"), source }),
     }
 }
 
 fn dump<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str) -> Result<Vec<(K, V)>> {
     let mut out = Vec::new();
     for key in map.keys() {
-        let Some(val) = map
-            .lookup(&key, MapFlags::ANY)
-            .ctx(|| format!("reading map {name}"))?
-        else {
+        let Some(val) = map.lookup(&key, MapFlags::ANY).ctx(|| format!("reading map {name}"))? else {
             continue; // deleted since the key was listed
         };
-        let k = abi::from_bytes::<K>(&key).ok_or(Error::ValueSize {
-            map: name,
-            got: key.len(),
-            expected: size_of::<K>(),
-        })?;
-        let v = abi::from_bytes::<V>(&val).ok_or(Error::ValueSize {
-            map: name,
-            got: val.len(),
-            expected: size_of::<V>(),
-        })?;
+        let k = abi::from_bytes::<K>(&key).ok_or(Error::ValueSize { map: name, got: key.len(), expected: size_of::<K>() })?;
+        let v = abi::from_bytes::<V>(&val).ok_or(Error::ValueSize { map: name, got: val.len(), expected: size_of::<V>() })?;
         out.push((k, v));
     }
     Ok(out)
@@ -492,6 +378,5 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     if crate::abi::statfs_magic(root) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
-    crate::abi::mount_bpffs(root)
-        .ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
+    crate::abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
 }

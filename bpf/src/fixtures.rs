@@ -6,8 +6,7 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    attach::Hook, identity, Datapath, EndpointValue, IpcacheValue, PolicyKey, PolicyValue, Reason,
-    Result, DIR_EGRESS, DIR_INGRESS,
+    attach::Hook, identity, Datapath, EndpointValue, IpcacheValue, PolicyKey, PolicyValue, Reason, Result, DIR_EGRESS, DIR_INGRESS,
 };
 
 pub const TC_ACT_OK: i32 = 0;
@@ -30,63 +29,18 @@ pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7); // not in ipcache: W
 ///   egress:  301 every protocol; 302 TCP/443
 pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     dp.clear_all()?;
-    dp.endpoint_put(
-        EP_IFINDEX,
-        EndpointValue {
-            ep_id: EP_ID,
-            identity: EP_IDENTITY,
-            ipv4: EP_IP,
-            flags: ep_flags,
-            policy_gen: 0,
-        },
-    )?;
-    for (ip, id) in [
-        (EP_IP, EP_IDENTITY),
-        (FRONTEND_IP, 301),
-        (OTHER_IP, 302),
-        (BLOCKED_IP, 303),
-        (ADMIN_IP, 304),
-    ] {
-        dp.ipcache_put(
-            ip,
-            IpcacheValue {
-                identity: id,
-                node_id: 0,
-            },
-        )?;
+    dp.endpoint_put(EP_IFINDEX, EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_gen: 0 })?;
+    for (ip, id) in [(EP_IP, EP_IDENTITY), (FRONTEND_IP, 301), (OTHER_IP, 302), (BLOCKED_IP, 303), (ADMIN_IP, 304)] {
+        dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }
-    dp.ipcache_prefix_put(
-        Ipv4Addr::UNSPECIFIED,
-        0,
-        IpcacheValue {
-            identity: identity::WORLD,
-            node_id: 0,
-        },
-    )?;
-    let allow = |cookie| PolicyValue {
-        cookie,
-        proxy_port: 0,
-        deny: false,
-    };
-    let key = |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey {
-        ep_id: EP_ID,
-        identity,
-        direction,
-        proto,
-        port,
-        port_bits,
-    };
+    dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: identity::WORLD, node_id: 0 })?;
+    let allow = |cookie| PolicyValue { cookie, proxy_port: 0, deny: false };
+    let key =
+        |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey { ep_id: EP_ID, identity, direction, proto, port, port_bits };
     dp.policy_put(key(301, DIR_INGRESS, Some(6), 8080, 16), allow(1))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(17), 53, 16), allow(2))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(6), 9090, 16), allow(3))?;
-    dp.policy_put(
-        key(303, DIR_INGRESS, None, 0, 0),
-        PolicyValue {
-            cookie: 4,
-            proxy_port: 0,
-            deny: true,
-        },
-    )?;
+    dp.policy_put(key(303, DIR_INGRESS, None, 0, 0), PolicyValue { cookie: 4, proxy_port: 0, deny: true })?;
     dp.policy_put(key(304, DIR_INGRESS, Some(6), 0, 0), allow(5))?;
     for (port, bits) in PolicyKey::port_blocks(5000, 5999) {
         dp.policy_put(key(301, DIR_INGRESS, Some(6), port, bits), allow(6))?;
@@ -136,14 +90,7 @@ pub struct Ip {
 
 impl Ip {
     pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Self {
-        Self {
-            src,
-            dst,
-            proto,
-            ihl: 5,
-            frag: 0,
-            tot_len: None,
-        }
+        Self { src, dst, proto, ihl: 5, frag: 0, tot_len: None }
     }
 
     pub fn packet(&self, l4: &[u8]) -> Vec<u8> {
@@ -201,95 +148,21 @@ pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Vec<u8> 
 pub fn table() -> Vec<Fixture> {
     use Hook::{FromEndpoint as From, ToEndpoint as To};
     use Reason::*;
-    let row = |name, hook, packet, verdict, reason| Fixture {
-        name,
-        hook,
-        packet,
-        ep_flags: ENFORCED,
-        prime: vec![],
-        verdict,
-        reason,
-    };
+    let row = |name, hook, packet, verdict, reason| Fixture { name, hook, packet, ep_flags: ENFORCED, prime: vec![], verdict, reason };
     let ok = TC_ACT_OK;
     let shot = TC_ACT_SHOT;
     let mut rows = vec![
-        row(
-            "new flow allowed (identity + port)",
-            To,
-            tcp_syn(FRONTEND_IP, EP_IP, 40000, 8080),
-            ok,
-            Forwarded,
-        ),
-        row(
-            "new flow denied (no rule for identity)",
-            To,
-            tcp_syn(OTHER_IP, EP_IP, 40000, 8080),
-            shot,
-            Policy,
-        ),
-        row(
-            "new flow denied (wrong port)",
-            To,
-            tcp_syn(FRONTEND_IP, EP_IP, 40000, 8081),
-            shot,
-            Policy,
-        ),
-        row(
-            "wildcard identity (world → UDP/53)",
-            To,
-            Ip::new(WORLD_IP, EP_IP, 17).packet(&udp(5353, 53)),
-            ok,
-            Forwarded,
-        ),
-        row(
-            "wildcard port (304 → any TCP port)",
-            To,
-            tcp_syn(ADMIN_IP, EP_IP, 40000, 12345),
-            ok,
-            Forwarded,
-        ),
-        row(
-            "port range 5000-5999 (5999)",
-            To,
-            tcp_syn(FRONTEND_IP, EP_IP, 40000, 5999),
-            ok,
-            Forwarded,
-        ),
-        row(
-            "port range 5000-5999 (6000)",
-            To,
-            tcp_syn(FRONTEND_IP, EP_IP, 40000, 6000),
-            shot,
-            Policy,
-        ),
-        row(
-            "deny rule wins over wildcard allow",
-            To,
-            tcp_syn(BLOCKED_IP, EP_IP, 40000, 9090),
-            shot,
-            PolicyDeny,
-        ),
-        row(
-            "L3-only egress allow (ICMP echo)",
-            From,
-            Ip::new(EP_IP, FRONTEND_IP, 1).packet(&icmp_echo(7)),
-            ok,
-            Forwarded,
-        ),
-        row(
-            "ICMP echo with no rule",
-            To,
-            Ip::new(OTHER_IP, EP_IP, 1).packet(&icmp_echo(7)),
-            shot,
-            Policy,
-        ),
-        row(
-            "spoofed source address",
-            From,
-            tcp_syn(OTHER_IP, FRONTEND_IP, 40000, 80),
-            shot,
-            SpoofedSource,
-        ),
+        row("new flow allowed (identity + port)", To, tcp_syn(FRONTEND_IP, EP_IP, 40000, 8080), ok, Forwarded),
+        row("new flow denied (no rule for identity)", To, tcp_syn(OTHER_IP, EP_IP, 40000, 8080), shot, Policy),
+        row("new flow denied (wrong port)", To, tcp_syn(FRONTEND_IP, EP_IP, 40000, 8081), shot, Policy),
+        row("wildcard identity (world → UDP/53)", To, Ip::new(WORLD_IP, EP_IP, 17).packet(&udp(5353, 53)), ok, Forwarded),
+        row("wildcard port (304 → any TCP port)", To, tcp_syn(ADMIN_IP, EP_IP, 40000, 12345), ok, Forwarded),
+        row("port range 5000-5999 (5999)", To, tcp_syn(FRONTEND_IP, EP_IP, 40000, 5999), ok, Forwarded),
+        row("port range 5000-5999 (6000)", To, tcp_syn(FRONTEND_IP, EP_IP, 40000, 6000), shot, Policy),
+        row("deny rule wins over wildcard allow", To, tcp_syn(BLOCKED_IP, EP_IP, 40000, 9090), shot, PolicyDeny),
+        row("L3-only egress allow (ICMP echo)", From, Ip::new(EP_IP, FRONTEND_IP, 1).packet(&icmp_echo(7)), ok, Forwarded),
+        row("ICMP echo with no rule", To, Ip::new(OTHER_IP, EP_IP, 1).packet(&icmp_echo(7)), shot, Policy),
+        row("spoofed source address", From, tcp_syn(OTHER_IP, FRONTEND_IP, 40000, 80), shot, SpoofedSource),
         row(
             "non-IP (ARP) passes",
             To,
@@ -341,11 +214,7 @@ pub fn table() -> Vec<Fixture> {
         row(
             "total length longer than packet",
             To,
-            Ip {
-                tot_len: Some(1400),
-                ..Ip::new(FRONTEND_IP, EP_IP, 6)
-            }
-            .packet(&tcp(40000, 8080, TCP_SYN)),
+            Ip { tot_len: Some(1400), ..Ip::new(FRONTEND_IP, EP_IP, 6) }.packet(&tcp(40000, 8080, TCP_SYN)),
             shot,
             Invalid,
         ),
@@ -364,22 +233,14 @@ pub fn table() -> Vec<Fixture> {
         row(
             "IP options are skipped (IHL 6)",
             To,
-            Ip {
-                ihl: 6,
-                ..Ip::new(FRONTEND_IP, EP_IP, 6)
-            }
-            .packet(&tcp(40000, 8080, TCP_SYN)),
+            Ip { ihl: 6, ..Ip::new(FRONTEND_IP, EP_IP, 6) }.packet(&tcp(40000, 8080, TCP_SYN)),
             ok,
             Forwarded,
         ),
         row(
             "fragment in an enforced direction",
             To,
-            Ip {
-                frag: 0x2000,
-                ..Ip::new(FRONTEND_IP, EP_IP, 17)
-            }
-            .packet(&udp(1, 53)),
+            Ip { frag: 0x2000, ..Ip::new(FRONTEND_IP, EP_IP, 17) }.packet(&udp(1, 53)),
             shot,
             FragNoSupport,
         ),
@@ -426,12 +287,7 @@ pub fn run_once(dp: &Datapath, f: &Fixture) -> Result<(i32, u64)> {
 }
 
 fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
-    Ok(dp
-        .counters()?
-        .iter()
-        .filter(|c| c.reason == reason && c.direction == direction)
-        .map(|c| c.packets)
-        .sum())
+    Ok(dp.counters()?.iter().filter(|c| c.reason == reason && c.direction == direction).map(|c| c.packets).sum())
 }
 
 /// Grows the maps to `n` rules, identities and host addresses around the
@@ -440,45 +296,15 @@ fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
 /// ipcache host entries. The rows' verdicts do not change; their cost must
 /// not either.
 pub fn install_scale(dp: &Datapath, n: u32) -> Result<()> {
-    let allow = PolicyValue {
-        cookie: 99,
-        proxy_port: 0,
-        deny: false,
-    };
+    let allow = PolicyValue { cookie: 99, proxy_port: 0, deny: false };
     for i in 0..n {
         let id = 100_000 + i;
         let port = 10_000 + (i % 50_000) as u16;
         let dir = (i % 2) as u8;
-        dp.policy_put(
-            PolicyKey {
-                ep_id: EP_ID,
-                identity: id,
-                direction: dir,
-                proto: Some(6),
-                port,
-                port_bits: 16,
-            },
-            allow,
-        )?;
-        dp.policy_put(
-            PolicyKey {
-                ep_id: 1_000 + i,
-                identity: 301,
-                direction: dir,
-                proto: Some(17),
-                port,
-                port_bits: 12,
-            },
-            allow,
-        )?;
+        dp.policy_put(PolicyKey { ep_id: EP_ID, identity: id, direction: dir, proto: Some(6), port, port_bits: 16 }, allow)?;
+        dp.policy_put(PolicyKey { ep_id: 1_000 + i, identity: 301, direction: dir, proto: Some(17), port, port_bits: 12 }, allow)?;
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i);
-        dp.ipcache_put(
-            ip,
-            IpcacheValue {
-                identity: id,
-                node_id: 0,
-            },
-        )?;
+        dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }
     Ok(())
 }
@@ -532,20 +358,14 @@ fn with_port(packet: &[u8], which: PortField, port: u16) -> Vec<u8> {
 /// Whether timing the row with a repeat would measure the established path
 /// after the first run (the row opens a conntrack entry).
 pub fn opens_flow(f: &Fixture) -> bool {
-    f.prime.is_empty()
-        && f.verdict == TC_ACT_OK
-        && f.packet.len() >= 34
-        && f.packet[12..14] == [0x08, 0x00]
+    f.prime.is_empty() && f.verdict == TC_ACT_OK && f.packet.len() >= 34 && f.packet[12..14] == [0x08, 0x00]
 }
 
 /// The cost of timing one run per syscall (cold caches, timer): a row that
 /// does almost nothing (ARP passes), timed as single runs. Single-run
 /// figures are only comparable with each other, or after subtracting this.
 pub fn single_run_overhead(dp: &Datapath, samples: usize) -> Result<f64> {
-    let arp = table()
-        .into_iter()
-        .find(|f| f.name.starts_with("non-IP"))
-        .expect("ARP row");
+    let arp = table().into_iter().find(|f| f.name.starts_with("non-IP")).expect("ARP row");
     install_state(dp, arp.ep_flags)?;
     let mut v = Vec::with_capacity(samples);
     for _ in 0..samples {

@@ -52,11 +52,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("map {map}: value of {got} bytes, expected {expected}")]
-    ValueSize {
-        map: &'static str,
-        got: usize,
-        expected: usize,
-    },
+    ValueSize { map: &'static str, got: usize, expected: usize },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -67,18 +63,12 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for std::result::Result<T, libbpf_rs::Error> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Libbpf {
-            what: what(),
-            source,
-        })
+        self.map_err(|source| Error::Libbpf { what: what(), source })
     }
 }
 
 impl<T> Context<T> for std::result::Result<T, std::io::Error> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| Error::Io {
-            what: what(),
-            source,
-        })
+        self.map_err(|source| Error::Io { what: what(), source })
     }
 }

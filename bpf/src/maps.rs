@@ -32,13 +32,7 @@ impl EndpointValue {
     }
 
     pub(crate) fn from_abi(v: &abi::endpoint_info) -> Self {
-        Self {
-            ep_id: v.ep_id,
-            identity: v.identity,
-            ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()),
-            flags: v.flags,
-            policy_gen: v.policy_gen,
-        }
+        Self { ep_id: v.ep_id, identity: v.identity, ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()), flags: v.flags, policy_gen: v.policy_gen }
     }
 }
 
@@ -50,25 +44,14 @@ pub struct IpcacheValue {
 }
 
 pub(crate) fn ipcache_host_key(ip: Ipv4Addr) -> abi::ipcache_host_key {
-    let mut k = abi::ipcache_host_key {
-        family: 4,
-        ..Default::default()
-    };
+    let mut k = abi::ipcache_host_key { family: 4, ..Default::default() };
     k.addr[..4].copy_from_slice(&ip.octets());
     k
 }
 
 pub(crate) fn ipcache_lpm_key(net: Ipv4Addr, prefix: u8) -> abi::ipcache_lpm_key {
-    let mut k = abi::ipcache_lpm_key {
-        prefixlen: 32 + u32::from(prefix.min(32)),
-        family: 4,
-        ..Default::default()
-    };
-    let masked = if prefix == 0 {
-        0
-    } else {
-        u32::from(net) & (u32::MAX << (32 - u32::from(prefix.min(32))))
-    };
+    let mut k = abi::ipcache_lpm_key { prefixlen: 32 + u32::from(prefix.min(32)), family: 4, ..Default::default() };
+    let masked = if prefix == 0 { 0 } else { u32::from(net) & (u32::MAX << (32 - u32::from(prefix.min(32)))) };
     k.addr[..4].copy_from_slice(&masked.to_be_bytes());
     k
 }
@@ -113,14 +96,7 @@ impl PolicyKey {
     pub(crate) fn from_abi(k: &abi::policy_key) -> Self {
         let proto = (k.prefixlen > PREFIX_BASE).then_some(k.proto);
         let port_bits = k.prefixlen.saturating_sub(PREFIX_BASE + 8) as u8;
-        Self {
-            ep_id: k.ep_id,
-            identity: k.identity,
-            direction: k.direction,
-            proto,
-            port: u16::from_be(k.dport),
-            port_bits,
-        }
+        Self { ep_id: k.ep_id, identity: k.identity, direction: k.direction, proto, port: u16::from_be(k.dport), port_bits }
     }
 
     fn masked_port(self) -> u16 {
@@ -134,11 +110,7 @@ impl PolicyKey {
     /// The inclusive port range the key covers.
     pub fn port_range(&self) -> (u16, u16) {
         let lo = self.masked_port();
-        let span = if self.port_bits >= 16 {
-            0
-        } else {
-            u16::MAX >> self.port_bits
-        };
+        let span = if self.port_bits >= 16 { 0 } else { u16::MAX >> self.port_bits };
         (lo, lo | span)
     }
 
@@ -173,20 +145,11 @@ pub struct PolicyValue {
 
 impl PolicyValue {
     pub(crate) fn to_abi(self) -> abi::policy_entry {
-        abi::policy_entry {
-            cookie: self.cookie,
-            proxy_port: self.proxy_port,
-            flags: u8::from(self.deny),
-            pad: 0,
-        }
+        abi::policy_entry { cookie: self.cookie, proxy_port: self.proxy_port, flags: u8::from(self.deny), pad: 0 }
     }
 
     pub(crate) fn from_abi(v: &abi::policy_entry) -> Self {
-        Self {
-            cookie: v.cookie,
-            proxy_port: v.proxy_port,
-            deny: v.flags & 1 != 0,
-        }
+        Self { cookie: v.cookie, proxy_port: v.proxy_port, deny: v.flags & 1 != 0 }
     }
 }
 
@@ -230,25 +193,11 @@ mod tests {
 
     #[test]
     fn port_blocks_cover_exactly() {
-        for (lo, hi) in [
-            (80, 80),
-            (8000, 8080),
-            (0, 65535),
-            (1, 1023),
-            (65535, 65535),
-            (1024, 2047),
-        ] {
+        for (lo, hi) in [(80, 80), (8000, 8080), (0, 65535), (1, 1023), (65535, 65535), (1024, 2047)] {
             let blocks = PolicyKey::port_blocks(lo, hi);
             let mut covered = Vec::new();
             for (p, bits) in &blocks {
-                let k = PolicyKey {
-                    ep_id: 1,
-                    identity: 0,
-                    direction: 0,
-                    proto: Some(6),
-                    port: *p,
-                    port_bits: *bits,
-                };
+                let k = PolicyKey { ep_id: 1, identity: 0, direction: 0, proto: Some(6), port: *p, port_bits: *bits };
                 let (a, b) = k.port_range();
                 covered.extend(u32::from(a)..=u32::from(b));
             }
@@ -262,48 +211,15 @@ mod tests {
     #[test]
     fn policy_key_roundtrip() {
         for k in [
-            PolicyKey {
-                ep_id: 7,
-                identity: 300,
-                direction: 1,
-                proto: None,
-                port: 0,
-                port_bits: 0,
-            },
-            PolicyKey {
-                ep_id: 7,
-                identity: 0,
-                direction: 0,
-                proto: Some(6),
-                port: 8080,
-                port_bits: 16,
-            },
-            PolicyKey {
-                ep_id: 7,
-                identity: 0,
-                direction: 0,
-                proto: Some(17),
-                port: 0,
-                port_bits: 0,
-            },
+            PolicyKey { ep_id: 7, identity: 300, direction: 1, proto: None, port: 0, port_bits: 0 },
+            PolicyKey { ep_id: 7, identity: 0, direction: 0, proto: Some(6), port: 8080, port_bits: 16 },
+            PolicyKey { ep_id: 7, identity: 0, direction: 0, proto: Some(17), port: 0, port_bits: 0 },
         ] {
             assert_eq!(PolicyKey::from_abi(&k.to_abi()), k);
         }
-        let abi = PolicyKey {
-            ep_id: 1,
-            identity: 2,
-            direction: 0,
-            proto: Some(6),
-            port: 8080,
-            port_bits: 16,
-        }
-        .to_abi();
+        let abi = PolicyKey { ep_id: 1, identity: 2, direction: 0, proto: Some(6), port: 8080, port_bits: 16 }.to_abi();
         assert_eq!(abi.prefixlen, 96);
-        assert_eq!(
-            crate::abi::bytes_of(&abi)[14..16],
-            [0x1f, 0x90],
-            "dport is big-endian in the key"
-        );
+        assert_eq!(crate::abi::bytes_of(&abi)[14..16], [0x1f, 0x90], "dport is big-endian in the key");
     }
 
     #[test]

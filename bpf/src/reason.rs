@@ -89,23 +89,12 @@ mod tests {
     #[test]
     fn table_matches_c_header() {
         let header = include_str!("../lib/drop_reasons.h");
-        for line in header
-            .lines()
-            .filter(|l| l.starts_with("#define DROP_") || l.starts_with("#define REASON_FORWARDED"))
-        {
+        for line in header.lines().filter(|l| l.starts_with("#define DROP_") || l.starts_with("#define REASON_FORWARDED")) {
             let code: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-            let r = Reason::from_code(code)
-                .unwrap_or_else(|| panic!("code {code} from `{line}` has no Reason"));
+            let r = Reason::from_code(code).unwrap_or_else(|| panic!("code {code} from `{line}` has no Reason"));
             assert!(r.metrics_index(1) < REASON_MAX * 2);
         }
         assert!(header.contains(&format!("#define REASON_MAX {REASON_MAX} ")));
-        assert_eq!(
-            Reason::ALL.len(),
-            header
-                .lines()
-                .filter(|l| l.starts_with("#define DROP_"))
-                .count()
-                + 1
-        );
+        assert_eq!(Reason::ALL.len(), header.lines().filter(|l| l.starts_with("#define DROP_")).count() + 1);
     }
 }

@@ -10,14 +10,8 @@ impl Drop for PinDir {
 }
 
 fn datapath(test: &str) -> (Datapath, PinDir) {
-    assert!(
-        unsafe_free_is_root(),
-        "these tests load BPF programs and must run as root (the README's test command does)"
-    );
-    let dir = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/palisade-fixtures-{}-{test}",
-        std::process::id()
-    ));
+    assert!(unsafe_free_is_root(), "these tests load BPF programs and must run as root (the README's test command does)");
+    let dir = std::path::PathBuf::from(format!("/sys/fs/bpf/palisade-fixtures-{}-{test}", std::process::id()));
     let guard = PinDir(dir.clone());
     let dp = Datapath::load(&DatapathConfig::new(&dir)).expect("load datapath");
     (dp, guard)
@@ -25,10 +19,7 @@ fn datapath(test: &str) -> (Datapath, PinDir) {
 
 fn unsafe_free_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -54,11 +45,7 @@ fn fixture_table_verdicts_and_counters() {
             ));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "fixture failures:\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "fixture failures:\n{}", failures.join("\n"));
 }
 
 #[test]
@@ -72,8 +59,6 @@ fn maps_survive_a_reload_from_pins() {
     let again = Datapath::load(&DatapathConfig::new(dp.bpf_dir())).expect("reload");
     assert_eq!(again.policy().unwrap().len(), before);
     let f = &fixtures::table()[0];
-    let (verdict, _) = again
-        .test_run(f.hook, fixtures::EP_IFINDEX, &f.packet, 1)
-        .unwrap();
+    let (verdict, _) = again.test_run(f.hook, fixtures::EP_IFINDEX, &f.packet, 1).unwrap();
     assert_eq!(verdict, fixtures::TC_ACT_OK);
 }

@@ -42,6 +42,10 @@ pub struct Args {
     /// How programs are attached: tcx (Linux 6.6+), clsact, or auto.
     #[arg(long, env = "PALISADE_ATTACH_MODE", default_value = "auto")]
     pub attach_mode: String,
+    /// Policy enforcement mode: default (a direction is default-deny once a
+    /// rule selects it), always (no policy = deny), never.
+    #[arg(long, env = "PALISADE_ENFORCEMENT_MODE", default_value = "default")]
+    pub enforcement_mode: String,
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
@@ -53,11 +57,7 @@ pub struct Args {
 pub struct ConfigError(pub String);
 
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
-    let bad = || {
-        ConfigError(format!(
-            "--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"
-        ))
-    };
+    let bad = || ConfigError(format!("--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"));
     let (ip, len) = s.split_once('/').ok_or_else(bad)?;
     let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
     let len: u8 = len.parse().map_err(|_| bad())?;
@@ -77,16 +77,9 @@ pub fn run(a: Args) -> Result<()> {
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
     dp.endpoints_max = a.endpoint_map_size;
-    dp.attach_mode = a
-        .attach_mode
-        .parse()
-        .map_err(|e| ConfigError(format!("--attach-mode: {e}")))?;
-    let cfg = Config {
-        state_dir: a.state_dir,
-        socket: a.socket.clone(),
-        pod_cidr,
-        datapath: dp,
-    };
+    dp.attach_mode = a.attach_mode.parse().map_err(|e| ConfigError(format!("--attach-mode: {e}")))?;
+    let mode = a.enforcement_mode.parse().map_err(|e| ConfigError(format!("--enforcement-mode: {e}")))?;
+    let cfg = Config { state_dir: a.state_dir, socket: a.socket.clone(), pod_cidr, datapath: dp, mode };
     let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     let daemon = Arc::new(Mutex::new(daemon));
     crate::api::serve(&a.socket, move |req| {

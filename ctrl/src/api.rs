@@ -21,7 +21,21 @@ pub enum Request {
         netns: String,
         ip: Option<Ipv4Addr>,
         labels: BTreeMap<String, String>,
+        #[serde(default)]
+        ports: crate::compile::NamedPorts,
     },
+    /// Sets and removes user labels (a new identity; selectors re-evaluated).
+    EndpointLabel {
+        name: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+    /// Sets a namespace's labels (replacing them).
+    NamespaceSet {
+        name: String,
+        labels: BTreeMap<String, String>,
+    },
+    NamespaceList,
     EndpointDelete {
         name: String,
     },
@@ -68,24 +82,15 @@ pub struct Response {
 /// Sends one request to the agent at `socket` and returns its data, or its
 /// error as an `Err`.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to palisade-ctrl at {} (is it running? set --socket or PALISADE_SOCKET)",
-            socket.display()
-        )
-    })?;
+    let mut s = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to palisade-ctrl at {} (is it running? set --socket or PALISADE_SOCKET)", socket.display()))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    s.write_all(&line)
-        .context("sending request to palisade-ctrl")?;
+    s.write_all(&line).context("sending request to palisade-ctrl")?;
     let mut resp = String::new();
-    BufReader::new(s)
-        .read_line(&mut resp)
-        .context("reading reply from palisade-ctrl")?;
+    BufReader::new(s).read_line(&mut resp).context("reading reply from palisade-ctrl")?;
     if resp.is_empty() {
-        anyhow::bail!(
-            "palisade-ctrl closed the connection without a reply (did it crash? see its log)"
-        );
+        anyhow::bail!("palisade-ctrl closed the connection without a reply (did it crash? see its log)");
     }
     let r: Response = serde_json::from_str(&resp).context("decoding reply from palisade-ctrl")?;
     match (r.ok, r.error) {
@@ -95,10 +100,7 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
 }
 
 /// Serves requests: `handle` runs under the caller's lock, one at a time.
-pub fn serve(
-    socket: &Path,
-    handle: impl Fn(Request) -> Result<serde_json::Value> + Send + Sync + 'static,
-) -> Result<()> {
+pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value> + Send + Sync + 'static) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -110,8 +112,7 @@ pub fn serve(
         }
         std::fs::remove_file(socket)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .with_context(|| format!("binding {}", socket.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %socket.display(), "serving the palisade API");
     let handle = std::sync::Arc::new(handle);
@@ -125,22 +126,10 @@ pub fn serve(
                 return;
             }
             let resp = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(format!("bad request: {e}")),
-                    data: serde_json::Value::Null,
-                },
+                Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null },
                 Ok(req) => match handle(req) {
-                    Ok(data) => Response {
-                        ok: true,
-                        error: None,
-                        data,
-                    },
-                    Err(e) => Response {
-                        ok: false,
-                        error: Some(format!("{e:#}")),
-                        data: serde_json::Value::Null,
-                    },
+                    Ok(data) => Response { ok: true, error: None, data },
+                    Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
                 },
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();

@@ -12,11 +12,7 @@ use crate::api::{call, Request};
 pub const DEFAULT_SOCKET: &str = "/run/palisade/ctrl.sock";
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "palisade",
-    version,
-    about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node"
-)]
+#[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
 pub struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -50,6 +46,9 @@ pub enum Cmd {
     /// What the BPF maps hold.
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Namespace labels (what namespaceSelectors match).
+    #[command(subcommand)]
+    Namespace(NamespaceCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +67,20 @@ pub enum EndpointCmd {
         /// Labels, e.g. app=frontend,tier=web.
         #[arg(long, default_value = "")]
         labels: String,
+        /// Named port, NAME=PORT/PROTOCOL (e.g. http=8080/TCP); repeatable.
+        #[arg(long = "port")]
+        ports: Vec<String>,
+        /// Service account (the io.cilium.k8s.policy.serviceaccount label).
+        #[arg(long)]
+        service_account: Option<String>,
+    },
+    /// Set or remove an endpoint's labels: KEY=VALUE sets, KEY- removes.
+    /// The endpoint gets the identity of its new labels; new connections
+    /// are judged by it.
+    Label {
+        name: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
     },
     /// Remove an endpoint and its interfaces.
     #[command(alias = "del", alias = "rm")]
@@ -92,17 +105,18 @@ pub enum PolicyCmd {
     Delete {
         /// Policy names (NAME or NAMESPACE/NAME).
         names: Vec<String>,
-        /// Namespace for bare names.
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
+        /// Namespace for bare names (without it, a bare name is a
+        /// cluster-wide policy if one has that name, else in "default").
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
         #[arg(short = 'f', long = "file")]
         files: Vec<PathBuf>,
     },
     /// List policies, or show one as applied.
     Get {
         name: Option<String>,
-        #[arg(short = 'n', long, default_value = "default")]
-        namespace: String,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
     },
     /// Check policy files offline (no agent needed); exits 1 on the first error.
     Validate {
@@ -122,6 +136,19 @@ pub enum PolicyCmd {
         #[arg(long)]
         dport: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NamespaceCmd {
+    /// Set a namespace's labels (replacing them); kubernetes.io/metadata.name is implied.
+    Set {
+        name: String,
+        #[arg(long, default_value = "")]
+        labels: String,
+    },
+    /// List namespaces with labels.
+    #[command(alias = "ls")]
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,21 +185,29 @@ pub enum BpfCtCmd {
 /// Parses `8080/TCP`, `53/udp`, `8080` (TCP).
 pub fn parse_port_proto(s: &str) -> Result<(u16, u8)> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "TCP"));
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
+    let port: u16 = port.parse().with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
     let p = palisade_policy::Protocol::parse(proto)
         .and_then(|p| p.number())
         .with_context(|| format!("--dport {s:?}: {proto:?} is not TCP, UDP, SCTP or ICMP"))?;
     Ok((port, p))
 }
 
-fn with_ns(name: &str, ns: &str) -> String {
-    if name.contains('/') {
-        name.to_string()
-    } else {
-        format!("{ns}/{name}")
+fn with_ns(name: &str, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) if !name.contains('/') => format!("{ns}/{name}"),
+        _ => name.to_string(),
     }
+}
+
+/// Parses `http=8080/TCP` (protocol defaults to TCP).
+pub fn parse_named_port(s: &str) -> Result<(String, crate::compile::NamedPort)> {
+    let (name, rest) = s.split_once('=').with_context(|| format!("--port {s:?}: expected NAME=PORT/PROTOCOL, e.g. http=8080/TCP"))?;
+    palisade_policy::parse::validate_port_name(name).map_err(|e| anyhow::anyhow!("--port {s:?}: {e}"))?;
+    let (port, protocol) = parse_port_proto(rest).with_context(|| format!("--port {s:?}"))?;
+    if port == 0 {
+        bail!("--port {s:?}: port 0 cannot be named");
+    }
+    Ok((name.to_string(), crate::compile::NamedPort { port, protocol }))
 }
 
 fn read(path: &PathBuf) -> Result<String> {
@@ -188,21 +223,15 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::Status)?;
             print_or(json, &v, || status_text(&v))
         }
-        Cmd::Endpoint(EndpointCmd::Add {
-            name,
-            netns,
-            ip,
-            labels,
-        }) => {
-            let labels: BTreeMap<String, String> =
-                palisade_policy::labels::parse_label_list(&labels)
-                    .map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
-            let v = req(Request::EndpointAdd {
-                name,
-                netns,
-                ip,
-                labels,
-            })?;
+        Cmd::Endpoint(EndpointCmd::Add { name, netns, ip, labels, ports, service_account }) => {
+            let mut labels: BTreeMap<String, String> =
+                palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+            if let Some(sa) = service_account {
+                palisade_policy::labels::validate_value(&sa).map_err(|e| anyhow::anyhow!("--service-account: {e}"))?;
+                labels.insert(palisade_policy::labels::SERVICE_ACCOUNT_LABEL.to_string(), sa);
+            }
+            let ports = ports.iter().map(|p| parse_named_port(p)).collect::<Result<_>>()?;
+            let v = req(Request::EndpointAdd { name, netns, ip, labels, ports })?;
             print_or(json, &v, || {
                 format!(
                     "endpoint {} created: id {}, identity {}, {} on {} (netns {})\n",
@@ -215,11 +244,42 @@ pub fn run(cli: Cli) -> Result<()> {
                 )
             })
         }
+        Cmd::Endpoint(EndpointCmd::Label { name, changes }) => {
+            let mut set = BTreeMap::new();
+            let mut remove = Vec::new();
+            for c in &changes {
+                match c.strip_suffix('-') {
+                    Some(k) if !c.contains('=') => remove.push(k.to_string()),
+                    _ => {
+                        let m = palisade_policy::labels::parse_label_list(c).map_err(|e| anyhow::anyhow!("{c:?}: {e}"))?;
+                        set.extend(m);
+                    }
+                }
+            }
+            let v = req(Request::EndpointLabel { name, set, remove })?;
+            print_or(json, &v, || format!("endpoint {} relabelled: identity {} ({})\n", s(&v["name"]), v["identity"], joined(&v["labels"])))
+        }
+        Cmd::Namespace(NamespaceCmd::Set { name, labels }) => {
+            let labels = palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
+            let v = req(Request::NamespaceSet { name, labels })?;
+            print_or(json, &v, || format!("namespace {} labelled ({} endpoint(s) re-identified)\n", s(&v["namespace"]), v["endpoints"]))
+        }
+        Cmd::Namespace(NamespaceCmd::List) => {
+            let v = req(Request::NamespaceList)?;
+            print_or(json, &v, || {
+                table(
+                    &["NAMESPACE", "LABELS", "ENDPOINTS"],
+                    v.as_array().into_iter().flatten().map(|n| {
+                        let labels =
+                            n["labels"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={}", s(v))).collect::<Vec<_>>().join(","));
+                        vec![s(&n["namespace"]), labels.unwrap_or_default(), s(&n["endpoints"])]
+                    }),
+                )
+            })
+        }
         Cmd::Endpoint(EndpointCmd::Delete { name }) => {
             let v = req(Request::EndpointDelete { name })?;
-            print_or(json, &v, || {
-                format!("endpoint {} deleted\n", s(&v["deleted"]))
-            })
+            print_or(json, &v, || format!("endpoint {} deleted\n", s(&v["deleted"])))
         }
         Cmd::Endpoint(EndpointCmd::List) => {
             let v = req(Request::EndpointList)?;
@@ -232,10 +292,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Policy(PolicyCmd::Apply { files }) => {
             // Validate every file before sending any, so a bad second file
             // does not leave the first applied.
-            let texts: Vec<(String, String)> = files
-                .iter()
-                .map(|f| Ok((f.display().to_string(), read(f)?)))
-                .collect::<Result<_>>()?;
+            let texts: Vec<(String, String)> = files.iter().map(|f| Ok((f.display().to_string(), read(f)?))).collect::<Result<_>>()?;
             for (name, text) in &texts {
                 palisade_policy::parse_policies(name, text)?;
             }
@@ -253,12 +310,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     .collect()
             })
         }
-        Cmd::Policy(PolicyCmd::Delete {
-            names,
-            namespace,
-            files,
-        }) => {
-            let mut all: Vec<String> = names.iter().map(|n| with_ns(n, &namespace)).collect();
+        Cmd::Policy(PolicyCmd::Delete { names, namespace, files }) => {
+            let mut all: Vec<String> = names.iter().map(|n| with_ns(n, namespace.as_deref())).collect();
             for f in &files {
                 for p in palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)? {
                     all.push(p.key());
@@ -268,25 +321,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 bail!("name the policies to delete, or give -f FILE");
             }
             let v = req(Request::PolicyDelete { names: all })?;
-            print_or(json, &v, || {
-                v["deleted"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|n| format!("policy {} deleted\n", s(n)))
-                    .collect()
-            })
+            print_or(json, &v, || v["deleted"].as_array().into_iter().flatten().map(|n| format!("policy {} deleted\n", s(n))).collect())
         }
         Cmd::Policy(PolicyCmd::Get { name, namespace }) => {
-            let v = req(Request::PolicyGet {
-                name: name.map(|n| with_ns(&n, &namespace)),
-            })?;
+            let v = req(Request::PolicyGet { name: name.map(|n| with_ns(&n, namespace.as_deref())) })?;
             if v.is_array() {
                 print_or(json, &v, || policy_table(&v))
             } else {
-                print_or(json, &v, || {
-                    serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
-                })
+                print_or(json, &v, || serde_json::to_string_pretty(&v).unwrap_or_default() + "\n")
             }
         }
         Cmd::Policy(PolicyCmd::Validate { files }) => {
@@ -294,7 +336,9 @@ pub fn run(cli: Cli) -> Result<()> {
             for f in &files {
                 let ps = palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)?;
                 for p in ps {
-                    out.push(serde_json::json!({ "file": f.display().to_string(), "policy": p.key(), "rules": p.rules.len(), "valid": true }));
+                    out.push(
+                        serde_json::json!({ "file": f.display().to_string(), "policy": p.key(), "rules": p.rules.len(), "valid": true }),
+                    );
                 }
             }
             let v = Value::Array(out);
@@ -302,33 +346,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 v.as_array()
                     .into_iter()
                     .flatten()
-                    .map(|p| {
-                        format!(
-                            "{}: {} valid ({} rule(s))\n",
-                            s(&p["file"]),
-                            s(&p["policy"]),
-                            p["rules"]
-                        )
-                    })
+                    .map(|p| format!("{}: {} valid ({} rule(s))\n", s(&p["file"]), s(&p["policy"]), p["rules"]))
                     .collect()
             })
         }
         Cmd::Policy(PolicyCmd::Trace { src, dst, dport }) => {
             let (port, proto) = parse_port_proto(&dport)?;
-            let v = req(Request::PolicyTrace {
-                src,
-                dst,
-                proto,
-                dport: port,
-            })?;
-            print_or(json, &v, || {
-                v["lines"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|l| format!("{}\n", s(l)))
-                    .collect()
-            })
+            let v = req(Request::PolicyTrace { src, dst, proto, dport: port })?;
+            print_or(json, &v, || v["lines"].as_array().into_iter().flatten().map(|l| format!("{}\n", s(l))).collect())
         }
         Cmd::Identity(IdentityCmd::List) => {
             let v = req(Request::IdentityList)?;
@@ -346,9 +371,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::BpfCtList)?;
             print_or(json, &v, || {
                 table(
-                    &[
-                        "ENDPOINT", "PROTO", "LOCAL", "REMOTE", "ORIGIN", "AGE(s)", "IDLE(s)",
-                    ],
+                    &["ENDPOINT", "PROTO", "LOCAL", "REMOTE", "ORIGIN", "AGE(s)", "IDLE(s)"],
                     v.as_array().into_iter().flatten().map(|c| {
                         vec![
                             s(&c["endpoint"]),
@@ -384,9 +407,7 @@ fn s(v: &Value) -> String {
 }
 
 fn joined(v: &Value) -> String {
-    v.as_array()
-        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-        .unwrap_or_else(|| s(v))
+    v.as_array().map(|a| a.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_else(|| s(v))
 }
 
 /// A plain aligned table.
@@ -399,12 +420,7 @@ pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
         }
     }
     let line = |cells: Vec<String>| -> String {
-        let mut l = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-            .collect::<Vec<_>>()
-            .join("   ");
+        let mut l = cells.iter().enumerate().map(|(i, c)| format!("{c:<width$}", width = w[i])).collect::<Vec<_>>().join("   ");
         l.truncate(l.trim_end().len());
         l + "\n"
     };
@@ -417,16 +433,7 @@ pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 
 fn endpoint_table(v: &Value) -> String {
     table(
-        &[
-            "ENDPOINT",
-            "ID",
-            "IDENTITY",
-            "IPV4",
-            "INGRESS-ENFORCEMENT",
-            "EGRESS-ENFORCEMENT",
-            "STATE",
-            "LABELS",
-        ],
+        &["ENDPOINT", "ID", "IDENTITY", "IPV4", "INGRESS-ENFORCEMENT", "EGRESS-ENFORCEMENT", "STATE", "LABELS"],
         v.as_array().into_iter().flatten().map(|e| {
             vec![
                 s(&e["name"]),
@@ -445,25 +452,17 @@ fn endpoint_table(v: &Value) -> String {
 fn identity_table(v: &Value) -> String {
     table(
         &["ID", "LABELS", "ENDPOINTS"],
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .map(|i| vec![s(&i["id"]), joined(&i["labels"]), joined(&i["endpoints"])]),
+        v.as_array().into_iter().flatten().map(|i| vec![s(&i["id"]), joined(&i["labels"]), joined(&i["endpoints"])]),
     )
 }
 
 fn policy_table(v: &Value) -> String {
     table(
         &["NAMESPACE", "NAME", "KIND", "RULES", "ENDPOINTS"],
-        v.as_array().into_iter().flatten().map(|p| {
-            vec![
-                s(&p["namespace"]),
-                s(&p["name"]),
-                s(&p["kind"]),
-                s(&p["rules"]),
-                joined(&p["endpoints"]),
-            ]
-        }),
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| vec![s(&p["namespace"]), s(&p["name"]), s(&p["kind"]), s(&p["rules"]), joined(&p["endpoints"])]),
     )
 }
 
@@ -473,28 +472,11 @@ fn bpf_policy_table(v: &Value) -> String {
         s(&v["endpoint"]),
         v["id"],
         v["identity"],
-        if v["ingress_enforced"] == true {
-            "enforced"
-        } else {
-            "not enforced"
-        },
-        if v["egress_enforced"] == true {
-            "enforced"
-        } else {
-            "not enforced"
-        },
+        if v["ingress_enforced"] == true { "enforced" } else { "not enforced" },
+        if v["egress_enforced"] == true { "enforced" } else { "not enforced" },
     );
     out += &table(
-        &[
-            "DIRECTION",
-            "VERDICT",
-            "IDENTITY",
-            "LABELS",
-            "PROTO",
-            "PORT",
-            "POLICY",
-            "RULE",
-        ],
+        &["DIRECTION", "VERDICT", "IDENTITY", "LABELS", "PROTO", "PORT", "POLICY", "RULE"],
         v["entries"].as_array().into_iter().flatten().map(|e| {
             vec![
                 s(&e["direction"]),
@@ -513,20 +495,14 @@ fn bpf_policy_table(v: &Value) -> String {
 
 fn status_text(v: &Value) -> String {
     let mut out = format!(
-        "Mode:          {}\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\n\nCounters:\n",
-        s(&v["mode"]), s(&v["version"]), v["uptime_s"], s(&v["bpf_dir"]), s(&v["attach"]), s(&v["state_dir"]), s(&v["socket"]), s(&v["pod_cidr"]),
+        "Mode:          {} (enforcement {})\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\n\nCounters:\n",
+        s(&v["mode"]),
+        s(&v["enforcement"]), s(&v["version"]), v["uptime_s"], s(&v["bpf_dir"]), s(&v["attach"]), s(&v["state_dir"]), s(&v["socket"]), s(&v["pod_cidr"]),
         v["endpoints"], v["identities"], v["policies"], v["policy_map_entries"], v["ipcache_entries"], v["conntrack_entries"],
     );
     out += &table(
         &["DIRECTION", "REASON", "PACKETS", "BYTES"],
-        v["counters"].as_array().into_iter().flatten().map(|c| {
-            vec![
-                s(&c["direction"]),
-                s(&c["reason"]),
-                s(&c["packets"]),
-                s(&c["bytes"]),
-            ]
-        }),
+        v["counters"].as_array().into_iter().flatten().map(|c| vec![s(&c["direction"]), s(&c["reason"]), s(&c["packets"]), s(&c["bytes"])]),
     );
     out
 }

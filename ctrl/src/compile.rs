@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use palisade_bpf::{EndpointValue, PolicyKey, PolicyValue, DIR_EGRESS, DIR_INGRESS};
-use palisade_policy::{Direction, Labels, Peers, Policy, Protocol};
+use palisade_policy::{Cidr, Direction, Entity, Labels, PeerSelector, Peers, Policy, Protocol};
 
 /// The datapath direction number of a model direction.
 pub fn dir_num(d: Direction) -> u8 {
@@ -42,13 +42,7 @@ pub fn cookie_table(policies: &[Policy]) -> HashMap<u32, RuleRef> {
         for r in &p.rules {
             for d in [Direction::Ingress, Direction::Egress] {
                 for pr in r.direction(d).unwrap_or_default() {
-                    t.insert(
-                        cookie(&p.key(), &pr.path),
-                        RuleRef {
-                            policy: p.key(),
-                            path: pr.path.clone(),
-                        },
-                    );
+                    t.insert(cookie(&p.key(), &pr.path), RuleRef { policy: p.key(), path: pr.path.clone() });
                 }
             }
         }
@@ -63,55 +57,182 @@ pub struct Compiled {
     pub entries: BTreeMap<PolicyKey, PolicyValue>,
 }
 
-/// Compiles the policy entries of endpoint `ep_id` with `labels`.
-/// `identities` are the label identities peer selectors may match.
-pub fn compile_endpoint<'a>(
-    ep_id: u32,
-    labels: &Labels,
-    policies: &[Policy],
-    identities: impl Iterator<Item = (u32, &'a Labels)> + Clone,
-) -> Compiled {
+/// Policy enforcement mode of the node (Cilium's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnforcementMode {
+    /// A direction is default-deny once a rule selects the endpoint in it.
+    Default,
+    /// Every endpoint is default-deny in both directions, policy or not.
+    Always,
+    /// Nothing is enforced, not even deny rules.
+    Never,
+}
+
+impl std::str::FromStr for EnforcementMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(Self::Default),
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            o => Err(format!("{o:?} is not an enforcement mode (default, always, never)")),
+        }
+    }
+}
+
+impl EnforcementMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Always => "always",
+            Self::Never => "never",
+        }
+    }
+}
+
+/// A named port an endpoint declares (`--port http=8080/TCP`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NamedPort {
+    pub port: u16,
+    pub protocol: u8,
+}
+
+pub type NamedPorts = BTreeMap<String, NamedPort>;
+
+/// Everything peers can be: pod identities, CIDR identities, the named
+/// ports endpoints of each identity declare, and the node's mode.
+pub struct Universe<'a> {
+    pub pods: Vec<(u32, &'a Labels)>,
+    pub cidrs: Vec<(u32, Cidr)>,
+    pub named_ports: BTreeMap<u32, Vec<&'a NamedPorts>>,
+    pub mode: EnforcementMode,
+}
+
+/// The endpoint being compiled.
+pub struct Subject<'a> {
+    pub ep_id: u32,
+    pub labels: &'a Labels,
+    pub named_ports: &'a NamedPorts,
+}
+
+impl Universe<'_> {
+    /// The identities one peer selector stands for.
+    pub fn identities(&self, sel: &PeerSelector) -> Vec<u32> {
+        use palisade_bpf::identity as id;
+        match sel {
+            PeerSelector::Endpoints(s) => self.pods.iter().filter(|(_, l)| s.matches(l)).map(|(i, _)| *i).collect(),
+            PeerSelector::Entity(e) => match e {
+                Entity::All => vec![id::ANY],
+                Entity::World => std::iter::once(id::WORLD).chain(self.cidrs.iter().map(|(i, _)| *i)).collect(),
+                Entity::Cluster => [id::HOST, id::UNMANAGED, id::HEALTH, id::INIT, id::REMOTE_NODE, id::KUBE_APISERVER]
+                    .into_iter()
+                    .chain(self.pods.iter().map(|(i, _)| *i))
+                    .collect(),
+                Entity::Host => vec![id::HOST],
+                Entity::RemoteNode => vec![id::REMOTE_NODE],
+                Entity::KubeApiserver => vec![id::KUBE_APISERVER],
+                Entity::Health => vec![id::HEALTH],
+                Entity::Init => vec![id::INIT],
+                Entity::Unmanaged => vec![id::UNMANAGED],
+            },
+            // Every CIDR identity inside the prefix and outside its
+            // exceptions; addresses in no known prefix are WORLD, inside
+            // only 0.0.0.0/0.
+            PeerSelector::Cidr { cidr, except } => {
+                let mut v: Vec<u32> =
+                    self.cidrs.iter().filter(|(_, c)| cidr.contains(c) && !except.iter().any(|e| e.contains(c))).map(|(i, _)| *i).collect();
+                if cidr.len == 0 {
+                    v.push(id::WORLD);
+                }
+                v
+            }
+        }
+    }
+}
+
+/// Every CIDR a policy names (rules and exceptions): each needs an identity
+/// and an ipcache prefix so the datapath can tell them apart.
+pub fn policy_cidrs(policies: &[Policy]) -> std::collections::BTreeSet<Cidr> {
+    let mut out = std::collections::BTreeSet::new();
+    for p in policies {
+        for r in &p.rules {
+            for d in [Direction::Ingress, Direction::Egress] {
+                for pr in r.direction(d).unwrap_or_default() {
+                    if let Peers::Select(sels) = &pr.peers {
+                        for s in sels {
+                            if let PeerSelector::Cidr { cidr, except } = s {
+                                if cidr.len > 0 {
+                                    out.insert(*cidr);
+                                }
+                                out.extend(except.iter().copied());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Compiles the policy entries and enforcement flags of one endpoint.
+pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>) -> Compiled {
     let mut out = Compiled::default();
+    if u.mode == EnforcementMode::Never {
+        return out;
+    }
+    if u.mode == EnforcementMode::Always {
+        out.flags = EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED;
+    }
     for p in policies {
         let pkey = p.key();
-        for rule in p
-            .rules
-            .iter()
-            .filter(|r| r.endpoint_selector.matches(labels))
-        {
+        for rule in p.rules.iter().filter(|r| r.endpoint_selector.matches(ep.labels)) {
             for d in [Direction::Ingress, Direction::Egress] {
-                let Some(peer_rules) = rule.direction(d) else {
-                    continue;
-                };
-                // Default enforcement: a direction any rule selects is default-deny.
-                out.flags |= match d {
-                    Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
-                    Direction::Egress => EndpointValue::EGRESS_ENFORCED,
-                };
+                let Some(peer_rules) = rule.direction(d) else { continue };
+                if rule.enforces(d) {
+                    out.flags |= match d {
+                        Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
+                        Direction::Egress => EndpointValue::EGRESS_ENFORCED,
+                    };
+                }
                 for pr in peer_rules {
                     let ids: Vec<u32> = match &pr.peers {
                         Peers::All => vec![palisade_bpf::identity::ANY],
-                        Peers::Endpoints(sels) => identities
-                            .clone()
-                            .filter(|(_, l)| sels.iter().any(|s| s.matches(l)))
-                            .map(|(id, _)| id)
-                            .collect(),
+                        Peers::Select(sels) => {
+                            let mut v: Vec<u32> = sels.iter().flat_map(|s| u.identities(s)).collect();
+                            v.sort_unstable();
+                            v.dedup();
+                            v
+                        }
                     };
-                    let value = PolicyValue {
-                        cookie: cookie(&pkey, &pr.path),
-                        proxy_port: 0,
-                        deny: pr.deny,
-                    };
-                    for id in ids {
-                        for (proto, port, port_bits) in l4_keys(&pr.ports) {
-                            let k = PolicyKey {
-                                ep_id,
-                                identity: id,
-                                direction: dir_num(d),
-                                proto,
-                                port,
-                                port_bits,
-                            };
+                    let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
+                    // Named ports resolve on the endpoint that owns the port:
+                    // the subject for ingress, each peer for egress. "Any
+                    // peer" on a named egress port means every identity that
+                    // declares the name (nothing else has named ports).
+                    let named_any_egress =
+                        d == Direction::Egress && ids.contains(&palisade_bpf::identity::ANY) && pr.ports.iter().any(|p| p.name.is_some());
+                    let mut targets: Vec<(u32, Vec<&NamedPorts>)> = ids
+                        .iter()
+                        .map(|id| match d {
+                            Direction::Ingress => (*id, vec![ep.named_ports]),
+                            Direction::Egress => (*id, u.named_ports.get(id).cloned().unwrap_or_default()),
+                        })
+                        .collect();
+                    if named_any_egress {
+                        let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
+                        for (pid, owners) in &u.named_ports {
+                            for (proto, port, port_bits) in l4_keys(&named, owners) {
+                                let k = PolicyKey { ep_id: ep.ep_id, identity: *pid, direction: dir_num(d), proto, port, port_bits };
+                                insert(&mut out.entries, k, value);
+                            }
+                        }
+                        targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
+                    }
+                    for (id, owners) in targets {
+                        for (proto, port, port_bits) in l4_keys(&pr.ports, &owners) {
+                            let k = PolicyKey { ep_id: ep.ep_id, identity: id, direction: dir_num(d), proto, port, port_bits };
                             insert(&mut out.entries, k, value);
                         }
                     }
@@ -123,21 +244,33 @@ pub fn compile_endpoint<'a>(
     out
 }
 
-/// The (protocol, port block) keys a list of port rules expands to.
-fn l4_keys(ports: &[palisade_policy::PortRange]) -> Vec<(Option<u8>, u16, u8)> {
+/// The (protocol, port block) keys a list of port rules expands to. Named
+/// ports take their number and protocol from `owners`; a name no owner
+/// declares yields nothing (Kubernetes: the rule matches no port).
+fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<(Option<u8>, u16, u8)> {
     if ports.is_empty() {
         return vec![(None, 0, 0)];
     }
     let mut out = Vec::new();
     for pr in ports {
+        if let Some(name) = &pr.name {
+            for np in owners.iter().filter_map(|o| o.get(name)) {
+                if pr.protocol.number().is_none_or(|p| p == np.protocol) {
+                    out.push((Some(np.protocol), np.port, 16));
+                }
+            }
+            continue;
+        }
         let protos: Vec<Option<u8>> = match (pr.protocol, pr.port) {
             (Protocol::Any, 0) => vec![None],
             (Protocol::Any, _) => vec![Some(6), Some(17), Some(132)],
             (p, _) => vec![p.number()],
         };
         for proto in protos {
-            if proto.is_none() || pr.port == 0 {
+            if proto.is_none() || (pr.port == 0 && pr.protocol != Protocol::Icmp) {
                 out.push((proto, 0, 0));
+            } else if pr.protocol == Protocol::Icmp {
+                out.push((proto, pr.port, 16));
             } else {
                 for (port, bits) in PolicyKey::port_blocks(pr.port, pr.end_port) {
                     out.push((proto, port, bits));
@@ -177,11 +310,7 @@ fn covers(a: &PolicyKey, b: &PolicyKey) -> bool {
 /// specific than a deny of the same identity would shadow it. Every allow
 /// covered by a deny becomes that deny.
 fn propagate_denies(entries: &mut BTreeMap<PolicyKey, PolicyValue>) {
-    let denies: Vec<(PolicyKey, PolicyValue)> = entries
-        .iter()
-        .filter(|(_, v)| v.deny)
-        .map(|(k, v)| (*k, *v))
-        .collect();
+    let denies: Vec<(PolicyKey, PolicyValue)> = entries.iter().filter(|(_, v)| v.deny).map(|(k, v)| (*k, *v)).collect();
     if denies.is_empty() {
         return;
     }
@@ -233,35 +362,16 @@ pub enum Verdict {
     DefaultDeny,
 }
 
-pub fn verdict(
-    entries: &BTreeMap<PolicyKey, PolicyValue>,
-    enforced: bool,
-    peer: u32,
-    direction: u8,
-    proto: u8,
-    port: u16,
-) -> Verdict {
+pub fn verdict(entries: &BTreeMap<PolicyKey, PolicyValue>, enforced: bool, peer: u32, direction: u8, proto: u8, port: u16) -> Verdict {
     let by_id = lookup(entries.iter(), peer, direction, proto, port);
-    let by_any = lookup(
-        entries.iter(),
-        palisade_bpf::identity::ANY,
-        direction,
-        proto,
-        port,
-    );
+    let by_any = lookup(entries.iter(), palisade_bpf::identity::ANY, direction, proto, port);
     for hit in [by_id, by_any].into_iter().flatten() {
         if hit.1.deny {
-            return Verdict::Denied {
-                key: *hit.0,
-                cookie: hit.1.cookie,
-            };
+            return Verdict::Denied { key: *hit.0, cookie: hit.1.cookie };
         }
     }
     match by_id.or(by_any) {
-        Some((k, v)) => Verdict::Allowed {
-            key: *k,
-            cookie: v.cookie,
-        },
+        Some((k, v)) => Verdict::Allowed { key: *k, cookie: v.cookie },
         None if enforced => Verdict::DefaultDeny,
         None => Verdict::NotEnforced,
     }
@@ -274,20 +384,9 @@ pub struct Diff<K, V> {
     pub delete: Vec<K>,
 }
 
-pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(
-    current: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-) -> Diff<K, V> {
-    let put = desired
-        .iter()
-        .filter(|(k, v)| current.get(k) != Some(v))
-        .map(|(k, v)| (*k, *v))
-        .collect();
-    let delete = current
-        .keys()
-        .filter(|k| !desired.contains_key(k))
-        .copied()
-        .collect();
+pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Diff<K, V> {
+    let put = desired.iter().filter(|(k, v)| current.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect();
+    let delete = current.keys().filter(|k| !desired.contains_key(k)).copied().collect();
     Diff { put, delete }
 }
 
@@ -306,54 +405,36 @@ mod tests {
 
     const FRONT_TO_BACK: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: fb, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n";
 
+    fn universe(ids: &[(u32, Labels)]) -> Universe<'_> {
+        Universe {
+            pods: ids.iter().map(|(i, l)| (*i, l)).collect(),
+            cidrs: vec![],
+            named_ports: BTreeMap::new(),
+            mode: EnforcementMode::Default,
+        }
+    }
+
+    fn subject<'a>(ep_id: u32, labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
+        Subject { ep_id, labels, named_ports: np }
+    }
+
     fn ids() -> Vec<(u32, Labels)> {
-        vec![
-            (256, l("shop", "app=frontend")),
-            (257, l("shop", "app=backend")),
-            (258, l("monitoring", "app=frontend")),
-        ]
+        vec![(256, l("shop", "app=frontend")), (257, l("shop", "app=backend")), (258, l("monitoring", "app=frontend"))]
     }
 
     #[test]
     fn frontend_to_backend_compiles_to_one_entry() {
         let ids = ids();
         let pol = policies(FRONT_TO_BACK);
-        let c = compile_endpoint(
-            5,
-            &l("shop", "app=backend"),
-            &pol,
-            ids.iter().map(|(i, l)| (*i, l)),
-        );
-        assert_eq!(
-            c.flags,
-            EndpointValue::INGRESS_ENFORCED,
-            "only ingress is selected"
-        );
+        let c = compile_endpoint(&subject(5, &l("shop", "app=backend"), &NamedPorts::new()), &pol, &universe(&ids));
+        assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED, "only ingress is selected");
         assert_eq!(c.entries.len(), 1, "{:?}", c.entries);
         let (k, _) = c.entries.iter().next().unwrap();
-        assert_eq!(
-            (k.identity, k.direction, k.proto, k.port, k.port_bits),
-            (256, DIR_INGRESS, Some(6), 8080, 16)
-        );
-        assert!(matches!(
-            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080),
-            Verdict::Allowed { .. }
-        ));
-        assert_eq!(
-            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8081),
-            Verdict::DefaultDeny
-        );
-        assert_eq!(
-            verdict(&c.entries, true, 258, DIR_INGRESS, 6, 8080),
-            Verdict::DefaultDeny,
-            "other namespace"
-        );
-        let front = compile_endpoint(
-            6,
-            &l("shop", "app=frontend"),
-            &pol,
-            ids.iter().map(|(i, l)| (*i, l)),
-        );
+        assert_eq!((k.identity, k.direction, k.proto, k.port, k.port_bits), (256, DIR_INGRESS, Some(6), 8080, 16));
+        assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }));
+        assert_eq!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8081), Verdict::DefaultDeny);
+        assert_eq!(verdict(&c.entries, true, 258, DIR_INGRESS, 6, 8080), Verdict::DefaultDeny, "other namespace");
+        let front = compile_endpoint(&subject(6, &l("shop", "app=frontend"), &NamedPorts::new()), &pol, &universe(&ids));
         assert_eq!(front, Compiled::default(), "frontend is not selected");
     }
 
@@ -361,42 +442,18 @@ mod tests {
     fn deny_shadows_more_specific_allow() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n";
         let ids = ids();
-        let c = compile_endpoint(
-            5,
-            &l("shop", "app=backend"),
-            &policies(yaml),
-            ids.iter().map(|(i, l)| (*i, l)),
-        );
-        assert!(matches!(
-            verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080),
-            Verdict::Denied { .. }
-        ));
+        let c = compile_endpoint(&subject(5, &l("shop", "app=backend"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
+        assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Denied { .. }));
     }
 
     #[test]
     fn any_protocol_with_port_and_ranges() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"53\", protocol: ANY}, {port: \"8000\", endPort: 8100, protocol: TCP}]}]\n";
         let ids = ids();
-        let c = compile_endpoint(
-            5,
-            &l("shop", "app=x"),
-            &policies(yaml),
-            ids.iter().map(|(i, l)| (*i, l)),
-        );
-        for (proto, port, ok) in [
-            (6, 53, true),
-            (17, 53, true),
-            (1, 53, false),
-            (6, 8050, true),
-            (6, 8101, false),
-            (17, 8050, false),
-        ] {
+        let c = compile_endpoint(&subject(5, &l("shop", "app=x"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
+        for (proto, port, ok) in [(6, 53, true), (17, 53, true), (1, 53, false), (6, 8050, true), (6, 8101, false), (17, 8050, false)] {
             let v = verdict(&c.entries, true, 999, DIR_INGRESS, proto, port);
-            assert_eq!(
-                matches!(v, Verdict::Allowed { .. }),
-                ok,
-                "{proto}/{port}: {v:?}"
-            );
+            assert_eq!(matches!(v, Verdict::Allowed { .. }), ok, "{proto}/{port}: {v:?}");
         }
     }
 
@@ -408,5 +465,65 @@ mod tests {
         assert_eq!(d.put, vec![(2, 20), (4, 4)]);
         assert_eq!(d.delete, vec![3]);
         assert_eq!(diff(&b, &b), Diff::default());
+    }
+}
+
+#[cfg(test)]
+mod issue3_tests {
+    use super::*;
+    use palisade_policy::{labels::parse_label_list, parse_policies};
+
+    fn l(ns: &str, s: &str) -> Labels {
+        Labels::for_endpoint(ns, &parse_label_list(s).unwrap())
+    }
+
+    #[test]
+    fn entities_cidrs_and_modes() {
+        let pods = [(256, l("x", "app=a")), (257, l("y", "app=b"))];
+        let net = |s: &str| Cidr::parse(s).unwrap();
+        let u = Universe {
+            pods: pods.iter().map(|(i, l)| (*i, l)).collect(),
+            cidrs: vec![(1 << 24, net("192.0.2.0/24")), ((1 << 24) + 1, net("192.0.2.128/25")), ((1 << 24) + 2, net("10.0.0.0/8"))],
+            named_ports: BTreeMap::new(),
+            mode: EnforcementMode::Default,
+        };
+        let world = u.identities(&PeerSelector::Entity(Entity::World));
+        assert!(world.contains(&2) && world.contains(&(1 << 24)) && !world.contains(&256));
+        let cluster = u.identities(&PeerSelector::Entity(Entity::Cluster));
+        assert!(cluster.contains(&1) && cluster.contains(&256) && !cluster.contains(&2));
+        let c = u.identities(&PeerSelector::Cidr { cidr: net("192.0.2.0/24"), except: vec![net("192.0.2.128/25")] });
+        assert_eq!(c, vec![1 << 24], "the exception's identity is not selected");
+        let all = u.identities(&PeerSelector::Cidr { cidr: net("0.0.0.0/0"), except: vec![net("10.0.0.0/8")] });
+        assert!(all.contains(&2) && all.contains(&(1 << 24)) && !all.contains(&((1 << 24) + 2)));
+
+        let np = NamedPorts::new();
+        let labels = l("x", "app=a");
+        let none: Vec<Policy> = vec![];
+        let always = Universe { mode: EnforcementMode::Always, ..u };
+        let c = compile_endpoint(&Subject { ep_id: 1, labels: &labels, named_ports: &np }, &none, &always);
+        assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED, "always: no policy = deny");
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_port_owner() {
+        let y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: [{ports: [{port: web}]}]\n  egress: [{ports: [{port: web}]}]\n";
+        let pol = parse_policies("f", y).unwrap();
+        let a = l("x", "app=a");
+        let b = l("x", "app=b");
+        let mut a_ports = NamedPorts::new();
+        a_ports.insert("web".into(), NamedPort { port: 8080, protocol: 6 });
+        let mut b_ports = NamedPorts::new();
+        b_ports.insert("web".into(), NamedPort { port: 9090, protocol: 6 });
+        let u = Universe {
+            pods: vec![(256, &a), (257, &b)],
+            cidrs: vec![],
+            named_ports: BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]),
+            mode: EnforcementMode::Default,
+        };
+        let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports }, &pol, &u);
+        assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");
+        assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
+        assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9090), Verdict::Allowed { .. }), "egress: b's web port");
+        assert_eq!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 8080), Verdict::DefaultDeny);
     }
 }

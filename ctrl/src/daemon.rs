@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::{
     api::Request,
-    compile::{self, Compiled},
+    compile::{self, Compiled, EnforcementMode},
     netplumb,
     state::{Endpoint, StateFile, Store},
     view,
@@ -29,6 +29,7 @@ pub struct Config {
     pub socket: PathBuf,
     pub pod_cidr: (Ipv4Addr, u8),
     pub datapath: DatapathConfig,
+    pub mode: EnforcementMode,
 }
 
 pub struct Daemon {
@@ -39,6 +40,8 @@ pub struct Daemon {
     /// What the policy map and endpoint entries hold, per endpoint id.
     installed: BTreeMap<u32, Installed>,
     pub(crate) started_unix: u64,
+    /// The node's own addresses, in the ipcache as identity host.
+    host_ips: BTreeSet<Ipv4Addr>,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -52,10 +55,7 @@ struct Installed {
 }
 
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Daemon {
@@ -65,25 +65,11 @@ impl Daemon {
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;
-        let mut d = Self {
-            cfg,
-            dp,
-            state,
-            store,
-            installed: BTreeMap::new(),
-            started_unix: now_unix(),
-            _lock: lock,
-        };
+        let mut d =
+            Self { cfg, dp, state, store, installed: BTreeMap::new(), started_unix: now_unix(), _lock: lock, host_ips: BTreeSet::new() };
         d.read_installed()?;
         d.reconcile_endpoints()?;
-        d.dp.ipcache_prefix_put(
-            Ipv4Addr::UNSPECIFIED,
-            0,
-            IpcacheValue {
-                identity: palisade_bpf::identity::WORLD,
-                node_id: 0,
-            },
-        )?;
+        d.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
         let stats = d.sync()?;
         tracing::info!(
             endpoints = d.store.endpoints.len(),
@@ -99,12 +85,7 @@ impl Daemon {
     fn read_installed(&mut self) -> Result<()> {
         self.installed.clear();
         for (k, v) in self.dp.policy()? {
-            self.installed
-                .entry(k.ep_id)
-                .or_default()
-                .compiled
-                .entries
-                .insert(k, v);
+            self.installed.entry(k.ep_id).or_default().compiled.entries.insert(k, v);
         }
         for (_, e) in self.dp.endpoints()? {
             let i = self.installed.entry(e.ep_id).or_default();
@@ -147,7 +128,9 @@ impl Daemon {
                 self.dp.endpoint_delete(ifindex)?;
             }
         }
-        let ips: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).collect();
+        // Host addresses (identity host) are not endpoints; keep them.
+        self.host_ips = netplumb::node_addresses().unwrap_or_default();
+        let ips: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).chain(self.host_ips.iter().copied()).collect();
         for (ip, _) in self.dp.ipcache()? {
             if !ips.contains(&ip) {
                 self.dp.ipcache_delete(ip)?;
@@ -162,20 +145,9 @@ impl Daemon {
     /// Endpoint and ipcache entries of one endpoint, keeping the flags and
     /// generation that are installed (sync() moves them).
     fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
-        let (flags, gen) = self
-            .installed
-            .get(&ep.ep_id)
-            .map(|i| (i.compiled.flags, i.gen))
-            .unwrap_or((0, 0));
-        self.dp.ipcache_put(
-            ep.ipv4,
-            IpcacheValue {
-                identity: ep.identity,
-                node_id: 0,
-            },
-        )?;
-        self.dp
-            .endpoint_put(ep.ifindex, endpoint_value(ep, flags, gen))?;
+        let (flags, gen) = self.installed.get(&ep.ep_id).map(|i| (i.compiled.flags, i.gen)).unwrap_or((0, 0));
+        self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
+        self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, flags, gen))?;
         Ok(())
     }
 
@@ -189,12 +161,7 @@ impl Daemon {
             }
         }
         self.dp.conntrack_flush_endpoint(ep.ep_id)?;
-        if !self
-            .store
-            .endpoints
-            .values()
-            .any(|e| e.name != ep.name && e.labels == ep.labels)
-        {
+        if !self.store.endpoints.values().any(|e| e.name != ep.name && e.labels == ep.labels) {
             self.store.identities.release(&ep.labels);
         }
         Ok(())
@@ -207,13 +174,21 @@ impl Daemon {
     /// datapath's cached verdicts for it. Returns (written, deleted).
     pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
         let policies: Vec<_> = self.store.policies.values().cloned().collect();
+        self.sync_cidrs(&policies)?;
+        self.sync_host_ips()?;
         let ids = &self.store.identities;
+        let mut named_ports: BTreeMap<u32, Vec<&compile::NamedPorts>> = BTreeMap::new();
+        for ep in self.store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
+            named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
+        }
+        let universe = compile::Universe { pods: ids.labelled().collect(), cidrs: ids.cidrs(), named_ports, mode: self.cfg.mode };
         let mut put = 0;
         let mut deleted = 0;
         let mut live = BTreeSet::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
-            let want = compile::compile_endpoint(ep.ep_id, &ep.labels, &policies, ids.labelled());
+            let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports };
+            let want = compile::compile_endpoint(&subject, &policies, &universe);
             let have = self.installed.entry(ep.ep_id).or_default();
             let d = compile::diff(&have.compiled.entries, &want.entries);
             if d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags {
@@ -223,35 +198,21 @@ impl Daemon {
                 self.dp.policy_put(*k, *v)?;
             }
             have.gen = have.gen.wrapping_add(1);
-            self.dp
-                .endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
+            self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
             if !d.delete.is_empty() {
                 for k in &d.delete {
                     self.dp.policy_delete(*k)?;
                 }
                 have.gen = have.gen.wrapping_add(1);
-                self.dp
-                    .endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
+                self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
             }
             put += d.put.len();
             deleted += d.delete.len();
             have.compiled = want;
         }
-        let stale: Vec<u32> = self
-            .installed
-            .keys()
-            .filter(|id| !live.contains(id))
-            .copied()
-            .collect();
+        let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in stale {
-            for k in self
-                .installed
-                .remove(&id)
-                .unwrap_or_default()
-                .compiled
-                .entries
-                .keys()
-            {
+            for k in self.installed.remove(&id).unwrap_or_default().compiled.entries.keys() {
                 self.dp.policy_delete(*k)?;
                 deleted += 1;
             }
@@ -259,15 +220,119 @@ impl Daemon {
         Ok((put, deleted))
     }
 
+    /// One identity and one ipcache prefix per CIDR the policies name;
+    /// prefixes no policy names any more are removed.
+    fn sync_cidrs(&mut self, policies: &[palisade_policy::Policy]) -> Result<()> {
+        let want = compile::policy_cidrs(policies);
+        for c in &want {
+            let id = self.store.identities.cidr_identity(*c);
+            self.dp.ipcache_prefix_put(c.net, c.len, IpcacheValue { identity: id, node_id: 0 })?;
+        }
+        for (c, _) in self.store.identities.retain_cidrs(&want) {
+            self.dp.ipcache_prefix_delete(c.net, c.len)?;
+        }
+        for (net, len, _) in self.dp.ipcache_prefixes()? {
+            if len > 0 && !want.contains(&palisade_policy::Cidr { net, len }) {
+                self.dp.ipcache_prefix_delete(net, len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node's addresses are identity host (re-read on every change, so
+    /// an address added to the node is picked up by the next operation).
+    fn sync_host_ips(&mut self) -> Result<()> {
+        let now = netplumb::node_addresses().unwrap_or_default();
+        for ip in self.host_ips.difference(&now) {
+            if !self.store.endpoints.values().any(|e| e.ipv4 == *ip) {
+                self.dp.ipcache_delete(*ip)?;
+            }
+        }
+        for ip in &now {
+            self.dp.ipcache_put(*ip, IpcacheValue { identity: palisade_bpf::identity::HOST, node_id: 0 })?;
+        }
+        self.host_ips = now;
+        Ok(())
+    }
+
+    /// Gives an endpoint new labels: a new identity, in the endpoint and
+    /// ipcache entries first; the caller then re-evaluates every selector.
+    /// Established flows keep going; new ones see the new identity.
+    fn relabel(&mut self, name: &str, labels: Labels) -> Result<()> {
+        let old = self.store.endpoints.get(name).context("endpoint vanished")?.clone();
+        if old.labels == labels {
+            return Ok(());
+        }
+        let identity = self.store.identities.allocate(&labels);
+        let ep = self.store.endpoints.get_mut(name).expect("checked above");
+        ep.labels = labels;
+        ep.identity = identity;
+        let ep = ep.clone();
+        self.release_if_unused(&old.labels);
+        self.state.save(&self.store)?;
+        self.write_endpoint_entries(&ep)?;
+        Ok(())
+    }
+
+    fn endpoint_label(&mut self, name: &str, set: BTreeMap<String, String>, remove: Vec<String>) -> Result<Value> {
+        let ep = self.endpoint(name)?.clone();
+        let mut user = ep.user_labels.clone();
+        for k in &remove {
+            if user.remove(k).is_none() {
+                bail!("endpoint {}: it has no label {k:?}", ep.name);
+            }
+        }
+        for (k, v) in set {
+            palisade_policy::labels::validate_key(&k).map_err(anyhow::Error::msg)?;
+            palisade_policy::labels::validate_value(&v).map_err(anyhow::Error::msg)?;
+            user.insert(k, v);
+        }
+        let labels = Labels::for_endpoint_in(&ep.namespace, self.namespace_labels(&ep.namespace), &user);
+        self.store.endpoints.get_mut(&ep.name).expect("exists").user_labels = user;
+        self.relabel(&ep.name, labels)?;
+        self.sync()?;
+        let ep = self.endpoint(name)?;
+        Ok(view::endpoint(self, ep))
+    }
+
+    fn namespace_labels(&self, ns: &str) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.store.namespaces.get(ns).unwrap_or(&EMPTY)
+    }
+
+    fn namespace_set(&mut self, name: &str, labels: BTreeMap<String, String>) -> Result<Value> {
+        if !palisade_policy::labels::is_dns_label(name) {
+            bail!("namespace {name:?} is not a valid name (lowercase letters, digits and '-', at most 63)");
+        }
+        for (k, v) in &labels {
+            palisade_policy::labels::validate_key(k).map_err(anyhow::Error::msg).context("--labels")?;
+            palisade_policy::labels::validate_value(v).map_err(anyhow::Error::msg).context("--labels")?;
+        }
+        self.store.namespaces.insert(name.to_string(), labels);
+        let members: Vec<(String, BTreeMap<String, String>)> =
+            self.store.endpoints.values().filter(|e| e.namespace == name).map(|e| (e.name.clone(), e.user_labels.clone())).collect();
+        for (ep, user) in &members {
+            let l = Labels::for_endpoint_in(name, self.namespace_labels(name), user);
+            self.relabel(ep, l)?;
+        }
+        self.state.save(&self.store)?;
+        self.sync()?;
+        Ok(json!({ "namespace": name, "labels": self.store.namespaces[name], "endpoints": members.len() }))
+    }
+
     pub fn handle(&mut self, req: Request) -> Result<Value> {
         match req {
             Request::Status => view::status(self),
-            Request::EndpointAdd {
-                name,
-                netns,
-                ip,
-                labels,
-            } => self.endpoint_add(&name, &netns, ip, labels),
+            Request::EndpointAdd { name, netns, ip, labels, ports } => self.endpoint_add(&name, &netns, ip, labels, ports),
+            Request::EndpointLabel { name, set, remove } => self.endpoint_label(&name, set, remove),
+            Request::NamespaceSet { name, labels } => self.namespace_set(&name, labels),
+            Request::NamespaceList => Ok(Value::Array(
+                self.store
+                    .namespaces
+                    .iter()
+                    .map(|(n, l)| json!({ "namespace": n, "labels": l, "endpoints": self.store.endpoints.values().filter(|e| &e.namespace == n).count() }))
+                    .collect(),
+            )),
             Request::EndpointDelete { name } => self.endpoint_delete(&name),
             Request::EndpointList => Ok(Value::Array(
                 self.store
@@ -310,9 +375,7 @@ impl Daemon {
 
     pub(crate) fn endpoint(&self, name: &str) -> Result<&Endpoint> {
         let full = full_name(name);
-        self.store.endpoints.get(&full).with_context(|| {
-            format!("endpoint {full} does not exist (see `palisade endpoint list`)")
-        })
+        self.store.endpoints.get(&full).with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
     }
 
     fn endpoint_add(
@@ -321,6 +384,7 @@ impl Daemon {
         netns: &str,
         ip: Option<Ipv4Addr>,
         user_labels: BTreeMap<String, String>,
+        named_ports: compile::NamedPorts,
     ) -> Result<Value> {
         let full = full_name(name);
         let (namespace, pod) = full.split_once('/').expect("full_name has a slash");
@@ -333,42 +397,36 @@ impl Daemon {
             bail!("endpoint {full} already exists");
         }
         for (k, v) in &user_labels {
-            palisade_policy::labels::validate_key(k)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("endpoint {full}: --labels"))?;
+            palisade_policy::labels::validate_key(k).map_err(anyhow::Error::msg).with_context(|| format!("endpoint {full}: --labels"))?;
             palisade_policy::labels::validate_value(v)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("endpoint {full}: --labels {k}"))?;
         }
         if let Some(other) = self.store.endpoints.values().find(|e| e.netns == netns) {
-            bail!(
-                "endpoint {full}: network namespace {netns:?} already holds endpoint {}",
-                other.name
-            );
+            bail!("endpoint {full}: network namespace {netns:?} already holds endpoint {}", other.name);
         }
         let ipv4 = match ip {
             Some(ip) => {
-                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback()
-                {
+                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
                     bail!("endpoint {full}: --ip {ip} is not a unicast address");
                 }
                 if let Some(other) = self.store.endpoints.values().find(|e| e.ipv4 == ip) {
-                    bail!(
-                        "endpoint {full}: address {ip} is already used by endpoint {}",
-                        other.name
-                    );
+                    bail!("endpoint {full}: address {ip} is already used by endpoint {}", other.name);
                 }
                 ip
             }
-            None => self
-                .allocate_ip()
-                .with_context(|| format!("endpoint {full}"))?,
+            None => self.allocate_ip().with_context(|| format!("endpoint {full}"))?,
         };
         if !netplumb::netns_exists(netns) {
             bail!("endpoint {full}: network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
         }
 
-        let labels = Labels::for_endpoint(namespace, &user_labels);
+        for name in named_ports.keys() {
+            palisade_policy::parse::validate_port_name(name)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("endpoint {full}: --port"))?;
+        }
+        let labels = Labels::for_endpoint_in(namespace, self.namespace_labels(namespace), &user_labels);
         let identity = self.store.identities.allocate(&labels);
         let ep_id = self.next_ep_id();
         let ifname = netplumb::host_ifname(&full);
@@ -393,6 +451,7 @@ impl Daemon {
             ifindex: created.ifindex,
             pod_mac: created.pod_mac.clone(),
             created_unix: now_unix(),
+            named_ports,
         };
         // Map state first, then programs, then the link comes up: the
         // endpoint's first packet already meets its policy.
@@ -412,9 +471,7 @@ impl Daemon {
             self.store.endpoints.remove(&full);
             let _ = self.sync();
             let _ = self.state.save(&self.store);
-            return Err(e.context(format!(
-                "endpoint {full}: setting up the datapath (rolled back)"
-            )));
+            return Err(e.context(format!("endpoint {full}: setting up the datapath (rolled back)")));
         }
         tracing::info!(endpoint = %full, %ipv4, identity, ifname = %ifname, "endpoint added");
         Ok(view::endpoint(self, &ep))
@@ -452,8 +509,7 @@ impl Daemon {
         self.store.endpoints.remove(&ep.name);
         self.state.save(&self.store)?;
         self.forget_endpoint(&ep)?;
-        netplumb::delete(&ep.ifname)
-            .with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
+        netplumb::delete(&ep.ifname).with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
         self.sync()?;
         self.state.save(&self.store)?;
         tracing::info!(endpoint = %ep.name, "endpoint deleted");
@@ -463,6 +519,13 @@ impl Daemon {
     fn policy_apply(&mut self, file: &str, text: &str) -> Result<Value> {
         // Parse and validate everything first: a bad file changes nothing.
         let policies = parse_policies(file, text)?;
+        for p in &policies {
+            if let Some(old) = self.store.policies.get(&p.key()) {
+                if old.kind != p.kind {
+                    bail!("{file}: {:?} {} would replace the {:?} of the same name; delete that first", p.kind, p.key(), old.kind);
+                }
+            }
+        }
         let mut result = Vec::new();
         let before = self.store.policies.clone();
         for p in policies {
@@ -474,11 +537,7 @@ impl Daemon {
             };
             result.push(json!({ "policy": key, "status": status }));
         }
-        if let Err(e) = self
-            .state
-            .save(&self.store)
-            .and_then(|_| self.sync().map(|_| ()))
-        {
+        if let Err(e) = self.state.save(&self.store).and_then(|_| self.sync().map(|_| ())) {
             self.store.policies = before;
             let _ = self.sync();
             let _ = self.state.save(&self.store);
@@ -489,7 +548,7 @@ impl Daemon {
     }
 
     fn policy_delete(&mut self, names: &[String]) -> Result<Value> {
-        let keys: Vec<String> = names.iter().map(|n| full_name(n)).collect();
+        let keys: Vec<String> = names.iter().map(|n| self.policy_key(n)).collect();
         for k in &keys {
             if !self.store.policies.contains_key(k) {
                 bail!("policy {k} does not exist (see `palisade policy get`)");
@@ -506,20 +565,13 @@ impl Daemon {
 }
 
 fn endpoint_value(ep: &Endpoint, flags: u32, policy_gen: u32) -> EndpointValue {
-    EndpointValue {
-        ep_id: ep.ep_id,
-        identity: ep.identity,
-        ipv4: ep.ipv4,
-        flags,
-        policy_gen,
-    }
+    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags, policy_gen }
 }
 
 /// Takes the state directory's lock, so a second agent on the same node
 /// state fails before it touches a map or an interface.
 fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
     let path = dir.join("lock");
     let f = std::fs::OpenOptions::new()
         .create(true)
@@ -529,13 +581,21 @@ fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
         .with_context(|| format!("opening {}", path.display()))?;
     match f.try_lock() {
         Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "another palisade-ctrl is running with state directory {} (it holds {})",
-            dir.display(),
-            path.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("locking {}", path.display()))
+        Err(std::fs::TryLockError::WouldBlock) => {
+            bail!("another palisade-ctrl is running with state directory {} (it holds {})", dir.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+impl Daemon {
+    /// `ns/name` names a namespaced policy; a bare name is the cluster-wide
+    /// policy of that name if there is one, else `default/name`.
+    pub(crate) fn policy_key(&self, name: &str) -> String {
+        if name.contains('/') || self.store.policies.get(name).is_some_and(|p| p.namespace.is_none()) {
+            name.to_string()
+        } else {
+            format!("default/{name}")
         }
     }
 }

@@ -5,25 +5,39 @@
 use std::collections::BTreeMap;
 
 use palisade_bpf::identity as reserved;
-use palisade_policy::Labels;
+use palisade_policy::{Cidr, Labels};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdentityAllocator {
     #[serde(with = "as_pairs")]
     by_labels: BTreeMap<Labels, u32>,
+    /// Node-local CIDR identities (from 1 << 24), one per prefix a policy names.
+    #[serde(default, with = "as_pairs")]
+    cidrs: BTreeMap<Cidr, u32>,
+    #[serde(default = "first_cidr")]
+    next_cidr: u32,
     /// Next number to try; numbers are not reused right away, so a stale
     /// reference to a released identity cannot name a new label set.
     next: u32,
 }
 
+/// First CIDR identity (Cilium's node-local scope).
+pub const FIRST_CIDR: u32 = 1 << 24;
+
+fn first_cidr() -> u32 {
+    FIRST_CIDR
+}
+
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        Self {
-            by_labels: BTreeMap::new(),
-            next: reserved::FIRST_LABEL,
-        }
+        Self { by_labels: BTreeMap::new(), next: reserved::FIRST_LABEL, cidrs: BTreeMap::new(), next_cidr: FIRST_CIDR }
     }
+}
+
+/// Labels of a CIDR identity: the prefix, and world (it is outside the cluster).
+pub fn cidr_labels(c: &Cidr) -> Labels {
+    Labels(BTreeMap::from([(format!("cidr:{c}"), String::new()), ("reserved:world".to_string(), String::new())]))
 }
 
 /// The reserved identities and their labels.
@@ -58,6 +72,34 @@ impl IdentityAllocator {
         id
     }
 
+    /// The identity of a CIDR prefix, allocating one if needed.
+    pub fn cidr_identity(&mut self, c: Cidr) -> u32 {
+        if let Some(id) = self.cidrs.get(&c) {
+            return *id;
+        }
+        let used: std::collections::BTreeSet<u32> = self.cidrs.values().copied().collect();
+        let mut id = self.next_cidr.max(FIRST_CIDR);
+        while used.contains(&id) {
+            id += 1;
+        }
+        self.next_cidr = id + 1;
+        self.cidrs.insert(c, id);
+        id
+    }
+
+    /// Keeps only the CIDR identities in `keep`; returns those released.
+    pub fn retain_cidrs(&mut self, keep: &std::collections::BTreeSet<Cidr>) -> Vec<(Cidr, u32)> {
+        let gone: Vec<(Cidr, u32)> = self.cidrs.iter().filter(|(c, _)| !keep.contains(c)).map(|(c, i)| (*c, *i)).collect();
+        for (c, _) in &gone {
+            self.cidrs.remove(c);
+        }
+        gone
+    }
+
+    pub fn cidrs(&self) -> Vec<(u32, Cidr)> {
+        self.cidrs.iter().map(|(c, i)| (*i, *c)).collect()
+    }
+
     pub fn release(&mut self, labels: &Labels) {
         self.by_labels.remove(labels);
     }
@@ -67,24 +109,16 @@ impl IdentityAllocator {
             .into_iter()
             .find(|(r, _)| *r == id)
             .map(|(_, l)| l)
-            .or_else(|| {
-                self.by_labels
-                    .iter()
-                    .find(|(_, v)| **v == id)
-                    .map(|(l, _)| l.clone())
-            })
+            .or_else(|| self.by_labels.iter().find(|(_, v)| **v == id).map(|(l, _)| l.clone()))
     }
 
     /// Every identity, reserved first, then label identities by number.
     pub fn all(&self) -> Vec<(u32, Labels)> {
         let mut v = reserved_identities();
-        let mut labelled: Vec<(u32, Labels)> = self
-            .by_labels
-            .iter()
-            .map(|(l, id)| (*id, l.clone()))
-            .collect();
+        let mut labelled: Vec<(u32, Labels)> = self.by_labels.iter().map(|(l, id)| (*id, l.clone())).collect();
         labelled.sort();
         v.extend(labelled);
+        v.extend(self.cidrs.iter().map(|(c, id)| (*id, cidr_labels(c))));
         v
     }
 
@@ -98,15 +132,14 @@ impl IdentityAllocator {
 mod as_pairs {
     use std::collections::BTreeMap;
 
-    use palisade_policy::Labels;
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{de::DeserializeOwned, Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(m: &BTreeMap<Labels, u32>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<K: Serialize, S: Serializer>(m: &BTreeMap<K, u32>, s: S) -> Result<S::Ok, S::Error> {
         m.iter().collect::<Vec<_>>().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Labels, u32>, D::Error> {
-        Ok(Vec::<(Labels, u32)>::deserialize(d)?.into_iter().collect())
+    pub fn deserialize<'de, K: DeserializeOwned + Ord, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<K, u32>, D::Error> {
+        Ok(Vec::<(K, u32)>::deserialize(d)?.into_iter().collect())
     }
 }
 
@@ -124,18 +157,10 @@ mod tests {
         let mut a = IdentityAllocator::default();
         let x = a.allocate(&l("shop", "app=a,tier=1"));
         assert_eq!(x, 256);
-        assert_eq!(
-            a.allocate(&l("shop", "tier=1,app=a")),
-            x,
-            "label order does not matter"
-        );
+        assert_eq!(a.allocate(&l("shop", "tier=1,app=a")), x, "label order does not matter");
         let y = a.allocate(&l("shop", "app=b"));
         assert_eq!(y, 257);
-        assert_ne!(
-            a.allocate(&l("other", "app=a,tier=1")),
-            x,
-            "namespace is part of the identity"
-        );
+        assert_ne!(a.allocate(&l("other", "app=a,tier=1")), x, "namespace is part of the identity");
         a.release(&l("shop", "app=b"));
         assert_eq!(a.get(y), None);
         let z = a.allocate(&l("shop", "app=c"));

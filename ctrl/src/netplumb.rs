@@ -26,30 +26,15 @@ pub fn host_ifname(endpoint: &str) -> String {
 }
 
 fn ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip (iproute2 is required)")?;
+    let out = Command::new("ip").args(args).output().context("running ip (iproute2 is required)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn sysctl_netns(netns: &str, key: &str, value: &str) -> Result<()> {
-    ip(&[
-        "netns",
-        "exec",
-        netns,
-        "sysctl",
-        "-qw",
-        &format!("{key}={value}"),
-    ])
-    .map(|_| ())
+    ip(&["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
 }
 
 /// Writes a sysctl of this process's network namespace.
@@ -73,10 +58,7 @@ fn mac(netns: Option<&str>, ifname: &str) -> Result<String> {
         None => ip(&["-j", "link", "show", "dev", ifname])?,
     };
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link output")?;
-    v[0]["address"]
-        .as_str()
-        .map(str::to_string)
-        .context("interface has no MAC address")
+    v[0]["address"].as_str().map(str::to_string).context("interface has no MAC address")
 }
 
 /// Makes the veth pair and configures both sides, leaving the host side
@@ -93,9 +75,7 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
         bail!("interface {host_if} already exists on the node");
     }
     let r = (|| -> Result<Created> {
-        ip(&[
-            "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns,
-        ])?;
+        ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
         let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
         let _ = sysctl_netns(netns, "net.ipv6.conf.all.disable_ipv6", "1");
         let host_mac = mac(None, host_if)?;
@@ -105,25 +85,9 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
         ip(&["-n", netns, "link", "set", "lo", "up"])?;
         ip(&["-n", netns, "addr", "add", &addr, "dev", "eth0"])?;
         ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-        ip(&[
-            "-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link",
-        ])?;
-        ip(&[
-            "-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0",
-        ])?;
-        ip(&[
-            "-n",
-            netns,
-            "neigh",
-            "replace",
-            &gw,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        ip(&["-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+        ip(&["-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
+        ip(&["-n", netns, "neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
         let ifindex = ifindex(host_if).context("host veth vanished right after creation")?;
         Ok(Created { ifindex, pod_mac })
     })();
@@ -144,17 +108,7 @@ pub struct Created {
 pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
     ip(&["link", "set", host_if, "up"])?;
     ip(&["route", "replace", &format!("{ipv4}/32"), "dev", host_if])?;
-    ip(&[
-        "neigh",
-        "replace",
-        &ipv4.to_string(),
-        "lladdr",
-        pod_mac,
-        "dev",
-        host_if,
-        "nud",
-        "permanent",
-    ])?;
+    ip(&["neigh", "replace", &ipv4.to_string(), "lladdr", pod_mac, "dev", host_if, "nud", "permanent"])?;
     Ok(())
 }
 
@@ -164,6 +118,24 @@ pub fn delete(host_if: &str) -> Result<()> {
         return Ok(());
     }
     ip(&["link", "del", host_if]).map(|_| ())
+}
+
+/// The IPv4 addresses of this network namespace's interfaces (the node's
+/// own addresses, identity host), endpoints' host veths carry none.
+pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
+    let out = ip(&["-j", "-4", "addr", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j addr output")?;
+    let mut set = std::collections::BTreeSet::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
+                if !ip.is_loopback() {
+                    set.insert(ip);
+                }
+            }
+        }
+    }
+    Ok(set)
 }
 
 /// Node-wide settings the endpoints need: forwarding on.

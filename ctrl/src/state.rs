@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use palisade_policy::{Labels, Policy};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::IdentityAllocator;
+use crate::{compile::NamedPorts, identity::IdentityAllocator};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Endpoint {
@@ -32,6 +32,9 @@ pub struct Endpoint {
     pub ifindex: u32,
     pub pod_mac: String,
     pub created_unix: u64,
+    /// Named ports the endpoint declares (`--port http=8080/TCP`).
+    #[serde(default)]
+    pub named_ports: NamedPorts,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -40,6 +43,10 @@ pub struct Store {
     pub policies: BTreeMap<String, Policy>,
     pub identities: IdentityAllocator,
     pub next_ep_id: u32,
+    /// Namespace labels (`palisade namespace set`); pods carry them in their
+    /// identity, so namespaceSelectors can match.
+    #[serde(default)]
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 pub struct StateFile {
@@ -48,32 +55,23 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir)
-            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
-        Ok(Self {
-            path: state_dir.join("state.json"),
-        })
+        std::fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        Ok(Self { path: state_dir.join("state.json") })
     }
 
     pub fn load(&self) -> Result<Store> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .with_context(|| format!("reading {} (corrupt state file?)", self.path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store {
-                next_ep_id: 1,
-                ..Default::default()
-            }),
+            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {} (corrupt state file?)", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store { next_ep_id: 1, ..Default::default() }),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
         }
     }
 
     pub fn save(&self, s: &Store) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(s)?)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
-            .with_context(|| format!("replacing {}", self.path.display()))
+        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
     }
 }

@@ -10,16 +10,12 @@ use serde_json::{json, Value};
 
 use crate::{
     compile::{self, cookie_table, Verdict},
-    daemon::{full_name, Daemon},
+    daemon::Daemon,
     state::Endpoint,
 };
 
 fn labels_list(l: &Labels) -> Vec<String> {
-    l.to_string()
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    l.to_string().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 fn enforcement(flags: u32, bit: u32) -> &'static str {
@@ -31,11 +27,7 @@ fn enforcement(flags: u32, bit: u32) -> &'static str {
 }
 
 fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
-    d.dp.endpoints()
-        .ok()?
-        .into_iter()
-        .find(|(i, _)| *i == ep.ifindex)
-        .map(|(_, v)| v.flags)
+    d.dp.endpoints().ok()?.into_iter().find(|(i, _)| *i == ep.ifindex).map(|(_, v)| v.flags)
 }
 
 pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
@@ -63,13 +55,7 @@ pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
 }
 
 pub fn identity(d: &Daemon, id: u32, l: &Labels) -> Value {
-    let users: Vec<&str> = d
-        .store
-        .endpoints
-        .values()
-        .filter(|e| e.identity == id)
-        .map(|e| e.name.as_str())
-        .collect();
+    let users: Vec<&str> = d.store.endpoints.values().filter(|e| e.identity == id).map(|e| e.name.as_str()).collect();
     json!({ "id": id, "labels": labels_list(l), "endpoints": users, "reserved": id < palisade_bpf::identity::FIRST_LABEL })
 }
 
@@ -77,19 +63,13 @@ fn identity_labels(d: &Daemon, id: u32) -> Vec<String> {
     if id == palisade_bpf::identity::ANY {
         return vec!["<any>".into()];
     }
-    d.store
-        .identities
-        .get(id)
-        .map(|l| labels_list(&l))
-        .unwrap_or_else(|| vec!["<unknown>".into()])
+    d.store.identities.get(id).map(|l| labels_list(&l)).unwrap_or_else(|| vec!["<unknown>".into()])
 }
 
 fn proto_name(p: Option<u8>) -> String {
     match p {
         None => "ANY".into(),
-        Some(n) => Protocol::from_number(n)
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| n.to_string()),
+        Some(n) => Protocol::from_number(n).map(|p| p.as_str().to_string()).unwrap_or_else(|| n.to_string()),
     }
 }
 
@@ -115,11 +95,7 @@ fn dir_name(d: u8) -> &'static str {
 
 /// Live policy-map entries of one endpoint, read from the map itself.
 fn live_entries(d: &Daemon, ep_id: u32) -> Result<BTreeMap<PolicyKey, PolicyValue>> {
-    Ok(d.dp
-        .policy()?
-        .into_iter()
-        .filter(|(k, _)| k.ep_id == ep_id)
-        .collect())
+    Ok(d.dp.policy()?.into_iter().filter(|(k, _)| k.ep_id == ep_id).collect())
 }
 
 pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
@@ -154,12 +130,7 @@ pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
 }
 
 pub fn conntrack(d: &Daemon) -> Result<Value> {
-    let by_id: BTreeMap<u32, &str> = d
-        .store
-        .endpoints
-        .values()
-        .map(|e| (e.ep_id, e.name.as_str()))
-        .collect();
+    let by_id: BTreeMap<u32, &str> = d.store.endpoints.values().map(|e| (e.ep_id, e.name.as_str())).collect();
     let now = monotonic_ns();
     Ok(Value::Array(
         d.dp.conntrack()?
@@ -193,10 +164,8 @@ fn monotonic_ns() -> u64 {
 pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     match name {
         Some(n) => {
-            let k = full_name(n);
-            let p = d.store.policies.get(&k).with_context(|| {
-                format!("policy {k} does not exist (see `palisade policy get`)")
-            })?;
+            let k = d.policy_key(n);
+            let p = d.store.policies.get(&k).with_context(|| format!("policy {k} does not exist (see `palisade policy get`)"))?;
             Ok(p.source.clone())
         }
         None => Ok(Value::Array(
@@ -208,11 +177,7 @@ pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
                         .store
                         .endpoints
                         .values()
-                        .filter(|e| {
-                            p.rules
-                                .iter()
-                                .any(|r| r.endpoint_selector.matches(&e.labels))
-                        })
+                        .filter(|e| p.rules.iter().any(|r| r.endpoint_selector.matches(&e.labels)))
                         .map(|e| e.name.as_str())
                         .collect();
                     json!({
@@ -228,44 +193,77 @@ pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     }
 }
 
+/// One side of a traced connection: an endpoint, or an address outside
+/// the endpoints (world, a CIDR, the node), with the identity the datapath
+/// would give it.
+struct Party<'a> {
+    name: String,
+    identity: u32,
+    endpoint: Option<&'a Endpoint>,
+}
+
+fn party<'a>(d: &'a Daemon, s: &str) -> Result<Party<'a>> {
+    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
+        if let Some(ep) = d.store.endpoints.values().find(|e| e.ipv4 == ip) {
+            return Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep) });
+        }
+        // The datapath's lookup: exact host entry, else longest prefix, else world.
+        let identity = match d.dp.ipcache()?.into_iter().find(|(a, _)| *a == ip) {
+            Some((_, v)) => v.identity,
+            None => {
+                d.dp.ipcache_prefixes()?
+                    .into_iter()
+                    .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
+                    .max_by_key(|(_, len, _)| *len)
+                    .map(|(_, _, v)| v.identity)
+                    .unwrap_or(palisade_bpf::identity::WORLD)
+            }
+        };
+        let what = d.store.identities.get(identity).map(|l| l.to_string()).unwrap_or_default();
+        return Ok(Party { name: format!("{ip} ({what})"), identity, endpoint: None });
+    }
+    let ep = d.endpoint(s)?;
+    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep) })
+}
+
 pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<Value> {
-    let s = d.endpoint(src)?;
-    let t = d.endpoint(dst)?;
+    let s = party(d, src)?;
+    let t = party(d, dst)?;
+    if s.endpoint.is_none() && t.endpoint.is_none() {
+        bail!("neither {src} nor {dst} is an endpoint of this node: nothing here enforces between them");
+    }
     if s.name == t.name {
         bail!("source and destination are the same endpoint ({})", s.name);
     }
     let cookies = cookie_table(&d.store.policies.values().cloned().collect::<Vec<_>>());
     let port_text = format!("{dport}/{}", proto_name(Some(proto)));
-    let mut lines = vec![format!(
-        "Tracing {} (identity {}) -> {} (identity {}) {port_text}",
-        s.name, s.identity, t.name, t.identity
-    )];
+    let mut lines = vec![format!("Tracing {} (identity {}) -> {} (identity {}) {port_text}", s.name, s.identity, t.name, t.identity)];
     let mut allowed = true;
     let mut steps = Vec::new();
-    for (ep, peer, dir, label) in [
-        (s, t, DIR_EGRESS, "Egress from"),
-        (t, s, DIR_INGRESS, "Ingress to"),
-    ] {
+    let checks = [(s.endpoint, &t, DIR_EGRESS, "Egress from"), (t.endpoint, &s, DIR_INGRESS, "Ingress to")];
+    for (ep, peer, dir, label) in checks.into_iter().filter_map(|(e, p, d, l)| e.map(|e| (e, p, d, l))) {
         let flags = live_flags(d, ep).context("endpoint has no datapath entry")?;
-        let bit = if dir == DIR_INGRESS {
-            EndpointValue::INGRESS_ENFORCED
-        } else {
-            EndpointValue::EGRESS_ENFORCED
-        };
+        let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
         let enforced = flags & bit != 0;
         let entries = live_entries(d, ep.ep_id)?;
         let v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
-        let rule_of = |c: &u32| {
-            cookies
-                .get(c)
-                .map(|r| format!("{} {}", r.policy, r.path))
-                .unwrap_or_else(|| format!("cookie {c}"))
-        };
+        let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
         let (ok, why) = match &v {
             Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
-            Verdict::Allowed { cookie, key } => (true, format!("allowed by {} (entry: identity {}, {}/{})", rule_of(cookie), key.identity, port_text_key(key), proto_name(key.proto))),
+            Verdict::Allowed { cookie, key } => (
+                true,
+                format!(
+                    "allowed by {} (entry: identity {}, {}/{})",
+                    rule_of(cookie),
+                    key.identity,
+                    port_text_key(key),
+                    proto_name(key.proto)
+                ),
+            ),
             Verdict::Denied { cookie, .. } => (false, format!("denied by deny rule {}", rule_of(cookie))),
-            Verdict::DefaultDeny => (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string()),
+            Verdict::DefaultDeny => {
+                (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string())
+            }
         };
         allowed &= ok;
         lines.push(format!("{label} {}: {why}", ep.name));
@@ -281,9 +279,7 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
     }
     let verdict = if allowed { "ALLOWED" } else { "DENIED" };
     lines.push(format!("Final verdict: {verdict}"));
-    Ok(
-        json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }),
-    )
+    Ok(json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }))
 }
 
 fn port_text_key(k: &PolicyKey) -> String {
@@ -306,6 +302,7 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "socket": d.cfg.socket.display().to_string(),
         "pod_cidr": format!("{}/{}", d.cfg.pod_cidr.0, d.cfg.pod_cidr.1),
         "attach": d.dp.attach_mode().as_str(),
+        "enforcement": d.cfg.mode.as_str(),
         "endpoints": d.store.endpoints.len(),
         "identities": d.store.identities.all().len(),
         "policies": d.store.policies.len(),

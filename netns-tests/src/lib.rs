@@ -37,40 +37,24 @@ pub fn bin_dir() -> PathBuf {
 
 fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        p.display()
-    );
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
     p
 }
 
 pub fn require_root() {
     let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
+        .map(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
         .unwrap_or(false);
-    assert!(
-        root,
-        "netns tests create namespaces and load BPF: run them as root (scripts/test.sh)"
-    );
+    assert!(root, "netns tests create namespaces and load BPF: run them as root (scripts/test.sh)");
 }
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
 fn sh(args: &[&str]) {
     let out = run(Command::new(args[0]).args(&args[1..]));
-    assert!(
-        out.status.success(),
-        "{}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// A node: its netns, its palisade-ctrl, its directories.
@@ -93,11 +77,7 @@ impl Node {
     /// A node whose palisade-ctrl gets extra flags (kept across restarts).
     pub fn with_ctrl_args(args: &[&str]) -> Self {
         require_root();
-        let tag = format!(
-            "pt{:x}{}",
-            std::process::id() & 0xfffff,
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
+        let tag = format!("pt{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
         let tmp = std::env::temp_dir().join(format!("palisade-{tag}"));
         std::fs::create_dir_all(&tmp).expect("tmp dir");
         let netns = format!("{tag}-node");
@@ -120,11 +100,7 @@ impl Node {
     /// Starts palisade-ctrl in the node netns and waits for its socket.
     pub fn start_ctrl(&mut self) {
         assert!(self.ctrl.is_none(), "ctrl already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.tmp.join("ctrl.log"))
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("ctrl.log")).expect("log file");
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
             .arg(bin("palisade-ctrl"))
@@ -164,10 +140,7 @@ impl Node {
 
     /// Runs the real CLI against this node.
     pub fn cli(&self, args: &[&str]) -> Output {
-        run(Command::new(bin("palisade"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args))
+        run(Command::new(bin("palisade")).arg("--socket").arg(&self.socket).args(args))
     }
 
     /// Runs the CLI and panics (with its stderr and the agent log) unless it succeeds.
@@ -186,12 +159,7 @@ impl Node {
     /// Runs the CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);
-        assert!(
-            !out.status.success(),
-            "palisade {} unexpectedly succeeded: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(!out.status.success(), "palisade {} unexpectedly succeeded: {}", args.join(" "), String::from_utf8_lossy(&out.stdout));
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
@@ -206,20 +174,9 @@ impl Node {
         let netns = format!("{}-{}", self.tag, name.replace('/', "-"));
         sh(&["ip", "netns", "add", &netns]);
         self.pods.push(netns.clone());
-        let v = self.json(&[
-            "endpoint", "add", name, "--netns", &netns, "--labels", labels,
-        ]);
-        let ip: Ipv4Addr = v["ipv4"]
-            .as_str()
-            .expect("ipv4 in endpoint JSON")
-            .parse()
-            .expect("an IPv4");
-        Pod {
-            name: name.to_string(),
-            netns,
-            ip,
-            servers: Vec::new(),
-        }
+        let v = self.json(&["endpoint", "add", name, "--netns", &netns, "--labels", labels]);
+        let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
+        Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
     }
 
     /// Writes `yaml` to a file and applies it.
@@ -258,10 +215,7 @@ impl Drop for Node {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.tmp);
         } else {
-            eprintln!(
-                "palisade-ctrl log kept at {}",
-                self.tmp.join("ctrl.log").display()
-            );
+            eprintln!("palisade-ctrl log kept at {}", self.tmp.join("ctrl.log").display());
         }
     }
 }
@@ -288,53 +242,23 @@ impl Pod {
         for p in ports {
             c.args(["--tcp", &p.to_string(), "--udp", &p.to_string()]);
         }
-        let mut child = c
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn probe server");
+        let mut child = c.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn probe server");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("probe server output");
-        assert_eq!(
-            line.trim(),
-            "ready",
-            "probe server in {} did not start",
-            self.name
-        );
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("probe server output");
+        assert_eq!(line.trim(), "ready", "probe server in {} did not start", self.name);
         self.servers.push(child);
     }
 
     pub fn tcp(&self, dst: &Pod, port: u16) -> bool {
-        run(self
-            .in_ns(&bin("palisade-probe"))
-            .args(["tcp", &format!("{}:{port}", dst.ip)]))
-        .status
-        .success()
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{}:{port}", dst.ip)])).status.success()
     }
 
     pub fn udp(&self, dst: &Pod, port: u16) -> bool {
-        run(self
-            .in_ns(&bin("palisade-probe"))
-            .args(["udp", &format!("{}:{port}", dst.ip)]))
-        .status
-        .success()
+        run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{}:{port}", dst.ip)])).status.success()
     }
 
     pub fn ping(&self, dst: &Pod) -> bool {
-        run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &self.netns,
-            "ping",
-            "-c1",
-            "-W1",
-            "-q",
-            &dst.ip.to_string(),
-        ]))
-        .status
-        .success()
+        run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &dst.ip.to_string()])).status.success()
     }
 
     /// Opens a long-lived TCP connection to `dst:port`.
@@ -350,19 +274,8 @@ impl Pod {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("session output");
-        assert_eq!(
-            line.trim(),
-            "connected",
-            "session from {} to {}:{port} did not connect",
-            self.name,
-            dst.name
-        );
-        Session {
-            child,
-            stdin,
-            out,
-            n: 0,
-        }
+        assert_eq!(line.trim(), "connected", "session from {} to {}:{port} did not connect", self.name, dst.name);
+        Session { child, stdin, out, n: 0 }
     }
 }
 
@@ -411,20 +324,10 @@ pub fn check_matrix(rows: &[(&Pod, &Pod, Option<u16>, bool)]) {
             None => ("ping".to_string(), from.ping(to)),
         };
         if got != *want {
-            bad.push(format!(
-                "{} -> {} {what}: {} (expected {})",
-                from.name,
-                to.name,
-                verdict(got),
-                verdict(*want)
-            ));
+            bad.push(format!("{} -> {} {what}: {} (expected {})", from.name, to.name, verdict(got), verdict(*want)));
         }
     }
-    assert!(
-        bad.is_empty(),
-        "reachability differs from policy:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "reachability differs from policy:\n{}", bad.join("\n"));
 }
 
 fn verdict(b: bool) -> &'static str {

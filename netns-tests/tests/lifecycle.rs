@@ -49,32 +49,17 @@ fn replies_of_allowed_connections_pass_privileged_test() {
     // default deny) and accepts only frontend. Replies must still flow.
     node.apply_example("shop-egress.yaml");
     node.apply_example("allow-frontend-to-backend.yaml");
-    assert!(
-        front.tcp(&back, WEB),
-        "request/response over an allowed TCP connection"
-    );
+    assert!(front.tcp(&back, WEB), "request/response over an allowed TCP connection");
     assert!(!back.tcp(&front, WEB), "backend may not open connections");
     assert!(!back.ping(&front), "backend may not ping");
     let udp_rule = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: udp, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: UDP}]}]\n";
     node.apply("udp.yaml", udp_rule);
-    assert!(
-        !front.udp(&back, WEB),
-        "frontend's egress allows only TCP to backend"
-    );
+    assert!(!front.udp(&back, WEB), "frontend's egress allows only TCP to backend");
     let front_udp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: front-udp, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: backend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: UDP}]}]\n";
     node.apply("front-udp.yaml", front_udp);
-    assert!(
-        front.udp(&back, WEB),
-        "UDP reply from a backend with egress default deny passes (conntrack)"
-    );
+    assert!(front.udp(&back, WEB), "UDP reply from a backend with egress default deny passes (conntrack)");
     let ct = node.json(&["bpf", "ct", "list"]);
-    assert!(
-        ct.as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["protocol"] == "UDP" && c["origin"] == "ingress"),
-        "{ct}"
-    );
+    assert!(ct.as_array().unwrap().iter().any(|c| c["protocol"] == "UDP" && c["origin"] == "ingress"), "{ct}");
 }
 
 #[test]
@@ -84,41 +69,19 @@ fn policy_update_and_delete_take_effect_privileged_test() {
     let mut back = node.pod("shop/backend", "app=backend");
     back.serve(&[WEB, ALT]);
     node.apply("p.yaml", &ingress_only(WEB));
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&front, &back, Some(ALT), false),
-    ]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&front, &back, Some(ALT), false)]);
     let out = node.apply("p.yaml", &ingress_only(ALT));
     assert!(out.contains("shop/backend-in configured"), "{out}");
-    check_matrix(&[
-        (&front, &back, Some(WEB), false),
-        (&front, &back, Some(ALT), true),
-    ]);
+    check_matrix(&[(&front, &back, Some(WEB), false), (&front, &back, Some(ALT), true)]);
     let entries = node.json(&["bpf", "policy", "get", "shop/backend"]);
     let e = entries["entries"].as_array().unwrap();
-    assert_eq!(
-        e.len(),
-        1,
-        "the old entry was removed, not left behind: {entries}"
-    );
+    assert_eq!(e.len(), 1, "the old entry was removed, not left behind: {entries}");
     assert_eq!(e[0]["port"], "9090");
     assert_eq!(e[0]["labels"][0], "k8s:app=frontend");
     node.ok(&["policy", "delete", "backend-in", "-n", "shop"]);
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&front, &back, None, true),
-    ]);
-    assert_eq!(
-        node.json(&["bpf", "policy", "get", "shop/backend"])["entries"]
-            .as_array()
-            .unwrap()
-            .len(),
-        0
-    );
-    assert_eq!(
-        node.json(&["endpoint", "get", "shop/backend"])["policy"]["ingress"],
-        "Disabled"
-    );
+    check_matrix(&[(&front, &back, Some(WEB), true), (&front, &back, None, true)]);
+    assert_eq!(node.json(&["bpf", "policy", "get", "shop/backend"])["entries"].as_array().unwrap().len(), 0);
+    assert_eq!(node.json(&["endpoint", "get", "shop/backend"])["policy"]["ingress"], "Disabled");
 }
 
 #[test]
@@ -135,30 +98,16 @@ fn ctrl_restart_keeps_verdicts_and_established_flows_privileged_test() {
 
     node.kill_ctrl();
     // Agent down: the datapath keeps enforcing, both ways.
-    assert!(
-        flow.round_trip(),
-        "established flow cut while the agent is down"
-    );
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&cart, &back, Some(WEB), false),
-    ]);
+    assert!(flow.round_trip(), "established flow cut while the agent is down");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
 
     node.start_ctrl();
     // A second agent on the same state is refused before it touches anything.
     let second = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", node.netns))
         .arg(palisade_netns_tests::bin_dir().join("palisade-ctrl"))
-        .args([
-            "--bpf-dir",
-            &node.bpf_dir.display().to_string(),
-            "--state-dir",
-            &node.tmp.join("state").display().to_string(),
-        ])
-        .args([
-            "--socket",
-            &node.tmp.join("other.sock").display().to_string(),
-        ])
+        .args(["--bpf-dir", &node.bpf_dir.display().to_string(), "--state-dir", &node.tmp.join("state").display().to_string()])
+        .args(["--socket", &node.tmp.join("other.sock").display().to_string()])
         .output()
         .unwrap();
     assert!(!second.status.success());
@@ -167,29 +116,13 @@ fn ctrl_restart_keeps_verdicts_and_established_flows_privileged_test() {
         "{}",
         String::from_utf8_lossy(&second.stderr)
     );
-    assert!(
-        flow.round_trip(),
-        "the refused second agent disturbed the flow"
-    );
-    assert!(
-        node.log().contains("put=0 deleted=0"),
-        "a restart with unchanged state must write nothing:\n{}",
-        node.log()
-    );
+    assert!(flow.round_trip(), "the refused second agent disturbed the flow");
+    assert!(node.log().contains("put=0 deleted=0"), "a restart with unchanged state must write nothing:\n{}", node.log());
     assert!(flow.round_trip(), "established flow cut by the restart");
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&cart, &back, Some(WEB), false),
-    ]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
     assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before);
     // The restarted agent manages the same endpoints.
-    node.ok(&[
-        "policy",
-        "delete",
-        "allow-frontend-to-backend",
-        "-n",
-        "shop",
-    ]);
+    node.ok(&["policy", "delete", "allow-frontend-to-backend", "-n", "shop"]);
     assert!(cart.tcp(&back, WEB));
     assert!(flow.round_trip());
 }
@@ -214,102 +147,32 @@ fn bad_input_is_rejected_and_changes_nothing_privileged_test() {
     ];
     for (yaml, want) in cases {
         // A good document first: the whole file must be refused.
-        let text = format!(
-            "{}---\n{yaml}",
-            std::fs::read_to_string(example("ns-isolation.yaml")).unwrap()
-        );
+        let text = format!("{}---\n{yaml}", std::fs::read_to_string(example("ns-isolation.yaml")).unwrap());
         std::fs::write(&bad, text).unwrap();
         let err = node.fails(&["policy", "apply", "-f", &bad.display().to_string()]);
-        assert!(
-            err.contains("bad.yaml: document 2") && err.contains(want),
-            "error should name file, document and field ({want}): {err}"
-        );
+        assert!(err.contains("bad.yaml: document 2") && err.contains(want), "error should name file, document and field ({want}): {err}");
         let err = node.fails(&["policy", "validate", "-f", &bad.display().to_string()]);
         assert!(err.contains(want), "{err}");
     }
-    assert_eq!(
-        node.json(&["policy", "get"]).as_array().unwrap().len(),
-        1,
-        "nothing was added"
-    );
-    assert_eq!(
-        node.ok(&["bpf", "policy", "get", "shop/backend"]),
-        entries,
-        "maps unchanged"
-    );
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&cart, &back, Some(WEB), false),
-    ]);
+    assert_eq!(node.json(&["policy", "get"]).as_array().unwrap().len(), 1, "nothing was added");
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), entries, "maps unchanged");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
 
     let err = node.fails(&["endpoint", "add", "shop/frontend", "--netns", &front.netns]);
-    assert!(
-        err.contains("endpoint shop/frontend already exists"),
-        "{err}"
-    );
-    let err = node.fails(&[
-        "endpoint",
-        "add",
-        "shop/dup",
-        "--netns",
-        "no-such-ns",
-        "--ip",
-        &front.ip.to_string(),
-    ]);
-    assert!(
-        err.contains(&format!(
-            "address {} is already used by endpoint shop/frontend",
-            front.ip
-        )),
-        "{err}"
-    );
-    let err = node.fails(&[
-        "endpoint",
-        "add",
-        "shop/ghost",
-        "--netns",
-        "palisade-no-such-netns",
-    ]);
-    assert!(
-        err.contains("network namespace \"palisade-no-such-netns\" does not exist"),
-        "{err}"
-    );
-    let err = node.fails(&[
-        "endpoint",
-        "add",
-        "shop/x",
-        "--netns",
-        "n",
-        "--labels",
-        "bad key=1",
-    ]);
+    assert!(err.contains("endpoint shop/frontend already exists"), "{err}");
+    let err = node.fails(&["endpoint", "add", "shop/dup", "--netns", "no-such-ns", "--ip", &front.ip.to_string()]);
+    assert!(err.contains(&format!("address {} is already used by endpoint shop/frontend", front.ip)), "{err}");
+    let err = node.fails(&["endpoint", "add", "shop/ghost", "--netns", "palisade-no-such-netns"]);
+    assert!(err.contains("network namespace \"palisade-no-such-netns\" does not exist"), "{err}");
+    let err = node.fails(&["endpoint", "add", "shop/x", "--netns", "n", "--labels", "bad key=1"]);
     assert!(err.contains("--labels") && err.contains("bad key"), "{err}");
     let err = node.fails(&["endpoint", "add", "Shop/x", "--netns", "n"]);
-    assert!(
-        err.contains("namespace \"Shop\" is not a valid name"),
-        "{err}"
-    );
+    assert!(err.contains("namespace \"Shop\" is not a valid name"), "{err}");
     let err = node.fails(&["policy", "delete", "nope", "-n", "shop"]);
     assert!(err.contains("policy shop/nope does not exist"), "{err}");
-    let err = node.fails(&[
-        "policy",
-        "trace",
-        "--src",
-        "shop/frontend",
-        "--dst",
-        "shop/backend",
-        "--dport",
-        "80/XTP",
-    ]);
-    assert!(
-        err.contains("\"XTP\" is not TCP, UDP, SCTP or ICMP"),
-        "{err}"
-    );
-    assert_eq!(
-        node.json(&["endpoint", "list"]).as_array().unwrap().len(),
-        3,
-        "failed adds left nothing behind"
-    );
+    let err = node.fails(&["policy", "trace", "--src", "shop/frontend", "--dst", "shop/backend", "--dport", "80/XTP"]);
+    assert!(err.contains("\"XTP\" is not TCP, UDP, SCTP or ICMP"), "{err}");
+    assert_eq!(node.json(&["endpoint", "list"]).as_array().unwrap().len(), 3, "failed adds left nothing behind");
 }
 
 #[test]
@@ -318,22 +181,8 @@ fn cli_json_outputs_privileged_test() {
     let front = node.pod("shop/frontend", "app=frontend");
     node.apply_example("allow-frontend-to-backend.yaml");
     let ns = format!("{}-pinned", node.tag);
-    assert!(std::process::Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .unwrap()
-        .success());
-    let ep = node.json(&[
-        "endpoint",
-        "add",
-        "shop/backend",
-        "--netns",
-        &ns,
-        "--ip",
-        "10.200.0.77",
-        "--labels",
-        "app=backend,tier=api",
-    ]);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    let ep = node.json(&["endpoint", "add", "shop/backend", "--netns", &ns, "--ip", "10.200.0.77", "--labels", "app=backend,tier=api"]);
     assert_eq!(ep["addresses"][0], "10.200.0.77");
     assert_eq!(ep["state"], "ready");
     assert_eq!(ep["policy"]["ingress"], "Enabled");
@@ -341,54 +190,25 @@ fn cli_json_outputs_privileged_test() {
     assert!(id >= 256);
     let ident = node.json(&["identity", "get", &id.to_string()]);
     assert_eq!(ident["endpoints"][0], "shop/backend");
-    assert!(ident["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|l| l == "k8s:tier=api"));
+    assert!(ident["labels"].as_array().unwrap().iter().any(|l| l == "k8s:tier=api"));
     let ids = node.json(&["identity", "list"]);
-    assert!(ids
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|i| i["id"] == 2 && i["labels"][0] == "reserved:world"));
+    assert!(ids.as_array().unwrap().iter().any(|i| i["id"] == 2 && i["labels"][0] == "reserved:world"));
     let list = node.json(&["endpoint", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 2);
     let bpf = node.json(&["bpf", "policy", "get", "shop/backend"]);
-    assert_eq!(
-        bpf["entries"][0]["identity"],
-        front_identity(&node, &front.name)
-    );
-    assert_eq!(
-        bpf["entries"][0]["policy"],
-        "shop/allow-frontend-to-backend"
-    );
+    assert_eq!(bpf["entries"][0]["identity"], front_identity(&node, &front.name));
+    assert_eq!(bpf["entries"][0]["policy"], "shop/allow-frontend-to-backend");
     let st = node.json(&["status"]);
     assert_eq!(st["endpoints"], 2);
     assert_eq!(st["policies"], 1);
     assert_eq!(st["attach"], "tcx");
-    let trace = node.json(&[
-        "policy",
-        "trace",
-        "--src",
-        "shop/frontend",
-        "--dst",
-        "shop/backend",
-        "--dport",
-        "8080/TCP",
-    ]);
+    let trace = node.json(&["policy", "trace", "--src", "shop/frontend", "--dst", "shop/backend", "--dport", "8080/TCP"]);
     assert_eq!(trace["verdict"], "ALLOWED");
     let p = node.json(&["policy", "get", "allow-frontend-to-backend", "-n", "shop"]);
     assert_eq!(p["kind"], "CiliumNetworkPolicy");
     node.ok(&["endpoint", "delete", "shop/backend"]);
-    assert!(
-        node.fails(&["identity", "get", &id.to_string()])
-            .contains("does not exist"),
-        "identity released with its last endpoint"
-    );
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &ns])
-        .status();
+    assert!(node.fails(&["identity", "get", &id.to_string()]).contains("does not exist"), "identity released with its last endpoint");
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
 }
 
 fn front_identity(node: &Node, name: &str) -> serde_json::Value {
@@ -406,34 +226,18 @@ fn clsact_attach_mode_privileged_test() {
     back.serve(&[WEB]);
     assert_eq!(node.json(&["status"])["attach"], "clsact");
     node.apply_example("allow-frontend-to-backend.yaml");
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&cart, &back, Some(WEB), false),
-    ]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
     let mut flow = front.session(&back, WEB);
     node.kill_ctrl();
     assert!(flow.round_trip());
     check_matrix(&[(&cart, &back, Some(WEB), false)]);
     node.start_ctrl();
     assert!(flow.round_trip());
-    check_matrix(&[
-        (&front, &back, Some(WEB), true),
-        (&cart, &back, Some(WEB), false),
-    ]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
     let ep = node.json(&["endpoint", "get", "shop/backend"]);
     let ifname = ep["interface"].as_str().unwrap();
     let filters = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &node.netns,
-            "tc",
-            "filter",
-            "show",
-            "dev",
-            ifname,
-            "egress",
-        ])
+        .args(["netns", "exec", &node.netns, "tc", "filter", "show", "dev", ifname, "egress"])
         .output()
         .unwrap();
     assert!(

@@ -15,11 +15,7 @@ fn ns_isolation_privileged_test() {
         p.serve(&[WEB]);
     }
     // Before any policy, everything is open.
-    check_matrix(&[
-        (&intruder, &back, Some(WEB), true),
-        (&front, &back, Some(WEB), true),
-        (&intruder, &back, None, true),
-    ]);
+    check_matrix(&[(&intruder, &back, Some(WEB), true), (&front, &back, Some(WEB), true), (&intruder, &back, None, true)]);
     node.apply_example("ns-isolation.yaml");
     check_matrix(&[
         (&front, &back, Some(WEB), true),
@@ -30,10 +26,7 @@ fn ns_isolation_privileged_test() {
         // other namespace has no policy: shop may still reach it
         (&back, &intruder, Some(WEB), true),
     ]);
-    assert!(
-        !intruder.udp(&back, WEB),
-        "UDP from another namespace must be dropped"
-    );
+    assert!(!intruder.udp(&back, WEB), "UDP from another namespace must be dropped");
     assert!(front.udp(&back, WEB), "UDP within the namespace must pass");
 }
 
@@ -56,38 +49,11 @@ fn allow_frontend_to_backend_privileged_test() {
         (&cart, &front, Some(WEB), true),
     ]);
     assert!(!front.udp(&back, WEB), "the rule is TCP only");
-    let trace = node.ok(&[
-        "policy",
-        "trace",
-        "--src",
-        "shop/frontend",
-        "--dst",
-        "shop/backend",
-        "--dport",
-        "8080/TCP",
-    ]);
-    assert!(
-        trace.contains("shop/allow-frontend-to-backend spec.ingress[0]"),
-        "{trace}"
-    );
-    assert!(
-        trace.trim_end().ends_with("Final verdict: ALLOWED"),
-        "{trace}"
-    );
-    let trace = node.ok(&[
-        "policy",
-        "trace",
-        "--src",
-        "shop/cart",
-        "--dst",
-        "shop/backend",
-        "--dport",
-        "8080",
-    ]);
-    assert!(
-        trace.trim_end().ends_with("Final verdict: DENIED"),
-        "{trace}"
-    );
+    let trace = node.ok(&["policy", "trace", "--src", "shop/frontend", "--dst", "shop/backend", "--dport", "8080/TCP"]);
+    assert!(trace.contains("shop/allow-frontend-to-backend spec.ingress[0]"), "{trace}");
+    assert!(trace.trim_end().ends_with("Final verdict: ALLOWED"), "{trace}");
+    let trace = node.ok(&["policy", "trace", "--src", "shop/cart", "--dst", "shop/backend", "--dport", "8080"]);
+    assert!(trace.trim_end().ends_with("Final verdict: DENIED"), "{trace}");
 }
 
 #[test]
@@ -134,12 +100,7 @@ fn explicit_default_deny_privileged_test() {
     assert_eq!(ep["policy"]["egress"], "Enabled");
     // The drops were counted by reason and direction.
     let st = node.json(&["status"]);
-    let drops: u64 = st["counters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["reason"] == "Policy denied")
-        .map(|c| c["packets"].as_u64().unwrap())
-        .sum();
+    let drops: u64 =
+        st["counters"].as_array().unwrap().iter().filter(|c| c["reason"] == "Policy denied").map(|c| c["packets"].as_u64().unwrap()).sum();
     assert!(drops >= 4, "policy drops were not counted: {st}");
 }

@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 /// The label Cilium uses for an endpoint's namespace.
 pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// Prefix under which a pod carries its namespace's labels (Cilium's), so
+/// a `namespaceSelector` is a selector on pod identities.
+pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+/// The service-account label (Cilium's).
+pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// Sources a label key may be prefixed with.
 const SOURCES: &[&str] = &["k8s", "any", "reserved", "cidr", "unspec", "container"];
 
@@ -28,7 +33,18 @@ impl Labels {
     /// Endpoint labels: user labels (`k8s:` unless another source is given)
     /// plus the namespace label.
     pub fn for_endpoint(namespace: &str, user: &BTreeMap<String, String>) -> Self {
+        Self::for_endpoint_in(namespace, &BTreeMap::new(), user)
+    }
+
+    /// Endpoint labels including its namespace's labels (as
+    /// `io.cilium.k8s.namespace.labels.<key>`, with
+    /// `kubernetes.io/metadata.name` implied).
+    pub fn for_endpoint_in(namespace: &str, ns_labels: &BTreeMap<String, String>, user: &BTreeMap<String, String>) -> Self {
         let mut m = BTreeMap::new();
+        m.insert(format!("k8s:{NAMESPACE_LABELS_PREFIX}kubernetes.io/metadata.name"), namespace.to_string());
+        for (k, v) in ns_labels {
+            m.insert(format!("k8s:{NAMESPACE_LABELS_PREFIX}{k}"), v.clone());
+        }
         for (k, v) in user {
             let (src, key) = split_source(k);
             m.insert(format!("{}:{}", src.unwrap_or("k8s"), key), v.clone());
@@ -39,10 +55,7 @@ impl Labels {
 
     /// Reserved identity labels, e.g. `reserved:world`.
     pub fn reserved(name: &str) -> Self {
-        Labels(BTreeMap::from([(
-            format!("reserved:{name}"),
-            String::new(),
-        )]))
+        Labels(BTreeMap::from([(format!("reserved:{name}"), String::new())]))
     }
 
     /// The value of `key` as a selector sees it: with a source, exact; without
@@ -51,11 +64,7 @@ impl Labels {
         let (src, bare) = split_source(key);
         match src {
             Some(s) if s != "any" => self.0.get(key).map(String::as_str),
-            _ => self
-                .0
-                .iter()
-                .find(|(k, _)| split_source(k).1 == bare)
-                .map(|(_, v)| v.as_str()),
+            _ => self.0.iter().find(|(k, _)| split_source(k).1 == bare).map(|(_, v)| v.as_str()),
         }
     }
 
@@ -66,17 +75,7 @@ impl Labels {
 
 impl fmt::Display for Labels {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .0
-            .iter()
-            .map(|(k, v)| {
-                if v.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{k}={v}")
-                }
-            })
-            .collect();
+        let parts: Vec<String> = self.0.iter().map(|(k, v)| if v.is_empty() { k.clone() } else { format!("{k}={v}") }).collect();
         f.write_str(&parts.join(","))
     }
 }
@@ -92,9 +91,7 @@ pub fn validate_key(key: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label) {
-            return Err(format!(
-                "label key {key:?}: prefix {p:?} is not a DNS subdomain"
-            ));
+            return Err(format!("label key {key:?}: prefix {p:?} is not a DNS subdomain"));
         }
     }
     validate_name(name).map_err(|why| format!("label key {key:?}: {why}"))
@@ -116,8 +113,7 @@ fn validate_name(name: &str) -> Result<(), String> {
     if !name.chars().all(ok_char) {
         return Err("may contain only letters, digits, '-', '_' and '.'".into());
     }
-    let first_last_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    let first_last_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric()) && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !first_last_ok {
         return Err("must begin and end with a letter or digit".into());
     }
@@ -128,8 +124,7 @@ fn validate_name(name: &str) -> Result<(), String> {
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -162,7 +157,7 @@ mod tests {
         assert_eq!(l.namespace(), Some("shop"));
         assert_eq!(
             l.to_string(),
-            "k8s:app=web,k8s:io.kubernetes.pod.namespace=shop,k8s:tier=front"
+            "k8s:app=web,k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop,k8s:io.kubernetes.pod.namespace=shop,k8s:tier=front"
         );
     }
 
@@ -175,9 +170,7 @@ mod tests {
         assert!(validate_key(&"a".repeat(64)).is_err());
         assert!(validate_key("Bad_Prefix/x").is_err());
         assert!(validate_value("").is_ok());
-        assert!(validate_value("has space")
-            .unwrap_err()
-            .contains("has space"));
+        assert!(validate_value("has space").unwrap_err().contains("has space"));
         assert!(parse_label_list("a=1,a=2").unwrap_err().contains("twice"));
     }
 }

@@ -10,6 +10,6 @@ pub mod parse;
 pub mod selector;
 
 pub use labels::Labels;
-pub use model::{Direction, Kind, PeerRule, Peers, Policy, PortRange, Protocol, Rule};
+pub use model::{Cidr, Direction, Entity, Kind, PeerRule, PeerSelector, Peers, Policy, PortRange, Protocol, Rule};
 pub use parse::{parse_policies, PolicyError};
 pub use selector::Selector;

@@ -46,9 +46,7 @@ impl Protocol {
     }
 
     pub fn from_number(n: u8) -> Option<Self> {
-        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp]
-            .into_iter()
-            .find(|p| p.number() == Some(n))
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp].into_iter().find(|p| p.number() == Some(n))
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -73,12 +71,16 @@ impl Protocol {
     }
 }
 
-/// `port..=end_port` on `protocol`; port 0 means every port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// `port..=end_port` on `protocol`; port 0 means every port. A named port
+/// (`name` set, `port` 0) is resolved per endpoint by the compiler. For
+/// ICMP the port is the ICMP type.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PortRange {
     pub protocol: Protocol,
     pub port: u16,
     pub end_port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl PortRange {
@@ -93,6 +95,9 @@ impl PortRange {
 
 impl std::fmt::Display for PortRange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(n) = &self.name {
+            return write!(f, "{n}/{}", self.protocol.as_str());
+        }
         match (self.port, self.end_port) {
             (0, _) => write!(f, "*/{}", self.protocol.as_str()),
             (p, e) if p == e => write!(f, "{p}/{}", self.protocol.as_str()),
@@ -101,14 +106,135 @@ impl std::fmt::Display for PortRange {
     }
 }
 
+/// Cilium's entities: named groups of identities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Entity {
+    World,
+    Cluster,
+    Host,
+    RemoteNode,
+    KubeApiserver,
+    Health,
+    Init,
+    Unmanaged,
+    All,
+}
+
+impl Entity {
+    pub const ALL: [Entity; 9] = [
+        Entity::World,
+        Entity::Cluster,
+        Entity::Host,
+        Entity::RemoteNode,
+        Entity::KubeApiserver,
+        Entity::Health,
+        Entity::Init,
+        Entity::Unmanaged,
+        Entity::All,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::World => "world",
+            Entity::Cluster => "cluster",
+            Entity::Host => "host",
+            Entity::RemoteNode => "remote-node",
+            Entity::KubeApiserver => "kube-apiserver",
+            Entity::Health => "health",
+            Entity::Init => "init",
+            Entity::Unmanaged => "unmanaged",
+            Entity::All => "all",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// An IPv4 prefix, host bits cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cidr {
+    pub net: std::net::Ipv4Addr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` (a bare address is a /32). Host bits must be zero,
+    /// as Kubernetes requires for `ipBlock.cidr`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, len.parse::<u8>().map_err(|_| format!("{s:?}: prefix length {len:?} is not a number"))?),
+            None => (s, 32),
+        };
+        let net: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+            if ip.contains(':') {
+                format!("{s:?}: IPv6 CIDRs are not supported yet")
+            } else {
+                format!("{s:?} is not an IPv4 CIDR")
+            }
+        })?;
+        if len > 32 {
+            return Err(format!("{s:?}: prefix length {len} is more than 32"));
+        }
+        let c = Cidr { net, len };
+        if c.masked() != net {
+            return Err(format!("{s:?} has host bits set (did you mean {}?)", Cidr { net: c.masked(), len }));
+        }
+        Ok(c)
+    }
+
+    fn mask(len: u8) -> u32 {
+        if len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(len))
+        }
+    }
+
+    fn masked(&self) -> std::net::Ipv4Addr {
+        std::net::Ipv4Addr::from(u32::from(self.net) & Self::mask(self.len))
+    }
+
+    /// Whether `other` lies entirely inside this prefix.
+    pub fn contains(&self, other: &Cidr) -> bool {
+        other.len >= self.len && (u32::from(other.net) & Self::mask(self.len)) == u32::from(self.net)
+    }
+
+    pub fn contains_ip(&self, ip: std::net::Ipv4Addr) -> bool {
+        (u32::from(ip) & Self::mask(self.len)) == u32::from(self.net)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.len)
+    }
+}
+
+/// One way of naming peers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerSelector {
+    /// Pods whose labels match (namespace scoping already applied).
+    Endpoints(Selector),
+    Entity(Entity),
+    /// Addresses outside the cluster's pods inside `cidr` and not inside
+    /// any `except` (CIDR rules never select pods).
+    Cidr {
+        cidr: Cidr,
+        except: Vec<Cidr>,
+    },
+}
+
 /// Who a rule is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Peers {
     /// No L3 selector was given: every peer, cluster or world.
     All,
-    /// Peers matching any of these selectors; an empty list matches nobody
+    /// Peers matching any of these; an empty list matches nobody
     /// (`fromEndpoints: []`, an explicit default deny).
-    Endpoints(Vec<Selector>),
+    Select(Vec<PeerSelector>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +256,10 @@ pub struct Rule {
     pub endpoint_selector: Selector,
     pub ingress: Option<Vec<PeerRule>>,
     pub egress: Option<Vec<PeerRule>>,
+    /// Whether selecting a direction puts the endpoint in default deny
+    /// there (`enableDefaultDeny`, true unless set false).
+    pub default_deny_ingress: bool,
+    pub default_deny_egress: bool,
 }
 
 impl Rule {
@@ -139,18 +269,30 @@ impl Rule {
             Direction::Egress => self.egress.as_deref(),
         }
     }
+
+    /// Whether this rule flips `d` to default deny for the endpoints it selects.
+    pub fn enforces(&self, d: Direction) -> bool {
+        self.direction(d).is_some()
+            && match d {
+                Direction::Ingress => self.default_deny_ingress,
+                Direction::Egress => self.default_deny_egress,
+            }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     CiliumNetworkPolicy,
+    CiliumClusterwideNetworkPolicy,
+    NetworkPolicy,
 }
 
 /// A parsed, validated policy object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub kind: Kind,
-    pub namespace: String,
+    /// `None` for a cluster-wide policy.
+    pub namespace: Option<String>,
     pub name: String,
     pub rules: Vec<Rule>,
     /// The object as the operator wrote it (for `policy get`).
@@ -158,8 +300,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// `namespace/name`, the key a policy is stored and deleted under.
+    /// `namespace/name` (or `name` for a cluster-wide policy), the key a
+    /// policy is stored and deleted under.
     pub fn key(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        match &self.namespace {
+            Some(ns) => format!("{ns}/{}", self.name),
+            None => self.name.clone(),
+        }
     }
 }

@@ -30,9 +30,7 @@ pub struct Selector {
 
 impl Selector {
     pub fn matches(&self, labels: &Labels) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
+        self.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| {
                 let got = labels.get(&r.key);
                 match r.operator {
@@ -47,16 +45,14 @@ impl Selector {
     /// Whether the selector says anything about the namespace label.
     pub fn names_namespace(&self) -> bool {
         let is_ns = |k: &str| split_source(k).1 == NAMESPACE_LABEL;
-        self.match_labels.keys().any(|k| is_ns(k))
-            || self.match_expressions.iter().any(|r| is_ns(&r.key))
+        self.match_labels.keys().any(|k| is_ns(k)) || self.match_expressions.iter().any(|r| is_ns(&r.key))
     }
 
     /// Restricts the selector to one namespace (how a namespaced policy's
     /// selectors are read when they do not name a namespace themselves).
     pub fn in_namespace(mut self, ns: &str) -> Self {
         if !self.names_namespace() {
-            self.match_labels
-                .insert(format!("k8s:{NAMESPACE_LABEL}"), ns.to_string());
+            self.match_labels.insert(format!("k8s:{NAMESPACE_LABEL}"), ns.to_string());
         }
         self
     }
@@ -68,11 +64,7 @@ impl Selector {
 
 impl std::fmt::Display for Selector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts: Vec<String> = self
-            .match_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut parts: Vec<String> = self.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for r in &self.match_expressions {
             parts.push(match r.operator {
                 Operator::In => format!("{} in ({})", r.key, r.values.join(",")),
@@ -99,21 +91,11 @@ mod tests {
     }
 
     fn sel(ml: &[(&str, &str)], ex: Vec<Requirement>) -> Selector {
-        Selector {
-            match_labels: ml
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            match_expressions: ex,
-        }
+        Selector { match_labels: ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), match_expressions: ex }
     }
 
     fn req(key: &str, operator: Operator, values: &[&str]) -> Requirement {
-        Requirement {
-            key: key.into(),
-            operator,
-            values: values.iter().map(|s| s.to_string()).collect(),
-        }
+        Requirement { key: key.into(), operator, values: values.iter().map(|s| s.to_string()).collect() }
     }
 
     #[test]
@@ -134,8 +116,7 @@ mod tests {
         let s = sel(&[("app", "web")], vec![]).in_namespace("shop");
         assert!(s.matches(&ep("shop", "app=web")));
         assert!(!s.matches(&ep("other", "app=web")));
-        let cross =
-            sel(&[("k8s:io.kubernetes.pod.namespace", "monitoring")], vec![]).in_namespace("shop");
+        let cross = sel(&[("k8s:io.kubernetes.pod.namespace", "monitoring")], vec![]).in_namespace("shop");
         assert!(cross.matches(&ep("monitoring", "app=prom")));
         assert!(!cross.matches(&ep("shop", "app=prom")));
     }

@@ -1,6 +1,6 @@
 //! Parser tests over the seed examples and over bad input: every error must
 //! name the file, the document and the field.
-use palisade_policy::{parse_policies, Direction, Labels, Peers, Protocol};
+use palisade_policy::{parse_policies, Cidr, Direction, Entity, Labels, PeerSelector, Peers, Protocol};
 
 fn example(name: &str) -> String {
     let p = format!("{}/../examples/policies/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -13,21 +13,13 @@ fn labels(ns: &str, l: &str) -> Labels {
 
 #[test]
 fn seed_examples_parse() {
-    for f in [
-        "ns-isolation.yaml",
-        "allow-frontend-to-backend.yaml",
-        "allow-from-monitoring.yaml",
-        "default-deny.yaml",
-    ] {
+    for f in ["ns-isolation.yaml", "allow-frontend-to-backend.yaml", "allow-from-monitoring.yaml", "default-deny.yaml"] {
         let p = parse_policies(f, &example(f)).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.len(), 1, "{f}");
-        assert_eq!(p[0].namespace, "shop");
+        assert_eq!(p[0].namespace.as_deref(), Some("shop"));
     }
     let multi = parse_policies("shop-egress.yaml", &example("shop-egress.yaml")).unwrap();
-    assert_eq!(
-        multi.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
-        ["frontend-egress", "backend-egress"]
-    );
+    assert_eq!(multi.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["frontend-egress", "backend-egress"]);
 }
 
 #[test]
@@ -36,41 +28,25 @@ fn frontend_to_backend_model() {
     let r = &p.rules[0];
     assert!(r.endpoint_selector.matches(&labels("shop", "app=backend")));
     assert!(!r.endpoint_selector.matches(&labels("other", "app=backend")));
-    assert!(
-        r.direction(Direction::Egress).is_none(),
-        "egress is not selected"
-    );
+    assert!(r.direction(Direction::Egress).is_none(), "egress is not selected");
     let ing = r.direction(Direction::Ingress).unwrap();
-    let Peers::Endpoints(sels) = &ing[0].peers else {
-        panic!("expected selectors")
-    };
-    assert!(sels[0].matches(&labels("shop", "app=frontend")));
-    assert!(
-        !sels[0].matches(&labels("monitoring", "app=frontend")),
-        "peer selector is namespace-scoped"
-    );
+    let Peers::Select(sels) = &ing[0].peers else { panic!("expected selectors") };
+    let PeerSelector::Endpoints(sel) = &sels[0] else { panic!("expected an endpoint selector") };
+    assert!(sel.matches(&labels("shop", "app=frontend")));
+    assert!(!sel.matches(&labels("monitoring", "app=frontend")), "peer selector is namespace-scoped");
     assert_eq!(ing[0].ports[0].protocol, Protocol::Tcp);
-    assert_eq!(
-        (ing[0].ports[0].port, ing[0].ports[0].end_port),
-        (8080, 8080)
-    );
+    assert_eq!((ing[0].ports[0].port, ing[0].ports[0].end_port), (8080, 8080));
 }
 
 #[test]
 fn empty_peer_lists_deny_and_empty_rule_allows_nothing() {
     let p = &parse_policies("f", &example("default-deny.yaml")).unwrap()[0];
-    assert_eq!(
-        p.rules[0].ingress.as_ref().unwrap()[0].peers,
-        Peers::Endpoints(vec![])
-    );
+    assert_eq!(p.rules[0].ingress.as_ref().unwrap()[0].peers, Peers::Select(vec![]));
     let multi = parse_policies("f", &example("shop-egress.yaml")).unwrap();
-    assert_eq!(
-        multi[1].rules[0].egress.as_ref().unwrap()[0].peers,
-        Peers::Endpoints(vec![])
-    );
+    assert_eq!(multi[1].rules[0].egress.as_ref().unwrap()[0].peers, Peers::Select(vec![]));
     let ports_only = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts:\n    - ports: [{port: 53, protocol: UDP}]\n";
     let p = &parse_policies("f", ports_only).unwrap()[0];
-    assert_eq!(p.namespace, "default");
+    assert_eq!(p.namespace.as_deref(), Some("default"));
     assert_eq!(p.rules[0].ingress.as_ref().unwrap()[0].peers, Peers::All);
 }
 
@@ -78,78 +54,128 @@ fn err(text: &str) -> String {
     parse_policies("bad.yaml", text).unwrap_err().to_string()
 }
 
-const HEAD: &str =
-    "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: shop}\n";
+const HEAD: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: shop}\n";
 
 #[test]
 fn errors_name_file_document_and_field() {
-    let e = err(&format!(
-        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingres: []\n"
-    ));
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingres: []\n"));
     assert!(e.starts_with("bad.yaml: document 1 (CiliumNetworkPolicy shop/p): spec.ingres: unknown field `ingres`"), "{e}");
 
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: \"70000\"}}]\n"));
-    assert!(
-        e.contains("spec.ingress[0].toPorts[0].ports[0].port: 70000 is out of range"),
-        "{e}"
-    );
+    assert!(e.contains("spec.ingress[0].toPorts[0].ports[0].port: 70000 is out of range"), "{e}");
 
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: 80, protocol: TCPX}}]\n"));
-    assert!(
-        e.contains("ports[0].protocol: \"TCPX\" is not a protocol"),
-        "{e}"
-    );
+    assert!(e.contains("ports[0].protocol: \"TCPX\" is not a protocol"), "{e}");
 
     let e = err(&format!("{HEAD}spec:\n  endpointSelector:\n    matchExpressions: [{{key: app, operator: Near, values: [a]}}]\n"));
-    assert!(
-        e.contains("spec.endpointSelector.matchExpressions[0].operator: \"Near\""),
-        "{e}"
-    );
+    assert!(e.contains("spec.endpointSelector.matchExpressions[0].operator: \"Near\""), "{e}");
 
-    let e = err(&format!(
-        "{HEAD}spec:\n  endpointSelector: {{matchLabels: {{\"-bad\": x}}}}\n"
-    ));
-    assert!(
-        e.contains("spec.endpointSelector.matchLabels: label key \"-bad\""),
-        "{e}"
-    );
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{matchLabels: {{\"-bad\": x}}}}\n"));
+    assert!(e.contains("spec.endpointSelector.matchLabels: label key \"-bad\""), "{e}");
 
-    let e = err(&format!(
-        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n"
-    ));
-    assert!(
-        e.contains("spec.egress[0].toFQDNs: field is recognised but not supported"),
-        "{e}"
-    );
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n"));
+    assert!(e.contains("spec.egress[0].toFQDNs: field is recognised but not supported"), "{e}");
 
-    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: http}}]\n"));
-    assert!(e.contains("named port \"http\""), "{e}");
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: \"-http\"}}]\n"));
+    assert!(e.contains("\"-http\" is not a port name"), "{e}");
 
-    let e = err(&format!(
-        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: {{}}}}]\n"
-    ));
-    assert!(
-        e.contains("spec.ingress[0].fromEndpoints: invalid type"),
-        "{e}"
-    );
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: {{}}}}]\n"));
+    assert!(e.contains("spec.ingress[0].fromEndpoints: invalid type"), "{e}");
 
-    let e =
-        err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec: [\n");
+    let e = err("apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec: [\n");
     assert!(e.starts_with("bad.yaml: document 1: malformed YAML"), "{e}");
 
     let two = format!("{HEAD}spec: {{endpointSelector: {{}}}}\n---\n{HEAD}spec: {{endpointSelector: {{}}, ingress: [{{fromEndpoints: [{{matchLabels: {{a: b}}}}], toPorts: [{{ports: [{{port: -1}}]}}]}}]}}\n");
     let e = err(&two);
-    assert!(
-        e.starts_with("bad.yaml: document 2 (CiliumNetworkPolicy shop/p)"),
-        "{e}"
-    );
+    assert!(e.starts_with("bad.yaml: document 2 (CiliumNetworkPolicy shop/p)"), "{e}");
 
-    let e = err(
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n",
-    );
-    assert!(e.contains("kind: NetworkPolicy is not supported"), "{e}");
+    let e = err("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
+    assert!(e.contains("spec.podSelector: missing"), "{e}");
     let e = err("kind: CiliumNetworkPolicy\nmetadata: {name: p}\nspec: {}\n");
     assert!(e.contains("missing field `apiVersion`"), "{e}");
     let e = err("");
     assert!(e.contains("no policy documents"), "{e}");
+}
+
+#[test]
+fn cidr_entities_icmp_and_cluster_wide() {
+    let y = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: cw}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  enableDefaultDeny: {egress: false}\n  ingress:\n  - fromEntities: [world, host]\n    icmps: [{fields: [{type: EchoRequest}, {type: 0, family: IPv4}]}]\n  egress:\n  - toCIDRSet: [{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}]\n    toPorts: [{ports: [{port: http, protocol: TCP}]}]\n";
+    let p = &parse_policies("f", y).unwrap()[0];
+    assert_eq!(p.namespace, None);
+    assert_eq!(p.key(), "cw");
+    let r = &p.rules[0];
+    assert!(r.endpoint_selector.matches(&labels("anywhere", "app=web")), "cluster-wide selectors are not scoped");
+    assert!(r.enforces(Direction::Ingress));
+    assert!(!r.enforces(Direction::Egress), "enableDefaultDeny.egress: false");
+    let ing = &r.ingress.as_ref().unwrap()[0];
+    assert_eq!(ing.peers, Peers::Select(vec![PeerSelector::Entity(Entity::World), PeerSelector::Entity(Entity::Host)]));
+    assert_eq!(ing.ports.iter().map(|p| (p.protocol, p.port)).collect::<Vec<_>>(), vec![(Protocol::Icmp, 8), (Protocol::Icmp, 0)]);
+    let eg = &r.egress.as_ref().unwrap()[0];
+    assert_eq!(
+        eg.peers,
+        Peers::Select(vec![PeerSelector::Cidr {
+            cidr: Cidr::parse("192.0.2.0/24").unwrap(),
+            except: vec![Cidr::parse("192.0.2.128/25").unwrap()]
+        }])
+    );
+    assert_eq!(eg.ports[0].name.as_deref(), Some("http"));
+}
+
+#[test]
+fn kubernetes_network_policy() {
+    let y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}\n    - podSelector: {matchLabels: {pod: c}}\n    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}\n    ports: [{port: 80}, {port: 8000, endPort: 8080, protocol: UDP}]\n";
+    let p = &parse_policies("f", y).unwrap()[0];
+    let r = &p.rules[0];
+    assert!(r.egress.is_none(), "policyTypes defaults to Ingress only");
+    let ing = &r.ingress.as_ref().unwrap()[0];
+    let Peers::Select(sels) = &ing.peers else { panic!() };
+    let PeerSelector::Endpoints(and) = &sels[0] else { panic!() };
+    let mut ns_y = std::collections::BTreeMap::new();
+    ns_y.insert("ns".to_string(), "y".to_string());
+    let b_in_y = Labels::for_endpoint_in("y", &ns_y, &palisade_policy::labels::parse_label_list("pod=b").unwrap());
+    let b_in_x = Labels::for_endpoint_in("x", &Default::default(), &palisade_policy::labels::parse_label_list("pod=b").unwrap());
+    assert!(and.matches(&b_in_y));
+    assert!(!and.matches(&b_in_x), "namespaceSelector AND podSelector");
+    let PeerSelector::Endpoints(c) = &sels[1] else { panic!() };
+    assert!(c.matches(&labels("x", "pod=c")) && !c.matches(&labels("y", "pod=c")), "podSelector alone: own namespace");
+    assert_eq!((ing.ports[0].protocol, ing.ports[0].port), (Protocol::Tcp, 80), "protocol defaults to TCP");
+    assert_eq!((ing.ports[1].port, ing.ports[1].end_port), (8000, 8080));
+
+    let allow_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: all, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{}]\n  egress: []\n";
+    let p = &parse_policies("f", allow_all).unwrap()[0];
+    assert_eq!(p.rules[0].ingress.as_ref().unwrap()[0].peers, Peers::All, "k8s empty rule allows all");
+    assert_eq!(p.rules[0].egress.as_deref(), Some(&[][..]), "egress: [] with defaulted types: deny all egress");
+}
+
+#[test]
+fn issue3_bad_input_names_the_field() {
+    let cases = [
+        ("toCIDR: [10.0.0.300/8]", "spec.egress[0].toCIDR[0]: \"10.0.0.300/8\" is not an IPv4 CIDR"),
+        ("toCIDR: [10.0.0.1/8]", "has host bits set (did you mean 10.0.0.0/8?)"),
+        (
+            "toCIDRSet: [{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}]",
+            "spec.egress[0].toCIDRSet[0].except[0]: 11.0.0.0/16 is not strictly inside 10.0.0.0/8",
+        ),
+        ("toEntities: [galaxy]", "spec.egress[0].toEntities[0]: \"galaxy\" is not an entity"),
+        ("toFQDNs: [{matchName: a.com}]\n    toEndpoints: [{}]", "cannot be combined with other L3 selectors"),
+        ("fromEndpoints: [{}]", "spec.egress[0].fromEndpoints: not valid in an egress rule"),
+        ("toPorts: [{ports: [{port: \"80\", endPort: 70}]}]", "endPort: 70 needs a numeric port"),
+        ("toPorts: [{ports: [{port: Bad_Name}]}]", "\"Bad_Name\" is not a port name"),
+        ("icmps: [{fields: [{type: Bogus}]}]", "icmps[0].fields[0].type: not an ICMPv4 type"),
+    ];
+    for (rule, want) in cases {
+        let y = format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - {rule}\n");
+        let e = err(&y);
+        assert!(e.contains(want), "{rule}: {e}");
+    }
+    let e = err(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  policyTypes: [Inbound]\n",
+    );
+    assert!(e.contains("spec.policyTypes[0]: \"Inbound\" is not a policy type"), "{e}");
+    let e = err("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]\n");
+    assert!(e.contains("spec.ingress[0].from[0].ipBlock: may not be combined"), "{e}");
+    let e = err(
+        "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p, namespace: x}\nspec: {endpointSelector: {}}\n",
+    );
+    assert!(e.contains("metadata.namespace: a cluster-wide policy has no namespace"), "{e}");
 }

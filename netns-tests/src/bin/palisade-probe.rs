@@ -154,9 +154,7 @@ fn session(addr: SocketAddr, t: Duration) -> i32 {
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
         let mut echo = String::new();
-        let ok = w.write_all(format!("{line}\n").as_bytes()).is_ok()
-            && reader.read_line(&mut echo).is_ok()
-            && echo.trim_end() == line;
+        let ok = w.write_all(format!("{line}\n").as_bytes()).is_ok() && reader.read_line(&mut echo).is_ok() && echo.trim_end() == line;
         println!("{}", if ok { "ok" } else { "fail" });
         let _ = std::io::stdout().flush();
     }

@@ -1,0 +1,362 @@
+//! `CiliumNetworkPolicy` and `CiliumClusterwideNetworkPolicy` (cilium.io/v2).
+//! A namespaced policy's selectors are read inside its namespace unless they
+//! name one; a cluster-wide policy's selectors are not scoped.
+use serde::Deserialize;
+
+use super::{
+    cidr_with_except, convert_selector, namespaced, parse_cidr, port_range, unsupported, validate_object_name, FieldError, Metadata,
+    StrOrNum, Unsupported, WireSelector,
+};
+use crate::model::{Entity, Kind, PeerRule, PeerSelector, Peers, Policy, PortRange, Protocol, Rule};
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub(crate) struct Document {
+    #[expect(dead_code, reason = "checked by the dispatcher")]
+    api_version: String,
+    kind: String,
+    metadata: Metadata,
+    spec: Option<Spec>,
+    specs: Option<Vec<Spec>>,
+    #[expect(dead_code, reason = "status is written by a cluster, never enforced")]
+    status: Option<yaml_serde::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Spec {
+    endpoint_selector: Option<WireSelector>,
+    ingress: Option<Vec<Rule_>>,
+    egress: Option<Vec<Rule_>>,
+    ingress_deny: Option<Vec<Rule_>>,
+    egress_deny: Option<Vec<Rule_>>,
+    description: Option<String>,
+    labels: Option<yaml_serde::Value>,
+    node_selector: Unsupported,
+    enable_default_deny: Option<DefaultDeny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultDeny {
+    ingress: Option<bool>,
+    egress: Option<bool>,
+}
+
+/// Ingress and egress rules share one wire struct; which fields are legal
+/// depends on the direction, checked in [`convert_rule`].
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(non_camel_case_types)]
+struct Rule_ {
+    from_endpoints: Option<Vec<WireSelector>>,
+    to_endpoints: Option<Vec<WireSelector>>,
+    #[serde(rename = "fromCIDR")]
+    from_cidr: Option<Vec<String>>,
+    #[serde(rename = "toCIDR")]
+    to_cidr: Option<Vec<String>>,
+    #[serde(rename = "fromCIDRSet")]
+    from_cidr_set: Option<Vec<CidrRule>>,
+    #[serde(rename = "toCIDRSet")]
+    to_cidr_set: Option<Vec<CidrRule>>,
+    from_entities: Option<Vec<String>>,
+    to_entities: Option<Vec<String>>,
+    to_ports: Option<Vec<WirePortRule>>,
+    icmps: Option<Vec<IcmpRule>>,
+    from_requires: Unsupported,
+    to_requires: Unsupported,
+    from_groups: Unsupported,
+    to_groups: Unsupported,
+    from_nodes: Unsupported,
+    to_nodes: Unsupported,
+    to_services: Unsupported,
+    #[serde(rename = "toFQDNs")]
+    to_fqdns: Unsupported,
+    authentication: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CidrRule {
+    cidr: Option<String>,
+    except: Option<Vec<String>>,
+    cidr_group_ref: Unsupported,
+    cidr_group_selector: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WirePortRule {
+    ports: Option<Vec<WirePort>>,
+    rules: Unsupported,
+    #[serde(rename = "terminatingTLS")]
+    terminating_tls: Unsupported,
+    #[serde(rename = "originatingTLS")]
+    originating_tls: Unsupported,
+    server_names: Unsupported,
+    listener: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WirePort {
+    port: Option<StrOrNum>,
+    end_port: Option<i64>,
+    protocol: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpRule {
+    fields: Vec<IcmpField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IcmpField {
+    #[serde(rename = "type")]
+    icmp_type: StrOrNum,
+    family: Option<String>,
+}
+
+pub(crate) fn convert(doc: Document, source: serde_json::Value) -> Result<Policy, FieldError> {
+    let (kind, name, namespace) = if doc.kind == "CiliumClusterwideNetworkPolicy" {
+        if doc.metadata.namespace.is_some() {
+            return Err(("metadata.namespace".into(), "a cluster-wide policy has no namespace; remove it".into()));
+        }
+        let name = doc.metadata.name.clone().ok_or(("metadata.name".to_string(), "missing: every policy needs a name".to_string()))?;
+        validate_object_name(&name).map_err(|r| ("metadata.name".to_string(), r))?;
+        (Kind::CiliumClusterwideNetworkPolicy, name, None)
+    } else {
+        let (name, ns) = namespaced(&doc.metadata)?;
+        (Kind::CiliumNetworkPolicy, name, Some(ns))
+    };
+    let specs: Vec<(String, Spec)> = match (doc.spec, doc.specs) {
+        (Some(_), Some(_)) => return Err(("spec".into(), "give either spec or specs, not both".into())),
+        (Some(s), None) => vec![("spec".to_string(), s)],
+        (None, Some(v)) if !v.is_empty() => v.into_iter().enumerate().map(|(i, s)| (format!("specs[{i}]"), s)).collect(),
+        _ => return Err(("spec".into(), "missing: a policy needs spec (or specs)".into())),
+    };
+    let mut rules = Vec::new();
+    for (path, spec) in specs {
+        rules.push(convert_spec(&path, spec, namespace.as_deref())?);
+    }
+    Ok(Policy { kind, namespace, name, rules, source })
+}
+
+fn scoped(sel: crate::Selector, ns: Option<&str>) -> crate::Selector {
+    match ns {
+        Some(ns) => sel.in_namespace(ns),
+        None => sel,
+    }
+}
+
+fn convert_spec(path: &str, s: Spec, ns: Option<&str>) -> Result<Rule, FieldError> {
+    unsupported(path, "nodeSelector", &s.node_selector)?;
+    let _ = (s.description, s.labels);
+    let sel = s
+        .endpoint_selector
+        .ok_or((format!("{path}.endpointSelector"), "missing: say which endpoints the rule applies to ({} for all)".to_string()))?;
+    let endpoint_selector = scoped(convert_selector(&format!("{path}.endpointSelector"), sel)?, ns);
+    let dd = s.enable_default_deny.unwrap_or(DefaultDeny { ingress: None, egress: None });
+
+    let mut ingress: Option<Vec<PeerRule>> = None;
+    let mut egress: Option<Vec<PeerRule>> = None;
+    for (field, list, deny) in [
+        ("ingress", s.ingress, false),
+        ("ingressDeny", s.ingress_deny, true),
+        ("egress", s.egress, false),
+        ("egressDeny", s.egress_deny, true),
+    ] {
+        let is_ingress = field.starts_with("ingress");
+        let out = if is_ingress { &mut ingress } else { &mut egress };
+        for (i, r) in list.unwrap_or_default().into_iter().enumerate() {
+            let rule = convert_rule(&format!("{path}.{field}[{i}]"), r, is_ingress, deny, ns)?;
+            out.get_or_insert_with(Vec::new).push(rule);
+        }
+    }
+    Ok(Rule {
+        endpoint_selector,
+        ingress,
+        egress,
+        default_deny_ingress: dd.ingress.unwrap_or(true),
+        default_deny_egress: dd.egress.unwrap_or(true),
+    })
+}
+
+/// Fields that belong to the other direction must not appear.
+fn wrong_direction<T>(path: &str, field: &str, v: &Option<T>, is_ingress: bool) -> Result<(), FieldError> {
+    match v {
+        Some(_) => Err((format!("{path}.{field}"), format!("not valid in an {} rule", if is_ingress { "ingress" } else { "egress" }))),
+        None => Ok(()),
+    }
+}
+
+fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&str>) -> Result<PeerRule, FieldError> {
+    let (ep, cidr, cidr_set, ents) = if is_ingress {
+        wrong_direction(path, "toEndpoints", &r.to_endpoints, true)?;
+        wrong_direction(path, "toCIDR", &r.to_cidr, true)?;
+        wrong_direction(path, "toCIDRSet", &r.to_cidr_set, true)?;
+        wrong_direction(path, "toEntities", &r.to_entities, true)?;
+        wrong_direction(path, "toRequires", &r.to_requires, true)?;
+        wrong_direction(path, "toServices", &r.to_services, true)?;
+        wrong_direction(path, "toFQDNs", &r.to_fqdns, true)?;
+        wrong_direction(path, "toGroups", &r.to_groups, true)?;
+        wrong_direction(path, "toNodes", &r.to_nodes, true)?;
+        unsupported(path, "fromRequires", &r.from_requires)?;
+        unsupported(path, "fromGroups", &r.from_groups)?;
+        unsupported(path, "fromNodes", &r.from_nodes)?;
+        (
+            ("fromEndpoints", r.from_endpoints),
+            ("fromCIDR", r.from_cidr),
+            ("fromCIDRSet", r.from_cidr_set),
+            ("fromEntities", r.from_entities),
+        )
+    } else {
+        wrong_direction(path, "fromEndpoints", &r.from_endpoints, false)?;
+        wrong_direction(path, "fromCIDR", &r.from_cidr, false)?;
+        wrong_direction(path, "fromCIDRSet", &r.from_cidr_set, false)?;
+        wrong_direction(path, "fromEntities", &r.from_entities, false)?;
+        wrong_direction(path, "fromRequires", &r.from_requires, false)?;
+        wrong_direction(path, "fromGroups", &r.from_groups, false)?;
+        wrong_direction(path, "fromNodes", &r.from_nodes, false)?;
+        unsupported(path, "toRequires", &r.to_requires)?;
+        unsupported(path, "toGroups", &r.to_groups)?;
+        unsupported(path, "toNodes", &r.to_nodes)?;
+        unsupported(path, "toServices", &r.to_services)?;
+        if r.to_fqdns.is_some() && (r.to_endpoints.is_some() || r.to_cidr.is_some() || r.to_cidr_set.is_some() || r.to_entities.is_some()) {
+            return Err((
+                format!("{path}.toFQDNs"),
+                "cannot be combined with other L3 selectors in one rule (toEndpoints, toCIDR, toCIDRSet, toEntities)".into(),
+            ));
+        }
+        unsupported(path, "toFQDNs", &r.to_fqdns)?;
+        (("toEndpoints", r.to_endpoints), ("toCIDR", r.to_cidr), ("toCIDRSet", r.to_cidr_set), ("toEntities", r.to_entities))
+    };
+    unsupported(path, "authentication", &r.authentication)?;
+
+    let mut any_l3 = false;
+    let mut sels = Vec::new();
+    if let (field, Some(list)) = ep {
+        any_l3 = true;
+        for (i, s) in list.into_iter().enumerate() {
+            sels.push(PeerSelector::Endpoints(scoped(convert_selector(&format!("{path}.{field}[{i}]"), s)?, ns)));
+        }
+    }
+    if let (field, Some(list)) = cidr {
+        any_l3 = true;
+        for (i, c) in list.iter().enumerate() {
+            sels.push(PeerSelector::Cidr { cidr: parse_cidr(&format!("{path}.{field}[{i}]"), c)?, except: vec![] });
+        }
+    }
+    if let (field, Some(list)) = cidr_set {
+        any_l3 = true;
+        for (i, c) in list.into_iter().enumerate() {
+            let p = format!("{path}.{field}[{i}]");
+            unsupported(&p, "cidrGroupRef", &c.cidr_group_ref)?;
+            unsupported(&p, "cidrGroupSelector", &c.cidr_group_selector)?;
+            let cidr = c.cidr.ok_or((format!("{p}.cidr"), "missing".to_string()))?;
+            let (cidr, except) = cidr_with_except(&p, "cidr", &cidr, &c.except.unwrap_or_default())?;
+            sels.push(PeerSelector::Cidr { cidr, except });
+        }
+    }
+    if let (field, Some(list)) = ents {
+        any_l3 = true;
+        for (i, e) in list.iter().enumerate() {
+            let ent = Entity::parse(e).ok_or((
+                format!("{path}.{field}[{i}]"),
+                format!(
+                    "{e:?} is not an entity; expected one of {}",
+                    Entity::ALL.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ))?;
+            sels.push(PeerSelector::Entity(ent));
+        }
+    }
+
+    let mut ports = Vec::new();
+    if let Some(list) = r.to_ports {
+        if r.icmps.is_some() {
+            return Err((format!("{path}.icmps"), "toPorts and icmps cannot both be set in one rule".into()));
+        }
+        for (i, pr) in list.into_iter().enumerate() {
+            let pp = format!("{path}.toPorts[{i}]");
+            unsupported(&pp, "rules", &pr.rules)?;
+            unsupported(&pp, "terminatingTLS", &pr.terminating_tls)?;
+            unsupported(&pp, "originatingTLS", &pr.originating_tls)?;
+            unsupported(&pp, "serverNames", &pr.server_names)?;
+            unsupported(&pp, "listener", &pr.listener)?;
+            let list = pr.ports.unwrap_or_default();
+            if list.is_empty() {
+                return Err((format!("{pp}.ports"), "missing or empty: list at least one port".into()));
+            }
+            for (j, p) in list.into_iter().enumerate() {
+                let path = format!("{pp}.ports[{j}]");
+                let protocol = match p.protocol.as_deref() {
+                    None | Some("ANY") => Protocol::Any,
+                    Some("TCP") => Protocol::Tcp,
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    Some(other) => {
+                        return Err((format!("{path}.protocol"), format!("{other:?} is not a protocol; expected TCP, UDP, SCTP or ANY")));
+                    }
+                };
+                ports.push(port_range(&path, protocol, p.port, p.end_port)?);
+            }
+        }
+    }
+    if let Some(list) = r.icmps {
+        for (i, rule) in list.into_iter().enumerate() {
+            for (j, f) in rule.fields.into_iter().enumerate() {
+                let p = format!("{path}.icmps[{i}].fields[{j}]");
+                match f.family.as_deref() {
+                    None | Some("IPv4") => {}
+                    Some("IPv6") => return Err((format!("{p}.family"), "IPv6 (ICMPv6) is not supported yet".into())),
+                    Some(o) => return Err((format!("{p}.family"), format!("{o:?} is not a family; expected IPv4 or IPv6"))),
+                }
+                let t = icmp_type(&f.icmp_type)
+                    .ok_or((format!("{p}.type"), "not an ICMPv4 type (0-255 or a name such as EchoRequest)".to_string()))?;
+                ports.push(PortRange { protocol: Protocol::Icmp, port: u16::from(t), end_port: u16::from(t), name: None });
+            }
+        }
+        if ports.is_empty() {
+            return Err((format!("{path}.icmps"), "list at least one ICMP type".into()));
+        }
+    }
+
+    let peers = if any_l3 {
+        Peers::Select(sels)
+    } else if ports.is_empty() {
+        // Cilium: a rule with neither peers nor ports (`ingress: [{}]`)
+        // allows nothing; it only selects the direction.
+        Peers::Select(vec![])
+    } else {
+        // A rule with ports but no L3 selector is about every peer.
+        Peers::All
+    };
+    Ok(PeerRule { peers, ports, deny, path: path.to_string() })
+}
+
+/// ICMPv4 type by number or by Cilium's names.
+fn icmp_type(v: &StrOrNum) -> Option<u8> {
+    const NAMES: &[(&str, u8)] = &[
+        ("EchoReply", 0),
+        ("DestinationUnreachable", 3),
+        ("Redirect", 5),
+        ("Echo", 8),
+        ("EchoRequest", 8),
+        ("RouterAdvertisement", 9),
+        ("RouterSelection", 10),
+        ("TimeExceeded", 11),
+        ("ParameterProblem", 12),
+        ("Timestamp", 13),
+        ("TimestampReply", 14),
+        ("Photuris", 40),
+        ("ExtendedEchoRequest", 42),
+        ("ExtendedEchoReply", 43),
+    ];
+    match v {
+        StrOrNum::Num(n) => u8::try_from(*n).ok(),
+        StrOrNum::Str(s) => s.parse::<u8>().ok().or_else(|| NAMES.iter().find(|(n, _)| n == s).map(|(_, t)| *t)),
+    }
+}
