@@ -110,6 +110,7 @@ impl IdentityAllocator {
             .find(|(r, _)| *r == id)
             .map(|(_, l)| l)
             .or_else(|| self.by_labels.iter().find(|(_, v)| **v == id).map(|(l, _)| l.clone()))
+            .or_else(|| self.cidrs.iter().find(|(_, v)| **v == id).map(|(c, _)| cidr_labels(c)))
     }
 
     /// Every identity, reserved first, then label identities by number.

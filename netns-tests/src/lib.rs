@@ -193,6 +193,39 @@ impl Node {
     }
 }
 
+/// Addresses of the test "world": outside the pod CIDR, behind the node's uplink.
+pub const UPLINK_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+pub const WORLD_IP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+
+impl Node {
+    /// Builds the world: a namespace behind the node's uplink (veth
+    /// `uplink0`, node 192.0.2.1/24; world 192.0.2.100 and .200), routed both
+    /// ways without NAT, so sources are preserved. Call it before adding
+    /// pods or policy: the agent learns the node's new address (identity
+    /// host) on its next change.
+    pub fn world(&mut self) -> Pod {
+        let netns = format!("{}-world", self.tag);
+        sh(&["ip", "netns", "add", &netns]);
+        self.pods.push(netns.clone());
+        sh(&["ip", "-n", &self.netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        sh(&["ip", "-n", &self.netns, "addr", "add", "192.0.2.1/24", "dev", "uplink0"]);
+        sh(&["ip", "-n", &self.netns, "link", "set", "uplink0", "up"]);
+        sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &netns, "addr", "add", "192.0.2.100/24", "dev", "eth0"]);
+        sh(&["ip", "-n", &netns, "addr", "add", "192.0.2.200/24", "dev", "eth0"]);
+        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &netns, "route", "add", "10.200.0.0/16", "via", "192.0.2.1"]);
+        Pod { name: "world".into(), netns, ip: WORLD_IP, servers: Vec::new() }
+    }
+
+    /// The node itself as a probe source/target (its netns, address 192.0.2.1
+    /// once [`Node::world`] made the uplink).
+    pub fn host(&self) -> Pod {
+        Pod { name: "host".into(), netns: self.netns.clone(), ip: UPLINK_NODE_IP, servers: Vec::new() }
+    }
+}
+
 pub fn example(file: &str) -> String {
     format!("{}/../examples/policies/{file}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -229,6 +262,19 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// A handle on a namespace made outside [`Node::pod`] (the test owns
+    /// the namespace; servers started on it are stopped on drop).
+    pub fn existing(name: &str, netns: &str, ip: Ipv4Addr) -> Self {
+        Pod { name: name.into(), netns: netns.into(), ip, servers: Vec::new() }
+    }
+
+    /// One TCP round trip to `ip:port` from a chosen local address.
+    pub fn tcp_from(&self, src: Ipv4Addr, ip: Ipv4Addr, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{ip}:{port}"), "--timeout-ms", "600", "--bind", &src.to_string()]))
+            .status
+            .success()
+    }
+
     fn in_ns(&self, program: &PathBuf) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns]).arg(program);
@@ -250,15 +296,27 @@ impl Pod {
     }
 
     pub fn tcp(&self, dst: &Pod, port: u16) -> bool {
-        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{}:{port}", dst.ip)])).status.success()
+        self.tcp_ip(dst.ip, port)
     }
 
     pub fn udp(&self, dst: &Pod, port: u16) -> bool {
-        run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{}:{port}", dst.ip)])).status.success()
+        self.udp_ip(dst.ip, port)
     }
 
     pub fn ping(&self, dst: &Pod) -> bool {
-        run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &dst.ip.to_string()])).status.success()
+        self.ping_ip(dst.ip)
+    }
+
+    pub fn tcp_ip(&self, ip: Ipv4Addr, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{ip}:{port}"), "--timeout-ms", "600"])).status.success()
+    }
+
+    pub fn udp_ip(&self, ip: Ipv4Addr, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{ip}:{port}"), "--timeout-ms", "600"])).status.success()
+    }
+
+    pub fn ping_ip(&self, ip: Ipv4Addr) -> bool {
+        run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &ip.to_string()])).status.success()
     }
 
     /// Opens a long-lived TCP connection to `dst:port`.
@@ -316,18 +374,65 @@ impl Drop for Session {
 }
 
 /// Expected reachability: (from, to, port or None for ping, allowed).
+/// Probes run in parallel, so a matrix of drops costs one timeout, not one
+/// per row.
 pub fn check_matrix(rows: &[(&Pod, &Pod, Option<u16>, bool)]) {
-    let mut bad = Vec::new();
-    for (from, to, port, want) in rows {
-        let (what, got) = match port {
-            Some(p) => (format!("tcp/{p}"), from.tcp(to, *p)),
-            None => ("ping".to_string(), from.ping(to)),
-        };
-        if got != *want {
-            bad.push(format!("{} -> {} {what}: {} (expected {})", from.name, to.name, verdict(got), verdict(*want)));
+    let probes: Vec<Probe> = rows
+        .iter()
+        .map(|(from, to, port, want)| Probe {
+            from,
+            to: to.ip,
+            to_name: to.name.clone(),
+            what: port.map_or(What::Ping, What::Tcp),
+            want: *want,
+        })
+        .collect();
+    check_probes(&probes);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    Tcp(u16),
+    Udp(u16),
+    Ping,
+}
+
+/// One expected probe result.
+pub struct Probe<'a> {
+    pub from: &'a Pod,
+    pub to: Ipv4Addr,
+    pub to_name: String,
+    pub what: What,
+    pub want: bool,
+}
+
+impl Probe<'_> {
+    fn run(&self) -> bool {
+        match self.what {
+            What::Tcp(p) => self.from.tcp_ip(self.to, p),
+            What::Udp(p) => self.from.udp_ip(self.to, p),
+            What::Ping => self.from.ping_ip(self.to),
         }
     }
-    assert!(bad.is_empty(), "reachability differs from policy:\n{}", bad.join("\n"));
+}
+
+/// Runs probes 16 at a time and reports every one that differs.
+pub fn check_probes(probes: &[Probe<'_>]) {
+    let results: Vec<bool> = std::thread::scope(|sc| {
+        let mut out = Vec::with_capacity(probes.len());
+        for chunk in probes.chunks(16) {
+            let handles: Vec<_> = chunk.iter().map(|p| sc.spawn(|| p.run())).collect();
+            out.extend(handles.into_iter().map(|h| h.join().expect("probe thread")));
+        }
+        out
+    });
+    let bad: Vec<String> = probes
+        .iter()
+        .zip(results)
+        .filter(|(p, got)| *got != p.want)
+        .map(|(p, got)| format!("{} -> {} {:?}: {} (expected {})", p.from.name, p.to_name, p.what, verdict(got), verdict(p.want)))
+        .collect();
+    assert!(bad.is_empty(), "reachability differs from policy ({} of {} probes):\n{}", bad.len(), probes.len(), bad.join("\n"));
 }
 
 fn verdict(b: bool) -> &'static str {

@@ -32,6 +32,9 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long, default_value_t = 800)]
         timeout_ms: u64,
+        /// Local address to connect from.
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
     },
     /// One UDP datagram + echo round trip.
     Udp {
@@ -50,7 +53,7 @@ enum Cmd {
 fn main() {
     let code = match Args::parse().cmd {
         Cmd::Serve { tcp, udp } => serve(tcp, udp),
-        Cmd::Tcp { addr, timeout_ms } => tcp_once(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Tcp { addr, timeout_ms, bind } => tcp_once(addr, bind, Duration::from_millis(timeout_ms)),
         Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
     };
@@ -104,9 +107,17 @@ fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
     0
 }
 
-fn tcp_once(addr: SocketAddr, t: Duration) -> i32 {
+fn tcp_once(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> i32 {
     let r = (|| -> std::io::Result<bool> {
-        let mut s = TcpStream::connect_timeout(&addr, t)?;
+        let mut s = match bind {
+            None => TcpStream::connect_timeout(&addr, t)?,
+            Some(ip) => {
+                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                sock.bind(&SocketAddr::new(ip, 0).into())?;
+                sock.connect_timeout(&addr.into(), t)?;
+                sock.into()
+            }
+        };
         s.set_read_timeout(Some(t))?;
         s.write_all(b"palisade-probe\n")?;
         let mut line = String::new();

@@ -1,0 +1,293 @@
+//! The conformance suite, modelled on the Kubernetes network-policy e2e
+//! suite: namespaces x, y, z with pods a, b, c each serving TCP and UDP on
+//! 80 and 81, full reachability matrices per case, and Cilium's constructs
+//! (entities, CIDR sets, deny, ICMP, cluster-wide policies, modes) with a
+//! real "world" behind the node's uplink and the node itself as a peer.
+use palisade_netns_tests::{check_probes, Node, Pod, Probe, What, UPLINK_NODE_IP, WORLD_IP, WORLD_IP2};
+
+struct Cluster {
+    node: Node,
+    pods: Vec<Pod>,
+    world: Pod,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self::with_args(&[])
+    }
+
+    fn with_args(args: &[&str]) -> Self {
+        let mut node = Node::with_ctrl_args(args);
+        let mut world = node.world();
+        world.serve(&[80, 81]);
+        for ns in ["x", "y", "z"] {
+            node.ok(&["namespace", "set", ns, "--labels", &format!("ns={ns}")]);
+        }
+        let mut pods = Vec::new();
+        for ns in ["x", "y", "z"] {
+            for pod in ["a", "b", "c"] {
+                let mut p = node.pod(&format!("{ns}/{pod}"), &format!("pod={pod}"));
+                p.serve(&[80, 81]);
+                pods.push(p);
+            }
+        }
+        Cluster { node, pods, world }
+    }
+
+    fn pod(&self, name: &str) -> &Pod {
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    /// Every ordered pair of distinct pods on `what`, expected per `allow`.
+    fn matrix(&self, what: What, allow: impl Fn(&str, &str) -> bool) {
+        let mut probes = Vec::new();
+        for f in &self.pods {
+            for t in &self.pods {
+                if f.name != t.name {
+                    probes.push(Probe { from: f, to: t.ip, to_name: t.name.clone(), what, want: allow(&f.name, &t.name) });
+                }
+            }
+        }
+        check_probes(&probes);
+    }
+
+    fn apply(&self, name: &str, yaml: &str) {
+        self.node.apply(name, yaml);
+    }
+}
+
+fn ns(p: &str) -> &str {
+    p.split('/').next().unwrap()
+}
+
+const NP: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n";
+const CNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n";
+const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n";
+
+#[test]
+fn k8s_deny_all_ingress_then_allow_from_namespace_privileged_test() {
+    let c = Cluster::new();
+    c.matrix(What::Tcp(80), |_, _| true);
+    c.apply("deny.yaml", &format!("{NP}  name: deny-all\n  namespace: x\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"));
+    c.matrix(What::Tcp(80), |_, t| ns(t) != "x");
+    // namespaceSelector alone: pods of namespaces labelled ns=y, to x/a on 80.
+    c.apply(
+        "from-y.yaml",
+        &format!("{NP}  name: from-y\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n    ports: [{{port: 80}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |f, t| ns(t) != "x" || (t == "x/a" && ns(f) == "y"));
+    c.matrix(What::Tcp(81), |_, t| ns(t) != "x");
+    // UDP too: the rule is TCP (the default protocol).
+    c.matrix(What::Udp(80), |_, t| ns(t) != "x");
+}
+
+#[test]
+fn k8s_peers_and_or_egress_and_stacking_privileged_test() {
+    let c = Cluster::new();
+    // AND: pod=b in namespaces ns=z; OR: any pod=c of x.
+    c.apply(
+        "and-or.yaml",
+        &format!(
+            "{NP}  name: and-or\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from:\n    - namespaceSelector: {{matchLabels: {{ns: z}}}}\n      podSelector: {{matchLabels: {{pod: b}}}}\n    - podSelector: {{matchLabels: {{pod: c}}}}\n"
+        ),
+    );
+    c.matrix(What::Tcp(81), |f, t| t != "x/a" || f == "z/b" || f == "x/c");
+    // Egress of y/a: only to x's pods on 81 (policyTypes defaulted from egress).
+    c.apply(
+        "egress.yaml",
+        &format!("{NP}  name: eg\n  namespace: y\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{ns: x}}}}}}]\n    ports: [{{port: 81}}]\n"),
+    );
+    // Kubernetes defaults policyTypes to [Ingress, Egress] here: with no
+    // ingress rules, y/a's ingress is isolated too.
+    let to_xa = |f: &str, t: &str| t != "x/a" || f == "z/b" || f == "x/c";
+    c.matrix(What::Tcp(81), |f, t| to_xa(f, t) && t != "y/a" && (f != "y/a" || (ns(t) == "x" && t != "x/a")));
+    c.matrix(What::Tcp(80), |f, t| to_xa(f, t) && t != "y/a" && f != "y/a");
+    // Stacking: an allow-all ingress policy for x/a adds to the others.
+    c.apply(
+        "all.yaml",
+        &format!("{NP}  name: allow-all\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress: [{{}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |f, t| f != "y/a" && t != "y/a");
+    c.matrix(What::Tcp(81), |f, t| t != "y/a" && (f != "y/a" || ns(t) == "x"));
+}
+
+#[test]
+fn k8s_named_ports_end_port_and_ip_block_privileged_test() {
+    let mut c = Cluster::new();
+    let n = &mut c.node;
+    let ns_v = format!("{}-v-web", n.tag);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns_v]).status().unwrap().success());
+    n.ok(&["endpoint", "add", "x/web", "--netns", &ns_v, "--labels", "pod=web", "--port", "http=81/TCP"]);
+    let mut web = Pod::existing("x/web", &ns_v, n.json(&["endpoint", "get", "x/web"])["ipv4"].as_str().unwrap().parse().unwrap());
+    web.serve(&[80, 81, 82]);
+    c.apply(
+        "named.yaml",
+        &format!("{NP}  name: named\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: web}}}}\n  ingress:\n  - ports: [{{port: http}}]\n"),
+    );
+    let a = c.pod("y/a");
+    check_probes(&[
+        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(81), want: true },
+        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(80), want: false },
+    ]);
+    c.apply(
+        "range.yaml",
+        &format!("{NP}  name: named\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: web}}}}\n  ingress:\n  - ports: [{{port: 80, endPort: 81}}]\n"),
+    );
+    check_probes(&[
+        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(80), want: true },
+        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(81), want: true },
+        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(82), want: false },
+    ]);
+    // ipBlock with except, from the world: .100 in, .200 (the exception) out.
+    c.apply(
+        "ipblock.yaml",
+        &format!(
+            "{NP}  name: from-world\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - from: [{{ipBlock: {{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}}}]\n"
+        ),
+    );
+    let xa = c.pod("x/a");
+    let world2 = Pod::existing("world@.200", &c.world.netns, WORLD_IP2);
+    check_probes(&[
+        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+    ]);
+    // The second world address must source from .200: bind it explicitly.
+    assert!(!world2.tcp_from(WORLD_IP2, xa.ip, 80), "192.0.2.200 is in the except block");
+    assert!(world2.tcp_from(WORLD_IP, xa.ip, 80));
+    let tr = c.node.ok(&["policy", "trace", "--src", "192.0.2.200", "--dst", "x/a", "--dport", "80/TCP"]);
+    assert!(tr.contains("cidr:192.0.2.128/25") && tr.trim_end().ends_with("DENIED"), "{tr}");
+}
+
+#[test]
+fn cilium_entities_cidr_and_icmp_privileged_test() {
+    let c = Cluster::new();
+    let host = c.node.host();
+    let mut host_srv = c.node.host();
+    host_srv.serve(&[9000]);
+    let (xa, xb) = (c.pod("x/a"), c.pod("x/b"));
+    // x/a: ingress from world only; egress to 192.0.2.100/32 and the host.
+    c.apply(
+        "ent.yaml",
+        &format!(
+            "{CNP}  name: ent\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - fromEntities: [world]\n  egress:\n  - toCIDR: [192.0.2.100/32]\n  - toEntities: [host]\n    toPorts: [{{ports: [{{port: \"9000\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    check_probes(&[
+        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: xb, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: &host, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: WORLD_IP, to_name: "world .100".into(), what: What::Tcp(80), want: true },
+        Probe { from: xa, to: WORLD_IP2, to_name: "world .200".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: UPLINK_NODE_IP, to_name: "host:9000".into(), what: What::Tcp(9000), want: true },
+        Probe { from: xa, to: xb.ip, to_name: "x/b".into(), what: What::Tcp(80), want: false },
+    ]);
+    // cluster entity + ICMP echo only, for x/b.
+    c.apply(
+        "icmp.yaml",
+        &format!(
+            "{CNP}  name: icmp\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: b}}}}\n  ingress:\n  - fromEntities: [cluster]\n    icmps: [{{fields: [{{type: EchoRequest}}]}}]\n"
+        ),
+    );
+    check_probes(&[
+        Probe { from: c.pod("y/c"), to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: true },
+        Probe { from: &host, to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: true },
+        Probe { from: &c.world, to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: false },
+        Probe { from: c.pod("y/c"), to: xb.ip, to_name: "x/b".into(), what: What::Tcp(80), want: false },
+    ]);
+    let tr = c.node.ok(&["policy", "trace", "--src", "x/a", "--dst", "192.0.2.100", "--dport", "80/TCP"]);
+    assert!(tr.contains("x/ent spec.egress[0]") && tr.trim_end().ends_with("ALLOWED"), "{tr}");
+}
+
+#[test]
+fn deny_wins_across_kinds_and_cluster_wide_policies_privileged_test() {
+    let c = Cluster::new();
+    // A k8s allow-all for every pod of x, and a cluster-wide deny from y.
+    c.apply("allow.yaml", &format!("{NP}  name: allow-all\n  namespace: x\nspec:\n  podSelector: {{}}\n  ingress: [{{}}]\n"));
+    c.apply(
+        "deny.yaml",
+        &format!(
+            "{CCNP}  name: no-y-to-a\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingressDeny:\n  - fromEndpoints: [{{matchLabels: {{k8s:io.kubernetes.pod.namespace: y}}}}]\n"
+        ),
+    );
+    // The CCNP selects pod=a in every namespace and puts them in default deny.
+    c.matrix(What::Tcp(80), |f, t| {
+        if t.ends_with("/a") && ns(f) == "y" {
+            return false;
+        }
+        !(t.ends_with("/a") && ns(t) != "x")
+    });
+    let out = c.node.json(&["policy", "get"]);
+    assert!(out.as_array().unwrap().iter().any(|p| p["name"] == "no-y-to-a" && p["namespace"].is_null()), "{out}");
+    c.node.ok(&["policy", "delete", "no-y-to-a"]);
+    c.matrix(What::Tcp(80), |_, _| true);
+}
+
+#[test]
+fn relabelling_and_namespace_labels_take_effect_privileged_test() {
+    let c = Cluster::new();
+    c.apply(
+        "p.yaml",
+        &format!(
+            "{CNP}  name: from-a-and-team\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - fromEndpoints:\n    - matchLabels: {{pod: b}}\n    - matchLabels: {{k8s:io.cilium.k8s.namespace.labels.team: blue, k8s:io.kubernetes.pod.namespace: z}}\n"
+        ),
+    );
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || f == "x/b");
+    c.node.ok(&["endpoint", "label", "x/c", "pod=b"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || f == "x/b" || f == "x/c");
+    c.node.ok(&["namespace", "set", "z", "--labels", "ns=z,team=blue"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || f == "x/b" || f == "x/c" || ns(f) == "z");
+    c.node.ok(&["endpoint", "label", "x/c", "pod=c"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || f == "x/b" || ns(f) == "z");
+}
+
+#[test]
+fn enforcement_modes_and_enable_default_deny_privileged_test() {
+    let c = Cluster::with_args(&["--enforcement-mode", "always"]);
+    c.matrix(What::Tcp(80), |_, _| false);
+    c.apply(
+        "in-x.yaml",
+        &format!("{CNP}  name: x-in\n  namespace: x\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{}}]}}]\n  egress: [{{toEndpoints: [{{}}]}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |f, t| ns(f) == "x" && ns(t) == "x");
+    drop(c);
+
+    let c = Cluster::with_args(&["--enforcement-mode", "never"]);
+    c.apply(
+        "deny.yaml",
+        &format!("{CNP}  name: d\n  namespace: x\nspec:\n  endpointSelector: {{}}\n  ingressDeny: [{{fromEndpoints: [{{}}]}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |_, _| true);
+    drop(c);
+
+    let c = Cluster::new();
+    c.apply(
+        "nodeny.yaml",
+        &format!(
+            "{CNP}  name: no-default-deny\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  enableDefaultDeny: {{ingress: false}}\n  ingress: [{{fromEndpoints: [{{matchLabels: {{pod: b}}}}]}}]\n"
+        ),
+    );
+    c.matrix(What::Tcp(80), |_, _| true);
+    assert_eq!(c.node.json(&["endpoint", "get", "x/a"])["policy"]["ingress"], "Disabled");
+}
+
+#[test]
+fn service_account_selection_privileged_test() {
+    let mut c = Cluster::new();
+    let n = &mut c.node;
+    let ns_s = format!("{}-sa", n.tag);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns_s]).status().unwrap().success());
+    n.ok(&["endpoint", "add", "y/robot", "--netns", &ns_s, "--labels", "pod=robot", "--service-account", "builder"]);
+    let robot = Pod::existing("y/robot", &ns_s, n.json(&["endpoint", "get", "y/robot"])["ipv4"].as_str().unwrap().parse().unwrap());
+    c.apply(
+        "sa.yaml",
+        &format!(
+            "{CNP}  name: sa\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{io.cilium.k8s.policy.serviceaccount: builder, k8s:io.kubernetes.pod.namespace: y}}}}]\n"
+        ),
+    );
+    let xa = c.pod("x/a");
+    check_probes(&[
+        Probe { from: &robot, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+    ]);
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns_s]).status();
+}
