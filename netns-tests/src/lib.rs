@@ -171,10 +171,17 @@ impl Node {
 
     /// Creates a pod netns and registers it: `name` is `ns/pod`.
     pub fn pod(&mut self, name: &str, labels: &str) -> Pod {
+        self.pod_with(name, labels, &[])
+    }
+
+    /// Like [`Node::pod`], with extra `endpoint add` flags (`--port`, ...).
+    pub fn pod_with(&mut self, name: &str, labels: &str, extra: &[&str]) -> Pod {
         let netns = format!("{}-{}", self.tag, name.replace('/', "-"));
         sh(&["ip", "netns", "add", &netns]);
         self.pods.push(netns.clone());
-        let v = self.json(&["endpoint", "add", name, "--netns", &netns, "--labels", labels]);
+        let mut args = vec!["endpoint", "add", name, "--netns", &netns, "--labels", labels];
+        args.extend(extra);
+        let v = self.json(&args);
         let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
         Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
     }

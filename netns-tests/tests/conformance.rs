@@ -114,11 +114,7 @@ fn k8s_peers_and_or_egress_and_stacking_privileged_test() {
 #[test]
 fn k8s_named_ports_end_port_and_ip_block_privileged_test() {
     let mut c = Cluster::new();
-    let n = &mut c.node;
-    let ns_v = format!("{}-v-web", n.tag);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &ns_v]).status().unwrap().success());
-    n.ok(&["endpoint", "add", "x/web", "--netns", &ns_v, "--labels", "pod=web", "--port", "http=81/TCP"]);
-    let mut web = Pod::existing("x/web", &ns_v, n.json(&["endpoint", "get", "x/web"])["ipv4"].as_str().unwrap().parse().unwrap());
+    let mut web = c.node.pod_with("x/web", "pod=web", &["--port", "http=81/TCP"]);
     web.serve(&[80, 81, 82]);
     c.apply(
         "named.yaml",
@@ -273,11 +269,7 @@ fn enforcement_modes_and_enable_default_deny_privileged_test() {
 #[test]
 fn service_account_selection_privileged_test() {
     let mut c = Cluster::new();
-    let n = &mut c.node;
-    let ns_s = format!("{}-sa", n.tag);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &ns_s]).status().unwrap().success());
-    n.ok(&["endpoint", "add", "y/robot", "--netns", &ns_s, "--labels", "pod=robot", "--service-account", "builder"]);
-    let robot = Pod::existing("y/robot", &ns_s, n.json(&["endpoint", "get", "y/robot"])["ipv4"].as_str().unwrap().parse().unwrap());
+    let robot = c.node.pod_with("y/robot", "pod=robot", &["--service-account", "builder"]);
     c.apply(
         "sa.yaml",
         &format!(
@@ -289,5 +281,4 @@ fn service_account_selection_privileged_test() {
         Probe { from: &robot, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
         Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
     ]);
-    let _ = std::process::Command::new("ip").args(["netns", "del", &ns_s]).status();
 }

@@ -180,9 +180,8 @@ fn cli_json_outputs_privileged_test() {
     let mut node = Node::new();
     let front = node.pod("shop/frontend", "app=frontend");
     node.apply_example("allow-frontend-to-backend.yaml");
-    let ns = format!("{}-pinned", node.tag);
-    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
-    let ep = node.json(&["endpoint", "add", "shop/backend", "--netns", &ns, "--ip", "10.200.0.77", "--labels", "app=backend,tier=api"]);
+    node.pod_with("shop/backend", "app=backend,tier=api", &["--ip", "10.200.0.77"]);
+    let ep = node.json(&["endpoint", "get", "shop/backend"]);
     assert_eq!(ep["addresses"][0], "10.200.0.77");
     assert_eq!(ep["state"], "ready");
     assert_eq!(ep["policy"]["ingress"], "Enabled");
@@ -208,7 +207,6 @@ fn cli_json_outputs_privileged_test() {
     assert_eq!(p["kind"], "CiliumNetworkPolicy");
     node.ok(&["endpoint", "delete", "shop/backend"]);
     assert!(node.fails(&["identity", "get", &id.to_string()]).contains("does not exist"), "identity released with its last endpoint");
-    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
 }
 
 fn front_identity(node: &Node, name: &str) -> serde_json::Value {
