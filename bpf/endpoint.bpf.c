@@ -1,6 +1,11 @@
 /* endpoint.bpf.c: the programs on each endpoint's host-side veth.
  *   tc_from_endpoint  host veth ingress = packets the pod sends = its egress policy
  *   tc_to_endpoint    host veth egress  = packets the pod receives = its ingress policy
+ * and on the node's host (uplink) interfaces, the host firewall:
+ *   tc_host_ingress   uplink ingress = packets to the node = the host's ingress policy
+ *   tc_host_egress    uplink egress  = packets from the node = the host's egress policy
+ * Forwarded traffic (to or from pods) crosses the uplink too; it is not the
+ * host's, so those programs pass it: the pods' own programs police it.
  * Per packet: one endpoint lookup, one conntrack lookup; on a new flow one
  * ipcache lookup (two on a hash miss) and one verdict-cache lookup, plus two
  * policy-trie lookups when the cache has no current verdict for the flow's
@@ -16,7 +21,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-static __always_inline int verdict(struct __sk_buff *skb, __u8 dir)
+static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 {
 	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
 	struct policy_verdict pv;
@@ -35,8 +40,13 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir)
 		return REASON_FORWARDED;
 	if (rc == PARSE_L3_OTHER)
 		return endpoint_enforced(ep, dir) ? -DROP_UNSUPPORTED_L3 : REASON_FORWARDED;
-	if (dir == DIR_EGRESS && t.saddr != ep->ipv4)
+	if (host) {
+		/* Only traffic the node itself sends or receives is the host's. */
+		if (ipcache_identity_v4(dir == DIR_EGRESS ? t.saddr : t.daddr) != IDENTITY_HOST)
+			return REASON_FORWARDED;
+	} else if (dir == DIR_EGRESS && t.saddr != ep->ipv4) {
 		return -DROP_SPOOFED_SOURCE;
+	}
 	if (rc == PARSE_FRAGMENT)
 		return endpoint_enforced(ep, dir) ? -DROP_FRAG_NOSUPPORT : REASON_FORWARDED;
 
@@ -78,11 +88,23 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int reason)
 SEC("tcx/ingress")
 int tc_from_endpoint(struct __sk_buff *skb)
 {
-	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS));
+	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS, 0));
 }
 
 SEC("tcx/egress")
 int tc_to_endpoint(struct __sk_buff *skb)
 {
-	return finish(skb, DIR_INGRESS, verdict(skb, DIR_INGRESS));
+	return finish(skb, DIR_INGRESS, verdict(skb, DIR_INGRESS, 0));
+}
+
+SEC("tcx/ingress")
+int tc_host_ingress(struct __sk_buff *skb)
+{
+	return finish(skb, DIR_INGRESS, verdict(skb, DIR_INGRESS, 1));
+}
+
+SEC("tcx/egress")
+int tc_host_egress(struct __sk_buff *skb)
+{
+	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS, 1));
 }

@@ -6,6 +6,7 @@
 
 #define EP_F_INGRESS_ENFORCED (1U << 0)
 #define EP_F_EGRESS_ENFORCED (1U << 1)
+#define EP_F_HOST (1U << 2) /* the node itself, on a host (uplink) interface */
 
 struct endpoint_key {
 	__u32 ifindex; /* host-side veth */

@@ -69,6 +69,10 @@ pub enum Hook {
     FromEndpoint,
     /// host veth egress: packets to the endpoint.
     ToEndpoint,
+    /// uplink ingress: packets to the node (host firewall).
+    HostIngress,
+    /// uplink egress: packets from the node (host firewall).
+    HostEgress,
 }
 
 impl Hook {
@@ -76,13 +80,24 @@ impl Hook {
         match self {
             Hook::FromEndpoint => "from-endpoint",
             Hook::ToEndpoint => "to-endpoint",
+            Hook::HostIngress => "host-ingress",
+            Hook::HostEgress => "host-egress",
+        }
+    }
+
+    /// The two hooks of an endpoint veth, or of a host interface.
+    pub fn pair(host: bool) -> [Hook; 2] {
+        if host {
+            [Hook::HostIngress, Hook::HostEgress]
+        } else {
+            [Hook::FromEndpoint, Hook::ToEndpoint]
         }
     }
 
     fn attach_type(self) -> sys::bpf_attach_type {
         match self {
-            Hook::FromEndpoint => sys::BPF_TCX_INGRESS,
-            Hook::ToEndpoint => sys::BPF_TCX_EGRESS,
+            Hook::FromEndpoint | Hook::HostIngress => sys::BPF_TCX_INGRESS,
+            Hook::ToEndpoint | Hook::HostEgress => sys::BPF_TCX_EGRESS,
         }
     }
 
@@ -91,6 +106,8 @@ impl Hook {
         match self {
             Hook::FromEndpoint => "tc_from_endpoin",
             Hook::ToEndpoint => "tc_to_endpoint",
+            Hook::HostIngress => "tc_host_ingress",
+            Hook::HostEgress => "tc_host_egress",
         }
     }
 }
@@ -190,8 +207,8 @@ fn clsact_hook(prog: std::os::fd::BorrowedFd<'_>, ifindex: u32, hook: Hook) -> l
     let mut b = libbpf_rs::TcHookBuilder::new(prog);
     b.ifindex(ifindex as i32).replace(true).handle(CLSACT_HANDLE).priority(CLSACT_PRIORITY);
     b.hook(match hook {
-        Hook::FromEndpoint => libbpf_rs::TC_INGRESS,
-        Hook::ToEndpoint => libbpf_rs::TC_EGRESS,
+        Hook::FromEndpoint | Hook::HostIngress => libbpf_rs::TC_INGRESS,
+        Hook::ToEndpoint | Hook::HostEgress => libbpf_rs::TC_EGRESS,
     })
 }
 

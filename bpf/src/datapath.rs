@@ -119,9 +119,11 @@ impl Datapath {
         &self.dir
     }
 
-    /// Attaches (or atomically re-attaches) both programs to a host veth.
-    pub fn attach(&self, ifindex: u32, ifname: &str) -> Result<()> {
-        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+    /// Attaches (or atomically re-attaches) both programs to an endpoint's
+    /// host veth, or with `host` the host-firewall programs to a host
+    /// (uplink) interface.
+    pub fn attach(&self, ifindex: u32, ifname: &str, host: bool) -> Result<()> {
+        for hook in Hook::pair(host) {
             let prog = self.prog(hook).as_fd();
             // Attach with this mode, then take ours off the other mechanism
             // (an agent restarted with another --attach-mode).
@@ -147,19 +149,21 @@ impl Datapath {
         match hook {
             Hook::FromEndpoint => &self.skel.progs.tc_from_endpoint,
             Hook::ToEndpoint => &self.skel.progs.tc_to_endpoint,
+            Hook::HostIngress => &self.skel.progs.tc_host_ingress,
+            Hook::HostEgress => &self.skel.progs.tc_host_egress,
         }
     }
 
     /// Whether our programs are attached to both hooks of `ifindex`.
-    pub fn is_attached(&self, ifindex: u32) -> bool {
-        [Hook::FromEndpoint, Hook::ToEndpoint].into_iter().all(|hook| match self.mode {
+    pub fn is_attached(&self, ifindex: u32, host: bool) -> bool {
+        Hook::pair(host).into_iter().all(|hook| match self.mode {
             AttachMode::Tcx => attach::is_attached(ifindex, hook),
             AttachMode::Clsact => attach::clsact_is_attached(self.prog(hook).as_fd(), ifindex, hook),
         })
     }
 
-    pub fn detach(&self, ifindex: u32) -> Result<()> {
-        for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+    pub fn detach(&self, ifindex: u32, host: bool) -> Result<()> {
+        for hook in Hook::pair(host) {
             match self.mode {
                 AttachMode::Tcx => attach::detach(ifindex, hook)?,
                 AttachMode::Clsact => attach::clsact_detach(self.prog(hook).as_fd(), ifindex, hook)?,

@@ -67,8 +67,8 @@ pub struct Fixture {
 impl Fixture {
     pub fn direction(&self) -> u8 {
         match self.hook {
-            Hook::FromEndpoint => DIR_EGRESS,
-            Hook::ToEndpoint => DIR_INGRESS,
+            Hook::FromEndpoint | Hook::HostEgress => DIR_EGRESS,
+            Hook::ToEndpoint | Hook::HostIngress => DIR_INGRESS,
         }
     }
 }

@@ -14,7 +14,7 @@ pub mod fixtures;
 pub mod maps;
 pub mod reason;
 
-pub use attach::AttachMode;
+pub use attach::{AttachMode, Hook};
 pub use datapath::{Datapath, DatapathConfig};
 pub use maps::{CtEntry, EndpointValue, IpcacheValue, PolicyKey, PolicyValue};
 pub use reason::{Counter, Reason};

@@ -20,6 +20,8 @@ pub struct EndpointValue {
 impl EndpointValue {
     pub const INGRESS_ENFORCED: u32 = 1 << 0;
     pub const EGRESS_ENFORCED: u32 = 1 << 1;
+    /// The node itself on a host interface (host firewall).
+    pub const HOST: u32 = 1 << 2;
 
     pub(crate) fn to_abi(self) -> abi::endpoint_info {
         abi::endpoint_info {

@@ -46,6 +46,12 @@ pub struct Args {
     /// rule selects it), always (no policy = deny), never.
     #[arg(long, env = "PALISADE_ENFORCEMENT_MODE", default_value = "default")]
     pub enforcement_mode: String,
+    /// Host interface (uplink) to enforce host policies on; repeatable.
+    #[arg(long = "host-interface", env = "PALISADE_HOST_INTERFACES", value_delimiter = ',')]
+    pub host_interfaces: Vec<String>,
+    /// The node's labels (k=v,...), matched by host policies' nodeSelector.
+    #[arg(long, env = "PALISADE_NODE_LABELS", default_value = "")]
+    pub node_labels: String,
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
@@ -79,7 +85,16 @@ pub fn run(a: Args) -> Result<()> {
     dp.endpoints_max = a.endpoint_map_size;
     dp.attach_mode = a.attach_mode.parse().map_err(|e| ConfigError(format!("--attach-mode: {e}")))?;
     let mode = a.enforcement_mode.parse().map_err(|e| ConfigError(format!("--enforcement-mode: {e}")))?;
-    let cfg = Config { state_dir: a.state_dir, socket: a.socket.clone(), pod_cidr, datapath: dp, mode };
+    let node_labels = palisade_policy::labels::parse_label_list(&a.node_labels).map_err(|e| ConfigError(format!("--node-labels: {e}")))?;
+    let cfg = Config {
+        state_dir: a.state_dir,
+        socket: a.socket.clone(),
+        pod_cidr,
+        datapath: dp,
+        mode,
+        host_interfaces: a.host_interfaces.clone(),
+        node_labels,
+    };
     let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     let daemon = Arc::new(Mutex::new(daemon));
     crate::api::serve(&a.socket, move |req| {

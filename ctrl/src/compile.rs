@@ -114,6 +114,9 @@ pub struct Subject<'a> {
     pub ep_id: u32,
     pub labels: &'a Labels,
     pub named_ports: &'a NamedPorts,
+    /// The node itself (host firewall): only host policies apply, with
+    /// `labels` the node's labels.
+    pub host: bool,
 }
 
 impl Universe<'_> {
@@ -187,7 +190,7 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
     }
     for p in policies {
         let pkey = p.key();
-        for rule in p.rules.iter().filter(|r| r.endpoint_selector.matches(ep.labels)) {
+        for rule in p.rules.iter().filter(|r| if ep.host { r.selects_node(ep.labels) } else { r.selects_endpoint(ep.labels) }) {
             for d in [Direction::Ingress, Direction::Egress] {
                 let Some(peer_rules) = rule.direction(d) else { continue };
                 if rule.enforces(d) {
@@ -415,7 +418,7 @@ mod tests {
     }
 
     fn subject<'a>(ep_id: u32, labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
-        Subject { ep_id, labels, named_ports: np }
+        Subject { ep_id, labels, named_ports: np, host: false }
     }
 
     fn ids() -> Vec<(u32, Labels)> {
@@ -500,7 +503,7 @@ mod issue3_tests {
         let labels = l("x", "app=a");
         let none: Vec<Policy> = vec![];
         let always = Universe { mode: EnforcementMode::Always, ..u };
-        let c = compile_endpoint(&Subject { ep_id: 1, labels: &labels, named_ports: &np }, &none, &always);
+        let c = compile_endpoint(&Subject { ep_id: 1, labels: &labels, named_ports: &np, host: false }, &none, &always);
         assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED, "always: no policy = deny");
     }
 
@@ -520,7 +523,7 @@ mod issue3_tests {
             named_ports: BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]),
             mode: EnforcementMode::Default,
         };
-        let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports }, &pol, &u);
+        let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");
         assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
         assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9090), Verdict::Allowed { .. }), "egress: b's web port");

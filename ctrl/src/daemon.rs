@@ -30,6 +30,23 @@ pub struct Config {
     pub pod_cidr: (Ipv4Addr, u8),
     pub datapath: DatapathConfig,
     pub mode: EnforcementMode,
+    /// Interfaces the host firewall (host policies) is enforced on.
+    pub host_interfaces: Vec<String>,
+    /// The node's labels, for host policies' nodeSelector.
+    pub node_labels: BTreeMap<String, String>,
+}
+
+/// Endpoint id of the node itself (host firewall), out of the range
+/// endpoints get.
+pub const HOST_EP_ID: u32 = 0x7fff_fff0;
+
+/// The labels a host policy's nodeSelector sees.
+fn node_labels(user: &BTreeMap<String, String>) -> Labels {
+    let mut l = Labels::reserved("host");
+    for (k, v) in user {
+        l.0.insert(format!("k8s:{}", palisade_policy::labels::split_source(k).1), v.clone());
+    }
+    l
 }
 
 pub struct Daemon {
@@ -111,7 +128,7 @@ impl Daemon {
                         changed = true;
                     }
                     self.write_endpoint_entries(&self.store.endpoints[&name].clone())?;
-                    self.dp.attach(ifindex, &ep.ifname)?;
+                    self.dp.attach(ifindex, &ep.ifname, false)?;
                 }
                 None => {
                     tracing::warn!(endpoint = %name, ifname = %ep.ifname, "interface is gone; removing the endpoint");
@@ -122,7 +139,13 @@ impl Daemon {
             }
         }
         // Entries for interfaces no endpoint owns any more.
-        let known: BTreeSet<u32> = self.store.endpoints.values().map(|e| e.ifindex).collect();
+        let known: BTreeSet<u32> = self
+            .store
+            .endpoints
+            .values()
+            .map(|e| e.ifindex)
+            .chain(self.cfg.host_interfaces.iter().filter_map(|n| netplumb::ifindex(n)))
+            .collect();
         for (ifindex, _) in self.dp.endpoints()? {
             if !known.contains(&ifindex) {
                 self.dp.endpoint_delete(ifindex)?;
@@ -152,7 +175,7 @@ impl Daemon {
     }
 
     fn forget_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
-        let _ = self.dp.detach(ep.ifindex);
+        let _ = self.dp.detach(ep.ifindex, false);
         self.dp.endpoint_delete(ep.ifindex)?;
         self.dp.ipcache_delete(ep.ipv4)?;
         if let Some(i) = self.installed.remove(&ep.ep_id) {
@@ -187,7 +210,7 @@ impl Daemon {
         let mut live = BTreeSet::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
-            let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports };
+            let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
             let want = compile::compile_endpoint(&subject, &policies, &universe);
             let have = self.installed.entry(ep.ep_id).or_default();
             let d = compile::diff(&have.compiled.entries, &want.entries);
@@ -209,6 +232,54 @@ impl Daemon {
             put += d.put.len();
             deleted += d.delete.len();
             have.compiled = want;
+        }
+        // The host firewall: one endpoint (the node) on every host interface.
+        let host_ifs: Vec<(String, u32)> =
+            self.cfg.host_interfaces.iter().filter_map(|n| netplumb::ifindex(n).map(|i| (n.clone(), i))).collect();
+        if !host_ifs.is_empty() {
+            live.insert(HOST_EP_ID);
+            let labels = node_labels(&self.cfg.node_labels);
+            let subject = compile::Subject { ep_id: HOST_EP_ID, labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
+            let want = compile::compile_endpoint(&subject, &policies, &universe);
+            let have = self.installed.entry(HOST_EP_ID).or_default();
+            let d = compile::diff(&have.compiled.entries, &want.entries);
+            let changed = !(d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags);
+            for (k, v) in &d.put {
+                self.dp.policy_put(*k, *v)?;
+            }
+            if changed {
+                have.gen = have.gen.wrapping_add(1);
+            }
+            let value = |gen| EndpointValue {
+                ep_id: HOST_EP_ID,
+                identity: palisade_bpf::identity::HOST,
+                ipv4: Ipv4Addr::UNSPECIFIED,
+                flags: want.flags | EndpointValue::HOST,
+                policy_gen: gen,
+            };
+            for (_, ifindex) in &host_ifs {
+                self.dp.endpoint_put(*ifindex, value(have.gen))?;
+            }
+            if !d.delete.is_empty() {
+                for k in &d.delete {
+                    self.dp.policy_delete(*k)?;
+                }
+                have.gen = have.gen.wrapping_add(1);
+                for (_, ifindex) in &host_ifs {
+                    self.dp.endpoint_put(*ifindex, value(have.gen))?;
+                }
+            }
+            put += d.put.len();
+            deleted += d.delete.len();
+            have.compiled = want;
+            // Entries first, then programs: an interface that appeared since
+            // the last change gets its programs here.
+            for (name, ifindex) in &host_ifs {
+                if !self.dp.is_attached(*ifindex, true) {
+                    self.dp.attach(*ifindex, name, true)?;
+                    tracing::info!(interface = %name, ifindex, "host firewall attached");
+                }
+            }
         }
         let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in stale {
@@ -461,7 +532,7 @@ impl Daemon {
             self.state.save(&self.store)?;
             self.write_endpoint_entries(&ep)?;
             self.sync()?;
-            self.dp.attach(ep.ifindex, &ifname)?;
+            self.dp.attach(ep.ifindex, &ifname, false)?;
             netplumb::bring_up(&ifname, ipv4, &created.pod_mac)?;
             Ok(())
         })();

@@ -32,7 +32,7 @@ fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
 
 pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
     let flags = live_flags(d, ep);
-    let attached = d.dp.is_attached(ep.ifindex);
+    let attached = d.dp.is_attached(ep.ifindex, false);
     json!({
         "name": ep.name,
         "namespace": ep.namespace,
@@ -177,7 +177,7 @@ pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
                         .store
                         .endpoints
                         .values()
-                        .filter(|e| p.rules.iter().any(|r| r.endpoint_selector.matches(&e.labels)))
+                        .filter(|e| p.rules.iter().any(|r| r.selects_endpoint(&e.labels)))
                         .map(|e| e.name.as_str())
                         .collect();
                     json!({

@@ -282,3 +282,41 @@ fn service_account_selection_privileged_test() {
         Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
     ]);
 }
+
+fn to_host(from: &Pod, port: u16, want: bool) -> Probe<'_> {
+    Probe { from, to: UPLINK_NODE_IP, to_name: format!("host:{port}"), what: What::Tcp(port), want }
+}
+
+#[test]
+fn host_policy_on_the_uplink_privileged_test() {
+    let c = Cluster::with_args(&["--host-interface", "uplink0", "--node-labels", "role=edge"]);
+    let host = c.node.host();
+    let mut host_srv = c.node.host();
+    host_srv.serve(&[9000, 9001]);
+    let xa = c.pod("x/a");
+
+    check_probes(&[to_host(&c.world, 9000, true), to_host(&c.world, 9001, true)]);
+    // A host policy for nodes labelled role=edge: from the world only 9000;
+    // out to the world only 80.
+    c.apply(
+        "host.yaml",
+        &format!(
+            "{CCNP}  name: edge-host\nspec:\n  nodeSelector: {{matchLabels: {{role: edge}}}}\n  ingress:\n  - fromEntities: [world]\n    toPorts: [{{ports: [{{port: \"9000\", protocol: TCP}}]}}]\n  egress:\n  - toEntities: [world]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    check_probes(&[
+        to_host(&c.world, 9000, true),
+        to_host(&c.world, 9001, false),
+        // Forwarded traffic is not the host's: pods' own policy applies.
+        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(81), want: true },
+        Probe { from: xa, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: true },
+        Probe { from: &host, to: WORLD_IP, to_name: "world:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: &host, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: false },
+    ]);
+    // A host policy for other nodes does not apply here.
+    c.apply("host.yaml", &format!("{CCNP}  name: edge-host\nspec:\n  nodeSelector: {{matchLabels: {{role: core}}}}\n  ingress: [{{}}]\n"));
+    check_probes(&[
+        to_host(&c.world, 9001, true),
+        Probe { from: &host, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: true },
+    ]);
+}

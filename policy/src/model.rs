@@ -254,6 +254,11 @@ pub struct PeerRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
     pub endpoint_selector: Selector,
+    /// A host policy (CCNP `nodeSelector`): the rule is about the node
+    /// itself, on its host interfaces, when the node's labels match; it then
+    /// selects no endpoint.
+    #[serde(default)]
+    pub node_selector: Option<Selector>,
     pub ingress: Option<Vec<PeerRule>>,
     pub egress: Option<Vec<PeerRule>>,
     /// Whether selecting a direction puts the endpoint in default deny
@@ -268,6 +273,17 @@ impl Rule {
             Direction::Ingress => self.ingress.as_deref(),
             Direction::Egress => self.egress.as_deref(),
         }
+    }
+
+    /// Whether the rule is about an endpoint with these labels (never for a
+    /// host policy).
+    pub fn selects_endpoint(&self, labels: &crate::Labels) -> bool {
+        self.node_selector.is_none() && self.endpoint_selector.matches(labels)
+    }
+
+    /// Whether the rule is a host policy for a node with these labels.
+    pub fn selects_node(&self, labels: &crate::Labels) -> bool {
+        self.node_selector.as_ref().is_some_and(|s| s.matches(labels))
     }
 
     /// Whether this rule flips `d` to default deny for the endpoints it selects.

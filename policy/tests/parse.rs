@@ -179,3 +179,17 @@ fn issue3_bad_input_names_the_field() {
     );
     assert!(e.contains("metadata.namespace: a cluster-wide policy has no namespace"), "{e}");
 }
+
+#[test]
+fn host_policies() {
+    let ok = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {matchLabels: {role: edge}}\n  ingress: [{fromEntities: [world]}]\n";
+    let p = &parse_policies("f", ok).unwrap()[0];
+    let mut node = std::collections::BTreeMap::new();
+    node.insert("k8s:role".to_string(), "edge".to_string());
+    assert!(p.rules[0].selects_node(&Labels(node)));
+    assert!(!p.rules[0].selects_endpoint(&labels("x", "role=edge")), "a host policy selects no endpoint");
+    let e = err(&format!("{HEAD}spec:\n  nodeSelector: {{}}\n"));
+    assert!(e.contains("spec.nodeSelector: host policies (nodeSelector) belong in a CiliumClusterwideNetworkPolicy"), "{e}");
+    let e = err("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {}\n  endpointSelector: {}\n");
+    assert!(e.contains("give endpointSelector or nodeSelector, not both"), "{e}");
+}

@@ -32,7 +32,7 @@ struct Spec {
     egress_deny: Option<Vec<Rule_>>,
     description: Option<String>,
     labels: Option<yaml_serde::Value>,
-    node_selector: Unsupported,
+    node_selector: Option<WireSelector>,
     enable_default_deny: Option<DefaultDeny>,
 }
 
@@ -152,12 +152,26 @@ fn scoped(sel: crate::Selector, ns: Option<&str>) -> crate::Selector {
 }
 
 fn convert_spec(path: &str, s: Spec, ns: Option<&str>) -> Result<Rule, FieldError> {
-    unsupported(path, "nodeSelector", &s.node_selector)?;
     let _ = (s.description, s.labels);
-    let sel = s
-        .endpoint_selector
-        .ok_or((format!("{path}.endpointSelector"), "missing: say which endpoints the rule applies to ({} for all)".to_string()))?;
-    let endpoint_selector = scoped(convert_selector(&format!("{path}.endpointSelector"), sel)?, ns);
+    let (endpoint_selector, node_selector) = match (s.endpoint_selector, s.node_selector) {
+        (Some(_), Some(_)) => return Err((format!("{path}.nodeSelector"), "give endpointSelector or nodeSelector, not both".into())),
+        (Some(sel), None) => (scoped(convert_selector(&format!("{path}.endpointSelector"), sel)?, ns), None),
+        (None, Some(sel)) => {
+            if ns.is_some() {
+                return Err((
+                    format!("{path}.nodeSelector"),
+                    "host policies (nodeSelector) belong in a CiliumClusterwideNetworkPolicy".into(),
+                ));
+            }
+            (crate::Selector::default(), Some(convert_selector(&format!("{path}.nodeSelector"), sel)?))
+        }
+        (None, None) => {
+            return Err((
+                format!("{path}.endpointSelector"),
+                "missing: say which endpoints the rule applies to ({} for all), or nodeSelector for a host policy".to_string(),
+            ));
+        }
+    };
     let dd = s.enable_default_deny.unwrap_or(DefaultDeny { ingress: None, egress: None });
 
     let mut ingress: Option<Vec<PeerRule>> = None;
@@ -177,6 +191,7 @@ fn convert_spec(path: &str, s: Spec, ns: Option<&str>) -> Result<Rule, FieldErro
     }
     Ok(Rule {
         endpoint_selector,
+        node_selector,
         ingress,
         egress,
         default_deny_ingress: dd.ingress.unwrap_or(true),

@@ -81,7 +81,8 @@ pub(crate) fn convert(doc: Document, source: serde_json::Value) -> Result<Policy
         None if spec.egress.is_some() => vec!["Ingress".into(), "Egress".into()],
         None => vec!["Ingress".into()],
     };
-    let mut rule = Rule { endpoint_selector, ingress: None, egress: None, default_deny_ingress: true, default_deny_egress: true };
+    let mut rule =
+        Rule { endpoint_selector, node_selector: None, ingress: None, egress: None, default_deny_ingress: true, default_deny_egress: true };
     if types.iter().any(|t| t == "Ingress") {
         let mut v = Vec::new();
         for (i, r) in spec.ingress.unwrap_or_default().into_iter().enumerate() {
