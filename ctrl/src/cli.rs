@@ -298,7 +298,11 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let mut all = Vec::new();
             for (file, text) in texts {
-                all.push(req(Request::PolicyApply { file, text })?);
+                let v = req(Request::PolicyApply { file, text })?;
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("Warning: {}", s(w));
+                }
+                all.push(v);
             }
             let v = Value::Array(all);
             print_or(json, &v, || {
@@ -336,6 +340,9 @@ pub fn run(cli: Cli) -> Result<()> {
             for f in &files {
                 let ps = palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)?;
                 for p in ps {
+                    for w in palisade_policy::lint::lint(&p) {
+                        eprintln!("Warning: {}: {w}", f.display());
+                    }
                     out.push(
                         serde_json::json!({ "file": f.display().to_string(), "policy": p.key(), "rules": p.rules.len(), "valid": true }),
                     );

@@ -391,6 +391,47 @@ impl Daemon {
         Ok(json!({ "namespace": name, "labels": self.store.namespaces[name], "endpoints": members.len() }))
     }
 
+    /// Static lint plus the checks that need this node's endpoints.
+    fn lint(&self, keys: &[String]) -> Vec<palisade_policy::lint::Warning> {
+        let mut out = Vec::new();
+        for p in keys.iter().filter_map(|k| self.store.policies.get(k)) {
+            out.extend(palisade_policy::lint::lint(p));
+            let warn = |path: String, message: String| palisade_policy::lint::Warning { policy: p.key(), path, message };
+            for (i, r) in p.rules.iter().enumerate() {
+                let path = if p.rules.len() > 1 { format!("specs[{i}]") } else { "spec".to_string() };
+                if r.node_selector.is_some() {
+                    if !r.selects_node(&node_labels(&self.cfg.node_labels)) {
+                        out.push(warn(path.clone(), "nodeSelector does not select this node".into()));
+                    } else if self.cfg.host_interfaces.is_empty() {
+                        out.push(warn(
+                            path.clone(),
+                            "host policy, but palisade-ctrl has no --host-interface: not enforced on this node".into(),
+                        ));
+                    }
+                    continue;
+                }
+                let selected: Vec<&Endpoint> = self.store.endpoints.values().filter(|e| r.selects_endpoint(&e.labels)).collect();
+                if selected.is_empty() {
+                    out.push(warn(format!("{path}.endpointSelector"), "selects no endpoint now".into()));
+                }
+                // kube-dns-like endpoints whose ingress this puts in default
+                // deny without keeping 53 open: the cluster loses DNS.
+                let dns = selected.iter().any(|e| e.labels.get("k8s-app") == Some("kube-dns"));
+                if dns && r.enforces(palisade_policy::Direction::Ingress) {
+                    let open53 = r.ingress.iter().flatten().any(|x| {
+                        !x.deny
+                            && (x.ports.is_empty()
+                                || x.ports.iter().any(|pr| pr.name.is_none() && (pr.port == 0 || (pr.port..=pr.end_port).contains(&53))))
+                    });
+                    if !open53 {
+                        out.push(warn(path.clone(), "selects kube-dns endpoints (k8s-app=kube-dns) and puts their ingress in default deny without allowing port 53: DNS breaks for every pod".into()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn handle(&mut self, req: Request) -> Result<Value> {
         match req {
             Request::Status => view::status(self),
@@ -598,6 +639,7 @@ impl Daemon {
             }
         }
         let mut result = Vec::new();
+        let applied_keys: Vec<String> = policies.iter().map(|p| p.key()).collect();
         let before = self.store.policies.clone();
         for p in policies {
             let key = p.key();
@@ -615,7 +657,8 @@ impl Daemon {
             return Err(e.context("applying policy (rolled back to the previous policy set)"));
         }
         tracing::info!(file, count = result.len(), "policy applied");
-        Ok(json!({ "applied": result, "revision": self.store.policies.len() }))
+        let warnings: Vec<String> = self.lint(&applied_keys).iter().map(|w| w.to_string()).collect();
+        Ok(json!({ "applied": result, "warnings": warnings, "revision": self.store.policies.len() }))
     }
 
     fn policy_delete(&mut self, names: &[String]) -> Result<Value> {

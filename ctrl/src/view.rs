@@ -249,6 +249,9 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
         let v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
         let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
         let (ok, why) = match &v {
+            Verdict::NotEnforced if d.cfg.mode == crate::compile::EnforcementMode::Never => {
+                (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
+            }
             Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
             Verdict::Allowed { cookie, key } => (
                 true,
@@ -261,6 +264,9 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
                 ),
             ),
             Verdict::Denied { cookie, .. } => (false, format!("denied by deny rule {}", rule_of(cookie))),
+            Verdict::DefaultDeny if d.cfg.mode == crate::compile::EnforcementMode::Always => {
+                (false, "denied: enforcement mode is always and no rule allows this peer and port".to_string())
+            }
             Verdict::DefaultDeny => {
                 (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string())
             }

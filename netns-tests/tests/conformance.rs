@@ -240,6 +240,8 @@ fn relabelling_and_namespace_labels_take_effect_privileged_test() {
 fn enforcement_modes_and_enable_default_deny_privileged_test() {
     let c = Cluster::with_args(&["--enforcement-mode", "always"]);
     c.matrix(What::Tcp(80), |_, _| false);
+    let tr = c.node.ok(&["policy", "trace", "--src", "x/a", "--dst", "y/a", "--dport", "80/TCP"]);
+    assert!(tr.contains("enforcement mode is always"), "{tr}");
     c.apply(
         "in-x.yaml",
         &format!("{CNP}  name: x-in\n  namespace: x\nspec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{}}]}}]\n  egress: [{{toEndpoints: [{{}}]}}]\n"),
@@ -319,4 +321,33 @@ fn host_policy_on_the_uplink_privileged_test() {
         to_host(&c.world, 9001, true),
         Probe { from: &host, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: true },
     ]);
+}
+
+#[test]
+fn specs_match_expressions_egress_deny_and_cidr_sets_privileged_test() {
+    let c = Cluster::new();
+    // Two specs in one object. Spec 0: pods a and b of x may reach the
+    // world's 192.0.2.0/24 except 192.0.2.128/25, but never on 81
+    // (egressDeny). Spec 1: x/c accepts only pods whose pod label is not a.
+    c.apply(
+        "specs.yaml",
+        &format!(
+            "{CNP}  name: two-specs\n  namespace: x\nspecs:\n- endpointSelector: {{matchExpressions: [{{key: pod, operator: In, values: [a, b]}}]}}\n  egress:\n  - toCIDRSet: [{{cidr: 192.0.2.0/24, except: [192.0.2.128/25]}}]\n  egressDeny:\n  - toEntities: [world]\n    toPorts: [{{ports: [{{port: \"81\", protocol: TCP}}]}}]\n- endpointSelector: {{matchLabels: {{pod: c}}}}\n  ingress:\n  - fromEndpoints: [{{matchExpressions: [{{key: pod, operator: NotIn, values: [a]}}, {{key: k8s:io.kubernetes.pod.namespace, operator: Exists}}]}}]\n"
+        ),
+    );
+    let (xa, xb) = (c.pod("x/a"), c.pod("x/b"));
+    check_probes(&[
+        Probe { from: xa, to: WORLD_IP, to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: xb, to: WORLD_IP, to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: xa, to: WORLD_IP, to_name: "world .100:81 (deny)".into(), what: What::Tcp(81), want: false },
+        Probe { from: xa, to: WORLD_IP2, to_name: "world .200:80 (except)".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: c.pod("y/a").ip, to_name: "y/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: c.pod("x/c"), to: WORLD_IP, to_name: "world (x/c egress open)".into(), what: What::Tcp(81), want: true },
+    ]);
+    c.matrix(What::Tcp(80), |f, t| {
+        if f == "x/a" || f == "x/b" {
+            return false; // their egress allows only the world CIDR
+        }
+        t != "x/c" || !f.ends_with("/a")
+    });
 }

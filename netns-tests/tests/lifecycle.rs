@@ -173,6 +173,14 @@ fn bad_input_is_rejected_and_changes_nothing_privileged_test() {
     let err = node.fails(&["policy", "trace", "--src", "shop/frontend", "--dst", "shop/backend", "--dport", "80/XTP"]);
     assert!(err.contains("\"XTP\" is not TCP, UDP, SCTP or ICMP"), "{err}");
     assert_eq!(node.json(&["endpoint", "list"]).as_array().unwrap().len(), 3, "failed adds left nothing behind");
+
+    // Valid but suspicious: applied, with a warning on stderr.
+    let lonely = node.tmp.join("lonely.yaml");
+    std::fs::write(&lonely, "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: lonely, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: nobody}}\n  ingress: [{}]\n").unwrap();
+    let out = node.cli(&["policy", "apply", "-f", &lonely.display().to_string()]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Warning: shop/lonely spec.endpointSelector: selects no endpoint now"), "{stderr}");
 }
 
 #[test]

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod labels;
+pub mod lint;
 pub mod model;
 pub mod parse;
 pub mod selector;

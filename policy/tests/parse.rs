@@ -193,3 +193,19 @@ fn host_policies() {
     let e = err("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {}\n  endpointSelector: {}\n");
     assert!(e.contains("give endpointSelector or nodeSelector, not both"), "{e}");
 }
+
+#[test]
+fn lint_warns_on_shadowing_denies_and_host_lockout() {
+    let y = format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress: [{{fromEndpoints: [{{}}]}}]\n  ingressDeny: [{{fromEntities: [all]}}]\n"
+    );
+    let p = &parse_policies("f", &y).unwrap()[0];
+    let w = palisade_policy::lint::lint(p);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].to_string().contains("spec.ingressDeny[0]: this deny matches every peer and port"), "{}", w[0]);
+    let host = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: h}\nspec:\n  nodeSelector: {}\n  ingress: [{fromEntities: [world], toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]}]\n";
+    let w = palisade_policy::lint::lint(&parse_policies("f", host).unwrap()[0]);
+    assert!(w.iter().any(|w| w.message.contains("without allowing SSH (22/TCP)")), "{w:?}");
+    let host_ssh = host.replace("\"443\"", "\"22\"");
+    assert!(palisade_policy::lint::lint(&parse_policies("f", &host_ssh).unwrap()[0]).is_empty());
+}
