@@ -18,6 +18,7 @@
 #include "lib/policy.h"
 #include "lib/conntrack.h"
 #include "lib/parse.h"
+#include "lib/flow.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -27,7 +28,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	struct policy_verdict pv;
 	struct tuple t;
 	struct ct_key ck = {};
-	__u32 gen;
+	__u32 gen, peer;
 	int rc;
 
 	if (!ep)
@@ -45,6 +46,9 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		if (ipcache_identity_v4(dir == DIR_EGRESS ? t.saddr : t.daddr) != IDENTITY_HOST)
 			return REASON_FORWARDED;
 	} else if (dir == DIR_EGRESS && t.saddr != ep->ipv4) {
+		ck.ep_id = ep->ep_id;
+		flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
+			  FLOW_VERDICT_DROPPED, t.tcp_flags, DROP_SPOOFED_SOURCE, 0, 0);
 		return -DROP_SPOOFED_SOURCE;
 	}
 	if (rc == PARSE_FRAGMENT)
@@ -67,11 +71,23 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		return REASON_FORWARDED;
 
 	gen = READ_ONCE_U32(ep->policy_gen);
-	pv = policy_decide(ep->ep_id, gen, endpoint_enforced(ep, dir),
-			   ipcache_identity_v4(ck.remote_ip), dir, t.proto, t.dport);
-	if (pv.reason != REASON_FORWARDED)
+	peer = ipcache_identity_v4(ck.remote_ip);
+	pv = policy_decide(ep->ep_id, gen, endpoint_enforced(ep, dir), peer, dir, t.proto, t.dport);
+	if (pv.reason != REASON_FORWARDED) {
+		if (endpoint_audit(ep, dir)) {
+			/* Audit: pass and track the flow; report what would have broken. */
+			ct_create(&ck, dir, pv.cookie, t.tcp_closing);
+			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
+				  FLOW_VERDICT_AUDIT, t.tcp_flags, -pv.reason, pv.cookie, peer);
+			return REASON_AUDIT;
+		}
+		flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
+			  FLOW_VERDICT_DROPPED, t.tcp_flags, -pv.reason, pv.cookie, peer);
 		return pv.reason;
+	}
 	ct_create(&ck, dir, pv.cookie, t.tcp_closing);
+	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
+		  FLOW_VERDICT_FORWARDED, t.tcp_flags, REASON_FORWARDED, pv.cookie, peer);
 	return REASON_FORWARDED;
 }
 
@@ -81,7 +97,7 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int reason)
 		metrics_count(-reason, dir, skb->len);
 		return TC_ACT_SHOT;
 	}
-	metrics_count(REASON_FORWARDED, dir, skb->len);
+	metrics_count(reason == REASON_AUDIT ? REASON_AUDIT : REASON_FORWARDED, dir, skb->len);
 	return TC_ACT_OK;
 }
 

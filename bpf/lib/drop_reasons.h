@@ -18,6 +18,7 @@
 #define DROP_SPOOFED_SOURCE 137         /* source IP is not the endpoint's */
 #define DROP_UNSUPPORTED_L3 138         /* not IPv4/ARP in an enforced direction */
 #define DROP_NO_ENDPOINT 139            /* program on an interface with no endpoint entry */
+#define REASON_AUDIT 140                /* policy would drop; passed in audit mode (not a drop) */
 #define REASON_MAX 16                   /* size of the reason axis of the metrics map */
 
 #endif

@@ -7,6 +7,8 @@
 #define EP_F_INGRESS_ENFORCED (1U << 0)
 #define EP_F_EGRESS_ENFORCED (1U << 1)
 #define EP_F_HOST (1U << 2) /* the node itself, on a host (uplink) interface */
+#define EP_F_AUDIT_INGRESS (1U << 3) /* policy drops pass and are reported as AUDIT */
+#define EP_F_AUDIT_EGRESS (1U << 4)
 
 struct endpoint_key {
 	__u32 ifindex; /* host-side veth */
@@ -36,6 +38,11 @@ static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
 	struct endpoint_key key = { .ifindex = ifindex };
 
 	return bpf_map_lookup_elem(&palisade_endpoints_v1, &key);
+}
+
+static __always_inline int endpoint_audit(const struct endpoint_info *ep, __u8 dir)
+{
+	return ep->flags & (dir == DIR_INGRESS ? EP_F_AUDIT_INGRESS : EP_F_AUDIT_EGRESS);
 }
 
 static __always_inline int endpoint_enforced(const struct endpoint_info *ep, __u8 dir)

@@ -42,6 +42,7 @@ struct tuple {
 	__be16 ct_dport;
 	__u8 proto;
 	__u8 tcp_closing;  /* FIN or RST */
+	__u8 tcp_flags;    /* the TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
 };
 
 /* Returns PARSE_* (>0) or -DROP_INVALID. */
@@ -69,6 +70,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct tuple *t)
 	t->proto = ip.protocol;
 	t->sport = t->dport = t->ct_sport = t->ct_dport = 0;
 	t->tcp_closing = 0;
+	t->tcp_flags = 0;
 	if (ip.frag_off & bpf_htons(0x3fff)) /* MF | offset */
 		return PARSE_FRAGMENT;
 
@@ -83,6 +85,8 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct tuple *t)
 		t->sport = t->ct_sport = th.source;
 		t->dport = t->ct_dport = th.dest;
 		t->tcp_closing = th.fin || th.rst;
+		t->tcp_flags = (th.fin ? 0x01 : 0) | (th.syn ? 0x02 : 0) | (th.rst ? 0x04 : 0) | (th.psh ? 0x08 : 0) |
+			       (th.ack ? 0x10 : 0);
 		break;
 	}
 	case IPPROTO_UDP:

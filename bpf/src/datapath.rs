@@ -36,6 +36,8 @@ pub struct DatapathConfig {
     pub ct_tcp_lifetime_s: u64,
     pub ct_other_lifetime_s: u64,
     pub attach_mode: AttachMode,
+    /// Flow events to the ring buffer (off: the verifier prunes the code).
+    pub flows: bool,
 }
 
 impl DatapathConfig {
@@ -51,6 +53,7 @@ impl DatapathConfig {
             ct_tcp_lifetime_s: 21600,
             ct_other_lifetime_s: 60,
             attach_mode: AttachMode::detect(),
+            flows: true,
         }
     }
 }
@@ -63,7 +66,7 @@ pub struct Datapath {
 }
 
 /// Pinned file name of each map (also its versioned ABI name).
-pub const MAP_NAMES: [&str; 7] = [
+pub const MAP_NAMES: [&str; 10] = [
     "palisade_endpoints_v1",
     "palisade_ipcache_v1",
     "palisade_ipcache_lpm_v1",
@@ -71,6 +74,9 @@ pub const MAP_NAMES: [&str; 7] = [
     "palisade_ct_v1",
     "palisade_metrics_v1",
     "palisade_policy_cache_v1",
+    "palisade_flows_v1",
+    "palisade_flow_rl_v1",
+    "palisade_flow_stats_v1",
 ];
 
 impl Datapath {
@@ -86,7 +92,7 @@ impl Datapath {
         let dir = cfg.bpf_dir.clone();
         {
             let m = &mut open.maps;
-            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 7] = [
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 10] = [
                 (&mut m.palisade_endpoints_v1, MAP_NAMES[0], Some(cfg.endpoints_max)),
                 (&mut m.palisade_ipcache_v1, MAP_NAMES[1], Some(cfg.ipcache_max)),
                 (&mut m.palisade_ipcache_lpm_v1, MAP_NAMES[2], Some(cfg.ipcache_lpm_max)),
@@ -94,6 +100,9 @@ impl Datapath {
                 (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
                 (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
                 (&mut m.palisade_policy_cache_v1, MAP_NAMES[6], Some(cfg.policy_cache_max)),
+                (&mut m.palisade_flows_v1, MAP_NAMES[7], None),
+                (&mut m.palisade_flow_rl_v1, MAP_NAMES[8], None),
+                (&mut m.palisade_flow_stats_v1, MAP_NAMES[9], None),
             ];
             for (map, name, max) in sized {
                 if let Some(max) = max {
@@ -104,6 +113,7 @@ impl Datapath {
             let ro = m.rodata_data.as_deref_mut().expect("endpoint object has rodata");
             ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
             ro.ct_lifetime_other_ns = cfg.ct_other_lifetime_s * 1_000_000_000;
+            ro.flows_enabled = u8::from(cfg.flows);
         }
         let skel = open.load().ctx(|| {
             format!(
@@ -293,6 +303,19 @@ impl Datapath {
         Ok(out)
     }
 
+    /// (events lost to a full ring, events suppressed by the per-flow rate
+    /// limit), summed over CPUs.
+    pub fn flow_stats(&self) -> Result<(u64, u64)> {
+        let map = &self.skel.maps.palisade_flow_stats_v1;
+        let mut out = [0u64; 2];
+        for (i, o) in out.iter_mut().enumerate() {
+            let per_cpu =
+                map.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY).ctx(|| "reading flow stats".into())?.unwrap_or_default();
+            *o = per_cpu.iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).sum();
+        }
+        Ok((out[0], out[1]))
+    }
+
     // --- BPF_PROG_TEST_RUN ---
 
     /// Runs one program over `packet` as if it arrived on `ifindex`
@@ -333,6 +356,7 @@ impl Datapath {
             &m.palisade_policy_v1,
             &m.palisade_ct_v1,
             &m.palisade_policy_cache_v1,
+            &m.palisade_flow_rl_v1,
         ] {
             clear(map);
         }

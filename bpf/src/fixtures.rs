@@ -264,6 +264,15 @@ pub fn table() -> Vec<Fixture> {
         reason: Forwarded,
     });
     rows.push(Fixture {
+        name: "audit mode passes a policy drop (counted as audit)",
+        hook: To,
+        packet: tcp_syn(OTHER_IP, EP_IP, 40000, 8080),
+        ep_flags: ENFORCED | EndpointValue::AUDIT_INGRESS,
+        prime: vec![],
+        verdict: ok,
+        reason: Audit,
+    });
+    rows.push(Fixture {
         name: "unenforced direction passes without a rule",
         hook: To,
         packet: tcp_syn(OTHER_IP, EP_IP, 40000, 8080),

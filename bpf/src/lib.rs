@@ -11,6 +11,7 @@ pub mod abi;
 pub mod attach;
 pub mod datapath;
 pub mod fixtures;
+pub mod flows;
 pub mod maps;
 pub mod reason;
 

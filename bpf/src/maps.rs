@@ -22,6 +22,9 @@ impl EndpointValue {
     pub const EGRESS_ENFORCED: u32 = 1 << 1;
     /// The node itself on a host interface (host firewall).
     pub const HOST: u32 = 1 << 2;
+    /// Policy drops in this direction pass and are reported as AUDIT.
+    pub const AUDIT_INGRESS: u32 = 1 << 3;
+    pub const AUDIT_EGRESS: u32 = 1 << 4;
 
     pub(crate) fn to_abi(self) -> abi::endpoint_info {
         abi::endpoint_info {

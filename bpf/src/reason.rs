@@ -12,6 +12,8 @@ pub enum Reason {
     SpoofedSource,
     UnsupportedL3,
     NoEndpoint,
+    /// Policy would have dropped; passed because of audit mode.
+    Audit,
 }
 
 /// `REASON_BASE` in C: metrics index = code - BASE.
@@ -20,7 +22,7 @@ pub const REASON_BASE: u32 = 128;
 pub const REASON_MAX: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Forwarded,
         Reason::Policy,
         Reason::PolicyDeny,
@@ -29,6 +31,7 @@ impl Reason {
         Reason::SpoofedSource,
         Reason::UnsupportedL3,
         Reason::NoEndpoint,
+        Reason::Audit,
     ];
 
     pub fn code(self) -> u32 {
@@ -41,6 +44,7 @@ impl Reason {
             Reason::SpoofedSource => 137,
             Reason::UnsupportedL3 => 138,
             Reason::NoEndpoint => 139,
+            Reason::Audit => 140,
         }
     }
 
@@ -59,11 +63,26 @@ impl Reason {
             Reason::SpoofedSource => "Invalid source ip",
             Reason::UnsupportedL3 => "Unsupported L3 protocol",
             Reason::NoEndpoint => "No endpoint for interface",
+            Reason::Audit => "Policy audit (would be dropped)",
+        }
+    }
+
+    /// Hubble's drop reason name (`drop_reason_desc`).
+    pub fn hubble_name(self) -> &'static str {
+        match self {
+            Reason::Forwarded | Reason::Audit => "",
+            Reason::Policy => "POLICY_DENIED",
+            Reason::PolicyDeny => "POLICY_DENY",
+            Reason::Invalid => "INVALID_PACKET_DROPPED",
+            Reason::FragNoSupport => "FRAG_NOT_SUPPORTED",
+            Reason::SpoofedSource => "INVALID_SOURCE_IP",
+            Reason::UnsupportedL3 => "UNSUPPORTED_L3_PROTOCOL",
+            Reason::NoEndpoint => "NO_SUCH_ENDPOINT",
         }
     }
 
     pub fn is_drop(self) -> bool {
-        self != Reason::Forwarded
+        !matches!(self, Reason::Forwarded | Reason::Audit)
     }
 
     /// Index of (reason, direction) in `palisade_metrics_v1`.
@@ -89,12 +108,14 @@ mod tests {
     #[test]
     fn table_matches_c_header() {
         let header = include_str!("../lib/drop_reasons.h");
-        for line in header.lines().filter(|l| l.starts_with("#define DROP_") || l.starts_with("#define REASON_FORWARDED")) {
+        let is_code =
+            |l: &&str| l.starts_with("#define DROP_") || l.starts_with("#define REASON_FORWARDED") || l.starts_with("#define REASON_AUDIT");
+        for line in header.lines().filter(is_code) {
             let code: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
             let r = Reason::from_code(code).unwrap_or_else(|| panic!("code {code} from `{line}` has no Reason"));
             assert!(r.metrics_index(1) < REASON_MAX * 2);
         }
         assert!(header.contains(&format!("#define REASON_MAX {REASON_MAX} ")));
-        assert_eq!(Reason::ALL.len(), header.lines().filter(|l| l.starts_with("#define DROP_")).count() + 1);
+        assert_eq!(Reason::ALL.len(), header.lines().filter(is_code).count());
     }
 }

@@ -62,3 +62,43 @@ fn maps_survive_a_reload_from_pins() {
     let (verdict, _) = again.test_run(f.hook, fixtures::EP_IFINDEX, &f.packet, 1).unwrap();
     assert_eq!(verdict, fixtures::TC_ACT_OK);
 }
+
+/// The datapath reports flows: a new allowed flow, a policy drop with its
+/// reason, an audited one; repeated drops of one flow are rate-limited.
+#[test]
+fn flow_events_are_emitted_and_rate_limited() {
+    use palisade_bpf::flows::{read_flows, FlowVerdict};
+    let (dp, _guard) = datapath("flows");
+    let table = fixtures::table();
+    let row = |n: &str| table.iter().find(|f| f.name.starts_with(n)).unwrap();
+    for name in ["new flow allowed", "new flow denied (no rule", "audit mode passes"] {
+        fixtures::run_once(&dp, row(name)).unwrap();
+    }
+    // The same denied flow six times: within a second, reported once.
+    let denied = row("new flow denied (no rule");
+    fixtures::install_state(&dp, denied.ep_flags).unwrap();
+    for _ in 0..6 {
+        dp.test_run(denied.hook, fixtures::EP_IFINDEX, &denied.packet, 1).unwrap();
+    }
+    let mut events = Vec::new();
+    let t0 = std::time::Instant::now();
+    read_flows(
+        dp.bpf_dir(),
+        |e| {
+            events.push(e);
+            events.len() < 4
+        },
+        || t0.elapsed() > std::time::Duration::from_secs(3),
+    )
+    .unwrap();
+    assert_eq!(events.len(), 4, "one event for the first of the six drops: {events:?}");
+    assert_eq!((events[0].verdict, events[0].dport, events[0].peer_identity), (FlowVerdict::Forwarded, 8080, 301));
+    assert_eq!(events[1].verdict, FlowVerdict::Dropped);
+    assert_eq!(events[1].reason, Some(palisade_bpf::Reason::Policy));
+    assert_eq!(events[1].saddr, fixtures::OTHER_IP);
+    assert_eq!(events[1].tcp_flags & 0x02, 0x02, "SYN");
+    assert_eq!(events[2].verdict, FlowVerdict::Audit);
+    assert_eq!(events[2].reason, Some(palisade_bpf::Reason::Policy), "audit says what would have dropped it");
+    let (lost, suppressed) = dp.flow_stats().unwrap();
+    assert_eq!((lost, suppressed), (0, 5));
+}

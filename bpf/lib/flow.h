@@ -1,0 +1,142 @@
+/* flow.h: flow events to userspace through a ring buffer, rate-limited per
+ * flow so a flood cannot starve userspace: a flow's drops are reported at
+ * most once a second, with the count suppressed in between. */
+#ifndef PALISADE_FLOW_H
+#define PALISADE_FLOW_H
+
+#include "common.h"
+#include "conntrack.h"
+#include "drop_reasons.h"
+
+#define FLOW_VERDICT_FORWARDED 0
+#define FLOW_VERDICT_DROPPED 1
+#define FLOW_VERDICT_AUDIT 2
+
+struct flow_event {
+	__u64 ts_ns;         /* bpf_ktime_get_ns() */
+	__u32 ep_id;         /* endpoint the verdict was for */
+	__u32 peer_identity; /* identity of the remote side (0 if not looked up) */
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;        /* ICMP: type in dport */
+	__be16 dport;
+	__u8 proto;
+	__u8 direction;      /* DIR_* */
+	__u8 verdict;        /* FLOW_VERDICT_* */
+	__u8 tcp_flags;      /* SYN 0x02, ACK 0x10, FIN 0x01, RST 0x04 */
+	__u32 reason;        /* REASON_FORWARDED or DROP_* code */
+	__u32 cookie;        /* rule that decided, 0 if none */
+	__u32 suppressed;    /* events of this flow not sent since the last one */
+	__u32 ifindex;
+	__u32 len;           /* packet length */
+};
+
+/* Anchors struct flow_event in the object's BTF (it is only ever reserved
+ * in the ring, never a map key or value), so the Rust type is generated. */
+const volatile struct flow_event flow_event_abi = {};
+
+/* Emission on/off, set as rodata before load (the verifier prunes it off). */
+const volatile __u8 flows_enabled = 1;
+
+/* palisade_flows_v1: ring buffer, read by palisade-ctrl. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} palisade_flows_v1 SEC(".maps");
+
+struct flow_rl {
+	__u64 last_ns;
+	__u32 suppressed;
+	__u32 pad;
+};
+
+/* palisade_flow_rl_v1: per-flow rate limit state for reported drops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct flow_rl);
+} palisade_flow_rl_v1 SEC(".maps");
+
+/* Counters of the flow path itself: [0] events lost (ring full), [1]
+ * events suppressed by the rate limit. Per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} palisade_flow_stats_v1 SEC(".maps");
+
+static __always_inline void flow_stat(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&palisade_flow_stats_v1, &idx);
+
+	if (v)
+		*v += 1;
+}
+
+/* Returns the number suppressed since the last report, or -1 to stay quiet. */
+static __always_inline int flow_rate_limit(const struct ct_key *k)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_rl *rl = bpf_map_lookup_elem(&palisade_flow_rl_v1, k);
+	struct flow_rl fresh = { .last_ns = now };
+	__u32 n;
+
+	if (!rl) {
+		bpf_map_update_elem(&palisade_flow_rl_v1, k, &fresh, BPF_ANY);
+		return 0;
+	}
+	if (now - rl->last_ns < 1000000000ULL) {
+		rl->suppressed += 1;
+		flow_stat(1);
+		return -1;
+	}
+	n = rl->suppressed;
+	rl->suppressed = 0;
+	rl->last_ns = now;
+	return n;
+}
+
+static __always_inline void flow_emit(const struct ct_key *k, __u32 ifindex, __u32 len, __be32 saddr,
+				      __be32 daddr, __be16 sport, __be16 dport, __u8 proto, __u8 dir,
+				      __u8 verdict, __u8 tcp_flags, __u32 reason, __u32 cookie,
+				      __u32 peer_identity)
+{
+	struct flow_event *e;
+	__u32 suppressed = 0;
+
+	if (!flows_enabled)
+		return;
+	if (verdict != FLOW_VERDICT_FORWARDED) {
+		int n = flow_rate_limit(k);
+
+		if (n < 0)
+			return;
+		suppressed = n;
+	}
+	e = bpf_ringbuf_reserve(&palisade_flows_v1, sizeof(*e), 0);
+	if (!e) {
+		flow_stat(0);
+		return;
+	}
+	e->ts_ns = bpf_ktime_get_ns();
+	e->ep_id = k->ep_id;
+	e->peer_identity = peer_identity;
+	e->saddr = saddr;
+	e->daddr = daddr;
+	e->sport = sport;
+	e->dport = dport;
+	e->proto = proto;
+	e->direction = dir;
+	e->verdict = verdict;
+	e->tcp_flags = tcp_flags;
+	e->reason = reason;
+	e->cookie = cookie;
+	e->suppressed = suppressed;
+	e->ifindex = ifindex;
+	e->len = len;
+	bpf_ringbuf_submit(e, 0);
+}
+
+#endif
