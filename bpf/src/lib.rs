@@ -34,6 +34,11 @@ pub mod identity {
     pub const FIRST_LABEL: u32 = 256;
 }
 
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    abi::monotonic_ns()
+}
+
 pub const DIR_INGRESS: u8 = 0;
 pub const DIR_EGRESS: u8 = 1;
 

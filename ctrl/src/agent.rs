@@ -95,10 +95,17 @@ pub fn run(a: Args) -> Result<()> {
         host_interfaces: a.host_interfaces.clone(),
         node_labels,
     };
+    let state_dir = cfg.state_dir.clone();
     let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     let daemon = Arc::new(Mutex::new(daemon));
+    // Names in flow records follow the agent's state: every handled
+    // request bumps the version the flow thread checks.
+    let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    crate::flows::spawn(daemon.clone(), version.clone(), a.bpf_dir.clone(), &state_dir)?;
     crate::api::serve(&a.socket, move |req| {
         let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
-        d.handle(req)
+        let r = d.handle(req);
+        version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        r
     })
 }

@@ -36,6 +36,18 @@ pub enum Request {
         labels: BTreeMap<String, String>,
     },
     NamespaceList,
+    /// Per-endpoint option, e.g. PolicyAuditMode=Enabled.
+    EndpointConfig {
+        name: String,
+        key: String,
+        value: String,
+    },
+    /// Node-wide option, e.g. PolicyAuditMode=Enabled.
+    ConfigSet {
+        key: String,
+        value: String,
+    },
+    ConfigGet,
     EndpointDelete {
         name: String,
     },

@@ -46,6 +46,24 @@ pub enum Cmd {
     /// What the BPF maps hold.
     #[command(subcommand)]
     Bpf(BpfCmd),
+    /// Flows: every verdict of the datapath (and later DNS and L7), read
+    /// directly from the flow rings; filters like `hubble observe`.
+    Observe {
+        /// The agent's state directory (holds flows/*.ring).
+        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        filter: crate::observe::Filter,
+        /// Show the newest N flows (default: all held; with --follow: none).
+        #[arg(long)]
+        last: Option<usize>,
+        /// Keep printing new flows.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Node-wide options (PolicyAuditMode).
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Namespace labels (what namespaceSelectors match).
     #[command(subcommand)]
     Namespace(NamespaceCmd),
@@ -90,6 +108,8 @@ pub enum EndpointCmd {
     List,
     /// Show one endpoint.
     Get { name: String },
+    /// Set a per-endpoint option: PolicyAuditMode=Enabled|Disabled.
+    Config { name: String, setting: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -136,6 +156,14 @@ pub enum PolicyCmd {
         #[arg(long)]
         dport: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Set an option: PolicyAuditMode=Enabled|Disabled.
+    Set { setting: String },
+    /// Show the options.
+    Get,
 }
 
 #[derive(Subcommand, Debug)]
@@ -259,6 +287,27 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::EndpointLabel { name, set, remove })?;
             print_or(json, &v, || format!("endpoint {} relabelled: identity {} ({})\n", s(&v["name"]), v["identity"], joined(&v["labels"])))
         }
+        Cmd::Endpoint(EndpointCmd::Config { name, setting }) => {
+            let (key, value) =
+                setting.split_once('=').with_context(|| format!("{setting:?}: expected KEY=VALUE, e.g. PolicyAuditMode=Enabled"))?;
+            let v = req(Request::EndpointConfig { name, key: key.into(), value: value.into() })?;
+            print_or(json, &v, || endpoint_table(&Value::Array(vec![v.clone()])))
+        }
+        Cmd::Config(ConfigCmd::Set { setting }) => {
+            let (key, value) =
+                setting.split_once('=').with_context(|| format!("{setting:?}: expected KEY=VALUE, e.g. PolicyAuditMode=Enabled"))?;
+            let v = req(Request::ConfigSet { key: key.into(), value: value.into() })?;
+            print_or(json, &v, || {
+                format!("PolicyAuditMode={} PolicyEnforcement={}\n", s(&v["PolicyAuditMode"]), s(&v["PolicyEnforcement"]))
+            })
+        }
+        Cmd::Config(ConfigCmd::Get) => {
+            let v = req(Request::ConfigGet)?;
+            print_or(json, &v, || {
+                format!("PolicyAuditMode={} PolicyEnforcement={}\n", s(&v["PolicyAuditMode"]), s(&v["PolicyEnforcement"]))
+            })
+        }
+        Cmd::Observe { state_dir, filter, last, follow } => crate::observe::run(&state_dir, &filter, last, follow, json),
         Cmd::Namespace(NamespaceCmd::Set { name, labels }) => {
             let labels = palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
             let v = req(Request::NamespaceSet { name, labels })?;

@@ -211,7 +211,10 @@ impl Daemon {
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
             let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
-            let want = compile::compile_endpoint(&subject, &policies, &universe);
+            let mut want = compile::compile_endpoint(&subject, &policies, &universe);
+            if ep.audit.unwrap_or(self.store.audit) {
+                want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
+            }
             let have = self.installed.entry(ep.ep_id).or_default();
             let d = compile::diff(&have.compiled.entries, &want.entries);
             if d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags {
@@ -240,7 +243,10 @@ impl Daemon {
             live.insert(HOST_EP_ID);
             let labels = node_labels(&self.cfg.node_labels);
             let subject = compile::Subject { ep_id: HOST_EP_ID, labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
-            let want = compile::compile_endpoint(&subject, &policies, &universe);
+            let mut want = compile::compile_endpoint(&subject, &policies, &universe);
+            if self.store.audit {
+                want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
+            }
             let have = self.installed.entry(HOST_EP_ID).or_default();
             let d = compile::diff(&have.compiled.entries, &want.entries);
             let changed = !(d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags);
@@ -438,6 +444,21 @@ impl Daemon {
             Request::EndpointAdd { name, netns, ip, labels, ports } => self.endpoint_add(&name, &netns, ip, labels, ports),
             Request::EndpointLabel { name, set, remove } => self.endpoint_label(&name, set, remove),
             Request::NamespaceSet { name, labels } => self.namespace_set(&name, labels),
+            Request::EndpointConfig { name, key, value } => {
+                let audit = parse_audit(&key, &value)?;
+                let full = self.endpoint(&name)?.name.clone();
+                self.store.endpoints.get_mut(&full).expect("exists").audit = Some(audit);
+                self.state.save(&self.store)?;
+                self.sync()?;
+                Ok(view::endpoint(self, self.endpoint(&full)?))
+            }
+            Request::ConfigSet { key, value } => {
+                self.store.audit = parse_audit(&key, &value)?;
+                self.state.save(&self.store)?;
+                self.sync()?;
+                Ok(self.config_view())
+            }
+            Request::ConfigGet => Ok(self.config_view()),
             Request::NamespaceList => Ok(Value::Array(
                 self.store
                     .namespaces
@@ -564,6 +585,7 @@ impl Daemon {
             pod_mac: created.pod_mac.clone(),
             created_unix: now_unix(),
             named_ports,
+            audit: None,
         };
         // Map state first, then programs, then the link comes up: the
         // endpoint's first packet already meets its policy.
@@ -711,6 +733,26 @@ impl Daemon {
         } else {
             format!("default/{name}")
         }
+    }
+}
+
+fn parse_audit(key: &str, value: &str) -> Result<bool> {
+    if key != "PolicyAuditMode" {
+        bail!("unknown option {key:?}; known: PolicyAuditMode");
+    }
+    match value {
+        "Enabled" | "enabled" | "true" => Ok(true),
+        "Disabled" | "disabled" | "false" => Ok(false),
+        v => bail!("PolicyAuditMode={v:?}: expected Enabled or Disabled"),
+    }
+}
+
+impl Daemon {
+    pub(crate) fn config_view(&self) -> Value {
+        json!({
+            "PolicyAuditMode": if self.store.audit { "Enabled" } else { "Disabled" },
+            "PolicyEnforcement": self.cfg.mode.as_str(),
+        })
     }
 }
 

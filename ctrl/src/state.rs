@@ -35,6 +35,9 @@ pub struct Endpoint {
     /// Named ports the endpoint declares (`--port http=8080/TCP`).
     #[serde(default)]
     pub named_ports: NamedPorts,
+    /// Per-endpoint PolicyAuditMode; `None` follows the node's.
+    #[serde(default)]
+    pub audit: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,6 +50,9 @@ pub struct Store {
     /// identity, so namespaceSelectors can match.
     #[serde(default)]
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Node-wide PolicyAuditMode: policy drops pass and are reported AUDIT.
+    #[serde(default)]
+    pub audit: bool,
 }
 
 pub struct StateFile {

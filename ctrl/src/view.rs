@@ -18,11 +18,11 @@ fn labels_list(l: &Labels) -> Vec<String> {
     l.to_string().split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
-fn enforcement(flags: u32, bit: u32) -> &'static str {
-    if flags & bit != 0 {
-        "Enabled"
-    } else {
-        "Disabled"
+fn enforcement(flags: u32, bit: u32, audit_bit: u32) -> &'static str {
+    match (flags & bit != 0, flags & audit_bit != 0) {
+        (true, true) => "Disabled (Audit)",
+        (true, false) => "Enabled",
+        _ => "Disabled",
     }
 }
 
@@ -47,8 +47,8 @@ pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
         "ifindex": ep.ifindex,
         "mac": ep.pod_mac,
         "policy": {
-            "ingress": enforcement(flags.unwrap_or(0), EndpointValue::INGRESS_ENFORCED),
-            "egress": enforcement(flags.unwrap_or(0), EndpointValue::EGRESS_ENFORCED),
+            "ingress": enforcement(flags.unwrap_or(0), EndpointValue::INGRESS_ENFORCED, EndpointValue::AUDIT_INGRESS),
+            "egress": enforcement(flags.unwrap_or(0), EndpointValue::EGRESS_ENFORCED, EndpointValue::AUDIT_EGRESS),
         },
         "state": if attached && flags.is_some() { "ready" } else { "not-ready" },
     })
@@ -293,6 +293,7 @@ fn port_text_key(k: &PolicyKey) -> String {
 }
 
 pub fn status(d: &Daemon) -> Result<Value> {
+    let (lost, suppressed) = d.dp.flow_stats()?;
     let counters: Vec<Value> = d
         .dp
         .counters()?
@@ -316,5 +317,6 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "ipcache_entries": d.dp.ipcache()?.len(),
         "conntrack_entries": d.dp.conntrack()?.len(),
         "counters": counters,
+        "flows": { "lost": lost, "suppressed": suppressed, "ring": crate::flows::ring_dir(&d.cfg.state_dir).join("datapath.ring").display().to_string() },
     }))
 }

@@ -186,6 +186,27 @@ impl Node {
         Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
     }
 
+    /// `palisade observe --state-dir <this node's> ARGS -o json`, parsed.
+    pub fn flows(&self, args: &[&str]) -> Vec<Value> {
+        let state = self.tmp.join("state");
+        let mut a = vec!["observe", "--state-dir", state.to_str().expect("utf-8 path")];
+        a.extend(args);
+        a.extend(["-o", "json"]);
+        self.ok(&a).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("observe printed invalid JSON ({e}): {l}"))).collect()
+    }
+
+    /// Waits (up to 3 s) until `observe ARGS` returns at least `n` flows.
+    pub fn wait_flows(&self, args: &[&str], n: usize) -> Vec<Value> {
+        let t0 = Instant::now();
+        loop {
+            let f = self.flows(args);
+            if f.len() >= n || t0.elapsed() > Duration::from_secs(3) {
+                return f;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Writes `yaml` to a file and applies it.
     pub fn apply(&self, name: &str, yaml: &str) -> String {
         let f = self.tmp.join(name);

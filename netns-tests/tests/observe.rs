@@ -1,0 +1,104 @@
+//! Flows and audit mode on real traffic: the records the datapath reports,
+//! what `palisade observe` filters select, and the seeds' rollout workflow
+//! (observe → codify → audit → enforce).
+use palisade_netns_tests::Node;
+
+#[test]
+fn flows_record_verdicts_and_filters_select_privileged_test() {
+    let mut node = Node::new();
+    let front = node.pod("shop/frontend", "app=frontend");
+    let mut back = node.pod("shop/backend", "app=backend");
+    let cart = node.pod("shop/cart", "app=cart");
+    back.serve(&[8080]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    assert!(front.tcp(&back, 8080));
+    assert!(!cart.tcp(&back, 8080));
+    assert!(!cart.udp(&back, 8080));
+
+    let all = node.wait_flows(&[], 3);
+    let fwd = all
+        .iter()
+        .find(|f| f["verdict"] == "FORWARDED" && f["source"]["pod_name"] == "frontend" && f["traffic_direction"] == "INGRESS")
+        .unwrap_or_else(|| panic!("no forwarded frontend->backend flow: {all:#?}"));
+    assert_eq!(fwd["destination"]["pod_name"], "backend");
+    assert_eq!(fwd["destination"]["namespace"], "shop");
+    assert_eq!(fwd["l4"]["TCP"]["destination_port"], 8080);
+    assert_eq!(fwd["l4"]["TCP"]["flags"][0], "SYN");
+    assert_eq!(fwd["policies"][0]["name"], "allow-frontend-to-backend");
+    assert_eq!(fwd["Type"], "L3_L4");
+    assert!(fwd["time"].as_str().unwrap().ends_with('Z'));
+
+    let drops = node.flows(&["--verdict", "DROPPED"]);
+    assert!(!drops.is_empty());
+    assert!(drops.iter().all(|f| f["verdict"] == "DROPPED"), "--verdict selects only drops");
+    assert!(drops
+        .iter()
+        .any(|f| f["source"]["pod_name"] == "cart" && f["drop_reason_desc"] == "POLICY_DENIED" && f["l4"]["TCP"].is_object()));
+    assert!(drops.iter().any(|f| f["l4"]["UDP"]["destination_port"] == 8080), "UDP drop recorded");
+
+    let from_cart = node.flows(&["--from-pod", "shop/cart"]);
+    assert!(!from_cart.is_empty() && from_cart.iter().all(|f| f["source"]["pod_name"] == "cart"));
+    let udp = node.flows(&["--protocol", "udp"]);
+    assert!(!udp.is_empty() && udp.iter().all(|f| f["l4"]["UDP"].is_object()));
+    assert!(node.flows(&["--port", "9999"]).is_empty());
+    assert!(node.flows(&["--namespace", "other"]).is_empty());
+    assert_eq!(node.flows(&["--type", "drop"]).len(), drops.len());
+    assert_eq!(node.flows(&["--last", "1"]).len(), 1);
+    assert!(node.flows(&["--since", "1h"]).len() >= 3);
+    let err = node.fails(&["observe", "--state-dir", node.tmp.join("state").to_str().unwrap(), "--verdict", "MAYBE"]);
+    assert!(err.contains("--verdict \"MAYBE\""), "{err}");
+
+    // The table form names both sides and the verdict.
+    let table = node.ok(&["observe", "--state-dir", node.tmp.join("state").to_str().unwrap(), "--verdict", "DROPPED"]);
+    assert!(table.contains("shop/cart") && table.contains("DROPPED") && table.contains("POLICY_DENIED"), "{table}");
+
+    // A flood of one denied flow: the datapath reports it about once a
+    // second and counts the rest as suppressed; counters see every packet.
+    for _ in 0..5 {
+        assert!(!cart.udp(&back, 8080));
+    }
+    let st = node.json(&["status"]);
+    assert!(st["flows"]["suppressed"].as_u64().unwrap() + st["flows"]["lost"].as_u64().unwrap() < 1000);
+    let denied: u64 =
+        st["counters"].as_array().unwrap().iter().filter(|c| c["reason"] == "Policy denied").map(|c| c["packets"].as_u64().unwrap()).sum();
+    assert!(denied >= 7, "every dropped packet is counted: {st}");
+}
+
+#[test]
+fn audit_mode_lets_denied_traffic_pass_and_records_it_privileged_test() {
+    let mut node = Node::new();
+    let front = node.pod("shop/frontend", "app=frontend");
+    let mut back = node.pod("shop/backend", "app=backend");
+    let cart = node.pod("shop/cart", "app=cart");
+    back.serve(&[8080, 9090]);
+    // Observe → codify → audit: a default deny, node-wide audit on.
+    node.ok(&["config", "set", "PolicyAuditMode=Enabled"]);
+    node.apply_example("default-deny.yaml");
+    assert_eq!(node.json(&["endpoint", "get", "shop/backend"])["policy"]["ingress"], "Disabled (Audit)");
+    assert!(front.tcp(&back, 8080), "audit mode: policy would drop, the packet passes");
+    assert!(cart.tcp(&back, 9090));
+    let audits = node.wait_flows(&["--verdict", "AUDIT"], 2);
+    assert!(
+        audits.iter().any(|f| f["source"]["pod_name"] == "cart"
+            && f["destination"]["pod_name"] == "backend"
+            && f["drop_reason_desc"] == "POLICY_DENIED"),
+        "{audits:#?}"
+    );
+    let st = node.json(&["status"]);
+    assert!(st["counters"].as_array().unwrap().iter().any(|c| c["reason"] == "Policy audit (would be dropped)" && c["drop"] == false));
+    // Codify the allows, switch audit off: what is allowed passes, the rest drops.
+    node.apply("allow.yaml", "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: allow-front, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}], toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]}]\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: front-out, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  egress: [{toEndpoints: [{matchLabels: {app: backend}}], toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]}]\n");
+    node.ok(&["config", "set", "PolicyAuditMode=Disabled"]);
+    assert_eq!(node.json(&["endpoint", "get", "shop/backend"])["policy"]["ingress"], "Enabled");
+    assert!(front.tcp(&back, 8080));
+    assert!(!cart.tcp(&back, 9090));
+    let drops = node.wait_flows(&["--verdict", "DROPPED"], 1);
+    assert!(drops.iter().all(|f| f["source"]["pod_name"] == "cart"), "nothing unexpected dropped: {drops:#?}");
+    // Per-endpoint audit overrides the node's.
+    node.ok(&["endpoint", "config", "shop/backend", "PolicyAuditMode=Enabled"]);
+    assert!(!cart.tcp(&back, 9090), "cart's own egress is still enforced");
+    node.ok(&["endpoint", "config", "shop/cart", "PolicyAuditMode=Enabled"]);
+    assert!(cart.tcp(&back, 9090), "both sides audited: passes");
+    assert!(!front.tcp(&back, 9090), "frontend is not audited: its egress still drops");
+    assert_eq!(node.json(&["endpoint", "get", "shop/frontend"])["policy"]["egress"], "Enabled");
+}
