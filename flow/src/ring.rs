@@ -45,7 +45,7 @@ struct Mapped {
 
 impl Mapped {
     fn atomic(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.map.len());
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
         // SAFETY: in bounds and 8-aligned (the mapping is page-aligned);
         // the memory lives as long as `self.map`; all cross-process access
         // to these words is atomic.
@@ -71,7 +71,7 @@ impl Mapped {
         let hdr = unsafe { std::slice::from_raw_parts(map.as_ptr(), 16) };
         let slot_size = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as usize;
         let slots = u32::from_le_bytes(hdr[12..16].try_into().expect("4 bytes")) as u64;
-        if &hdr[..8] != MAGIC || slot_size < 64 || slot_size % 8 != 0 || slots == 0 || map.len() != HEADER + slots as usize * slot_size {
+        if &hdr[..8] != MAGIC || slot_size < 64 || !slot_size.is_multiple_of(8) || slots == 0 || map.len() != HEADER + slots as usize * slot_size {
             return Err(RingError::Format { path: path.to_path_buf() });
         }
         Ok(Self { map, slot_size, slots })
