@@ -178,7 +178,11 @@ pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool,
     if missed > 0 {
         eprintln!("note: {missed} flow(s) were overwritten in the ring before they could be read");
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    // Until interrupted.
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let mut fresh: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
         fresh.sort_by_key(|f| f.time_ns);
@@ -188,5 +192,4 @@ pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool,
         use std::io::Write;
         let _ = std::io::stdout().flush();
     }
-    Ok(())
 }
