@@ -52,6 +52,9 @@ pub struct Args {
     /// The node's labels (k=v,...), matched by host policies' nodeSelector.
     #[arg(long, env = "PALISADE_NODE_LABELS", default_value = "")]
     pub node_labels: String,
+    /// Prometheus metrics address (HTTP /metrics), or "off".
+    #[arg(long, env = "PALISADE_METRICS_ADDRESS", default_value = "127.0.0.1:9962")]
+    pub metrics_address: String,
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
@@ -102,6 +105,13 @@ pub fn run(a: Args) -> Result<()> {
     // request bumps the version the flow thread checks.
     let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
     crate::flows::spawn(daemon.clone(), version.clone(), a.bpf_dir.clone(), &state_dir)?;
+    if a.metrics_address != "off" {
+        let addr = a
+            .metrics_address
+            .parse()
+            .map_err(|_| ConfigError(format!("--metrics-address {:?}: expected IP:PORT or off", a.metrics_address)))?;
+        crate::metrics::spawn(addr, daemon.clone())?;
+    }
     crate::api::serve(&a.socket, move |req| {
         let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
         let r = d.handle(req);

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod daemon;
 pub mod flows;
 pub mod identity;
+pub mod metrics;
 pub mod netplumb;
 pub mod observe;
 pub mod state;

@@ -71,7 +71,12 @@ impl Mapped {
         let hdr = unsafe { std::slice::from_raw_parts(map.as_ptr(), 16) };
         let slot_size = u32::from_le_bytes(hdr[8..12].try_into().expect("4 bytes")) as usize;
         let slots = u32::from_le_bytes(hdr[12..16].try_into().expect("4 bytes")) as u64;
-        if &hdr[..8] != MAGIC || slot_size < 64 || !slot_size.is_multiple_of(8) || slots == 0 || map.len() != HEADER + slots as usize * slot_size {
+        if &hdr[..8] != MAGIC
+            || slot_size < 64
+            || !slot_size.is_multiple_of(8)
+            || slots == 0
+            || map.len() != HEADER + slots as usize * slot_size
+        {
             return Err(RingError::Format { path: path.to_path_buf() });
         }
         Ok(Self { map, slot_size, slots })

@@ -207,6 +207,20 @@ impl Node {
         }
     }
 
+    /// The agent's Prometheus metrics (scraped inside the node's netns).
+    pub fn metrics(&self) -> String {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.netns,
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+        ]));
+        assert!(out.status.success(), "scraping metrics: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Writes `yaml` to a file and applies it.
     pub fn apply(&self, name: &str, yaml: &str) -> String {
         let f = self.tmp.join(name);

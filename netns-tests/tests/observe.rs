@@ -52,6 +52,23 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     let table = node.ok(&["observe", "--state-dir", node.tmp.join("state").to_str().unwrap(), "--verdict", "DROPPED"]);
     assert!(table.contains("shop/cart") && table.contains("DROPPED") && table.contains("POLICY_DENIED"), "{table}");
 
+    // Metrics move with traffic, under Cilium's names.
+    let value = |m: &str, prefix: &str| -> u64 {
+        m.lines().filter(|l| l.starts_with(prefix)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    };
+    let m1 = node.metrics();
+    assert!(m1.starts_with("HTTP/1.1 200"), "{m1}");
+    assert!(m1.contains("# TYPE cilium_drop_count counter"), "{m1}");
+    let drops1 = value(&m1, "cilium_drop_count_total{reason=\"Policy denied\",direction=\"INGRESS\"}");
+    assert!(drops1 >= 2, "{m1}");
+    assert!(value(&m1, "cilium_forward_count_total") > 0);
+    assert!(m1.contains("cilium_policy 1"), "{m1}");
+    assert!(m1.contains("cilium_endpoint_state{endpoint_state=\"ready\"} 3"), "{m1}");
+    assert!(m1.contains("cilium_bpf_map_pressure{map_name=\"palisade_policy_v1\"}"), "{m1}");
+    assert!(!cart.tcp(&back, 8080));
+    let drops2 = value(&node.metrics(), "cilium_drop_count_total{reason=\"Policy denied\",direction=\"INGRESS\"}");
+    assert!(drops2 > drops1, "drop counter moved: {drops1} -> {drops2}");
+
     // A flood of one denied flow: the datapath reports it about once a
     // second and counts the rest as suppressed; counters see every packet.
     for _ in 0..5 {

@@ -1,0 +1,156 @@
+//! Prometheus metrics on a loopback HTTP port (`--metrics-address`,
+//! default 127.0.0.1:9962 as Cilium's agent). Names keep Cilium's where
+//! Cilium has the metric (`cilium_drop_count_total{reason,direction}`,
+//! `cilium_forward_count_total{direction}`, `cilium_policy`,
+//! `cilium_identity`, `cilium_endpoint_state`, `cilium_bpf_map_pressure`),
+//! so existing dashboards read them. Each scrape takes one snapshot under
+//! the agent's lock and encodes it with prometheus-client.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+    registry::Registry,
+};
+
+use crate::daemon::Daemon;
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// (reason, direction, packets, is_drop)
+    counters: Vec<(String, String, u64, bool)>,
+    endpoints_ready: i64,
+    endpoints_not_ready: i64,
+    identities: i64,
+    policies: i64,
+    policy_entries: i64,
+    /// (map, entries, max_entries)
+    maps: Vec<(&'static str, i64, i64)>,
+    flows_lost: u64,
+    flows_suppressed: u64,
+}
+
+impl Snapshot {
+    fn take(d: &Daemon) -> Result<Self> {
+        let mut s = Snapshot::default();
+        for c in d.dp.counters()? {
+            let dir = if c.direction == palisade_bpf::DIR_INGRESS { "INGRESS" } else { "EGRESS" };
+            s.counters.push((c.reason.description().to_string(), dir.to_string(), c.packets, c.reason.is_drop()));
+        }
+        for e in d.store.endpoints.values() {
+            if d.dp.is_attached(e.ifindex, false) {
+                s.endpoints_ready += 1;
+            } else {
+                s.endpoints_not_ready += 1;
+            }
+        }
+        s.identities = d.store.identities.all().len() as i64;
+        s.policies = d.store.policies.len() as i64;
+        let cfg = &d.cfg.datapath;
+        s.policy_entries = d.dp.policy()?.len() as i64;
+        s.maps = vec![
+            ("palisade_policy_v1", s.policy_entries, i64::from(cfg.policy_max)),
+            ("palisade_ipcache_v1", d.dp.ipcache()?.len() as i64, i64::from(cfg.ipcache_max)),
+            ("palisade_ct_v1", d.dp.conntrack()?.len() as i64, i64::from(cfg.ct_max)),
+            ("palisade_endpoints_v1", d.dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
+        ];
+        (s.flows_lost, s.flows_suppressed) = d.dp.flow_stats()?;
+        Ok(s)
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        {
+            let mut m = enc.encode_descriptor("drop_count", "Dropped packets, by reason and direction", None, MetricType::Counter)?;
+            for (reason, dir, n, _) in self.counters.iter().filter(|c| c.3) {
+                ConstCounter::new(*n).encode(m.encode_family(&[("reason", reason.as_str()), ("direction", dir.as_str())])?)?;
+            }
+        }
+        {
+            let mut m = enc.encode_descriptor("forward_count", "Forwarded packets, by direction", None, MetricType::Counter)?;
+            for (reason, dir, n, _) in self.counters.iter().filter(|c| !c.3) {
+                ConstCounter::new(*n).encode(m.encode_family(&[("direction", dir.as_str()), ("reason", reason.as_str())])?)?;
+            }
+        }
+        ConstGauge::new(self.policies).encode(enc.encode_descriptor("policy", "Policies loaded", None, MetricType::Gauge)?)?;
+        ConstGauge::new(self.policy_entries).encode(enc.encode_descriptor(
+            "policy_map_entries",
+            "Entries in the policy map",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(self.identities).encode(enc.encode_descriptor("identity", "Security identities", None, MetricType::Gauge)?)?;
+        {
+            let mut m = enc.encode_descriptor("endpoint_state", "Endpoints by state", None, MetricType::Gauge)?;
+            ConstGauge::new(self.endpoints_ready).encode(m.encode_family(&[("endpoint_state", "ready")])?)?;
+            ConstGauge::new(self.endpoints_not_ready).encode(m.encode_family(&[("endpoint_state", "not-ready")])?)?;
+        }
+        {
+            let mut m = enc.encode_descriptor("bpf_map_pressure", "Fill ratio of each BPF map", None, MetricType::Gauge)?;
+            for (name, n, max) in &self.maps {
+                let ratio = if *max > 0 { *n as f64 / *max as f64 } else { 0.0 };
+                ConstGauge::new(ratio).encode(m.encode_family(&[("map_name", *name)])?)?;
+            }
+        }
+        ConstCounter::new(self.flows_lost).encode(enc.encode_descriptor(
+            "palisade_flow_events_lost",
+            "Flow events lost to a full ring buffer",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.flows_suppressed).encode(enc.encode_descriptor(
+            "palisade_flow_events_suppressed",
+            "Flow events suppressed by the per-flow rate limit",
+            None,
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}
+
+/// The metrics text of one scrape.
+pub fn render(d: &Daemon) -> Result<String> {
+    let mut reg = Registry::with_prefix("cilium");
+    reg.register_collector(Box::new(Snapshot::take(d)?));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg).context("encoding metrics")?;
+    Ok(out)
+}
+
+/// Serves `GET /metrics` on `addr` from a thread.
+pub fn spawn(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "metrics are served on a non-loopback address");
+    }
+    let l = TcpListener::bind(addr).with_context(|| format!("binding the metrics address {addr} (--metrics-address; 'off' disables)"))?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_err() {
+                continue;
+            }
+            let resp = if line.starts_with("GET /metrics") {
+                let body = render(&daemon.lock().unwrap_or_else(|p| p.into_inner()));
+                match body {
+                    Ok(b) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                        b.len()
+                    ),
+                    Err(e) => format!("HTTP/1.1 500 Internal Server Error\r\nConnection: close\r\n\r\n{e:#}\n"),
+                }
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 22\r\nConnection: close\r\n\r\nonly /metrics is here\n".to_string()
+            };
+            let _ = (&conn).write_all(resp.as_bytes());
+        }
+    })?;
+    Ok(())
+}
