@@ -109,6 +109,24 @@ banner "a bad policy is refused and changes nothing"
 printf 'apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: typo, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingres: []\n' >"$STATE/typo.yaml"
 "$BIN/palisade" policy apply -f "$STATE/typo.yaml" || true
 
+banner "palisade observe --verdict DROPPED --last 5 (flows, read straight from the ring)"
+"$BIN/palisade" observe --state-dir "$STATE/state" --verdict DROPPED --last 5
+banner "palisade observe --from-pod shop/frontend --last 2 -o json"
+"$BIN/palisade" observe --state-dir "$STATE/state" --from-pod shop/frontend --last 2 -o json
+
+banner "audit mode: default deny, audited first (palisade config set PolicyAuditMode=Enabled)"
+"$BIN/palisade" config set PolicyAuditMode=Enabled
+"$BIN/palisade" policy apply -f examples/policies/default-deny.yaml
+"$BIN/palisade" endpoint list
+matrix "shop/cart shop/backend 8080" "other/intruder shop/frontend 8080"
+"$BIN/palisade" observe --state-dir "$STATE/state" --verdict AUDIT --last 4
+"$BIN/palisade" config set PolicyAuditMode=Disabled
+"$BIN/palisade" policy delete default-deny -n shop
+
+banner "Prometheus metrics (curl 127.0.0.1:9962/metrics | grep drop_count)"
+exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -E '^cilium_(drop|forward)_count' <&3 || true
+exec 3<&-
+
 banner "palisade status (datapath counters by reason and direction)"
 "$BIN/palisade" status
 banner "done; cleaning up"

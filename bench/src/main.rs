@@ -36,16 +36,23 @@ enum Cmd {
         /// Also write results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Instead: ns/packet of every fixture with flow events on and off
+        /// (the cost of the flow path), at the first size.
+        #[arg(long)]
+        compare_flows: bool,
     },
 }
 
 fn main() -> Result<()> {
     match Args::parse().cmd {
-        Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json } => {
+        Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json, compare_flows } => {
             if quick {
                 sizes = vec![0, 1000];
                 repeat = 100_000;
                 samples = 300;
+            }
+            if compare_flows {
+                return flows_overhead(sizes.first().copied().unwrap_or(0), repeat, samples, json);
             }
             datapath(&sizes, repeat, samples, json)
         }
@@ -136,4 +143,48 @@ fn print_table(sizes: &[u32], rows: &[(String, Vec<f64>)]) {
         }
         println!("{line}");
     }
+}
+
+/// Every fixture with flow emission compiled in and out (two loads of the
+/// same object, `flows_enabled` rodata on and off), median of 5 rounds each.
+fn flows_overhead(size: u32, repeat: u32, samples: usize, json: Option<PathBuf>) -> Result<()> {
+    let mut dps = Vec::new();
+    for on in [true, false] {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}-{}", std::process::id(), if on { "on" } else { "off" }));
+        let mut cfg = DatapathConfig::new(&dir);
+        cfg.flows = on;
+        cfg.policy_max = cfg.policy_max.max(2 * size + 1024);
+        cfg.ipcache_max = cfg.ipcache_max.max(size + 1024);
+        dps.push((dir, Datapath::load(&cfg).context("loading the datapath (run as root)")?));
+    }
+    let result = (|| -> Result<serde_json::Value> {
+        let table = fixtures::table();
+        println!("Flow emission cost, ns/packet (BPF_PROG_TEST_RUN, size {size}, repeat {repeat}, median of 5 alternating rounds)\n");
+        println!("| fixture | flows on | flows off | cost |\n|---|---:|---:|---:|");
+        let mut rows = Vec::new();
+        for (i, f) in table.iter().enumerate() {
+            eprint!("\r[{}/{}] {:<55}", i + 1, table.len(), f.name);
+            let (mut on, mut off) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                on.push(fixtures::measure(&dps[0].1, f, repeat, samples, size)?);
+                off.push(fixtures::measure(&dps[1].1, f, repeat, samples, size)?);
+            }
+            on.sort_by(|a, b| a.total_cmp(b));
+            off.sort_by(|a, b| a.total_cmp(b));
+            let (a, b) = (on[2], off[2]);
+            let mark = if fixtures::opens_flow(f) { " †" } else { "" };
+            println!("| {}{mark} | {a:.0} | {b:.0} | {:+.0} |", f.name, a - b);
+            rows.push(serde_json::json!({ "fixture": f.name, "flows_on_ns": a, "flows_off_ns": b }));
+        }
+        eprintln!();
+        Ok(serde_json::json!({ "suite": "datapath-flows", "size": size, "repeat": repeat, "rows": rows }))
+    })();
+    for (dir, _) in &dps {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let v = result?;
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
