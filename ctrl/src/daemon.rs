@@ -59,6 +59,8 @@ pub struct Daemon {
     pub(crate) started_unix: u64,
     /// The node's own addresses, in the ipcache as identity host.
     host_ips: BTreeSet<Ipv4Addr>,
+    /// Time from `policy apply` to enforced (maps written), in µs.
+    pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -82,8 +84,17 @@ impl Daemon {
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;
-        let mut d =
-            Self { cfg, dp, state, store, installed: BTreeMap::new(), started_unix: now_unix(), _lock: lock, host_ips: BTreeSet::new() };
+        let mut d = Self {
+            cfg,
+            dp,
+            state,
+            store,
+            installed: BTreeMap::new(),
+            started_unix: now_unix(),
+            _lock: lock,
+            host_ips: BTreeSet::new(),
+            apply_latency: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
+        };
         d.read_installed()?;
         d.reconcile_endpoints()?;
         d.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
@@ -651,6 +662,16 @@ impl Daemon {
     }
 
     fn policy_apply(&mut self, file: &str, text: &str) -> Result<Value> {
+        let t0 = std::time::Instant::now();
+        let r = self.policy_apply_inner(file, text);
+        if r.is_ok() {
+            let us = t0.elapsed().as_micros().clamp(1, 600_000_000) as u64;
+            let _ = self.apply_latency.record(us);
+        }
+        r
+    }
+
+    fn policy_apply_inner(&mut self, file: &str, text: &str) -> Result<Value> {
         // Parse and validate everything first: a bad file changes nothing.
         let policies = parse_policies(file, text)?;
         for p in &policies {

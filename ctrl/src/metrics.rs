@@ -34,7 +34,12 @@ struct Snapshot {
     maps: Vec<(&'static str, i64, i64)>,
     flows_lost: u64,
     flows_suppressed: u64,
+    /// policy apply → enforced, seconds: (sum, count, per-bucket counts)
+    apply: (f64, u64, Vec<(f64, u64)>),
 }
+
+/// Histogram bucket upper bounds, seconds.
+const APPLY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 impl Snapshot {
     fn take(d: &Daemon) -> Result<Self> {
@@ -61,6 +66,17 @@ impl Snapshot {
             ("palisade_endpoints_v1", d.dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
         ];
         (s.flows_lost, s.flows_suppressed) = d.dp.flow_stats()?;
+        // Per-bucket counts from the hdr histogram (µs), then +Inf.
+        let h = &d.apply_latency;
+        let mut below = 0u64;
+        let mut buckets = Vec::new();
+        for b in APPLY_BUCKETS {
+            let upto = h.iter_recorded().filter(|v| v.value_iterated_to() <= (b * 1e6) as u64).map(|v| v.count_at_value()).sum::<u64>();
+            buckets.push((b, upto - below));
+            below = upto;
+        }
+        buckets.push((f64::INFINITY, h.len() - below));
+        s.apply = (h.mean() * h.len() as f64 / 1e6, h.len(), buckets);
         Ok(s)
     }
 }
@@ -99,6 +115,13 @@ impl Collector for Snapshot {
                 ConstGauge::new(ratio).encode(m.encode_family(&[("map_name", *name)])?)?;
             }
         }
+        enc.encode_descriptor(
+            "policy_implementation_delay",
+            "Time from policy apply to enforcement in the datapath",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            MetricType::Histogram,
+        )?
+        .encode_histogram::<prometheus_client::encoding::NoLabelSet>(self.apply.0, self.apply.1, &self.apply.2, None)?;
         ConstCounter::new(self.flows_lost).encode(enc.encode_descriptor(
             "palisade_flow_events_lost",
             "Flow events lost to a full ring buffer",
