@@ -361,6 +361,13 @@ impl Pod {
         run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &ip.to_string()])).status.success()
     }
 
+    /// Sends `count` UDP datagrams to `dst:port` as fast as it can; returns
+    /// how many the socket accepted.
+    pub fn flood(&self, dst: &Pod, port: u16, count: u32) -> u64 {
+        let out = run(self.in_ns(&bin("palisade-probe")).args(["flood", &format!("{}:{port}", dst.ip), "--count", &count.to_string()]));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
     /// Opens a long-lived TCP connection to `dst:port`.
     pub fn session(&self, dst: &Pod, port: u16) -> Session {
         let mut child = self

@@ -42,6 +42,12 @@ enum Cmd {
         #[arg(long, default_value_t = 800)]
         timeout_ms: u64,
     },
+    /// Sends COUNT UDP datagrams as fast as possible (no replies awaited).
+    Flood {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10000)]
+        count: u32,
+    },
     /// One TCP connection; for each stdin line, a round trip; prints ok/fail.
     Session {
         addr: SocketAddr,
@@ -55,6 +61,7 @@ fn main() {
         Cmd::Serve { tcp, udp } => serve(tcp, udp),
         Cmd::Tcp { addr, timeout_ms, bind } => tcp_once(addr, bind, Duration::from_millis(timeout_ms)),
         Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Flood { addr, count } => flood(addr, count),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
     };
     std::process::exit(code);
@@ -151,6 +158,18 @@ fn udp_once(addr: SocketAddr, t: Duration) -> i32 {
             1
         }
     }
+}
+
+fn flood(addr: SocketAddr, count: u32) -> i32 {
+    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return 2 };
+    let mut sent = 0u32;
+    for _ in 0..count {
+        if s.send_to(b"flood", addr).is_ok() {
+            sent += 1;
+        }
+    }
+    println!("{sent}");
+    0
 }
 
 fn session(addr: SocketAddr, t: Duration) -> i32 {
