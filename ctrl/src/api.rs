@@ -66,6 +66,13 @@ pub enum Request {
     PolicyGet {
         name: Option<String>,
     },
+    /// Replays `flows` (observe records) against the policies plus the
+    /// candidate in `text`.
+    PolicyPreview {
+        file: String,
+        text: String,
+        flows: Vec<serde_json::Value>,
+    },
     PolicyTrace {
         src: String,
         dst: String,

@@ -143,6 +143,31 @@ pub enum PolicyCmd {
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Draft CiliumNetworkPolicies from recorded flows (prints YAML to
+    /// review; applies nothing).
+    Suggest {
+        /// Required: draft from the flow rings.
+        #[arg(long, required = true)]
+        from_flows: bool,
+        /// Only workloads of this namespace.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Only flows newer than this (30s, 5m, 2h).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+        state_dir: PathBuf,
+    },
+    /// Replay recorded flows against the policies with FILE added (or
+    /// replacing its namesakes) and list the flows whose verdict changes.
+    Preview {
+        #[arg(short = 'f', long = "file", required = true)]
+        file: PathBuf,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+        state_dir: PathBuf,
+    },
     /// Which rule decides a connection between two endpoints, from the
     /// entries the datapath holds.
     Trace {
@@ -404,6 +429,49 @@ pub fn run(cli: Cli) -> Result<()> {
                     .flatten()
                     .map(|p| format!("{}: {} valid ({} rule(s))\n", s(&p["file"]), s(&p["policy"]), p["rules"]))
                     .collect()
+            })
+        }
+        Cmd::Policy(PolicyCmd::Suggest { from_flows: _, namespace, since, state_dir }) => {
+            let filter = crate::observe::Filter { since, ..Default::default() };
+            let flows = crate::observe::collect(&state_dir, &filter)?;
+            let (yaml, used) = crate::suggest::suggest(&flows, namespace.as_deref());
+            if used == 0 {
+                bail!(
+                    "no recorded flow of a labelled pod{} to draft from",
+                    namespace.map(|n| format!(" in namespace {n}")).unwrap_or_default()
+                );
+            }
+            println!("# Drafted by `palisade policy suggest` from {used} recorded flow(s). Review before applying:");
+            println!("# it allows what was seen, no more and no less.");
+            print!("{yaml}");
+            Ok(())
+        }
+        Cmd::Policy(PolicyCmd::Preview { file, since, state_dir }) => {
+            let text = read(&file)?;
+            palisade_policy::parse_policies(&file.display().to_string(), &text)?;
+            let filter = crate::observe::Filter { since, ..Default::default() };
+            let flows = crate::observe::collect(&state_dir, &filter)?;
+            let flows = flows.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
+            let v = req(Request::PolicyPreview { file: file.display().to_string(), text, flows })?;
+            print_or(json, &v, || {
+                let mut out = format!(
+                    "{} flow(s) replayed, {} would change verdict\n",
+                    v["replayed"],
+                    v["changed"].as_array().map_or(0, |a| a.len())
+                );
+                for c in v["changed"].as_array().into_iter().flatten() {
+                    out += &format!(
+                        "  {}  {} -> {} {}  {} -> {}  {}\n",
+                        s(&c["time"]),
+                        s(&c["source"]),
+                        s(&c["destination"]),
+                        s(&c["port"]),
+                        s(&c["before"]),
+                        s(&c["after"]),
+                        s(&c["reason"])
+                    );
+                }
+                out
             })
         }
         Cmd::Policy(PolicyCmd::Trace { src, dst, dport }) => {

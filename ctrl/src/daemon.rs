@@ -210,12 +210,7 @@ impl Daemon {
         let policies: Vec<_> = self.store.policies.values().cloned().collect();
         self.sync_cidrs(&policies)?;
         self.sync_host_ips()?;
-        let ids = &self.store.identities;
-        let mut named_ports: BTreeMap<u32, Vec<&compile::NamedPorts>> = BTreeMap::new();
-        for ep in self.store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
-            named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
-        }
-        let universe = compile::Universe { pods: ids.labelled().collect(), cidrs: ids.cidrs(), named_ports, mode: self.cfg.mode };
+        let universe = universe(&self.store, &self.store.identities, self.cfg.mode);
         let mut put = 0;
         let mut deleted = 0;
         let mut live = BTreeSet::new();
@@ -492,6 +487,7 @@ impl Daemon {
             Request::PolicyApply { file, text } => self.policy_apply(&file, &text),
             Request::PolicyDelete { names } => self.policy_delete(&names),
             Request::PolicyGet { name } => view::policy_get(self, name.as_deref()),
+            Request::PolicyPreview { file, text, flows } => self.policy_preview(&file, &text, flows),
             Request::PolicyTrace {
                 src,
                 dst,
@@ -754,6 +750,109 @@ impl Daemon {
         } else {
             format!("default/{name}")
         }
+    }
+}
+
+/// What peers can be, from the node's state (and an identity allocator,
+/// which preview replaces by a scratch copy).
+fn universe<'a>(store: &'a Store, ids: &'a crate::identity::IdentityAllocator, mode: EnforcementMode) -> compile::Universe<'a> {
+    let mut named_ports: BTreeMap<u32, Vec<&compile::NamedPorts>> = BTreeMap::new();
+    for ep in store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
+        named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
+    }
+    compile::Universe { pods: ids.labelled().collect(), cidrs: ids.cidrs(), named_ports, mode }
+}
+
+impl Daemon {
+    /// Replays observed flows against the current policies and against
+    /// them plus a candidate, without touching the datapath, and returns
+    /// the flows whose verdict would change.
+    fn policy_preview(&self, file: &str, text: &str, flows: Vec<Value>) -> Result<Value> {
+        use compile::Verdict;
+        let candidate = parse_policies(file, text)?;
+        let before: Vec<palisade_policy::Policy> = self.store.policies.values().cloned().collect();
+        let mut next = self.store.policies.clone();
+        for p in candidate {
+            next.insert(p.key(), p);
+        }
+        let after: Vec<palisade_policy::Policy> = next.into_values().collect();
+        let mut after_ids = self.store.identities.clone();
+        for c in compile::policy_cidrs(&after) {
+            after_ids.cidr_identity(c);
+        }
+        let cookies = compile::cookie_table(&after);
+        let u_before = universe(&self.store, &self.store.identities, self.cfg.mode);
+        let u_after = universe(&self.store, &after_ids, self.cfg.mode);
+        let mut compiled: BTreeMap<(u32, bool), Compiled> = BTreeMap::new();
+        let mut changed = Vec::new();
+        let mut replayed = 0;
+        for v in flows {
+            let Ok(f) = serde_json::from_value::<palisade_flow::Flow>(v) else { continue };
+            let ingress = f.traffic_direction == "INGRESS";
+            let (me, peer, peer_ip) =
+                if ingress { (&f.destination, &f.source, &f.ip.source) } else { (&f.source, &f.destination, &f.ip.destination) };
+            let Some(ep) = self.store.endpoints.values().find(|e| e.ep_id == me.id && me.id != 0) else { continue };
+            let (proto, port) = match &f.l4 {
+                palisade_flow::L4::Tcp { destination_port, .. } => (6, *destination_port),
+                palisade_flow::L4::Udp { destination_port, .. } => (17, *destination_port),
+                palisade_flow::L4::Sctp { destination_port, .. } => (132, *destination_port),
+                palisade_flow::L4::Icmpv4 { icmp_type } => (1, u16::from(*icmp_type)),
+                palisade_flow::L4::Other { .. } => continue,
+            };
+            // Peers outside the pods are re-resolved by address, so CIDRs
+            // the candidate introduces are seen as the datapath would see them.
+            let resolve = |ids: &crate::identity::IdentityAllocator| -> u32 {
+                if !peer.pod_name.is_empty() || peer.identity == palisade_bpf::identity::HOST {
+                    return peer.identity;
+                }
+                let Ok(ip) = peer_ip.parse::<Ipv4Addr>() else { return peer.identity };
+                ids.cidrs()
+                    .into_iter()
+                    .filter(|(_, c)| c.contains_ip(ip))
+                    .max_by_key(|(_, c)| c.len)
+                    .map_or(palisade_bpf::identity::WORLD, |(id, _)| id)
+            };
+            replayed += 1;
+            let dir = if ingress { palisade_bpf::DIR_INGRESS } else { palisade_bpf::DIR_EGRESS };
+            let bit = if ingress { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
+            let mut decide = |after_set: bool| -> Verdict {
+                let (pols, u, ids) = if after_set { (&after, &u_after, &after_ids) } else { (&before, &u_before, &self.store.identities) };
+                let c = compiled.entry((ep.ep_id, after_set)).or_insert_with(|| {
+                    let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
+                    compile::compile_endpoint(&subject, pols, u)
+                });
+                compile::verdict(&c.entries, c.flags & bit != 0, resolve(ids), dir, proto, port)
+            };
+            let (b, a) = (decide(false), decide(true));
+            let ok = |v: &Verdict| matches!(v, Verdict::NotEnforced | Verdict::Allowed { .. });
+            if ok(&b) != ok(&a) {
+                let reason = match &a {
+                    Verdict::Allowed { cookie, .. } | Verdict::Denied { cookie, .. } => {
+                        cookies.get(cookie).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_default()
+                    }
+                    Verdict::DefaultDeny => "default deny".to_string(),
+                    Verdict::NotEnforced => "not enforced".to_string(),
+                };
+                let name = |e: &palisade_flow::Endpoint, ip: &str| {
+                    if e.pod_name.is_empty() {
+                        ip.to_string()
+                    } else {
+                        format!("{}/{}", e.namespace, e.pod_name)
+                    }
+                };
+                changed.push(json!({
+                    "time": f.time,
+                    "source": name(&f.source, &f.ip.source),
+                    "destination": name(&f.destination, &f.ip.destination),
+                    "direction": f.traffic_direction,
+                    "port": format!("{port}/{}", f.l4.protocol_name().to_uppercase()),
+                    "before": if ok(&b) { "ALLOWED" } else { "DENIED" },
+                    "after": if ok(&a) { "ALLOWED" } else { "DENIED" },
+                    "reason": reason,
+                }));
+            }
+        }
+        Ok(json!({ "replayed": replayed, "changed": changed }))
     }
 }
 

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod netplumb;
 pub mod observe;
 pub mod state;
+pub mod suggest;
 pub mod view;

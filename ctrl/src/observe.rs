@@ -103,6 +103,16 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// Every held flow that passes `filter`, oldest first.
+pub fn collect(state_dir: &Path, filter: &Filter) -> Result<Vec<Flow>> {
+    filter.check()?;
+    let since = filter.since_ns(now_ns())?;
+    let mut flows: Vec<Flow> =
+        open_readers(state_dir)?.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
+    flows.sort_by_key(|f| f.time_ns);
+    Ok(flows)
+}
+
 fn open_readers(state_dir: &Path) -> Result<Vec<Reader>> {
     let dir = crate::flows::ring_dir(state_dir);
     let entries = std::fs::read_dir(&dir).with_context(|| {

@@ -149,3 +149,45 @@ fn a_flood_keeps_counters_and_does_not_stall_privileged_test() {
     assert!(suppressed + flows.len() as u64 >= counted * 9 / 10, "suppressed {suppressed} + reported {} vs counted {counted}", flows.len());
     assert_eq!(after["flows"]["lost"], 0, "the ring never filled");
 }
+
+/// From recorded flows: `policy preview` says which would change verdict
+/// under a candidate, and `policy suggest` drafts a policy that keeps what
+/// was seen and closes the rest.
+#[test]
+fn preview_and_suggest_from_flows_privileged_test() {
+    let mut node = Node::new();
+    let mut front = node.pod("shop/frontend", "app=frontend");
+    let mut back = node.pod("shop/backend", "app=backend");
+    let cart = node.pod("shop/cart", "app=cart");
+    back.serve(&[8080, 9090]);
+    front.serve(&[8080]);
+    assert!(front.tcp(&back, 8080));
+    assert!(cart.tcp(&back, 9090));
+    node.wait_flows(&[], 4);
+    let state = node.tmp.join("state");
+    let state = state.to_str().unwrap();
+
+    let p = node.json(&["policy", "preview", "-f", &palisade_netns_tests::example("allow-frontend-to-backend.yaml"), "--state-dir", state]);
+    let changed = p["changed"].as_array().unwrap();
+    assert_eq!(changed.len(), 1, "{p:#}");
+    assert_eq!(changed[0]["source"], "shop/cart");
+    assert_eq!(changed[0]["destination"], "shop/backend");
+    assert_eq!(changed[0]["port"], "9090/TCP");
+    assert_eq!((changed[0]["before"].as_str(), changed[0]["after"].as_str()), (Some("ALLOWED"), Some("DENIED")));
+    assert!(p["replayed"].as_u64().unwrap() >= 4);
+    assert!(node.json(&["policy", "get"]).as_array().unwrap().is_empty(), "preview applies nothing");
+
+    let yaml = node.ok(&["policy", "suggest", "--from-flows", "-n", "shop", "--state-dir", state]);
+    assert!(yaml.contains("kind: CiliumNetworkPolicy") && yaml.contains("suggested-backend"), "{yaml}");
+    let f = node.tmp.join("suggested.yaml");
+    std::fs::write(&f, &yaml).unwrap();
+    node.ok(&["policy", "validate", "-f", f.to_str().unwrap()]);
+    node.ok(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(front.tcp(&back, 8080), "seen: kept");
+    assert!(cart.tcp(&back, 9090), "seen: kept");
+    assert!(!front.tcp(&back, 9090), "never seen: closed");
+    // The draft selects only the directions it saw traffic in: backend's
+    // egress and frontend's ingress stay as they were (open).
+    assert!(back.tcp(&front, 8080));
+    assert!(yaml.contains("suggested-frontend") && yaml.contains("toEndpoints"), "frontend's observed egress is drafted: {yaml}");
+}
