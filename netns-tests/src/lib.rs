@@ -207,6 +207,18 @@ impl Node {
         }
     }
 
+    /// Packets counted under `reason` (both directions), from `palisade status`.
+    pub fn counter(&self, reason: &str) -> u64 {
+        let st = self.json(&["status"]);
+        st["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .filter(|c| c["reason"] == reason)
+            .map(|c| c["packets"].as_u64().unwrap_or(0))
+            .sum()
+    }
+
     /// The agent's Prometheus metrics (scraped inside the node's netns).
     pub fn metrics(&self) -> String {
         let out = run(Command::new("ip").args([

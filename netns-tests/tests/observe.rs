@@ -78,9 +78,8 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     }
     let st = node.json(&["status"]);
     assert!(st["flows"]["suppressed"].as_u64().unwrap() + st["flows"]["lost"].as_u64().unwrap() < 1000);
-    let denied: u64 =
-        st["counters"].as_array().unwrap().iter().filter(|c| c["reason"] == "Policy denied").map(|c| c["packets"].as_u64().unwrap()).sum();
-    assert!(denied >= 7, "every dropped packet is counted: {st}");
+    let denied = node.counter("Policy denied");
+    assert!(denied >= 7, "every dropped packet is counted: {denied}");
 }
 
 #[test]
@@ -133,15 +132,12 @@ fn a_flood_keeps_counters_and_does_not_stall_privileged_test() {
     let cart = node.pod("shop/cart", "app=cart");
     back.serve(&[8080]);
     node.apply_example("allow-frontend-to-backend.yaml");
-    let before = node.json(&["status"]);
-    let denied = |st: &serde_json::Value| -> u64 {
-        st["counters"].as_array().unwrap().iter().filter(|c| c["reason"] == "Policy denied").map(|c| c["packets"].as_u64().unwrap()).sum()
-    };
+    let before = node.counter("Policy denied");
     let sent = cart.flood(&back, 8080, 50_000);
     assert!(sent >= 45_000, "flood sent {sent}");
     assert!(front.tcp(&back, 8080), "allowed traffic flows during and after the flood");
     let after = node.json(&["status"]);
-    let counted = denied(&after) - denied(&before);
+    let counted = node.counter("Policy denied") - before;
     assert!(counted >= sent * 95 / 100, "every dropped packet counted: {counted} of {sent}");
     let flows = node.wait_flows(&["--from-pod", "shop/cart"], 1);
     assert!(flows.len() < 50, "the flood is reported as a few rate-limited events, got {}", flows.len());
