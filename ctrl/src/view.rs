@@ -131,7 +131,7 @@ pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
 
 pub fn conntrack(d: &Daemon) -> Result<Value> {
     let by_id: BTreeMap<u32, &str> = d.store.endpoints.values().map(|e| (e.ep_id, e.name.as_str())).collect();
-    let now = monotonic_ns();
+    let now = palisade_bpf::monotonic_ns();
     Ok(Value::Array(
         d.dp.conntrack()?
             .iter()
@@ -151,15 +151,6 @@ pub fn conntrack(d: &Daemon) -> Result<Value> {
     ))
 }
 
-fn monotonic_ns() -> u64 {
-    // bpf_ktime_get_ns() is CLOCK_MONOTONIC; /proc/uptime is close enough
-    // for ages in seconds and needs no unsafe.
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|s| (s * 1e9) as u64)
-        .unwrap_or(0)
-}
 
 pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     match name {
