@@ -4,6 +4,9 @@
 //! (rules, identities and host addresses installed around the fixtures).
 #![forbid(unsafe_code)]
 
+mod plot;
+mod vs;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -19,6 +22,51 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Two pods through the node with N equivalent rules, as iptables,
+    /// nftables (chain and set) and Palisade: UDP pps and TCP throughput
+    /// (iperf3), request/response latency, time to add a rule; everything
+    /// relative to the no-policy baseline of the same run.
+    VsIptables {
+        #[arg(long, value_delimiter = ',', default_value = "0,100,1000,10000")]
+        sizes: Vec<usize>,
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+        /// Repeats per measurement (medians are reported).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Reduced matrix (N = 0, 1000; 2 s; one repeat), about two minutes.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Directory for the SVG plots.
+        #[arg(long, default_value = "results")]
+        out: PathBuf,
+    },
+    /// (internal) Plumbs a plain pod from inside a node's namespace.
+    #[command(hide = true)]
+    Plumb {
+        #[arg(long)]
+        netns: String,
+        #[arg(long)]
+        ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        ifname: String,
+    },
+    /// (internal) Request/response echo server.
+    #[command(hide = true)]
+    RrServer {
+        #[arg(long)]
+        port: u16,
+    },
+    /// (internal) Request/response client; prints p50/p99 as JSON.
+    #[command(hide = true)]
+    RrClient {
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 20000)]
+        count: u32,
+    },
     /// ns/packet of each datapath fixture (BPF_PROG_TEST_RUN), by map size.
     Datapath {
         /// Map sizes to measure at (rules, identities and addresses each).
@@ -45,6 +93,21 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Args::parse().cmd {
+        Cmd::VsIptables { mut sizes, mut secs, mut repeats, quick, json, out } => {
+            if quick {
+                sizes = vec![0, 1000];
+                secs = 2;
+                repeats = 1;
+            }
+            vs_iptables(&sizes, secs, repeats, json, &out)
+        }
+        Cmd::Plumb { netns, ip, ifname } => {
+            let c = palisade_ctrl::netplumb::create(&netns, &ifname, ip)?;
+            palisade_ctrl::netplumb::prepare_node()?;
+            palisade_ctrl::netplumb::bring_up(&ifname, ip, &c.pod_mac)
+        }
+        Cmd::RrServer { port } => vs::rr_server(port),
+        Cmd::RrClient { addr, count } => vs::rr_client(addr, count),
         Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json, compare_flows } => {
             if quick {
                 sizes = vec![0, 1000];
@@ -187,4 +250,65 @@ fn flows_overhead(size: u32, repeat: u32, samples: usize, json: Option<PathBuf>)
         std::fs::write(&p, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>, out: &std::path::Path) -> Result<()> {
+    let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+    for tool in ["iperf3", "iptables-restore", "nft", "taskset"] {
+        if which(tool).is_none() {
+            anyhow::bail!("{tool} not found: run scripts/setup.sh (installs iperf3, iptables, nftables)");
+        }
+    }
+    let v = vs::run(sizes, secs, repeats, &bin_dir)?;
+    let rows = v["rows"].as_array().cloned().unwrap_or_default();
+    let base = rows.iter().find(|r| r["plane"] == "no policy").cloned().unwrap_or_default();
+    let ratio = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0) / base[k].as_f64().unwrap_or(1.0).max(1e-9) * 100.0;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "Pod → node → pod over veth, client and server pinned to CPUs 0 and 1; iperf3 {secs} s × {repeats} (medians); kernel {}\n",
+        kernel.trim()
+    );
+    println!("| dataplane | N rules | UDP 64 B pps | vs base | TCP Gbit/s | vs base | RR p50 µs | RR p99 µs | add 1 rule ms |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0}% | {:.2} | {:.0}% | {:.0} | {:.0} | {} |",
+            r["plane"].as_str().unwrap_or(""),
+            r["n"],
+            r["udp_pps"].as_f64().unwrap_or(0.0),
+            ratio(r, "udp_pps"),
+            r["tcp_gbps"].as_f64().unwrap_or(0.0),
+            ratio(r, "tcp_gbps"),
+            r["rr_p50_us"].as_f64().unwrap_or(0.0),
+            r["rr_p99_us"].as_f64().unwrap_or(0.0),
+            r["add_rule_ms"].as_f64().map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+        );
+    }
+    std::fs::create_dir_all(out)?;
+    for (key, title, unit) in
+        [("udp_pps", "UDP 64-byte packets/s vs rules", "packets/s"), ("rr_p99_us", "Request/response p99 vs rules", "µs")]
+    {
+        let mut series = Vec::new();
+        for plane in vs::Plane::ALL.iter().filter(|p| **p != vs::Plane::Baseline) {
+            let pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| r["plane"] == plane.name())
+                .map(|r| (r["n"].as_f64().unwrap_or(0.0), r[key].as_f64().unwrap_or(0.0)))
+                .collect();
+            series.push(plot::Series { name: plane.name().into(), points: pts });
+        }
+        let bp: Vec<(f64, f64)> = sizes.iter().map(|n| (*n as f64, base[key].as_f64().unwrap_or(0.0))).collect();
+        series.push(plot::Series { name: "no policy".into(), points: bp });
+        let path = out.join(format!("vs-iptables-{key}.svg"));
+        std::fs::write(&path, plot::line_chart(title, "rules (N)", unit, &series))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(p) = json {
+        std::fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+    }
+    Ok(())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join(tool)).find(|p| p.is_file())
 }

@@ -151,7 +151,6 @@ pub fn conntrack(d: &Daemon) -> Result<Value> {
     ))
 }
 
-
 pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     match name {
         Some(n) => {

@@ -1,0 +1,427 @@
+//! `palisade-bench vs-iptables`: two pods through a node, with N equivalent
+//! rules (the allowing rule last) as an iptables FORWARD chain, an nftables
+//! chain, an nftables set, or Palisade policy; UDP packet rate and TCP
+//! throughput with iperf3, request/response latency with our own client,
+//! and the time to add one rule. The no-policy baseline (plain veths, no
+//! program, no rule) is measured in the same run; everything is reported
+//! relative to it. Each dataplane gets a fresh node and pods (network
+//! namespaces), removed afterwards, also on error.
+use std::{
+    io::Write,
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 20);
+const PORT: u16 = 5201;
+const RR_PORT: u16 = 7000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Baseline,
+    Iptables,
+    Nft,
+    NftSet,
+    Palisade,
+}
+
+impl Plane {
+    pub const ALL: [Plane; 5] = [Plane::Baseline, Plane::Iptables, Plane::Nft, Plane::NftSet, Plane::Palisade];
+    pub fn name(self) -> &'static str {
+        match self {
+            Plane::Baseline => "no policy",
+            Plane::Iptables => "iptables (linear)",
+            Plane::Nft => "nftables (linear)",
+            Plane::NftSet => "nftables (set)",
+            Plane::Palisade => "palisade",
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {}", args[0]))?;
+    if !out.status.success() {
+        bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn sh_stdin(args: &[&str], input: &str) -> Result<()> {
+    let mut c = Command::new(args[0]).args(&args[1..]).stdin(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    c.stdin.take().expect("stdin").write_all(input.as_bytes())?;
+    let out = c.wait_with_output()?;
+    if !out.status.success() {
+        bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().expect("own path")
+}
+
+/// A node with two pods; torn down on drop.
+pub struct Topo {
+    pub tag: String,
+    pub node: String,
+    pub client: String,
+    pub server: String,
+    ctrl: Option<std::process::Child>,
+    tmp: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Topo {
+    pub fn new(plane: Plane, bin_dir: &std::path::Path) -> Result<Self> {
+        let tag = format!("pbv{:x}{}", std::process::id() & 0xffff, plane as u8);
+        let t = Topo {
+            node: format!("{tag}-node"),
+            client: format!("{tag}-c"),
+            server: format!("{tag}-s"),
+            tmp: std::env::temp_dir().join(&tag),
+            tag,
+            ctrl: None,
+            bin_dir: bin_dir.to_path_buf(),
+        };
+        std::fs::create_dir_all(&t.tmp)?;
+        for ns in [&t.node, &t.client, &t.server] {
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        if plane == Plane::Palisade {
+            let log = std::fs::File::create(t.tmp.join("ctrl.log"))?;
+            let child = Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", t.node))
+                .arg(bin_dir.join("palisade-ctrl"))
+                .args(["--bpf-dir", &format!("/sys/fs/bpf/palisade-bench/{}", t.tag)])
+                .args(["--state-dir", &t.tmp.join("state").display().to_string()])
+                .args(["--socket", &t.tmp.join("ctrl.sock").display().to_string()])
+                .args(["--metrics-address", "off"])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting palisade-ctrl")?;
+            let mut t = t;
+            t.ctrl = Some(child);
+            let t0 = Instant::now();
+            while t.cli(&["status"]).is_err() {
+                if t0.elapsed() > Duration::from_secs(20) {
+                    bail!("palisade-ctrl did not start: {}", std::fs::read_to_string(t.tmp.join("ctrl.log")).unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            t.cli(&["endpoint", "add", "bench/client", "--netns", &t.client, "--ip", &CLIENT_IP.to_string(), "--labels", "app=client"])?;
+            t.cli(&["endpoint", "add", "bench/server", "--netns", &t.server, "--ip", &SERVER_IP.to_string(), "--labels", "app=server"])?;
+            return Ok(t);
+        }
+        // Plain pods, plumbed exactly as palisade-ctrl does (same code, run
+        // inside the node's namespace), but with no program attached.
+        for (ns, ip, ifname) in [(&t.client, CLIENT_IP, "hc"), (&t.server, SERVER_IP, "hs")] {
+            sh(&[
+                "nsenter",
+                &format!("--net=/run/netns/{}", t.node),
+                exe().to_str().expect("utf-8 path"),
+                "plumb",
+                "--netns",
+                ns,
+                "--ip",
+                &ip.to_string(),
+                "--ifname",
+                ifname,
+            ])?;
+        }
+        Ok(t)
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut a =
+            vec![self.bin_dir.join("palisade").display().to_string(), "--socket".into(), self.tmp.join("ctrl.sock").display().to_string()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        sh(&refs)
+    }
+
+    fn in_ns(&self, ns: &str, cpu: u8, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, "taskset", "-c", &cpu.to_string()]).args(args);
+        c
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.ctrl.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in [&self.client, &self.server, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/palisade-bench/{}", self.tag));
+        let _ = std::fs::remove_dir("/sys/fs/bpf/palisade-bench");
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Ports of the N non-matching rules (the allowing rule is PORT, last).
+fn filler_ports(n: usize) -> impl Iterator<Item = u32> {
+    (0..n as u32).map(|i| 10_000 + i)
+}
+
+/// Installs N rules that do not match the test traffic, then the allowing
+/// rules (UDP and TCP to the iperf port, TCP to the RR port) last.
+pub fn install(t: &Topo, plane: Plane, n: usize) -> Result<()> {
+    let (c, s) = (CLIENT_IP, SERVER_IP);
+    match plane {
+        Plane::Baseline => Ok(()),
+        Plane::Iptables => {
+            // Stateless, like the reference measurement: every packet walks
+            // the chain (replies are allowed by the source-port rules).
+            let mut r = String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+            for p in filler_ports(n) {
+                r += &format!("-A FORWARD -s {c} -d {s} -p udp --dport {} -j ACCEPT\n", p);
+            }
+            for (proto, port) in [("udp", PORT), ("tcp", PORT), ("tcp", RR_PORT)] {
+                r += &format!("-A FORWARD -s {c} -d {s} -p {proto} --dport {port} -j ACCEPT\n");
+                r += &format!("-A FORWARD -s {s} -d {c} -p {proto} --sport {port} -j ACCEPT\n");
+            }
+            r += "COMMIT\n";
+            sh_stdin(&["ip", "netns", "exec", &t.node, "iptables-restore"], &r)
+        }
+        Plane::Nft => {
+            let mut r = String::from("table inet pbench {\n chain fwdfilter {\n  type filter hook forward priority 0; policy drop;\n");
+            for p in filler_ports(n) {
+                r += &format!("  ip saddr {c} ip daddr {s} udp dport {p} accept\n");
+            }
+            for (proto, port) in [("udp", PORT), ("tcp", PORT), ("tcp", RR_PORT)] {
+                r += &format!("  ip saddr {c} ip daddr {s} {proto} dport {port} accept\n");
+                r += &format!("  ip saddr {s} ip daddr {c} {proto} sport {port} accept\n");
+            }
+            r += " }\n}\n";
+            sh_stdin(&["ip", "netns", "exec", &t.node, "nft", "-f", "-"], &r)
+        }
+        Plane::NftSet => {
+            let mut elems: Vec<String> = filler_ports(n).map(|p| format!("{c} . udp . {p}")).collect();
+            for (proto, port) in [("udp", PORT), ("tcp", PORT), ("tcp", RR_PORT)] {
+                elems.push(format!("{c} . {proto} . {port}"));
+            }
+            let mut r = String::from("table inet pbench {\n set allowed {\n  type ipv4_addr . inet_proto . inet_service\n");
+            r += &format!("  elements = {{ {} }}\n }}\n", elems.join(", "));
+            r += " set replies {\n  type ipv4_addr . inet_proto . inet_service\n";
+            r += &format!("  elements = {{ {s} . udp . {PORT}, {s} . tcp . {PORT}, {s} . tcp . {RR_PORT} }}\n }}\n");
+            r += " chain fwdfilter {\n  type filter hook forward priority 0; policy drop;\n";
+            r += "  ip saddr . meta l4proto . th dport @allowed accept\n  ip saddr . meta l4proto . th sport @replies accept\n }\n}\n";
+            sh_stdin(&["ip", "netns", "exec", &t.node, "nft", "-f", "-"], &r)
+        }
+        Plane::Palisade => {
+            let f = t.tmp.join("policy.yaml");
+            std::fs::write(&f, palisade_policy(n, 0))?;
+            t.cli(&["policy", "apply", "-f", f.to_str().expect("utf-8")]).map(|_| ())
+        }
+    }
+}
+
+/// N ingress port rules for the client identity, the real ones last
+/// (`extra` more filler rules for the update measurement).
+fn palisade_policy(n: usize, extra: usize) -> String {
+    let mut ports: Vec<String> = filler_ports(n + extra).map(|p| format!("{{port: \"{p}\", protocol: UDP}}")).collect();
+    for (proto, port) in [("UDP", PORT), ("TCP", PORT), ("TCP", RR_PORT)] {
+        ports.push(format!("{{port: \"{port}\", protocol: {proto}}}"));
+    }
+    format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: bench, namespace: bench}}\nspec:\n  endpointSelector: {{matchLabels: {{app: server}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n    toPorts: [{{ports: [{}]}}]\n",
+        ports.join(", ")
+    )
+}
+
+/// Time to add one more rule to a set of N, until enforced.
+pub fn update_time(t: &Topo, plane: Plane, n: usize) -> Result<Option<f64>> {
+    let (c, s) = (CLIENT_IP, SERVER_IP);
+    let t0 = Instant::now();
+    match plane {
+        Plane::Baseline => return Ok(None),
+        Plane::Iptables => {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &t.node,
+                "iptables",
+                "-I",
+                "FORWARD",
+                "1",
+                "-s",
+                &c.to_string(),
+                "-d",
+                &s.to_string(),
+                "-p",
+                "udp",
+                "--dport",
+                "9",
+                "-j",
+                "ACCEPT",
+            ])?;
+        }
+        Plane::Nft => {
+            sh(&[
+                "ip",
+                "netns",
+                "exec",
+                &t.node,
+                "nft",
+                "insert",
+                "rule",
+                "inet",
+                "pbench",
+                "fwdfilter",
+                "ip",
+                "saddr",
+                &c.to_string(),
+                "udp",
+                "dport",
+                "9",
+                "accept",
+            ])?;
+        }
+        Plane::NftSet => {
+            sh(&["ip", "netns", "exec", &t.node, "nft", "add", "element", "inet", "pbench", "allowed", &format!("{{ {c} . udp . 9 }}")])?;
+        }
+        Plane::Palisade => {
+            let f = t.tmp.join("policy.yaml");
+            std::fs::write(&f, palisade_policy(n, 1))?;
+            let t0 = Instant::now();
+            t.cli(&["policy", "apply", "-f", f.to_str().expect("utf-8")])?;
+            return Ok(Some(t0.elapsed().as_secs_f64() * 1e3));
+        }
+    }
+    Ok(Some(t0.elapsed().as_secs_f64() * 1e3))
+}
+
+/// UDP packets/s received with 64-byte payloads, over `secs`.
+pub fn udp_pps(t: &Topo, secs: u32) -> Result<f64> {
+    let v = iperf(t, secs, &["-u", "-b", "0", "-l", "64"])?;
+    let sum = &v["end"]["sum"];
+    let recv = sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    Ok(recv / sum["seconds"].as_f64().unwrap_or(1.0).max(0.001))
+}
+
+/// TCP Gbit/s received.
+pub fn tcp_gbps(t: &Topo, secs: u32) -> Result<f64> {
+    let v = iperf(t, secs, &[])?;
+    Ok(v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9)
+}
+
+fn iperf(t: &Topo, secs: u32, extra: &[&str]) -> Result<Value> {
+    let mut server =
+        t.in_ns(&t.server, 1, &["iperf3", "-s", "-1", "-p", &PORT.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut args = vec!["iperf3", "-c", "10.200.0.20", "-p", "5201", "-J", "-t"];
+    let s = secs.to_string();
+    args.push(&s);
+    args.extend(extra);
+    let out = t.in_ns(&t.client, 0, &args).output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).context("parsing iperf3 JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+/// Request/response latency over one TCP connection (p50, p99 in µs).
+pub fn rr(t: &Topo, count: u32) -> Result<(f64, f64)> {
+    let exe = exe();
+    let exe = exe.to_str().expect("utf-8 path");
+    let mut server = t.in_ns(&t.server, 1, &[exe, "rr-server", "--port", &RR_PORT.to_string()]).stdout(Stdio::null()).spawn()?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = t.in_ns(&t.client, 0, &[exe, "rr-client", &format!("{SERVER_IP}:{RR_PORT}"), "--count", &count.to_string()]).output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("rr-client: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((v["p50_us"].as_f64().unwrap_or(0.0), v["p99_us"].as_f64().unwrap_or(0.0)))
+}
+
+/// The TCP_RR-style server: echoes 64-byte requests.
+pub fn rr_server(port: u16) -> Result<()> {
+    use std::io::Read;
+    let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    for c in l.incoming() {
+        let mut c = c?;
+        c.set_nodelay(true)?;
+        let mut buf = [0u8; 64];
+        while c.read_exact(&mut buf).is_ok() {
+            if c.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn rr_client(addr: std::net::SocketAddr, count: u32) -> Result<()> {
+    use std::io::Read;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    c.set_nodelay(true)?;
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    let buf = [7u8; 64];
+    let mut back = [0u8; 64];
+    for i in 0..count + 100 {
+        let t0 = Instant::now();
+        c.write_all(&buf)?;
+        c.read_exact(&mut back)?;
+        if i >= 100 {
+            h.record(t0.elapsed().as_nanos().max(1000) as u64 / 1000)?;
+        }
+    }
+    println!("{}", json!({ "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99), "count": h.len() }));
+    Ok(())
+}
+
+/// One suite run: every dataplane at every N.
+pub fn run(sizes: &[usize], secs: u32, repeats: usize, bin_dir: &std::path::Path) -> Result<Value> {
+    let mut rows = Vec::new();
+    let total = sizes.len() * Plane::ALL.len();
+    let mut step = 0;
+    for &n in sizes {
+        for plane in Plane::ALL {
+            step += 1;
+            if plane == Plane::Baseline && n != sizes[0] {
+                continue; // the baseline has no rules: measured once
+            }
+            eprint!("\r[{step}/{total}] {:<20} N={n:<6}", plane.name());
+            let t = Topo::new(plane, bin_dir)?;
+            install(&t, plane, n)?;
+            let mut udp = Vec::new();
+            let mut tcp = Vec::new();
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for _ in 0..repeats {
+                udp.push(udp_pps(&t, secs)?);
+                tcp.push(tcp_gbps(&t, secs)?);
+                let (a, b) = rr(&t, 20_000)?;
+                p50.push(a);
+                p99.push(b);
+            }
+            let update_ms = update_time(&t, plane, n)?;
+            rows.push(json!({
+                "plane": plane.name(), "n": n,
+                "udp_pps": median(udp), "tcp_gbps": median(tcp), "rr_p50_us": median(p50), "rr_p99_us": median(p99),
+                "add_rule_ms": update_ms,
+            }));
+        }
+    }
+    eprintln!();
+    Ok(json!({ "suite": "vs-iptables", "secs": secs, "repeats": repeats, "rows": rows }))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
