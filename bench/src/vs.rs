@@ -17,6 +17,24 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+/// Namespaces this process made and has not removed yet: an interrupt
+/// (Ctrl-C) removes them before exiting, as a normal end would.
+static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Installs the interrupt handler that cleans up (once per process).
+pub fn cleanup_on_interrupt() -> Result<()> {
+    ctrlc::set_handler(|| {
+        let live = LIVE.lock().map(|v| v.clone()).unwrap_or_default();
+        for ns in live {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let _ = std::fs::remove_dir_all("/sys/fs/bpf/palisade-bench");
+        eprintln!("\ninterrupted: removed the benchmark's namespaces");
+        std::process::exit(130);
+    })
+    .context("installing the interrupt handler")
+}
+
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 20);
 const PORT: u16 = 5201;
@@ -91,6 +109,7 @@ impl Topo {
         };
         std::fs::create_dir_all(&t.tmp)?;
         for ns in [&t.node, &t.client, &t.server] {
+            LIVE.lock().map_err(|_| anyhow::anyhow!("lock"))?.push(ns.clone());
             sh(&["ip", "netns", "add", ns])?;
             sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
         }
@@ -162,6 +181,9 @@ impl Drop for Topo {
         }
         for ns in [&self.client, &self.server, &self.node] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            if let Ok(mut l) = LIVE.lock() {
+                l.retain(|n| n != ns);
+            }
         }
         let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/palisade-bench/{}", self.tag));
         let _ = std::fs::remove_dir("/sys/fs/bpf/palisade-bench");
@@ -386,6 +408,7 @@ pub fn rr_client(addr: std::net::SocketAddr, count: u32) -> Result<()> {
 
 /// One suite run: every dataplane at every N.
 pub fn run(sizes: &[usize], secs: u32, repeats: usize, bin_dir: &std::path::Path) -> Result<Value> {
+    cleanup_on_interrupt()?;
     let mut rows = Vec::new();
     let total = sizes.len() * Plane::ALL.len();
     let mut step = 0;
