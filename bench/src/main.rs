@@ -4,6 +4,7 @@
 //! (rules, identities and host addresses installed around the fixtures).
 #![forbid(unsafe_code)]
 
+mod apply;
 mod plot;
 mod vs;
 
@@ -43,6 +44,21 @@ enum Cmd {
         /// Directory for the SVG plots.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+    },
+    /// Policy apply latency (apply → enforced) for one CNP over N endpoints
+    /// and for a change touching one endpoint among N; agent RSS and BPF
+    /// map memory at N endpoints (one identity each).
+    Apply {
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        endpoints: Vec<usize>,
+        /// Applies per measurement.
+        #[arg(long, default_value_t = 50)]
+        rounds: usize,
+        /// N = 10, 100; 20 rounds.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// (internal) Plumbs a plain pod from inside a node's namespace.
     #[command(hide = true)]
@@ -100,6 +116,37 @@ fn main() -> Result<()> {
                 repeats = 1;
             }
             vs_iptables(&sizes, secs, repeats, json, &out)
+        }
+        Cmd::Apply { mut endpoints, mut rounds, quick, json } => {
+            if quick {
+                endpoints = vec![10, 100];
+                rounds = 20;
+            }
+            let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+            let v = apply::run(&endpoints, rounds, &bin_dir)?;
+            println!("Policy apply → enforced (CLI round trip; maps written before it returns), {rounds} applies each; memory of palisade-ctrl\n");
+            println!("| endpoints | identities | policy entries | add endpoint ms | 1 CNP on all p50 / p99 ms | change on 1 endpoint p50 / p99 ms | agent RSS MiB | BPF maps MiB |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for r in v["rows"].as_array().into_iter().flatten() {
+                let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+                println!(
+                    "| {} | {} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+                    r["endpoints"],
+                    r["identities"],
+                    r["policy_entries"],
+                    f("endpoint_add_ms"),
+                    f("all_p50_ms"),
+                    f("all_p99_ms"),
+                    f("one_p50_ms"),
+                    f("one_p99_ms"),
+                    f("rss_kib") / 1024.0,
+                    f("map_memory_kib") / 1024.0
+                );
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+            }
+            Ok(())
         }
         Cmd::Plumb { netns, ip, ifname } => {
             let c = palisade_ctrl::netplumb::create(&netns, &ifname, ip)?;

@@ -84,57 +84,100 @@ fn exe() -> PathBuf {
     std::env::current_exe().expect("own path")
 }
 
-/// A node with two pods; torn down on drop.
+/// A node (network namespace), optionally with palisade-ctrl in it, and
+/// pod namespaces; all torn down on drop.
 pub struct Topo {
     pub tag: String,
     pub node: String,
     pub client: String,
     pub server: String,
+    /// Every namespace made, node last.
+    made: Vec<String>,
     ctrl: Option<std::process::Child>,
     tmp: PathBuf,
     bin_dir: PathBuf,
 }
 
 impl Topo {
-    pub fn new(plane: Plane, bin_dir: &std::path::Path) -> Result<Self> {
-        let tag = format!("pbv{:x}{}", std::process::id() & 0xffff, plane as u8);
-        let t = Topo {
+    fn bare(suffix: &str, bin_dir: &std::path::Path) -> Result<Self> {
+        let tag = format!("pbv{:x}{suffix}", std::process::id() & 0xffff);
+        let mut t = Topo {
             node: format!("{tag}-node"),
-            client: format!("{tag}-c"),
-            server: format!("{tag}-s"),
+            client: String::new(),
+            server: String::new(),
+            made: Vec::new(),
             tmp: std::env::temp_dir().join(&tag),
             tag,
             ctrl: None,
             bin_dir: bin_dir.to_path_buf(),
         };
         std::fs::create_dir_all(&t.tmp)?;
-        for ns in [&t.node, &t.client, &t.server] {
-            LIVE.lock().map_err(|_| anyhow::anyhow!("lock"))?.push(ns.clone());
-            sh(&["ip", "netns", "add", ns])?;
-            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
-        }
-        if plane == Plane::Palisade {
-            let log = std::fs::File::create(t.tmp.join("ctrl.log"))?;
-            let child = Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", t.node))
-                .arg(bin_dir.join("palisade-ctrl"))
-                .args(["--bpf-dir", &format!("/sys/fs/bpf/palisade-bench/{}", t.tag)])
-                .args(["--state-dir", &t.tmp.join("state").display().to_string()])
-                .args(["--socket", &t.tmp.join("ctrl.sock").display().to_string()])
-                .args(["--metrics-address", "off"])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("starting palisade-ctrl")?;
-            let mut t = t;
-            t.ctrl = Some(child);
-            let t0 = Instant::now();
-            while t.cli(&["status"]).is_err() {
-                if t0.elapsed() > Duration::from_secs(20) {
-                    bail!("palisade-ctrl did not start: {}", std::fs::read_to_string(t.tmp.join("ctrl.log")).unwrap_or_default());
-                }
-                std::thread::sleep(Duration::from_millis(50));
+        let node = t.node.clone();
+        t.make_netns(&node)?;
+        Ok(t)
+    }
+
+    fn make_netns(&mut self, ns: &str) -> Result<()> {
+        LIVE.lock().map_err(|_| anyhow::anyhow!("lock"))?.push(ns.to_string());
+        self.made.insert(0, ns.to_string());
+        sh(&["ip", "netns", "add", ns])?;
+        sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A new pod namespace `<tag>-<name>`.
+    pub fn pod_netns(&mut self, name: &str) -> Result<String> {
+        let ns = format!("{}-{name}", self.tag);
+        self.make_netns(&ns)?;
+        Ok(ns)
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let log = std::fs::File::create(self.tmp.join("ctrl.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node))
+            .arg(self.bin_dir.join("palisade-ctrl"))
+            .args(["--bpf-dir", &format!("/sys/fs/bpf/palisade-bench/{}", self.tag)])
+            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
+            .args(["--socket", &self.tmp.join("ctrl.sock").display().to_string()])
+            .args(["--metrics-address", "off"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting palisade-ctrl")?;
+        self.ctrl = Some(child);
+        let t0 = Instant::now();
+        while self.cli(&["status"]).is_err() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("palisade-ctrl did not start: {}", std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default());
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// A node running palisade-ctrl, no pods yet.
+    pub fn agent(suffix: &str, bin_dir: &std::path::Path) -> Result<Self> {
+        let mut t = Self::bare(suffix, bin_dir)?;
+        t.start_agent()?;
+        Ok(t)
+    }
+
+    pub fn ctrl_pid(&self) -> Option<u32> {
+        self.ctrl.as_ref().map(|c| c.id())
+    }
+
+    pub fn tmp(&self) -> &std::path::Path {
+        &self.tmp
+    }
+
+    /// A node with a client and a server pod, for `plane`.
+    pub fn new(plane: Plane, bin_dir: &std::path::Path) -> Result<Self> {
+        let mut t = Self::bare(&(plane as u8).to_string(), bin_dir)?;
+        t.client = t.pod_netns("c")?;
+        t.server = t.pod_netns("s")?;
+        if plane == Plane::Palisade {
+            t.start_agent()?;
             t.cli(&["endpoint", "add", "bench/client", "--netns", &t.client, "--ip", &CLIENT_IP.to_string(), "--labels", "app=client"])?;
             t.cli(&["endpoint", "add", "bench/server", "--netns", &t.server, "--ip", &SERVER_IP.to_string(), "--labels", "app=server"])?;
             return Ok(t);
@@ -142,18 +185,9 @@ impl Topo {
         // Plain pods, plumbed exactly as palisade-ctrl does (same code, run
         // inside the node's namespace), but with no program attached.
         for (ns, ip, ifname) in [(&t.client, CLIENT_IP, "hc"), (&t.server, SERVER_IP, "hs")] {
-            sh(&[
-                "nsenter",
-                &format!("--net=/run/netns/{}", t.node),
-                exe().to_str().expect("utf-8 path"),
-                "plumb",
-                "--netns",
-                ns,
-                "--ip",
-                &ip.to_string(),
-                "--ifname",
-                ifname,
-            ])?;
+            let net = format!("--net=/run/netns/{}", t.node);
+            let ip = ip.to_string();
+            sh(&["nsenter", &net, exe().to_str().expect("utf-8 path"), "plumb", "--netns", ns, "--ip", &ip, "--ifname", ifname])?;
         }
         Ok(t)
     }
@@ -179,7 +213,7 @@ impl Drop for Topo {
             let _ = c.kill();
             let _ = c.wait();
         }
-        for ns in [&self.client, &self.server, &self.node] {
+        for ns in &self.made {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
             if let Ok(mut l) = LIVE.lock() {
                 l.retain(|n| n != ns);

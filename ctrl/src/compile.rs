@@ -107,6 +107,33 @@ pub struct Universe<'a> {
     pub cidrs: Vec<(u32, Cidr)>,
     pub named_ports: BTreeMap<u32, Vec<&'a NamedPorts>>,
     pub mode: EnforcementMode,
+    /// The selector cache: each peer selector's identities, computed once
+    /// per universe instead of once per endpoint (which made a change cost
+    /// endpoints x identities). Keyed by the selector's address: the
+    /// policies a universe compiles outlive it and are not mutated.
+    pub selector_cache: std::cell::RefCell<HashMap<usize, std::rc::Rc<Vec<u32>>>>,
+}
+
+impl<'a> Universe<'a> {
+    pub fn new(
+        pods: Vec<(u32, &'a Labels)>,
+        cidrs: Vec<(u32, Cidr)>,
+        named_ports: BTreeMap<u32, Vec<&'a NamedPorts>>,
+        mode: EnforcementMode,
+    ) -> Self {
+        Self { pods, cidrs, named_ports, mode, selector_cache: Default::default() }
+    }
+
+    /// [`Universe::identities`], memoised.
+    pub fn cached_identities(&self, sel: &PeerSelector) -> std::rc::Rc<Vec<u32>> {
+        let key = sel as *const PeerSelector as usize;
+        if let Some(v) = self.selector_cache.borrow().get(&key) {
+            return v.clone();
+        }
+        let v = std::rc::Rc::new(self.identities(sel));
+        self.selector_cache.borrow_mut().insert(key, v.clone());
+        v
+    }
 }
 
 /// The endpoint being compiled.
@@ -203,7 +230,8 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                     let ids: Vec<u32> = match &pr.peers {
                         Peers::All => vec![palisade_bpf::identity::ANY],
                         Peers::Select(sels) => {
-                            let mut v: Vec<u32> = sels.iter().flat_map(|s| u.identities(s)).collect();
+                            let mut v: Vec<u32> =
+                                sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
                             v.sort_unstable();
                             v.dedup();
                             v
@@ -414,6 +442,7 @@ mod tests {
             cidrs: vec![],
             named_ports: BTreeMap::new(),
             mode: EnforcementMode::Default,
+            selector_cache: Default::default(),
         }
     }
 
@@ -489,6 +518,7 @@ mod issue3_tests {
             cidrs: vec![(1 << 24, net("192.0.2.0/24")), ((1 << 24) + 1, net("192.0.2.128/25")), ((1 << 24) + 2, net("10.0.0.0/8"))],
             named_ports: BTreeMap::new(),
             mode: EnforcementMode::Default,
+            selector_cache: Default::default(),
         };
         let world = u.identities(&PeerSelector::Entity(Entity::World));
         assert!(world.contains(&2) && world.contains(&(1 << 24)) && !world.contains(&256));
@@ -502,7 +532,7 @@ mod issue3_tests {
         let np = NamedPorts::new();
         let labels = l("x", "app=a");
         let none: Vec<Policy> = vec![];
-        let always = Universe { mode: EnforcementMode::Always, ..u };
+        let always = Universe { mode: EnforcementMode::Always, selector_cache: Default::default(), ..u };
         let c = compile_endpoint(&Subject { ep_id: 1, labels: &labels, named_ports: &np, host: false }, &none, &always);
         assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED, "always: no policy = deny");
     }
@@ -522,6 +552,7 @@ mod issue3_tests {
             cidrs: vec![],
             named_ports: BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]),
             mode: EnforcementMode::Default,
+            selector_cache: Default::default(),
         };
         let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");

@@ -760,7 +760,7 @@ fn universe<'a>(store: &'a Store, ids: &'a crate::identity::IdentityAllocator, m
     for ep in store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
         named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
     }
-    compile::Universe { pods: ids.labelled().collect(), cidrs: ids.cidrs(), named_ports, mode }
+    compile::Universe::new(ids.labelled().collect(), ids.cidrs(), named_ports, mode)
 }
 
 impl Daemon {

@@ -123,15 +123,13 @@ pub fn delete(host_if: &str) -> Result<()> {
 /// The IPv4 addresses of this network namespace's interfaces (the node's
 /// own addresses, identity host), endpoints' host veths carry none.
 pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
-    let out = ip(&["-j", "-4", "addr", "show"])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j addr output")?;
+    // getifaddrs (a netlink dump in this process): cheap enough for every
+    // change, unlike spawning `ip`.
     let mut set = std::collections::BTreeSet::new();
-    for link in v.as_array().into_iter().flatten() {
-        for a in link["addr_info"].as_array().into_iter().flatten() {
-            if let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<Ipv4Addr>().ok()) {
-                if !ip.is_loopback() {
-                    set.insert(ip);
-                }
+    for ifa in nix::ifaddrs::getifaddrs().context("listing the node's addresses")? {
+        if let Some(ip) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()).map(|a| a.ip()) {
+            if !ip.is_loopback() {
+                set.insert(ip);
             }
         }
     }

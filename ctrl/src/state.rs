@@ -76,7 +76,7 @@ impl StateFile {
     pub fn save(&self, s: &Store) -> Result<()> {
         let tmp = self.path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(s)?)?;
+        f.write_all(&serde_json::to_vec(s)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
     }
