@@ -170,7 +170,8 @@ fn main() -> Result<()> {
 }
 
 fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -> Result<()> {
-    let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}", std::process::id()));
+    vs::cleanup_on_interrupt()?;
+    let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench/datapath-{}", std::process::id()));
     let max = sizes.iter().copied().max().unwrap_or(0);
     let mut cfg = DatapathConfig::new(&dir);
     cfg.policy_max = cfg.policy_max.max(2 * max + 1024);
@@ -209,6 +210,23 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
         println!("Datapath ns/packet (BPF_PROG_TEST_RUN, kernel {}, {cpu}, repeat {repeat}; rows that open a flow: median of {samples} single runs)\n", kernel.trim());
         rows.push(("(† timed as single runs: per-run overhead, ARP row) ‡".to_string(), overhead.clone()));
         print_table(sizes, &rows);
+        if sizes.len() > 1 {
+            let keep = ["new flow denied (no rule", "established flow", "new flow allowed", "spoofed source"];
+            let series: Vec<plot::Series> = rows
+                .iter()
+                .filter(|(n, _)| keep.iter().any(|k| n.starts_with(k)))
+                .map(|(n, c)| plot::Series {
+                    name: n.trim_end_matches(" †").to_string(),
+                    points: sizes.iter().map(|s| f64::from(*s)).zip(c.iter().copied()).collect(),
+                })
+                .collect();
+            std::fs::create_dir_all("results")?;
+            std::fs::write(
+                "results/datapath-ns-per-packet.svg",
+                plot::line_chart("Datapath ns/packet vs rules", "rules, identities, addresses (N)", "ns/packet", &series),
+            )?;
+            eprintln!("wrote results/datapath-ns-per-packet.svg");
+        }
         uncached.push(("(per-run overhead, ARP row, same timing) ‡".to_string(), overhead));
         println!("\nFirst packet of a flow class (a new destination port per run: verdict-cache miss, the policy trie is walked), single runs, median of {samples}\n");
         print_table(sizes, &uncached);
@@ -223,6 +241,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
         }))
     })();
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir("/sys/fs/bpf/palisade-bench");
     let v = result?;
     if let Some(p) = json {
         std::fs::write(&p, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
@@ -260,7 +279,7 @@ fn print_table(sizes: &[u32], rows: &[(String, Vec<f64>)]) {
 fn flows_overhead(size: u32, repeat: u32, samples: usize, json: Option<PathBuf>) -> Result<()> {
     let mut dps = Vec::new();
     for on in [true, false] {
-        let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench-{}-{}", std::process::id(), if on { "on" } else { "off" }));
+        let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench/flows-{}-{}", std::process::id(), if on { "on" } else { "off" }));
         let mut cfg = DatapathConfig::new(&dir);
         cfg.flows = on;
         cfg.policy_max = cfg.policy_max.max(2 * size + 1024);
@@ -291,6 +310,7 @@ fn flows_overhead(size: u32, repeat: u32, samples: usize, json: Option<PathBuf>)
     })();
     for (dir, _) in &dps {
         let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir("/sys/fs/bpf/palisade-bench");
     }
     let v = result?;
     if let Some(p) = json {
