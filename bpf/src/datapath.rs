@@ -247,6 +247,40 @@ impl Datapath {
         put(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi(), &v.to_abi())
     }
 
+    /// Writes many entries with one BPF_MAP_UPDATE_BATCH where the kernel
+    /// supports it for this map, else one by one.
+    pub fn policy_put_batch(&self, entries: &[(PolicyKey, PolicyValue)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(entries.len() * size_of::<abi::policy_key>());
+        let mut vals = Vec::with_capacity(entries.len() * size_of::<abi::policy_entry>());
+        for (k, v) in entries {
+            keys.extend_from_slice(abi::bytes_of(&k.to_abi()));
+            vals.extend_from_slice(abi::bytes_of(&v.to_abi()));
+        }
+        let map = &self.skel.maps.palisade_policy_v1;
+        if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+            return Ok(());
+        }
+        entries.iter().try_for_each(|(k, v)| self.policy_put(*k, *v))
+    }
+
+    /// Deletes many entries (batched where possible; missing ones are fine).
+    pub fn policy_delete_batch(&self, keys: &[PolicyKey]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut raw = Vec::with_capacity(keys.len() * size_of::<abi::policy_key>());
+        for k in keys {
+            raw.extend_from_slice(abi::bytes_of(&k.to_abi()));
+        }
+        if self.skel.maps.palisade_policy_v1.delete_batch(&raw, keys.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+            return Ok(());
+        }
+        keys.iter().try_for_each(|k| self.policy_delete(*k))
+    }
+
     pub fn policy_delete(&self, k: PolicyKey) -> Result<()> {
         del(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi())
     }

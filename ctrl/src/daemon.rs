@@ -214,6 +214,11 @@ impl Daemon {
         let mut put = 0;
         let mut deleted = 0;
         let mut live = BTreeSet::new();
+        // Compile every endpoint first, then write in four passes over all
+        // of them (batched puts, flags, batched deletes, generations), so a
+        // change over many endpoints costs a few syscalls per pass, while
+        // each endpoint still sees puts before flags before deletes.
+        let mut changes = Vec::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
             let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
@@ -226,15 +231,20 @@ impl Daemon {
             if d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags {
                 continue;
             }
-            for (k, v) in &d.put {
-                self.dp.policy_put(*k, *v)?;
-            }
+            changes.push((ep, want, d));
+        }
+        let puts: Vec<_> = changes.iter().flat_map(|(_, _, d)| d.put.iter().copied()).collect();
+        self.dp.policy_put_batch(&puts)?;
+        for (ep, want, _) in &changes {
+            let have = self.installed.entry(ep.ep_id).or_default();
             have.gen = have.gen.wrapping_add(1);
             self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
+        }
+        let deletes: Vec<_> = changes.iter().flat_map(|(_, _, d)| d.delete.iter().copied()).collect();
+        self.dp.policy_delete_batch(&deletes)?;
+        for (ep, want, d) in changes {
+            let have = self.installed.entry(ep.ep_id).or_default();
             if !d.delete.is_empty() {
-                for k in &d.delete {
-                    self.dp.policy_delete(*k)?;
-                }
                 have.gen = have.gen.wrapping_add(1);
                 self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
             }

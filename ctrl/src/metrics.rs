@@ -156,9 +156,16 @@ pub fn spawn(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
     tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in l.incoming().flatten() {
+            // Read the whole request head: closing a socket with unread
+            // bytes resets the connection and the client may lose the body.
+            let mut reader = BufReader::new(&conn);
             let mut line = String::new();
-            if BufReader::new(&conn).read_line(&mut line).is_err() {
+            if reader.read_line(&mut line).is_err() {
                 continue;
+            }
+            let mut header = String::new();
+            while reader.read_line(&mut header).is_ok_and(|n| n > 0) && header.trim_end() != "" {
+                header.clear();
             }
             let resp = if line.starts_with("GET /metrics") {
                 let body = render(&daemon.lock().unwrap_or_else(|p| p.into_inner()));
