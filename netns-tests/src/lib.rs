@@ -233,6 +233,16 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The shop most tests use: `shop/frontend`, `shop/backend` (serving
+    /// TCP and UDP on `backend_ports`) and `shop/cart`.
+    pub fn shop(&mut self, backend_ports: &[u16]) -> (Pod, Pod, Pod) {
+        let front = self.pod("shop/frontend", "app=frontend");
+        let mut back = self.pod("shop/backend", "app=backend");
+        let cart = self.pod("shop/cart", "app=cart");
+        back.serve(backend_ports);
+        (front, back, cart)
+    }
+
     /// Writes `yaml` to a file and applies it.
     pub fn apply(&self, name: &str, yaml: &str) -> String {
         let f = self.tmp.join(name);

@@ -87,10 +87,7 @@ fn policy_update_and_delete_take_effect_privileged_test() {
 #[test]
 fn ctrl_restart_keeps_verdicts_and_established_flows_privileged_test() {
     let mut node = Node::new();
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[WEB]);
+    let (front, back, cart) = node.shop(&[WEB]);
     node.apply_example("allow-frontend-to-backend.yaml");
     let mut flow = front.session(&back, WEB);
     assert!(flow.round_trip());
@@ -130,10 +127,7 @@ fn ctrl_restart_keeps_verdicts_and_established_flows_privileged_test() {
 #[test]
 fn bad_input_is_rejected_and_changes_nothing_privileged_test() {
     let mut node = Node::new();
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[WEB]);
+    let (front, back, cart) = node.shop(&[WEB]);
     node.apply_example("allow-frontend-to-backend.yaml");
     let entries = node.ok(&["bpf", "policy", "get", "shop/backend"]);
 
@@ -226,10 +220,7 @@ fn front_identity(node: &Node, name: &str) -> serde_json::Value {
 #[test]
 fn clsact_attach_mode_privileged_test() {
     let mut node = Node::with_ctrl_args(&["--attach-mode", "clsact"]);
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[WEB]);
+    let (front, back, cart) = node.shop(&[WEB]);
     assert_eq!(node.json(&["status"])["attach"], "clsact");
     node.apply_example("allow-frontend-to-backend.yaml");
     check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);

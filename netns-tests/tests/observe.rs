@@ -6,10 +6,7 @@ use palisade_netns_tests::Node;
 #[test]
 fn flows_record_verdicts_and_filters_select_privileged_test() {
     let mut node = Node::new();
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[8080]);
+    let (front, back, cart) = node.shop(&[8080]);
     node.apply_example("allow-frontend-to-backend.yaml");
     assert!(front.tcp(&back, 8080));
     assert!(!cart.tcp(&back, 8080));
@@ -85,10 +82,7 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
 #[test]
 fn audit_mode_lets_denied_traffic_pass_and_records_it_privileged_test() {
     let mut node = Node::new();
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[8080, 9090]);
+    let (front, back, cart) = node.shop(&[8080, 9090]);
     // Observe → codify → audit: a default deny, node-wide audit on.
     node.ok(&["config", "set", "PolicyAuditMode=Enabled"]);
     node.apply_example("default-deny.yaml");
@@ -127,10 +121,7 @@ fn audit_mode_lets_denied_traffic_pass_and_records_it_privileged_test() {
 #[test]
 fn a_flood_keeps_counters_and_does_not_stall_privileged_test() {
     let mut node = Node::new();
-    let front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[8080]);
+    let (front, back, cart) = node.shop(&[8080]);
     node.apply_example("allow-frontend-to-backend.yaml");
     let before = node.counter("Policy denied");
     let sent = cart.flood(&back, 8080, 50_000);
@@ -152,10 +143,7 @@ fn a_flood_keeps_counters_and_does_not_stall_privileged_test() {
 #[test]
 fn preview_and_suggest_from_flows_privileged_test() {
     let mut node = Node::new();
-    let mut front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[8080, 9090]);
+    let (mut front, back, cart) = node.shop(&[8080, 9090]);
     front.serve(&[8080]);
     assert!(front.tcp(&back, 8080));
     assert!(cart.tcp(&back, 9090));

@@ -33,10 +33,7 @@ fn ns_isolation_privileged_test() {
 #[test]
 fn allow_frontend_to_backend_privileged_test() {
     let mut node = Node::new();
-    let mut front = node.pod("shop/frontend", "app=frontend");
-    let mut back = node.pod("shop/backend", "app=backend");
-    let cart = node.pod("shop/cart", "app=cart");
-    back.serve(&[WEB, METRICS]);
+    let (mut front, back, cart) = node.shop(&[WEB, METRICS]);
     front.serve(&[WEB]);
     node.apply_example("allow-frontend-to-backend.yaml");
     check_matrix(&[
