@@ -124,7 +124,7 @@ fn main() -> Result<()> {
             }
             let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
             let v = apply::run(&endpoints, rounds, &bin_dir)?;
-            println!("Policy apply → enforced (CLI round trip; maps written before it returns), {rounds} applies each; memory of palisade-ctrl\n");
+            println!("Policy apply → enforced (CLI round trip; maps written before it returns), {rounds} applies each; memory of palisade-ctrl; {}\n", machine());
             println!("| endpoints | identities | policy entries | add endpoint ms | 1 CNP on all p50 / p99 ms | change on 1 endpoint p50 / p99 ms | agent RSS MiB | BPF maps MiB |");
             println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
             for r in v["rows"].as_array().into_iter().flatten() {
@@ -202,12 +202,10 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
             }
         }
         eprintln!();
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-            .unwrap_or_default();
-        println!("Datapath ns/packet (BPF_PROG_TEST_RUN, kernel {}, {cpu}, repeat {repeat}; rows that open a flow: median of {samples} single runs)\n", kernel.trim());
+        println!(
+            "Datapath ns/packet (BPF_PROG_TEST_RUN, {}, repeat {repeat}; rows that open a flow: median of {samples} single runs)\n",
+            machine()
+        );
         rows.push(("(† timed as single runs: per-run overhead, ARP row) ‡".to_string(), overhead.clone()));
         print_table(sizes, &rows);
         if sizes.len() > 1 {
@@ -232,8 +230,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
         print_table(sizes, &uncached);
         Ok(serde_json::json!({
             "suite": "datapath",
-            "kernel": kernel.trim(),
-            "cpu": cpu,
+            "machine": machine(),
             "repeat": repeat,
             "sizes": sizes,
             "rows": rows.iter().map(|(n, c)| serde_json::json!({ "fixture": n, "ns_per_packet": c })).collect::<Vec<_>>(),
@@ -330,10 +327,9 @@ fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
     let base = rows.iter().find(|r| r["plane"] == "no policy").cloned().unwrap_or_default();
     let ratio = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0) / base[k].as_f64().unwrap_or(1.0).max(1e-9) * 100.0;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!(
-        "Pod → node → pod over veth, client and server pinned to CPUs 0 and 1; iperf3 {secs} s × {repeats} (medians); kernel {}\n",
-        kernel.trim()
+        "Pod → node → pod over veth, client and server pinned to CPUs 0 and 1; iperf3 {secs} s × {repeats} (medians); {}\n",
+        machine()
     );
     println!("| dataplane | N rules | UDP 64 B pps | vs base | TCP Gbit/s | vs base | RR p50 µs | RR p99 µs | add 1 rule ms |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -378,4 +374,18 @@ fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// The machine a table was measured on: CPU model, CPUs, memory, kernel.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).unwrap_or("?").trim().to_string();
+    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map(|kib| kib / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cpus} CPUs, {mem_gib:.0} GiB, kernel {}", kernel.trim())
 }
