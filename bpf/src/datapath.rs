@@ -298,6 +298,9 @@ impl Datapath {
     }
 
     /// Removes every conntrack entry of one endpoint (on endpoint delete).
+    ///
+    /// (Expired entries are removed by [`conntrack_gc`], which works on the
+    /// pin so it can run on its own thread.)
     pub fn conntrack_flush_endpoint(&self, ep_id: u32) -> Result<usize> {
         let map = &self.skel.maps.palisade_ct_v1;
         let mut n = 0;
@@ -441,4 +444,28 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         return Ok(());
     }
     crate::abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
+}
+
+/// Deletes the conntrack entries idle past their lifetime (the datapath
+/// already ignores them; this frees their slots and keeps `bpf ct list`
+/// honest). Opens the pinned map, so it needs no loaded object. Returns how
+/// many were removed.
+pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<usize> {
+    let path = bpf_dir.join("palisade_ct_v1");
+    let map = libbpf_rs::MapHandle::from_pinned_path(&path).ctx(|| format!("opening {}", path.display()))?;
+    let now = crate::monotonic_ns();
+    let mut removed = 0;
+    for key in map.keys().collect::<Vec<_>>() {
+        let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
+        let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
+        let lifetime_s = match (k.proto, v.flags & 1 != 0) {
+            (6, true) => 10,
+            (6, false) => tcp_lifetime_s,
+            _ => other_lifetime_s,
+        };
+        if now.saturating_sub(v.last_seen_ns) > lifetime_s * 1_000_000_000 && map.delete(&key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

@@ -16,7 +16,7 @@ pub mod maps;
 pub mod reason;
 
 pub use attach::{AttachMode, Hook};
-pub use datapath::{Datapath, DatapathConfig};
+pub use datapath::{conntrack_gc, Datapath, DatapathConfig};
 pub use maps::{CtEntry, EndpointValue, IpcacheValue, PolicyKey, PolicyValue};
 pub use reason::{Counter, Reason};
 

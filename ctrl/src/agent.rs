@@ -55,6 +55,15 @@ pub struct Args {
     /// Prometheus metrics address (HTTP /metrics), or "off".
     #[arg(long, env = "PALISADE_METRICS_ADDRESS", default_value = "127.0.0.1:9962")]
     pub metrics_address: String,
+    /// Conntrack lifetime of an idle TCP connection, seconds.
+    #[arg(long, default_value_t = 21600)]
+    pub ct_lifetime_tcp: u64,
+    /// Conntrack lifetime of an idle non-TCP flow (UDP, ICMP), seconds.
+    #[arg(long, default_value_t = 60)]
+    pub ct_lifetime_other: u64,
+    /// Seconds between sweeps that delete expired conntrack entries.
+    #[arg(long, default_value_t = 30)]
+    pub ct_gc_interval: u64,
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
@@ -86,6 +95,11 @@ pub fn run(a: Args) -> Result<()> {
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
     dp.endpoints_max = a.endpoint_map_size;
+    dp.ct_tcp_lifetime_s = a.ct_lifetime_tcp;
+    dp.ct_other_lifetime_s = a.ct_lifetime_other;
+    if a.ct_gc_interval == 0 || a.ct_lifetime_other == 0 || a.ct_lifetime_tcp == 0 {
+        return Err(ConfigError("--ct-lifetime-tcp, --ct-lifetime-other and --ct-gc-interval must be at least 1 second".into()).into());
+    }
     dp.attach_mode = a.attach_mode.parse().map_err(|e| ConfigError(format!("--attach-mode: {e}")))?;
     let mode = a.enforcement_mode.parse().map_err(|e| ConfigError(format!("--enforcement-mode: {e}")))?;
     let node_labels = palisade_policy::labels::parse_label_list(&a.node_labels).map_err(|e| ConfigError(format!("--node-labels: {e}")))?;
@@ -105,6 +119,17 @@ pub fn run(a: Args) -> Result<()> {
     // request bumps the version the flow thread checks.
     let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
     crate::flows::spawn(daemon.clone(), version.clone(), a.bpf_dir.clone(), &state_dir)?;
+    {
+        let (dir, tcp, other, every) = (a.bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
+        std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(every));
+            match palisade_bpf::conntrack_gc(&dir, tcp, other) {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+            }
+        })?;
+    }
     if a.metrics_address != "off" {
         let addr = a
             .metrics_address

@@ -243,3 +243,17 @@ fn clsact_attach_mode_privileged_test() {
         String::from_utf8_lossy(&filters.stdout)
     );
 }
+
+/// Idle flows expire: the datapath stops honouring them after their
+/// lifetime and the agent's sweep removes them from the map.
+#[test]
+fn conntrack_entries_expire_and_are_swept_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--ct-lifetime-other", "1", "--ct-gc-interval", "1"]);
+    let (front, back, _cart) = node.shop(&[WEB]);
+    assert!(front.udp(&back, WEB));
+    let udp = |node: &Node| node.json(&["bpf", "ct", "list"]).as_array().unwrap().iter().filter(|c| c["protocol"] == "UDP").count();
+    assert!(udp(&node) >= 2, "the UDP flow is tracked at both endpoints");
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert_eq!(udp(&node), 0, "expired entries were swept");
+    assert!(front.udp(&back, WEB), "a new flow is tracked afresh");
+}
