@@ -409,7 +409,17 @@ fn clear(map: &MapMut<'_>) {
 }
 
 fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
-    map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY).ctx(|| format!("updating map {name}"))
+    match map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY) {
+        Ok(()) => Ok(()),
+        // A full hash says E2BIG, a full LPM trie ENOSPC.
+        Err(e) if is_full(&e) => Err(Error::Full { map: name, max: map.max_entries() }),
+        Err(source) => Err(Error::Libbpf { what: format!("updating map {name}"), source }),
+    }
+}
+
+fn is_full(e: &libbpf_rs::Error) -> bool {
+    let s = e.to_string();
+    s.contains("os error 7)") || s.contains("os error 28)") || s.contains("No space left") || s.contains("Argument list too long")
 }
 
 fn del<K: Pod>(map: &MapMut<'_>, name: &'static str, k: &K) -> Result<()> {

@@ -59,6 +59,8 @@ pub enum Error {
     },
     #[error("map {map}: value of {got} bytes, expected {expected}")]
     ValueSize { map: &'static str, got: usize, expected: usize },
+    #[error("map {map} is full ({max} entries); nothing was changed — raise its size (palisade-ctrl --{map}-map-size, with a new --bpf-dir) or reduce the rules")]
+    Full { map: &'static str, max: u32 },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -18,7 +18,7 @@ use crate::daemon::{Config, Daemon};
     about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI"
 )]
 pub struct Args {
-    /// bpffs directory for pinned maps and links.
+    /// bpffs directory for the pinned maps.
     #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
     pub bpf_dir: PathBuf,
     /// Directory for durable state (endpoints, policies, identities).

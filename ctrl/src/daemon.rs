@@ -620,6 +620,9 @@ impl Daemon {
             let _ = self.forget_endpoint(&ep);
             let _ = netplumb::delete(&ifname);
             self.store.endpoints.remove(&full);
+            // A failed sync may have written part of its change: re-read
+            // what the maps hold so the rollback removes it too.
+            let _ = self.read_installed();
             let _ = self.sync();
             let _ = self.state.save(&self.store);
             return Err(e.context(format!("endpoint {full}: setting up the datapath (rolled back)")));
@@ -701,6 +704,9 @@ impl Daemon {
         }
         if let Err(e) = self.state.save(&self.store).and_then(|_| self.sync().map(|_| ())) {
             self.store.policies = before;
+            // A failed sync may have written part of its change: re-read
+            // what the maps hold so the rollback removes it too.
+            let _ = self.read_installed();
             let _ = self.sync();
             let _ = self.state.save(&self.store);
             return Err(e.context("applying policy (rolled back to the previous policy set)"));

@@ -257,3 +257,26 @@ fn conntrack_entries_expire_and_are_swept_privileged_test() {
     assert_eq!(udp(&node), 0, "expired entries were swept");
     assert!(front.udp(&back, WEB), "a new flow is tracked afresh");
 }
+
+/// A change too big for the policy map is refused whole: nothing of it
+/// stays in the map, the error says which map and what to do, and the
+/// policy in force keeps being enforced.
+#[test]
+fn a_full_policy_map_refuses_the_change_and_keeps_the_old_policy_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--policy-map-size", "64"]);
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let before = node.ok(&["bpf", "policy", "get", "shop/backend"]);
+    let ports: Vec<String> = (20000..20200).map(|p| format!("{{port: \"{p}\", protocol: TCP}}")).collect();
+    let big = format!(
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: big, namespace: shop}}\nspec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts: [{{ports: [{}]}}]\n",
+        ports.join(", ")
+    );
+    let f = node.tmp.join("big.yaml");
+    std::fs::write(&f, big).unwrap();
+    let err = node.fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("map policy is full (64 entries)") && err.contains("rolled back"), "{err}");
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before, "no trace of the refused change in the map");
+    assert_eq!(node.json(&["policy", "get"]).as_array().unwrap().len(), 1);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+}
