@@ -72,6 +72,23 @@ impl IdentityAllocator {
         id
     }
 
+    /// What must be persisted besides the endpoints (whose labels and
+    /// identities rebuild the label map): the counters and the CIDR map.
+    pub fn persistent_parts(&self) -> (u32, Vec<(Cidr, u32)>, u32) {
+        (self.next, self.cidrs.iter().map(|(c, i)| (*c, *i)).collect(), self.next_cidr)
+    }
+
+    /// Rebuilds an allocator from its persisted parts and the endpoints'
+    /// (labels, identity) pairs.
+    pub fn from_parts(labels: impl Iterator<Item = (Labels, u32)>, next: u32, cidrs: Vec<(Cidr, u32)>, next_cidr: u32) -> Self {
+        let mut by_labels = BTreeMap::new();
+        for (l, id) in labels {
+            by_labels.entry(l).or_insert(id);
+        }
+        let next = next.max(by_labels.values().map(|i| i + 1).max().unwrap_or(reserved::FIRST_LABEL));
+        Self { by_labels, next, cidrs: cidrs.into_iter().collect(), next_cidr: next_cidr.max(FIRST_CIDR) }
+    }
+
     /// The identity of a CIDR prefix, allocating one if needed.
     pub fn cidr_identity(&mut self, c: Cidr) -> u32 {
         if let Some(id) = self.cidrs.get(&c) {

@@ -55,29 +55,209 @@ pub struct Store {
     pub audit: bool,
 }
 
+/// What the node persists besides endpoints and policies.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct NodeState {
+    next_ep_id: u32,
+    #[serde(default)]
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    audit: bool,
+    next_label_identity: u32,
+    #[serde(default)]
+    cidr_identities: Vec<(palisade_policy::Cidr, u32)>,
+    next_cidr_identity: u32,
+}
+
+/// The state directory: `node.json`, one file per endpoint under
+/// `endpoints/` and one per policy under `policies/`. A save writes only
+/// the files whose content changed (write, fsync, rename each), so a change
+/// costs in proportion to what changed, not to the size of the node; label
+/// identities are rebuilt from the endpoints that hold them.
 pub struct StateFile {
-    path: PathBuf,
+    dir: PathBuf,
+    /// Hash of what each file last got, to skip unchanged ones.
+    written: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+}
+
+fn hash(b: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+fn endpoint_file(name: &str) -> String {
+    // ns/pod: DNS labels, so '.' cannot occur in either part.
+    format!("{}.json", name.replace('/', "."))
+}
+
+fn policy_file(key: &str) -> String {
+    // ns/name (name may hold '.'; '_' occurs in neither) or a cluster-wide name.
+    match key.split_once('/') {
+        Some((ns, name)) => format!("{ns}_{name}.json"),
+        None => format!("_{key}.json"),
+    }
 }
 
 impl StateFile {
     pub fn new(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).with_context(|| format!("creating state directory {}", state_dir.display()))?;
-        Ok(Self { path: state_dir.join("state.json") })
+        for d in [state_dir.to_path_buf(), state_dir.join("endpoints"), state_dir.join("policies")] {
+            std::fs::create_dir_all(&d).with_context(|| format!("creating state directory {}", d.display()))?;
+        }
+        Ok(Self { dir: state_dir.to_path_buf(), written: Default::default() })
+    }
+
+    fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&b).with_context(|| format!("reading {} (corrupt state file?)", path.display()))
+    }
+
+    fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                out.push(Self::read_json(&p)?);
+            }
+        }
+        Ok(out)
     }
 
     pub fn load(&self) -> Result<Store> {
-        match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).with_context(|| format!("reading {} (corrupt state file?)", self.path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Store { next_ep_id: 1, ..Default::default() }),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        // The single-file layout of earlier versions.
+        let legacy = self.dir.join("state.json");
+        if legacy.exists() {
+            return Self::read_json(&legacy);
         }
+        let node_path = self.dir.join("node.json");
+        if !node_path.exists() {
+            return Ok(Store { next_ep_id: 1, ..Default::default() });
+        }
+        let node: NodeState = Self::read_json(&node_path)?;
+        let endpoints: Vec<Endpoint> = Self::read_dir(&self.dir.join("endpoints"))?;
+        let policies: Vec<Policy> = Self::read_dir(&self.dir.join("policies"))?;
+        let identities = IdentityAllocator::from_parts(
+            endpoints.iter().map(|e| (e.labels.clone(), e.identity)),
+            node.next_label_identity,
+            node.cidr_identities,
+            node.next_cidr_identity,
+        );
+        Ok(Store {
+            endpoints: endpoints.into_iter().map(|e| (e.name.clone(), e)).collect(),
+            policies: policies.into_iter().map(|p| (p.key(), p)).collect(),
+            identities,
+            next_ep_id: node.next_ep_id,
+            namespaces: node.namespaces,
+            audit: node.audit,
+        })
+    }
+
+    fn write_if_changed(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        let h = hash(bytes);
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if written.get(path) == Some(&h) {
+            return Ok(());
+        }
+        let tmp = path.with_extension("json.tmp");
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        written.insert(path.to_path_buf(), h);
+        Ok(())
+    }
+
+    /// Brings `dir` to hold exactly `files` (name → content).
+    fn sync_dir(&self, dir: &Path, files: BTreeMap<String, Vec<u8>>) -> Result<()> {
+        for (name, bytes) in &files {
+            self.write_if_changed(&dir.join(name), bytes)?;
+        }
+        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let p = e?.path();
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if name.ends_with(".json") && !files.contains_key(&name) {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+                self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+            }
+        }
+        Ok(())
     }
 
     pub fn save(&self, s: &Store) -> Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec(s)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("replacing {}", self.path.display()))
+        let (next_label_identity, cidr_identities, next_cidr_identity) = s.identities.persistent_parts();
+        let node = NodeState {
+            next_ep_id: s.next_ep_id,
+            namespaces: s.namespaces.clone(),
+            audit: s.audit,
+            next_label_identity,
+            cidr_identities,
+            next_cidr_identity,
+        };
+        self.sync_dir(
+            &self.dir.join("endpoints"),
+            s.endpoints.values().map(|e| Ok((endpoint_file(&e.name), serde_json::to_vec(e)?))).collect::<Result<_>>()?,
+        )?;
+        self.sync_dir(
+            &self.dir.join("policies"),
+            s.policies.values().map(|p| Ok((policy_file(&p.key()), serde_json::to_vec(p)?))).collect::<Result<_>>()?,
+        )?;
+        self.write_if_changed(&self.dir.join("node.json"), &serde_json::to_vec(&node)?)?;
+        let legacy = self.dir.join("state.json");
+        if legacy.exists() {
+            std::fs::remove_file(&legacy).with_context(|| format!("removing the old {}", legacy.display()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saves_only_what_changed_and_loads_it_back() {
+        let dir = std::env::temp_dir().join(format!("palisade-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let sf = StateFile::new(&dir).unwrap();
+        let mut s = sf.load().unwrap();
+        assert_eq!(s.next_ep_id, 1);
+        let labels = Labels::for_endpoint("shop", &BTreeMap::from([("app".to_string(), "web".to_string())]));
+        let id = s.identities.allocate(&labels);
+        let ep = Endpoint {
+            name: "shop/web".into(),
+            namespace: "shop".into(),
+            pod: "web".into(),
+            netns: "n".into(),
+            ipv4: "10.200.0.2".parse().unwrap(),
+            user_labels: BTreeMap::new(),
+            labels,
+            identity: id,
+            ep_id: 1,
+            ifname: "pal0".into(),
+            ifindex: 3,
+            pod_mac: "02:00:00:00:00:01".into(),
+            created_unix: 0,
+            named_ports: Default::default(),
+            audit: None,
+        };
+        s.endpoints.insert(ep.name.clone(), ep.clone());
+        s.identities.cidr_identity(palisade_policy::Cidr::parse("192.0.2.0/24").unwrap());
+        s.next_ep_id = 2;
+        sf.save(&s).unwrap();
+        let f = dir.join("endpoints/shop.web.json");
+        let m1 = std::fs::metadata(&f).unwrap().modified().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.audit = true;
+        sf.save(&s).unwrap();
+        assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), m1, "an unchanged endpoint is not rewritten");
+        let back = StateFile::new(&dir).unwrap().load().unwrap();
+        assert_eq!(back.endpoints["shop/web"], ep);
+        assert!(back.audit);
+        assert_eq!(back.identities.all(), s.identities.all(), "identities rebuilt from endpoints and node.json");
+        s.endpoints.clear();
+        sf.save(&s).unwrap();
+        assert!(!f.exists(), "a removed endpoint's file goes");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
