@@ -207,9 +207,11 @@ impl Daemon {
     /// generation is bumped after its last write, which invalidates the
     /// datapath's cached verdicts for it. Returns (written, deleted).
     pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
+        let t0 = std::time::Instant::now();
         let policies: Vec<_> = self.store.policies.values().cloned().collect();
         self.sync_cidrs(&policies)?;
         self.sync_host_ips()?;
+        tracing::debug!(prep_us = t0.elapsed().as_micros() as u64, "sync: cidrs and host addresses");
         let universe = universe(&self.store, &self.store.identities, self.cfg.mode);
         let mut put = 0;
         let mut deleted = 0;
@@ -702,7 +704,16 @@ impl Daemon {
             };
             result.push(json!({ "policy": key, "status": status }));
         }
-        if let Err(e) = self.state.save(&self.store).and_then(|_| self.sync().map(|_| ())) {
+        let t_save = std::time::Instant::now();
+        let saved = self.state.save(&self.store);
+        let t_sync = std::time::Instant::now();
+        let synced = saved.and_then(|_| self.sync().map(|_| ()));
+        tracing::debug!(
+            save_us = (t_sync - t_save).as_micros() as u64,
+            sync_us = t_sync.elapsed().as_micros() as u64,
+            "policy apply phases"
+        );
+        if let Err(e) = synced {
             self.store.policies = before;
             // A failed sync may have written part of its change: re-read
             // what the maps hold so the rollback removes it too.

@@ -56,7 +56,7 @@ pub struct Store {
 }
 
 /// What the node persists besides endpoints and policies.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 struct NodeState {
     next_ep_id: u32,
     #[serde(default)]
@@ -70,21 +70,22 @@ struct NodeState {
 }
 
 /// The state directory: `node.json`, one file per endpoint under
-/// `endpoints/` and one per policy under `policies/`. A save writes only
-/// the files whose content changed (write, fsync, rename each), so a change
-/// costs in proportion to what changed, not to the size of the node; label
-/// identities are rebuilt from the endpoints that hold them.
+/// `endpoints/` and one per policy under `policies/`. A save compares each
+/// object with what was last written and writes (write, fsync, rename) only
+/// those that changed, so a change costs in proportion to what changed, not
+/// to the size of the node; label identities are rebuilt from the endpoints
+/// that hold them.
 pub struct StateFile {
     dir: PathBuf,
-    /// Hash of what each file last got, to skip unchanged ones.
-    written: std::sync::Mutex<std::collections::HashMap<PathBuf, u64>>,
+    written: std::sync::Mutex<Written>,
 }
 
-fn hash(b: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    b.hash(&mut h);
-    h.finish()
+/// What the files hold now.
+#[derive(Default)]
+struct Written {
+    node: Option<NodeState>,
+    endpoints: std::collections::HashMap<String, Endpoint>,
+    policies: std::collections::HashMap<String, Policy>,
 }
 
 fn endpoint_file(name: &str) -> String {
@@ -137,6 +138,12 @@ impl StateFile {
         let node: NodeState = Self::read_json(&node_path)?;
         let endpoints: Vec<Endpoint> = Self::read_dir(&self.dir.join("endpoints"))?;
         let policies: Vec<Policy> = Self::read_dir(&self.dir.join("policies"))?;
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            w.node = Some(node.clone());
+            w.endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
+            w.policies = policies.iter().map(|p| (p.key(), p.clone())).collect();
+        }
         let identities = IdentityAllocator::from_parts(
             endpoints.iter().map(|e| (e.labels.clone(), e.identity)),
             node.next_label_identity,
@@ -153,33 +160,37 @@ impl StateFile {
         })
     }
 
-    fn write_if_changed(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        let h = hash(bytes);
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if written.get(path) == Some(&h) {
-            return Ok(());
-        }
+    fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        written.insert(path.to_path_buf(), h);
-        Ok(())
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
     }
 
-    /// Brings `dir` to hold exactly `files` (name → content).
-    fn sync_dir(&self, dir: &Path, files: BTreeMap<String, Vec<u8>>) -> Result<()> {
-        for (name, bytes) in &files {
-            self.write_if_changed(&dir.join(name), bytes)?;
-        }
-        for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
-            let p = e?.path();
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if name.ends_with(".json") && !files.contains_key(&name) {
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-                self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(&p);
+    /// Writes the objects of `now` that differ from `was`, removes the files
+    /// of those gone, and records what the files hold.
+    fn sync_objects<T: Serialize + PartialEq + Clone>(
+        dir: &Path,
+        was: &mut std::collections::HashMap<String, T>,
+        now: &BTreeMap<String, T>,
+        file: fn(&str) -> String,
+    ) -> Result<()> {
+        for (k, v) in now {
+            if was.get(k) != Some(v) {
+                Self::write(&dir.join(file(k)), &serde_json::to_vec(v)?)?;
+                was.insert(k.clone(), v.clone());
             }
+        }
+        let gone: Vec<String> = was.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+        for k in gone {
+            let p = dir.join(file(&k));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
+            }
+            was.remove(&k);
         }
         Ok(())
     }
@@ -194,15 +205,13 @@ impl StateFile {
             cidr_identities,
             next_cidr_identity,
         };
-        self.sync_dir(
-            &self.dir.join("endpoints"),
-            s.endpoints.values().map(|e| Ok((endpoint_file(&e.name), serde_json::to_vec(e)?))).collect::<Result<_>>()?,
-        )?;
-        self.sync_dir(
-            &self.dir.join("policies"),
-            s.policies.values().map(|p| Ok((policy_file(&p.key()), serde_json::to_vec(p)?))).collect::<Result<_>>()?,
-        )?;
-        self.write_if_changed(&self.dir.join("node.json"), &serde_json::to_vec(&node)?)?;
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        Self::sync_objects(&self.dir.join("endpoints"), &mut w.endpoints, &s.endpoints, endpoint_file)?;
+        Self::sync_objects(&self.dir.join("policies"), &mut w.policies, &s.policies, policy_file)?;
+        if w.node.as_ref() != Some(&node) {
+            Self::write(&self.dir.join("node.json"), &serde_json::to_vec(&node)?)?;
+            w.node = Some(node);
+        }
         let legacy = self.dir.join("state.json");
         if legacy.exists() {
             std::fs::remove_file(&legacy).with_context(|| format!("removing the old {}", legacy.display()))?;
