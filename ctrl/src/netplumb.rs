@@ -52,13 +52,43 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
     v[0]["ifindex"].as_u64().map(|i| i as u32)
 }
 
-fn mac(netns: Option<&str>, ifname: &str) -> Result<String> {
+/// (MAC, ifindex) of an interface.
+fn link_info(netns: Option<&str>, ifname: &str) -> Result<(String, u32)> {
     let out = match netns {
         Some(ns) => ip(&["-n", ns, "-j", "link", "show", "dev", ifname])?,
         None => ip(&["-j", "link", "show", "dev", ifname])?,
     };
     let v: serde_json::Value = serde_json::from_str(&out).context("parsing ip -j link output")?;
-    v[0]["address"].as_str().map(str::to_string).context("interface has no MAC address")
+    let mac = v[0]["address"].as_str().map(str::to_string).context("interface has no MAC address")?;
+    let ifindex = v[0]["ifindex"].as_u64().context("interface has no ifindex")? as u32;
+    Ok((mac, ifindex))
+}
+
+/// Runs several iproute2 commands in one process (`ip -batch`); an error
+/// names the command that failed.
+fn ip_batch(netns: Option<&str>, cmds: &[String]) -> Result<()> {
+    use std::io::Write as _;
+    let mut c = Command::new("ip");
+    if let Some(ns) = netns {
+        c.args(["-n", ns]);
+    }
+    let mut child = c
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running ip (iproute2 is required)")?;
+    child.stdin.take().context("ip stdin")?.write_all(cmds.join("\n").as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        // "Command failed -:N" names the line.
+        let line = err.split("Command failed -:").nth(1).and_then(|l| l.trim().parse::<usize>().ok());
+        let cmd = line.and_then(|l| cmds.get(l.saturating_sub(1))).cloned().unwrap_or_else(|| cmds.join("; "));
+        bail!("ip {cmd}: {}", err.lines().next().unwrap_or("").trim());
+    }
+    Ok(())
 }
 
 /// Makes the veth pair and configures both sides, leaving the host side
@@ -78,17 +108,20 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
         ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
         let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
         let _ = sysctl_netns(netns, "net.ipv6.conf.all.disable_ipv6", "1");
-        let host_mac = mac(None, host_if)?;
-        let pod_mac = mac(Some(netns), "eth0")?;
-        let addr = format!("{ipv4}/32");
-        let gw = GATEWAY.to_string();
-        ip(&["-n", netns, "link", "set", "lo", "up"])?;
-        ip(&["-n", netns, "addr", "add", &addr, "dev", "eth0"])?;
-        ip(&["-n", netns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", netns, "route", "add", &gw, "dev", "eth0", "scope", "link"])?;
-        ip(&["-n", netns, "route", "add", "default", "via", &gw, "dev", "eth0"])?;
-        ip(&["-n", netns, "neigh", "replace", &gw, "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"])?;
-        let ifindex = ifindex(host_if).context("host veth vanished right after creation")?;
+        let (host_mac, ifindex) = link_info(None, host_if)?;
+        let (pod_mac, _) = link_info(Some(netns), "eth0")?;
+        let gw = GATEWAY;
+        ip_batch(
+            Some(netns),
+            &[
+                "link set lo up".to_string(),
+                format!("addr add {ipv4}/32 dev eth0"),
+                "link set eth0 up".to_string(),
+                format!("route add {gw} dev eth0 scope link"),
+                format!("route add default via {gw} dev eth0"),
+                format!("neigh replace {gw} lladdr {host_mac} dev eth0 nud permanent"),
+            ],
+        )?;
         Ok(Created { ifindex, pod_mac })
     })();
     if r.is_err() {
@@ -106,10 +139,14 @@ pub struct Created {
 /// the pod's MAC as a permanent neighbour (set after up: a link going down
 /// flushes its neighbours).
 pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
-    ip(&["link", "set", host_if, "up"])?;
-    ip(&["route", "replace", &format!("{ipv4}/32"), "dev", host_if])?;
-    ip(&["neigh", "replace", &ipv4.to_string(), "lladdr", pod_mac, "dev", host_if, "nud", "permanent"])?;
-    Ok(())
+    ip_batch(
+        None,
+        &[
+            format!("link set {host_if} up"),
+            format!("route replace {ipv4}/32 dev {host_if}"),
+            format!("neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"),
+        ],
+    )
 }
 
 /// Removes the veth pair (both ends) and the host route.
