@@ -11,7 +11,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
-  iproute2 iputils-ping util-linux procps iptables nftables iperf3)
+  iproute2 iputils-ping util-linux procps iptables nftables iperf3
+  dnsmasq-base dnsperf dnsutils)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

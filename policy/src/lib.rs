@@ -4,6 +4,7 @@
 //! the offline validator and tests share it.
 #![forbid(unsafe_code)]
 
+pub mod fqdn;
 pub mod labels;
 pub mod lint;
 pub mod model;

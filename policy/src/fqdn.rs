@@ -1,0 +1,1 @@
+//! FQDN selectors (to be written).
