@@ -9,7 +9,11 @@
  * Per packet: one endpoint lookup, one conntrack lookup; on a new flow one
  * ipcache lookup (two on a hash miss) and one verdict-cache lookup, plus two
  * policy-trie lookups when the cache has no current verdict for the flow's
- * class (lib/policy.h). */
+ * class (lib/policy.h). An egress flow the policy does not allow is looked
+ * up once more in the endpoint's FQDN table (lib/fqdn.h) when it has
+ * toFQDNs rules; a flow whose rule names a proxy (DNS rules) is handed to
+ * that proxy's socket (lib/proxy.h), on every packet, via its conntrack
+ * entry. */
 #include "lib/common.h"
 #include "lib/drop_reasons.h"
 #include "lib/metrics.h"
@@ -19,6 +23,8 @@
 #include "lib/conntrack.h"
 #include "lib/parse.h"
 #include "lib/flow.h"
+#include "lib/fqdn.h"
+#include "lib/proxy.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -28,7 +34,9 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	struct policy_verdict pv;
 	struct tuple t;
 	struct ct_key ck = {};
-	__u32 gen, peer;
+	__u32 gen, peer, fqdn_cookie;
+	__u16 proxy_port = 0;
+	__u8 fv;
 	int rc;
 
 	if (!ep)
@@ -67,16 +75,30 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		ck.local_port = t.ct_dport;
 		ck.remote_port = t.ct_sport;
 	}
-	if (ct_lookup_refresh(&ck, t.tcp_closing))
+	if (ct_lookup_refresh(&ck, t.tcp_closing, &proxy_port)) {
+		if (proxy_port && dir == DIR_EGRESS && !host)
+			return proxy_redirect(skb, &t, proxy_port);
 		return REASON_FORWARDED;
+	}
 
 	gen = READ_ONCE_U32(ep->policy_gen);
 	peer = ipcache_identity_v4(ck.remote_ip);
 	pv = policy_decide(ep->ep_id, gen, endpoint_enforced(ep, dir), peer, dir, t.proto, t.dport);
+	if (pv.reason == -DROP_POLICY && dir == DIR_EGRESS && (ep->flags & EP_F_FQDN)) {
+		/* No rule for the peer's identity: an address a DNS answer
+		 * taught this endpoint may still be allowed. Not cached: two
+		 * addresses of one identity (world) differ here. */
+		fqdn_cookie = fqdn_allowed(ep->ep_id, t.daddr, t.proto, t.dport);
+		if (fqdn_cookie) {
+			pv.reason = REASON_FORWARDED;
+			pv.cookie = fqdn_cookie;
+			pv.proxy_port = 0;
+		}
+	}
 	if (pv.reason != REASON_FORWARDED) {
 		if (endpoint_audit(ep, dir)) {
 			/* Audit: pass and track the flow; report what would have broken. */
-			ct_create(&ck, dir, pv.cookie, t.tcp_closing);
+			ct_create(&ck, dir, pv.cookie, t.tcp_closing, 0);
 			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
 				  FLOW_VERDICT_AUDIT, t.tcp_flags, -pv.reason, pv.cookie, peer);
 			return REASON_AUDIT;
@@ -85,9 +107,20 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 			  FLOW_VERDICT_DROPPED, t.tcp_flags, -pv.reason, pv.cookie, peer);
 		return pv.reason;
 	}
-	ct_create(&ck, dir, pv.cookie, t.tcp_closing);
-	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
-		  FLOW_VERDICT_FORWARDED, t.tcp_flags, REASON_FORWARDED, pv.cookie, peer);
+	if (dir != DIR_EGRESS || host)
+		pv.proxy_port = 0; /* bpf_sk_assign works at tc ingress only */
+	if (pv.proxy_port) {
+		rc = proxy_redirect(skb, &t, pv.proxy_port);
+		if (rc < 0) {
+			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
+				  FLOW_VERDICT_DROPPED, t.tcp_flags, -rc, pv.cookie, peer);
+			return rc;
+		}
+	}
+	ct_create(&ck, dir, pv.cookie, t.tcp_closing, pv.proxy_port);
+	fv = pv.proxy_port ? FLOW_VERDICT_REDIRECTED : FLOW_VERDICT_FORWARDED;
+	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir, fv, t.tcp_flags,
+		  REASON_FORWARDED, pv.cookie, peer);
 	return REASON_FORWARDED;
 }
 

@@ -26,7 +26,7 @@ struct ct_entry {
 	__u32 cookie;       /* rule that admitted the flow */
 	__u8 origin_dir;    /* DIR_* of the packet that opened it */
 	__u8 flags;         /* CT_F_* */
-	__u16 pad;
+	__u16 proxy_port;   /* the flow is redirected to this local proxy port (0 = none) */
 };
 
 /* Lifetimes (ns), set as rodata before load. */
@@ -50,8 +50,9 @@ static __always_inline __u64 ct_lifetime(const struct ct_entry *e, __u8 proto)
 	return (e->flags & CT_F_CLOSING) ? ct_lifetime_tcp_closing_ns : ct_lifetime_tcp_ns;
 }
 
-/* Returns 1 when the packet belongs to a live tracked flow. */
-static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing)
+/* Returns 1 when the packet belongs to a live tracked flow, with the
+ * flow's proxy port (0 = not redirected) in *proxy_port. */
+static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, __u16 *proxy_port)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
 	__u64 now;
@@ -65,11 +66,12 @@ static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_
 		e->flags |= CT_F_CLOSING;
 	if (now - e->last_seen_ns > 1000000000ULL)
 		e->last_seen_ns = now;
+	*proxy_port = e->proxy_port;
 	return 1;
 }
 
 static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 cookie,
-				      __u8 tcp_closing)
+				      __u8 tcp_closing, __u16 proxy_port)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_entry e = {
@@ -78,6 +80,7 @@ static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 
 		.cookie = cookie,
 		.origin_dir = dir,
 		.flags = tcp_closing ? CT_F_CLOSING : 0,
+		.proxy_port = proxy_port,
 	};
 
 	bpf_map_update_elem(&palisade_ct_v1, key, &e, BPF_ANY);

@@ -19,6 +19,7 @@
 #define DROP_UNSUPPORTED_L3 138         /* not IPv4/ARP in an enforced direction */
 #define DROP_NO_ENDPOINT 139            /* program on an interface with no endpoint entry */
 #define REASON_AUDIT 140                /* policy would drop; passed in audit mode (not a drop) */
+#define DROP_PROXY_UNAVAILABLE 141      /* a rule redirects to a proxy that has no socket (down or restarting) */
 #define REASON_MAX 16                   /* size of the reason axis of the metrics map */
 
 #endif

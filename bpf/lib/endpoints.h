@@ -9,6 +9,7 @@
 #define EP_F_HOST (1U << 2) /* the node itself, on a host (uplink) interface */
 #define EP_F_AUDIT_INGRESS (1U << 3) /* policy drops pass and are reported as AUDIT */
 #define EP_F_AUDIT_EGRESS (1U << 4)
+#define EP_F_FQDN (1U << 5) /* has toFQDNs rules: consult palisade_fqdn_v1 (fqdn.h) */
 
 struct endpoint_key {
 	__u32 ifindex; /* host-side veth */

@@ -11,6 +11,7 @@
 #define FLOW_VERDICT_FORWARDED 0
 #define FLOW_VERDICT_DROPPED 1
 #define FLOW_VERDICT_AUDIT 2
+#define FLOW_VERDICT_REDIRECTED 3 /* admitted and handed to a proxy (DNS) */
 
 struct flow_event {
 	__u64 ts_ns;         /* bpf_ktime_get_ns() */
@@ -108,7 +109,7 @@ static __always_inline void flow_emit(const struct ct_key *k, __u32 ifindex, __u
 
 	if (!flows_enabled)
 		return;
-	if (verdict != FLOW_VERDICT_FORWARDED) {
+	if (verdict == FLOW_VERDICT_DROPPED || verdict == FLOW_VERDICT_AUDIT) {
 		int n = flow_rate_limit(k);
 
 		if (n < 0)

@@ -35,7 +35,7 @@ struct policy_key {
 
 struct policy_entry {
 	__u32 cookie;     /* which rule installed it: (policy index << 16 | rule) */
-	__u16 proxy_port; /* L7 redirect target, 0 = none (later issues) */
+	__u16 proxy_port; /* egress: redirect to this local proxy port (proxy.h), 0 = none */
 	__u8 flags;       /* POLICY_F_* */
 	__u8 pad;
 };
@@ -53,8 +53,9 @@ struct {
 } palisade_policy_v1 SEC(".maps");
 
 struct policy_verdict {
-	int reason;   /* REASON_FORWARDED or -DROP_* */
-	__u32 cookie; /* rule that decided, 0 when none */
+	int reason;       /* REASON_FORWARDED or -DROP_* */
+	__u32 cookie;     /* rule that decided, 0 when none */
+	__u16 proxy_port; /* allowed, through this local proxy (0 = none) */
 };
 
 static __always_inline struct policy_verdict
@@ -68,7 +69,7 @@ policy_check(__u32 ep_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16
 		.proto = proto,
 		.dport = dport,
 	};
-	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0 };
+	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0, .proxy_port = 0 };
 	struct policy_entry *by_id, *by_any;
 
 	by_id = bpf_map_lookup_elem(&palisade_policy_v1, &k);
@@ -83,8 +84,10 @@ policy_check(__u32 ep_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16
 		v.cookie = by_any->cookie;
 	} else if (by_id) {
 		v.cookie = by_id->cookie;
+		v.proxy_port = by_id->proxy_port;
 	} else if (by_any) {
 		v.cookie = by_any->cookie;
+		v.proxy_port = by_any->proxy_port;
 	} else if (enforced) {
 		v.reason = -DROP_POLICY;
 	}
@@ -114,16 +117,19 @@ struct policy_cache_entry {
 	__u32 gen;
 	__u32 cookie;
 	__s32 reason; /* REASON_FORWARDED or -DROP_* */
+	__u16 proxy_port;
+	__u16 pad;
 };
 
-/* palisade_policy_cache_v1: written by the datapath only; palisade-ctrl
- * never needs to touch it (generations do the invalidation). */
+/* palisade_policy_cache_v2: written by the datapath only; palisade-ctrl
+ * never needs to touch it (generations do the invalidation). v2 added the
+ * proxy port. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct policy_cache_key);
 	__type(value, struct policy_cache_entry);
-} palisade_policy_cache_v1 SEC(".maps");
+} palisade_policy_cache_v2 SEC(".maps");
 
 static __always_inline struct policy_verdict
 policy_decide(__u32 ep_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
@@ -135,20 +141,22 @@ policy_decide(__u32 ep_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 p
 		.proto = proto,
 		.dport = dport,
 	};
-	struct policy_cache_entry *c = bpf_map_lookup_elem(&palisade_policy_cache_v1, &ck);
-	struct policy_cache_entry ne;
+	struct policy_cache_entry *c = bpf_map_lookup_elem(&palisade_policy_cache_v2, &ck);
+	struct policy_cache_entry ne = {};
 	struct policy_verdict v;
 
 	if (c && c->gen == gen) {
 		v.reason = c->reason;
 		v.cookie = c->cookie;
+		v.proxy_port = c->proxy_port;
 		return v;
 	}
 	v = policy_check(ep_id, enforced, peer, dir, proto, dport);
 	ne.gen = gen;
 	ne.cookie = v.cookie;
 	ne.reason = v.reason;
-	bpf_map_update_elem(&palisade_policy_cache_v1, &ck, &ne, BPF_ANY);
+	ne.proxy_port = v.proxy_port;
+	bpf_map_update_elem(&palisade_policy_cache_v2, &ck, &ne, BPF_ANY);
 	return v;
 }
 

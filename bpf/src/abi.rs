@@ -11,7 +11,7 @@ mod skel_inner {
 pub use skel_inner::*;
 
 pub use skel_inner::types::{
-    ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, ipcache_entry, ipcache_host_key, ipcache_lpm_key, metrics_value,
+    ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key, metrics_value,
     policy_cache_entry, policy_cache_key, policy_entry, policy_key,
 };
 
@@ -30,6 +30,8 @@ pod!(
     ct_key,
     endpoint_info,
     endpoint_key,
+    fqdn_entry,
+    fqdn_key,
     ipcache_entry,
     ipcache_host_key,
     ipcache_lpm_key,
@@ -98,7 +100,8 @@ mod tests {
         assert_eq!(offset_of!(endpoint_info, policy_gen), 16);
         assert_eq!(size_of::<policy_cache_key>(), 12);
         assert_eq!(offset_of!(policy_cache_key, dport), 10);
-        assert_eq!(size_of::<policy_cache_entry>(), 12);
+        assert_eq!(size_of::<policy_cache_entry>(), 16);
+        assert_eq!(offset_of!(policy_cache_entry, proxy_port), 12);
         assert_eq!(offset_of!(policy_cache_entry, reason), 8);
         assert_eq!(offset_of!(endpoint_info, ipv4), 8);
         assert_eq!(offset_of!(endpoint_info, flags), 12);
@@ -124,6 +127,12 @@ mod tests {
         assert_eq!(offset_of!(ct_entry, cookie), 16);
         assert_eq!(offset_of!(ct_entry, origin_dir), 20);
         assert_eq!(size_of::<metrics_value>(), 16);
+        assert_eq!(size_of::<fqdn_key>(), 32);
+        assert_eq!(offset_of!(fqdn_key, addr), 12);
+        assert_eq!(offset_of!(fqdn_key, proto), 28);
+        assert_eq!(offset_of!(fqdn_key, dport), 30);
+        assert_eq!(size_of::<fqdn_entry>(), 8);
+        assert_eq!(offset_of!(ct_entry, proxy_port), 22);
     }
 
     /// The generated types must agree with the maps the object declares
@@ -144,5 +153,7 @@ mod tests {
         check("policy", &m.palisade_policy_v1, size_of::<policy_key>(), size_of::<policy_entry>());
         check("ct", &m.palisade_ct_v1, size_of::<ct_key>(), size_of::<ct_entry>());
         check("metrics", &m.palisade_metrics_v1, 4, size_of::<metrics_value>());
+        check("fqdn", &m.palisade_fqdn_v1, size_of::<fqdn_key>(), size_of::<fqdn_entry>());
+        check("policy_cache", &m.palisade_policy_cache_v2, size_of::<policy_cache_key>(), size_of::<policy_cache_entry>());
     }
 }

@@ -33,6 +33,11 @@ pub struct DatapathConfig {
     pub policy_max: u32,
     pub policy_cache_max: u32,
     pub ct_max: u32,
+    /// Addresses learned from DNS answers (palisade-dnsproxy's table).
+    pub fqdn_max: u32,
+    /// skb mark of packets redirected to a local proxy; palisade-ctrl routes
+    /// it locally (see `netplumb::prepare_node`).
+    pub proxy_mark: u32,
     pub ct_tcp_lifetime_s: u64,
     pub ct_other_lifetime_s: u64,
     pub attach_mode: AttachMode,
@@ -50,6 +55,8 @@ impl DatapathConfig {
             policy_max: 65536,
             policy_cache_max: 65536,
             ct_max: 262144,
+            fqdn_max: 65536,
+            proxy_mark: PROXY_MARK,
             ct_tcp_lifetime_s: 21600,
             ct_other_lifetime_s: 60,
             attach_mode: AttachMode::detect(),
@@ -57,6 +64,9 @@ impl DatapathConfig {
         }
     }
 }
+
+/// Default skb mark of packets redirected to a local proxy.
+pub const PROXY_MARK: u32 = 0x0a00;
 
 /// The loaded datapath. One per process; it lives as long as the process.
 pub struct Datapath {
@@ -66,17 +76,18 @@ pub struct Datapath {
 }
 
 /// Pinned file name of each map (also its versioned ABI name).
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     "palisade_endpoints_v1",
     "palisade_ipcache_v1",
     "palisade_ipcache_lpm_v1",
     "palisade_policy_v1",
     "palisade_ct_v1",
     "palisade_metrics_v1",
-    "palisade_policy_cache_v1",
+    "palisade_policy_cache_v2",
     "palisade_flows_v1",
     "palisade_flow_rl_v1",
     "palisade_flow_stats_v1",
+    crate::fqdn::MAP_NAME,
 ];
 
 impl Datapath {
@@ -92,17 +103,18 @@ impl Datapath {
         let dir = cfg.bpf_dir.clone();
         {
             let m = &mut open.maps;
-            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 10] = [
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 11] = [
                 (&mut m.palisade_endpoints_v1, MAP_NAMES[0], Some(cfg.endpoints_max)),
                 (&mut m.palisade_ipcache_v1, MAP_NAMES[1], Some(cfg.ipcache_max)),
                 (&mut m.palisade_ipcache_lpm_v1, MAP_NAMES[2], Some(cfg.ipcache_lpm_max)),
                 (&mut m.palisade_policy_v1, MAP_NAMES[3], Some(cfg.policy_max)),
                 (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
                 (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
-                (&mut m.palisade_policy_cache_v1, MAP_NAMES[6], Some(cfg.policy_cache_max)),
+                (&mut m.palisade_policy_cache_v2, MAP_NAMES[6], Some(cfg.policy_cache_max)),
                 (&mut m.palisade_flows_v1, MAP_NAMES[7], None),
                 (&mut m.palisade_flow_rl_v1, MAP_NAMES[8], None),
                 (&mut m.palisade_flow_stats_v1, MAP_NAMES[9], None),
+                (&mut m.palisade_fqdn_v1, MAP_NAMES[10], Some(cfg.fqdn_max)),
             ];
             for (map, name, max) in sized {
                 if let Some(max) = max {
@@ -114,6 +126,7 @@ impl Datapath {
             ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
             ro.ct_lifetime_other_ns = cfg.ct_other_lifetime_s * 1_000_000_000;
             ro.flows_enabled = u8::from(cfg.flows);
+            ro.proxy_mark = cfg.proxy_mark;
         }
         let skel = open.load().ctx(|| {
             format!(
@@ -379,7 +392,7 @@ impl Datapath {
 
     /// Empties the verdict cache (benchmarks of the uncached path).
     pub fn policy_cache_clear(&self) -> Result<()> {
-        clear(&self.skel.maps.palisade_policy_cache_v1);
+        clear(&self.skel.maps.palisade_policy_cache_v2);
         Ok(())
     }
 
@@ -392,8 +405,9 @@ impl Datapath {
             &m.palisade_ipcache_lpm_v1,
             &m.palisade_policy_v1,
             &m.palisade_ct_v1,
-            &m.palisade_policy_cache_v1,
+            &m.palisade_policy_cache_v2,
             &m.palisade_flow_rl_v1,
+            &m.palisade_fqdn_v1,
         ] {
             clear(map);
         }
@@ -417,7 +431,7 @@ fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Re
     }
 }
 
-fn is_full(e: &libbpf_rs::Error) -> bool {
+pub(crate) fn is_full(e: &libbpf_rs::Error) -> bool {
     let s = e.to_string();
     s.contains("os error 7)") || s.contains("os error 28)") || s.contains("No space left") || s.contains("Argument list too long")
 }

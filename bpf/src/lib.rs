@@ -12,6 +12,7 @@ pub mod attach;
 pub mod datapath;
 pub mod fixtures;
 pub mod flows;
+pub mod fqdn;
 pub mod maps;
 pub mod reason;
 

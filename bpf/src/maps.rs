@@ -172,6 +172,8 @@ pub struct CtEntry {
     pub created_ns: u64,
     pub last_seen_ns: u64,
     pub closing: bool,
+    /// Redirected to this local proxy port (0 = not).
+    pub proxy_port: u16,
 }
 
 impl CtEntry {
@@ -188,6 +190,7 @@ impl CtEntry {
             created_ns: v.created_ns,
             last_seen_ns: v.last_seen_ns,
             closing: v.flags & 1 != 0,
+            proxy_port: v.proxy_port,
         }
     }
 }

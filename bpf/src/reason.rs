@@ -14,6 +14,8 @@ pub enum Reason {
     NoEndpoint,
     /// Policy would have dropped; passed because of audit mode.
     Audit,
+    /// A rule redirects the flow to a proxy that has no socket.
+    ProxyUnavailable,
 }
 
 /// `REASON_BASE` in C: metrics index = code - BASE.
@@ -22,7 +24,7 @@ pub const REASON_BASE: u32 = 128;
 pub const REASON_MAX: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Forwarded,
         Reason::Policy,
         Reason::PolicyDeny,
@@ -32,6 +34,7 @@ impl Reason {
         Reason::UnsupportedL3,
         Reason::NoEndpoint,
         Reason::Audit,
+        Reason::ProxyUnavailable,
     ];
 
     pub fn code(self) -> u32 {
@@ -45,6 +48,7 @@ impl Reason {
             Reason::UnsupportedL3 => 138,
             Reason::NoEndpoint => 139,
             Reason::Audit => 140,
+            Reason::ProxyUnavailable => 141,
         }
     }
 
@@ -64,6 +68,7 @@ impl Reason {
             Reason::UnsupportedL3 => "Unsupported L3 protocol",
             Reason::NoEndpoint => "No endpoint for interface",
             Reason::Audit => "Policy audit (would be dropped)",
+            Reason::ProxyUnavailable => "Proxy lookup failed",
         }
     }
 
@@ -78,6 +83,7 @@ impl Reason {
             Reason::SpoofedSource => "INVALID_SOURCE_IP",
             Reason::UnsupportedL3 => "UNSUPPORTED_L3_PROTOCOL",
             Reason::NoEndpoint => "NO_SUCH_ENDPOINT",
+            Reason::ProxyUnavailable => "PROXY_LOOKUP_FAILED",
         }
     }
 

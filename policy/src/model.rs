@@ -3,7 +3,7 @@
 //! only this, never the YAML.
 use serde::{Deserialize, Serialize};
 
-use crate::selector::Selector;
+use crate::{fqdn::FqdnSelector, selector::Selector};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -81,9 +81,18 @@ pub struct PortRange {
     pub end_port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// L7 DNS rules (`toPorts[].rules.dns`): traffic on these ports goes to
+    /// palisade-dnsproxy, which allows only queries for matching names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<FqdnSelector>>,
 }
 
 impl PortRange {
+    /// A plain L4 port range (no L7 rules).
+    pub fn l4(protocol: Protocol, port: u16, end_port: u16) -> Self {
+        Self { protocol, port, end_port, name: None, dns: None }
+    }
+
     pub fn contains(&self, proto: u8, port: u16) -> bool {
         let proto_ok = match self.protocol.number() {
             Some(n) => n == proto,
@@ -225,6 +234,9 @@ pub enum PeerSelector {
         cidr: Cidr,
         except: Vec<Cidr>,
     },
+    /// Addresses that DNS answers for a matching name gave the endpoint
+    /// (`toFQDNs`); learned and installed by palisade-dnsproxy, per endpoint.
+    Fqdn(FqdnSelector),
 }
 
 /// Who a rule is about.
@@ -265,6 +277,27 @@ pub struct Rule {
     /// there (`enableDefaultDeny`, true unless set false).
     pub default_deny_ingress: bool,
     pub default_deny_egress: bool,
+}
+
+impl PeerRule {
+    /// The rule's toFQDNs selectors (empty when it has none).
+    pub fn fqdn_selectors(&self) -> Vec<&FqdnSelector> {
+        match &self.peers {
+            Peers::Select(sels) => sels
+                .iter()
+                .filter_map(|s| match s {
+                    PeerSelector::Fqdn(f) => Some(f),
+                    _ => None,
+                })
+                .collect(),
+            Peers::All => Vec::new(),
+        }
+    }
+
+    /// Whether any of its ports carries DNS rules.
+    pub fn has_dns_rules(&self) -> bool {
+        self.ports.iter().any(|p| p.dns.is_some())
+    }
 }
 
 impl Rule {

@@ -71,7 +71,7 @@ struct Rule_ {
     to_nodes: Unsupported,
     to_services: Unsupported,
     #[serde(rename = "toFQDNs")]
-    to_fqdns: Unsupported,
+    to_fqdns: Option<Vec<WireFqdn>>,
     authentication: Unsupported,
 }
 
@@ -88,13 +88,41 @@ struct CidrRule {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WirePortRule {
     ports: Option<Vec<WirePort>>,
-    rules: Unsupported,
+    rules: Option<WireL7>,
     #[serde(rename = "terminatingTLS")]
     terminating_tls: Unsupported,
     #[serde(rename = "originatingTLS")]
     originating_tls: Unsupported,
     server_names: Unsupported,
     listener: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireFqdn {
+    match_name: Option<String>,
+    match_pattern: Option<String>,
+}
+
+/// `toPorts[].rules`: only `dns` is enforced so far.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireL7 {
+    dns: Option<Vec<WireFqdn>>,
+    http: Unsupported,
+    kafka: Unsupported,
+    l7proto: Unsupported,
+    l7: Unsupported,
+}
+
+fn fqdn_selectors(path: &str, list: Vec<WireFqdn>) -> Result<Vec<crate::fqdn::FqdnSelector>, FieldError> {
+    list.into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let sel = crate::fqdn::FqdnSelector { match_name: w.match_name, match_pattern: w.match_pattern };
+            crate::fqdn::validate(&format!("{path}[{i}]"), &sel)
+        })
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -245,13 +273,23 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
                 "cannot be combined with other L3 selectors in one rule (toEndpoints, toCIDR, toCIDRSet, toEntities)".into(),
             ));
         }
-        unsupported(path, "toFQDNs", &r.to_fqdns)?;
         (("toEndpoints", r.to_endpoints), ("toCIDR", r.to_cidr), ("toCIDRSet", r.to_cidr_set), ("toEntities", r.to_entities))
     };
     unsupported(path, "authentication", &r.authentication)?;
 
     let mut any_l3 = false;
     let mut sels = Vec::new();
+    if let Some(list) = r.to_fqdns {
+        let p = format!("{path}.toFQDNs");
+        if list.is_empty() {
+            return Err((p, "list at least one matchName or matchPattern".into()));
+        }
+        if deny {
+            return Err((p, "toFQDNs cannot be used in egressDeny (Cilium refuses it too): deny by CIDR or entity".into()));
+        }
+        any_l3 = true;
+        sels.extend(fqdn_selectors(&p, list)?.into_iter().map(PeerSelector::Fqdn));
+    }
     if let (field, Some(list)) = ep {
         any_l3 = true;
         for (i, s) in list.into_iter().enumerate() {
@@ -296,7 +334,26 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
         }
         for (i, pr) in list.into_iter().enumerate() {
             let pp = format!("{path}.toPorts[{i}]");
-            unsupported(&pp, "rules", &pr.rules)?;
+            let dns = match pr.rules {
+                None => None,
+                Some(l7) => {
+                    let rp = format!("{pp}.rules");
+                    unsupported(&rp, "http", &l7.http)?;
+                    unsupported(&rp, "kafka", &l7.kafka)?;
+                    unsupported(&rp, "l7proto", &l7.l7proto)?;
+                    unsupported(&rp, "l7", &l7.l7)?;
+                    if is_ingress {
+                        return Err((format!("{rp}.dns"), "DNS rules apply to egress (queries the endpoint sends)".into()));
+                    }
+                    if deny {
+                        return Err((rp, "L7 rules cannot be part of a deny rule".into()));
+                    }
+                    match l7.dns {
+                        Some(list) => Some(fqdn_selectors(&format!("{rp}.dns"), list)?),
+                        None => return Err((rp, "empty: give dns rules (http and kafka are not supported yet)".into())),
+                    }
+                }
+            };
             unsupported(&pp, "terminatingTLS", &pr.terminating_tls)?;
             unsupported(&pp, "originatingTLS", &pr.originating_tls)?;
             unsupported(&pp, "serverNames", &pr.server_names)?;
@@ -316,7 +373,14 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
                         return Err((format!("{path}.protocol"), format!("{other:?} is not a protocol; expected TCP, UDP, SCTP or ANY")));
                     }
                 };
-                ports.push(port_range(&path, protocol, p.port, p.end_port)?);
+                let mut pr = port_range(&path, protocol, p.port, p.end_port)?;
+                if dns.is_some() {
+                    if pr.name.is_some() || pr.port == 0 {
+                        return Err((format!("{path}.port"), "DNS rules need a numeric port (usually 53)".into()));
+                    }
+                    pr.dns = dns.clone();
+                }
+                ports.push(pr);
             }
         }
     }
@@ -331,7 +395,7 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
                 }
                 let t = icmp_type(&f.icmp_type)
                     .ok_or((format!("{p}.type"), "not an ICMPv4 type (0-255 or a name such as EchoRequest)".to_string()))?;
-                ports.push(PortRange { protocol: Protocol::Icmp, port: u16::from(t), end_port: u16::from(t), name: None });
+                ports.push(PortRange::l4(Protocol::Icmp, u16::from(t), u16::from(t)));
             }
         }
         if ports.is_empty() {
