@@ -14,6 +14,8 @@ pub enum FlowVerdict {
     Forwarded,
     Dropped,
     Audit,
+    /// Admitted and handed to a local proxy (DNS).
+    Redirected,
 }
 
 /// One decoded datapath flow event.
@@ -54,6 +56,7 @@ impl FlowEvent {
             verdict: match e.verdict {
                 0 => FlowVerdict::Forwarded,
                 2 => FlowVerdict::Audit,
+                3 => FlowVerdict::Redirected,
                 _ => FlowVerdict::Dropped,
             },
             tcp_flags: e.tcp_flags,

@@ -13,6 +13,7 @@ pub mod datapath;
 pub mod fixtures;
 pub mod flows;
 pub mod fqdn;
+pub mod pinned;
 pub mod maps;
 pub mod reason;
 

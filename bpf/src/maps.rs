@@ -25,6 +25,9 @@ impl EndpointValue {
     /// Policy drops in this direction pass and are reported as AUDIT.
     pub const AUDIT_INGRESS: u32 = 1 << 3;
     pub const AUDIT_EGRESS: u32 = 1 << 4;
+    /// Has toFQDNs rules: new egress flows the policy table does not allow
+    /// are looked up in the FQDN table.
+    pub const FQDN: u32 = 1 << 5;
 
     pub(crate) fn to_abi(self) -> abi::endpoint_info {
         abi::endpoint_info {

@@ -67,6 +67,14 @@ pub struct Args {
     /// Maximum number of endpoints.
     #[arg(long, default_value_t = 4096)]
     pub endpoint_map_size: u32,
+    /// Port palisade-dnsproxy listens on (127.0.0.1, UDP and TCP); DNS
+    /// traffic of endpoints with DNS rules is redirected there. Give
+    /// palisade-dnsproxy the same --port.
+    #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
+    pub dns_proxy_port: u16,
+    /// Size of the FQDN table (learned address x port entries, all endpoints).
+    #[arg(long, default_value_t = 65536)]
+    pub fqdn_map_size: u32,
 }
 
 /// A configuration error: the process exits 64.
@@ -95,6 +103,10 @@ pub fn run(a: Args) -> Result<()> {
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
     dp.endpoints_max = a.endpoint_map_size;
+    dp.fqdn_max = a.fqdn_map_size;
+    if a.dns_proxy_port == 0 {
+        return Err(ConfigError("--dns-proxy-port must be a port number (1-65535)".into()).into());
+    }
     dp.ct_tcp_lifetime_s = a.ct_lifetime_tcp;
     dp.ct_other_lifetime_s = a.ct_lifetime_other;
     if a.ct_gc_interval == 0 || a.ct_lifetime_other == 0 || a.ct_lifetime_tcp == 0 {
@@ -111,6 +123,7 @@ pub fn run(a: Args) -> Result<()> {
         mode,
         host_interfaces: a.host_interfaces.clone(),
         node_labels,
+        dns_proxy_port: a.dns_proxy_port,
     };
     let state_dir = cfg.state_dir.clone();
     let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;

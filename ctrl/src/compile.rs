@@ -112,6 +112,8 @@ pub struct Universe<'a> {
     /// endpoints x identities). Keyed by the selector's address: the
     /// policies a universe compiles outlive it and are not mutated.
     pub selector_cache: std::cell::RefCell<HashMap<usize, std::rc::Rc<Vec<u32>>>>,
+    /// palisade-dnsproxy's port: entries of ports with DNS rules redirect there.
+    pub dns_proxy_port: u16,
 }
 
 impl<'a> Universe<'a> {
@@ -121,7 +123,7 @@ impl<'a> Universe<'a> {
         named_ports: BTreeMap<u32, Vec<&'a NamedPorts>>,
         mode: EnforcementMode,
     ) -> Self {
-        Self { pods, cidrs, named_ports, mode, selector_cache: Default::default() }
+        Self { pods, cidrs, named_ports, mode, selector_cache: Default::default(), dns_proxy_port: 0 }
     }
 
     /// [`Universe::identities`], memoised.
@@ -177,6 +179,9 @@ impl Universe<'_> {
                 }
                 v
             }
+            // Learned addresses are not identities: palisade-dnsproxy
+            // installs them per endpoint in the FQDN table (bpf/lib/fqdn.h).
+            PeerSelector::Fqdn(_) => Vec::new(),
         }
     }
 }
@@ -226,6 +231,9 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                         Direction::Egress => EndpointValue::EGRESS_ENFORCED,
                     };
                 }
+                if d == Direction::Egress && peer_rules.iter().any(|pr| !pr.deny && !pr.fqdn_selectors().is_empty()) {
+                    out.flags |= EndpointValue::FQDN;
+                }
                 for pr in peer_rules {
                     let ids: Vec<u32> = match &pr.peers {
                         Peers::All => vec![palisade_bpf::identity::ANY],
@@ -238,6 +246,10 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                         }
                     };
                     let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
+                    let redirect = |proto: Option<u8>, dns: bool| match (dns, proto) {
+                        (true, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
+                        _ => value,
+                    };
                     // Named ports resolve on the endpoint that owns the port:
                     // the subject for ingress, each peer for egress. "Any
                     // peer" on a named egress port means every identity that
@@ -254,7 +266,7 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                     if named_any_egress {
                         let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
                         for (pid, owners) in &u.named_ports {
-                            for (proto, port, port_bits) in l4_keys(&named, owners) {
+                            for (proto, port, port_bits, _) in l4_keys(&named, owners) {
                                 let k = PolicyKey { ep_id: ep.ep_id, identity: *pid, direction: dir_num(d), proto, port, port_bits };
                                 insert(&mut out.entries, k, value);
                             }
@@ -262,9 +274,9 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                         targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
                     }
                     for (id, owners) in targets {
-                        for (proto, port, port_bits) in l4_keys(&pr.ports, &owners) {
+                        for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
                             let k = PolicyKey { ep_id: ep.ep_id, identity: id, direction: dir_num(d), proto, port, port_bits };
-                            insert(&mut out.entries, k, value);
+                            insert(&mut out.entries, k, redirect(proto, dns));
                         }
                     }
                 }
@@ -275,19 +287,20 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
     out
 }
 
-/// The (protocol, port block) keys a list of port rules expands to. Named
-/// ports take their number and protocol from `owners`; a name no owner
-/// declares yields nothing (Kubernetes: the rule matches no port).
-fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<(Option<u8>, u16, u8)> {
+/// The (protocol, port block, has DNS rules) keys a list of port rules
+/// expands to. Named ports take their number and protocol from `owners`; a
+/// name no owner declares yields nothing (Kubernetes: the rule matches no
+/// port).
+pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<(Option<u8>, u16, u8, bool)> {
     if ports.is_empty() {
-        return vec![(None, 0, 0)];
+        return vec![(None, 0, 0, false)];
     }
     let mut out = Vec::new();
     for pr in ports {
         if let Some(name) = &pr.name {
             for np in owners.iter().filter_map(|o| o.get(name)) {
                 if pr.protocol.number().is_none_or(|p| p == np.protocol) {
-                    out.push((Some(np.protocol), np.port, 16));
+                    out.push((Some(np.protocol), np.port, 16, false));
                 }
             }
             continue;
@@ -297,14 +310,15 @@ fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<
             (Protocol::Any, _) => vec![Some(6), Some(17), Some(132)],
             (p, _) => vec![p.number()],
         };
+        let dns = pr.dns.is_some();
         for proto in protos {
             if proto.is_none() || (pr.port == 0 && pr.protocol != Protocol::Icmp) {
-                out.push((proto, 0, 0));
+                out.push((proto, 0, 0, dns));
             } else if pr.protocol == Protocol::Icmp {
-                out.push((proto, pr.port, 16));
+                out.push((proto, pr.port, 16, dns));
             } else {
                 for (port, bits) in PolicyKey::port_blocks(pr.port, pr.end_port) {
-                    out.push((proto, port, bits));
+                    out.push((proto, port, bits, dns));
                 }
             }
         }
@@ -312,10 +326,11 @@ fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<
     out
 }
 
-/// Two rules on one key: a deny wins, otherwise the first allow stays.
+/// Two rules on one key: a deny wins, then an allow through the DNS proxy
+/// (its rules must see the query), otherwise the first allow stays.
 fn insert(entries: &mut BTreeMap<PolicyKey, PolicyValue>, k: PolicyKey, v: PolicyValue) {
     match entries.get(&k) {
-        Some(old) if old.deny || !v.deny => {}
+        Some(old) if old.deny || (!v.deny && (old.proxy_port != 0 || v.proxy_port == 0)) => {}
         _ => {
             entries.insert(k, v);
         }
@@ -443,6 +458,7 @@ mod tests {
             named_ports: BTreeMap::new(),
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
+            dns_proxy_port: 0,
         }
     }
 
@@ -519,6 +535,7 @@ mod issue3_tests {
             named_ports: BTreeMap::new(),
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
+            dns_proxy_port: 0,
         };
         let world = u.identities(&PeerSelector::Entity(Entity::World));
         assert!(world.contains(&2) && world.contains(&(1 << 24)) && !world.contains(&256));
@@ -553,6 +570,7 @@ mod issue3_tests {
             named_ports: BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]),
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
+            dns_proxy_port: 0,
         };
         let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");

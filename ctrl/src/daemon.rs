@@ -34,6 +34,8 @@ pub struct Config {
     pub host_interfaces: Vec<String>,
     /// The node's labels, for host policies' nodeSelector.
     pub node_labels: BTreeMap<String, String>,
+    /// Where DNS rules redirect to (palisade-dnsproxy's port).
+    pub dns_proxy_port: u16,
 }
 
 /// Endpoint id of the node itself (host firewall), out of the range
@@ -61,6 +63,8 @@ pub struct Daemon {
     host_ips: BTreeSet<Ipv4Addr>,
     /// Time from `policy apply` to enforced (maps written), in µs.
     pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
+    /// `policy.snap` for palisade-dnsproxy.
+    dns_snapshot: crate::dnsrules::Writer,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -80,11 +84,13 @@ pub fn now_unix() -> u64 {
 impl Daemon {
     pub fn start(cfg: Config) -> Result<Self> {
         let lock = lock_state_dir(&cfg.state_dir)?;
-        netplumb::prepare_node()?;
+        netplumb::prepare_node(cfg.datapath.proxy_mark)?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;
+        let dns_snapshot = crate::dnsrules::Writer::new(&cfg.state_dir);
         let mut d = Self {
+            dns_snapshot,
             cfg,
             dp,
             state,
@@ -212,7 +218,13 @@ impl Daemon {
         self.sync_cidrs(&policies)?;
         self.sync_host_ips()?;
         tracing::debug!(prep_us = t0.elapsed().as_micros() as u64, "sync: cidrs and host addresses");
-        let universe = universe(&self.store, &self.store.identities, self.cfg.mode);
+        let mut universe = universe(&self.store, &self.store.identities, self.cfg.mode);
+        universe.dns_proxy_port = self.cfg.dns_proxy_port;
+        // The proxy's rules first: a query redirected under a new rule
+        // must find it.
+        self.dns_snapshot
+            .publish(crate::dnsrules::snapshot(self.store.endpoints.values(), &policies, &universe))
+            .context("writing policy.snap for palisade-dnsproxy")?;
         let mut put = 0;
         let mut deleted = 0;
         let mut live = BTreeSet::new();

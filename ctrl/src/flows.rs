@@ -102,10 +102,11 @@ impl Names {
                 FlowVerdict::Forwarded => "FORWARDED",
                 FlowVerdict::Dropped => "DROPPED",
                 FlowVerdict::Audit => "AUDIT",
+                FlowVerdict::Redirected => "REDIRECTED",
             }
             .into(),
             drop_reason_desc: match e.verdict {
-                FlowVerdict::Forwarded => String::new(),
+                FlowVerdict::Forwarded | FlowVerdict::Redirected => String::new(),
                 _ => e.reason.map(|r| r.hubble_name().to_string()).unwrap_or_default(),
             },
             flow_type: "L3_L4".into(),

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod compile;
 pub mod daemon;
+pub mod dnsrules;
 pub mod flows;
 pub mod identity;
 pub mod metrics;

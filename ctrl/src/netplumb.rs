@@ -185,8 +185,22 @@ pub fn parse_fib_trie(trie: &str) -> std::collections::BTreeSet<Ipv4Addr> {
 }
 
 /// Node-wide settings the endpoints need: forwarding on.
-pub fn prepare_node() -> Result<()> {
-    sysctl_local("net.ipv4.ip_forward", "1")
+/// Routing table that delivers packets redirected to a local proxy.
+pub const PROXY_TABLE: u32 = 2005;
+
+/// Node-wide settings: forwarding, and the policy routing that makes a
+/// packet the datapath assigned to a proxy socket (bpf_sk_assign, marked
+/// `proxy_mark`) local, whatever its destination address. Idempotent.
+pub fn prepare_node(proxy_mark: u32) -> Result<()> {
+    sysctl_local("net.ipv4.ip_forward", "1")?;
+    let mark = format!("{proxy_mark:#x}/{proxy_mark:#x}");
+    let table = PROXY_TABLE.to_string();
+    let rules = ip(&["-4", "rule", "show", "table", &table])?;
+    if !rules.contains("fwmark") {
+        ip(&["-4", "rule", "add", "pref", "90", "fwmark", &mark, "lookup", &table])?;
+    }
+    ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,9 +1,128 @@
 //! palisade-dnsproxy: the transparent DNS proxy. The datapath steers the DNS
-//! traffic of endpoints with DNS rules here; the proxy checks each query name
-//! against the endpoint's `rules.dns`, forwards allowed queries to the
-//! original upstream, and installs every answered address for the
-//! endpoint's matching `toFQDNs` rules in the datapath before the answer is
-//! released to the pod.
+//! traffic of endpoints with DNS rules here (bpf/lib/proxy.h); the proxy
+//! checks each query name against the endpoint's `rules.dns`, forwards
+//! allowed queries to the original upstream, and installs every answered
+//! address for the endpoint's matching `toFQDNs` rules in the datapath
+//! before the answer is released to the pod, so the pod's first `connect()`
+//! after resolution is already allowed.
+//!
+//! It reads `policy.snap` (palisade-ctrl's), owns the FQDN table in the
+//! datapath and its cache (`fqdn.snap`), and needs nothing else running to
+//! keep answering: a restart of palisade-ctrl does not touch it.
 #![forbid(unsafe_code)]
 
+pub mod installer;
+pub mod rules;
+pub mod server;
+pub mod stats;
 pub mod wire;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "palisade-dnsproxy",
+    version,
+    about = "Palisade's transparent DNS proxy: enforces DNS rules and learns toFQDNs addresses, installing them before the answer reaches the pod"
+)]
+pub struct Args {
+    /// bpffs directory of the node's pinned maps (palisade-ctrl's --bpf-dir).
+    #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
+    pub bpf_dir: PathBuf,
+    /// The node's state directory (palisade-ctrl's --state-dir): policy.snap
+    /// is read there, the FQDN cache kept in <state-dir>/dnsproxy.
+    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+    pub state_dir: PathBuf,
+    /// Port to listen on, 127.0.0.1 UDP and TCP (palisade-ctrl's --dns-proxy-port).
+    #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
+    pub port: u16,
+    /// Longest time an answer waits for its addresses to be installed (ms).
+    #[arg(long, default_value_t = 100)]
+    pub hold_timeout_ms: u64,
+    /// Shortest lifetime of a learned address, whatever the record's TTL (s).
+    #[arg(long, default_value_t = 5)]
+    pub min_ttl: u32,
+    /// Most addresses kept per name and endpoint (oldest without a live
+    /// connection evicted first).
+    #[arg(long, default_value_t = 50)]
+    pub max_ips_per_name: usize,
+    /// Answer to a denied name: refused or nameError (NXDOMAIN).
+    #[arg(long, default_value = "refused")]
+    pub deny_response: String,
+    /// How long to wait for the upstream's answer (ms).
+    #[arg(long, default_value_t = 5000)]
+    pub upstream_timeout_ms: u64,
+    /// Threads receiving UDP queries.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Conntrack lifetimes (s) as palisade-ctrl has them, to tell live
+    /// connections from dead ones.
+    #[arg(long, default_value_t = 21600)]
+    pub ct_lifetime_tcp: u64,
+    #[arg(long, default_value_t = 60)]
+    pub ct_lifetime_other: u64,
+}
+
+/// A configuration error: the process exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let deny = match a.deny_response.as_str() {
+        "refused" | "REFUSED" => wire::DenyRcode::Refused,
+        "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,
+        o => return Err(ConfigError(format!("--deny-response {o:?}: expected refused or nameError")).into()),
+    };
+    if a.port == 0 || a.workers == 0 || a.max_ips_per_name == 0 || a.hold_timeout_ms == 0 {
+        return Err(ConfigError("--port, --workers, --max-ips-per-name and --hold-timeout-ms must be at least 1".into()).into());
+    }
+    let stats = Arc::new(stats::Stats::default());
+    let rules = Arc::new(rules::RulesHandle::new(&a.state_dir));
+    let settings = installer::Settings {
+        min_ttl: a.min_ttl,
+        max_ips_per_name: a.max_ips_per_name,
+        tcp_lifetime_s: a.ct_lifetime_tcp,
+        other_lifetime_s: a.ct_lifetime_other,
+    };
+    let inst = installer::Installer::new(&a.bpf_dir, &a.state_dir.join("dnsproxy"), rules.clone(), settings, stats.clone())
+        .context("restoring the FQDN cache")?;
+    let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+    std::thread::Builder::new().name("installer".into()).spawn(move || inst.run(rx))?;
+    {
+        let rules = rules.clone();
+        std::thread::Builder::new().name("rules".into()).spawn(move || loop {
+            std::thread::sleep(Duration::from_millis(100));
+            rules.refresh();
+        })?;
+    }
+    let shared = Arc::new(server::Shared {
+        rules,
+        installer: tx,
+        ipcache: palisade_bpf::pinned::Ipcache::open(&a.bpf_dir).ok(),
+        stats,
+        hold: Duration::from_millis(a.hold_timeout_ms),
+        deny,
+        upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
+    });
+    let tcp = server::tcp_listener(a.port)?;
+    let udp = server::UdpServer::bind(a.port, shared.clone(), a.workers)?;
+    for i in 0..a.workers {
+        let u = udp.clone();
+        std::thread::Builder::new().name(format!("dns-answers-{i}")).spawn(move || u.serve_answers(i))?;
+    }
+    for i in 1..a.workers {
+        let u = udp.clone();
+        std::thread::Builder::new().name(format!("dns-queries-{i}")).spawn(move || u.serve_queries(i))?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new().name("dns-tcp-accept".into()).spawn(move || server::serve_tcp(tcp, shared))?;
+    }
+    tracing::info!(port = a.port, "palisade-dnsproxy ready on 127.0.0.1 (UDP and TCP)");
+    println!("ready");
+    udp.serve_queries(0);
+    Ok(())
+}

@@ -16,6 +16,8 @@ mod types;
 
 pub use file::{read, write, FileId, Mapped};
 pub use types::*;
+/// Archived collection types readers walk.
+pub use rkyv;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -1,0 +1,104 @@
+//! What palisade-dnsproxy needs from the policy, as `policy.snap`: per
+//! endpoint, its DNS rules (which names it may resolve, through which peers
+//! and ports) and its toFQDNs rules (which ports a learned address opens).
+//! The agent writes the file before it changes the maps, so a query the
+//! datapath redirects under a new rule always finds that rule in the file.
+use palisade_policy::{Direction, Peers, Policy, Protocol};
+use palisade_snapshot::{DnsRule, FqdnRule, L4Key, NameSel, PolicySnapshot, SnapEndpoint};
+
+use crate::{
+    compile::{self, EnforcementMode, Universe},
+    state::Endpoint,
+};
+
+fn sel(s: &palisade_policy::fqdn::FqdnSelector) -> NameSel {
+    NameSel { match_name: s.match_name.clone(), match_pattern: s.match_pattern.clone() }
+}
+
+/// The DNS and toFQDNs rules of one endpoint (both empty when it has none).
+pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (Vec<DnsRule>, Vec<FqdnRule>) {
+    let (mut dns, mut fqdn) = (Vec::new(), Vec::new());
+    if u.mode == EnforcementMode::Never {
+        return (dns, fqdn);
+    }
+    for p in policies {
+        let key = p.key();
+        for rule in p.rules.iter().filter(|r| r.selects_endpoint(&ep.labels)) {
+            for pr in rule.direction(Direction::Egress).unwrap_or_default().iter().filter(|pr| !pr.deny) {
+                let cookie = compile::cookie(&key, &pr.path);
+                let fsels = pr.fqdn_selectors();
+                if !fsels.is_empty() {
+                    let mut keys: Vec<L4Key> = compile::l4_keys(&pr.ports, &[])
+                        .into_iter()
+                        .map(|(proto, port, bits, _)| L4Key { proto: proto.unwrap_or(0), port, bits })
+                        .collect();
+                    keys.sort();
+                    keys.dedup();
+                    fqdn.push(FqdnRule { cookie, selectors: fsels.into_iter().map(sel).collect(), keys });
+                }
+                for port in pr.ports.iter() {
+                    let Some(names) = &port.dns else { continue };
+                    let peers = match &pr.peers {
+                        Peers::All => None,
+                        Peers::Select(sels) => {
+                            let mut ids: Vec<u32> = sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
+                            ids.sort_unstable();
+                            ids.dedup();
+                            if ids.contains(&palisade_bpf::identity::ANY) {
+                                None
+                            } else {
+                                Some(ids)
+                            }
+                        }
+                    };
+                    let proto = match port.protocol {
+                        Protocol::Any => 0,
+                        p => p.number().unwrap_or(0),
+                    };
+                    dns.push(DnsRule { cookie, peers, ports: vec![(proto, port.port, port.end_port)], names: names.iter().map(sel).collect() });
+                }
+            }
+        }
+    }
+    (dns, fqdn)
+}
+
+/// The whole snapshot (generation left 0; the writer stamps it).
+pub fn snapshot<'e>(endpoints: impl Iterator<Item = &'e Endpoint>, policies: &[Policy], u: &Universe<'_>) -> PolicySnapshot {
+    let mut out = PolicySnapshot { version: PolicySnapshot::VERSION, dns_proxy_port: u.dns_proxy_port, ..Default::default() };
+    for ep in endpoints {
+        let (dns, fqdn) = endpoint_rules(ep, policies, u);
+        if dns.is_empty() && fqdn.is_empty() {
+            continue;
+        }
+        out.endpoints.push(SnapEndpoint { ep_id: ep.ep_id, name: ep.name.clone(), ipv4: ep.ipv4.octets(), identity: ep.identity, dns, fqdn });
+    }
+    out
+}
+
+/// Writes `policy.snap` when its content changed; keeps the generation
+/// increasing across restarts (read back from the file).
+pub struct Writer {
+    path: std::path::PathBuf,
+    last: Option<PolicySnapshot>,
+}
+
+impl Writer {
+    pub fn new(state_dir: &std::path::Path) -> Self {
+        let path = state_dir.join(PolicySnapshot::FILE);
+        let last = palisade_snapshot::read::<PolicySnapshot>(&path).ok().flatten();
+        Self { path, last }
+    }
+
+    pub fn publish(&mut self, mut snap: PolicySnapshot) -> anyhow::Result<()> {
+        let gen = self.last.as_ref().map_or(0, |l| l.generation);
+        snap.generation = gen;
+        if self.last.as_ref() == Some(&snap) {
+            return Ok(());
+        }
+        snap.generation = gen + 1;
+        palisade_snapshot::write(&self.path, &snap)?;
+        self.last = Some(snap);
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! `palisade-dnsproxy`: the transparent DNS proxy (see the library crate);
+//! exits 64 on bad configuration.
+use clap::Parser;
+
+fn main() {
+    let args = palisade_dnsproxy::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if let Err(e) = palisade_dnsproxy::run(args) {
+        eprintln!("palisade-dnsproxy: {e:#}");
+        std::process::exit(e.downcast_ref::<palisade_dnsproxy::ConfigError>().map_or(1, |_| 64));
+    }
+}

@@ -1,0 +1,416 @@
+//! The FQDN cache and the only writer of the datapath's FQDN table. Answer
+//! threads send what an answer taught (endpoint, names, addresses, TTLs)
+//! and wait (bounded) for the acknowledgement that the addresses are in
+//! the map; the answer is released after it. One thread owns the cache,
+//! the map and the persistence, so there is no lock between them and a
+//! reload, an expiry and a learning never interleave.
+//!
+//! Persistence: every learning that adds an address or extends its expiry
+//! by more than a second is appended to `fqdn.journal` before the
+//! acknowledgement (one small write, which survives a crash of the
+//! process); once a second the whole cache is written as `fqdn.snap` (rkyv)
+//! and the journal is emptied. A restart loads both, then makes the map
+//! equal to what the cache and the current rules say, so it neither loses
+//! an address a pod resolved nor keeps one that expired meanwhile.
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    io::{BufRead, Write},
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use palisade_bpf::fqdn::{FqdnKey, FqdnMap};
+use palisade_snapshot::{CacheEntry, FqdnCache, Source};
+use serde::{Deserialize, Serialize};
+
+use crate::{rules::RulesHandle, stats::Stats};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What one answer taught.
+pub struct Learn {
+    pub ep_id: u32,
+    pub endpoint: String,
+    pub names: Vec<String>,
+    pub addrs: Vec<(IpAddr, u32)>,
+    /// Signalled once the addresses are in the datapath.
+    pub ack: Option<mpsc::SyncSender<()>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub min_ttl: u32,
+    pub max_ips_per_name: usize,
+    pub tcp_lifetime_s: u64,
+    pub other_lifetime_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Addr {
+    addr: IpAddr,
+    ttl: u32,
+    seen_ms: u64,
+    expires_ms: u64,
+    #[serde(skip)]
+    persisted_expires_ms: u64,
+    /// Expired but a connection through it is live: listed, not installed.
+    #[serde(default)]
+    live_only: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalRecord {
+    ep: u32,
+    endpoint: String,
+    name: String,
+    addr: Addr,
+}
+
+type Key = (u32, String);
+
+pub struct Installer {
+    map: FqdnMap,
+    rules: Arc<RulesHandle>,
+    settings: Settings,
+    stats: Arc<Stats>,
+    bpf_dir: PathBuf,
+    dir: PathBuf,
+    cache: BTreeMap<Key, Vec<Addr>>,
+    endpoints: HashMap<u32, String>,
+    installed: HashMap<u32, HashMap<FqdnKey, u32>>,
+    rules_gen: u64,
+    journal: std::fs::File,
+    dirty: bool,
+    pub installed_total: Arc<AtomicU64>,
+}
+
+impl Installer {
+    pub fn new(bpf_dir: &Path, state_dir: &Path, rules: Arc<RulesHandle>, settings: Settings, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let map = FqdnMap::open(bpf_dir)?;
+        let dir = state_dir.to_path_buf();
+        std::fs::create_dir_all(&dir)?;
+        let mut cache: BTreeMap<Key, Vec<Addr>> = BTreeMap::new();
+        let mut endpoints = HashMap::new();
+        if let Some(snap) = palisade_snapshot::read::<FqdnCache>(&dir.join(FqdnCache::FILE))? {
+            for e in snap.entries {
+                let addr = match e.addr.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(e.addr.as_slice()).expect("4 bytes")),
+                    16 => IpAddr::from(<[u8; 16]>::try_from(e.addr.as_slice()).expect("16 bytes")),
+                    _ => continue,
+                };
+                endpoints.insert(e.ep_id, e.endpoint.clone());
+                cache.entry((e.ep_id, e.name)).or_default().push(Addr {
+                    addr,
+                    ttl: e.ttl,
+                    seen_ms: e.seen_unix_ms,
+                    expires_ms: e.expires_unix_ms,
+                    persisted_expires_ms: e.expires_unix_ms,
+                    live_only: e.source == Source::LiveConnection,
+                });
+            }
+        }
+        let jpath = dir.join("fqdn.journal");
+        if let Ok(f) = std::fs::File::open(&jpath) {
+            for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+                let Ok(r) = serde_json::from_str::<JournalRecord>(&line) else { continue };
+                endpoints.insert(r.ep, r.endpoint);
+                let list = cache.entry((r.ep, r.name)).or_default();
+                match list.iter_mut().find(|a| a.addr == r.addr.addr) {
+                    Some(a) if a.expires_ms >= r.addr.expires_ms => {}
+                    Some(a) => *a = Addr { persisted_expires_ms: r.addr.expires_ms, ..r.addr },
+                    None => list.push(Addr { persisted_expires_ms: r.addr.expires_ms, ..r.addr }),
+                }
+            }
+        }
+        let journal = std::fs::OpenOptions::new().create(true).append(true).open(&jpath)?;
+        let mut installed: HashMap<u32, HashMap<FqdnKey, u32>> = HashMap::new();
+        for (k, cookie) in map.dump()? {
+            installed.entry(k.ep_id).or_default().insert(k, cookie);
+        }
+        let restored: usize = cache.values().map(Vec::len).sum();
+        let mut me = Self {
+            map,
+            rules,
+            settings,
+            stats,
+            bpf_dir: bpf_dir.to_path_buf(),
+            dir,
+            cache,
+            endpoints,
+            installed,
+            rules_gen: u64::MAX,
+            journal,
+            dirty: true,
+            installed_total: Arc::new(AtomicU64::new(0)),
+        };
+        me.reconcile_all();
+        me.persist();
+        tracing::info!(addresses = restored, map_entries = me.installed_count(), "FQDN cache restored");
+        Ok(me)
+    }
+
+    fn installed_count(&self) -> usize {
+        self.installed.values().map(HashMap::len).sum()
+    }
+
+    /// The entries the map should hold for one endpoint: every unexpired
+    /// address of every name a toFQDNs rule of the endpoint matches.
+    fn desired(&self, ep_id: u32, now: u64) -> HashMap<FqdnKey, u32> {
+        let mut out = HashMap::new();
+        let rules = self.rules.get();
+        let Some(ep) = rules.by_ep.get(&ep_id) else { return out };
+        for ((_, name), addrs) in self.cache.range((ep_id, String::new())..).take_while(|((e, _), _)| *e == ep_id) {
+            for rule in ep.fqdn.iter().filter(|r| r.names.matches(name)) {
+                for a in addrs.iter().filter(|a| !a.live_only && a.expires_ms > now) {
+                    for k in &rule.keys {
+                        let key = FqdnKey {
+                            ep_id,
+                            addr: a.addr,
+                            proto: (k.proto != 0).then_some(k.proto),
+                            port: k.port,
+                            port_bits: if k.proto == 0 { 0 } else { k.bits },
+                        };
+                        out.entry(key).or_insert(rule.cookie);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes the map's entries of one endpoint equal to [`Self::desired`]:
+    /// additions first, then removals.
+    fn reconcile(&mut self, ep_id: u32, now: u64) {
+        let want = self.desired(ep_id, now);
+        let have = self.installed.remove(&ep_id).unwrap_or_default();
+        let mut kept = HashMap::new();
+        for (k, c) in &want {
+            if have.get(k) != Some(c) {
+                match self.map.put(*k, *c) {
+                    Ok(()) => {
+                        self.installed_total.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.stats.install_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("installing {} for endpoint {ep_id}: {e}", k.addr);
+                        continue;
+                    }
+                }
+            }
+            kept.insert(*k, *c);
+        }
+        for k in have.keys().filter(|k| !want.contains_key(k)) {
+            if let Err(e) = self.map.delete(*k) {
+                tracing::warn!("removing {} for endpoint {ep_id}: {e}", k.addr);
+                kept.insert(*k, have[k]);
+            }
+        }
+        if !kept.is_empty() {
+            self.installed.insert(ep_id, kept);
+        }
+    }
+
+    fn reconcile_all(&mut self) {
+        let now = now_ms();
+        let rules = self.rules.get();
+        self.rules_gen = rules.generation;
+        // Endpoints no longer in the rules lose their cache (ep ids are not
+        // reused, an endpoint that lost its DNS rules re-learns).
+        self.cache.retain(|(ep, _), _| rules.by_ep.contains_key(ep));
+        let eps: HashSet<u32> = self.installed.keys().copied().chain(self.cache.keys().map(|(e, _)| *e)).collect();
+        for ep in eps {
+            self.reconcile(ep, now);
+        }
+        self.dirty = true;
+    }
+
+    fn learn(&mut self, l: Learn) {
+        let now = now_ms();
+        self.endpoints.insert(l.ep_id, l.endpoint.clone());
+        let mut live: Option<HashSet<(u32, Ipv4Addr)>> = None;
+        let mut journal = Vec::new();
+        for name in &l.names {
+            let list = self.cache.entry((l.ep_id, name.clone())).or_default();
+            for &(addr, ttl) in &l.addrs {
+                let ttl = ttl.max(self.settings.min_ttl);
+                let expires = now + u64::from(ttl) * 1000;
+                match list.iter_mut().find(|a| a.addr == addr) {
+                    Some(a) => {
+                        a.ttl = ttl;
+                        a.seen_ms = now;
+                        a.live_only = false;
+                        a.expires_ms = a.expires_ms.max(expires);
+                        if a.expires_ms > a.persisted_expires_ms + 1000 {
+                            a.persisted_expires_ms = a.expires_ms;
+                            journal.push((name.clone(), a.clone()));
+                        }
+                    }
+                    None => {
+                        if list.len() >= self.settings.max_ips_per_name {
+                            // Evict the oldest address without a live
+                            // connection (the oldest of all if every one has).
+                            let live = live.get_or_insert_with(|| {
+                                palisade_bpf::pinned::conntrack_live(&self.bpf_dir, self.settings.tcp_lifetime_s, self.settings.other_lifetime_s)
+                                    .unwrap_or_default()
+                            });
+                            let is_live = |a: &Addr| matches!(a.addr, IpAddr::V4(v4) if live.contains(&(l.ep_id, v4)));
+                            let victim = list
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, a)| !is_live(a))
+                                .min_by_key(|(_, a)| a.seen_ms)
+                                .or_else(|| list.iter().enumerate().min_by_key(|(_, a)| a.seen_ms))
+                                .map(|(i, _)| i);
+                            if let Some(i) = victim {
+                                list.remove(i);
+                                self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        let a = Addr { addr, ttl, seen_ms: now, expires_ms: expires, persisted_expires_ms: expires, live_only: false };
+                        journal.push((name.clone(), a.clone()));
+                        list.push(a);
+                    }
+                }
+            }
+        }
+        self.reconcile(l.ep_id, now);
+        if !journal.is_empty() {
+            let mut buf = Vec::new();
+            for (name, addr) in journal {
+                let r = JournalRecord { ep: l.ep_id, endpoint: l.endpoint.clone(), name, addr };
+                if serde_json::to_writer(&mut buf, &r).is_ok() {
+                    buf.push(b'\n');
+                }
+            }
+            if let Err(e) = self.journal.write_all(&buf) {
+                tracing::warn!("appending to fqdn.journal: {e}");
+            }
+            self.dirty = true;
+        }
+        if let Some(ack) = l.ack {
+            let _ = ack.try_send(());
+        }
+    }
+
+    /// Expired addresses leave the map; those still carrying a live
+    /// connection stay listed (not installed) until it ends.
+    fn expire(&mut self, check_live: bool) {
+        let now = now_ms();
+        let live = if check_live {
+            palisade_bpf::pinned::conntrack_live(&self.bpf_dir, self.settings.tcp_lifetime_s, self.settings.other_lifetime_s).ok()
+        } else {
+            None
+        };
+        let mut touched = HashSet::new();
+        for ((ep, _), addrs) in self.cache.iter_mut() {
+            let before = addrs.len();
+            let mut changed = false;
+            addrs.retain_mut(|a| {
+                if a.expires_ms > now {
+                    return true;
+                }
+                let is_live = match (&live, a.addr) {
+                    (Some(l), IpAddr::V4(v4)) => l.contains(&(*ep, v4)),
+                    (None, _) => a.live_only,
+                    _ => false,
+                };
+                if !a.live_only {
+                    changed = true;
+                }
+                a.live_only = is_live;
+                is_live
+            });
+            if changed || addrs.len() != before {
+                touched.insert(*ep);
+            }
+        }
+        self.cache.retain(|_, v| !v.is_empty());
+        for ep in &touched {
+            self.reconcile(*ep, now);
+            self.stats.expired.fetch_add(1, Ordering::Relaxed);
+        }
+        if !touched.is_empty() {
+            self.dirty = true;
+        }
+    }
+
+    /// Writes `fqdn.snap` and empties the journal.
+    fn persist(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        let mut entries = Vec::new();
+        for ((ep, name), addrs) in &self.cache {
+            for a in addrs {
+                entries.push(CacheEntry {
+                    ep_id: *ep,
+                    endpoint: self.endpoints.get(ep).cloned().unwrap_or_default(),
+                    name: name.clone(),
+                    addr: match a.addr {
+                        IpAddr::V4(v) => v.octets().to_vec(),
+                        IpAddr::V6(v) => v.octets().to_vec(),
+                    },
+                    ttl: a.ttl,
+                    seen_unix_ms: a.seen_ms,
+                    expires_unix_ms: a.expires_ms,
+                    source: if a.live_only { Source::LiveConnection } else { Source::Lookup },
+                });
+            }
+        }
+        let snap = FqdnCache { version: FqdnCache::VERSION, written_unix_ms: now_ms(), entries, stats: self.stats.snapshot() };
+        match palisade_snapshot::write(&self.dir.join(FqdnCache::FILE), &snap) {
+            Ok(()) => {
+                let _ = self.journal.set_len(0);
+                self.dirty = false;
+            }
+            Err(e) => tracing::warn!("writing fqdn.snap: {e}"),
+        }
+    }
+
+    /// The installer thread: learnings as they come, expiry every 250 ms,
+    /// live-connection checks every 5 s, persistence every second.
+    pub fn run(mut self, rx: mpsc::Receiver<Learn>) {
+        let tick = Duration::from_millis(250);
+        let mut next_tick = Instant::now() + tick;
+        let mut ticks: u64 = 0;
+        loop {
+            match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
+                Ok(l) => {
+                    if self.rules.get().generation != self.rules_gen {
+                        self.reconcile_all();
+                    }
+                    self.learn(l);
+                    // Drain what else is queued before the periodic work.
+                    while let Ok(l) = rx.try_recv() {
+                        self.learn(l);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.dirty = true;
+                    self.persist();
+                    return;
+                }
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + tick;
+                ticks += 1;
+                if self.rules.get().generation != self.rules_gen {
+                    self.reconcile_all();
+                }
+                self.expire(ticks % 20 == 0);
+                if ticks % 4 == 0 {
+                    self.dirty = true; // stats move even when the cache does not
+                    self.persist();
+                }
+            }
+        }
+    }
+}

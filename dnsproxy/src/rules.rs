@@ -1,0 +1,157 @@
+//! The proxy's view of the policy: `policy.snap` (written by palisade-ctrl)
+//! compiled into name matchers, per endpoint address. Queries read it
+//! through an `Arc` swapped whole when the file changes, so a reload never
+//! blocks a query for longer than one pointer copy.
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+};
+
+use palisade_policy::fqdn::{FqdnSelector, NameMatcher};
+use palisade_snapshot::{ArchivedNameSel, FileId, L4Key, Mapped, PolicySnapshot};
+
+struct DnsRule {
+    peers: Option<HashSet<u32>>,
+    ports: Vec<(u8, u16, u16)>,
+    names: NameMatcher,
+}
+
+/// A toFQDNs rule of one endpoint.
+pub struct FqdnRule {
+    pub cookie: u32,
+    pub names: NameMatcher,
+    pub keys: Vec<L4Key>,
+}
+
+/// One endpoint's DNS and toFQDNs rules.
+pub struct EpRules {
+    pub ep_id: u32,
+    pub name: String,
+    dns: Vec<DnsRule>,
+    pub fqdn: Vec<FqdnRule>,
+    /// Every DNS rule of the endpoint allows the same names: the datapath
+    /// already chose the peers, so the proxy need not look the peer up.
+    uniform: bool,
+}
+
+impl EpRules {
+    /// Whether a query for `name` sent to a peer on `proto`/`port` is allowed.
+    /// `peer` is asked only when rules for different peers differ.
+    pub fn query_allowed(&self, proto: u8, port: u16, name: &str, peer: impl FnOnce() -> u32) -> bool {
+        let on_port = |r: &&DnsRule| r.ports.iter().any(|&(p, lo, hi)| (p == 0 || p == proto) && (lo..=hi).contains(&port));
+        if self.uniform {
+            return self.dns.iter().find(on_port).is_some_and(|r| r.names.matches(name));
+        }
+        let peer = peer();
+        self.dns.iter().filter(on_port).filter(|r| r.peers.as_ref().is_none_or(|p| p.contains(&peer))).any(|r| r.names.matches(name))
+    }
+
+    pub fn has_dns_rules(&self) -> bool {
+        !self.dns.is_empty()
+    }
+}
+
+fn selectors(list: &palisade_snapshot::rkyv::vec::ArchivedVec<ArchivedNameSel>) -> Vec<FqdnSelector> {
+    list.iter()
+        .map(|s| FqdnSelector {
+            match_name: s.match_name.as_ref().map(|n| n.as_str().to_string()),
+            match_pattern: s.match_pattern.as_ref().map(|n| n.as_str().to_string()),
+        })
+        .collect()
+}
+
+/// The compiled snapshot.
+#[derive(Default)]
+pub struct Rules {
+    pub generation: u64,
+    pub by_ip: HashMap<Ipv4Addr, Arc<EpRules>>,
+    pub by_ep: HashMap<u32, Arc<EpRules>>,
+}
+
+impl Rules {
+    pub fn compile(s: &palisade_snapshot::ArchivedPolicySnapshot) -> Self {
+        let mut out = Rules { generation: s.generation.to_native(), ..Default::default() };
+        for ep in s.endpoints.iter() {
+            let dns: Vec<DnsRule> = ep
+                .dns
+                .iter()
+                .map(|r| DnsRule {
+                    peers: r.peers.as_ref().map(|p| p.iter().map(|i| i.to_native()).collect()),
+                    ports: r.ports.iter().map(|t| (t.0, t.1.to_native(), t.2.to_native())).collect(),
+                    names: NameMatcher::new(&selectors(&r.names)),
+                })
+                .collect();
+            let first = ep.dns.first().map(|r| selectors(&r.names));
+            let uniform = ep.dns.iter().all(|r| Some(selectors(&r.names)) == first);
+            let fqdn = ep
+                .fqdn
+                .iter()
+                .map(|r| FqdnRule {
+                    cookie: r.cookie.to_native(),
+                    names: NameMatcher::new(&selectors(&r.selectors)),
+                    keys: r
+                        .keys
+                        .iter()
+                        .map(|k| L4Key { proto: k.proto, port: k.port.to_native(), bits: k.bits })
+                        .collect(),
+                })
+                .collect();
+            let rules = Arc::new(EpRules { ep_id: ep.ep_id.to_native(), name: ep.name.as_str().to_string(), dns, fqdn, uniform });
+            out.by_ip.insert(Ipv4Addr::from(ep.ipv4), rules.clone());
+            out.by_ep.insert(rules.ep_id, rules);
+        }
+        out
+    }
+}
+
+/// The current rules, reloaded when `policy.snap` is replaced.
+pub struct RulesHandle {
+    path: PathBuf,
+    current: RwLock<Arc<Rules>>,
+    loaded: Mutex<Option<FileId>>,
+}
+
+impl RulesHandle {
+    pub fn new(state_dir: &Path) -> Self {
+        let h = Self { path: state_dir.join(PolicySnapshot::FILE), current: RwLock::default(), loaded: Mutex::new(None) };
+        h.refresh();
+        h
+    }
+
+    pub fn get(&self) -> Arc<Rules> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reloads if the file changed; returns whether it did. A file that
+    /// fails validation is ignored (the last good rules stay).
+    pub fn refresh(&self) -> bool {
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let now = FileId::of(&self.path);
+        if now == *loaded {
+            return false;
+        }
+        match Mapped::open::<PolicySnapshot>(&self.path) {
+            Ok(Some(m)) => {
+                let snap = m.get::<PolicySnapshot>();
+                if snap.version.to_native() != PolicySnapshot::VERSION {
+                    tracing::error!(path = %self.path.display(), version = snap.version.to_native(), "policy.snap has an unknown version; keeping the last rules");
+                    *loaded = Some(m.id);
+                    return false;
+                }
+                let rules = Rules::compile(snap);
+                tracing::info!(generation = rules.generation, endpoints = rules.by_ep.len(), "DNS rules loaded");
+                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+                *loaded = Some(m.id);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("{e}; keeping the last rules");
+                *loaded = now;
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The sockets: a UDP and a TCP listener on 127.0.0.1:<port>, both
+//! IP_TRANSPARENT, that the datapath assigns redirected DNS packets to.
+//!
+//! UDP: worker threads receive queries (the original destination from
+//! IP_ORIGDSTADDR), decide, and forward allowed ones through a few upstream
+//! sockets under a fresh ID; one reader per upstream socket matches each
+//! answer to its query, has the installer put the addresses in the
+//! datapath, and only then answers the pod, from a transparent socket
+//! bound to the address the pod asked, so the pod sees its resolver reply.
+//! TCP: one thread per connection (TCP DNS is rare: truncated answers,
+//! zone transfers), the upstream reached over TCP at the original address.
+use std::{
+    collections::HashMap,
+    io::{IoSliceMut, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicU16, Ordering},
+        mpsc, Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+
+use crate::{
+    installer::Learn,
+    rules::RulesHandle,
+    stats::Stats,
+    wire::{self, DenyRcode},
+};
+
+pub struct Shared {
+    pub rules: Arc<RulesHandle>,
+    pub installer: mpsc::SyncSender<Learn>,
+    pub ipcache: Option<palisade_bpf::pinned::Ipcache>,
+    pub stats: Arc<Stats>,
+    pub hold: Duration,
+    pub deny: DenyRcode,
+    pub upstream_timeout: Duration,
+}
+
+/// What the proxy decided for one query.
+enum Decision {
+    Forward { ep_id: u32, endpoint: String },
+    Deny(Vec<u8>),
+    Drop,
+}
+
+impl Shared {
+    fn decide(&self, buf: &[u8], client: Ipv4Addr, orig: SocketAddrV4, proto: u8) -> Decision {
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        let q = match wire::parse_query(buf) {
+            Ok(q) => q,
+            Err(e) => {
+                self.stats.malformed_queries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%client, "dropping malformed query: {e}");
+                return Decision::Drop;
+            }
+        };
+        let mut rules = self.rules.get();
+        let mut ep = rules.by_ip.get(&client).cloned();
+        if ep.is_none() && self.rules.refresh() {
+            // The datapath redirected under a rule newer than ours.
+            rules = self.rules.get();
+            ep = rules.by_ip.get(&client).cloned();
+        }
+        let Some(ep) = ep.filter(|e| e.has_dns_rules()) else {
+            self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
+            return Decision::Deny(wire::deny_response(buf, &q, DenyRcode::Refused));
+        };
+        let peer = || self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(*orig.ip()));
+        if q.opcode == 0 && ep.query_allowed(proto, orig.port(), &q.name, peer) {
+            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+            Decision::Forward { ep_id: ep.ep_id, endpoint: ep.name.clone() }
+        } else {
+            self.stats.denied.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(endpoint = %ep.name, name = %q.name, "query denied by DNS rules");
+            Decision::Deny(wire::deny_response(buf, &q, self.deny))
+        }
+    }
+
+    /// Parses an upstream answer and waits (bounded) until its addresses
+    /// are installed. Returns false when the answer must be dropped.
+    fn learn(&self, answer: &[u8], ep_id: u32, endpoint: &str) -> bool {
+        let a = match wire::parse_answer(answer) {
+            Ok(a) => a,
+            Err(e) => {
+                self.stats.malformed_answers.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(endpoint, "dropping malformed answer: {e}");
+                return false;
+            }
+        };
+        if !a.addrs.is_empty() {
+            let (tx, rx) = mpsc::sync_channel(1);
+            let l = Learn { ep_id, endpoint: endpoint.to_string(), names: a.names, addrs: a.addrs, ack: Some(tx) };
+            if self.installer.send(l).is_err() || rx.recv_timeout(self.hold).is_err() {
+                self.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats.answers.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+fn transparent_udp(bind: SocketAddrV4) -> anyhow::Result<UdpSocket> {
+    let fd = socket::socket(socket::AddressFamily::Inet, socket::SockType::Datagram, socket::SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(bind)).with_context(|| format!("binding UDP {bind}"))?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// Transparent sockets bound to the addresses pods asked, to answer from.
+#[derive(Default)]
+struct ReplySockets(RwLock<HashMap<SocketAddrV4, Arc<UdpSocket>>>);
+
+impl ReplySockets {
+    fn send(&self, from: SocketAddrV4, to: SocketAddrV4, buf: &[u8]) -> std::io::Result<()> {
+        let s = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&from).cloned();
+        let s = match s {
+            Some(s) => s,
+            None => {
+                let s = Arc::new(transparent_udp(from).map_err(std::io::Error::other)?);
+                self.0.write().unwrap_or_else(|p| p.into_inner()).insert(from, s.clone());
+                s
+            }
+        };
+        s.send_to(buf, to).map(|_| ())
+    }
+}
+
+struct Pending {
+    client: SocketAddrV4,
+    orig: SocketAddrV4,
+    id: u16,
+    ep_id: u32,
+    endpoint: Arc<str>,
+    sent: Instant,
+}
+
+struct Upstream {
+    sock: UdpSocket,
+    pending: Mutex<HashMap<u16, Pending>>,
+    next_id: AtomicU16,
+}
+
+pub struct UdpServer {
+    listener: UdpSocket,
+    upstreams: Vec<Upstream>,
+    replies: ReplySockets,
+    shared: Arc<Shared>,
+}
+
+impl UdpServer {
+    pub fn bind(port: u16, shared: Arc<Shared>, upstream_sockets: usize) -> anyhow::Result<Arc<Self>> {
+        let listener = transparent_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
+        socket::setsockopt(&listener, sockopt::Ipv4OrigDstAddr, &true)?;
+        let mut upstreams = Vec::new();
+        for _ in 0..upstream_sockets.max(1) {
+            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            sock.set_read_timeout(Some(Duration::from_millis(500)))?;
+            upstreams.push(Upstream { sock, pending: Mutex::default(), next_id: AtomicU16::new(std::process::id() as u16) });
+        }
+        Ok(Arc::new(Self { listener, upstreams, replies: ReplySockets::default(), shared }))
+    }
+
+    /// Receives queries forever (one per worker thread).
+    pub fn serve_queries(self: Arc<Self>, worker: usize) {
+        let mut buf = vec![0u8; 65535];
+        let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in);
+        loop {
+            let (n, client, orig) = {
+                let mut iov = [IoSliceMut::new(&mut buf)];
+                let msg = match socket::recvmsg::<SockaddrIn>(self.listener.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("receiving a query: {e}");
+                        continue;
+                    }
+                };
+                let orig = msg.cmsgs().ok().and_then(|mut c| {
+                    c.find_map(|c| match c {
+                        ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddrV4::from(SockaddrIn::from(a))),
+                        _ => None,
+                    })
+                });
+                (msg.bytes, msg.address.map(SocketAddrV4::from), orig)
+            };
+            let (Some(client), Some(orig)) = (client, orig) else { continue };
+            let q = &buf[..n];
+            match self.shared.decide(q, *client.ip(), orig, 17) {
+                Decision::Drop => {}
+                Decision::Deny(resp) => {
+                    let _ = self.replies.send(orig, client, &resp);
+                }
+                Decision::Forward { ep_id, endpoint } => {
+                    let up = &self.upstreams[(worker + usize::from(client.port())) % self.upstreams.len()];
+                    let id = up.next_id.fetch_add(1, Ordering::Relaxed);
+                    let old_id = wire::id_of(q).unwrap_or(0);
+                    let mut fwd = q.to_vec();
+                    wire::set_id(&mut fwd, id);
+                    let p = Pending { client, orig, id: old_id, ep_id, endpoint: endpoint.into(), sent: Instant::now() };
+                    up.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, p);
+                    if up.sock.send_to(&fwd, orig).is_err() {
+                        self.shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                        up.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads answers of one upstream socket forever.
+    pub fn serve_answers(self: Arc<Self>, idx: usize) {
+        let up = &self.upstreams[idx];
+        let mut buf = vec![0u8; 65535];
+        let mut last_sweep = Instant::now();
+        loop {
+            if last_sweep.elapsed() > Duration::from_millis(500) {
+                last_sweep = Instant::now();
+                let timeout = self.shared.upstream_timeout;
+                let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let before = pend.len();
+                pend.retain(|_, p| p.sent.elapsed() < timeout);
+                self.shared.stats.upstream_timeouts.fetch_add((before - pend.len()) as u64, Ordering::Relaxed);
+            }
+            let (n, from) = match up.sock.recv_from(&mut buf) {
+                Ok(r) => r,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) => {
+                    tracing::warn!("receiving an answer: {e}");
+                    continue;
+                }
+            };
+            let Some(id) = wire::id_of(&buf[..n]) else {
+                self.shared.stats.malformed_answers.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let p = {
+                let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
+                match pend.get(&id) {
+                    Some(p) if SocketAddr::V4(p.orig) == from => pend.remove(&id),
+                    Some(_) => {
+                        self.shared.stats.spoofed_answers.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                    None => None,
+                }
+            };
+            let Some(p) = p else { continue };
+            let answer = &mut buf[..n];
+            if !self.shared.learn(answer, p.ep_id, &p.endpoint) {
+                continue;
+            }
+            wire::set_id(answer, p.id);
+            let _ = self.replies.send(p.orig, p.client, answer);
+        }
+    }
+}
+
+fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    let mut len = [0u8; 2];
+    match s.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    buf.resize(usize::from(u16::from_be_bytes(len)), 0);
+    s.read_exact(buf)?;
+    Ok(true)
+}
+
+fn write_msg(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("message over 65535 bytes"))?;
+    let mut out = Vec::with_capacity(msg.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    s.write_all(&out)
+}
+
+pub fn tcp_listener(port: u16) -> anyhow::Result<TcpListener> {
+    let fd = socket::socket(socket::AddressFamily::Inet, socket::SockType::Stream, socket::SockFlag::SOCK_CLOEXEC, None)?;
+    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+    let bind = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(bind)).with_context(|| format!("binding TCP {bind}"))?;
+    socket::listen(&fd, socket::Backlog::new(1024)?)?;
+    Ok(TcpListener::from(fd))
+}
+
+pub fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        let shared = shared.clone();
+        let _ = std::thread::Builder::new().name("dns-tcp".into()).spawn(move || {
+            if let Err(e) = tcp_conn(conn, &shared) {
+                tracing::debug!("DNS over TCP: {e}");
+            }
+        });
+    }
+}
+
+fn tcp_conn(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
+    let (SocketAddr::V4(client), SocketAddr::V4(orig)) = (conn.peer_addr()?, conn.local_addr()?) else {
+        return Ok(());
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut upstream: Option<TcpStream> = None;
+    let mut q = Vec::new();
+    let mut a = Vec::new();
+    while read_msg(&mut conn, &mut q)? {
+        match shared.decide(&q, *client.ip(), orig, 6) {
+            Decision::Drop => return Ok(()),
+            Decision::Deny(resp) => write_msg(&mut conn, &resp)?,
+            Decision::Forward { ep_id, endpoint } => {
+                let up = match &mut upstream {
+                    Some(u) => u,
+                    None => {
+                        let u = TcpStream::connect_timeout(&SocketAddr::V4(orig), shared.upstream_timeout).inspect_err(|_| {
+                            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                        })?;
+                        u.set_read_timeout(Some(shared.upstream_timeout))?;
+                        upstream.insert(u)
+                    }
+                };
+                write_msg(up, &q)?;
+                if !read_msg(up, &mut a)? {
+                    return Ok(());
+                }
+                if wire::id_of(&a) != wire::id_of(&q) || !shared.learn(&a, ep_id, &endpoint) {
+                    return Ok(());
+                }
+                write_msg(&mut conn, &a)?;
+            }
+        }
+    }
+    Ok(())
+}
