@@ -150,7 +150,7 @@ fn main() -> Result<()> {
         }
         Cmd::Plumb { netns, ip, ifname } => {
             let c = palisade_ctrl::netplumb::create(&netns, &ifname, ip)?;
-            palisade_ctrl::netplumb::prepare_node()?;
+            palisade_ctrl::netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK)?;
             palisade_ctrl::netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::RrServer { port } => vs::rr_server(port),

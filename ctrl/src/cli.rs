@@ -24,6 +24,31 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum FqdnCmd {
+    /// The FQDN cache: name, address, TTL, expiry and why it is held.
+    #[command(subcommand)]
+    Cache(FqdnCacheCmd),
+    /// palisade-dnsproxy's counters (queries, denials, malformed, timeouts).
+    Status {
+        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FqdnCacheCmd {
+    /// List learned addresses (source "lookup": installed until it expires;
+    /// "live connection": expired, kept while a connection through it lives).
+    List {
+        /// Only this endpoint (NAMESPACE/POD).
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
+        state_dir: PathBuf,
+    },
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
@@ -61,6 +86,10 @@ pub enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// What palisade-dnsproxy learned for toFQDNs rules (read from its
+    /// cache file in the state directory).
+    #[command(subcommand)]
+    Fqdn(FqdnCmd),
     /// Node-wide options (PolicyAuditMode).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -333,6 +362,34 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Observe { state_dir, filter, last, follow } => crate::observe::run(&state_dir, &filter, last, follow, json),
+        Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { endpoint, state_dir })) => {
+            let v = crate::fqdn::cache_list(&state_dir, endpoint.as_deref())?;
+            print_or(json, &v, || {
+                table(
+                    &["ENDPOINT", "NAME", "IP", "TTL", "EXPIRES", "SOURCE"],
+                    v.as_array().into_iter().flatten().map(|r| {
+                        vec![
+                            s(&r["endpoint"]),
+                            s(&r["name"]),
+                            s(&r["ip"]),
+                            r["ttl"].to_string(),
+                            format!("{} ({}s)", s(&r["expires"]), r["expires_in_s"]),
+                            s(&r["source"]),
+                        ]
+                    }),
+                )
+            })
+        }
+        Cmd::Fqdn(FqdnCmd::Status { state_dir }) => {
+            let v = crate::fqdn::status(&state_dir)?;
+            print_or(json, &v, || {
+                let mut out = format!("cache written {}, {} entries\n", s(&v["written"]), v["entries"]);
+                for (k, n) in v["stats"].as_object().into_iter().flatten() {
+                    out += &format!("{k:<20} {n}\n");
+                }
+                out
+            })
+        }
         Cmd::Namespace(NamespaceCmd::Set { name, labels }) => {
             let labels = palisade_policy::labels::parse_label_list(&labels).map_err(|e| anyhow::anyhow!("--labels: {e}"))?;
             let v = req(Request::NamespaceSet { name, labels })?;

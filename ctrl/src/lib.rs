@@ -10,6 +10,7 @@ pub mod compile;
 pub mod daemon;
 pub mod dnsrules;
 pub mod flows;
+pub mod fqdn;
 pub mod identity;
 pub mod metrics;
 pub mod netplumb;

@@ -66,6 +66,8 @@ pub struct Node {
     pub socket: PathBuf,
     ctrl: Option<Child>,
     ctrl_args: Vec<String>,
+    dnsproxy: Option<Child>,
+    dnsproxy_args: Vec<String>,
     pods: Vec<String>,
 }
 
@@ -89,6 +91,8 @@ impl Node {
             tmp,
             ctrl: None,
             ctrl_args: args.iter().map(|a| a.to_string()).collect(),
+            dnsproxy: None,
+            dnsproxy_args: Vec::new(),
             pods: Vec::new(),
         };
         sh(&["ip", "netns", "add", &netns]);
@@ -135,7 +139,87 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default()
+        let ctrl = std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default();
+        match std::fs::read_to_string(self.tmp.join("dnsproxy.log")) {
+            Ok(d) => format!("{ctrl}\n--- dnsproxy log ---\n{d}"),
+            Err(_) => ctrl,
+        }
+    }
+
+    /// Starts palisade-dnsproxy in the node netns (flags kept across
+    /// restarts) and waits until it listens.
+    pub fn start_dnsproxy(&mut self, args: &[&str]) {
+        assert!(self.dnsproxy.is_none(), "dnsproxy already running");
+        if !args.is_empty() {
+            self.dnsproxy_args = args.iter().map(|a| a.to_string()).collect();
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("dnsproxy.log")).expect("log file");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(bin("palisade-dnsproxy"))
+            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
+            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
+            .args(&self.dnsproxy_args)
+            .env("PALISADE_LOG", "info,palisade_dnsproxy=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn palisade-dnsproxy");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("dnsproxy output");
+        assert_eq!(line.trim(), "ready", "palisade-dnsproxy did not start: {}", self.log());
+        self.dnsproxy = Some(child);
+    }
+
+    /// Kills palisade-dnsproxy (SIGKILL: a crash, not a clean stop).
+    pub fn kill_dnsproxy(&mut self) {
+        if let Some(mut c) = self.dnsproxy.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// palisade-dnsproxy's counters, from its fqdn.snap (written every second).
+    pub fn dns_stats(&self) -> std::collections::BTreeMap<String, u64> {
+        let v = self.json(&["fqdn", "status", "--state-dir", &self.tmp.join("state").display().to_string()]);
+        v["stats"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect()).unwrap_or_default()
+    }
+
+    /// `palisade fqdn cache list` of this node, parsed.
+    pub fn fqdn_cache(&self, extra: &[&str]) -> Vec<Value> {
+        let state = self.tmp.join("state");
+        let mut a = vec!["fqdn", "cache", "list", "--state-dir", state.to_str().expect("utf-8 path")];
+        a.extend(extra);
+        self.json(&a).as_array().cloned().unwrap_or_default()
+    }
+
+    /// A kube-dns pod (`kube-system/coredns`, `k8s-app=kube-dns`) running a
+    /// real dnsmasq on port 53 that serves `hosts` (lines of a hosts file)
+    /// and `cnames` (alias, target) with TTL `ttl`.
+    pub fn kube_dns(&mut self, hosts: &str, cnames: &[(&str, &str)], ttl: u32) -> (Pod, DnsServer) {
+        let pod = self.pod("kube-system/coredns", "k8s-app=kube-dns");
+        let hosts_file = self.tmp.join("dns.hosts");
+        std::fs::write(&hosts_file, hosts).expect("write hosts");
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &pod.netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
+            .arg(format!("--addn-hosts={}", hosts_file.display()))
+            .arg(format!("--listen-address={}", pod.ip))
+            .args(["--bind-interfaces", "--port=53", "--user=root", "--group=root", "--pid-file", "--cache-size=0"])
+            .arg(format!("--local-ttl={ttl}"));
+        for (alias, target) in cnames {
+            c.arg(format!("--cname={alias},{target}"));
+        }
+        let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn dnsmasq (scripts/setup.sh installs dnsmasq-base)");
+        // Wait until it answers on its address (from the node itself).
+        let t0 = Instant::now();
+        loop {
+            let out = run(Command::new("ip").args(["netns", "exec", &pod.netns, "dig", "+short", "+time=1", "+tries=1", &format!("@{}", pod.ip), "localhost.invalid"]));
+            if out.status.success() || t0.elapsed() > Duration::from_secs(5) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (pod, DnsServer { child, hosts_file })
     }
 
     /// Runs the real CLI against this node.
@@ -302,6 +386,7 @@ impl Default for Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.kill_dnsproxy();
         self.kill_ctrl();
         for p in self.pods.drain(..) {
             let _ = run(Command::new("ip").args(["netns", "del", &p]));
@@ -314,6 +399,28 @@ impl Drop for Node {
         } else {
             eprintln!("palisade-ctrl log kept at {}", self.tmp.join("ctrl.log").display());
         }
+    }
+}
+
+/// A dnsmasq started by [`Node::kube_dns`]; stopped on drop.
+pub struct DnsServer {
+    child: Child,
+    hosts_file: PathBuf,
+}
+
+impl DnsServer {
+    /// Replaces the served hosts and has dnsmasq re-read them (SIGHUP).
+    pub fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts_file, hosts).expect("write hosts");
+        sh(&["kill", "-HUP", &self.child.id().to_string()]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -388,6 +495,19 @@ impl Pod {
     pub fn flood(&self, dst: &Pod, port: u16, count: u32) -> u64 {
         let out = run(self.in_ns(&bin("palisade-probe")).args(["flood", &format!("{}:{port}", dst.ip), "--count", &count.to_string()]));
         String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0)
+    }
+
+    /// `palisade-probe resolve SERVER NAME ARGS`: one JSON line per round;
+    /// returns (all rounds ok, the parsed lines).
+    pub fn resolve(&self, server: Ipv4Addr, name: &str, args: &[&str]) -> (bool, Vec<Value>) {
+        let out = run(self.in_ns(&bin("palisade-probe")).args(["resolve", &format!("{server}:53"), name]).args(args));
+        let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        (out.status.success(), lines)
+    }
+
+    /// Starts `palisade-probe ARGS` in the pod in the background.
+    pub fn spawn_probe(&self, args: &[&str]) -> Child {
+        self.in_ns(&bin("palisade-probe")).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn probe")
     }
 
     /// Opens a long-lived TCP connection to `dst:port`.

@@ -2,7 +2,9 @@
 //! run inside pods. `serve` echoes on TCP and UDP ports; `tcp`/`udp` make one
 //! real connection or datagram round trip and exit 0 only if the echo came
 //! back; `session` keeps one TCP connection open and does a round trip per
-//! line read from stdin (a long-lived flow for restart tests).
+//! line read from stdin (a long-lived flow for restart tests); `resolve`
+//! asks a DNS server for a name and can connect to the first answer at
+//! once, in the same process (the first-connection race test).
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -48,6 +50,29 @@ enum Cmd {
         #[arg(long, default_value_t = 10000)]
         count: u32,
     },
+    /// DNS A query for NAME to SERVER; prints one JSON line per round
+    /// (rcode, addresses, connect result). Exits 0 only if every round got
+    /// NOERROR with an address (and, with --connect, an echo from it).
+    Resolve {
+        server: SocketAddr,
+        name: String,
+        /// Over TCP instead of UDP.
+        #[arg(long)]
+        tcp: bool,
+        /// Connect to the first address on this TCP port right after the answer.
+        #[arg(long)]
+        connect: Option<u16>,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// Rounds (each a fresh query, from a fresh socket).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// Attempts per query (a resolver's retries) before a round fails.
+        #[arg(long, default_value_t = 1)]
+        tries: u32,
+    },
     /// One TCP connection; for each stdin line, a round trip; prints ok/fail.
     Session {
         addr: SocketAddr,
@@ -63,6 +88,32 @@ fn main() {
         Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
         Cmd::Flood { addr, count } => flood(addr, count),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Resolve { server, name, tcp, connect, timeout_ms, count, interval_ms, tries } => {
+            let t = Duration::from_millis(timeout_ms);
+            let mut failed = 0;
+            for i in 0..count {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(interval_ms));
+                }
+                let r = (0..tries.max(1)).map(|_| resolve_once(server, &name, tcp, t)).find(|r| r.is_ok()).unwrap_or_else(|| resolve_once(server, &name, tcp, t));
+                let (rcode, addrs, err) = match r {
+                    Ok((rc, a)) => (rc, a, String::new()),
+                    Err(e) => ("TIMEOUT".to_string(), vec![], e.to_string()),
+                };
+                let connected = match (connect, addrs.first()) {
+                    (Some(port), Some(ip)) => Some(tcp_once(SocketAddr::new(*ip, port), None, t) == 0),
+                    _ => None,
+                };
+                let ok = rcode == "NOERROR" && !addrs.is_empty() && connected != Some(false);
+                if !ok {
+                    failed += 1;
+                }
+                let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                println!("{}", serde_json::json!({ "rcode": rcode, "addrs": addrs, "connected": connected, "error": err }));
+                let _ = std::io::stdout().flush();
+            }
+            i32::from(failed > 0)
+        }
     };
     std::process::exit(code);
 }
@@ -189,4 +240,55 @@ fn session(addr: SocketAddr, t: Duration) -> i32 {
         let _ = std::io::stdout().flush();
     }
     0
+}
+
+/// One query; (rcode name, A/AAAA addresses of the answer).
+fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::io::Result<(String, Vec<std::net::IpAddr>)> {
+    use hickory_proto::{
+        op::{Message, MessageType, OpCode, Query},
+        rr::{Name, RData, RecordType},
+    };
+    let err = |e: hickory_proto::ProtoError| std::io::Error::other(e.to_string());
+    let id: u16 = (std::process::id() as u16) ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u16);
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).map_err(err)?, RecordType::A));
+    let q = m.to_vec().map_err(err)?;
+    let buf = if tcp {
+        let mut s = TcpStream::connect_timeout(&server, t)?;
+        s.set_read_timeout(Some(t))?;
+        let mut out = (q.len() as u16).to_be_bytes().to_vec();
+        out.extend_from_slice(&q);
+        s.write_all(&out)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut b = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut b)?;
+        b
+    } else {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(t))?;
+        s.send_to(&q, server)?;
+        let mut b = vec![0u8; 4096];
+        let (n, from) = s.recv_from(&mut b)?;
+        if from != server {
+            return Err(std::io::Error::other(format!("answer from {from}, asked {server}")));
+        }
+        b.truncate(n);
+        b
+    };
+    let r = Message::from_vec(&buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+    if r.metadata.id != id {
+        return Err(std::io::Error::other("answer with another id"));
+    }
+    let addrs = r
+        .answers
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect();
+    Ok((format!("{:?}", r.metadata.response_code).to_uppercase().replace("NXDOMAIN", "NXDOMAIN"), addrs))
 }
