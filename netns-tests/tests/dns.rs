@@ -93,4 +93,20 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     assert!(row["ttl"].as_u64().unwrap() <= 30 && row["expires_in_s"].as_i64().unwrap() > 0, "{row}");
     assert!(cache.iter().all(|r| r["endpoint"] == "pay/payments"), "--endpoint filters: {cache:?}");
     assert!(node.fqdn_cache(&[]).iter().any(|r| r["endpoint"] == "pay/other" && r["name"] == "api.github.com"));
+
+    // Every query went through the proxy, and the datapath says so.
+    let st = node.dns_stats();
+    assert!(st["queries"] >= 6 && st["allowed"] >= 6 && st["answers"] >= 6 && st["hold_timeouts"] == 0, "{st:?}");
+    let redirected = node.wait_flows(&["--verdict", "REDIRECTED"], 1);
+    assert!(redirected.iter().any(|f| f["l4"]["UDP"]["destination_port"] == 53), "{redirected:?}");
+
+    // Proxy down: DNS of endpoints with DNS rules fails closed (no bypass
+    // to the real server), and comes back with the proxy.
+    node.kill_dnsproxy();
+    let (ok, _) = pay.resolve(dns.ip, "api.github.com", &["--timeout-ms", "400"]);
+    assert!(!ok, "a query must not reach kube-dns around a dead proxy");
+    assert!(node.counter("Proxy lookup failed") > 0);
+    node.start_dnsproxy(&[]);
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "after proxy restart: {r:?}");
 }
