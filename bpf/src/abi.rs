@@ -11,8 +11,8 @@ mod skel_inner {
 pub use skel_inner::*;
 
 pub use skel_inner::types::{
-    ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key, metrics_value,
-    policy_cache_entry, policy_cache_key, policy_entry, policy_key,
+    ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key,
+    metrics_value, policy_cache_entry, policy_cache_key, policy_entry, policy_key,
 };
 
 /// Marker for generated plain-old-data map types: no pointers, no invalid

@@ -75,7 +75,8 @@ impl FqdnMap {
     /// Opens `<bpf_dir>/palisade_fqdn_v1` (created by palisade-ctrl's load).
     pub fn open(bpf_dir: &Path) -> Result<Self> {
         let path = bpf_dir.join(MAP_NAME);
-        let map = MapHandle::from_pinned_path(&path).ctx(|| format!("opening {} (is palisade-ctrl running with this --bpf-dir?)", path.display()))?;
+        let map = MapHandle::from_pinned_path(&path)
+            .ctx(|| format!("opening {} (is palisade-ctrl running with this --bpf-dir?)", path.display()))?;
         Ok(Self { map })
     }
 

@@ -13,8 +13,8 @@ pub mod datapath;
 pub mod fixtures;
 pub mod flows;
 pub mod fqdn;
-pub mod pinned;
 pub mod maps;
+pub mod pinned;
 pub mod reason;
 
 pub use attach::{AttachMode, Hook};

@@ -41,7 +41,8 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
                     let peers = match &pr.peers {
                         Peers::All => None,
                         Peers::Select(sels) => {
-                            let mut ids: Vec<u32> = sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
+                            let mut ids: Vec<u32> =
+                                sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
                             ids.sort_unstable();
                             ids.dedup();
                             if ids.contains(&palisade_bpf::identity::ANY) {
@@ -55,7 +56,12 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
                         Protocol::Any => 0,
                         p => p.number().unwrap_or(0),
                     };
-                    dns.push(DnsRule { cookie, peers, ports: vec![(proto, port.port, port.end_port)], names: names.iter().map(sel).collect() });
+                    dns.push(DnsRule {
+                        cookie,
+                        peers,
+                        ports: vec![(proto, port.port, port.end_port)],
+                        names: names.iter().map(sel).collect(),
+                    });
                 }
             }
         }
@@ -71,7 +77,14 @@ pub fn snapshot<'e>(endpoints: impl Iterator<Item = &'e Endpoint>, policies: &[P
         if dns.is_empty() && fqdn.is_empty() {
             continue;
         }
-        out.endpoints.push(SnapEndpoint { ep_id: ep.ep_id, name: ep.name.clone(), ipv4: ep.ipv4.octets(), identity: ep.identity, dns, fqdn });
+        out.endpoints.push(SnapEndpoint {
+            ep_id: ep.ep_id,
+            name: ep.name.clone(),
+            ipv4: ep.ipv4.octets(),
+            identity: ep.identity,
+            dns,
+            fqdn,
+        });
     }
     out
 }

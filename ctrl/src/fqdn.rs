@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 fn load(state_dir: &Path) -> Result<FqdnCache> {
     let path = state_dir.join("dnsproxy").join(FqdnCache::FILE);
-    palisade_snapshot::read::<FqdnCache>(&path)?
-        .with_context(|| format!("{} does not exist: is palisade-dnsproxy running with --state-dir {}?", path.display(), state_dir.display()))
+    palisade_snapshot::read::<FqdnCache>(&path)?.with_context(|| {
+        format!("{} does not exist: is palisade-dnsproxy running with --state-dir {}?", path.display(), state_dir.display())
+    })
 }
 
 fn rfc3339_ms(ms: u64) -> String {

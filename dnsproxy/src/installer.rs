@@ -257,8 +257,12 @@ impl Installer {
                             // Evict the oldest address without a live
                             // connection (the oldest of all if every one has).
                             let live = live.get_or_insert_with(|| {
-                                palisade_bpf::pinned::conntrack_live(&self.bpf_dir, self.settings.tcp_lifetime_s, self.settings.other_lifetime_s)
-                                    .unwrap_or_default()
+                                palisade_bpf::pinned::conntrack_live(
+                                    &self.bpf_dir,
+                                    self.settings.tcp_lifetime_s,
+                                    self.settings.other_lifetime_s,
+                                )
+                                .unwrap_or_default()
                             });
                             let is_live = |a: &Addr| matches!(a.addr, IpAddr::V4(v4) if live.contains(&(l.ep_id, v4)));
                             let victim = list
@@ -300,34 +304,34 @@ impl Installer {
     }
 
     /// Expired addresses leave the map; those still carrying a live
-    /// connection stay listed (not installed) until it ends.
-    fn expire(&mut self, check_live: bool) {
+    /// connection stay listed (not installed) until it ends. Conntrack is
+    /// read when an address has just expired, and every 5 s
+    /// (`recheck_live`) for those already listed as live.
+    fn expire(&mut self, recheck_live: bool) {
         let now = now_ms();
-        let live = if check_live {
-            palisade_bpf::pinned::conntrack_live(&self.bpf_dir, self.settings.tcp_lifetime_s, self.settings.other_lifetime_s).ok()
-        } else {
-            None
-        };
+        let due = self.cache.values().flatten().any(|a| a.expires_ms <= now && (!a.live_only || recheck_live));
+        if !due {
+            return;
+        }
+        let live = palisade_bpf::pinned::conntrack_live(&self.bpf_dir, self.settings.tcp_lifetime_s, self.settings.other_lifetime_s)
+            .unwrap_or_else(|e| {
+                tracing::warn!("reading conntrack: {e}");
+                HashSet::new()
+            });
+        tracing::debug!(live = live.len(), "expiry pass");
         let mut touched = HashSet::new();
         for ((ep, _), addrs) in self.cache.iter_mut() {
-            let before = addrs.len();
-            let mut changed = false;
+            let before: Vec<bool> = addrs.iter().map(|a| a.live_only).collect();
+            let len = addrs.len();
             addrs.retain_mut(|a| {
                 if a.expires_ms > now {
                     return true;
                 }
-                let is_live = match (&live, a.addr) {
-                    (Some(l), IpAddr::V4(v4)) => l.contains(&(*ep, v4)),
-                    (None, _) => a.live_only,
-                    _ => false,
-                };
-                if !a.live_only {
-                    changed = true;
-                }
-                a.live_only = is_live;
-                is_live
+                a.live_only = matches!(a.addr, IpAddr::V4(v4) if live.contains(&(*ep, v4)));
+                tracing::debug!(ep, addr = %a.addr, live = a.live_only, "address expired");
+                a.live_only
             });
-            if changed || addrs.len() != before {
+            if addrs.len() != len || addrs.iter().map(|a| a.live_only).ne(before.into_iter().take(addrs.len())) {
                 touched.insert(*ep);
             }
         }

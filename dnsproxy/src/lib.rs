@@ -65,6 +65,26 @@ pub struct Args {
     pub ct_lifetime_other: u64,
 }
 
+fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
+    let mut watching = false;
+    loop {
+        if let (Some(i), false) = (&inotify, watching) {
+            watching = i.add_watch(dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE).is_ok();
+        }
+        match (&inotify, watching) {
+            (Some(i), true) => {
+                let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(i), nix::poll::PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut fds, 1000u16);
+                let _ = i.read_events();
+            }
+            _ => std::thread::sleep(Duration::from_millis(1000)),
+        }
+        rules.refresh();
+    }
+}
+
 /// A configuration error: the process exits 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -92,11 +112,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     std::thread::Builder::new().name("installer".into()).spawn(move || inst.run(rx))?;
     {
+        // policy.snap is replaced by rename: watch the directory, so a
+        // narrowed rule applies to the next query, not the next poll; the
+        // 1 s poll is the fallback (a directory created later, a lost event).
         let rules = rules.clone();
-        std::thread::Builder::new().name("rules".into()).spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(100));
-            rules.refresh();
-        })?;
+        let dir = a.state_dir.clone();
+        std::thread::Builder::new().name("rules".into()).spawn(move || watch_rules(&dir, &rules))?;
     }
     let shared = Arc::new(server::Shared {
         rules,

@@ -91,11 +91,7 @@ impl Rules {
                 .map(|r| FqdnRule {
                     cookie: r.cookie.to_native(),
                     names: NameMatcher::new(&selectors(&r.selectors)),
-                    keys: r
-                        .keys
-                        .iter()
-                        .map(|k| L4Key { proto: k.proto, port: k.port.to_native(), bits: k.bits })
-                        .collect(),
+                    keys: r.keys.iter().map(|k| L4Key { proto: k.proto, port: k.port.to_native(), bits: k.bits }).collect(),
                 })
                 .collect();
             let rules = Arc::new(EpRules { ep_id: ep.ep_id.to_native(), name: ep.name.as_str().to_string(), dns, fqdn, uniform });

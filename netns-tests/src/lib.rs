@@ -213,7 +213,17 @@ impl Node {
         // Wait until it answers on its address (from the node itself).
         let t0 = Instant::now();
         loop {
-            let out = run(Command::new("ip").args(["netns", "exec", &pod.netns, "dig", "+short", "+time=1", "+tries=1", &format!("@{}", pod.ip), "localhost.invalid"]));
+            let out = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &pod.netns,
+                "dig",
+                "+short",
+                "+time=1",
+                "+tries=1",
+                &format!("@{}", pod.ip),
+                "localhost.invalid",
+            ]));
             if out.status.success() || t0.elapsed() > Duration::from_secs(5) {
                 break;
             }

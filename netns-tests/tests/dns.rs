@@ -23,7 +23,8 @@ fn dns_node(proxy_args: &[&str], ttl: u32, extra_world: &[&str]) -> (Node, Pod, 
     let mut node = Node::new();
     let mut world = node.world();
     for a in ["192.0.2.101", "192.0.2.102", "192.0.2.103", "192.0.2.104", "192.0.2.150"].iter().chain(extra_world) {
-        let out = std::process::Command::new("ip").args(["-n", &world.netns, "addr", "add", &format!("{a}/24"), "dev", "eth0"]).output().unwrap();
+        let out =
+            std::process::Command::new("ip").args(["-n", &world.netns, "addr", "add", &format!("{a}/24"), "dev", "eth0"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     world.serve(&[443, 5432, 80]);
@@ -48,7 +49,13 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     node.apply("payments.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
     node.apply(
         "other.yaml",
-        &policy("pay", "other", "other", "{matchPattern: \"*\"}", "  - toFQDNs: [{matchName: api.github.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n"),
+        &policy(
+            "pay",
+            "other",
+            "other",
+            "{matchPattern: \"*\"}",
+            "  - toFQDNs: [{matchName: api.github.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n",
+        ),
     );
 
     // Before any lookup, no learned address is open (no DNS bypass).
@@ -109,4 +116,170 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     node.start_dnsproxy(&[]);
     let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
     assert!(ok, "after proxy restart: {r:?}");
+}
+
+#[test]
+fn dns_rules_refuse_names_they_do_not_match() {
+    let (mut node, _world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*.stripe.com\"}", PAYMENTS_FQDN));
+    let (ok, r) = pay.resolve(dns.ip, "api.github.com", &[]);
+    assert!(!ok && r[0]["rcode"] == "REFUSED", "{r:?}");
+    let (ok, r) = pay.resolve(dns.ip, "API.Stripe.COM", &["--connect", "443"]);
+    assert!(ok, "case-insensitive match: {r:?}");
+    let (ok, r) = pay.resolve(dns.ip, "stripe.com", &[]);
+    assert!(!ok && r[0]["rcode"] == "REFUSED", "* needs one label: {r:?}");
+    // A refused name never reached the server, so nothing was learned.
+    assert!(!pay.tcp_ip(ip("192.0.2.102"), 443));
+
+    // nameError instead of REFUSED, configured on the proxy.
+    node.kill_dnsproxy();
+    node.start_dnsproxy(&["--deny-response", "nameError"]);
+    let (ok, r) = pay.resolve(dns.ip, "api.github.com", &[]);
+    assert!(!ok && r[0]["rcode"] == "NXDOMAIN", "{r:?}");
+
+    // A narrower policy takes effect without restarting anything.
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchName: hooks.stripe.com}", PAYMENTS_FQDN));
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &[]);
+    assert!(!ok, "api.stripe.com is no longer allowed: {r:?}");
+    assert!(pay.resolve(dns.ip, "hooks.stripe.com", &[]).0);
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert!(node.dns_stats()["denied"] >= 2, "{:?}", node.dns_stats());
+}
+
+#[test]
+fn first_connect_after_each_answer_succeeds() {
+    // 30 names, 30 addresses: every round is a first connection.
+    let addrs: Vec<String> = (10..40).map(|i| format!("192.0.2.{i}")).collect();
+    let extra: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let (mut node, _world, dns, server) = dns_node(&[], 30, &extra);
+    let hosts: String = (0..30).map(|i| format!("192.0.2.{} n{i}.svc.example\n", 10 + i)).collect();
+    server.set_hosts(&format!("{HOSTS}{hosts}"));
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply(
+        "p.yaml",
+        &policy(
+            "pay",
+            "payments",
+            "payments",
+            "{matchPattern: \"*\"}",
+            "  - toFQDNs: [{matchPattern: \"*.svc.example\"}]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n",
+        ),
+    );
+    let mut failures = Vec::new();
+    for i in 0..30 {
+        let (ok, r) = pay.resolve(dns.ip, &format!("n{i}.svc.example"), &["--connect", "80"]);
+        if !ok {
+            failures.push(format!("n{i}: {r:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "first connections that failed:\n{}", failures.join("\n"));
+    assert_eq!(node.dns_stats()["hold_timeouts"], 0);
+}
+
+#[test]
+fn stale_address_closes_for_new_connections_and_established_ones_live_on() {
+    // Records live 2 s; the proxy honours that (min-ttl 1 s).
+    let (mut node, world, dns, server) = dns_node(&["--min-ttl", "1"], 2, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "{r:?}");
+    let old = Pod::existing("stripe-old", &world.netns, ip("192.0.2.100"));
+    let mut established = pay.session(&old, 443);
+    assert!(established.round_trip());
+
+    // The zone moves api.stripe.com; the old record's TTL runs out.
+    server.set_hosts(
+        &HOSTS.replace("192.0.2.100 api.stripe.com hooks.stripe.com", "192.0.2.104 api.stripe.com\n192.0.2.100 hooks.stripe.com"),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert!(!pay.tcp_ip(ip("192.0.2.100"), 443), "the old address is closed for new connections once its TTL ran out");
+    assert!(established.round_trip(), "the connection made while it was valid lives on (conntrack)");
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok && r[0]["addrs"][0] == "192.0.2.104", "the new address: {r:?}");
+    assert!(!pay.tcp_ip(ip("192.0.2.100"), 443), "still closed after the new answer");
+
+    // The expired address stays listed while its connection lives.
+    let t0 = std::time::Instant::now();
+    loop {
+        let cache = node.fqdn_cache(&["--endpoint", "pay/payments"]);
+        if cache.iter().any(|r| r["ip"] == "192.0.2.100" && r["source"] == "live connection") {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "no live-connection entry: {cache:?}");
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(established.round_trip());
+}
+
+#[test]
+fn restarts_of_proxy_and_agent_lose_no_lookup_and_no_connection() {
+    let (mut node, world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
+    let stripe = Pod::existing("stripe", &world.netns, ip("192.0.2.100"));
+    let mut established = pay.session(&stripe, 443);
+    // A pod resolving and connecting in a loop (a resolver's retries: 3
+    // tries of 400 ms) while each process restarts.
+    let server = format!("{}:53", dns.ip);
+    let mut looping = pay.spawn_probe(&[
+        "resolve",
+        &server,
+        "api.stripe.com",
+        "--connect",
+        "443",
+        "--count",
+        "60",
+        "--interval-ms",
+        "100",
+        "--timeout-ms",
+        "400",
+        "--tries",
+        "3",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    node.kill_dnsproxy();
+    node.start_dnsproxy(&[]);
+    assert!(established.round_trip(), "established connection across the proxy restart");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    node.kill_ctrl();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(pay.tcp_ip(ip("192.0.2.100"), 443), "learned address stays open while the agent is down");
+    node.start_ctrl();
+    assert!(established.round_trip(), "established connection across the agent restart");
+    let out = looping.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let failed: Vec<&serde_json::Value> = lines.iter().filter(|l| l["rcode"] != "NOERROR" || l["connected"] != true).collect();
+    assert_eq!(lines.len(), 60, "every round reported");
+    assert!(failed.is_empty(), "{} of 60 rounds failed: {failed:?}\n{}", failed.len(), node.log());
+}
+
+#[test]
+fn malformed_dns_is_dropped_and_counted() {
+    let (mut node, _world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    // Datagrams that lie about their lengths, loop in compression, or stop
+    // short: the probe's echo mode sends "palisade-probe" and waits.
+    assert!(!pay.udp_ip(dns.ip, 53), "garbage gets no answer");
+    let garbage = [
+        // header claims one question; the name's label runs past the end
+        r"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fabc",
+        // question name is a compression pointer to itself
+        r"\x12\x35\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+        // truncated header
+        r"\x12\x36\x01",
+    ];
+    for g in garbage {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &pay.netns, "bash", "-c", &format!("printf '{g}' > /dev/udp/{}/53", dns.ip)])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert!(node.dns_stats()["malformed_queries"] >= 4, "{:?}", node.dns_stats());
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0, "the proxy still answers");
 }

@@ -19,9 +19,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 /// and a node that reboots rebuilds them).
 pub fn write<T>(path: &Path, value: &T) -> Result<(), Error>
 where
-    T: for<'a> rkyv::Serialize<rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> rkyv::Serialize<
+        rkyv::api::high::HighSerializer<rkyv::util::AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+    >,
 {
-    let bytes = rkyv::to_bytes::<rancor::Error>(value).map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
+    let bytes =
+        rkyv::to_bytes::<rancor::Error>(value).map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp: PathBuf = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("snap"), std::process::id()));
@@ -72,7 +75,8 @@ impl Mapped {
         // a new file and rename it over the old one, so the inode mapped
         // here is immutable for the life of the mapping.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io(path))?;
-        rkyv::access::<T::Archived, rancor::Error>(&map).map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
+        rkyv::access::<T::Archived, rancor::Error>(&map)
+            .map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
         Ok(Some(Self { map, id, path: path.to_path_buf() }))
     }
 
@@ -96,10 +100,12 @@ impl Mapped {
 pub fn read<T>(path: &Path) -> Result<Option<T>, Error>
 where
     T: Archive,
-    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
+    T::Archived:
+        for<'a> CheckBytes<HighValidator<'a, rancor::Error>> + rkyv::Deserialize<T, rancor::Strategy<rkyv::de::Pool, rancor::Error>>,
 {
     let Some(m) = Mapped::open::<T>(path)? else { return Ok(None) };
-    let v = rkyv::deserialize::<T, rancor::Error>(m.get::<T>()).map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
+    let v = rkyv::deserialize::<T, rancor::Error>(m.get::<T>())
+        .map_err(|e| Error::Invalid { path: path.display().to_string(), reason: e.to_string() })?;
     Ok(Some(v))
 }
 

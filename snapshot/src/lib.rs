@@ -15,9 +15,9 @@ mod file;
 mod types;
 
 pub use file::{read, write, FileId, Mapped};
-pub use types::*;
 /// Archived collection types readers walk.
 pub use rkyv;
+pub use types::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -3,7 +3,9 @@
 //! an answer with the same ID.
 //!
 //! Run from `dnsproxy/`:
-//! RUN_COMMAND_PLACEHOLDER
+//! `RUSTC_BOOTSTRAP=1 cargo fuzz run dns_message -- -max_total_time=120`
+//! (stable toolchain; RUSTC_BOOTSTRAP lets cargo-fuzz pass its `-Z` flags,
+//! the default address sanitizer works).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -95,7 +95,10 @@ fn main() {
                 if i > 0 {
                     std::thread::sleep(Duration::from_millis(interval_ms));
                 }
-                let r = (0..tries.max(1)).map(|_| resolve_once(server, &name, tcp, t)).find(|r| r.is_ok()).unwrap_or_else(|| resolve_once(server, &name, tcp, t));
+                let r = (0..tries.max(1))
+                    .map(|_| resolve_once(server, &name, tcp, t))
+                    .find(|r| r.is_ok())
+                    .unwrap_or_else(|| resolve_once(server, &name, tcp, t));
                 let (rcode, addrs, err) = match r {
                     Ok((rc, a)) => (rc, a, String::new()),
                     Err(e) => ("TIMEOUT".to_string(), vec![], e.to_string()),
@@ -249,7 +252,8 @@ fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::
         rr::{Name, RData, RecordType},
     };
     let err = |e: hickory_proto::ProtoError| std::io::Error::other(e.to_string());
-    let id: u16 = (std::process::id() as u16) ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u16);
+    let id: u16 = (std::process::id() as u16)
+        ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u16);
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
     m.add_query(Query::query(Name::from_ascii(name).map_err(err)?, RecordType::A));
