@@ -303,6 +303,13 @@ impl Datapath {
             .map(|v| v.into_iter().map(|(k, e)| (PolicyKey::from_abi(&k), PolicyValue::from_abi(&e))).collect())
     }
 
+    // --- FQDN table (palisade-dnsproxy writes it through fqdn::FqdnMap;
+    // fixtures and benchmarks through this) ---
+
+    pub fn fqdn_put(&self, k: crate::fqdn::FqdnKey, cookie: u32) -> Result<()> {
+        put(&self.skel.maps.palisade_fqdn_v1, "fqdn", &k.to_abi(), &abi::fqdn_entry { cookie, flags: 0 })
+    }
+
     // --- conntrack ---
 
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {

@@ -22,11 +22,13 @@ pub const OTHER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3); // identity 302
 pub const BLOCKED_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 4); // identity 303
 pub const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5); // identity 304
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7); // not in ipcache: WORLD
+/// A world address a DNS answer taught the endpoint (FQDN table, TCP/443).
+pub const LEARNED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 8);
 
 /// Installs the fixture state: one enforced endpoint and its rules.
 ///   ingress: 301 TCP/8080; any UDP/53; any TCP/9090 but deny 303 (all);
 ///            304 TCP every port; 301 TCP 5000-5999
-///   egress:  301 every protocol; 302 TCP/443
+///   egress:  301 every protocol; 302 TCP/443; LEARNED_IP TCP/443 (FQDN table)
 pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     dp.clear_all()?;
     dp.endpoint_put(EP_IFINDEX, EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_gen: 0 })?;
@@ -47,6 +49,8 @@ pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     }
     dp.policy_put(key(301, DIR_EGRESS, None, 0, 0), allow(7))?;
     dp.policy_put(key(302, DIR_EGRESS, Some(6), 443, 16), allow(8))?;
+    let learned = crate::fqdn::FqdnKey { ep_id: EP_ID, addr: LEARNED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
+    dp.fqdn_put(learned, 9)?;
     Ok(())
 }
 
@@ -271,6 +275,43 @@ pub fn table() -> Vec<Fixture> {
         prime: vec![],
         verdict: ok,
         reason: Audit,
+    });
+    let fqdn = ENFORCED | EndpointValue::FQDN;
+    rows.push(Fixture {
+        name: "FQDN-learned address, its port (toFQDNs)",
+        hook: From,
+        packet: tcp_syn(EP_IP, LEARNED_IP, 40003, 443),
+        ep_flags: fqdn,
+        prime: vec![],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows.push(Fixture {
+        name: "FQDN-learned address, another port",
+        hook: From,
+        packet: tcp_syn(EP_IP, LEARNED_IP, 40003, 80),
+        ep_flags: fqdn,
+        prime: vec![],
+        verdict: shot,
+        reason: Policy,
+    });
+    rows.push(Fixture {
+        name: "world address no answer gave (toFQDNs endpoint)",
+        hook: From,
+        packet: tcp_syn(EP_IP, WORLD_IP, 40003, 443),
+        ep_flags: fqdn,
+        prime: vec![],
+        verdict: shot,
+        reason: Policy,
+    });
+    rows.push(Fixture {
+        name: "learned address, endpoint without toFQDNs rules",
+        hook: From,
+        packet: tcp_syn(EP_IP, LEARNED_IP, 40003, 443),
+        ep_flags: ENFORCED,
+        prime: vec![],
+        verdict: shot,
+        reason: Policy,
     });
     rows.push(Fixture {
         name: "unenforced direction passes without a rule",

@@ -579,3 +579,28 @@ mod issue3_tests {
         assert_eq!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 8080), Verdict::DefaultDeny);
     }
 }
+
+#[cfg(test)]
+mod dns_tests {
+    use super::*;
+    use palisade_policy::{labels::parse_label_list, parse_policies};
+
+    #[test]
+    fn dns_ports_redirect_to_the_proxy_and_to_fqdns_flags_the_endpoint() {
+        let y = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: pay}\nspec:\n  endpointSelector: {}\n  egress:\n  - toEndpoints: [{matchLabels: {\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: \"53\", protocol: ANY}], rules: {dns: [{matchPattern: \"*\"}]}}]\n  - toEndpoints: [{matchLabels: {\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: \"9153\", protocol: TCP}]}]\n  - toFQDNs: [{matchName: api.stripe.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n";
+        let pol = parse_policies("p.yaml", y).unwrap();
+        let me = Labels::for_endpoint("pay", &parse_label_list("app=payments").unwrap());
+        let dns = Labels::for_endpoint("kube-system", &parse_label_list("k8s-app=kube-dns").unwrap());
+        let mut u = Universe::new(vec![(256, &me), (257, &dns)], vec![], BTreeMap::new(), EnforcementMode::Default);
+        u.dns_proxy_port = 10053;
+        let np = NamedPorts::new();
+        let c = compile_endpoint(&Subject { ep_id: 1, labels: &me, named_ports: &np, host: false }, &pol, &u);
+        assert_eq!(c.flags & EndpointValue::FQDN, EndpointValue::FQDN);
+        assert_eq!(c.flags & EndpointValue::EGRESS_ENFORCED, EndpointValue::EGRESS_ENFORCED);
+        let proxied: Vec<_> = c.entries.iter().filter(|(_, v)| v.proxy_port == 10053).map(|(k, _)| (k.identity, k.proto, k.port)).collect();
+        assert_eq!(proxied, vec![(257, Some(6), 53), (257, Some(17), 53), (257, Some(132), 53)], "only port 53 to kube-dns");
+        assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9153), Verdict::Allowed { .. }), "plain L4 rule");
+        assert_eq!(c.entries.iter().filter(|(k, _)| k.port == 443).count(), 0, "toFQDNs compiles to no policy entry");
+        assert_eq!(verdict(&c.entries, true, 2, DIR_EGRESS, 6, 443), Verdict::DefaultDeny, "world stays closed until the proxy learns");
+    }
+}

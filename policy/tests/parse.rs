@@ -73,8 +73,8 @@ fn errors_name_file_document_and_field() {
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{matchLabels: {{\"-bad\": x}}}}\n"));
     assert!(e.contains("spec.endpointSelector.matchLabels: label key \"-bad\""), "{e}");
 
-    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toFQDNs: [{{matchName: a.com}}]\n"));
-    assert!(e.contains("spec.egress[0].toFQDNs: field is recognised but not supported"), "{e}");
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toPorts: [{{ports: [{{port: \"80\"}}], rules: {{http: [{{method: GET}}]}}}}]\n"));
+    assert!(e.contains("spec.egress[0].toPorts[0].rules.http: field is recognised but not supported"), "{e}");
 
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts:\n    - ports: [{{port: \"-http\"}}]\n"));
     assert!(e.contains("\"-http\" is not a port name"), "{e}");
@@ -162,12 +162,30 @@ fn issue3_bad_input_names_the_field() {
         ("toPorts: [{ports: [{port: \"80\", endPort: 70}]}]", "endPort: 70 needs a numeric port"),
         ("toPorts: [{ports: [{port: Bad_Name}]}]", "\"Bad_Name\" is not a port name"),
         ("icmps: [{fields: [{type: Bogus}]}]", "icmps[0].fields[0].type: not an ICMPv4 type"),
+        ("toFQDNs: []", "spec.egress[0].toFQDNs: list at least one"),
+        ("toFQDNs: [{matchName: \"bad name.com\"}]", "spec.egress[0].toFQDNs[0].matchName"),
+        ("toFQDNs: [{matchPattern: \"a.**.com\"}]", "spec.egress[0].toFQDNs[0].matchPattern"),
+        ("toFQDNs: [{matchName: a.com, matchPattern: \"*.a.com\"}]", "spec.egress[0].toFQDNs[0]"),
+        ("toFQDNs: [{}]", "spec.egress[0].toFQDNs[0]"),
+        ("toFQDNs: [{matchNames: a.com}]", "unknown field `matchNames`"),
+        (
+            "toPorts: [{ports: [{port: \"53\"}], rules: {dns: [{matchPattern: \"**\"}]}}]",
+            "spec.egress[0].toPorts[0].rules.dns[0].matchPattern",
+        ),
+        ("toPorts: [{ports: [{port: \"0\"}], rules: {dns: [{matchPattern: \"*\"}]}}]", "DNS rules need a numeric port"),
+        ("toPorts: [{ports: [{port: \"53\"}], rules: {}}]", "rules: empty"),
     ];
     for (rule, want) in cases {
         let y = format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - {rule}\n");
         let e = err(&y);
         assert!(e.contains(want), "{rule}: {e}");
     }
+    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egressDeny:\n  - toFQDNs: [{{matchName: a.com}}]\n"));
+    assert!(e.contains("spec.egressDeny[0].toFQDNs: toFQDNs cannot be used in egressDeny"), "{e}");
+    let e = err(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts: [{{ports: [{{port: \"53\"}}], rules: {{dns: [{{matchName: a.com}}]}}}}]\n"
+    ));
+    assert!(e.contains("rules.dns: DNS rules apply to egress"), "{e}");
     let e = err(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p}\nspec:\n  podSelector: {}\n  policyTypes: [Inbound]\n",
     );
@@ -208,4 +226,21 @@ fn lint_warns_on_shadowing_denies_and_host_lockout() {
     assert!(w.iter().any(|w| w.message.contains("without allowing SSH (22/TCP)")), "{w:?}");
     let host_ssh = host.replace("\"443\"", "\"22\"");
     assert!(palisade_policy::lint::lint(&parse_policies("f", &host_ssh).unwrap()[0]).is_empty());
+}
+
+#[test]
+fn dns_rules_and_to_fqdns_parse_into_the_model() {
+    let y = format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toEndpoints: [{{matchLabels: {{k8s-app: kube-dns}}}}]\n    toPorts: [{{ports: [{{port: \"53\", protocol: ANY}}], rules: {{dns: [{{matchPattern: \"*.Stripe.com.\"}}, {{matchName: API.github.com}}]}}}}]\n  - toFQDNs: [{{matchName: api.stripe.com}}, {{matchPattern: \"**.rds.amazonaws.com\"}}]\n    toPorts: [{{ports: [{{port: \"443\", protocol: TCP}}]}}]\n"
+    );
+    let p = parse_policies("ok.yaml", &y).unwrap().remove(0);
+    let eg = p.rules[0].egress.as_ref().unwrap();
+    let dns = eg[0].ports[0].dns.as_ref().expect("dns rules on the port");
+    assert_eq!(dns[0].match_pattern.as_deref(), Some("*.stripe.com"), "lowercased, trailing dot dropped");
+    assert_eq!(dns[1].match_name.as_deref(), Some("api.github.com"));
+    assert!(eg[0].has_dns_rules() && !eg[1].has_dns_rules());
+    let f = eg[1].fqdn_selectors();
+    assert_eq!(f.len(), 2);
+    assert_eq!(f[1].match_pattern.as_deref(), Some("**.rds.amazonaws.com"));
+    assert!(p.rules[0].enforces(Direction::Egress), "a toFQDNs rule puts egress in default deny");
 }
