@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod dns;
 mod plot;
 mod vs;
 
@@ -59,6 +60,39 @@ enum Cmd {
         quick: bool,
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// DNS through palisade-dnsproxy against the same dnsmasq reached
+    /// directly: dnsperf qps at saturation, and p50/p99 added latency at a
+    /// fixed rate (datapath install of every answer included).
+    Dns {
+        /// Names in the zone and the query file (each its own address).
+        #[arg(long, default_value_t = 1000)]
+        names: usize,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 10)]
+        secs: u32,
+        /// Rounds (direct and proxy alternate; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Query rate of the latency measurement (qps).
+        #[arg(long, default_value_t = 10000)]
+        rate: u32,
+        /// 2 s per measurement, one round.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// (internal) Paced DNS client: queries at --rate, prints latency JSON.
+    #[command(hide = true)]
+    DnsClient {
+        server: std::net::SocketAddr,
+        #[arg(long)]
+        names: usize,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        secs: u32,
     },
     /// (internal) Plumbs a plain pod from inside a node's namespace.
     #[command(hide = true)]
@@ -152,6 +186,36 @@ fn main() -> Result<()> {
             let c = palisade_ctrl::netplumb::create(&netns, &ifname, ip)?;
             palisade_ctrl::netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK)?;
             palisade_ctrl::netplumb::bring_up(&ifname, ip, &c.pod_mac)
+        }
+        Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
+        Cmd::Dns { names, mut secs, mut rounds, rate, quick, json } => {
+            if quick {
+                secs = 2;
+                rounds = 1;
+            }
+            let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+            let v = dns::run(names, secs, rounds, rate, &bin_dir)?;
+            let (d, p) = (&v["direct"], &v["proxy"]);
+            let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(0.0);
+            println!("DNS: dnsmasq in a kube-dns pod, queried from a client pod directly and through palisade-dnsproxy (DNS rules + toFQDNs install of every answer); {names} names; medians of {rounds} round(s) of {secs} s; {}\n", machine());
+            println!("| path | dnsperf qps | lost % | dnsperf avg ms | p50 µs @ {rate} qps | p99 µs | p99.9 µs | answered |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            for (label, x) in [("direct", d), ("through the proxy", p)] {
+                println!(
+                    "| {label} | {:.0} | {:.2} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0}/{:.0} |",
+                    f(x, "qps"), f(x, "lost_pct"), f(x, "avg_ms"), f(x, "p50_us"), f(x, "p99_us"), f(x, "p999_us"), f(x, "answered"), f(x, "sent")
+                );
+            }
+            println!(
+                "\nproxy/direct qps: {:.0} %; added latency p50 {:+.0} µs, p99 {:+.0} µs",
+                100.0 * f(p, "qps") / f(d, "qps").max(1.0),
+                f(p, "p50_us") - f(d, "p50_us"),
+                f(p, "p99_us") - f(d, "p99_us")
+            );
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+            }
+            Ok(())
         }
         Cmd::RrServer { port } => vs::rr_server(port),
         Cmd::RrClient { addr, count } => vs::rr_client(addr, count),

@@ -62,7 +62,7 @@ impl Plane {
     }
 }
 
-fn sh(args: &[&str]) -> Result<String> {
+pub fn sh(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {}", args[0]))?;
     if !out.status.success() {
         bail!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
@@ -94,6 +94,8 @@ pub struct Topo {
     /// Every namespace made, node last.
     made: Vec<String>,
     ctrl: Option<std::process::Child>,
+    /// Other processes of the topology (servers, the DNS proxy), stopped on drop.
+    children: Vec<std::process::Child>,
     tmp: PathBuf,
     bin_dir: PathBuf,
 }
@@ -109,6 +111,7 @@ impl Topo {
             tmp: std::env::temp_dir().join(&tag),
             tag,
             ctrl: None,
+            children: Vec::new(),
             bin_dir: bin_dir.to_path_buf(),
         };
         std::fs::create_dir_all(&t.tmp)?;
@@ -207,8 +210,38 @@ impl Topo {
     }
 }
 
+impl Topo {
+    /// Starts `program args` inside namespace `ns` (pinned to `cpu` if
+    /// given), stopped when the topology is dropped. Output goes to
+    /// `<tmp>/<log>`.
+    pub fn spawn_in(&mut self, ns: &str, cpu: Option<u8>, program: &str, args: &[&str], log: &str) -> Result<u32> {
+        let f = std::fs::File::create(self.tmp.join(log))?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]);
+        if let Some(cpu) = cpu {
+            c.args(["taskset", "-c", &cpu.to_string()]);
+        }
+        let child = c.arg(program).args(args).stdout(f.try_clone()?).stderr(f).spawn().with_context(|| format!("starting {program}"))?;
+        let pid = child.id();
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    pub fn bpf_dir(&self) -> String {
+        format!("/sys/fs/bpf/palisade-bench/{}", self.tag)
+    }
+}
+
 impl Drop for Topo {
     fn drop(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         if let Some(mut c) = self.ctrl.take() {
             let _ = c.kill();
             let _ = c.wait();
