@@ -216,8 +216,10 @@ impl Topo {
     /// `<tmp>/<log>`.
     pub fn spawn_in(&mut self, ns: &str, cpu: Option<u8>, program: &str, args: &[&str], log: &str) -> Result<u32> {
         let f = std::fs::File::create(self.tmp.join(log))?;
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]);
+        // nsenter --net, not `ip netns exec`: the latter remounts /sys, and
+        // the process would not see the pinned maps in bpffs.
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"));
         if let Some(cpu) = cpu {
             c.args(["taskset", "-c", &cpu.to_string()]);
         }

@@ -89,10 +89,32 @@ pub struct Installer {
     journal: std::fs::File,
     dirty: bool,
     pub installed_total: Arc<AtomicU64>,
+    known: Known,
+}
+
+/// What is installed, as seen by the answer threads: hash of (endpoint,
+/// name, address) → expiry (unix ms). An answer whose every address is
+/// here with time to spare is released without waiting for the installer
+/// (which still refreshes the TTL); anything else waits for the install.
+/// Written by the installer only; cleared when the rules change.
+pub type Known = Arc<std::sync::RwLock<HashMap<u64, u64>>>;
+
+pub fn known_key(ep_id: u32, name: &str, addr: IpAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (ep_id, name, addr).hash(&mut h);
+    h.finish()
 }
 
 impl Installer {
-    pub fn new(bpf_dir: &Path, state_dir: &Path, rules: Arc<RulesHandle>, settings: Settings, stats: Arc<Stats>) -> anyhow::Result<Self> {
+    pub fn new(
+        bpf_dir: &Path,
+        state_dir: &Path,
+        rules: Arc<RulesHandle>,
+        settings: Settings,
+        stats: Arc<Stats>,
+        known: Known,
+    ) -> anyhow::Result<Self> {
         let map = FqdnMap::open(bpf_dir)?;
         let dir = state_dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
@@ -149,6 +171,7 @@ impl Installer {
             journal,
             dirty: true,
             installed_total: Arc::new(AtomicU64::new(0)),
+            known,
         };
         me.reconcile_all();
         me.persist();
@@ -217,7 +240,51 @@ impl Installer {
         }
     }
 
+    /// Installs what one answer added: the keys of every toFQDNs rule of
+    /// the endpoint that matches one of the answer's names, for each of its
+    /// addresses. Cost in proportion to the answer, not to the cache
+    /// (removals happen on expiry and on rule changes).
+    fn install_learned(&mut self, l: &Learn, now: u64) {
+        let rules = self.rules.get();
+        let Some(ep) = rules.by_ep.get(&l.ep_id) else { return };
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        for name in &l.names {
+            let matching: Vec<&crate::rules::FqdnRule> = ep.fqdn.iter().filter(|r| r.names.matches(name)).collect();
+            let Some(list) = self.cache.get(&(l.ep_id, name.clone())) else { continue };
+            for &(addr, _) in &l.addrs {
+                let Some(a) = list.iter().find(|a| a.addr == addr) else { continue };
+                for rule in &matching {
+                    for k in &rule.keys {
+                        let key = FqdnKey {
+                            ep_id: l.ep_id,
+                            addr,
+                            proto: (k.proto != 0).then_some(k.proto),
+                            port: k.port,
+                            port_bits: if k.proto == 0 { 0 } else { k.bits },
+                        };
+                        let have = self.installed.entry(l.ep_id).or_default();
+                        if have.contains_key(&key) {
+                            continue;
+                        }
+                        match self.map.put(key, rule.cookie) {
+                            Ok(()) => {
+                                have.insert(key, rule.cookie);
+                                self.installed_total.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                self.stats.install_errors.fetch_add(1, Ordering::Relaxed);
+                                tracing::warn!("installing {addr} for endpoint {}: {e}", l.ep_id);
+                            }
+                        }
+                    }
+                }
+                known.insert(known_key(l.ep_id, name, addr), a.expires_ms.saturating_sub(now).min(u64::MAX / 2) + now);
+            }
+        }
+    }
+
     fn reconcile_all(&mut self) {
+        self.known.write().unwrap_or_else(|p| p.into_inner()).clear();
         let now = now_ms();
         let rules = self.rules.get();
         self.rules_gen = rules.generation;
@@ -284,7 +351,7 @@ impl Installer {
                 }
             }
         }
-        self.reconcile(l.ep_id, now);
+        self.install_learned(&l, now);
         if !journal.is_empty() {
             let mut buf = Vec::new();
             for (name, addr) in journal {
@@ -336,6 +403,7 @@ impl Installer {
             }
         }
         self.cache.retain(|_, v| !v.is_empty());
+        self.known.write().unwrap_or_else(|p| p.into_inner()).retain(|_, e| *e > now);
         for ep in &touched {
             self.reconcile(*ep, now);
             self.stats.expired.fetch_add(1, Ordering::Relaxed);
@@ -409,8 +477,8 @@ impl Installer {
                 if self.rules.get().generation != self.rules_gen {
                     self.reconcile_all();
                 }
-                self.expire(ticks % 20 == 0);
-                if ticks % 4 == 0 {
+                self.expire(ticks.is_multiple_of(20));
+                if ticks.is_multiple_of(4) {
                     self.dirty = true; // stats move even when the cache does not
                     self.persist();
                 }

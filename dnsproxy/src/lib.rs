@@ -107,7 +107,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         tcp_lifetime_s: a.ct_lifetime_tcp,
         other_lifetime_s: a.ct_lifetime_other,
     };
-    let inst = installer::Installer::new(&a.bpf_dir, &a.state_dir.join("dnsproxy"), rules.clone(), settings, stats.clone())
+    let known = installer::Known::default();
+    let inst = installer::Installer::new(&a.bpf_dir, &a.state_dir.join("dnsproxy"), rules.clone(), settings, stats.clone(), known.clone())
         .context("restoring the FQDN cache")?;
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     std::thread::Builder::new().name("installer".into()).spawn(move || inst.run(rx))?;
@@ -122,6 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let shared = Arc::new(server::Shared {
         rules,
         installer: tx,
+        known,
         ipcache: palisade_bpf::pinned::Ipcache::open(&a.bpf_dir).ok(),
         stats,
         hold: Duration::from_millis(a.hold_timeout_ms),

@@ -34,6 +34,7 @@ use crate::{
 pub struct Shared {
     pub rules: Arc<RulesHandle>,
     pub installer: mpsc::SyncSender<Learn>,
+    pub known: crate::installer::Known,
     pub ipcache: Option<palisade_bpf::pinned::Ipcache>,
     pub stats: Arc<Stats>,
     pub hold: Duration,
@@ -93,10 +94,33 @@ impl Shared {
             }
         };
         if !a.addrs.is_empty() {
-            let (tx, rx) = mpsc::sync_channel(1);
-            let l = Learn { ep_id, endpoint: endpoint.to_string(), names: a.names, addrs: a.addrs, ack: Some(tx) };
-            if self.installer.send(l).is_err() || rx.recv_timeout(self.hold).is_err() {
-                self.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
+            // Already installed for a while longer: release now; refresh
+            // the TTL behind the answer only when more than half of it is
+            // gone (the installer stays idle at a steady state).
+            let now = crate::installer::now_ms();
+            let (mut installed, mut fresh) = (true, true);
+            {
+                let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+                for n in &a.names {
+                    for (ip, ttl) in &a.addrs {
+                        match known.get(&crate::installer::known_key(ep_id, n, *ip)) {
+                            Some(&e) if e > now + 2000 => fresh &= e > now + u64::from(*ttl) * 500,
+                            _ => installed = false,
+                        }
+                    }
+                }
+            }
+            if installed {
+                if !fresh {
+                    let l = Learn { ep_id, endpoint: endpoint.to_string(), names: a.names, addrs: a.addrs, ack: None };
+                    let _ = self.installer.send(l);
+                }
+            } else {
+                let (tx, rx) = mpsc::sync_channel(1);
+                let l = Learn { ep_id, endpoint: endpoint.to_string(), names: a.names, addrs: a.addrs, ack: Some(tx) };
+                if self.installer.send(l).is_err() || rx.recv_timeout(self.hold).is_err() {
+                    self.stats.hold_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
         self.stats.answers.fetch_add(1, Ordering::Relaxed);
