@@ -55,13 +55,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// dnsperf for `secs` from the client pod; returns (qps, lost %, avg latency ms).
-fn dnsperf(t: &Topo, client_ns: &str, file: &str, secs: u32) -> Result<(f64, f64, f64)> {
+fn dnsperf(client_ns: &str, server: Ipv4Addr, file: &str, secs: u32) -> Result<(f64, f64, f64)> {
     let out = sh(&[
-        "ip", "netns", "exec", client_ns, "taskset", "-c", "0", "dnsperf", "-s", &DNS_IP.to_string(), "-d", file, "-c", "4", "-q", "200",
-        "-l", &secs.to_string(), "-t", "2",
+        "ip",
+        "netns",
+        "exec",
+        client_ns,
+        "taskset",
+        "-c",
+        "0",
+        "dnsperf",
+        "-s",
+        &server.to_string(),
+        "-d",
+        file,
+        "-c",
+        "4",
+        "-q",
+        "200",
+        "-l",
+        &secs.to_string(),
+        "-t",
+        "2",
     ])
     .context("running dnsperf (scripts/setup.sh installs it)")?;
-    let _ = t;
     let num = |key: &str| -> f64 {
         out.lines()
             .find(|l| l.trim_start().starts_with(key))
@@ -153,8 +170,107 @@ pub fn paced_client(server: SocketAddr, names: usize, rate: u32, secs: u32) -> R
     Ok(())
 }
 
-pub fn run(names: usize, secs: u32, rounds: usize, rate: u32, bin_dir: &std::path::Path) -> Result<Value> {
+fn dnsmasq_args(hosts_file: &std::path::Path, listen: Ipv4Addr) -> Vec<String> {
+    vec![
+        "--keep-in-foreground".to_string(),
+        "--conf-file=/dev/null".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        format!("--addn-hosts={}", hosts_file.display()),
+        format!("--listen-address={listen}"),
+        "--bind-interfaces".into(),
+        "--port=53".into(),
+        "--user=root".into(),
+        "--group=root".into(),
+        "--pid-file".into(),
+        "--local-ttl=300".into(),
+        "--dns-forward-max=10000".into(),
+    ]
+}
+
+/// One measurement: dnsperf at saturation, then the paced client.
+/// One measurement's figures.
+#[derive(Clone)]
+struct Sample {
+    qps: f64,
+    lost_pct: f64,
+    avg_ms: f64,
+    /// The paced client's JSON (p50_us, p99_us, p999_us, answered, sent).
+    lat: Value,
+}
+
+/// Medians of each figure over runs.
+fn summarize(runs: &[Sample]) -> Value {
+    let m = |f: &dyn Fn(&Sample) -> f64| median(runs.iter().map(f).collect());
+    let l = |k: &'static str| move |s: &Sample| s.lat[k].as_f64().unwrap_or(0.0);
+    json!({
+        "qps": m(&|s| s.qps),
+        "lost_pct": m(&|s| s.lost_pct),
+        "avg_ms": m(&|s| s.avg_ms),
+        "p50_us": m(&l("p50_us")),
+        "p99_us": m(&l("p99_us")),
+        "p999_us": m(&l("p999_us")),
+        "answered": m(&l("answered")),
+        "sent": m(&l("sent")),
+        "runs": runs.iter().map(|s| json!({ "qps": s.qps, "p50_us": s.lat["p50_us"], "p99_us": s.lat["p99_us"] })).collect::<Vec<_>>(),
+    })
+}
+
+fn measure(client_ns: &str, server: Ipv4Addr, qfile: &str, names: usize, rate: u32, secs: u32) -> Result<Sample> {
+    let (qps, lost, avg_ms) = dnsperf(client_ns, server, qfile, secs)?;
+    let exe = std::env::current_exe()?.display().to_string();
+    let lat = sh(&[
+        "ip",
+        "netns",
+        "exec",
+        client_ns,
+        "taskset",
+        "-c",
+        "0",
+        &exe,
+        "dns-client",
+        &format!("{server}:53"),
+        "--names",
+        &names.to_string(),
+        "--rate",
+        &rate.to_string(),
+        "--secs",
+        &secs.to_string(),
+    ])?;
+    let lat: Value = serde_json::from_str(lat.trim()).context("dns-client output")?;
+    Ok(Sample { qps, lost_pct: lost, avg_ms, lat })
+}
+
+fn write_zone(dir: &std::path::Path, names: usize) -> Result<(std::path::PathBuf, String)> {
+    let hosts: String = (0..names).map(|i| format!("{} {}\n", addr(i), name(i))).collect();
+    let hosts_file = dir.join("bench.hosts");
+    std::fs::write(&hosts_file, hosts)?;
+    let qfile = dir.join("queries.txt");
+    std::fs::write(&qfile, (0..names).map(|i| format!("{} A\n", name(i))).collect::<String>())?;
+    Ok((hosts_file, qfile.display().to_string()))
+}
+
+/// The same client and server with no Palisade at all: plain veths through
+/// the node, no program attached.
+fn no_palisade(names: usize, secs: u32, rate: u32, bin_dir: &std::path::Path) -> Result<Sample> {
+    let mut t = Topo::new(crate::vs::Plane::Baseline, bin_dir)?;
+    let (hosts, qfile) = write_zone(t.tmp(), names)?;
+    let a = dnsmasq_args(&hosts, crate::vs::SERVER_IP);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let server = t.server.clone();
+    t.spawn_in(&server, Some(1), "dnsmasq", &a, "dnsmasq.log")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let client = t.client.clone();
+    measure(&client, crate::vs::SERVER_IP, &qfile, names, rate, secs)
+}
+
+pub fn run(names: usize, secs: u32, rounds: usize, rate: u32, workers: usize, bin_dir: &std::path::Path) -> Result<Value> {
     crate::vs::cleanup_on_interrupt()?;
+    let mut base = Vec::new();
+    for round in 0..rounds {
+        eprint!("\r[round {}/{rounds}] no palisade", round + 1);
+        base.push(no_palisade(names, secs, rate, bin_dir)?);
+    }
     let mut t = Topo::agent("dns", bin_dir)?;
     let node = t.node.clone();
     // The proxy reaches the upstream from a node address.
@@ -163,66 +279,41 @@ pub fn run(names: usize, secs: u32, rounds: usize, rate: u32, bin_dir: &std::pat
     let dnsns = t.pod_netns("dns")?;
     t.cli(&["endpoint", "add", "bench/client", "--netns", &client, "--ip", &CLIENT_IP.to_string(), "--labels", "app=client"])?;
     t.cli(&["endpoint", "add", "kube-system/coredns", "--netns", &dnsns, "--ip", &DNS_IP.to_string(), "--labels", "k8s-app=kube-dns"])?;
-    let hosts: String = (0..names).map(|i| format!("{} {}\n", addr(i), name(i))).collect();
-    let hosts_file = t.tmp().join("bench.hosts");
-    std::fs::write(&hosts_file, hosts)?;
-    let qfile = t.tmp().join("queries.txt");
-    std::fs::write(&qfile, (0..names).map(|i| format!("{} A\n", name(i))).collect::<String>())?;
-    let dnsmasq_args = [
-        "--keep-in-foreground".to_string(),
-        "--conf-file=/dev/null".into(),
-        "--no-resolv".into(),
-        "--no-hosts".into(),
-        format!("--addn-hosts={}", hosts_file.display()),
-        format!("--listen-address={DNS_IP}"),
-        "--bind-interfaces".into(),
-        "--port=53".into(),
-        "--user=root".into(),
-        "--group=root".into(),
-        "--pid-file".into(),
-        "--local-ttl=300".into(),
-        "--dns-forward-max=10000".into(),
-    ];
+    let (hosts_file, qfile) = write_zone(t.tmp(), names)?;
+    let dnsmasq_args = dnsmasq_args(&hosts_file, DNS_IP);
     let a: Vec<&str> = dnsmasq_args.iter().map(String::as_str).collect();
     t.spawn_in(&dnsns, Some(1), "dnsmasq", &a, "dnsmasq.log")?;
     let proxy = t.bin("palisade-dnsproxy").display().to_string();
     let state = t.tmp().join("state").display().to_string();
     let bpf = t.bpf_dir();
-    t.spawn_in(&node, None, &proxy, &["--bpf-dir", &bpf, "--state-dir", &state, "--min-ttl", "300"], "dnsproxy.log")?;
+    let workers = workers.to_string();
+    t.spawn_in(
+        &node,
+        None,
+        &proxy,
+        &["--bpf-dir", &bpf, "--state-dir", &state, "--min-ttl", "300", "--workers", &workers],
+        "dnsproxy.log",
+    )?;
     std::thread::sleep(Duration::from_millis(500));
     let pfile = t.tmp().join("policy.yaml");
-    let exe = std::env::current_exe()?.display().to_string();
-    let mut res: Vec<(bool, f64, f64, f64, Value)> = Vec::new();
+    let mut res: Vec<(bool, Sample)> = Vec::new();
     for round in 0..rounds {
         for proxy_on in [false, true] {
             eprint!("\r[round {}/{rounds}] {:<6}", round + 1, if proxy_on { "proxy" } else { "direct" });
             std::fs::write(&pfile, policy(proxy_on))?;
             t.cli(&["policy", "apply", "-f", pfile.to_str().expect("utf-8")])?;
             std::thread::sleep(Duration::from_millis(300));
-            let (qps, lost, avg_ms) = dnsperf(&t, &client, qfile.to_str().expect("utf-8"), secs)?;
-            let lat = sh(&[
-                "ip", "netns", "exec", &client, "taskset", "-c", "0", &exe, "dns-client", &format!("{DNS_IP}:53"), "--names", &names.to_string(),
-                "--rate", &rate.to_string(), "--secs", &secs.to_string(),
-            ])?;
-            let lat: Value = serde_json::from_str(lat.trim()).context("dns-client output")?;
-            res.push((proxy_on, qps, lost, avg_ms, lat));
+            res.push((proxy_on, measure(&client, DNS_IP, &qfile, names, rate, secs)?));
         }
     }
     eprintln!();
-    let stats = sh(&[t.bin("palisade").to_str().expect("utf-8"), "fqdn", "status", "--state-dir", &state, "-o", "json"]).unwrap_or_default();
-    let pick = |on: bool, f: &dyn Fn(&(bool, f64, f64, f64, Value)) -> f64| median(res.iter().filter(|r| r.0 == on).map(f).collect());
+    let stats =
+        sh(&[t.bin("palisade").to_str().expect("utf-8"), "fqdn", "status", "--state-dir", &state, "-o", "json"]).unwrap_or_default();
     let mut out = json!({ "names": names, "secs": secs, "rounds": rounds, "rate": rate, "proxy_stats": serde_json::from_str::<Value>(&stats).unwrap_or(Value::Null) });
+    out["no_palisade"] = summarize(&base);
     for (label, on) in [("direct", false), ("proxy", true)] {
-        out[label] = json!({
-            "qps": pick(on, &|r| r.1),
-            "lost_pct": pick(on, &|r| r.2),
-            "avg_ms": pick(on, &|r| r.3),
-            "p50_us": pick(on, &|r| r.4["p50_us"].as_f64().unwrap_or(0.0)),
-            "p99_us": pick(on, &|r| r.4["p99_us"].as_f64().unwrap_or(0.0)),
-            "p999_us": pick(on, &|r| r.4["p999_us"].as_f64().unwrap_or(0.0)),
-            "answered": pick(on, &|r| r.4["answered"].as_f64().unwrap_or(0.0)),
-            "sent": pick(on, &|r| r.4["sent"].as_f64().unwrap_or(0.0)),
-        });
+        let runs: Vec<Sample> = res.iter().filter(|(p, _)| *p == on).map(|(_, s)| s.clone()).collect();
+        out[label] = summarize(&runs);
     }
     if out["proxy"]["answered"].as_f64().unwrap_or(0.0) == 0.0 {
         bail!("no answer came back through the proxy: see {}", t.tmp().join("dnsproxy.log").display());

@@ -77,6 +77,9 @@ enum Cmd {
         /// Query rate of the latency measurement (qps).
         #[arg(long, default_value_t = 10000)]
         rate: u32,
+        /// palisade-dnsproxy --workers.
+        #[arg(long, default_value_t = 2)]
+        proxy_workers: usize,
         /// 2 s per measurement, one round.
         #[arg(long)]
         quick: bool,
@@ -188,27 +191,39 @@ fn main() -> Result<()> {
             palisade_ctrl::netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
-        Cmd::Dns { names, mut secs, mut rounds, rate, quick, json } => {
+        Cmd::Dns { names, mut secs, mut rounds, rate, proxy_workers, quick, json } => {
             if quick {
                 secs = 2;
                 rounds = 1;
             }
             let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
-            let v = dns::run(names, secs, rounds, rate, &bin_dir)?;
-            let (d, p) = (&v["direct"], &v["proxy"]);
+            let v = dns::run(names, secs, rounds, rate, proxy_workers, &bin_dir)?;
+            let (b, d, p) = (&v["no_palisade"], &v["direct"], &v["proxy"]);
             let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(0.0);
             println!("DNS: dnsmasq in a kube-dns pod, queried from a client pod directly and through palisade-dnsproxy (DNS rules + toFQDNs install of every answer); {names} names; medians of {rounds} round(s) of {secs} s; {}\n", machine());
             println!("| path | dnsperf qps | lost % | dnsperf avg ms | p50 µs @ {rate} qps | p99 µs | p99.9 µs | answered |");
             println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-            for (label, x) in [("direct", d), ("through the proxy", p)] {
+            for (label, x) in [
+                ("no Palisade (plain veths)", b),
+                ("Palisade, L4 allow to :53 (direct)", d),
+                ("Palisade, DNS rules (through the proxy)", p),
+            ] {
                 println!(
                     "| {label} | {:.0} | {:.2} | {:.3} | {:.0} | {:.0} | {:.0} | {:.0}/{:.0} |",
-                    f(x, "qps"), f(x, "lost_pct"), f(x, "avg_ms"), f(x, "p50_us"), f(x, "p99_us"), f(x, "p999_us"), f(x, "answered"), f(x, "sent")
+                    f(x, "qps"),
+                    f(x, "lost_pct"),
+                    f(x, "avg_ms"),
+                    f(x, "p50_us"),
+                    f(x, "p99_us"),
+                    f(x, "p999_us"),
+                    f(x, "answered"),
+                    f(x, "sent")
                 );
             }
             println!(
-                "\nproxy/direct qps: {:.0} %; added latency p50 {:+.0} µs, p99 {:+.0} µs",
+                "\nproxy/direct qps: {:.0} % (direct/no Palisade {:.0} %); added latency p50 {:+.0} µs, p99 {:+.0} µs",
                 100.0 * f(p, "qps") / f(d, "qps").max(1.0),
+                100.0 * f(d, "qps") / f(b, "qps").max(1.0),
                 f(p, "p50_us") - f(d, "p50_us"),
                 f(p, "p99_us") - f(d, "p99_us")
             );

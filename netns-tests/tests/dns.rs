@@ -224,7 +224,7 @@ fn restarts_of_proxy_and_agent_lose_no_lookup_and_no_connection() {
     // A pod resolving and connecting in a loop (a resolver's retries: 3
     // tries of 400 ms) while each process restarts.
     let server = format!("{}:53", dns.ip);
-    let mut looping = pay.spawn_probe(&[
+    let looping = pay.spawn_probe(&[
         "resolve",
         &server,
         "api.stripe.com",

@@ -294,5 +294,5 @@ fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::
             _ => None,
         })
         .collect();
-    Ok((format!("{:?}", r.metadata.response_code).to_uppercase().replace("NXDOMAIN", "NXDOMAIN"), addrs))
+    Ok((format!("{:?}", r.metadata.response_code).to_uppercase(), addrs))
 }
