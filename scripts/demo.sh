@@ -16,8 +16,11 @@ SOCK=$STATE/ctrl.sock
 BPF_DIR=/sys/fs/bpf/palisade
 export PALISADE_SOCKET=$SOCK
 PODS=(shop/frontend:app=frontend shop/backend:app=backend shop/cart:app=cart
-  monitoring/prometheus:app=prometheus other/intruder:app=intruder)
+  monitoring/prometheus:app=prometheus other/intruder:app=intruder
+  kube-system/coredns:k8s-app=kube-dns pay/payments:app=payments)
 CTRL_PID=
+PROXY_PID=
+DNSMASQ_PID=
 SERVER_PIDS=()
 FWD_BEFORE=$(cat /proc/sys/net/ipv4/ip_forward)
 
@@ -28,7 +31,8 @@ fi
 
 cleanup() {
   set +e
-  for p in "${SERVER_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${SERVER_PIDS[@]}" $DNSMASQ_PID $PROXY_PID; do kill "$p" 2>/dev/null; done
+  [ -n "$PROXY_PID" ] && wait "$PROXY_PID" 2>/dev/null
   if [ -n "$CTRL_PID" ]; then
     for spec in "${PODS[@]}"; do "$BIN/palisade" endpoint delete "${spec%%:*}" >/dev/null 2>&1; done
     kill "$CTRL_PID" 2>/dev/null; wait "$CTRL_PID" 2>/dev/null
@@ -36,6 +40,10 @@ cleanup() {
   for spec in "${PODS[@]}"; do
     n=${spec%%:*}; ip netns del "$TAG-${n//\//-}" 2>/dev/null
   done
+  ip netns del "$TAG-world" 2>/dev/null
+  # palisade-ctrl's policy routing for redirected DNS (see docs/dns.md)
+  ip -4 rule del pref 90 fwmark 0xa00/0xa00 lookup 2005 2>/dev/null
+  ip -4 route flush table 2005 2>/dev/null
   rm -rf "$BPF_DIR" "$STATE"
   echo "$FWD_BEFORE" > /proc/sys/net/ipv4/ip_forward
 }
@@ -122,6 +130,47 @@ matrix "shop/cart shop/backend 8080" "other/intruder shop/frontend 8080"
 "$BIN/palisade" observe --state-dir "$STATE/state" --verdict AUDIT --last 4
 "$BIN/palisade" config set PolicyAuditMode=Disabled
 "$BIN/palisade" policy delete default-deny -n shop
+
+banner "DNS-aware egress: palisade-dnsproxy, DNS rules and toFQDNs (docs/dns.md)"
+# The world: a namespace behind a veth from this host, 192.0.2.100-.103,
+# serving TCP 443 and 5432; a real dnsmasq in kube-system/coredns serves
+# the names.
+W="$TAG-world"
+ip netns add "$W"
+ip link add "$TAG-up" type veth peer name eth0 netns "$W"
+ip addr add 192.0.2.1/24 dev "$TAG-up"; ip link set "$TAG-up" up
+ip -n "$W" link set lo up; ip -n "$W" link set eth0 up
+for a in 100 101 102 103; do ip -n "$W" addr add "192.0.2.$a/24" dev eth0; done
+ip -n "$W" route add 10.200.0.0/16 via 192.0.2.1
+ip netns exec "$W" "$BIN/palisade-probe" serve --tcp 443 --tcp 5432 >/dev/null &
+SERVER_PIDS+=($!)
+DNS_IP=$(ip_of kube-system/coredns)
+printf '192.0.2.100 api.stripe.com hooks.stripe.com\n192.0.2.101 prod-db.cxyz.us-east-1.rds.amazonaws.com\n192.0.2.102 api.github.com\n' >"$STATE/zone.hosts"
+ip netns exec "$TAG-kube-system-coredns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
+  --addn-hosts="$STATE/zone.hosts" --listen-address="$DNS_IP" --bind-interfaces --port=53 --user=root --group=root --pid-file --local-ttl=30 &
+DNSMASQ_PID=$!
+"$BIN/palisade-dnsproxy" --bpf-dir "$BPF_DIR" --state-dir "$STATE/state" >"$STATE/dnsproxy.stdout" 2>"$STATE/dnsproxy.log" &
+PROXY_PID=$!
+sleep 0.5
+sed -n '1,/^apiVersion/p' examples/policies/payments-dns.yaml | grep '^#' || true
+"$BIN/palisade" policy apply -f examples/policies/payments-dns.yaml
+resolve() { # name port: resolve from pay/payments, then connect to the answer at once
+  local out rc
+  out=$(ip netns exec "$TAG-pay-payments" "$BIN/palisade-probe" resolve "$DNS_IP:53" "$1" --connect "$2" --timeout-ms 800 2>&1) && rc=ALLOWED || rc=DROPPED
+  printf "  %-44s %-6s %s\n" "$1:$2" "$( [ $rc = ALLOWED ] && printf '\033[32mALLOWED\033[0m' || printf '\033[31mDROPPED\033[0m')" "$out"
+}
+resolve api.stripe.com 443
+resolve prod-db.cxyz.us-east-1.rds.amazonaws.com 5432
+resolve api.github.com 443
+echo "  direct to 192.0.2.103:443 (no name resolved to it):"
+ip netns exec "$TAG-pay-payments" "$BIN/palisade-probe" tcp 192.0.2.103:443 --timeout-ms 600 >/dev/null 2>&1 && echo "    ALLOWED" || echo "    DROPPED"
+sleep 1.2
+banner "palisade fqdn cache list"
+"$BIN/palisade" fqdn cache list --state-dir "$STATE/state"
+banner "palisade observe --verdict REDIRECTED --last 3 (DNS handed to the proxy)"
+"$BIN/palisade" observe --state-dir "$STATE/state" --verdict REDIRECTED --last 3
+banner "palisade fqdn status"
+"$BIN/palisade" fqdn status --state-dir "$STATE/state"
 
 banner "Prometheus metrics (curl 127.0.0.1:9962/metrics | grep drop_count)"
 exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -E '^cilium_(drop|forward)_count' <&3 || true

@@ -190,56 +190,71 @@ impl UdpServer {
         Ok(Arc::new(Self { listener, upstreams, replies: ReplySockets::default(), shared }))
     }
 
-    /// Receives queries forever (one per worker thread).
+    /// Receives queries forever (one per worker thread), up to `BATCH` per
+    /// system call when they queue up (recvmmsg): under load one wakeup
+    /// serves many queries.
     pub fn serve_queries(self: Arc<Self>, worker: usize) {
-        let mut buf = vec![0u8; 65535];
-        let mut cmsg = nix::cmsg_space!(nix::libc::sockaddr_in);
+        let mut bufs = vec![vec![0u8; 4096]; BATCH];
+        let mut headers = socket::MultiHeaders::<SockaddrIn>::preallocate(BATCH, Some(nix::cmsg_space!(nix::libc::sockaddr_in)));
+        let mut got: Vec<(usize, Option<SocketAddrV4>, Option<SocketAddrV4>)> = Vec::with_capacity(BATCH);
         loop {
-            let (n, client, orig) = {
-                let mut iov = [IoSliceMut::new(&mut buf)];
-                let msg = match socket::recvmsg::<SockaddrIn>(self.listener.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) {
-                    Ok(m) => m,
+            got.clear();
+            {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+                let res = socket::recvmmsg(self.listener.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None);
+                match res {
+                    Ok(msgs) => {
+                        for m in msgs {
+                            let orig = m.cmsgs().ok().and_then(|mut c| {
+                                c.find_map(|c| match c {
+                                    ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddrV4::from(SockaddrIn::from(a))),
+                                    _ => None,
+                                })
+                            });
+                            got.push((m.bytes, m.address.map(SocketAddrV4::from), orig));
+                        }
+                    }
                     Err(e) => {
-                        tracing::warn!("receiving a query: {e}");
+                        tracing::warn!("receiving queries: {e}");
                         continue;
                     }
-                };
-                let orig = msg.cmsgs().ok().and_then(|mut c| {
-                    c.find_map(|c| match c {
-                        ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddrV4::from(SockaddrIn::from(a))),
-                        _ => None,
-                    })
-                });
-                (msg.bytes, msg.address.map(SocketAddrV4::from), orig)
-            };
-            let (Some(client), Some(orig)) = (client, orig) else { continue };
-            let q = &buf[..n];
-            match self.shared.decide(q, *client.ip(), orig, 17) {
-                Decision::Drop => {}
-                Decision::Deny(resp) => {
-                    let _ = self.replies.send(orig, client, &resp);
                 }
-                Decision::Forward { ep_id, endpoint } => {
-                    let up = &self.upstreams[(worker + usize::from(client.port())) % self.upstreams.len()];
-                    let id = up.next_id.fetch_add(1, Ordering::Relaxed);
-                    let old_id = wire::id_of(q).unwrap_or(0);
-                    let mut fwd = q.to_vec();
-                    wire::set_id(&mut fwd, id);
-                    let p = Pending { client, orig, id: old_id, ep_id, endpoint: endpoint.into(), sent: Instant::now() };
-                    up.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, p);
-                    if up.sock.send_to(&fwd, orig).is_err() {
-                        self.shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-                        up.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    }
+            }
+            for (i, &(n, client, orig)) in got.iter().enumerate() {
+                let (Some(client), Some(orig)) = (client, orig) else { continue };
+                self.query(worker, &bufs[i][..n], client, orig);
+            }
+        }
+    }
+
+    fn query(&self, worker: usize, q: &[u8], client: SocketAddrV4, orig: SocketAddrV4) {
+        match self.shared.decide(q, *client.ip(), orig, 17) {
+            Decision::Drop => {}
+            Decision::Deny(resp) => {
+                let _ = self.replies.send(orig, client, &resp);
+            }
+            Decision::Forward { ep_id, endpoint } => {
+                let up = &self.upstreams[(worker + usize::from(client.port())) % self.upstreams.len()];
+                let id = up.next_id.fetch_add(1, Ordering::Relaxed);
+                let old_id = wire::id_of(q).unwrap_or(0);
+                let mut fwd = q.to_vec();
+                wire::set_id(&mut fwd, id);
+                let p = Pending { client, orig, id: old_id, ep_id, endpoint: endpoint.into(), sent: Instant::now() };
+                up.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, p);
+                if up.sock.send_to(&fwd, orig).is_err() {
+                    self.shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+                    up.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 }
             }
         }
     }
 
-    /// Reads answers of one upstream socket forever.
+    /// Reads answers of one upstream socket forever (batched like queries).
     pub fn serve_answers(self: Arc<Self>, idx: usize) {
         let up = &self.upstreams[idx];
-        let mut buf = vec![0u8; 65535];
+        let mut bufs = vec![vec![0u8; 65535]; BATCH];
+        let mut headers = socket::MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
+        let mut got: Vec<(usize, Option<SocketAddrV4>)> = Vec::with_capacity(BATCH);
         let mut last_sweep = Instant::now();
         loop {
             if last_sweep.elapsed() > Duration::from_millis(500) {
@@ -250,39 +265,53 @@ impl UdpServer {
                 pend.retain(|_, p| p.sent.elapsed() < timeout);
                 self.shared.stats.upstream_timeouts.fetch_add((before - pend.len()) as u64, Ordering::Relaxed);
             }
-            let (n, from) = match up.sock.recv_from(&mut buf) {
-                Ok(r) => r,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
-                Err(e) => {
-                    tracing::warn!("receiving an answer: {e}");
-                    continue;
-                }
-            };
-            let Some(id) = wire::id_of(&buf[..n]) else {
-                self.shared.stats.malformed_answers.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let p = {
-                let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
-                match pend.get(&id) {
-                    Some(p) if SocketAddr::V4(p.orig) == from => pend.remove(&id),
-                    Some(_) => {
-                        self.shared.stats.spoofed_answers.fetch_add(1, Ordering::Relaxed);
-                        None
+            got.clear();
+            {
+                let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+                // SO_RCVTIMEO (500 ms) bounds the wait, for the sweep above.
+                match socket::recvmmsg(up.sock.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
+                    Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address.map(SocketAddrV4::from)))),
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::warn!("receiving answers: {e}");
+                        continue;
                     }
-                    None => None,
                 }
-            };
-            let Some(p) = p else { continue };
-            let answer = &mut buf[..n];
-            if !self.shared.learn(answer, p.ep_id, &p.endpoint) {
-                continue;
             }
-            wire::set_id(answer, p.id);
-            let _ = self.replies.send(p.orig, p.client, answer);
+            for (i, &(n, from)) in got.iter().enumerate() {
+                let Some(from) = from else { continue };
+                self.answer(up, &mut bufs[i][..n], from);
+            }
         }
     }
+
+    fn answer(&self, up: &Upstream, answer: &mut [u8], from: SocketAddrV4) {
+        let Some(id) = wire::id_of(answer) else {
+            self.shared.stats.malformed_answers.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let p = {
+            let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
+            match pend.get(&id) {
+                Some(p) if p.orig == from => pend.remove(&id),
+                Some(_) => {
+                    self.shared.stats.spoofed_answers.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                None => None,
+            }
+        };
+        let Some(p) = p else { return };
+        if !self.shared.learn(answer, p.ep_id, &p.endpoint) {
+            return;
+        }
+        wire::set_id(answer, p.id);
+        let _ = self.replies.send(p.orig, p.client, answer);
+    }
 }
+
+/// Messages per recvmmsg.
+const BATCH: usize = 32;
 
 fn read_msg(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut len = [0u8; 2];
