@@ -87,6 +87,7 @@ pub enum Request {
         endpoint: String,
     },
     BpfCtList,
+    BpfFqdnList,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

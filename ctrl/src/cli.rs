@@ -250,6 +250,15 @@ pub enum BpfCmd {
     /// Conntrack map contents.
     #[command(subcommand)]
     Ct(BpfCtCmd),
+    /// FQDN table: addresses palisade-dnsproxy installed for toFQDNs rules.
+    #[command(subcommand)]
+    Fqdn(BpfFqdnCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BpfFqdnCmd {
+    /// Every (endpoint, address, protocol, ports) entry and the rule it serves.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -547,6 +556,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Bpf(BpfCmd::Policy(BpfPolicyCmd::Get { endpoint })) => {
             let v = req(Request::BpfPolicyGet { endpoint })?;
             print_or(json, &v, || bpf_policy_table(&v))
+        }
+        Cmd::Bpf(BpfCmd::Fqdn(BpfFqdnCmd::List)) => {
+            let v = req(Request::BpfFqdnList)?;
+            print_or(json, &v, || {
+                table(
+                    &["ENDPOINT", "IP", "PROTO", "PORTS", "RULE"],
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| vec![s(&c["endpoint"]), s(&c["ip"]), s(&c["protocol"]), s(&c["ports"]), s(&c["rule"])]),
+                )
+            })
         }
         Cmd::Bpf(BpfCmd::Ct(BpfCtCmd::List)) => {
             let v = req(Request::BpfCtList)?;

@@ -534,6 +534,7 @@ impl Daemon {
             }
             Request::BpfPolicyGet { endpoint } => view::bpf_policy(self, &endpoint),
             Request::BpfCtList => view::conntrack(self),
+            Request::BpfFqdnList => view::fqdn_table(self),
         }
     }
 

@@ -151,6 +151,30 @@ pub fn conntrack(d: &Daemon) -> Result<Value> {
     ))
 }
 
+/// The FQDN table (palisade-dnsproxy's), with endpoints and rules named.
+pub fn fqdn_table(d: &Daemon) -> Result<Value> {
+    let by_id: BTreeMap<u32, &str> = d.store.endpoints.values().map(|e| (e.ep_id, e.name.as_str())).collect();
+    let policies: Vec<palisade_policy::Policy> = d.store.policies.values().cloned().collect();
+    let cookies = crate::compile::cookie_table(&policies);
+    let map = palisade_bpf::fqdn::FqdnMap::open(d.dp.bpf_dir())?;
+    let mut rows = map.dump()?;
+    rows.sort();
+    Ok(Value::Array(
+        rows.iter()
+            .map(|(k, cookie)| {
+                let pk = PolicyKey { ep_id: k.ep_id, identity: 0, direction: 1, proto: k.proto, port: k.port, port_bits: k.port_bits };
+                json!({
+                    "endpoint": by_id.get(&k.ep_id).copied().unwrap_or("<gone>"),
+                    "ip": k.addr.to_string(),
+                    "protocol": proto_name(k.proto),
+                    "ports": port_text(&pk),
+                    "rule": cookies.get(cookie).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_default(),
+                })
+            })
+            .collect(),
+    ))
+}
+
 pub fn policy_get(d: &Daemon, name: Option<&str>) -> Result<Value> {
     match name {
         Some(n) => {

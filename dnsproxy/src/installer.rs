@@ -302,6 +302,7 @@ impl Installer {
         let now = now_ms();
         self.endpoints.insert(l.ep_id, l.endpoint.clone());
         let mut live: Option<HashSet<(u32, Ipv4Addr)>> = None;
+        let mut evicted = false;
         let mut journal = Vec::new();
         for name in &l.names {
             let list = self.cache.entry((l.ep_id, name.clone())).or_default();
@@ -341,6 +342,7 @@ impl Installer {
                                 .map(|(i, _)| i);
                             if let Some(i) = victim {
                                 list.remove(i);
+                                evicted = true;
                                 self.stats.evictions.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -350,6 +352,11 @@ impl Installer {
                     }
                 }
             }
+        }
+        if evicted {
+            // The evicted address leaves the map too (unless another name
+            // of the endpoint still holds it).
+            self.reconcile(l.ep_id, now);
         }
         self.install_learned(&l, now);
         if !journal.is_empty() {

@@ -200,6 +200,12 @@ fn stale_address_closes_for_new_connections_and_established_ones_live_on() {
     assert!(ok && r[0]["addrs"][0] == "192.0.2.104", "the new address: {r:?}");
     assert!(!pay.tcp_ip(ip("192.0.2.100"), 443), "still closed after the new answer");
 
+    // Nothing is left in the datapath for the expired address (no leak).
+    let table = node.json(&["bpf", "fqdn", "list"]);
+    let rows = table.as_array().unwrap();
+    assert!(!rows.iter().any(|r| r["ip"] == "192.0.2.100"), "expired address still in the FQDN table: {table}");
+    assert!(rows.iter().any(|r| r["ip"] == "192.0.2.104" && r["ports"] == "443" && r["endpoint"] == "pay/payments"), "{table}");
+
     // The expired address stays listed while its connection lives.
     let t0 = std::time::Instant::now();
     loop {
@@ -282,4 +288,58 @@ fn malformed_dns_is_dropped_and_counted() {
     std::thread::sleep(std::time::Duration::from_millis(1300));
     assert!(node.dns_stats()["malformed_queries"] >= 4, "{:?}", node.dns_stats());
     assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0, "the proxy still answers");
+}
+
+#[test]
+fn per_name_cap_evicts_the_oldest_address_without_a_live_connection() {
+    let (mut node, world, dns, server) = dns_node(&["--max-ips-per-name", "2"], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
+    let mut live = pay.session(&Pod::existing("a1", &world.netns, ip("192.0.2.100")), 443);
+    // The name now has two more addresses: a third one over the cap.
+    server.set_hosts(&format!("{HOSTS}192.0.2.101 api.stripe.com\n"));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &[]).0);
+    server.set_hosts(&format!("{HOSTS}192.0.2.101 api.stripe.com\n192.0.2.102 api.stripe.com\n"));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &[]).0);
+    // .100 (oldest, but carrying a live connection) stays; .101 (oldest
+    // without one) is evicted; .102 is in.
+    assert!(pay.tcp_ip(ip("192.0.2.100"), 443), "the address with a live connection is kept");
+    assert!(!pay.tcp_ip(ip("192.0.2.101"), 443), "the oldest address without a live connection is evicted");
+    assert!(pay.tcp_ip(ip("192.0.2.102"), 443));
+    assert!(live.round_trip());
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert!(node.dns_stats()["evictions"] >= 1);
+}
+
+#[test]
+fn truncated_answers_make_the_pod_retry_over_tcp_through_the_proxy() {
+    // 60 addresses do not fit a 512-byte UDP answer without EDNS: dnsmasq
+    // truncates, the resolver (dig) retries over TCP, which is redirected
+    // the same way, and the addresses of the TCP answer are installed.
+    let many: Vec<String> = (10..70).map(|i| format!("192.0.2.{i}")).collect();
+    let extra: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (mut node, _world, dns, server) = dns_node(&[], 30, &extra);
+    server.set_hosts(&format!("{HOSTS}{}", many.iter().map(|a| format!("{a} big.stripe.com\n")).collect::<String>()));
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply(
+        "p.yaml",
+        &policy(
+            "pay",
+            "payments",
+            "payments",
+            "{matchPattern: \"*\"}",
+            "  - toFQDNs: [{matchName: big.stripe.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n",
+        ),
+    );
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &pay.netns, "dig", "+noedns", "+time=2", "+tries=1", &format!("@{}", dns.ip), "big.stripe.com", "A"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Truncated, retrying in TCP mode") || text.contains("TCP"), "dig did not fall back to TCP:\n{text}");
+    assert!(text.contains("status: NOERROR") && text.matches("big.stripe.com.").count() >= 60, "{text}");
+    for a in ["192.0.2.10", "192.0.2.39", "192.0.2.69"] {
+        assert!(pay.tcp_ip(ip(a), 443), "{a} from the TCP answer");
+    }
 }
