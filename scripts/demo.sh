@@ -132,20 +132,30 @@ matrix "shop/cart shop/backend 8080" "other/intruder shop/frontend 8080"
 "$BIN/palisade" policy delete default-deny -n shop
 
 banner "DNS-aware egress: palisade-dnsproxy, DNS rules and toFQDNs (docs/dns.md)"
-# The world: a namespace behind a veth from this host, 192.0.2.100-.103,
-# serving TCP 443 and 5432; a real dnsmasq in kube-system/coredns serves
-# the names.
+# The world: a namespace behind a veth from this host, serving TCP 443 and
+# 5432 on addresses of TEST-NET-3 (203.0.113.0/24); a real dnsmasq in
+# kube-system/coredns serves the names. The section is skipped if this
+# machine already uses that range: the demo's traffic must stay on the
+# demo's own interfaces.
 W="$TAG-world"
+NET=203.0.113
+if ip -4 addr show | grep -q " $NET\." || ip -4 route show | grep -q "^$NET\."; then
+  echo "demo: $NET.0/24 is in use on this machine; skipping the DNS section"
+else
 ip netns add "$W"
 ip link add "$TAG-up" type veth peer name eth0 netns "$W"
-ip addr add 192.0.2.1/24 dev "$TAG-up"; ip link set "$TAG-up" up
+ip addr add "$NET.1/24" dev "$TAG-up"; ip link set "$TAG-up" up
 ip -n "$W" link set lo up; ip -n "$W" link set eth0 up
-for a in 100 101 102 103; do ip -n "$W" addr add "192.0.2.$a/24" dev eth0; done
-ip -n "$W" route add 10.200.0.0/16 via 192.0.2.1
+for a in 100 101 102 103; do ip -n "$W" addr add "$NET.$a/24" dev eth0; done
+ip -n "$W" route add 10.200.0.0/16 via "$NET.1"
+if ! ip -4 route get "$NET.100" | grep -q "dev $TAG-up"; then
+  echo "demo: $NET.100 would not leave through $TAG-up; skipping the DNS section" >&2
+  exit 1
+fi
 ip netns exec "$W" "$BIN/palisade-probe" serve --tcp 443 --tcp 5432 >/dev/null &
 SERVER_PIDS+=($!)
 DNS_IP=$(ip_of kube-system/coredns)
-printf '192.0.2.100 api.stripe.com hooks.stripe.com\n192.0.2.101 prod-db.cxyz.us-east-1.rds.amazonaws.com\n192.0.2.102 api.github.com\n' >"$STATE/zone.hosts"
+printf "$NET.100 api.stripe.com hooks.stripe.com\n$NET.101 prod-db.cxyz.us-east-1.rds.amazonaws.com\n$NET.102 api.github.com\n" >"$STATE/zone.hosts"
 ip netns exec "$TAG-kube-system-coredns" dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts \
   --addn-hosts="$STATE/zone.hosts" --listen-address="$DNS_IP" --bind-interfaces --port=53 --user=root --group=root --pid-file --local-ttl=30 &
 DNSMASQ_PID=$!
@@ -162,8 +172,8 @@ resolve() { # name port: resolve from pay/payments, then connect to the answer a
 resolve api.stripe.com 443
 resolve prod-db.cxyz.us-east-1.rds.amazonaws.com 5432
 resolve api.github.com 443
-echo "  direct to 192.0.2.103:443 (no name resolved to it):"
-ip netns exec "$TAG-pay-payments" "$BIN/palisade-probe" tcp 192.0.2.103:443 --timeout-ms 600 >/dev/null 2>&1 && echo "    ALLOWED" || echo "    DROPPED"
+echo "  direct to $NET.103:443 (no name resolved to it):"
+ip netns exec "$TAG-pay-payments" "$BIN/palisade-probe" tcp "$NET.103:443" --timeout-ms 600 >/dev/null 2>&1 && echo "    ALLOWED" || echo "    DROPPED"
 sleep 1.2
 banner "palisade fqdn cache list"
 "$BIN/palisade" fqdn cache list --state-dir "$STATE/state"
@@ -171,6 +181,7 @@ banner "palisade observe --verdict REDIRECTED --last 3 (DNS handed to the proxy)
 "$BIN/palisade" observe --state-dir "$STATE/state" --verdict REDIRECTED --last 3
 banner "palisade fqdn status"
 "$BIN/palisade" fqdn status --state-dir "$STATE/state"
+fi
 
 banner "Prometheus metrics (curl 127.0.0.1:9962/metrics | grep drop_count)"
 exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -E '^cilium_(drop|forward)_count' <&3 || true
