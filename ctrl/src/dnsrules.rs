@@ -58,6 +58,8 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
                     };
                     dns.push(DnsRule {
                         cookie,
+                        policy: key.clone(),
+                        path: pr.path.clone(),
                         peers,
                         ports: vec![(proto, port.port, port.end_port)],
                         names: names.iter().map(sel).collect(),

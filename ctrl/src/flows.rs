@@ -118,6 +118,7 @@ impl Names {
             policies,
             node_name: String::new(),
             suppressed: e.suppressed,
+            l7: None,
             source_ring: "datapath".into(),
             time_ns,
         }

@@ -31,7 +31,8 @@ pub struct Filter {
     /// Source or destination port.
     #[arg(long)]
     pub port: Vec<u16>,
-    /// Destination FQDN (flows carry names once the DNS proxy exists).
+    /// DNS query name (DNS flows from palisade-dnsproxy); `*` matches
+    /// within one label, e.g. `*.stripe.com`.
     #[arg(long)]
     pub to_fqdn: Vec<String>,
     /// Only flows newer than this: 30s, 5m, 2h, or an RFC 3339 time.
@@ -65,8 +66,9 @@ impl Filter {
     }
 
     pub fn check(&self) -> Result<()> {
-        if !self.to_fqdn.is_empty() {
-            bail!("--to-fqdn: no flow source carries DNS names yet (the DNS proxy is not built); nothing would match");
+        for f in &self.to_fqdn {
+            palisade_policy::fqdn::validate("--to-fqdn", &palisade_policy::fqdn::FqdnSelector::pattern(f.as_str()))
+                .map_err(|(_, reason)| anyhow::anyhow!("--to-fqdn {f:?}: {reason}"))?;
         }
         for v in &self.verdict {
             if !["FORWARDED", "DROPPED", "AUDIT", "REDIRECTED"].contains(&v.to_ascii_uppercase().as_str()) {
@@ -89,7 +91,16 @@ impl Filter {
             && any(&self.pod, &|p| pod_matches(p, &f.source) || pod_matches(p, &f.destination))
             && any(&self.from_pod, &|p| pod_matches(p, &f.source))
             && any(&self.to_pod, &|p| pod_matches(p, &f.destination))
-            && any(&self.protocol, &|p| f.l4.protocol_name().eq_ignore_ascii_case(p))
+            && any(&self.protocol, &|p| {
+                f.l4.protocol_name().eq_ignore_ascii_case(p)
+                    || (p.eq_ignore_ascii_case("dns") && f.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+            })
+            && (self.to_fqdn.is_empty() || {
+                let m = palisade_policy::fqdn::NameMatcher::new(
+                    &self.to_fqdn.iter().map(|p| palisade_policy::fqdn::FqdnSelector::pattern(p.to_ascii_lowercase())).collect::<Vec<_>>(),
+                );
+                f.l7.as_ref().and_then(|l| l.dns.as_ref()).is_some_and(|d| m.matches(&d.query))
+            })
             && any(&self.flow_type, &|t| match t {
                 "drop" => f.verdict == "DROPPED",
                 "policy-verdict" | "trace" => f.flow_type == "L3_L4",
@@ -148,6 +159,21 @@ pub fn line(f: &Flow) -> String {
         palisade_flow::L4::Icmpv4 { icmp_type } => format!("ICMPv4 type {icmp_type}"),
         l => l.protocol_name().to_uppercase(),
     };
+    if let Some(d) = f.l7.as_ref().and_then(|l| l.dns.as_ref()) {
+        let rcode = match d.rcode {
+            0 => "NOERROR".to_string(),
+            3 => "NXDOMAIN".to_string(),
+            5 => "REFUSED".to_string(),
+            n => format!("RCODE {n}"),
+        };
+        summary = format!("DNS Answer \"{}\" {} {rcode}", d.query, d.qtypes.join(","));
+        if !d.ips.is_empty() {
+            summary.push_str(&format!(" {} TTL {}", d.ips.join(","), d.ttl));
+        }
+        if !d.cnames.is_empty() {
+            summary.push_str(&format!(" via {}", d.cnames.join(",")));
+        }
+    }
     if !f.drop_reason_desc.is_empty() {
         summary = format!("{} ({summary})", f.drop_reason_desc);
     }

@@ -11,6 +11,7 @@
 //! keep answering: a restart of palisade-ctrl does not touch it.
 #![forbid(unsafe_code)]
 
+pub mod flowlog;
 pub mod installer;
 pub mod rules;
 pub mod server;
@@ -63,6 +64,9 @@ pub struct Args {
     pub ct_lifetime_tcp: u64,
     #[arg(long, default_value_t = 60)]
     pub ct_lifetime_other: u64,
+    /// Do not write DNS flow records (<state-dir>/flows/dns.ring).
+    #[arg(long)]
+    pub no_flows: bool,
 }
 
 fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
@@ -129,6 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         hold: Duration::from_millis(a.hold_timeout_ms),
         deny,
         upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
+        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&a.state_dir).context("opening the DNS flow ring")?) },
     });
     let tcp = server::tcp_listener(a.port)?;
     let udp = server::UdpServer::bind(a.port, shared.clone(), a.workers)?;

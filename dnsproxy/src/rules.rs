@@ -12,7 +12,10 @@ use std::{
 use palisade_policy::fqdn::{FqdnSelector, NameMatcher};
 use palisade_snapshot::{ArchivedNameSel, FileId, L4Key, Mapped, PolicySnapshot};
 
-struct DnsRule {
+pub struct DnsRule {
+    /// `ns/name` of the policy and the rule's path in it.
+    pub policy: String,
+    pub path: String,
     peers: Option<HashSet<u32>>,
     ports: Vec<(u8, u16, u16)>,
     names: NameMatcher,
@@ -28,7 +31,9 @@ pub struct FqdnRule {
 /// One endpoint's DNS and toFQDNs rules.
 pub struct EpRules {
     pub ep_id: u32,
+    /// `namespace/pod`
     pub name: String,
+    pub identity: u32,
     dns: Vec<DnsRule>,
     pub fqdn: Vec<FqdnRule>,
     /// Every DNS rule of the endpoint allows the same names: the datapath
@@ -37,15 +42,26 @@ pub struct EpRules {
 }
 
 impl EpRules {
-    /// Whether a query for `name` sent to a peer on `proto`/`port` is allowed.
-    /// `peer` is asked only when rules for different peers differ.
-    pub fn query_allowed(&self, proto: u8, port: u16, name: &str, peer: impl FnOnce() -> u32) -> bool {
-        let on_port = |r: &&DnsRule| r.ports.iter().any(|&(p, lo, hi)| (p == 0 || p == proto) && (lo..=hi).contains(&port));
+    /// The DNS rule that allows a query for `name` sent to a peer on
+    /// `proto`/`port`, if one does. `peer` is asked only when rules for
+    /// different peers differ.
+    pub fn allowing_rule(&self, proto: u8, port: u16, name: &str, peer: impl FnOnce() -> u32) -> Option<usize> {
+        let on_port = |(_, r): &(usize, &DnsRule)| r.ports.iter().any(|&(p, lo, hi)| (p == 0 || p == proto) && (lo..=hi).contains(&port));
         if self.uniform {
-            return self.dns.iter().find(on_port).is_some_and(|r| r.names.matches(name));
+            return self.dns.iter().enumerate().find(on_port).filter(|(_, r)| r.names.matches(name)).map(|(i, _)| i);
         }
         let peer = peer();
-        self.dns.iter().filter(on_port).filter(|r| r.peers.as_ref().is_none_or(|p| p.contains(&peer))).any(|r| r.names.matches(name))
+        self.dns
+            .iter()
+            .enumerate()
+            .filter(on_port)
+            .filter(|(_, r)| r.peers.as_ref().is_none_or(|p| p.contains(&peer)))
+            .find(|(_, r)| r.names.matches(name))
+            .map(|(i, _)| i)
+    }
+
+    pub fn dns_rule(&self, i: usize) -> Option<&DnsRule> {
+        self.dns.get(i)
     }
 
     pub fn has_dns_rules(&self) -> bool {
@@ -78,6 +94,8 @@ impl Rules {
                 .dns
                 .iter()
                 .map(|r| DnsRule {
+                    policy: r.policy.as_str().to_string(),
+                    path: r.path.as_str().to_string(),
                     peers: r.peers.as_ref().map(|p| p.iter().map(|i| i.to_native()).collect()),
                     ports: r.ports.iter().map(|t| (t.0, t.1.to_native(), t.2.to_native())).collect(),
                     names: NameMatcher::new(&selectors(&r.names)),
@@ -94,7 +112,14 @@ impl Rules {
                     keys: r.keys.iter().map(|k| L4Key { proto: k.proto, port: k.port.to_native(), bits: k.bits }).collect(),
                 })
                 .collect();
-            let rules = Arc::new(EpRules { ep_id: ep.ep_id.to_native(), name: ep.name.as_str().to_string(), dns, fqdn, uniform });
+            let rules = Arc::new(EpRules {
+                ep_id: ep.ep_id.to_native(),
+                name: ep.name.as_str().to_string(),
+                identity: ep.identity.to_native(),
+                dns,
+                fqdn,
+                uniform,
+            });
             out.by_ip.insert(Ipv4Addr::from(ep.ipv4), rules.clone());
             out.by_ep.insert(rules.ep_id, rules);
         }

@@ -26,7 +26,7 @@ use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn}
 
 use crate::{
     installer::Learn,
-    rules::RulesHandle,
+    rules::{EpRules, RulesHandle},
     stats::Stats,
     wire::{self, DenyRcode},
 };
@@ -40,17 +40,59 @@ pub struct Shared {
     pub hold: Duration,
     pub deny: DenyRcode,
     pub upstream_timeout: Duration,
+    pub flows: Option<crate::flowlog::FlowLog>,
+}
+
+/// One allowed query on its way: what the answer needs to be learned,
+/// released and recorded.
+struct Query {
+    ep: Arc<EpRules>,
+    rule: usize,
+    name: String,
+    qtype: u16,
+    client: SocketAddrV4,
+    orig: SocketAddrV4,
+    tcp: bool,
+    sent: Instant,
 }
 
 /// What the proxy decided for one query.
 enum Decision {
-    Forward { ep_id: u32, endpoint: String },
+    Forward(Query),
     Deny(Vec<u8>),
     Drop,
 }
 
 impl Shared {
-    fn decide(&self, buf: &[u8], client: Ipv4Addr, orig: SocketAddrV4, proto: u8) -> Decision {
+    fn server_identity(&self, orig: SocketAddrV4) -> u32 {
+        self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(*orig.ip()))
+    }
+
+    fn record_denied(&self, ep: &Arc<EpRules>, client: SocketAddrV4, orig: SocketAddrV4, tcp: bool, q: &wire::Query, rcode: DenyRcode) {
+        if let Some(f) = &self.flows {
+            f.record(crate::flowlog::Record {
+                ep,
+                client,
+                server: orig,
+                server_identity: self.server_identity(orig),
+                tcp,
+                rule: None,
+                query: &q.name,
+                qtype: Some(q.qtype),
+                rcode: match rcode {
+                    DenyRcode::Refused => 5,
+                    DenyRcode::NameError => 3,
+                },
+                ips: vec![],
+                ttl: 0,
+                cnames: vec![],
+                latency_ns: 0,
+            });
+        }
+    }
+
+    fn decide(&self, buf: &[u8], client: SocketAddrV4, orig: SocketAddrV4, tcp: bool) -> Decision {
+        let proto = if tcp { 6 } else { 17 };
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let q = match wire::parse_query(buf) {
             Ok(q) => q,
@@ -61,30 +103,35 @@ impl Shared {
             }
         };
         let mut rules = self.rules.get();
-        let mut ep = rules.by_ip.get(&client).cloned();
+        let mut ep = rules.by_ip.get(client.ip()).cloned();
         if ep.is_none() && self.rules.refresh() {
             // The datapath redirected under a rule newer than ours.
             rules = self.rules.get();
-            ep = rules.by_ip.get(&client).cloned();
+            ep = rules.by_ip.get(client.ip()).cloned();
         }
         let Some(ep) = ep.filter(|e| e.has_dns_rules()) else {
             self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
             return Decision::Deny(wire::deny_response(buf, &q, DenyRcode::Refused));
         };
-        let peer = || self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(*orig.ip()));
-        if q.opcode == 0 && ep.query_allowed(proto, orig.port(), &q.name, peer) {
-            self.stats.allowed.fetch_add(1, Ordering::Relaxed);
-            Decision::Forward { ep_id: ep.ep_id, endpoint: ep.name.clone() }
-        } else {
-            self.stats.denied.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(endpoint = %ep.name, name = %q.name, "query denied by DNS rules");
-            Decision::Deny(wire::deny_response(buf, &q, self.deny))
+        let rule = if q.opcode == 0 { ep.allowing_rule(proto, orig.port(), &q.name, || self.server_identity(orig)) } else { None };
+        match rule {
+            Some(rule) => {
+                self.stats.allowed.fetch_add(1, Ordering::Relaxed);
+                Decision::Forward(Query { ep, rule, name: q.name, qtype: q.qtype, client, orig, tcp, sent: Instant::now() })
+            }
+            None => {
+                self.stats.denied.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(endpoint = %ep.name, name = %q.name, "query denied by DNS rules");
+                self.record_denied(&ep, client, orig, tcp, &q, self.deny);
+                Decision::Deny(wire::deny_response(buf, &q, self.deny))
+            }
         }
     }
 
     /// Parses an upstream answer and waits (bounded) until its addresses
     /// are installed. Returns false when the answer must be dropped.
-    fn learn(&self, answer: &[u8], ep_id: u32, endpoint: &str) -> bool {
+    fn learn(&self, answer: &[u8], q: &Query) -> bool {
+        let (ep_id, endpoint) = (q.ep.ep_id, q.ep.name.as_str());
         let a = match wire::parse_answer(answer) {
             Ok(a) => a,
             Err(e) => {
@@ -93,6 +140,23 @@ impl Shared {
                 return false;
             }
         };
+        if let Some(f) = &self.flows {
+            f.record(crate::flowlog::Record {
+                ep: &q.ep,
+                client: q.client,
+                server: q.orig,
+                server_identity: self.server_identity(q.orig),
+                tcp: q.tcp,
+                rule: Some(q.rule),
+                query: &q.name,
+                qtype: Some(q.qtype),
+                rcode: a.rcode,
+                ips: a.addrs.iter().map(|(ip, _)| ip.to_string()).collect(),
+                ttl: a.addrs.iter().map(|(_, t)| *t).min().unwrap_or(0),
+                cnames: a.names.iter().skip(1).map(|n| format!("{n}.")).collect(),
+                latency_ns: q.sent.elapsed().as_nanos() as u64,
+            });
+        }
         if !a.addrs.is_empty() {
             // Already installed for a while longer: release now; refresh
             // the TTL behind the answer only when more than half of it is
@@ -156,12 +220,9 @@ impl ReplySockets {
 }
 
 struct Pending {
-    client: SocketAddrV4,
-    orig: SocketAddrV4,
+    /// The pod's query ID (the upstream saw a fresh one).
     id: u16,
-    ep_id: u32,
-    endpoint: Arc<str>,
-    sent: Instant,
+    query: Query,
 }
 
 struct Upstream {
@@ -228,18 +289,18 @@ impl UdpServer {
     }
 
     fn query(&self, worker: usize, q: &[u8], client: SocketAddrV4, orig: SocketAddrV4) {
-        match self.shared.decide(q, *client.ip(), orig, 17) {
+        match self.shared.decide(q, client, orig, false) {
             Decision::Drop => {}
             Decision::Deny(resp) => {
                 let _ = self.replies.send(orig, client, &resp);
             }
-            Decision::Forward { ep_id, endpoint } => {
+            Decision::Forward(query) => {
                 let up = &self.upstreams[(worker + usize::from(client.port())) % self.upstreams.len()];
                 let id = up.next_id.fetch_add(1, Ordering::Relaxed);
                 let old_id = wire::id_of(q).unwrap_or(0);
                 let mut fwd = q.to_vec();
                 wire::set_id(&mut fwd, id);
-                let p = Pending { client, orig, id: old_id, ep_id, endpoint: endpoint.into(), sent: Instant::now() };
+                let p = Pending { id: old_id, query };
                 up.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, p);
                 if up.sock.send_to(&fwd, orig).is_err() {
                     self.shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -262,7 +323,7 @@ impl UdpServer {
                 let timeout = self.shared.upstream_timeout;
                 let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
                 let before = pend.len();
-                pend.retain(|_, p| p.sent.elapsed() < timeout);
+                pend.retain(|_, p| p.query.sent.elapsed() < timeout);
                 self.shared.stats.upstream_timeouts.fetch_add((before - pend.len()) as u64, Ordering::Relaxed);
             }
             got.clear();
@@ -293,7 +354,7 @@ impl UdpServer {
         let p = {
             let mut pend = up.pending.lock().unwrap_or_else(|p| p.into_inner());
             match pend.get(&id) {
-                Some(p) if p.orig == from => pend.remove(&id),
+                Some(p) if p.query.orig == from => pend.remove(&id),
                 Some(_) => {
                     self.shared.stats.spoofed_answers.fetch_add(1, Ordering::Relaxed);
                     None
@@ -302,11 +363,11 @@ impl UdpServer {
             }
         };
         let Some(p) = p else { return };
-        if !self.shared.learn(answer, p.ep_id, &p.endpoint) {
+        if !self.shared.learn(answer, &p.query) {
             return;
         }
         wire::set_id(answer, p.id);
-        let _ = self.replies.send(p.orig, p.client, answer);
+        let _ = self.replies.send(p.query.orig, p.query.client, answer);
     }
 }
 
@@ -364,10 +425,10 @@ fn tcp_conn(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let mut q = Vec::new();
     let mut a = Vec::new();
     while read_msg(&mut conn, &mut q)? {
-        match shared.decide(&q, *client.ip(), orig, 6) {
+        match shared.decide(&q, client, orig, true) {
             Decision::Drop => return Ok(()),
             Decision::Deny(resp) => write_msg(&mut conn, &resp)?,
-            Decision::Forward { ep_id, endpoint } => {
+            Decision::Forward(query) => {
                 let up = match &mut upstream {
                     Some(u) => u,
                     None => {
@@ -382,7 +443,7 @@ fn tcp_conn(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 if !read_msg(up, &mut a)? {
                     return Ok(());
                 }
-                if wire::id_of(&a) != wire::id_of(&q) || !shared.learn(&a, ep_id, &endpoint) {
+                if wire::id_of(&a) != wire::id_of(&q) || !shared.learn(&a, &query) {
                     return Ok(());
                 }
                 write_msg(&mut conn, &a)?;

@@ -6,4 +6,4 @@ pub mod ring;
 pub mod schema;
 
 pub use ring::{Reader, RingError, Writer};
-pub use schema::{Endpoint, Flow, Ip, L4};
+pub use schema::{Dns, Endpoint, Flow, Ip, L4, L7};

@@ -114,10 +114,48 @@ pub struct Flow {
     /// Earlier events of this flow not reported (datapath rate limit).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub suppressed: u32,
+    /// L7 record (DNS from palisade-dnsproxy); absent for L3/L4 flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<L7>,
     /// The writer: datapath, dns, l7.
     pub source_ring: String,
     /// Nanoseconds since the Unix epoch (for ordering and --since).
     pub time_ns: u64,
+}
+
+/// Hubble's `l7` object.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7 {
+    /// REQUEST or RESPONSE.
+    #[serde(rename = "type")]
+    pub l7_type: String,
+    /// Query to answer, through the proxy and the upstream.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub latency_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+}
+
+/// Hubble's `l7.dns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// The question name, with its trailing dot.
+    pub query: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ttl: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cnames: Vec<String>,
+    /// DNS response code (0 NOERROR, 3 NXDOMAIN, 5 REFUSED).
+    pub rcode: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qtypes: Vec<String>,
+    pub observation_source: String,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Formats ns since the epoch as RFC 3339 UTC with nanoseconds.
@@ -171,6 +209,7 @@ mod tests {
             policies: vec![],
             node_name: String::new(),
             suppressed: 0,
+            l7: None,
             source_ring: "datapath".into(),
             time_ns: 1,
         };

@@ -15,6 +15,9 @@ pub struct NameSel {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DnsRule {
     pub cookie: u32,
+    /// The policy (`ns/name`) and rule path, for flow records.
+    pub policy: String,
+    pub path: String,
     /// Peer identities the rule is about; `None` = any peer.
     pub peers: Option<Vec<u32>>,
     /// (protocol, first port, last port); protocol 0 = TCP and UDP.
