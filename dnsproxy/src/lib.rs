@@ -133,6 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         hold: Duration::from_millis(a.hold_timeout_ms),
         deny,
         upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
+        identities: Default::default(),
         flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&a.state_dir).context("opening the DNS flow ring")?) },
     });
     let tcp = server::tcp_listener(a.port)?;

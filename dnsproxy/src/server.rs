@@ -41,6 +41,7 @@ pub struct Shared {
     pub deny: DenyRcode,
     pub upstream_timeout: Duration,
     pub flows: Option<crate::flowlog::FlowLog>,
+    pub identities: Mutex<HashMap<Ipv4Addr, (u32, Instant)>>,
 }
 
 /// One allowed query on its way: what the answer needs to be learned,
@@ -64,8 +65,22 @@ enum Decision {
 }
 
 impl Shared {
+    /// The upstream's identity, from the ipcache, remembered for a second
+    /// (a handful of resolvers serve every query; a map lookup is a syscall).
     fn server_identity(&self, orig: SocketAddrV4) -> u32 {
-        self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(*orig.ip()))
+        let Some(c) = &self.ipcache else { return palisade_bpf::identity::WORLD };
+        let mut cache = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.get(orig.ip()) {
+            Some(&(id, at)) if at.elapsed() < Duration::from_secs(1) => id,
+            _ => {
+                let id = c.identity_v4(*orig.ip());
+                if cache.len() > 1024 {
+                    cache.clear();
+                }
+                cache.insert(*orig.ip(), (id, Instant::now()));
+                id
+            }
+        }
     }
 
     fn record_denied(&self, ep: &Arc<EpRules>, client: SocketAddrV4, orig: SocketAddrV4, tcp: bool, q: &wire::Query, rcode: DenyRcode) {
