@@ -54,31 +54,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Runs `args` in the client pod, pinned to CPU 0 (the server is on CPU 1).
+fn on_cpu0(client_ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["ip", "netns", "exec", client_ns, "taskset", "-c", "0"];
+    a.extend_from_slice(args);
+    sh(&a)
+}
+
 /// dnsperf for `secs` from the client pod; returns (qps, lost %, avg latency ms).
 fn dnsperf(client_ns: &str, server: Ipv4Addr, file: &str, secs: u32) -> Result<(f64, f64, f64)> {
-    let out = sh(&[
-        "ip",
-        "netns",
-        "exec",
-        client_ns,
-        "taskset",
-        "-c",
-        "0",
-        "dnsperf",
-        "-s",
-        &server.to_string(),
-        "-d",
-        file,
-        "-c",
-        "4",
-        "-q",
-        "200",
-        "-l",
-        &secs.to_string(),
-        "-t",
-        "2",
-    ])
-    .context("running dnsperf (scripts/setup.sh installs it)")?;
+    let out =
+        on_cpu0(client_ns, &["dnsperf", "-s", &server.to_string(), "-d", file, "-c", "4", "-q", "200", "-l", &secs.to_string(), "-t", "2"])
+            .context("running dnsperf (scripts/setup.sh installs it)")?;
     let num = |key: &str| -> f64 {
         out.lines()
             .find(|l| l.trim_start().starts_with(key))
@@ -218,24 +205,20 @@ fn summarize(runs: &[Sample]) -> Value {
 fn measure(client_ns: &str, server: Ipv4Addr, qfile: &str, names: usize, rate: u32, secs: u32) -> Result<Sample> {
     let (qps, lost, avg_ms) = dnsperf(client_ns, server, qfile, secs)?;
     let exe = std::env::current_exe()?.display().to_string();
-    let lat = sh(&[
-        "ip",
-        "netns",
-        "exec",
+    let lat = on_cpu0(
         client_ns,
-        "taskset",
-        "-c",
-        "0",
-        &exe,
-        "dns-client",
-        &format!("{server}:53"),
-        "--names",
-        &names.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--secs",
-        &secs.to_string(),
-    ])?;
+        &[
+            &exe,
+            "dns-client",
+            &format!("{server}:53"),
+            "--names",
+            &names.to_string(),
+            "--rate",
+            &rate.to_string(),
+            "--secs",
+            &secs.to_string(),
+        ],
+    )?;
     let lat: Value = serde_json::from_str(lat.trim()).context("dns-client output")?;
     Ok(Sample { qps, lost_pct: lost, avg_ms, lat })
 }

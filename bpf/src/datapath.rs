@@ -477,6 +477,18 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     crate::abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
 }
 
+/// Whether a conntrack entry is within its lifetime (as the datapath
+/// judges it: TCP `tcp_lifetime_s`, 10 s once closing; others
+/// `other_lifetime_s`).
+pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifetime_s: u64, other_lifetime_s: u64) -> bool {
+    let lifetime_s = match (k.proto, v.flags & 1 != 0) {
+        (6, true) => 10,
+        (6, false) => tcp_lifetime_s,
+        _ => other_lifetime_s,
+    };
+    now_ns.saturating_sub(v.last_seen_ns) <= lifetime_s * 1_000_000_000
+}
+
 /// Deletes the conntrack entries idle past their lifetime (the datapath
 /// already ignores them; this frees their slots and keeps `bpf ct list`
 /// honest). Opens the pinned map, so it needs no loaded object. Returns how
@@ -489,12 +501,7 @@ pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) 
     for key in map.keys().collect::<Vec<_>>() {
         let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
         let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        let lifetime_s = match (k.proto, v.flags & 1 != 0) {
-            (6, true) => 10,
-            (6, false) => tcp_lifetime_s,
-            _ => other_lifetime_s,
-        };
-        if now.saturating_sub(v.last_seen_ns) > lifetime_s * 1_000_000_000 && map.delete(&key).is_ok() {
+        if !ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) && map.delete(&key).is_ok() {
             removed += 1;
         }
     }

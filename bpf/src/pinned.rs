@@ -43,12 +43,7 @@ pub fn conntrack_live(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64
     for key in map.keys() {
         let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
         let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        let lifetime_s = match (k.proto, v.flags & 1 != 0) {
-            (6, true) => 10,
-            (6, false) => tcp_lifetime_s,
-            _ => other_lifetime_s,
-        };
-        if now.saturating_sub(v.last_seen_ns) <= lifetime_s * 1_000_000_000 {
+        if crate::datapath::ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) {
             out.insert((k.ep_id, Ipv4Addr::from(k.remote_ip.to_ne_bytes())));
         }
     }

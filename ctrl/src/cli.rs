@@ -392,7 +392,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Fqdn(FqdnCmd::Status { state_dir }) => {
             let v = crate::fqdn::status(&state_dir)?;
             print_or(json, &v, || {
-                let mut out = format!("cache written {}, {} entries\n", s(&v["written"]), v["entries"]);
+                let mut out = format!("counters written {} ({}s ago), {} cached addresses\n", s(&v["written"]), v["age_s"], v["entries"]);
                 for (k, n) in v["stats"].as_object().into_iter().flatten() {
                     out += &format!("{k:<20} {n}\n");
                 }

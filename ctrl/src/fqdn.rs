@@ -48,10 +48,17 @@ pub fn cache_list(state_dir: &Path, endpoint: Option<&str>) -> Result<Value> {
     Ok(Value::Array(rows))
 }
 
+/// The proxy's counters, from `<state-dir>/dnsproxy/stats.json` (rewritten
+/// every second by palisade-dnsproxy).
 pub fn status(state_dir: &Path) -> Result<Value> {
-    let c = load(state_dir)?;
-    let stats: serde_json::Map<String, Value> = c.stats.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    Ok(json!({ "written": rfc3339_ms(c.written_unix_ms), "entries": c.entries.len(), "stats": stats }))
+    let path = state_dir.join("dnsproxy").join("stats.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}: is palisade-dnsproxy running with --state-dir {}?", path.display(), state_dir.display()))?;
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let written = v["written_unix_ms"].as_u64().unwrap_or(0);
+    Ok(
+        json!({ "written": rfc3339_ms(written), "age_s": now_ms().saturating_sub(written) / 1000, "entries": v["entries"], "stats": v["stats"] }),
+    )
 }
 
 pub fn now_ms() -> u64 {

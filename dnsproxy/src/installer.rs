@@ -97,6 +97,9 @@ pub struct Installer {
 /// here with time to spare is released without waiting for the installer
 /// (which still refreshes the TTL); anything else waits for the install.
 /// Written by the installer only; cleared when the rules change.
+/// The proxy's counters, rewritten every second (`palisade fqdn status`).
+pub const STATS_FILE: &str = "stats.json";
+
 pub type Known = Arc<std::sync::RwLock<HashMap<u64, u64>>>;
 
 pub fn known_key(ep_id: u32, name: &str, addr: IpAddr) -> u64 {
@@ -420,6 +423,21 @@ impl Installer {
         }
     }
 
+    /// The counters, every second, in a file of their own (`stats.json`),
+    /// so the cache file is rewritten only when the cache changed.
+    fn write_stats(&self) {
+        let v = serde_json::json!({
+            "written_unix_ms": now_ms(),
+            "entries": self.cache.values().map(Vec::len).sum::<usize>(),
+            "stats": self.stats.snapshot().into_iter().collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        let path = self.dir.join(STATS_FILE);
+        let tmp = self.dir.join(".stats.json.tmp");
+        if let Err(e) = std::fs::write(&tmp, v.to_string()).and_then(|_| std::fs::rename(&tmp, &path)) {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+
     /// Writes `fqdn.snap` and empties the journal.
     fn persist(&mut self) {
         if !self.dirty {
@@ -443,7 +461,7 @@ impl Installer {
                 });
             }
         }
-        let snap = FqdnCache { version: FqdnCache::VERSION, written_unix_ms: now_ms(), entries, stats: self.stats.snapshot() };
+        let snap = FqdnCache { version: FqdnCache::VERSION, written_unix_ms: now_ms(), entries };
         match palisade_snapshot::write(&self.dir.join(FqdnCache::FILE), &snap) {
             Ok(()) => {
                 let _ = self.journal.set_len(0);
@@ -456,6 +474,7 @@ impl Installer {
     /// The installer thread: learnings as they come, expiry every 250 ms,
     /// live-connection checks every 5 s, persistence every second.
     pub fn run(mut self, rx: mpsc::Receiver<Learn>) {
+        self.write_stats();
         let tick = Duration::from_millis(250);
         let mut next_tick = Instant::now() + tick;
         let mut ticks: u64 = 0;
@@ -486,8 +505,8 @@ impl Installer {
                 }
                 self.expire(ticks.is_multiple_of(20));
                 if ticks.is_multiple_of(4) {
-                    self.dirty = true; // stats move even when the cache does not
                     self.persist();
+                    self.write_stats();
                 }
             }
         }

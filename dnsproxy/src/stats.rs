@@ -7,8 +7,8 @@ macro_rules! counters {
         pub struct Stats { $(#[doc = $doc] pub $name: AtomicU64,)* }
         impl Stats {
             /// (name, value) pairs in a fixed order.
-            pub fn snapshot(&self) -> Vec<(String, u64)> {
-                vec![$((stringify!($name).to_string(), self.$name.load(Ordering::Relaxed)),)*]
+            pub fn snapshot(&self) -> Vec<(String, serde_json::Value)> {
+                vec![$((stringify!($name).to_string(), self.$name.load(Ordering::Relaxed).into()),)*]
             }
         }
     };

@@ -142,7 +142,6 @@ mod tests {
                 expires_unix_ms: 2,
                 source: Source::Lookup,
             }],
-            stats: vec![("queries".into(), 3)],
         };
         let cp = dir.join(FqdnCache::FILE);
         write(&cp, &c).unwrap();

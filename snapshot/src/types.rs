@@ -102,8 +102,6 @@ pub struct FqdnCache {
     pub version: u32,
     pub written_unix_ms: u64,
     pub entries: Vec<CacheEntry>,
-    /// The proxy's counters (name, value) at the time of writing.
-    pub stats: Vec<(String, u64)>,
 }
 
 impl FqdnCache {
