@@ -20,10 +20,15 @@ use serde_json::{json, Value};
 /// Namespaces this process made and has not removed yet: an interrupt
 /// (Ctrl-C) removes them before exiting, as a normal end would.
 static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Processes the benchmark started (agents, servers, proxies), ended on interrupt.
+static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// Installs the interrupt handler that cleans up (once per process).
 pub fn cleanup_on_interrupt() -> Result<()> {
     ctrlc::set_handler(|| {
+        for pid in CHILDREN.lock().map(|v| v.clone()).unwrap_or_default() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
         let live = LIVE.lock().map(|v| v.clone()).unwrap_or_default();
         for ns in live {
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
@@ -148,6 +153,9 @@ impl Topo {
             .stderr(log)
             .spawn()
             .context("starting palisade-ctrl")?;
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.push(child.id());
+        }
         self.ctrl = Some(child);
         let t0 = Instant::now();
         while self.cli(&["status"]).is_err() {
@@ -225,6 +233,9 @@ impl Topo {
         }
         let child = c.arg(program).args(args).stdout(f.try_clone()?).stderr(f).spawn().with_context(|| format!("starting {program}"))?;
         let pid = child.id();
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.push(pid);
+        }
         self.children.push(child);
         Ok(pid)
     }
@@ -240,6 +251,10 @@ impl Topo {
 
 impl Drop for Topo {
     fn drop(&mut self) {
+        let mine: Vec<u32> = self.children.iter().chain(self.ctrl.iter()).map(|c| c.id()).collect();
+        if let Ok(mut c) = CHILDREN.lock() {
+            c.retain(|p| !mine.contains(p));
+        }
         for mut c in self.children.drain(..) {
             let _ = c.kill();
             let _ = c.wait();

@@ -188,7 +188,7 @@ impl Universe<'_> {
 
 /// Every CIDR a policy names (rules and exceptions): each needs an identity
 /// and an ipcache prefix so the datapath can tell them apart.
-pub fn policy_cidrs(policies: &[Policy]) -> std::collections::BTreeSet<Cidr> {
+pub fn policy_cidrs<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> std::collections::BTreeSet<Cidr> {
     let mut out = std::collections::BTreeSet::new();
     for p in policies {
         for r in &p.rules {

@@ -38,6 +38,14 @@ pub struct Config {
     pub dns_proxy_port: u16,
 }
 
+/// Which endpoints a sync recompiles.
+pub(crate) enum Scope {
+    All,
+    /// Only these endpoint ids (the host firewall is always recompiled:
+    /// it is one subject).
+    Endpoints(BTreeSet<u32>),
+}
+
 /// Endpoint id of the node itself (host firewall), out of the range
 /// endpoints get.
 pub const HOST_EP_ID: u32 = 0x7fff_fff0;
@@ -213,6 +221,13 @@ impl Daemon {
     /// generation is bumped after its last write, which invalidates the
     /// datapath's cached verdicts for it. Returns (written, deleted).
     pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
+        self.sync_scope(&Scope::All)
+    }
+
+    /// [`Daemon::sync`] limited to the endpoints a change can affect: a
+    /// policy's entries only ever land on the endpoints its rules select, so
+    /// changing it recompiles those (old and new selection), not the node.
+    pub(crate) fn sync_scope(&mut self, scope: &Scope) -> Result<(usize, usize)> {
         let t0 = std::time::Instant::now();
         let policies: Vec<_> = self.store.policies.values().cloned().collect();
         self.sync_cidrs(&policies)?;
@@ -235,6 +250,11 @@ impl Daemon {
         let mut changes = Vec::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
+            if let Scope::Endpoints(only) = scope {
+                if !only.contains(&ep.ep_id) {
+                    continue;
+                }
+            }
             let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
             let mut want = compile::compile_endpoint(&subject, &policies, &universe);
             if ep.audit.unwrap_or(self.store.audit) {
@@ -621,12 +641,13 @@ impl Daemon {
         };
         // Map state first, then programs, then the link comes up: the
         // endpoint's first packet already meets its policy.
+        let scope = self.peer_scope(&ep, self.store.endpoints.values().any(|e| e.labels == ep.labels));
         let r = (|| -> Result<()> {
             self.store.endpoints.insert(full.clone(), ep.clone());
             self.store.next_ep_id = ep_id + 1;
             self.state.save(&self.store)?;
             self.write_endpoint_entries(&ep)?;
-            self.sync()?;
+            self.sync_scope(&scope)?;
             self.dp.attach(ep.ifindex, &ifname, false)?;
             netplumb::bring_up(&ifname, ipv4, &created.pod_mac)?;
             Ok(())
@@ -676,10 +697,11 @@ impl Daemon {
     fn endpoint_delete(&mut self, name: &str) -> Result<Value> {
         let ep = self.endpoint(name)?.clone();
         self.store.endpoints.remove(&ep.name);
+        let scope = self.peer_scope(&ep, self.store.endpoints.values().any(|e| e.labels == ep.labels));
         self.state.save(&self.store)?;
         self.forget_endpoint(&ep)?;
         netplumb::delete(&ep.ifname).with_context(|| format!("endpoint {}: removing its interfaces", ep.name))?;
-        self.sync()?;
+        self.sync_scope(&scope)?;
         self.state.save(&self.store)?;
         tracing::info!(endpoint = %ep.name, "endpoint deleted");
         Ok(json!({ "deleted": ep.name }))
@@ -717,10 +739,11 @@ impl Daemon {
             };
             result.push(json!({ "policy": key, "status": status }));
         }
+        let scope = self.change_scope(&before, &applied_keys);
         let t_save = std::time::Instant::now();
         let saved = self.state.save(&self.store);
         let t_sync = std::time::Instant::now();
-        let synced = saved.and_then(|_| self.sync().map(|_| ()));
+        let synced = saved.and_then(|_| self.sync_scope(&scope).map(|_| ()));
         tracing::debug!(
             save_us = (t_sync - t_save).as_micros() as u64,
             sync_us = t_sync.elapsed().as_micros() as u64,
@@ -747,13 +770,72 @@ impl Daemon {
                 bail!("policy {k} does not exist (see `palisade policy get`)");
             }
         }
+        let before = self.store.policies.clone();
         for k in &keys {
             self.store.policies.remove(k);
         }
+        let scope = self.change_scope(&before, &keys);
         self.state.save(&self.store)?;
-        self.sync()?;
+        self.sync_scope(&scope)?;
         tracing::info!(?keys, "policy deleted");
         Ok(json!({ "deleted": keys }))
+    }
+}
+
+impl Daemon {
+    /// The endpoints whose entries an endpoint arriving or leaving can move:
+    /// itself, and, when its identity appears or goes (`identity_shared`
+    /// false), every endpoint a rule selects whose peers could include that
+    /// identity. Everything when it declares named ports (an "any peer" rule
+    /// on a named port expands over every declaring identity).
+    fn peer_scope(&self, ep: &Endpoint, identity_shared: bool) -> Scope {
+        use palisade_policy::{Direction, Entity, PeerSelector, Peers};
+        if !ep.named_ports.is_empty() {
+            return Scope::All;
+        }
+        let mut out = BTreeSet::from([ep.ep_id]);
+        if identity_shared {
+            return Scope::Endpoints(out);
+        }
+        let names_it = |pr: &palisade_policy::PeerRule| match &pr.peers {
+            Peers::All => false,
+            Peers::Select(sels) => sels.iter().any(|s| match s {
+                PeerSelector::Endpoints(sel) => sel.matches(&ep.labels),
+                PeerSelector::Entity(Entity::Cluster | Entity::All) => true,
+                _ => false,
+            }),
+        };
+        let rules: Vec<&palisade_policy::Rule> = self
+            .store
+            .policies
+            .values()
+            .flat_map(|p| &p.rules)
+            .filter(|r| [Direction::Ingress, Direction::Egress].iter().any(|d| r.direction(*d).unwrap_or_default().iter().any(names_it)))
+            .collect();
+        if !rules.is_empty() {
+            out.extend(self.store.endpoints.values().filter(|e| rules.iter().any(|r| r.selects_endpoint(&e.labels))).map(|e| e.ep_id));
+        }
+        Scope::Endpoints(out)
+    }
+
+    /// The endpoints whose entries a change of the policies `keys` (from
+    /// `before` to the current set) can move: those any old or new version
+    /// selects. Everything, when the change adds or removes a CIDR (a new
+    /// CIDR identity is part of `world` for every other policy too).
+    fn change_scope(&self, before: &BTreeMap<String, palisade_policy::Policy>, keys: &[String]) -> Scope {
+        if compile::policy_cidrs(self.store.policies.values()) != compile::policy_cidrs(before.values()) {
+            return Scope::All;
+        }
+        let changed: Vec<&palisade_policy::Policy> =
+            keys.iter().flat_map(|k| [before.get(k), self.store.policies.get(k)]).flatten().collect();
+        Scope::Endpoints(
+            self.store
+                .endpoints
+                .values()
+                .filter(|e| changed.iter().any(|p| p.rules.iter().any(|r| r.selects_endpoint(&e.labels))))
+                .map(|e| e.ep_id)
+                .collect(),
+        )
     }
 }
 

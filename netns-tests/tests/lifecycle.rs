@@ -280,3 +280,41 @@ fn a_full_policy_map_refuses_the_change_and_keeps_the_old_policy_privileged_test
     assert_eq!(node.json(&["policy", "get"]).as_array().unwrap().len(), 1);
     check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
 }
+
+/// Changes recompile only the endpoints they can affect (a policy's
+/// subjects; for a new or vanished identity, the subjects of rules whose
+/// peers match it; everything when a CIDR appears). Each case checks the
+/// endpoint that must follow does.
+#[test]
+fn scoped_recompiles_reach_every_affected_endpoint_privileged_test() {
+    let mut node = Node::new();
+    let mut world = node.world();
+    world.serve(&[80]);
+    let (front, back, cart) = node.shop(&[8080]);
+    node.apply(
+        "fb.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: fb, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n",
+    );
+    assert!(front.tcp(&back, 8080) && !cart.tcp(&back, 8080));
+    // A new identity the backend's peer selector matches: the backend
+    // (not the new pod's own policy) must learn it.
+    let front2 = node.pod("shop/frontend2", "app=frontend,version=2");
+    assert!(front2.tcp(&back, 8080), "new frontend identity reaches the backend");
+    node.ok(&["endpoint", "delete", "shop/frontend2"]);
+    let entries = node.json(&["bpf", "policy", "get", "shop/backend"]);
+    assert_eq!(entries["entries"].as_array().map(Vec::len), Some(1), "the vanished identity's entry is gone: {entries}");
+    // A policy about the cart only changes nothing for the backend.
+    node.apply(
+        "cart.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: cart}}\n  egress:\n  - toEntities: [world]\n",
+    );
+    assert!(front.tcp(&back, 8080) && cart.tcp_ip(palisade_netns_tests::WORLD_IP, 80));
+    // A CIDR rule elsewhere gives 192.0.2.0/24 its own identity: the cart's
+    // `world` rule must cover it too.
+    node.apply(
+        "cidr.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: w, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: frontend}}\n  egress:\n  - toCIDR: [192.0.2.0/24]\n",
+    );
+    assert!(cart.tcp_ip(palisade_netns_tests::WORLD_IP, 80), "world still covers an address that got a CIDR identity");
+    assert!(front.tcp_ip(palisade_netns_tests::WORLD_IP, 80));
+}
