@@ -240,6 +240,7 @@ impl Daemon {
         self.dns_snapshot
             .publish(crate::dnsrules::snapshot(self.store.endpoints.values(), &policies, &universe))
             .context("writing policy.snap for palisade-dnsproxy")?;
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, "sync: universe and policy.snap");
         let mut put = 0;
         let mut deleted = 0;
         let mut live = BTreeSet::new();
@@ -267,6 +268,7 @@ impl Daemon {
             }
             changes.push((ep, want, d));
         }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, changed = changes.len(), "sync: compiled");
         let puts: Vec<_> = changes.iter().flat_map(|(_, _, d)| d.put.iter().copied()).collect();
         self.dp.policy_put_batch(&puts)?;
         for (ep, want, _) in &changes {
@@ -759,7 +761,9 @@ impl Daemon {
             return Err(e.context("applying policy (rolled back to the previous policy set)"));
         }
         tracing::info!(file, count = result.len(), "policy applied");
+        let t_lint = std::time::Instant::now();
         let warnings: Vec<String> = self.lint(&applied_keys).iter().map(|w| w.to_string()).collect();
+        tracing::debug!(lint_us = t_lint.elapsed().as_micros() as u64, "policy apply lint");
         Ok(json!({ "applied": result, "warnings": warnings, "revision": self.store.policies.len() }))
     }
 
