@@ -214,12 +214,14 @@ struct Party<'a> {
     name: String,
     identity: u32,
     endpoint: Option<&'a Endpoint>,
+    /// The address, when the party was named by one.
+    ip: Option<std::net::Ipv4Addr>,
 }
 
 fn party<'a>(d: &'a Daemon, s: &str) -> Result<Party<'a>> {
     if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
         if let Some(ep) = d.store.endpoints.values().find(|e| e.ipv4 == ip) {
-            return Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep) });
+            return Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ip) });
         }
         // The datapath's lookup: exact host entry, else longest prefix, else world.
         let identity = match d.dp.ipcache()?.into_iter().find(|(a, _)| *a == ip) {
@@ -234,10 +236,10 @@ fn party<'a>(d: &'a Daemon, s: &str) -> Result<Party<'a>> {
             }
         };
         let what = d.store.identities.get(identity).map(|l| l.to_string()).unwrap_or_default();
-        return Ok(Party { name: format!("{ip} ({what})"), identity, endpoint: None });
+        return Ok(Party { name: format!("{ip} ({what})"), identity, endpoint: None, ip: Some(ip) });
     }
     let ep = d.endpoint(s)?;
-    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep) })
+    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ep.ipv4) })
 }
 
 pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<Value> {
@@ -260,13 +262,33 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
         let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
         let enforced = flags & bit != 0;
         let entries = live_entries(d, ep.ep_id)?;
-        let v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
+        let mut v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
         let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
+        // The datapath's second look for egress: an address palisade-dnsproxy
+        // learned for this endpoint (bpf/lib/fqdn.h).
+        let mut learned = false;
+        if v == Verdict::DefaultDeny && dir == DIR_EGRESS && flags & EndpointValue::FQDN != 0 {
+            if let Some(ip) = peer.ip {
+                if let Some(cookie) = fqdn_lookup(d, ep.ep_id, ip, proto, dport) {
+                    let key = PolicyKey { ep_id: ep.ep_id, identity: 0, direction: dir, proto: Some(proto), port: dport, port_bits: 16 };
+                    v = Verdict::Allowed { cookie, key };
+                    learned = true;
+                }
+            }
+        }
         let (ok, why) = match &v {
             Verdict::NotEnforced if d.cfg.mode == crate::compile::EnforcementMode::Never => {
                 (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
             }
             Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
+            Verdict::Allowed { cookie, .. } if learned => (
+                true,
+                format!(
+                    "allowed by {}: {} is an address a DNS answer gave this endpoint (palisade fqdn cache list)",
+                    rule_of(cookie),
+                    peer.ip.map(|i| i.to_string()).unwrap_or_default()
+                ),
+            ),
             Verdict::Allowed { cookie, key } => (
                 true,
                 format!(
@@ -300,6 +322,26 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
     let verdict = if allowed { "ALLOWED" } else { "DENIED" };
     lines.push(format!("Final verdict: {verdict}"));
     Ok(json!({ "src": s.name, "dst": t.name, "port": port_text, "steps": steps, "verdict": verdict, "lines": lines }))
+}
+
+/// The FQDN table's answer for one egress flow (longest prefix, as the
+/// datapath's LPM lookup).
+fn fqdn_lookup(d: &Daemon, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: u16) -> Option<u32> {
+    let map = palisade_bpf::fqdn::FqdnMap::open(d.dp.bpf_dir()).ok()?;
+    map.dump()
+        .ok()?
+        .into_iter()
+        .filter(|(k, _)| k.ep_id == ep_id && k.addr == std::net::IpAddr::V4(ip))
+        .filter(|(k, _)| match k.proto {
+            None => true,
+            Some(p) => {
+                let pk = PolicyKey { ep_id, identity: 0, direction: 1, proto: Some(p), port: k.port, port_bits: k.port_bits };
+                let (lo, hi) = pk.port_range();
+                p == proto && (lo..=hi).contains(&port)
+            }
+        })
+        .max_by_key(|(k, _)| k.proto.map_or(0, |_| 1 + u32::from(k.port_bits)))
+        .map(|(_, c)| c)
 }
 
 fn port_text_key(k: &PolicyKey) -> String {

@@ -76,6 +76,14 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     assert!(!pay.tcp_ip(ip("192.0.2.150"), 443), "an address no allowed name resolved to");
     assert!(pay.tcp_ip(ip("192.0.2.100"), 443), "hooks.stripe.com shares the address; api.stripe.com opened it");
 
+    // `policy trace` answers from the same tables, the FQDN one included.
+    let t = node.json(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
+    assert_eq!(t["verdict"], "ALLOWED", "{t}");
+    assert!(t["steps"][0]["reason"].as_str().unwrap().contains("DNS answer"), "{t}");
+    assert_eq!(t["steps"][0]["rule"], "spec.egress[1]", "{t}");
+    let t = node.json(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.150", "--dport", "443/TCP"]);
+    assert_eq!(t["verdict"], "DENIED", "{t}");
+
     // Another pod cannot ride on payments' lookups...
     assert!(!other.tcp_ip(ip("192.0.2.100"), 443), "other pod, payments' learned address");
     assert!(!other.tcp_ip(ip("192.0.2.102"), 443), "other pod, before its own lookup");
