@@ -7,7 +7,10 @@
  * The table only ever allows: it is consulted after the policy table, and
  * only when the policy table had no rule for the flow (an explicit deny
  * still wins). Keys are per endpoint, so one pod's lookups never open a
- * path for another. The LPM layout mirrors the policy key:
+ * path for another. Each entry carries its expiry, checked here: an
+ * address closes at its TTL even while palisade-dnsproxy is down (fail
+ * closed), and the proxy removes it when it runs. The LPM layout mirrors
+ * the policy key:
  *
  *   prefixlen 192   the address, any protocol and port (toFQDNs without toPorts)
  *   prefixlen 208   the address, one protocol, any port
@@ -30,8 +33,9 @@ struct fqdn_key {
 };
 
 struct fqdn_entry {
-	__u32 cookie; /* the toFQDNs rule that allows it */
-	__u32 flags;  /* reserved */
+	__u32 cookie;     /* the toFQDNs rule that allows it */
+	__u32 flags;      /* reserved */
+	__u64 expires_ns; /* bpf_ktime_get_ns() after which it allows nothing */
 };
 
 #define FQDN_PREFIX_ADDR 192
@@ -60,7 +64,9 @@ static __always_inline __u32 fqdn_allowed(__u32 ep_id, __be32 daddr, __u8 proto,
 
 	__builtin_memcpy(k.addr, &daddr, 4);
 	e = bpf_map_lookup_elem(&palisade_fqdn_v1, &k);
-	return e ? e->cookie : 0;
+	if (!e || e->expires_ns <= bpf_ktime_get_ns())
+		return 0;
+	return e->cookie;
 }
 
 #endif

@@ -131,7 +131,8 @@ mod tests {
         assert_eq!(offset_of!(fqdn_key, addr), 12);
         assert_eq!(offset_of!(fqdn_key, proto), 28);
         assert_eq!(offset_of!(fqdn_key, dport), 30);
-        assert_eq!(size_of::<fqdn_entry>(), 8);
+        assert_eq!(size_of::<fqdn_entry>(), 16);
+        assert_eq!(offset_of!(fqdn_entry, expires_ns), 8);
         assert_eq!(offset_of!(ct_entry, proxy_port), 22);
     }
 

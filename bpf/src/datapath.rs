@@ -306,8 +306,8 @@ impl Datapath {
     // --- FQDN table (palisade-dnsproxy writes it through fqdn::FqdnMap;
     // fixtures and benchmarks through this) ---
 
-    pub fn fqdn_put(&self, k: crate::fqdn::FqdnKey, cookie: u32) -> Result<()> {
-        put(&self.skel.maps.palisade_fqdn_v1, "fqdn", &k.to_abi(), &abi::fqdn_entry { cookie, flags: 0 })
+    pub fn fqdn_put(&self, k: crate::fqdn::FqdnKey, cookie: u32, expires_ns: u64) -> Result<()> {
+        put(&self.skel.maps.palisade_fqdn_v1, "fqdn", &k.to_abi(), &abi::fqdn_entry { cookie, flags: 0, expires_ns })
     }
 
     // --- conntrack ---

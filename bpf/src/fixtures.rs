@@ -24,6 +24,8 @@ pub const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5); // identity 304
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7); // not in ipcache: WORLD
 /// A world address a DNS answer taught the endpoint (FQDN table, TCP/443).
 pub const LEARNED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 8);
+/// One whose TTL ran out (still in the table: the proxy is down, say).
+pub const EXPIRED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 
 /// Installs the fixture state: one enforced endpoint and its rules.
 ///   ingress: 301 TCP/8080; any UDP/53; any TCP/9090 but deny 303 (all);
@@ -50,7 +52,9 @@ pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     dp.policy_put(key(301, DIR_EGRESS, None, 0, 0), allow(7))?;
     dp.policy_put(key(302, DIR_EGRESS, Some(6), 443, 16), allow(8))?;
     let learned = crate::fqdn::FqdnKey { ep_id: EP_ID, addr: LEARNED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
-    dp.fqdn_put(learned, 9)?;
+    dp.fqdn_put(learned, 9, crate::monotonic_ns() + 3600 * 1_000_000_000)?;
+    let expired = crate::fqdn::FqdnKey { ep_id: EP_ID, addr: EXPIRED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
+    dp.fqdn_put(expired, 10, crate::monotonic_ns().saturating_sub(1))?;
     Ok(())
 }
 
@@ -299,6 +303,15 @@ pub fn table() -> Vec<Fixture> {
         name: "world address no answer gave (toFQDNs endpoint)",
         hook: From,
         packet: tcp_syn(EP_IP, WORLD_IP, 40003, 443),
+        ep_flags: fqdn,
+        prime: vec![],
+        verdict: shot,
+        reason: Policy,
+    });
+    rows.push(Fixture {
+        name: "FQDN-learned address past its TTL",
+        hook: From,
+        packet: tcp_syn(EP_IP, EXPIRED_IP, 40003, 443),
         ep_flags: fqdn,
         prime: vec![],
         verdict: shot,

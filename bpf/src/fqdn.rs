@@ -80,8 +80,10 @@ impl FqdnMap {
         Ok(Self { map })
     }
 
-    pub fn put(&self, k: FqdnKey, cookie: u32) -> Result<()> {
-        let v = abi::fqdn_entry { cookie, flags: 0 };
+    /// Installs (or refreshes) one entry, allowing until `expires_ns`
+    /// (CLOCK_MONOTONIC, the datapath's clock).
+    pub fn put(&self, k: FqdnKey, cookie: u32, expires_ns: u64) -> Result<()> {
+        let v = abi::fqdn_entry { cookie, flags: 0, expires_ns };
         match self.map.update(abi::bytes_of(&k.to_abi()), abi::bytes_of(&v), MapFlags::ANY) {
             Ok(()) => Ok(()),
             Err(e) if crate::datapath::is_full(&e) => Err(Error::Full { map: "fqdn", max: self.map.max_entries() }),
@@ -97,8 +99,8 @@ impl FqdnMap {
         }
     }
 
-    /// Every entry, as (key, cookie).
-    pub fn dump(&self) -> Result<Vec<(FqdnKey, u32)>> {
+    /// Every entry, as (key, cookie, expiry in CLOCK_MONOTONIC ns).
+    pub fn dump(&self) -> Result<Vec<(FqdnKey, u32, u64)>> {
         let mut out = Vec::new();
         for key in self.map.keys() {
             let Some(val) = self.map.lookup(&key, MapFlags::ANY).ctx(|| "reading map fqdn".into())? else { continue };
@@ -106,7 +108,7 @@ impl FqdnMap {
                 continue;
             };
             if let Some(k) = FqdnKey::from_abi(&k) {
-                out.push((k, v.cookie));
+                out.push((k, v.cookie, v.expires_ns));
             }
         }
         Ok(out)

@@ -159,9 +159,10 @@ pub fn fqdn_table(d: &Daemon) -> Result<Value> {
     let map = palisade_bpf::fqdn::FqdnMap::open(d.dp.bpf_dir())?;
     let mut rows = map.dump()?;
     rows.sort();
+    let now = palisade_bpf::monotonic_ns();
     Ok(Value::Array(
         rows.iter()
-            .map(|(k, cookie)| {
+            .map(|(k, cookie, expires)| {
                 let pk = PolicyKey { ep_id: k.ep_id, identity: 0, direction: 1, proto: k.proto, port: k.port, port_bits: k.port_bits };
                 json!({
                     "endpoint": by_id.get(&k.ep_id).copied().unwrap_or("<gone>"),
@@ -169,6 +170,7 @@ pub fn fqdn_table(d: &Daemon) -> Result<Value> {
                     "protocol": proto_name(k.proto),
                     "ports": port_text(&pk),
                     "rule": cookies.get(cookie).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_default(),
+                    "expires_in_s": (*expires as i128 - now as i128) / 1_000_000_000,
                 })
             })
             .collect(),
@@ -331,8 +333,8 @@ fn fqdn_lookup(d: &Daemon, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: 
     map.dump()
         .ok()?
         .into_iter()
-        .filter(|(k, _)| k.ep_id == ep_id && k.addr == std::net::IpAddr::V4(ip))
-        .filter(|(k, _)| match k.proto {
+        .filter(|(k, _, expires)| k.ep_id == ep_id && k.addr == std::net::IpAddr::V4(ip) && *expires > palisade_bpf::monotonic_ns())
+        .filter(|(k, _, _)| match k.proto {
             None => true,
             Some(p) => {
                 let pk = PolicyKey { ep_id, identity: 0, direction: 1, proto: Some(p), port: k.port, port_bits: k.port_bits };
@@ -340,8 +342,8 @@ fn fqdn_lookup(d: &Daemon, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: 
                 p == proto && (lo..=hi).contains(&port)
             }
         })
-        .max_by_key(|(k, _)| k.proto.map_or(0, |_| 1 + u32::from(k.port_bits)))
-        .map(|(_, c)| c)
+        .max_by_key(|(k, _, _)| k.proto.map_or(0, |_| 1 + u32::from(k.port_bits)))
+        .map(|(_, c, _)| c)
 }
 
 fn port_text_key(k: &PolicyKey) -> String {

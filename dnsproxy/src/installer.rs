@@ -75,6 +75,35 @@ struct JournalRecord {
 
 type Key = (u32, String);
 
+/// A map entry as installed: (cookie, expiry in unix ms).
+type Entry = (u32, u64);
+
+/// The datapath's clock for a unix-ms expiry (CLOCK_MONOTONIC ns).
+fn mono_ns(expires_unix_ms: u64) -> u64 {
+    let (mono, unix) = (palisade_bpf::monotonic_ns(), now_ms());
+    if expires_unix_ms >= unix {
+        mono.saturating_add((expires_unix_ms - unix).saturating_mul(1_000_000))
+    } else {
+        mono.saturating_sub((unix - expires_unix_ms).saturating_mul(1_000_000))
+    }
+}
+
+/// The other way, for entries read back from the map on restart.
+fn unix_ms(expires_mono_ns: u64) -> u64 {
+    let (mono, unix) = (palisade_bpf::monotonic_ns(), now_ms());
+    if expires_mono_ns >= mono {
+        unix + (expires_mono_ns - mono) / 1_000_000
+    } else {
+        unix.saturating_sub((mono - expires_mono_ns) / 1_000_000)
+    }
+}
+
+/// Whether an installed entry must be rewritten to carry `want`: another
+/// rule, or an expiry that moved by more than a second.
+fn stale(have: Option<&Entry>, want: &Entry) -> bool {
+    have.is_none_or(|h| h.0 != want.0 || h.1.abs_diff(want.1) > 1000)
+}
+
 pub struct Installer {
     map: FqdnMap,
     rules: Arc<RulesHandle>,
@@ -84,7 +113,8 @@ pub struct Installer {
     dir: PathBuf,
     cache: BTreeMap<Key, Vec<Addr>>,
     endpoints: HashMap<u32, String>,
-    installed: HashMap<u32, HashMap<FqdnKey, u32>>,
+    /// What the map holds: per endpoint, key → (cookie, expiry unix ms).
+    installed: HashMap<u32, HashMap<FqdnKey, Entry>>,
     rules_gen: u64,
     journal: std::fs::File,
     dirty: bool,
@@ -155,9 +185,9 @@ impl Installer {
             }
         }
         let journal = std::fs::OpenOptions::new().create(true).append(true).open(&jpath)?;
-        let mut installed: HashMap<u32, HashMap<FqdnKey, u32>> = HashMap::new();
-        for (k, cookie) in map.dump()? {
-            installed.entry(k.ep_id).or_default().insert(k, cookie);
+        let mut installed: HashMap<u32, HashMap<FqdnKey, Entry>> = HashMap::new();
+        for (k, cookie, expires) in map.dump()? {
+            installed.entry(k.ep_id).or_default().insert(k, (cookie, unix_ms(expires)));
         }
         let restored: usize = cache.values().map(Vec::len).sum();
         let mut me = Self {
@@ -188,7 +218,7 @@ impl Installer {
 
     /// The entries the map should hold for one endpoint: every unexpired
     /// address of every name a toFQDNs rule of the endpoint matches.
-    fn desired(&self, ep_id: u32, now: u64) -> HashMap<FqdnKey, u32> {
+    fn desired(&self, ep_id: u32, now: u64) -> HashMap<FqdnKey, Entry> {
         let mut out = HashMap::new();
         let rules = self.rules.get();
         let Some(ep) = rules.by_ep.get(&ep_id) else { return out };
@@ -203,7 +233,8 @@ impl Installer {
                             port: k.port,
                             port_bits: if k.proto == 0 { 0 } else { k.bits },
                         };
-                        out.entry(key).or_insert(rule.cookie);
+                        let e = out.entry(key).or_insert((rule.cookie, a.expires_ms));
+                        e.1 = e.1.max(a.expires_ms);
                     }
                 }
             }
@@ -218,8 +249,8 @@ impl Installer {
         let have = self.installed.remove(&ep_id).unwrap_or_default();
         let mut kept = HashMap::new();
         for (k, c) in &want {
-            if have.get(k) != Some(c) {
-                match self.map.put(*k, *c) {
+            if stale(have.get(k), c) {
+                match self.map.put(*k, c.0, mono_ns(c.1)) {
                     Ok(()) => {
                         self.installed_total.fetch_add(1, Ordering::Relaxed);
                     }
@@ -266,12 +297,14 @@ impl Installer {
                             port_bits: if k.proto == 0 { 0 } else { k.bits },
                         };
                         let have = self.installed.entry(l.ep_id).or_default();
-                        if have.contains_key(&key) {
+                        // Another name may hold the key longer: keep the later expiry.
+                        let want = (rule.cookie, have.get(&key).map_or(a.expires_ms, |h| h.1.max(a.expires_ms)));
+                        if !stale(have.get(&key), &want) {
                             continue;
                         }
-                        match self.map.put(key, rule.cookie) {
+                        match self.map.put(key, want.0, mono_ns(want.1)) {
                             Ok(()) => {
-                                have.insert(key, rule.cookie);
+                                have.insert(key, want);
                                 self.installed_total.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => {

@@ -350,3 +350,21 @@ fn truncated_answers_make_the_pod_retry_over_tcp_through_the_proxy() {
         assert!(pay.tcp_ip(ip(a), 443), "{a} from the TCP answer: {}\n{}", node.ok(&["bpf", "fqdn", "list"]), text);
     }
 }
+
+#[test]
+fn learned_addresses_close_at_their_ttl_even_with_the_proxy_down() {
+    let (mut node, _world, dns, _server) = dns_node(&["--min-ttl", "1"], 2, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "{r:?}");
+    // Nobody is left to remove the entry: the datapath's own expiry check
+    // closes the address (fail closed), and the entry says when.
+    node.kill_dnsproxy();
+    let table = node.json(&["bpf", "fqdn", "list"]);
+    assert!(table.as_array().unwrap().iter().any(|e| e["ip"] == "192.0.2.100" && e["expires_in_s"].as_i64().unwrap() <= 2), "{table}");
+    std::thread::sleep(std::time::Duration::from_millis(2600));
+    assert!(!pay.tcp_ip(ip("192.0.2.100"), 443), "an expired address must not open with the proxy down");
+    let t = node.json(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
+    assert_eq!(t["verdict"], "DENIED", "{t}");
+}
