@@ -697,10 +697,11 @@ fn bpf_policy_table(v: &Value) -> String {
 
 fn status_text(v: &Value) -> String {
     let mut out = format!(
-        "Mode:          {} (enforcement {})\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\n\nCounters:\n",
+        "Mode:          {} (enforcement {})\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\nDNS proxy:     {} (port {}, {} FQDN entries)\n\nCounters:\n",
         s(&v["mode"]),
         s(&v["enforcement"]), s(&v["version"]), v["uptime_s"], s(&v["bpf_dir"]), s(&v["attach"]), s(&v["state_dir"]), s(&v["socket"]), s(&v["pod_cidr"]),
         v["endpoints"], v["identities"], v["policies"], v["policy_map_entries"], v["ipcache_entries"], v["conntrack_entries"],
+        s(&v["dns_proxy"]["state"]), v["dns_proxy"]["port"], v["dns_proxy"]["fqdn_map_entries"],
     );
     out += &table(
         &["DIRECTION", "REASON", "PACKETS", "BYTES"],

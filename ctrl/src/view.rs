@@ -376,5 +376,25 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "conntrack_entries": d.dp.conntrack()?.len(),
         "counters": counters,
         "flows": { "lost": lost, "suppressed": suppressed, "ring": crate::flows::ring_dir(&d.cfg.state_dir).join("datapath.ring").display().to_string() },
+        "dns_proxy": dns_proxy_status(d),
     }))
+}
+
+/// palisade-dnsproxy as the agent sees it: its port, whether its counters
+/// are fresh (it rewrites them every second), and the FQDN table's size.
+fn dns_proxy_status(d: &Daemon) -> Value {
+    let fqdn_entries = palisade_bpf::fqdn::FqdnMap::open(d.dp.bpf_dir()).and_then(|m| m.dump()).map(|v| v.len()).ok();
+    let st = crate::fqdn::status(&d.cfg.state_dir).ok();
+    let state = match st.as_ref().and_then(|v| v["age_s"].as_u64()) {
+        Some(age) if age <= 5 => "running",
+        Some(_) => "not running (counters stale)",
+        None => "not seen (no counters in the state directory)",
+    };
+    json!({
+        "port": d.cfg.dns_proxy_port,
+        "state": state,
+        "fqdn_map_entries": fqdn_entries,
+        "cached_addresses": st.as_ref().map(|v| v["entries"].clone()),
+        "stats": st.map(|v| v["stats"].clone()),
+    })
 }

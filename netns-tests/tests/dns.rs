@@ -120,6 +120,9 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     let cname = node.wait_flows(&["--to-fqdn", "api.pgprovider.com"], 1);
     assert_eq!(cname[0]["l7"]["dns"]["cnames"][0], "pg.cdn.example.net.", "{cname:?}");
 
+    let st = node.json(&["status"]);
+    assert_eq!(st["dns_proxy"]["state"], "running", "{st}");
+    assert!(st["dns_proxy"]["fqdn_map_entries"].as_u64().unwrap() >= 4, "{st}");
     // Proxy down: DNS of endpoints with DNS rules fails closed (no bypass
     // to the real server), and comes back with the proxy.
     node.kill_dnsproxy();
