@@ -58,7 +58,15 @@ pub fn run(sizes: &[usize], rounds: usize, bin_dir: &std::path::Path) -> Result<
     crate::vs::cleanup_on_interrupt()?;
     let mut rows = Vec::new();
     for &n in sizes {
-        let mut t = Topo::agent(&format!("a{n}"), bin_dir)?;
+        // Maps sized for N: one endpoint entry each, N x 10 policy entries
+        // for the CNP on all, twice while a change replaces them.
+        let endpoints_max = (n + 64).next_power_of_two().max(4096).to_string();
+        let policy_max = (n * 10 * 2 + 4096).next_power_of_two().max(65536).to_string();
+        let mut t = Topo::agent_with(
+            &format!("a{n}"),
+            bin_dir,
+            &["--endpoint-map-size", &endpoints_max, "--policy-map-size", &policy_max],
+        )?;
         let t0 = Instant::now();
         for i in 0..n {
             if i % 50 == 0 {

@@ -141,6 +141,10 @@ impl Topo {
     }
 
     fn start_agent(&mut self) -> Result<()> {
+        self.start_agent_with(&[])
+    }
+
+    fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let log = std::fs::File::create(self.tmp.join("ctrl.log"))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.node))
@@ -149,6 +153,7 @@ impl Topo {
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])
             .args(["--socket", &self.tmp.join("ctrl.sock").display().to_string()])
             .args(["--metrics-address", "off"])
+            .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -168,6 +173,13 @@ impl Topo {
     }
 
     /// A node running palisade-ctrl, no pods yet.
+    /// A node running palisade-ctrl with extra flags (map sizes), no pods yet.
+    pub fn agent_with(suffix: &str, bin_dir: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        let mut t = Self::bare(suffix, bin_dir)?;
+        t.start_agent_with(extra)?;
+        Ok(t)
+    }
+
     pub fn agent(suffix: &str, bin_dir: &std::path::Path) -> Result<Self> {
         let mut t = Self::bare(suffix, bin_dir)?;
         t.start_agent()?;
