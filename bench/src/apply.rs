@@ -62,11 +62,8 @@ pub fn run(sizes: &[usize], rounds: usize, bin_dir: &std::path::Path) -> Result<
         // for the CNP on all, twice while a change replaces them.
         let endpoints_max = (n + 64).next_power_of_two().max(4096).to_string();
         let policy_max = (n * 10 * 2 + 4096).next_power_of_two().max(65536).to_string();
-        let mut t = Topo::agent_with(
-            &format!("a{n}"),
-            bin_dir,
-            &["--endpoint-map-size", &endpoints_max, "--policy-map-size", &policy_max],
-        )?;
+        let mut t =
+            Topo::agent_with(&format!("a{n}"), bin_dir, &["--endpoint-map-size", &endpoints_max, "--policy-map-size", &policy_max])?;
         let t0 = Instant::now();
         for i in 0..n {
             if i % 50 == 0 {
