@@ -17,10 +17,7 @@ use std::{
     io::{BufRead, Write},
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        mpsc, Arc,
-    },
+    sync::{atomic::Ordering, mpsc, Arc},
     time::{Duration, Instant},
 };
 
@@ -118,7 +115,6 @@ pub struct Installer {
     rules_gen: u64,
     journal: std::fs::File,
     dirty: bool,
-    pub installed_total: Arc<AtomicU64>,
     known: Known,
 }
 
@@ -203,7 +199,6 @@ impl Installer {
             rules_gen: u64::MAX,
             journal,
             dirty: true,
-            installed_total: Arc::new(AtomicU64::new(0)),
             known,
         };
         me.reconcile_all();
@@ -252,7 +247,7 @@ impl Installer {
             if stale(have.get(k), c) {
                 match self.map.put(*k, c.0, mono_ns(c.1)) {
                     Ok(()) => {
-                        self.installed_total.fetch_add(1, Ordering::Relaxed);
+                        self.stats.installs.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => {
                         self.stats.install_errors.fetch_add(1, Ordering::Relaxed);
@@ -305,7 +300,7 @@ impl Installer {
                         match self.map.put(key, want.0, mono_ns(want.1)) {
                             Ok(()) => {
                                 have.insert(key, want);
-                                self.installed_total.fetch_add(1, Ordering::Relaxed);
+                                self.stats.installs.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => {
                                 self.stats.install_errors.fetch_add(1, Ordering::Relaxed);

@@ -26,6 +26,7 @@ counters! {
     upstream_errors: "sends to or connections with the upstream that failed",
     spoofed_answers: "answers from an address other than the upstream asked: dropped",
     hold_timeouts: "answers released before the datapath confirmed the install",
+    installs: "FQDN table entries written (new or refreshed)",
     install_errors: "datapath installs that failed",
     evictions: "addresses evicted by the per-name cap",
     expired: "expiry passes that removed addresses",
