@@ -1,5 +1,7 @@
-//! Read-only views of pinned maps for processes other than palisade-ctrl
-//! (palisade-dnsproxy): opened by path, never written.
+//! Views of pinned maps for processes other than palisade-ctrl, opened by
+//! path: read-only ones (palisade-dnsproxy), and the host-address ipcache
+//! for palisade-ipcache-sync, which writes only entries of remote nodes
+//! (`node_id` ≠ 0) and never touches palisade-ctrl's (`node_id` 0).
 use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -29,6 +31,70 @@ impl Ipcache {
         get(&self.host, abi::bytes_of(&maps::ipcache_host_key(ip)))
             .or_else(|| get(&self.lpm, abi::bytes_of(&maps::ipcache_lpm_key(ip, 32))))
             .unwrap_or(crate::identity::WORLD)
+    }
+}
+
+/// The host-address ipcache, for the remote entries palisade-ipcache-sync owns.
+pub struct RemoteIpcache {
+    host: MapHandle,
+}
+
+impl RemoteIpcache {
+    pub fn open(bpf_dir: &Path) -> Result<Self> {
+        let p = bpf_dir.join("palisade_ipcache_v1");
+        Ok(Self { host: MapHandle::from_pinned_path(&p).ctx(|| format!("opening {}", p.display()))? })
+    }
+
+    pub fn get(&self, ip: Ipv4Addr) -> Option<crate::IpcacheValue> {
+        let v = self.host.lookup(abi::bytes_of(&maps::ipcache_host_key(ip)), MapFlags::ANY).ok().flatten()?;
+        abi::from_bytes::<abi::ipcache_entry>(&v).map(|e| crate::IpcacheValue { identity: e.identity, node_id: e.node_id })
+    }
+
+    /// Writes a remote entry unless palisade-ctrl owns the address (a
+    /// local endpoint or the node's own address wins); returns whether it
+    /// wrote.
+    pub fn put_remote(&self, ip: Ipv4Addr, v: crate::IpcacheValue) -> Result<bool> {
+        assert!(v.node_id != 0, "remote entries carry the remote node's id");
+        match self.get(ip) {
+            Some(cur) if cur.node_id == 0 => return Ok(false),
+            Some(cur) if cur == v => return Ok(true),
+            _ => {}
+        }
+        let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
+        match self.host.update(abi::bytes_of(&maps::ipcache_host_key(ip)), abi::bytes_of(&e), MapFlags::ANY) {
+            Ok(()) => Ok(true),
+            Err(e) if crate::datapath::is_full(&e) => Err(crate::Error::Full { map: "ipcache", max: self.host.max_entries() }),
+            Err(source) => Err(crate::Error::Libbpf { what: "updating map ipcache".into(), source }),
+        }
+    }
+
+    /// Deletes a remote entry (never palisade-ctrl's).
+    pub fn delete_remote(&self, ip: Ipv4Addr) -> Result<()> {
+        if self.get(ip).is_some_and(|cur| cur.node_id != 0) {
+            match self.host.delete(abi::bytes_of(&maps::ipcache_host_key(ip))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
+                Err(source) => return Err(crate::Error::Libbpf { what: "deleting from map ipcache".into(), source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every remote entry the map holds.
+    pub fn remote_entries(&self) -> Vec<(Ipv4Addr, crate::IpcacheValue)> {
+        let mut out = Vec::new();
+        for key in self.host.keys() {
+            let Some(k) = abi::from_bytes::<abi::ipcache_host_key>(&key) else { continue };
+            if k.family != 4 {
+                continue;
+            }
+            let Ok(Some(val)) = self.host.lookup(&key, MapFlags::ANY) else { continue };
+            let Some(e) = abi::from_bytes::<abi::ipcache_entry>(&val) else { continue };
+            if e.node_id != 0 {
+                out.push((Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]), crate::IpcacheValue { identity: e.identity, node_id: e.node_id }));
+            }
+        }
+        out
     }
 }
 

@@ -18,15 +18,31 @@ use crate::daemon::{Config, Daemon};
     about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI"
 )]
 pub struct Args {
-    /// bpffs directory for the pinned maps.
-    #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
-    pub bpf_dir: PathBuf,
-    /// Directory for durable state (endpoints, policies, identities).
-    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-    pub state_dir: PathBuf,
-    /// API socket (root only).
-    #[arg(long, env = "PALISADE_SOCKET", default_value = crate::cli::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// YAML file of settings: keys are these flags' long names
+    /// (`node-name: node-1`); flags on the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the cluster. Also picks per-node defaults:
+    /// /sys/fs/bpf/palisade/NODE, /var/lib/palisade/NODE,
+    /// /run/palisade/NODE/ctrl.sock.
+    #[arg(long, env = "PALISADE_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub etcd: palisade_cluster::EtcdArgs,
+    /// Seconds between sweeps that delete cluster identities no node
+    /// references (cluster mode).
+    #[arg(long, default_value_t = 60)]
+    pub identity_gc_interval: u64,
+    /// bpffs directory for the pinned maps [default: /sys/fs/bpf/palisade]
+    #[arg(long, env = "PALISADE_BPF_DIR")]
+    pub bpf_dir: Option<PathBuf>,
+    /// Directory for durable state (endpoints, policies, identities)
+    /// [default: /var/lib/palisade]
+    #[arg(long, env = "PALISADE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// API socket (root only) [default: /run/palisade/ctrl.sock]
+    #[arg(long, env = "PALISADE_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Pod CIDR to allocate endpoint addresses from.
     #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16")]
     pub pod_cidr: String,
@@ -93,12 +109,33 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     Ok((ip, len))
 }
 
+/// Parses palisade-ctrl's arguments, `--config FILE` included.
+pub fn parse_args() -> Result<Args> {
+    use clap::CommandFactory;
+    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    Ok(Args::parse_from(argv))
+}
+
 pub fn run(a: Args) -> Result<()> {
     let pod_cidr = parse_cidr(&a.pod_cidr)?;
-    if !a.bpf_dir.is_absolute() || !a.state_dir.is_absolute() {
+    if let Some(n) = &a.node_name {
+        palisade_cluster::keys::validate_node_name(n).map_err(ConfigError)?;
+    }
+    let etcd = a.etcd.config().map_err(|e| ConfigError(format!("{e:#}")))?;
+    if etcd.is_some() && a.node_name.is_none() {
+        return Err(ConfigError("--etcd-endpoints needs --node-name (each node's name in the cluster)".into()).into());
+    }
+    if a.identity_gc_interval == 0 {
+        return Err(ConfigError("--identity-gc-interval must be at least 1 second".into()).into());
+    }
+    let (bpf_dir, state_dir, socket) = palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), a.socket.clone());
+    if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
     }
-    let mut dp = DatapathConfig::new(&a.bpf_dir);
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut dp = DatapathConfig::new(&bpf_dir);
     dp.policy_max = a.policy_map_size;
     dp.ct_max = a.ct_map_size;
     dp.ipcache_max = a.ipcache_map_size;
@@ -116,24 +153,41 @@ pub fn run(a: Args) -> Result<()> {
     let mode = a.enforcement_mode.parse().map_err(|e| ConfigError(format!("--enforcement-mode: {e}")))?;
     let node_labels = palisade_policy::labels::parse_label_list(&a.node_labels).map_err(|e| ConfigError(format!("--node-labels: {e}")))?;
     let cfg = Config {
-        state_dir: a.state_dir,
-        socket: a.socket.clone(),
+        state_dir: state_dir.clone(),
+        socket: socket.clone(),
         pod_cidr,
         datapath: dp,
         mode,
         host_interfaces: a.host_interfaces.clone(),
         node_labels,
         dns_proxy_port: a.dns_proxy_port,
+        node_name: a.node_name.clone(),
     };
     let state_dir = cfg.state_dir.clone();
-    let daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
+    let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
+    // Cluster mode starts once the local state is enforced: etcd being
+    // away delays convergence, never enforcement.
+    let cluster_rx = match (etcd, &a.node_name) {
+        (Some(etcd), Some(node)) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), "cluster mode");
+            let held = daemon.local_identities();
+            let gc = std::time::Duration::from_secs(a.identity_gc_interval);
+            daemon.cluster = Some(crate::cluster::Cluster::start(etcd, node.clone(), held, gc, tx)?);
+            Some(rx)
+        }
+        _ => None,
+    };
     let daemon = Arc::new(Mutex::new(daemon));
     // Names in flow records follow the agent's state: every handled
     // request bumps the version the flow thread checks.
     let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    crate::flows::spawn(daemon.clone(), version.clone(), a.bpf_dir.clone(), &state_dir)?;
+    if let Some(rx) = cluster_rx {
+        crate::cluster::spawn_apply(rx, daemon.clone(), version.clone())?;
+    }
+    crate::flows::spawn(daemon.clone(), version.clone(), bpf_dir.clone(), &state_dir)?;
     {
-        let (dir, tcp, other, every) = (a.bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
+        let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
         std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
             std::thread::sleep(std::time::Duration::from_secs(every));
             match palisade_bpf::conntrack_gc(&dir, tcp, other) {
@@ -150,7 +204,7 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|_| ConfigError(format!("--metrics-address {:?}: expected IP:PORT or off", a.metrics_address)))?;
         crate::metrics::spawn(addr, daemon.clone())?;
     }
-    crate::api::serve(&a.socket, move |req| {
+    crate::api::serve(&socket, move |req| {
         let mut d = daemon.lock().unwrap_or_else(|p| p.into_inner());
         let r = d.handle(req);
         version.fetch_add(1, std::sync::atomic::Ordering::Release);

@@ -88,6 +88,8 @@ pub enum Request {
     },
     BpfCtList,
     BpfFqdnList,
+    /// The cluster's nodes (palisade-ipcache-sync's view).
+    NodeList,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,9 +14,13 @@ pub const DEFAULT_SOCKET: &str = "/run/palisade/ctrl.sock";
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
 pub struct Cli {
-    /// The agent's API socket.
-    #[arg(long, global = true, env = "PALISADE_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The agent's API socket [default: /run/palisade/ctrl.sock, or
+    /// /run/palisade/NODE/ctrl.sock with --node]
+    #[arg(long, global = true, env = "PALISADE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Talk to this node's agent (several nodes on one machine).
+    #[arg(long, global = true, env = "PALISADE_NODE")]
+    pub node: Option<String>,
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -96,6 +100,16 @@ pub enum Cmd {
     /// Namespace labels (what namespaceSelectors match).
     #[command(subcommand)]
     Namespace(NamespaceCmd),
+    /// Cluster nodes (cluster mode).
+    #[command(subcommand)]
+    Node(NodeCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// The nodes of the cluster, as palisade-ipcache-sync sees them.
+    #[command(alias = "ls")]
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -307,7 +321,7 @@ fn read(path: &PathBuf) -> Result<String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
-    let sock = cli.socket.clone();
+    let sock = palisade_cluster::config::node_paths(cli.node.as_deref(), None, None, cli.socket.clone()).2;
     let req = |r: Request| call(&sock, &r);
     match cli.cmd {
         Cmd::Status => {
@@ -545,6 +559,18 @@ pub fn run(cli: Cli) -> Result<()> {
             let v = req(Request::PolicyTrace { src, dst, proto, dport: port })?;
             print_or(json, &v, || v["lines"].as_array().into_iter().flatten().map(|l| format!("{}\n", s(l))).collect())
         }
+        Cmd::Node(NodeCmd::List) => {
+            let v = req(Request::NodeList)?;
+            print_or(json, &v, || {
+                table(
+                    &["NAME", "NODE ID", "ADDRESSES", "ENDPOINTS", "SELF"],
+                    v.as_array().into_iter().flatten().map(|n| {
+                        let addrs: Vec<String> = n["addresses"].as_array().into_iter().flatten().map(s).collect();
+                        vec![s(&n["name"]), s(&n["node_id"]), addrs.join(","), s(&n["endpoints"]), if n["this_node"] == true { "*".into() } else { String::new() }]
+                    }),
+                )
+            })
+        }
         Cmd::Identity(IdentityCmd::List) => {
             let v = req(Request::IdentityList)?;
             print_or(json, &v, || identity_table(&v))
@@ -697,12 +723,29 @@ fn bpf_policy_table(v: &Value) -> String {
 
 fn status_text(v: &Value) -> String {
     let mut out = format!(
-        "Mode:          {} (enforcement {})\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\nDNS proxy:     {} (port {}, {} FQDN entries)\n\nCounters:\n",
+        "Mode:          {} (enforcement {})\nVersion:       {}\nUptime:        {}s\nBPF maps:      {} (attach: {})\nState:         {}\nSocket:        {}\nPod CIDR:      {}\nEndpoints:     {}\nIdentities:    {}\nPolicies:      {} ({} map entries)\nIPCache:       {} entries\nConntrack:     {} entries\nDNS proxy:     {} (port {}, {} FQDN entries)\n",
         s(&v["mode"]),
         s(&v["enforcement"]), s(&v["version"]), v["uptime_s"], s(&v["bpf_dir"]), s(&v["attach"]), s(&v["state_dir"]), s(&v["socket"]), s(&v["pod_cidr"]),
         v["endpoints"], v["identities"], v["policies"], v["policy_map_entries"], v["ipcache_entries"], v["conntrack_entries"],
         s(&v["dns_proxy"]["state"]), v["dns_proxy"]["port"], v["dns_proxy"]["fqdn_map_entries"],
     );
+    let c = &v["cluster"];
+    if !c.is_null() {
+        let sync = &c["ipcache_sync"];
+        out += &format!(
+            "Cluster:       node {}, etcd {} ({}), revision {}\n               {} cluster identities; ipcache-sync {}: {} remote endpoints, {} nodes, last sync lag {} ms\n",
+            s(&c["node"]),
+            c["etcd_endpoints"].as_array().into_iter().flatten().map(s).collect::<Vec<_>>().join(","),
+            if c["connected"] == true { "connected".to_string() } else { format!("DISCONNECTED: {}", s(&c["error"])) },
+            c["revision"],
+            c["cluster_identities"],
+            s(&sync["state"]),
+            sync["remote_endpoints"],
+            sync["nodes"],
+            sync["last_sync_lag_ms"],
+        );
+    }
+    out += "\nCounters:\n";
     out += &table(
         &["DIRECTION", "REASON", "PACKETS", "BYTES"],
         v["counters"].as_array().into_iter().flatten().map(|c| vec![s(&c["direction"]), s(&c["reason"]), s(&c["packets"]), s(&c["bytes"])]),

@@ -36,6 +36,8 @@ pub struct Config {
     pub node_labels: BTreeMap<String, String>,
     /// Where DNS rules redirect to (palisade-dnsproxy's port).
     pub dns_proxy_port: u16,
+    /// Cluster mode: this node's name (`--node-name`).
+    pub node_name: Option<String>,
 }
 
 /// Which endpoints a sync recompiles.
@@ -62,7 +64,7 @@ fn node_labels(user: &BTreeMap<String, String>) -> Labels {
 pub struct Daemon {
     pub(crate) cfg: Config,
     pub(crate) dp: Datapath,
-    state: StateFile,
+    pub(crate) state: StateFile,
     pub(crate) store: Store,
     /// What the policy map and endpoint entries hold, per endpoint id.
     installed: BTreeMap<u32, Installed>,
@@ -73,6 +75,9 @@ pub struct Daemon {
     pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
     /// `policy.snap` for palisade-dnsproxy.
     dns_snapshot: crate::dnsrules::Writer,
+    /// Cluster mode: the etcd side (set by the agent after the local state
+    /// is restored, so enforcement never waits for etcd).
+    pub(crate) cluster: Option<crate::cluster::Cluster>,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -98,6 +103,7 @@ impl Daemon {
         let store = state.load()?;
         let dns_snapshot = crate::dnsrules::Writer::new(&cfg.state_dir);
         let mut d = Self {
+            cluster: None,
             dns_snapshot,
             cfg,
             dp,
@@ -179,8 +185,9 @@ impl Daemon {
         // Host addresses (identity host) are not endpoints; keep them.
         self.host_ips = netplumb::node_addresses().unwrap_or_default();
         let ips: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).chain(self.host_ips.iter().copied()).collect();
-        for (ip, _) in self.dp.ipcache()? {
-            if !ips.contains(&ip) {
+        // Remote endpoints (node_id ≠ 0) are palisade-ipcache-sync's.
+        for (ip, v) in self.dp.ipcache()? {
+            if v.node_id == 0 && !ips.contains(&ip) {
                 self.dp.ipcache_delete(ip)?;
             }
         }
@@ -192,7 +199,7 @@ impl Daemon {
 
     /// Endpoint and ipcache entries of one endpoint, keeping the flags and
     /// generation that are installed (sync() moves them).
-    fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
+    pub(crate) fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
         let (flags, gen) = self.installed.get(&ep.ep_id).map(|i| (i.compiled.flags, i.gen)).unwrap_or((0, 0));
         self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
         self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, flags, gen))?;
@@ -210,7 +217,7 @@ impl Daemon {
         }
         self.dp.conntrack_flush_endpoint(ep.ep_id)?;
         if !self.store.endpoints.values().any(|e| e.name != ep.name && e.labels == ep.labels) {
-            self.store.identities.release(&ep.labels);
+            self.drop_identity(&ep.labels);
         }
         Ok(())
     }
@@ -392,7 +399,7 @@ impl Daemon {
         if old.labels == labels {
             return Ok(());
         }
-        let identity = self.store.identities.allocate(&labels);
+        let identity = self.identity_for(&labels)?;
         let ep = self.store.endpoints.get_mut(name).expect("checked above");
         ep.labels = labels;
         ep.identity = identity;
@@ -557,6 +564,7 @@ impl Daemon {
             Request::BpfPolicyGet { endpoint } => view::bpf_policy(self, &endpoint),
             Request::BpfCtList => view::conntrack(self),
             Request::BpfFqdnList => view::fqdn_table(self),
+            Request::NodeList => view::nodes(self),
         }
     }
 
@@ -614,7 +622,7 @@ impl Daemon {
                 .with_context(|| format!("endpoint {full}: --port"))?;
         }
         let labels = Labels::for_endpoint_in(namespace, self.namespace_labels(namespace), &user_labels);
-        let identity = self.store.identities.allocate(&labels);
+        let identity = self.identity_for(&labels).with_context(|| format!("endpoint {full}: nothing was changed"))?;
         let ep_id = self.next_ep_id();
         let ifname = netplumb::host_ifname(&full);
         let created = match netplumb::create(netns, &ifname, ipv4) {
@@ -671,8 +679,41 @@ impl Daemon {
 
     fn release_if_unused(&mut self, labels: &Labels) {
         if !self.store.endpoints.values().any(|e| &e.labels == labels) {
-            self.store.identities.release(labels);
+            self.drop_identity(labels);
         }
+    }
+
+    /// The identity of `labels` for a local endpoint. Standalone: the
+    /// local allocator. Cluster mode: the number this node already holds,
+    /// else one allocated or referenced through etcd; while etcd is away, a
+    /// label set the cluster already numbered keeps its number (referenced
+    /// when etcd returns), and a new one is refused.
+    fn identity_for(&mut self, labels: &Labels) -> Result<u32> {
+        let Some(c) = &self.cluster else { return Ok(self.store.identities.allocate(labels)) };
+        if let Some(id) = self.store.identities.local(labels) {
+            return Ok(id);
+        }
+        let id = match c.allocate(labels, self.store.identities.next_hint()) {
+            Ok(id) => id,
+            Err(e) => match self.store.identities.cluster_lookup(labels) {
+                Some(id) => {
+                    tracing::warn!(identity = id, "etcd: {e:#}; using the cluster's last known number for {labels}");
+                    c.hold(id, labels);
+                    id
+                }
+                None => bail!("cannot allocate a cluster identity for labels {labels}: {e:#} (cluster mode: new label sets need etcd)"),
+            },
+        };
+        self.store.identities.insert(labels, id);
+        Ok(id)
+    }
+
+    /// This node no longer uses the identity of `labels`.
+    fn drop_identity(&mut self, labels: &Labels) {
+        if let (Some(c), Some(id)) = (&self.cluster, self.store.identities.local(labels)) {
+            c.release(id);
+        }
+        self.store.identities.release(labels);
     }
 
     fn next_ep_id(&self) -> u32 {
@@ -729,6 +770,12 @@ impl Daemon {
                 }
             }
         }
+        // Cluster mode: etcd first; every node (this one included, through
+        // its watch or right below) enforces what etcd holds.
+        let mut revision = self.store.policies.len() as i64;
+        if let Some(c) = &self.cluster {
+            revision = c.put_policies(&policies).context("policy not applied (cluster mode stores policies in etcd); nothing was changed")?;
+        }
         let mut result = Vec::new();
         let applied_keys: Vec<String> = policies.iter().map(|p| p.key()).collect();
         let before = self.store.policies.clone();
@@ -764,7 +811,7 @@ impl Daemon {
         let t_lint = std::time::Instant::now();
         let warnings: Vec<String> = self.lint(&applied_keys).iter().map(|w| w.to_string()).collect();
         tracing::debug!(lint_us = t_lint.elapsed().as_micros() as u64, "policy apply lint");
-        Ok(json!({ "applied": result, "warnings": warnings, "revision": self.store.policies.len() }))
+        Ok(json!({ "applied": result, "warnings": warnings, "revision": revision }))
     }
 
     fn policy_delete(&mut self, names: &[String]) -> Result<Value> {
@@ -773,6 +820,9 @@ impl Daemon {
             if !self.store.policies.contains_key(k) {
                 bail!("policy {k} does not exist (see `palisade policy get`)");
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.delete_policies(&keys).context("policy not deleted (cluster mode stores policies in etcd); nothing was changed")?;
         }
         let before = self.store.policies.clone();
         for k in &keys {
@@ -793,7 +843,6 @@ impl Daemon {
     /// identity. Everything when it declares named ports (an "any peer" rule
     /// on a named port expands over every declaring identity).
     fn peer_scope(&self, ep: &Endpoint, identity_shared: bool) -> Scope {
-        use palisade_policy::{Direction, Entity, PeerSelector, Peers};
         if !ep.named_ports.is_empty() {
             return Scope::All;
         }
@@ -801,10 +850,22 @@ impl Daemon {
         if identity_shared {
             return Scope::Endpoints(out);
         }
+        out.extend(self.label_scope(std::slice::from_ref(&ep.labels)));
+        Scope::Endpoints(out)
+    }
+
+    /// The endpoints selected by a rule whose peers could include an
+    /// identity with one of these label sets (one appearing or going).
+    pub(crate) fn label_scope(&self, labels: &[Labels]) -> BTreeSet<u32> {
+        use palisade_policy::{Direction, Entity, PeerSelector, Peers};
+        let mut out = BTreeSet::new();
+        if labels.is_empty() {
+            return out;
+        }
         let names_it = |pr: &palisade_policy::PeerRule| match &pr.peers {
             Peers::All => false,
             Peers::Select(sels) => sels.iter().any(|s| match s {
-                PeerSelector::Endpoints(sel) => sel.matches(&ep.labels),
+                PeerSelector::Endpoints(sel) => labels.iter().any(|l| sel.matches(l)),
                 PeerSelector::Entity(Entity::Cluster | Entity::All) => true,
                 _ => false,
             }),
@@ -819,14 +880,14 @@ impl Daemon {
         if !rules.is_empty() {
             out.extend(self.store.endpoints.values().filter(|e| rules.iter().any(|r| r.selects_endpoint(&e.labels))).map(|e| e.ep_id));
         }
-        Scope::Endpoints(out)
+        out
     }
 
     /// The endpoints whose entries a change of the policies `keys` (from
     /// `before` to the current set) can move: those any old or new version
     /// selects. Everything, when the change adds or removes a CIDR (a new
     /// CIDR identity is part of `world` for every other policy too).
-    fn change_scope(&self, before: &BTreeMap<String, palisade_policy::Policy>, keys: &[String]) -> Scope {
+    pub(crate) fn change_scope(&self, before: &BTreeMap<String, palisade_policy::Policy>, keys: &[String]) -> Scope {
         if compile::policy_cidrs(self.store.policies.values()) != compile::policy_cidrs(before.values()) {
             return Scope::All;
         }

@@ -71,14 +71,15 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
     (dns, fqdn)
 }
 
-/// The whole snapshot (generation left 0; the writer stamps it).
+/// The whole snapshot, the node view other processes read: every local
+/// endpoint with its address and identity, and its DNS and toFQDNs rules
+/// (generation left 0; the writer stamps it).
 pub fn snapshot<'e>(endpoints: impl Iterator<Item = &'e Endpoint>, policies: &[Policy], u: &Universe<'_>) -> PolicySnapshot {
     let mut out = PolicySnapshot { version: PolicySnapshot::VERSION, dns_proxy_port: u.dns_proxy_port, ..Default::default() };
     for ep in endpoints {
+        // Every endpoint is listed (palisade-ipcache-sync publishes them
+        // from here); those without DNS rules have empty lists.
         let (dns, fqdn) = endpoint_rules(ep, policies, u);
-        if dns.is_empty() && fqdn.is_empty() {
-            continue;
-        }
         out.endpoints.push(SnapEndpoint {
             ep_id: ep.ep_id,
             name: ep.name.clone(),

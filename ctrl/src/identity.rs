@@ -20,6 +20,12 @@ pub struct IdentityAllocator {
     /// Next number to try; numbers are not reused right away, so a stale
     /// reference to a released identity cannot name a new label set.
     next: u32,
+    /// Cluster mode: every label identity etcd holds (this node's and the
+    /// other nodes'), as last seen; selectors match these too, so a pod on
+    /// another node is a peer like a local one. Persisted in node.json, so
+    /// a restart during an etcd outage keeps enforcing them.
+    #[serde(skip)]
+    cluster: BTreeMap<u32, Labels>,
 }
 
 /// First CIDR identity (Cilium's node-local scope).
@@ -31,7 +37,13 @@ fn first_cidr() -> u32 {
 
 impl Default for IdentityAllocator {
     fn default() -> Self {
-        Self { by_labels: BTreeMap::new(), next: reserved::FIRST_LABEL, cidrs: BTreeMap::new(), next_cidr: FIRST_CIDR }
+        Self {
+            by_labels: BTreeMap::new(),
+            next: reserved::FIRST_LABEL,
+            cidrs: BTreeMap::new(),
+            next_cidr: FIRST_CIDR,
+            cluster: BTreeMap::new(),
+        }
     }
 }
 
@@ -86,7 +98,7 @@ impl IdentityAllocator {
             by_labels.entry(l).or_insert(id);
         }
         let next = next.max(by_labels.values().map(|i| i + 1).max().unwrap_or(reserved::FIRST_LABEL));
-        Self { by_labels, next, cidrs: cidrs.into_iter().collect(), next_cidr: next_cidr.max(FIRST_CIDR) }
+        Self { by_labels, next, cidrs: cidrs.into_iter().collect(), next_cidr: next_cidr.max(FIRST_CIDR), cluster: BTreeMap::new() }
     }
 
     /// The identity of a CIDR prefix, allocating one if needed.
@@ -121,28 +133,81 @@ impl IdentityAllocator {
         self.by_labels.remove(labels);
     }
 
+    /// The identity this node holds for `labels`, if any.
+    pub fn local(&self, labels: &Labels) -> Option<u32> {
+        self.by_labels.get(labels).copied()
+    }
+
+    /// Records an identity the cluster allocated for a local endpoint.
+    pub fn insert(&mut self, labels: &Labels, id: u32) {
+        self.by_labels.insert(labels.clone(), id);
+        self.cluster.insert(id, labels.clone());
+    }
+
+    /// The cluster's identities, as last seen.
+    pub fn cluster(&self) -> &BTreeMap<u32, Labels> {
+        &self.cluster
+    }
+
+    /// Replaces the cluster's identities; returns the label sets that
+    /// appeared, went or changed number.
+    pub fn set_cluster(&mut self, now: BTreeMap<u32, Labels>) -> Vec<Labels> {
+        let mut changed = Vec::new();
+        for (id, l) in &now {
+            if self.cluster.get(id) != Some(l) {
+                changed.push(l.clone());
+            }
+        }
+        for (id, l) in &self.cluster {
+            if now.get(id) != Some(l) {
+                changed.push(l.clone());
+            }
+        }
+        self.cluster = now;
+        changed
+    }
+
+    /// The cluster's identity for `labels`, if it has one (a linear scan:
+    /// only used when etcd cannot be asked).
+    pub fn cluster_lookup(&self, labels: &Labels) -> Option<u32> {
+        self.cluster.iter().find(|(_, l)| *l == labels).map(|(id, _)| *id)
+    }
+
+    /// One past the highest label identity known, where a new allocation
+    /// starts looking.
+    pub fn next_hint(&self) -> u32 {
+        let top = self.cluster.keys().next_back().copied().into_iter().chain(self.by_labels.values().copied()).max();
+        top.map_or(reserved::FIRST_LABEL, |t| t + 1).max(reserved::FIRST_LABEL)
+    }
+
     pub fn get(&self, id: u32) -> Option<Labels> {
         reserved_identities()
             .into_iter()
             .find(|(r, _)| *r == id)
             .map(|(_, l)| l)
             .or_else(|| self.by_labels.iter().find(|(_, v)| **v == id).map(|(l, _)| l.clone()))
+            .or_else(|| self.cluster.get(&id).cloned())
             .or_else(|| self.cidrs.iter().find(|(_, v)| **v == id).map(|(c, _)| cidr_labels(c)))
     }
 
     /// Every identity, reserved first, then label identities by number.
     pub fn all(&self) -> Vec<(u32, Labels)> {
         let mut v = reserved_identities();
-        let mut labelled: Vec<(u32, Labels)> = self.by_labels.iter().map(|(l, id)| (*id, l.clone())).collect();
+        let mut labelled: Vec<(u32, Labels)> = self.labelled().map(|(id, l)| (id, l.clone())).collect();
         labelled.sort();
         v.extend(labelled);
         v.extend(self.cidrs.iter().map(|(c, id)| (*id, cidr_labels(c))));
         v
     }
 
-    /// Label identities only (what pod selectors can match).
+    /// Label identities only (what pod selectors can match): this node's,
+    /// and in cluster mode every other node's.
     pub fn labelled(&self) -> impl Iterator<Item = (u32, &Labels)> + Clone {
-        self.by_labels.iter().map(|(l, id)| (*id, l))
+        let cluster = &self.cluster;
+        self.cluster
+            .iter()
+            .map(|(id, l)| (*id, l))
+            .chain(self.by_labels.iter().map(|(l, id)| (*id, l)).filter(move |(id, _)| !cluster.contains_key(id)))
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod compile;
 pub mod daemon;
 pub mod dnsrules;

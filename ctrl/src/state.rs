@@ -67,6 +67,9 @@ struct NodeState {
     #[serde(default)]
     cidr_identities: Vec<(palisade_policy::Cidr, u32)>,
     next_cidr_identity: u32,
+    /// Cluster mode: the cluster's label identities as last seen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    cluster_identities: Vec<(u32, Labels)>,
 }
 
 /// The state directory: `node.json`, one file per endpoint under
@@ -144,12 +147,13 @@ impl StateFile {
             w.endpoints = endpoints.iter().map(|e| (e.name.clone(), e.clone())).collect();
             w.policies = policies.iter().map(|p| (p.key(), p.clone())).collect();
         }
-        let identities = IdentityAllocator::from_parts(
+        let mut identities = IdentityAllocator::from_parts(
             endpoints.iter().map(|e| (e.labels.clone(), e.identity)),
             node.next_label_identity,
             node.cidr_identities,
             node.next_cidr_identity,
         );
+        identities.set_cluster(node.cluster_identities.into_iter().collect());
         Ok(Store {
             endpoints: endpoints.into_iter().map(|e| (e.name.clone(), e)).collect(),
             policies: policies.into_iter().map(|p| (p.key(), p)).collect(),
@@ -204,6 +208,7 @@ impl StateFile {
             next_label_identity,
             cidr_identities,
             next_cidr_identity,
+            cluster_identities: s.identities.cluster().iter().map(|(id, l)| (*id, l.clone())).collect(),
         };
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
         Self::sync_objects(&self.dir.join("endpoints"), &mut w.endpoints, &s.endpoints, endpoint_file)?;

@@ -359,7 +359,7 @@ pub fn status(d: &Daemon) -> Result<Value> {
         .map(|c| json!({ "reason": c.reason.description(), "drop": c.reason.is_drop(), "direction": dir_name(c.direction), "packets": c.packets, "bytes": c.bytes }))
         .collect();
     Ok(json!({
-        "mode": "standalone",
+        "mode": if d.cluster.is_some() { "cluster" } else { "standalone" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_s": crate::daemon::now_unix().saturating_sub(d.started_unix),
         "bpf_dir": d.dp.bpf_dir().display().to_string(),
@@ -377,7 +377,53 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "counters": counters,
         "flows": { "lost": lost, "suppressed": suppressed, "ring": crate::flows::ring_dir(&d.cfg.state_dir).join("datapath.ring").display().to_string() },
         "dns_proxy": dns_proxy_status(d),
+        "cluster": cluster_status(d),
     }))
+}
+
+/// Cluster mode as this node sees it: palisade-ctrl's etcd link (identities,
+/// policies) and palisade-ipcache-sync's (endpoints, nodes), from its
+/// status file.
+fn cluster_status(d: &Daemon) -> Value {
+    let Some(c) = &d.cluster else { return Value::Null };
+    let st = c.status();
+    let sync = palisade_cluster::status::read(&d.cfg.state_dir);
+    let sync_age_s = sync.as_ref().map(|s| palisade_cluster::status::now_ms().saturating_sub(s.updated_unix_ms) / 1000);
+    json!({
+        "node": c.node,
+        "etcd_endpoints": c.cfg.redacted_endpoints(),
+        "connected": st.connected,
+        "revision": st.revision.max(sync.as_ref().map_or(0, |s| s.revision)),
+        "error": st.error,
+        "lease_id": st.lease_id,
+        "lease_regrants": st.lease_regrants,
+        "cluster_identities": d.store.identities.cluster().len(),
+        "identities_collected": st.identities_collected,
+        "ipcache_sync": match (&sync, sync_age_s) {
+            (Some(s), Some(age)) => json!({
+                "state": if age <= 5 { "running" } else { "not running (status stale)" },
+                "connected": s.connected,
+                "error": s.error,
+                "revision": s.revision,
+                "published_endpoints": s.published_endpoints,
+                "remote_endpoints": s.remote_endpoints,
+                "nodes": s.nodes.len(),
+                "last_sync_lag_ms": s.last_sync_lag_ms,
+                "resyncs": s.resyncs,
+                "lease_regrants": s.lease_regrants,
+                "etcd_requests": s.etcd_requests,
+            }),
+            _ => json!({ "state": "not seen (no status file in the state directory)" }),
+        },
+    })
+}
+
+/// `palisade node list`: the nodes palisade-ipcache-sync knows.
+pub fn nodes(d: &Daemon) -> Result<Value> {
+    let Some(c) = &d.cluster else { anyhow::bail!("this node runs standalone (no --etcd-endpoints): there is no node list") };
+    let sync = palisade_cluster::status::read(&d.cfg.state_dir)
+        .ok_or_else(|| anyhow::anyhow!("palisade-ipcache-sync has not written its status yet (is it running for node {}?)", c.node))?;
+    Ok(serde_json::to_value(&sync.nodes)?)
 }
 
 /// palisade-dnsproxy as the agent sees it: its port, whether its counters

@@ -319,9 +319,10 @@ impl Installer {
         let now = now_ms();
         let rules = self.rules.get();
         self.rules_gen = rules.generation;
-        // Endpoints no longer in the rules lose their cache (ep ids are not
-        // reused, an endpoint that lost its DNS rules re-learns).
-        self.cache.retain(|(ep, _), _| rules.by_ep.contains_key(ep));
+        // Endpoints gone, or without DNS and toFQDNs rules, lose their
+        // cache (ep ids are not reused; an endpoint that lost its rules
+        // re-learns).
+        self.cache.retain(|(ep, _), _| rules.by_ep.get(ep).is_some_and(|r| r.has_dns_rules() || !r.fqdn.is_empty()));
         let eps: HashSet<u32> = self.installed.keys().copied().chain(self.cache.keys().map(|(e, _)| *e)).collect();
         for ep in eps {
             self.reconcile(ep, now);

@@ -70,21 +70,9 @@ pub struct Args {
 }
 
 fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
-    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok();
-    let mut watching = false;
+    let mut w = palisade_snapshot::DirWatch::new(dir);
     loop {
-        if let (Some(i), false) = (&inotify, watching) {
-            watching = i.add_watch(dir, AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE).is_ok();
-        }
-        match (&inotify, watching) {
-            (Some(i), true) => {
-                let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(i), nix::poll::PollFlags::POLLIN)];
-                let _ = nix::poll::poll(&mut fds, 1000u16);
-                let _ = i.read_events();
-            }
-            _ => std::thread::sleep(Duration::from_millis(1000)),
-        }
+        w.wait(Duration::from_millis(1000));
         rules.refresh();
     }
 }

@@ -13,11 +13,13 @@
 
 mod file;
 mod types;
+mod watch;
 
 pub use file::{read, write, FileId, Mapped};
 /// Archived collection types readers walk.
 pub use rkyv;
 pub use types::*;
+pub use watch::DirWatch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

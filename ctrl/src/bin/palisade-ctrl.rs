@@ -1,9 +1,13 @@
 //! `palisade-ctrl`: the node agent. Loads the datapath, restores state and
 //! serves the API; exits 64 on bad configuration.
-use clap::Parser;
-
 fn main() {
-    let args = palisade_ctrl::agent::Args::parse();
+    let args = match palisade_ctrl::agent::parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("palisade-ctrl: {e:#}");
+            std::process::exit(64);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)

@@ -1,0 +1,417 @@
+//! palisade-ctrl in cluster mode: identities allocated through etcd and
+//! referenced under this node's lease, the cluster's identities and
+//! policies watched and fed to the daemon, and policies written to etcd on
+//! `policy apply`.
+//!
+//! Threads: a small tokio runtime runs the etcd work (lease keep-alive,
+//! two list+watch loops, the identity collector). It never takes the
+//! daemon's lock; it hands updates over a channel to one std thread that
+//! does. The daemon calls into etcd (allocate, store a policy) from its API
+//! thread with `block_on`, bounded by a timeout, so an outage turns into a
+//! clear error within seconds while everything already known keeps being
+//! enforced.
+use std::{
+    collections::BTreeMap,
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use palisade_cluster::{identity, keys, listwatch, EtcdConfig};
+use palisade_policy::{Labels, Policy};
+use serde::Serialize;
+
+/// What the watch loops hand to the daemon.
+#[derive(Debug)]
+pub enum Event {
+    Identities(listwatch::Update),
+    Policies(listwatch::Update),
+    /// After a lost lease, an identity this node uses could not be
+    /// referenced under its old number (it was collected meanwhile) and
+    /// got a new one.
+    IdentityMoved { labels: Labels, old: u32, new: u32 },
+}
+
+/// Connection state, for `palisade status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub connected: bool,
+    pub revision: i64,
+    pub lease_id: i64,
+    pub error: Option<String>,
+    /// Times the lease was lost and granted again.
+    pub lease_regrants: u64,
+    pub identities_collected: u64,
+}
+
+pub struct Cluster {
+    rt: tokio::runtime::Runtime,
+    client: Client,
+    pub node: String,
+    pub cfg: EtcdConfig,
+    lease: Arc<Mutex<Option<i64>>>,
+    /// Identities this node references (those its endpoints hold).
+    held: Arc<Mutex<BTreeMap<u32, Labels>>>,
+    pub status: Arc<Mutex<Status>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    /// Starts the etcd side; `held` are the identities local endpoints
+    /// hold now (restored from the state directory). Returns at once, also
+    /// when etcd is down: the loops retry.
+    pub fn start(cfg: EtcdConfig, node: String, held: BTreeMap<u32, Labels>, gc_every: Duration, tx: mpsc::Sender<Event>) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("etcd")
+            .enable_all()
+            .build()
+            .context("starting the etcd client runtime")?;
+        let client = rt.block_on(cfg.connect())?;
+        let c = Self {
+            rt,
+            client,
+            node,
+            cfg,
+            lease: Arc::new(Mutex::new(None)),
+            held: Arc::new(Mutex::new(held)),
+            status: Arc::new(Mutex::new(Status::default())),
+        };
+        c.spawn_lease(tx.clone());
+        for (prefix, wrap) in [
+            (keys::IDENTITY_IDS, Event::Identities as fn(listwatch::Update) -> Event),
+            (keys::POLICIES, Event::Policies as fn(listwatch::Update) -> Event),
+        ] {
+            let (tx, status, status2) = (tx.clone(), c.status.clone(), c.status.clone());
+            c.rt.spawn(listwatch::run(
+                c.client.clone(),
+                prefix.to_string(),
+                move |u| {
+                    let _ = tx.send(wrap(u));
+                },
+                move |l| match l {
+                    listwatch::Link::Up { revision } => {
+                        let mut s = lock(&status);
+                        s.connected = true;
+                        s.revision = s.revision.max(revision);
+                        s.error = None;
+                    }
+                    listwatch::Link::Down { error } => {
+                        let mut s = lock(&status2);
+                        if s.connected || s.error.is_none() {
+                            tracing::warn!(%error, "etcd watch lost; enforcing the last known state and retrying");
+                        }
+                        s.connected = false;
+                        s.error = Some(error);
+                    }
+                },
+            ));
+        }
+        let (client, status) = (c.client.clone(), c.status.clone());
+        c.rt.spawn(async move {
+            let mut client = client;
+            loop {
+                tokio::time::sleep(gc_every).await;
+                match identity::sweep(&mut client).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(collected = n, "unreferenced identities collected");
+                        lock(&status).identities_collected += n as u64;
+                    }
+                    Err(e) => tracing::debug!("identity sweep: {e:#}"),
+                }
+            }
+        });
+        Ok(c)
+    }
+
+    /// Grants the lease, (re)references every held identity under it,
+    /// keeps it alive; on loss (expired during an outage) starts over.
+    fn spawn_lease(&self, tx: mpsc::Sender<Event>) {
+        let (mut client, lease, held, status, node) =
+            (self.client.clone(), self.lease.clone(), self.held.clone(), self.status.clone(), self.node.clone());
+        let ttl = self.cfg.lease_ttl;
+        self.rt.spawn(async move {
+            let mut first = true;
+            loop {
+                let id = match client.lease_grant(ttl.as_secs() as i64, None).await {
+                    Ok(r) => r.id(),
+                    Err(e) => {
+                        lock(&status).error = Some(palisade_cluster::etcd::describe(&e));
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                if !first {
+                    lock(&status).lease_regrants += 1;
+                    tracing::warn!(lease = id, "etcd lease was lost; granted a new one and referencing this node's identities again");
+                }
+                first = false;
+                // References before the lease is offered to allocations,
+                // so a reference is never left on a dead lease.
+                let want: Vec<(u32, Labels)> = lock(&held).iter().map(|(i, l)| (*i, l.clone())).collect();
+                let mut ok = true;
+                for (old, labels) in want {
+                    match identity::reference(&mut client, &labels, &node, id, old).await {
+                        Ok(new) if new == old => {}
+                        Ok(new) => {
+                            let mut h = lock(&held);
+                            h.remove(&old);
+                            h.insert(new, labels.clone());
+                            let _ = tx.send(Event::IdentityMoved { labels, old, new });
+                        }
+                        Err(e) => {
+                            tracing::warn!("referencing identity {old}: {e:#}");
+                            ok = false;
+                            break;
+                        }
+                    }
+                }
+                if !ok {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                *lock(&lease) = Some(id);
+                lock(&status).lease_id = id;
+                keep_alive(&mut client, id, ttl).await;
+                *lock(&lease) = None;
+            }
+        });
+    }
+
+    /// The cluster's identity for `labels`, referenced by this node.
+    /// `hint`: one past the highest identity known.
+    pub fn allocate(&self, labels: &Labels, hint: u32) -> Result<u32> {
+        let lease = lock(&self.lease).ok_or_else(|| anyhow!("not connected to etcd (no lease yet)"))?;
+        let mut client = self.client.clone();
+        let id = self.block_on(identity::reference(&mut client, labels, &self.node, lease, hint))?;
+        lock(&self.held).insert(id, labels.clone());
+        Ok(id)
+    }
+
+    /// Records that this node uses `id` without asking etcd (etcd is down;
+    /// the number came from the last view). The lease loop references it
+    /// when etcd is back.
+    pub fn hold(&self, id: u32, labels: &Labels) {
+        lock(&self.held).insert(id, labels.clone());
+    }
+
+    /// Drops this node's reference to `id` (in the background; a failure
+    /// leaves the reference until the lease goes).
+    pub fn release(&self, id: u32) {
+        lock(&self.held).remove(&id);
+        let (mut client, node) = (self.client.clone(), self.node.clone());
+        self.rt.spawn(async move {
+            if let Err(e) = identity::release(&mut client, id, &node).await {
+                tracing::debug!("releasing identity {id}: {e:#}");
+            }
+        });
+    }
+
+    /// Stores policies in etcd, all or none: each as the object the
+    /// operator wrote (JSON), which every node parses and validates itself.
+    pub fn put_policies(&self, policies: &[Policy]) -> Result<i64> {
+        let ops: Vec<TxnOp> = policies
+            .iter()
+            .map(|p| Ok(TxnOp::put(keys::policy(&p.key()), serde_json::to_vec(&p.source)?, None::<PutOptions>)))
+            .collect::<Result<_>>()?;
+        let mut client = self.client.clone();
+        let r = self.block_on(async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) })?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    /// Deletes policies from etcd, all or none.
+    pub fn delete_policies(&self, keys_: &[String]) -> Result<i64> {
+        let ops: Vec<TxnOp> = keys_.iter().map(|k| TxnOp::delete(keys::policy(k), None)).collect();
+        let mut client = self.client.clone();
+        let r = self.block_on(async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) })?;
+        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let limit = self.cfg.request_timeout * 2;
+        self.rt.block_on(async move { tokio::time::timeout(limit, f).await.map_err(|_| anyhow!("etcd did not answer within {limit:?}"))? })
+    }
+
+    pub fn status(&self) -> Status {
+        lock(&self.status).clone()
+    }
+}
+
+/// Keeps `lease` alive until it is lost: expired (etcd answers TTL 0) or
+/// unrenewed for longer than its TTL.
+async fn keep_alive(client: &mut Client, lease: i64, ttl: Duration) {
+    let every = (ttl / 3).max(Duration::from_millis(300));
+    let mut last_ok = Instant::now();
+    loop {
+        let r = async {
+            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+            loop {
+                keeper.keep_alive().await?;
+                match stream.message().await? {
+                    Some(m) if m.ttl() > 0 => {}
+                    _ => return Ok::<bool, etcd_client::Error>(false),
+                }
+                last_ok = Instant::now();
+                tokio::time::sleep(every).await;
+            }
+        }
+        .await;
+        match r {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::debug!("lease keep-alive: {}", palisade_cluster::etcd::describe(&e)),
+        }
+        if last_ok.elapsed() > ttl {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Parses a policy as etcd holds it (the operator's object, JSON), with the
+/// same validation as `policy apply`; it must be stored under its own key.
+pub fn parse_stored_policy(key: &str, value: &[u8]) -> Result<Policy> {
+    let name = key.strip_prefix(keys::POLICIES).ok_or_else(|| anyhow!("{key}: not a policy key"))?;
+    let text = std::str::from_utf8(value).map_err(|_| anyhow!("etcd {key}: not UTF-8"))?;
+    let mut ps = palisade_policy::parse_policies(&format!("etcd:{key}"), text)?;
+    if ps.len() != 1 || ps[0].key() != name {
+        anyhow::bail!("etcd {key}: expected one policy named {name}");
+    }
+    Ok(ps.remove(0))
+}
+
+impl crate::daemon::Daemon {
+    /// Applies what the watches saw: the cluster's identities and policies
+    /// replace this node's view (a bad stored policy is reported and its
+    /// last good version kept), then one recompile of the endpoints the
+    /// changes can reach.
+    pub fn cluster_events(&mut self, events: Vec<Event>) -> Result<()> {
+        use listwatch::Update;
+        let before = self.store.policies.clone();
+        let mut policy_keys = std::collections::BTreeSet::new();
+        let mut labels_changed = Vec::new();
+        let mut moved = false;
+        for ev in events {
+            match ev {
+                Event::Identities(u) => {
+                    let mut now = self.store.identities.cluster().clone();
+                    match u {
+                        Update::Reset { items, .. } => now = items.iter().filter_map(|(k, v)| identity::parse_id(k, v)).collect(),
+                        Update::Put { key, value, .. } => match identity::parse_id(&key, &value) {
+                            Some((id, l)) => {
+                                now.insert(id, l);
+                            }
+                            None => tracing::warn!(%key, "etcd: not an identity; ignored"),
+                        },
+                        Update::Delete { key, .. } => {
+                            if let Some(id) = key.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok()) {
+                                now.remove(&id);
+                            }
+                        }
+                    }
+                    labels_changed.extend(self.store.identities.set_cluster(now));
+                }
+                Event::Policies(u) => match u {
+                    Update::Reset { items, .. } => {
+                        let mut next = BTreeMap::new();
+                        for (k, v) in items {
+                            match parse_stored_policy(&k, &v) {
+                                Ok(p) => {
+                                    next.insert(p.key(), p);
+                                }
+                                Err(e) => {
+                                    tracing::error!("{e:#}; keeping this node's last good version");
+                                    let name = k.strip_prefix(keys::POLICIES).unwrap_or(&k).to_string();
+                                    if let Some(old) = self.store.policies.get(&name) {
+                                        next.insert(name, old.clone());
+                                    }
+                                }
+                            }
+                        }
+                        for k in self.store.policies.keys().chain(next.keys()) {
+                            if self.store.policies.get(k) != next.get(k) {
+                                policy_keys.insert(k.clone());
+                            }
+                        }
+                        self.store.policies = next;
+                    }
+                    Update::Put { key, value, .. } => match parse_stored_policy(&key, &value) {
+                        Ok(p) => {
+                            if self.store.policies.get(&p.key()) != Some(&p) {
+                                policy_keys.insert(p.key());
+                                self.store.policies.insert(p.key(), p);
+                            }
+                        }
+                        Err(e) => tracing::error!("{e:#}; keeping this node's last good version"),
+                    },
+                    Update::Delete { key, .. } => {
+                        let name = key.strip_prefix(keys::POLICIES).unwrap_or(&key).to_string();
+                        if self.store.policies.remove(&name).is_some() {
+                            policy_keys.insert(name);
+                        }
+                    }
+                },
+                Event::IdentityMoved { labels, old, new } => {
+                    tracing::warn!(old, new, %labels, "identity renumbered after the lease was lost");
+                    self.store.identities.insert(&labels, new);
+                    let names: Vec<String> =
+                        self.store.endpoints.values().filter(|e| e.identity == old && e.labels == labels).map(|e| e.name.clone()).collect();
+                    for n in names {
+                        let ep = self.store.endpoints.get_mut(&n).expect("listed");
+                        ep.identity = new;
+                        let ep = ep.clone();
+                        self.write_endpoint_entries(&ep)?;
+                    }
+                    moved = true;
+                }
+            }
+        }
+        if policy_keys.is_empty() && labels_changed.is_empty() && !moved {
+            return Ok(());
+        }
+        let keys_: Vec<String> = policy_keys.into_iter().collect();
+        let scope = if moved {
+            crate::daemon::Scope::All
+        } else {
+            match self.change_scope(&before, &keys_) {
+                crate::daemon::Scope::All => crate::daemon::Scope::All,
+                crate::daemon::Scope::Endpoints(mut eps) => {
+                    eps.extend(self.label_scope(&labels_changed));
+                    crate::daemon::Scope::Endpoints(eps)
+                }
+            }
+        };
+        self.state.save(&self.store)?;
+        let (put, deleted) = self.sync_scope(&scope)?;
+        tracing::info!(policies = keys_.len(), identities = labels_changed.len(), put, deleted, "cluster state applied");
+        Ok(())
+    }
+}
+
+/// The thread that applies watch updates to the daemon, a batch at a time.
+pub fn spawn_apply(rx: mpsc::Receiver<Event>, daemon: Arc<Mutex<crate::daemon::Daemon>>, version: Arc<std::sync::atomic::AtomicU64>) -> Result<()> {
+    std::thread::Builder::new().name("cluster-apply".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let mut d = lock(&daemon);
+            if let Err(e) = d.cluster_events(batch) {
+                tracing::error!("applying cluster state: {e:#}");
+            }
+            version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    })?;
+    Ok(())
+}
+
+impl crate::daemon::Daemon {
+    /// Identities this node's endpoints hold (what it references in etcd).
+    pub fn local_identities(&self) -> BTreeMap<u32, Labels> {
+        self.store.endpoints.values().map(|e| (e.identity, e.labels.clone())).collect()
+    }
+}

@@ -1,0 +1,569 @@
+//! palisade-ipcache-sync: the node's link to the cluster's endpoints.
+//!
+//! It is the only writer of two key spaces: this node's keys in etcd
+//! (`ipcache/<ip>` for each local endpoint, `nodes/<node>`, all under its
+//! lease) and the remote entries of the local ipcache map (`node_id` ≠ 0;
+//! palisade-ctrl owns the rest). It reads the local endpoints from
+//! palisade-ctrl's `policy.snap` (memory-mapped, reloaded on inotify) and
+//! the other nodes' from etcd (list, then watch from the next revision).
+//!
+//! Failure behaviour, by design:
+//! - etcd away: the ipcache keeps every entry (no flush, no fail-open);
+//!   when etcd returns, a full list replaces the view and only the
+//!   difference reaches the map.
+//! - lease lost (expired during an outage): a new lease, every key put
+//!   again.
+//! - restart: the remote entries already in the map stay until the first
+//!   full list of both endpoints and nodes says otherwise; this node's
+//!   keys are put under a new lease before the previous lease (recorded in
+//!   the state directory) is revoked, which removes only keys no longer
+//!   published. So a restart changes no verdict anywhere.
+#![forbid(unsafe_code)]
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use etcd_client::{Client, PutOptions, Txn, TxnOp};
+use palisade_bpf::{pinned::RemoteIpcache, IpcacheValue};
+use palisade_cluster::{
+    keys::{self, IpcacheRecord, NodeRecord},
+    listwatch::{self, Link, Update},
+    status::{now_ms, NodeView, SyncStatus},
+    EtcdConfig,
+};
+use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade-ipcache-sync",
+    version,
+    about = "Palisade cluster sync: publishes this node's endpoints in etcd under a lease and applies the other nodes' endpoints to the local ipcache"
+)]
+pub struct Args {
+    /// YAML file of settings: keys are these flags' long names; flags on
+    /// the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in the cluster (as given to palisade-ctrl).
+    #[arg(long, env = "PALISADE_NODE_NAME")]
+    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub etcd: palisade_cluster::EtcdArgs,
+    /// bpffs directory of palisade-ctrl's pinned maps
+    /// [default: /sys/fs/bpf/palisade/NODE]
+    #[arg(long, env = "PALISADE_BPF_DIR")]
+    pub bpf_dir: Option<PathBuf>,
+    /// palisade-ctrl's state directory (policy.snap; this process keeps
+    /// its files under ipcache-sync/) [default: /var/lib/palisade/NODE]
+    #[arg(long, env = "PALISADE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// A configuration error: the process exits 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+pub fn parse_args() -> Result<Args> {
+    use clap::CommandFactory;
+    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    Ok(Args::parse_from(argv))
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let node = a.node_name.clone().ok_or_else(|| ConfigError("--node-name is required".into()))?;
+    keys::validate_node_name(&node).map_err(ConfigError)?;
+    let etcd = a
+        .etcd
+        .config()
+        .map_err(|e| ConfigError(format!("{e:#}")))?
+        .ok_or_else(|| ConfigError("--etcd-endpoints is required (palisade-ipcache-sync only runs in cluster mode)".into()))?;
+    let (bpf_dir, state_dir, _) = palisade_cluster::config::node_paths(Some(&node), a.bpf_dir.clone(), a.state_dir.clone(), None);
+    std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(async move {
+        let map = open_map(&bpf_dir).await;
+        let client = etcd.connect().await?;
+        tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), bpf_dir = %bpf_dir.display(), "palisade-ipcache-sync started");
+        Sync::new(node, etcd, client, map, state_dir).run().await
+    })
+}
+
+/// Waits for palisade-ctrl's pinned ipcache.
+async fn open_map(bpf_dir: &Path) -> RemoteIpcache {
+    let mut said = false;
+    loop {
+        match RemoteIpcache::open(bpf_dir) {
+            Ok(m) => return m,
+            Err(e) => {
+                if !said {
+                    tracing::info!("waiting for palisade-ctrl's maps: {e}");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+enum Ev {
+    Snapshot,
+    Ipcache(Update),
+    Nodes(Update),
+    Link(Link),
+}
+
+/// A local endpoint as published: (identity, name).
+type Local = BTreeMap<Ipv4Addr, (u32, String)>;
+
+struct Lease {
+    id: i64,
+    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+    renewed: Instant,
+}
+
+struct Sync {
+    node: String,
+    node_id: u32,
+    cfg: EtcdConfig,
+    client: Client,
+    map: RemoteIpcache,
+    state_dir: PathBuf,
+    snap_id: Option<FileId>,
+    /// None until policy.snap was read once: nothing is published (or
+    /// revoked) before this node's endpoints are known.
+    local: Option<Local>,
+    published: Local,
+    node_published: bool,
+    lease: Option<Lease>,
+    remote: BTreeMap<Ipv4Addr, IpcacheRecord>,
+    nodes: BTreeMap<String, NodeRecord>,
+    /// Full lists seen since start, for endpoints and for nodes: the map
+    /// is reconciled only once both are complete.
+    listed: (bool, bool),
+    status: SyncStatus,
+    requests: u64,
+}
+
+impl Sync {
+    fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf) -> Self {
+        let status = SyncStatus { node: node.clone(), pid: std::process::id(), etcd_endpoints: cfg.redacted_endpoints(), ..Default::default() };
+        Self {
+            node_id: keys::node_id(&node),
+            node,
+            cfg,
+            client,
+            map,
+            state_dir,
+            snap_id: None,
+            local: None,
+            published: Local::new(),
+            node_published: false,
+            lease: None,
+            remote: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            listed: (false, false),
+            status,
+            requests: 0,
+        }
+    }
+
+    async fn run(mut self) -> Result<()> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        {
+            let (tx, dir) = (tx.clone(), self.state_dir.clone());
+            std::thread::Builder::new().name("snapshot-watch".into()).spawn(move || {
+                let mut w = palisade_snapshot::DirWatch::new(dir);
+                loop {
+                    if tx.send(Ev::Snapshot).is_err() {
+                        return;
+                    }
+                    w.wait(Duration::from_secs(1));
+                }
+            })?;
+        }
+        for (prefix, wrap) in [(keys::IPCACHE, Ev::Ipcache as fn(Update) -> Ev), (keys::NODES, Ev::Nodes as fn(Update) -> Ev)] {
+            let (tx, tx2) = (tx.clone(), tx.clone());
+            tokio::spawn(listwatch::run(
+                self.client.clone(),
+                prefix.to_string(),
+                move |u| {
+                    let _ = tx.send(wrap(u));
+                },
+                move |l| {
+                    let _ = tx2.send(Ev::Link(l));
+                },
+            ));
+        }
+        println!("ready");
+        let tick_every = (self.cfg.lease_ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(5));
+        let mut tick = tokio::time::interval(tick_every);
+        let mut status_tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                Some(ev) = rx.recv() => {
+                    let mut batch = vec![ev];
+                    while let Ok(e) = rx.try_recv() {
+                        batch.push(e);
+                    }
+                    self.handle(batch).await;
+                }
+                _ = tick.tick() => self.lease_tick().await,
+                _ = status_tick.tick() => self.write_status(),
+            }
+        }
+    }
+
+    async fn handle(&mut self, batch: Vec<Ev>) {
+        let mut snapshot = false;
+        let mut changed: Vec<Ipv4Addr> = Vec::new();
+        let mut full = false;
+        for ev in batch {
+            match ev {
+                Ev::Snapshot => snapshot = true,
+                Ev::Link(Link::Up { revision }) => {
+                    self.status.connected = true;
+                    self.status.error = None;
+                    self.status.revision = self.status.revision.max(revision);
+                }
+                Ev::Link(Link::Down { error }) => {
+                    if self.status.connected {
+                        tracing::warn!(%error, "etcd watch lost; the ipcache keeps its entries, retrying");
+                        self.status.resyncs += 1;
+                    }
+                    self.status.connected = false;
+                    self.status.error = Some(error);
+                }
+                Ev::Ipcache(Update::Reset { items, .. }) => {
+                    self.remote = items.iter().filter_map(|(k, v)| parse_ipcache(k, v)).collect();
+                    self.listed.0 = true;
+                    full = true;
+                }
+                Ev::Ipcache(Update::Put { key, value, .. }) => {
+                    if let Some((ip, rec)) = parse_ipcache(&key, &value) {
+                        if rec.node != self.node && rec.published_unix_ms > 0 {
+                            self.status.last_sync_lag_ms = Some(now_ms().saturating_sub(rec.published_unix_ms) as f64);
+                        }
+                        self.remote.insert(ip, rec);
+                        changed.push(ip);
+                    } else {
+                        tracing::warn!(%key, "etcd: not an ipcache record; ignored");
+                    }
+                }
+                Ev::Ipcache(Update::Delete { key, .. }) => {
+                    if let Some(ip) = key.strip_prefix(keys::IPCACHE).and_then(|s| s.parse().ok()) {
+                        self.remote.remove(&ip);
+                        changed.push(ip);
+                    }
+                }
+                Ev::Nodes(Update::Reset { items, .. }) => {
+                    self.nodes = items.iter().filter_map(|(k, v)| parse_node(k, v)).collect();
+                    self.listed.1 = true;
+                    full = true;
+                }
+                Ev::Nodes(Update::Put { key, value, .. }) => {
+                    if let Some((name, rec)) = parse_node(&key, &value) {
+                        changed.extend(self.nodes.get(&name).map(|r| r.addresses.clone()).unwrap_or_default());
+                        changed.extend(rec.addresses.iter().copied());
+                        self.nodes.insert(name, rec);
+                    }
+                }
+                Ev::Nodes(Update::Delete { key, .. }) => {
+                    if let Some(rec) = self.nodes.remove(key.strip_prefix(keys::NODES).unwrap_or(&key)) {
+                        changed.extend(rec.addresses);
+                    }
+                }
+            }
+        }
+        if snapshot {
+            self.reload_local();
+        }
+        if self.listed.0 && self.listed.1 {
+            if full {
+                self.reconcile_map();
+            } else {
+                let want = self.desired();
+                for ip in changed {
+                    self.apply_one(ip, want.get(&ip).copied());
+                }
+            }
+        }
+        if snapshot || full {
+            self.publish().await;
+        }
+    }
+
+    /// Re-reads policy.snap when it was replaced.
+    fn reload_local(&mut self) {
+        let path = self.state_dir.join(PolicySnapshot::FILE);
+        let id = FileId::of(&path);
+        if id.is_none() || id == self.snap_id {
+            return;
+        }
+        match Mapped::open::<PolicySnapshot>(&path) {
+            Ok(Some(m)) => {
+                let s = m.get::<PolicySnapshot>();
+                let local: Local =
+                    s.endpoints.iter().map(|e| (Ipv4Addr::from(e.ipv4), (e.identity.to_native(), e.name.as_str().to_string()))).collect();
+                self.snap_id = Some(m.id);
+                self.local = Some(local);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!("{e}; keeping the last published endpoints");
+                self.snap_id = id;
+            }
+        }
+    }
+
+    /// What the remote part of the ipcache should hold: the other nodes'
+    /// addresses (remote-node identity) and endpoints.
+    fn desired(&self) -> BTreeMap<Ipv4Addr, IpcacheValue> {
+        let mut want = BTreeMap::new();
+        for n in self.nodes.values().filter(|n| n.name != self.node) {
+            for a in &n.addresses {
+                want.insert(*a, IpcacheValue { identity: palisade_bpf::identity::REMOTE_NODE, node_id: n.node_id });
+            }
+        }
+        for (ip, r) in self.remote.iter().filter(|(_, r)| r.node != self.node) {
+            want.insert(*ip, IpcacheValue { identity: r.identity, node_id: keys::node_id(&r.node) });
+        }
+        want
+    }
+
+    fn apply_one(&self, ip: Ipv4Addr, want: Option<IpcacheValue>) {
+        let r = match want {
+            Some(v) => self.map.put_remote(ip, v).map(|_| ()),
+            None => self.map.delete_remote(ip),
+        };
+        if let Err(e) = r {
+            tracing::error!(%ip, "ipcache: {e}");
+        }
+    }
+
+    /// Full difference between the remote entries the map holds and the
+    /// cluster's view.
+    fn reconcile_map(&mut self) {
+        let want = self.desired();
+        let have: BTreeMap<Ipv4Addr, IpcacheValue> = self.map.remote_entries().into_iter().collect();
+        let (mut put, mut deleted) = (0, 0);
+        for (ip, v) in &want {
+            if have.get(ip) != Some(v) {
+                self.apply_one(*ip, Some(*v));
+                put += 1;
+            }
+        }
+        for ip in have.keys().filter(|ip| !want.contains_key(ip)) {
+            self.apply_one(*ip, None);
+            deleted += 1;
+        }
+        tracing::info!(remote = want.len(), put, deleted, "ipcache reconciled with the cluster");
+    }
+
+    /// Puts this node's record and endpoints under the lease, deletes the
+    /// ones gone. What fails stays different and is retried on the next
+    /// tick.
+    async fn publish(&mut self) {
+        let (Some(local), Some(lease)) = (&self.local, &self.lease) else { return };
+        let lease_id = lease.id;
+        let now = now_ms();
+        let mut ops = Vec::new();
+        if !self.node_published {
+            let rec = NodeRecord {
+                name: self.node.clone(),
+                node_id: self.node_id,
+                addresses: node_addresses(),
+                started_unix: now / 1000,
+            };
+            ops.push(TxnOp::put(keys::node(&self.node), serde_json::to_vec(&rec).expect("serializes"), Some(PutOptions::new().with_lease(lease_id))));
+        }
+        let mut changes: Vec<(Ipv4Addr, Option<(u32, String)>)> = Vec::new();
+        for (ip, v) in local {
+            if self.published.get(ip) != Some(v) {
+                let rec = IpcacheRecord { identity: v.0, node: self.node.clone(), name: v.1.clone(), published_unix_ms: now };
+                ops.push(TxnOp::put(keys::ipcache(*ip), serde_json::to_vec(&rec).expect("serializes"), Some(PutOptions::new().with_lease(lease_id))));
+                changes.push((*ip, Some(v.clone())));
+            }
+        }
+        for ip in self.published.keys().filter(|ip| !local.contains_key(ip)) {
+            ops.push(TxnOp::delete(keys::ipcache(*ip), None));
+            changes.push((*ip, None));
+        }
+        if ops.is_empty() {
+            return;
+        }
+        let node_first = !self.node_published;
+        // etcd's default limit is 128 operations per transaction.
+        let mut done = 0;
+        for chunk in ops.chunks(128) {
+            self.requests += 1;
+            let r = tokio::time::timeout(self.cfg.request_timeout, self.client.txn(Txn::new().and_then(chunk.to_vec()))).await;
+            match r {
+                Ok(Ok(_)) => done += chunk.len(),
+                Ok(Err(e)) => {
+                    self.status.error = Some(palisade_cluster::etcd::describe(&e));
+                    break;
+                }
+                Err(_) => {
+                    self.status.error = Some("etcd did not answer in time".into());
+                    break;
+                }
+            }
+        }
+        let mut applied = done;
+        if node_first && applied > 0 {
+            self.node_published = true;
+            applied -= 1;
+        }
+        for (ip, v) in changes.into_iter().take(applied) {
+            match v {
+                Some(v) => self.published.insert(ip, v),
+                None => self.published.remove(&ip),
+            };
+        }
+        tracing::debug!(ops = done, "published");
+    }
+
+    /// Keeps the lease alive; grants a new one (and republishes
+    /// everything) when there is none or it was lost.
+    async fn lease_tick(&mut self) {
+        if let Some(l) = &mut self.lease {
+            let ok = keep_alive_once(&mut self.client, l).await;
+            self.requests += 1;
+            match ok {
+                Ok(true) => l.renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::warn!(lease = l.id, "etcd lease expired; granting a new one and publishing again");
+                    self.lease = None;
+                    self.status.lease_regrants += 1;
+                }
+                Err(e) => {
+                    l.keeper = None;
+                    if l.renewed.elapsed() > self.cfg.lease_ttl {
+                        tracing::warn!(lease = l.id, "etcd lease not renewed for its whole TTL ({e}); will grant a new one");
+                        self.lease = None;
+                        self.status.lease_regrants += 1;
+                    }
+                }
+            }
+        }
+        if self.lease.is_none() && self.local.is_some() {
+            self.requests += 1;
+            match tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await {
+                Ok(Ok(r)) => {
+                    self.lease = Some(Lease { id: r.id(), keeper: None, renewed: Instant::now() });
+                    self.status.lease_id = r.id();
+                    self.published.clear();
+                    self.node_published = false;
+                    self.publish().await;
+                    if self.node_published && self.published.len() == self.local.as_ref().map_or(0, |l| l.len()) {
+                        self.retire_previous_lease(r.id()).await;
+                    }
+                }
+                Ok(Err(e)) => self.status.error = Some(palisade_cluster::etcd::describe(&e)),
+                Err(_) => self.status.error = Some("etcd did not answer in time".into()),
+            }
+        } else {
+            // Retry what a failed publish left.
+            self.publish().await;
+        }
+    }
+
+    /// Revokes the lease a previous run of this process held (its keys that
+    /// are still published moved to the new lease), and records the new one.
+    async fn retire_previous_lease(&mut self, new: i64) {
+        let path = self.state_dir.join("ipcache-sync/lease");
+        let old: Option<i64> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+        if let Some(old) = old.filter(|o| *o != new) {
+            self.requests += 1;
+            match self.client.lease_revoke(old).await {
+                Ok(_) => tracing::info!(lease = old, "previous lease revoked"),
+                Err(e) => tracing::debug!(lease = old, "previous lease: {}", palisade_cluster::etcd::describe(&e)),
+            }
+        }
+        if let Err(e) = std::fs::write(&path, new.to_string()) {
+            tracing::warn!("recording the lease in {}: {e}", path.display());
+        }
+    }
+
+    fn write_status(&mut self) {
+        let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in self.remote.values() {
+            *per_node.entry(r.node.as_str()).or_default() += 1;
+        }
+        let mut nodes: Vec<NodeView> = self
+            .nodes
+            .values()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                node_id: n.node_id,
+                addresses: n.addresses.clone(),
+                endpoints: if n.name == self.node { self.published.len() } else { per_node.get(n.name.as_str()).copied().unwrap_or(0) },
+                started_unix: n.started_unix,
+                this_node: n.name == self.node,
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        self.status.nodes = nodes;
+        self.status.published_endpoints = self.published.len();
+        self.status.remote_endpoints = self.remote.values().filter(|r| r.node != self.node).count();
+        self.status.updated_unix_ms = now_ms();
+        self.status.etcd_requests = self.requests;
+        let path = self.state_dir.join(palisade_cluster::status::STATUS_FILE);
+        let tmp = path.with_extension("json.tmp");
+        let r = std::fs::write(&tmp, serde_json::to_vec_pretty(&self.status).expect("serializes")).and_then(|_| std::fs::rename(&tmp, &path));
+        if let Err(e) = r {
+            tracing::warn!("writing {}: {e}", path.display());
+        }
+    }
+}
+
+/// One keep-alive round trip: Ok(false) when etcd says the lease is gone.
+async fn keep_alive_once(client: &mut Client, l: &mut Lease) -> Result<bool, String> {
+    let limit = Duration::from_secs(2);
+    if l.keeper.is_none() {
+        let k = tokio::time::timeout(limit, client.lease_keep_alive(l.id)).await.map_err(|_| "timeout".to_string())?;
+        l.keeper = Some(k.map_err(|e| palisade_cluster::etcd::describe(&e))?);
+    }
+    let (keeper, stream) = l.keeper.as_mut().expect("set above");
+    keeper.keep_alive().await.map_err(|e| palisade_cluster::etcd::describe(&e))?;
+    match tokio::time::timeout(limit, stream.message()).await.map_err(|_| "timeout".to_string())? {
+        Ok(Some(m)) => Ok(m.ttl() > 0),
+        Ok(None) => Err("keep-alive stream closed".into()),
+        Err(e) => Err(palisade_cluster::etcd::describe(&e)),
+    }
+}
+
+fn parse_ipcache(key: &str, value: &[u8]) -> Option<(Ipv4Addr, IpcacheRecord)> {
+    let ip = key.strip_prefix(keys::IPCACHE)?.parse().ok()?;
+    Some((ip, serde_json::from_slice(value).ok()?))
+}
+
+fn parse_node(key: &str, value: &[u8]) -> Option<(String, NodeRecord)> {
+    let name = key.strip_prefix(keys::NODES)?.to_string();
+    let rec: NodeRecord = serde_json::from_slice(value).ok()?;
+    (rec.name == name).then_some((name, rec))
+}
+
+/// The node's IPv4 addresses (not loopback), from `ip -j -4 addr`.
+fn node_addresses() -> Vec<Ipv4Addr> {
+    let out = std::process::Command::new("ip").args(["-j", "-4", "addr", "show"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let mut ips: Vec<Ipv4Addr> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .filter(|ip: &Ipv4Addr| !ip.is_loopback() && !ip.is_link_local())
+        .collect();
+    ips.sort();
+    ips
+}
