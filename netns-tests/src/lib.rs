@@ -18,6 +18,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod cluster;
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Directory holding the workspace binaries (palisade, palisade-ctrl, palisade-probe).
@@ -68,6 +70,8 @@ pub struct Node {
     ctrl_args: Vec<String>,
     dnsproxy: Option<Child>,
     dnsproxy_args: Vec<String>,
+    sync: Option<Child>,
+    sync_args: Vec<String>,
     pods: Vec<String>,
 }
 
@@ -78,12 +82,19 @@ impl Node {
 
     /// A node whose palisade-ctrl gets extra flags (kept across restarts).
     pub fn with_ctrl_args(args: &[&str]) -> Self {
+        let mut n = Self::bare(args);
+        n.start_ctrl();
+        n
+    }
+
+    /// A node namespace and directories, palisade-ctrl not started yet.
+    fn bare(args: &[&str]) -> Self {
         require_root();
         let tag = format!("pt{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
         let tmp = std::env::temp_dir().join(format!("palisade-{tag}"));
         std::fs::create_dir_all(&tmp).expect("tmp dir");
         let netns = format!("{tag}-node");
-        let mut n = Node {
+        let n = Node {
             bpf_dir: PathBuf::from(format!("/sys/fs/bpf/palisade-tests/{tag}")),
             socket: tmp.join("ctrl.sock"),
             tag,
@@ -93,11 +104,12 @@ impl Node {
             ctrl_args: args.iter().map(|a| a.to_string()).collect(),
             dnsproxy: None,
             dnsproxy_args: Vec::new(),
+            sync: None,
+            sync_args: Vec::new(),
             pods: Vec::new(),
         };
         sh(&["ip", "netns", "add", &netns]);
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
-        n.start_ctrl();
         n
     }
 
@@ -139,10 +151,45 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        let ctrl = std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default();
-        match std::fs::read_to_string(self.tmp.join("dnsproxy.log")) {
-            Ok(d) => format!("{ctrl}\n--- dnsproxy log ---\n{d}"),
-            Err(_) => ctrl,
+        let mut out = std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default();
+        for (name, file) in [("dnsproxy", "dnsproxy.log"), ("ipcache-sync", "sync.log")] {
+            if let Ok(d) = std::fs::read_to_string(self.tmp.join(file)) {
+                out += &format!("\n--- {name} log ---\n{d}");
+            }
+        }
+        out
+    }
+
+    /// Starts palisade-ipcache-sync in the node netns (flags kept across
+    /// restarts) and waits until it says ready.
+    pub fn start_sync(&mut self, args: &[&str]) {
+        assert!(self.sync.is_none(), "ipcache-sync already running");
+        if !args.is_empty() {
+            self.sync_args = args.iter().map(|a| a.to_string()).collect();
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("sync.log")).expect("log file");
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(bin("palisade-ipcache-sync"))
+            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
+            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
+            .args(&self.sync_args)
+            .env("PALISADE_LOG", "info,palisade_ipcache_sync=debug")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn palisade-ipcache-sync");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ipcache-sync output");
+        assert_eq!(line.trim(), "ready", "palisade-ipcache-sync did not start: {}", self.log());
+        self.sync = Some(child);
+    }
+
+    /// Kills palisade-ipcache-sync (SIGKILL: a crash, not a clean stop).
+    pub fn kill_sync(&mut self) {
+        if let Some(mut c) = self.sync.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -396,6 +443,7 @@ impl Default for Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        self.kill_sync();
         self.kill_dnsproxy();
         self.kill_ctrl();
         for p in self.pods.drain(..) {

@@ -1,0 +1,231 @@
+//! Several nodes on one machine, joined by a real etcd.
+//!
+//! Layout (every name carries the test's tag):
+//! - an underlay namespace with a bridge (172.31.0.1/24) where a real
+//!   `etcd` (Debian's etcd-server) listens on 172.31.0.1:2379;
+//! - node *i*: a [`Node`] namespace with `ul0` = 172.31.0.(10+i) on the
+//!   bridge, pod CIDR 10.210.*i*.0/24, a route to every other node's pod
+//!   CIDR through that node's underlay address, and its own palisade-ctrl
+//!   and palisade-ipcache-sync (`--node-name node-i`).
+//!
+//! All of it lives inside namespaces the test created; nothing is routed
+//! outside them. Dropping the cluster stops every process by PID and
+//! removes every namespace and directory.
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use crate::{require_root, run, sh, Node, COUNTER};
+
+/// The bridge address etcd listens on.
+pub const ETCD_IP: &str = "172.31.0.1";
+
+/// A real etcd in a namespace; stop and start it again to simulate an outage.
+pub struct Etcd {
+    child: Option<Child>,
+    pub netns: String,
+    pub url: String,
+    data: PathBuf,
+    ip: String,
+}
+
+impl Etcd {
+    /// Starts etcd in `netns` on `ip`:2379 (client) with a fresh data dir.
+    pub fn start(netns: &str, ip: &str, data: PathBuf) -> Self {
+        std::fs::create_dir_all(&data).expect("etcd data dir");
+        let mut e = Etcd { child: None, netns: netns.to_string(), url: format!("http://{ip}:2379"), data, ip: ip.to_string() };
+        e.resume();
+        e
+    }
+
+    /// Starts the server (again, on the same data).
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "etcd already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.with_extension("log")).expect("etcd log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "etcd", "--name", "e1", "--data-dir"])
+            .arg(self.data.join("member-data"))
+            .args(["--listen-client-urls", &format!("{},http://127.0.0.1:2379", self.url)])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "e1=http://127.0.0.1:2380", "--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd (scripts/setup.sh installs etcd-server)");
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            if self.ctl(&["endpoint", "health"]).status.success() {
+                return;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "etcd did not come up: {}", std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the server (SIGKILL), keeping its data.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs etcdctl (v3 API) against this server.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.netns, "etcdctl", "--endpoints", &format!("http://{}:2379", self.ip), "--dial-timeout=1s", "--command-timeout=3s"])
+            .args(args)
+            .env("ETCDCTL_API", "3"))
+    }
+
+    /// (key, value) of every key under `prefix`.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.ctl(&["get", "--prefix", prefix]);
+        assert!(out.status.success(), "etcdctl get: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines.chunks(2).filter(|c| c.len() == 2).map(|c| (c[0].to_string(), c[1].to_string())).collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An N-node cluster.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub etcd: Etcd,
+    pub underlay: String,
+    tmp: PathBuf,
+    lease_ttl: u64,
+}
+
+/// Node *i*'s underlay address.
+pub fn underlay_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 31, 0, 10 + i as u8)
+}
+
+impl Cluster {
+    /// `n` nodes (node-1 … node-n) with leases of `lease_ttl` seconds.
+    pub fn new(n: usize, lease_ttl: u64) -> Self {
+        require_root();
+        let tag = format!("pc{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
+        let underlay = format!("{tag}-ul");
+        let tmp = std::env::temp_dir().join(format!("palisade-{tag}"));
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
+        sh(&["ip", "netns", "add", &underlay]);
+        sh(&["ip", "-n", &underlay, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &underlay, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &underlay, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
+        sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
+        let etcd = Etcd::start(&underlay, ETCD_IP, tmp.join("etcd"));
+        let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl };
+        for i in 1..=n {
+            let node = c.make_node(i);
+            c.nodes.push(node);
+        }
+        // Pod CIDRs routed through the underlay.
+        for i in 1..=n {
+            for j in (1..=n).filter(|j| *j != i) {
+                sh(&["ip", "-n", &c.nodes[i - 1].netns, "route", "add", &format!("10.210.{j}.0/24"), "via", &underlay_ip(j).to_string()]);
+            }
+        }
+        c
+    }
+
+    fn make_node(&self, i: usize) -> Node {
+        let name = format!("node-{i}");
+        let cidr = format!("10.210.{i}.0/24");
+        let ttl = self.lease_ttl.to_string();
+        let mut node = Node::bare(&[
+            "--node-name",
+            &name,
+            "--etcd-endpoints",
+            &self.etcd.url,
+            "--pod-cidr",
+            &cidr,
+            "--lease-ttl",
+            &ttl,
+            "--identity-gc-interval",
+            "2",
+            "--metrics-address",
+            "off",
+        ]);
+        let host_if = format!("n{i}");
+        sh(&["ip", "link", "add", &host_if, "netns", &self.underlay, "type", "veth", "peer", "name", "ul0", "netns", &node.netns]);
+        sh(&["ip", "-n", &self.underlay, "link", "set", &host_if, "master", "br0", "up"]);
+        sh(&["ip", "-n", &node.netns, "addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "ul0"]);
+        sh(&["ip", "-n", &node.netns, "link", "set", "ul0", "up"]);
+        node.start_ctrl();
+        // palisade-ipcache-sync takes its settings from a --config file,
+        // as an operator's unit would.
+        let config = node.tmp.join("ipcache-sync.yaml");
+        std::fs::write(&config, format!("node-name: {name}\netcd-endpoints: [{}]\nlease-ttl: {ttl}\n", self.etcd.url)).expect("write config");
+        node.start_sync(&["--config", config.to_str().expect("utf-8")]);
+        node
+    }
+
+    pub fn node(&self, i: usize) -> &Node {
+        &self.nodes[i - 1]
+    }
+
+    pub fn node_mut(&mut self, i: usize) -> &mut Node {
+        &mut self.nodes[i - 1]
+    }
+
+    /// Waits up to `secs` for `cond`; false if it never held.
+    pub fn wait(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let t0 = Instant::now();
+        loop {
+            if cond() {
+                return true;
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        self.etcd.stop();
+        let _ = run(Command::new("ip").args(["netns", "del", &self.underlay]));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        } else {
+            eprintln!("etcd data and log kept under {}", self.tmp.display());
+        }
+    }
+}
+
+impl Node {
+    /// The identity this node's ipcache gives `ip`, with its node id
+    /// (0 = this node), read from the pinned map.
+    pub fn ipcache_entry(&self, ip: Ipv4Addr) -> Option<(u32, u32)> {
+        palisade_bpf::pinned::RemoteIpcache::open(&self.bpf_dir).ok()?.get(ip).map(|v| (v.identity, v.node_id))
+    }
+
+    /// The remote entries (node id ≠ 0) of this node's ipcache.
+    pub fn remote_ipcache(&self) -> Vec<(Ipv4Addr, u32, u32)> {
+        palisade_bpf::pinned::RemoteIpcache::open(&self.bpf_dir)
+            .map(|m| m.remote_entries().into_iter().map(|(ip, v)| (ip, v.identity, v.node_id)).collect())
+            .unwrap_or_default()
+    }
+
+    /// palisade-ipcache-sync's status file.
+    pub fn sync_status(&self) -> Option<palisade_cluster::status::SyncStatus> {
+        palisade_cluster::status::read(&self.tmp.join("state"))
+    }
+}
