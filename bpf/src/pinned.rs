@@ -91,7 +91,10 @@ impl RemoteIpcache {
             let Ok(Some(val)) = self.host.lookup(&key, MapFlags::ANY) else { continue };
             let Some(e) = abi::from_bytes::<abi::ipcache_entry>(&val) else { continue };
             if e.node_id != 0 {
-                out.push((Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]), crate::IpcacheValue { identity: e.identity, node_id: e.node_id }));
+                out.push((
+                    Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]),
+                    crate::IpcacheValue { identity: e.identity, node_id: e.node_id },
+                ));
             }
         }
         out

@@ -84,7 +84,9 @@ fn flags_from_yaml(cmd: &clap::Command, file: &Path, text: &str) -> Result<Vec<(
     };
     let known: Vec<(String, bool)> = cmd
         .get_arguments()
-        .filter_map(|a| a.get_long().map(|l| (l.to_string(), matches!(a.get_action(), clap::ArgAction::SetTrue | clap::ArgAction::SetFalse))))
+        .filter_map(|a| {
+            a.get_long().map(|l| (l.to_string(), matches!(a.get_action(), clap::ArgAction::SetTrue | clap::ArgAction::SetFalse)))
+        })
         .filter(|(l, _)| l != "config" && l != "help" && l != "version")
         .collect();
     let mut out = Vec::new();

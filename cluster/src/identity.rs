@@ -121,7 +121,8 @@ pub async fn sweep(client: &mut Client) -> Result<usize> {
         .collect();
     let mut n = 0;
     for kv in ids.kvs() {
-        let Some(id) = std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(keys::IDENTITY_IDS)).and_then(|s| s.parse::<u32>().ok())
+        let Some(id) =
+            std::str::from_utf8(kv.key()).ok().and_then(|k| k.strip_prefix(keys::IDENTITY_IDS)).and_then(|s| s.parse::<u32>().ok())
         else {
             continue;
         };

@@ -13,9 +13,19 @@ use etcd_client::{Client, GetOptions, WatchOptions};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Update {
     /// Everything under the prefix at `revision`: replace your view.
-    Reset { revision: i64, items: Vec<(String, Vec<u8>)> },
-    Put { revision: i64, key: String, value: Vec<u8> },
-    Delete { revision: i64, key: String },
+    Reset {
+        revision: i64,
+        items: Vec<(String, Vec<u8>)>,
+    },
+    Put {
+        revision: i64,
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        revision: i64,
+        key: String,
+    },
 }
 
 /// Connection state changes, for status.

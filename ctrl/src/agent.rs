@@ -112,7 +112,8 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
 /// Parses palisade-ctrl's arguments, `--config FILE` included.
 pub fn parse_args() -> Result<Args> {
     use clap::CommandFactory;
-    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let argv =
+        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
     Ok(Args::parse_from(argv))
 }
 
@@ -128,7 +129,8 @@ pub fn run(a: Args) -> Result<()> {
     if a.identity_gc_interval == 0 {
         return Err(ConfigError("--identity-gc-interval must be at least 1 second".into()).into());
     }
-    let (bpf_dir, state_dir, socket) = palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), a.socket.clone());
+    let (bpf_dir, state_dir, socket) =
+        palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), a.socket.clone());
     if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
     }

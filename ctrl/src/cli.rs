@@ -566,7 +566,13 @@ pub fn run(cli: Cli) -> Result<()> {
                     &["NAME", "NODE ID", "ADDRESSES", "ENDPOINTS", "SELF"],
                     v.as_array().into_iter().flatten().map(|n| {
                         let addrs: Vec<String> = n["addresses"].as_array().into_iter().flatten().map(s).collect();
-                        vec![s(&n["name"]), s(&n["node_id"]), addrs.join(","), s(&n["endpoints"]), if n["this_node"] == true { "*".into() } else { String::new() }]
+                        vec![
+                            s(&n["name"]),
+                            s(&n["node_id"]),
+                            addrs.join(","),
+                            s(&n["endpoints"]),
+                            if n["this_node"] == true { "*".into() } else { String::new() },
+                        ]
                     }),
                 )
             })

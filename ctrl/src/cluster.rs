@@ -30,7 +30,11 @@ pub enum Event {
     /// After a lost lease, an identity this node uses could not be
     /// referenced under its old number (it was collected meanwhile) and
     /// got a new one.
-    IdentityMoved { labels: Labels, old: u32, new: u32 },
+    IdentityMoved {
+        labels: Labels,
+        old: u32,
+        new: u32,
+    },
 }
 
 /// Connection state, for `palisade status`.
@@ -220,7 +224,10 @@ impl Cluster {
             .map(|p| Ok(TxnOp::put(keys::policy(&p.key()), serde_json::to_vec(&p.source)?, None::<PutOptions>)))
             .collect::<Result<_>>()?;
         let mut client = self.client.clone();
-        let r = self.block_on(async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) })?;
+        let r =
+            self.block_on(
+                async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) },
+            )?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -228,7 +235,10 @@ impl Cluster {
     pub fn delete_policies(&self, keys_: &[String]) -> Result<i64> {
         let ops: Vec<TxnOp> = keys_.iter().map(|k| TxnOp::delete(keys::policy(k), None)).collect();
         let mut client = self.client.clone();
-        let r = self.block_on(async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) })?;
+        let r =
+            self.block_on(
+                async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) },
+            )?;
         Ok(r.header().map(|h| h.revision()).unwrap_or(0))
     }
 
@@ -394,7 +404,11 @@ impl crate::daemon::Daemon {
 }
 
 /// The thread that applies watch updates to the daemon, a batch at a time.
-pub fn spawn_apply(rx: mpsc::Receiver<Event>, daemon: Arc<Mutex<crate::daemon::Daemon>>, version: Arc<std::sync::atomic::AtomicU64>) -> Result<()> {
+pub fn spawn_apply(
+    rx: mpsc::Receiver<Event>,
+    daemon: Arc<Mutex<crate::daemon::Daemon>>,
+    version: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<()> {
     std::thread::Builder::new().name("cluster-apply".into()).spawn(move || {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];

@@ -774,7 +774,8 @@ impl Daemon {
         // its watch or right below) enforces what etcd holds.
         let mut revision = self.store.policies.len() as i64;
         if let Some(c) = &self.cluster {
-            revision = c.put_policies(&policies).context("policy not applied (cluster mode stores policies in etcd); nothing was changed")?;
+            revision =
+                c.put_policies(&policies).context("policy not applied (cluster mode stores policies in etcd); nothing was changed")?;
         }
         let mut result = Vec::new();
         let applied_keys: Vec<String> = policies.iter().map(|p| p.key()).collect();

@@ -72,7 +72,8 @@ pub struct ConfigError(pub String);
 
 pub fn parse_args() -> Result<Args> {
     use clap::CommandFactory;
-    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let argv =
+        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
     Ok(Args::parse_from(argv))
 }
 
@@ -153,7 +154,8 @@ struct Sync {
 
 impl Sync {
     fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf) -> Self {
-        let status = SyncStatus { node: node.clone(), pid: std::process::id(), etcd_endpoints: cfg.redacted_endpoints(), ..Default::default() };
+        let status =
+            SyncStatus { node: node.clone(), pid: std::process::id(), etcd_endpoints: cfg.redacted_endpoints(), ..Default::default() };
         Self {
             node_id: keys::node_id(&node),
             node,
@@ -375,19 +377,22 @@ impl Sync {
         let now = now_ms();
         let mut ops = Vec::new();
         if !self.node_published {
-            let rec = NodeRecord {
-                name: self.node.clone(),
-                node_id: self.node_id,
-                addresses: node_addresses(),
-                started_unix: now / 1000,
-            };
-            ops.push(TxnOp::put(keys::node(&self.node), serde_json::to_vec(&rec).expect("serializes"), Some(PutOptions::new().with_lease(lease_id))));
+            let rec = NodeRecord { name: self.node.clone(), node_id: self.node_id, addresses: node_addresses(), started_unix: now / 1000 };
+            ops.push(TxnOp::put(
+                keys::node(&self.node),
+                serde_json::to_vec(&rec).expect("serializes"),
+                Some(PutOptions::new().with_lease(lease_id)),
+            ));
         }
         let mut changes: Vec<(Ipv4Addr, Option<(u32, String)>)> = Vec::new();
         for (ip, v) in local {
             if self.published.get(ip) != Some(v) {
                 let rec = IpcacheRecord { identity: v.0, node: self.node.clone(), name: v.1.clone(), published_unix_ms: now };
-                ops.push(TxnOp::put(keys::ipcache(*ip), serde_json::to_vec(&rec).expect("serializes"), Some(PutOptions::new().with_lease(lease_id))));
+                ops.push(TxnOp::put(
+                    keys::ipcache(*ip),
+                    serde_json::to_vec(&rec).expect("serializes"),
+                    Some(PutOptions::new().with_lease(lease_id)),
+                ));
                 changes.push((*ip, Some(v.clone())));
             }
         }
@@ -517,7 +522,8 @@ impl Sync {
         self.status.etcd_requests = self.requests;
         let path = self.state_dir.join(palisade_cluster::status::STATUS_FILE);
         let tmp = path.with_extension("json.tmp");
-        let r = std::fs::write(&tmp, serde_json::to_vec_pretty(&self.status).expect("serializes")).and_then(|_| std::fs::rename(&tmp, &path));
+        let r =
+            std::fs::write(&tmp, serde_json::to_vec_pretty(&self.status).expect("serializes")).and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = r {
             tracing::warn!("writing {}: {e}", path.display());
         }

@@ -63,7 +63,11 @@ impl Etcd {
             if self.ctl(&["endpoint", "health"]).status.success() {
                 return;
             }
-            assert!(t0.elapsed() < Duration::from_secs(20), "etcd did not come up: {}", std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default());
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "etcd did not come up: {}",
+                std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -79,7 +83,16 @@ impl Etcd {
     /// Runs etcdctl (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
         run(Command::new("ip")
-            .args(["netns", "exec", &self.netns, "etcdctl", "--endpoints", &format!("http://{}:2379", self.ip), "--dial-timeout=1s", "--command-timeout=3s"])
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "etcdctl",
+                "--endpoints",
+                &format!("http://{}:2379", self.ip),
+                "--dial-timeout=1s",
+                "--command-timeout=3s",
+            ])
             .args(args)
             .env("ETCDCTL_API", "3"))
     }
@@ -169,7 +182,8 @@ impl Cluster {
         // palisade-ipcache-sync takes its settings from a --config file,
         // as an operator's unit would.
         let config = node.tmp.join("ipcache-sync.yaml");
-        std::fs::write(&config, format!("node-name: {name}\netcd-endpoints: [{}]\nlease-ttl: {ttl}\n", self.etcd.url)).expect("write config");
+        std::fs::write(&config, format!("node-name: {name}\netcd-endpoints: [{}]\nlease-ttl: {ttl}\n", self.etcd.url))
+            .expect("write config");
         node.start_sync(&["--config", config.to_str().expect("utf-8")]);
         node
     }
@@ -227,5 +241,17 @@ impl Node {
     /// palisade-ipcache-sync's status file.
     pub fn sync_status(&self) -> Option<palisade_cluster::status::SyncStatus> {
         palisade_cluster::status::read(&self.tmp.join("state"))
+    }
+}
+
+impl Etcd {
+    /// Runs `f` on a thread inside etcd's namespace (where its address is
+    /// reachable), with a single-threaded tokio runtime.
+    pub fn in_netns<T: Send + 'static>(&self, f: impl FnOnce(tokio::runtime::Runtime) -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+        let ns = std::fs::File::open(format!("/run/netns/{}", self.netns)).expect("open netns");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f(tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"))
+        })
     }
 }

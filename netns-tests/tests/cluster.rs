@@ -68,3 +68,247 @@ spec:
     assert_eq!(names, ["node-1", "node-2"], "{nodes}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// label set (as a string of its labels) → identity, from `identity list`.
+fn identities(n: &palisade_netns_tests::Node) -> std::collections::BTreeMap<String, u64> {
+    n.json(&["identity", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["reserved"] == false && i["id"].as_u64() < Some(1 << 24))
+        .map(|i| (i["labels"].to_string(), i["id"].as_u64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn identity_races_privileged_test() {
+    let mut c = Cluster::new(3, 3);
+    // Library level: 12 allocators (as 12 nodes) race for the same three
+    // label sets and three of their own each, all starting at the same
+    // number (maximum contention).
+    let racers: Vec<_> = (0..12)
+        .map(|t| {
+            let url = c.etcd.url.clone();
+            c.etcd.in_netns(move |rt| {
+                rt.block_on(async move {
+                    let mut client = etcd_client::Client::connect([url], None).await.expect("connect");
+                    let lease = client.lease_grant(60, None).await.expect("lease").id();
+                    let mut got = Vec::new();
+                    for k in 0..6 {
+                        let app = if k < 3 { format!("shared-{k}") } else { format!("racer-{t}-{k}") };
+                        let labels = palisade_policy_labels(&app);
+                        let id = palisade_cluster::identity::reference(&mut client, &labels, &format!("racer-{t}"), lease, 256)
+                            .await
+                            .expect("allocate");
+                        got.push((labels.to_string(), id));
+                    }
+                    got
+                })
+            })
+        })
+        .collect();
+    let mut by_labels: std::collections::BTreeMap<String, std::collections::BTreeSet<u32>> = Default::default();
+    for r in racers {
+        for (l, id) in r.join().expect("racer") {
+            by_labels.entry(l).or_default().insert(id);
+        }
+    }
+    assert_eq!(by_labels.len(), 3 + 12 * 3);
+    for (l, ids) in &by_labels {
+        assert_eq!(ids.len(), 1, "label set {l} got several numbers: {ids:?}");
+    }
+    let numbers: std::collections::BTreeSet<u32> = by_labels.values().flatten().copied().collect();
+    assert_eq!(numbers.len(), by_labels.len(), "two label sets share a number: {by_labels:?}");
+    // etcd agrees both ways, and every shared identity has 12 references.
+    let ids = c.etcd.get_prefix("/palisade/v1/identities/id/");
+    let labels = c.etcd.get_prefix("/palisade/v1/identities/labels/");
+    assert_eq!(ids.len(), by_labels.len());
+    for (k, v) in &labels {
+        let id: u32 = v.parse().unwrap();
+        let l = k.strip_prefix("/palisade/v1/identities/labels/").unwrap();
+        assert_eq!(by_labels[l], [id].into(), "labels/{l} -> {id}");
+    }
+    let shared0 = by_labels[&palisade_policy_labels("shared-0").to_string()].iter().next().copied().unwrap();
+    assert_eq!(c.etcd.get_prefix(&format!("/palisade/v1/identities/refs/{shared0}/")).len(), 12);
+
+    // Through the nodes: three nodes add pods at once, two label sets
+    // shared by all of them and one of each node's own.
+    let pods: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = c
+            .nodes
+            .iter_mut()
+            .enumerate()
+            .map(|(i, n)| {
+                s.spawn(move || {
+                    let a = n.pod("shop/a", "app=web");
+                    let b = n.pod("shop/b", "app=db");
+                    let own = n.pod("shop/own", &format!("app=own-{i}"));
+                    vec![a, b, own]
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().expect("node thread")).collect()
+    });
+    assert_eq!(pods.len(), 9);
+    // Every node converges on the same numbers for all five label sets.
+    let ok = Cluster::wait(10, || {
+        let views: Vec<_> = c.nodes.iter().map(identities).collect();
+        views.iter().all(|v| v == &views[0])
+            && ["\"k8s:app=web\"", "\"k8s:app=db\"", "own-0", "own-1", "own-2"].iter().all(|l| views[0].keys().any(|k| k.contains(l)))
+    });
+    let views: Vec<_> = c.nodes.iter().map(identities).collect();
+    assert!(ok, "nodes disagree on identities: {views:#?}");
+    let mut nums: Vec<u64> = views[0].values().copied().collect();
+    nums.sort();
+    nums.dedup();
+    assert_eq!(nums.len(), views[0].len(), "one number per label set: {:?}", views[0]);
+}
+
+fn palisade_policy_labels(app: &str) -> palisade_policy::Labels {
+    palisade_policy::Labels::for_endpoint("shop", &[("app".to_string(), app.to_string())].into())
+}
+
+#[test]
+fn node_death_removes_its_endpoints_after_the_lease_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let _a = c.node_mut(1).pod("shop/a", "app=a");
+    let b = c.node_mut(2).pod("shop/b", "app=only-on-node-2");
+    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(b.ip).is_some()), "node-1 never learned shop/b");
+    let id_b = c.node(1).ipcache_entry(b.ip).unwrap().0;
+    assert!(identities(c.node(1)).values().any(|i| *i == u64::from(id_b)), "node-1 knows node-2's identity");
+    // Node 2 dies: both its processes killed, nothing cleaned up.
+    let t0 = std::time::Instant::now();
+    c.node_mut(2).kill_sync();
+    c.node_mut(2).kill_ctrl();
+    assert!(Cluster::wait(15, || c.node(1).ipcache_entry(b.ip).is_none()), "node-2's endpoint outlived its lease on node-1");
+    let gone_after = t0.elapsed();
+    assert!(gone_after >= Duration::from_secs(2), "removed before the lease could expire ({gone_after:?}): not the lease doing it");
+    assert!(Cluster::wait(5, || {
+        let n = c.node(1).json(&["node", "list"]);
+        n.as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect::<Vec<_>>() == ["node-1"]
+    }));
+    // No node references node-2's identity any more: collected, and gone
+    // from node-1's view.
+    assert!(
+        Cluster::wait(15, || !identities(c.node(1)).values().any(|i| *i == u64::from(id_b))),
+        "identity {id_b} was not collected: {:?}",
+        identities(c.node(1))
+    );
+    assert!(c.etcd.get_prefix(&format!("/palisade/v1/identities/id/{id_b}")).is_empty());
+    eprintln!("node-2's endpoint left node-1's ipcache {gone_after:?} after it died (lease TTL 3 s)");
+}
+
+#[test]
+fn etcd_outage_during_endpoint_churn_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    let old = c.node_mut(2).pod("shop/old", "app=backend");
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(old.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    assert!(frontend.tcp(&backend, 8080));
+    let backend_id = c.node(1).ipcache_entry(backend.ip).unwrap().0;
+
+    c.etcd.stop();
+    assert!(Cluster::wait(10, || c.node(1).json(&["status"])["cluster"]["connected"] == false), "node-1 never noticed etcd was gone");
+    // Churn while etcd is away: a pod with a known label set comes, one goes.
+    let mut late = c.node_mut(2).pod("shop/late", "app=backend");
+    late.serve(&[8080, 9090]);
+    c.node(2).ok(&["endpoint", "delete", "shop/old"]);
+    // A new label set needs etcd: refused, nothing changed.
+    let ns = format!("{}-newthing", c.node(2).tag);
+    assert!(std::process::Command::new("ip").args(["netns", "add", &ns]).status().unwrap().success());
+    let err = c.node(2).fails(&["endpoint", "add", "shop/newthing", "--netns", &ns, "--labels", "app=newthing"]);
+    let _ = std::process::Command::new("ip").args(["netns", "del", &ns]).status();
+    assert!(err.contains("etcd") && err.contains("nothing was changed"), "{err}");
+    assert!(!c.node(2).ok(&["endpoint", "list"]).contains("newthing"));
+    let f = c.node(1).tmp.join("wider.yaml");
+    std::fs::write(&f, BACKEND_8080.replace("\"8080\"", "\"9090\"")).unwrap();
+    let err = c.node(1).fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("etcd") && err.contains("nothing was changed"), "{err}");
+    assert!(!frontend.tcp(&backend, 9090), "a policy etcd did not take is not enforced either");
+    // Verdicts meanwhile: unchanged, for long enough that leases would
+    // have expired (3 s) had anything depended on them.
+    for _ in 0..4 {
+        assert!(frontend.tcp(&backend, 8080), "allowed traffic cut during the outage");
+        assert!(!frontend.tcp(&backend, 9090), "denied traffic opened during the outage");
+        assert_eq!(c.node(1).ipcache_entry(backend.ip).map(|e| e.0), Some(backend_id), "remote entry lost during the outage");
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let st = c.node(2).json(&["status"]);
+    assert_eq!(st["cluster"]["connected"], false, "{st}");
+
+    c.etcd.resume();
+    // Convergence: node-1 learns the late pod and forgets the old one.
+    assert!(
+        Cluster::wait(20, || c.node(1).ipcache_entry(late.ip).map(|e| e.0) == Some(backend_id)
+            && c.node(1).ipcache_entry(old.ip).is_none()),
+        "node-1 did not converge after etcd came back: late {:?}, old {:?}\n{}",
+        c.node(1).ipcache_entry(late.ip),
+        c.node(1).ipcache_entry(old.ip),
+        c.node(2).log()
+    );
+    assert!(Cluster::wait(10, || c.nodes.iter().all(|n| n.json(&["status"])["cluster"]["connected"] == true)));
+    assert!(frontend.tcp(&late, 8080) && !frontend.tcp(&late, 9090), "the late pod is enforced like its peers");
+    assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090));
+    // etcd holds node-2's endpoints as they are now.
+    let keys: Vec<String> = c.etcd.get_prefix("/palisade/v1/ipcache/").into_iter().map(|(k, _)| k).collect();
+    assert!(keys.iter().any(|k| k.ends_with(&late.ip.to_string())) && !keys.iter().any(|k| k.ends_with(&old.ip.to_string())), "{keys:?}");
+    // And policy changes work again.
+    c.node(1).apply("backend.yaml", &BACKEND_8080.replace("8080", "9090"));
+    assert!(Cluster::wait(10, || frontend.tcp(&backend, 9090) && !frontend.tcp(&backend, 8080)));
+}
+
+#[test]
+fn ipcache_sync_restart_changes_no_verdict_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(backend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    let before = (sorted(c.node(1).remote_ipcache()), sorted(c.node(2).remote_ipcache()));
+    let mut session = frontend.session(&backend, 8080);
+    assert!(session.round_trip());
+    // Watch node-1's and node-2's entries for each other's pods, every 5 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, d1, d2, ip1, ip2) = (stop.clone(), c.node(1).bpf_dir.clone(), c.node(2).bpf_dir.clone(), frontend.ip, backend.ip);
+        std::thread::spawn(move || {
+            let (m1, m2) =
+                (palisade_bpf::pinned::RemoteIpcache::open(&d1).unwrap(), palisade_bpf::pinned::RemoteIpcache::open(&d2).unwrap());
+            let (mut samples, mut misses) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                samples += 1;
+                if m1.get(ip2).is_none() || m2.get(ip1).is_none() {
+                    misses += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (samples, misses)
+        })
+    };
+    for i in [1, 2] {
+        c.node_mut(i).kill_sync();
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090), "verdicts while node-{i}'s sync is down");
+        c.node_mut(i).start_sync(&[]);
+    }
+    // Past the old leases' TTL: their revocation or expiry removed nothing
+    // that is still published.
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (samples, misses) = sampler.join().unwrap();
+    assert!(samples > 100, "{samples} samples");
+    assert_eq!(misses, 0, "a remote entry went missing in {misses} of {samples} samples across the restarts");
+    assert_eq!((sorted(c.node(1).remote_ipcache()), sorted(c.node(2).remote_ipcache())), before, "remote entries changed");
+    assert!(session.round_trip(), "the established connection was cut");
+    assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090));
+    assert!(c.etcd.get_prefix("/palisade/v1/ipcache/").len() >= 2);
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
