@@ -35,8 +35,9 @@ pub enum FqdnCmd {
     Cache(FqdnCacheCmd),
     /// palisade-dnsproxy's counters (queries, denials, malformed, timeouts).
     Status {
-        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-        state_dir: PathBuf,
+        /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
+        #[arg(long, env = "PALISADE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -48,8 +49,9 @@ pub enum FqdnCacheCmd {
         /// Only this endpoint (NAMESPACE/POD).
         #[arg(long)]
         endpoint: Option<String>,
-        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-        state_dir: PathBuf,
+        /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
+        #[arg(long, env = "PALISADE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
 }
 
@@ -79,8 +81,9 @@ pub enum Cmd {
     /// directly from the flow rings; filters like `hubble observe`.
     Observe {
         /// The agent's state directory (holds flows/*.ring).
-        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-        state_dir: PathBuf,
+        /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
+        #[arg(long, env = "PALISADE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
         #[command(flatten)]
         filter: crate::observe::Filter,
         /// Show the newest N flows (default: all held; with --follow: none).
@@ -198,8 +201,9 @@ pub enum PolicyCmd {
         /// Only flows newer than this (30s, 5m, 2h).
         #[arg(long)]
         since: Option<String>,
-        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-        state_dir: PathBuf,
+        /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
+        #[arg(long, env = "PALISADE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Replay recorded flows against the policies with FILE added (or
     /// replacing its namesakes) and list the flows whose verdict changes.
@@ -208,8 +212,9 @@ pub enum PolicyCmd {
         file: PathBuf,
         #[arg(long)]
         since: Option<String>,
-        #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-        state_dir: PathBuf,
+        /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
+        #[arg(long, env = "PALISADE_STATE_DIR")]
+        state_dir: Option<PathBuf>,
     },
     /// Which rule decides a connection between two endpoints, from the
     /// entries the datapath holds.
@@ -322,6 +327,8 @@ fn read(path: &PathBuf) -> Result<String> {
 pub fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
     let sock = palisade_cluster::config::node_paths(cli.node.as_deref(), None, None, cli.socket.clone()).2;
+    let node = cli.node.clone();
+    let state = move |given: Option<PathBuf>| palisade_cluster::config::node_paths(node.as_deref(), None, given, None).1;
     let req = |r: Request| call(&sock, &r);
     match cli.cmd {
         Cmd::Status => {
@@ -384,9 +391,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 format!("PolicyAuditMode={} PolicyEnforcement={}\n", s(&v["PolicyAuditMode"]), s(&v["PolicyEnforcement"]))
             })
         }
-        Cmd::Observe { state_dir, filter, last, follow } => crate::observe::run(&state_dir, &filter, last, follow, json),
+        Cmd::Observe { state_dir, filter, last, follow } => crate::observe::run(&state(state_dir), &filter, last, follow, json),
         Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { endpoint, state_dir })) => {
-            let v = crate::fqdn::cache_list(&state_dir, endpoint.as_deref())?;
+            let v = crate::fqdn::cache_list(&state(state_dir), endpoint.as_deref())?;
             print_or(json, &v, || {
                 table(
                     &["ENDPOINT", "NAME", "IP", "TTL", "EXPIRES", "SOURCE"],
@@ -404,7 +411,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })
         }
         Cmd::Fqdn(FqdnCmd::Status { state_dir }) => {
-            let v = crate::fqdn::status(&state_dir)?;
+            let v = crate::fqdn::status(&state(state_dir))?;
             print_or(json, &v, || {
                 let mut out = format!("counters written {} ({}s ago), {} cached addresses\n", s(&v["written"]), v["age_s"], v["entries"]);
                 for (k, n) in v["stats"].as_object().into_iter().flatten() {
@@ -513,7 +520,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Policy(PolicyCmd::Suggest { from_flows: _, namespace, since, state_dir }) => {
             let filter = crate::observe::Filter { since, ..Default::default() };
-            let flows = crate::observe::collect(&state_dir, &filter)?;
+            let flows = crate::observe::collect(&state(state_dir.clone()), &filter)?;
             let (yaml, used) = crate::suggest::suggest(&flows, namespace.as_deref());
             if used == 0 {
                 bail!(
@@ -530,7 +537,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let text = read(&file)?;
             palisade_policy::parse_policies(&file.display().to_string(), &text)?;
             let filter = crate::observe::Filter { since, ..Default::default() };
-            let flows = crate::observe::collect(&state_dir, &filter)?;
+            let flows = crate::observe::collect(&state(state_dir.clone()), &filter)?;
             let flows = flows.iter().map(serde_json::to_value).collect::<Result<Vec<_>, _>>()?;
             let v = req(Request::PolicyPreview { file: file.display().to_string(), text, flows })?;
             print_or(json, &v, || {

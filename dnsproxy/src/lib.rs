@@ -29,13 +29,23 @@ use anyhow::Context as _;
     about = "Palisade's transparent DNS proxy: enforces DNS rules and learns toFQDNs addresses, installing them before the answer reaches the pod"
 )]
 pub struct Args {
-    /// bpffs directory of the node's pinned maps (palisade-ctrl's --bpf-dir).
-    #[arg(long, env = "PALISADE_BPF_DIR", default_value = "/sys/fs/bpf/palisade")]
-    pub bpf_dir: PathBuf,
+    /// YAML file of settings: keys are these flags' long names; flags on
+    /// the command line win.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The node's name (several nodes on one machine): picks the per-node
+    /// default directories, as palisade-ctrl does.
+    #[arg(long, env = "PALISADE_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// bpffs directory of the node's pinned maps (palisade-ctrl's --bpf-dir)
+    /// [default: /sys/fs/bpf/palisade, or /sys/fs/bpf/palisade/NODE]
+    #[arg(long, env = "PALISADE_BPF_DIR")]
+    pub bpf_dir: Option<PathBuf>,
     /// The node's state directory (palisade-ctrl's --state-dir): policy.snap
-    /// is read there, the FQDN cache kept in <state-dir>/dnsproxy.
-    #[arg(long, env = "PALISADE_STATE_DIR", default_value = "/var/lib/palisade")]
-    pub state_dir: PathBuf,
+    /// is read there, the FQDN cache kept in <state-dir>/dnsproxy
+    /// [default: /var/lib/palisade, or /var/lib/palisade/NODE]
+    #[arg(long, env = "PALISADE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Port to listen on, 127.0.0.1 UDP and TCP (palisade-ctrl's --dns-proxy-port).
     #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
     pub port: u16,
@@ -82,7 +92,18 @@ fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+/// Parses palisade-dnsproxy's arguments, `--config FILE` included.
+pub fn parse_args() -> anyhow::Result<Args> {
+    use clap::CommandFactory;
+    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    Ok(<Args as clap::Parser>::parse_from(argv))
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(n) = &a.node_name {
+        palisade_cluster::keys::validate_node_name(n).map_err(ConfigError)?;
+    }
+    let (bpf_dir, state_dir, _) = palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), None);
     let deny = match a.deny_response.as_str() {
         "refused" | "REFUSED" => wire::DenyRcode::Refused,
         "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,
@@ -92,7 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Err(ConfigError("--port, --workers, --max-ips-per-name and --hold-timeout-ms must be at least 1".into()).into());
     }
     let stats = Arc::new(stats::Stats::default());
-    let rules = Arc::new(rules::RulesHandle::new(&a.state_dir));
+    let rules = Arc::new(rules::RulesHandle::new(&state_dir));
     let settings = installer::Settings {
         min_ttl: a.min_ttl,
         max_ips_per_name: a.max_ips_per_name,
@@ -100,7 +121,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         other_lifetime_s: a.ct_lifetime_other,
     };
     let known = installer::Known::default();
-    let inst = installer::Installer::new(&a.bpf_dir, &a.state_dir.join("dnsproxy"), rules.clone(), settings, stats.clone(), known.clone())
+    let inst = installer::Installer::new(&bpf_dir, &state_dir.join("dnsproxy"), rules.clone(), settings, stats.clone(), known.clone())
         .context("restoring the FQDN cache")?;
     let (tx, rx) = std::sync::mpsc::sync_channel(4096);
     std::thread::Builder::new().name("installer".into()).spawn(move || inst.run(rx))?;
@@ -109,20 +130,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // narrowed rule applies to the next query, not the next poll; the
         // 1 s poll is the fallback (a directory created later, a lost event).
         let rules = rules.clone();
-        let dir = a.state_dir.clone();
+        let dir = state_dir.clone();
         std::thread::Builder::new().name("rules".into()).spawn(move || watch_rules(&dir, &rules))?;
     }
     let shared = Arc::new(server::Shared {
         rules,
         installer: tx,
         known,
-        ipcache: palisade_bpf::pinned::Ipcache::open(&a.bpf_dir).ok(),
+        ipcache: palisade_bpf::pinned::Ipcache::open(&bpf_dir).ok(),
         stats,
         hold: Duration::from_millis(a.hold_timeout_ms),
         deny,
         upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
         identities: Default::default(),
-        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&a.state_dir).context("opening the DNS flow ring")?) },
+        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&state_dir).context("opening the DNS flow ring")?) },
     });
     let tcp = server::tcp_listener(a.port)?;
     let udp = server::UdpServer::bind(a.port, shared.clone(), a.workers)?;

@@ -1,9 +1,13 @@
 //! `palisade-dnsproxy`: the transparent DNS proxy (see the library crate);
 //! exits 64 on bad configuration.
-use clap::Parser;
-
 fn main() {
-    let args = palisade_dnsproxy::Args::parse();
+    let args = match palisade_dnsproxy::parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("palisade-dnsproxy: {e:#}");
+            std::process::exit(64);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
