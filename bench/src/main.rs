@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod apply;
+mod cluster;
 mod dns;
 mod plot;
 mod vs;
@@ -81,6 +82,22 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         proxy_workers: usize,
         /// 2 s per measurement, one round.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Cluster mode: time from `endpoint add` on node-1 until node-2's
+    /// ipcache has it, with N endpoints already in the cluster; etcd
+    /// requests per endpoint; memory of each process at N remote endpoints.
+    Cluster {
+        /// Endpoints already in the cluster (published by a simulated node).
+        #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+        endpoints: Vec<usize>,
+        /// Real endpoint adds measured per size.
+        #[arg(long, default_value_t = 100)]
+        adds: usize,
+        /// N = 1000, 20 adds.
         #[arg(long)]
         quick: bool,
         #[arg(long)]
@@ -229,6 +246,42 @@ fn main() -> Result<()> {
             );
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+            }
+            Ok(())
+        }
+        Cmd::Cluster { mut endpoints, mut adds, quick, json } => {
+            if quick {
+                endpoints = vec![1000];
+                adds = 20;
+            }
+            let v = cluster::run(&endpoints, adds)?;
+            println!("Cluster sync: real etcd, 2 nodes; N background endpoints published by a simulated third node; {adds} real `endpoint add` on node-1, node-2's pinned ipcache polled every 0.2 ms; {}\n", machine());
+            println!("| endpoints in cluster | bulk sync of N to node-2 s | node-1 publish → node-2 ipcache p50 / p99 ms | add returned → node-2 ipcache p50 / p99 ms | add started → node-2 p50 / p99 ms | endpoint add (CLI) p50 ms | etcd requests / add (writes) | RSS MiB node-2: ctrl / dnsproxy / ipcache-sync; etcd |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for r in v["rows"].as_array().into_iter().flatten() {
+                let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+                let m = |k: &str| r["rss_mib"][k].as_f64().unwrap_or(0.0);
+                println!(
+                    "| {} | {:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} | {:.1} ({:.1}) | {:.1} / {:.1} / {:.1}; {:.1} |",
+                    r["background_endpoints"],
+                    f("bulk_sync_s"),
+                    f("publish_to_remote_p50_ms"),
+                    f("publish_to_remote_p99_ms"),
+                    f("propagation_p50_ms"),
+                    f("propagation_p99_ms"),
+                    f("add_to_remote_p50_ms"),
+                    f("add_to_remote_p99_ms"),
+                    f("cli_add_p50_ms"),
+                    f("etcd_requests_per_add"),
+                    f("etcd_writes_per_add"),
+                    m("node2_ctrl"),
+                    m("node2_dnsproxy"),
+                    m("node2_ipcache_sync"),
+                    m("etcd")
+                );
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
             }
             Ok(())
         }

@@ -23,6 +23,17 @@ static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 /// Processes the benchmark started (agents, servers, proxies), ended on interrupt.
 static CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
+/// Records namespaces and processes made outside [`Topo`] (the cluster
+/// suite's), so an interrupt removes them too.
+pub fn register(namespaces: &[String], pids: &[u32]) {
+    if let Ok(mut l) = LIVE.lock() {
+        l.extend(namespaces.iter().cloned());
+    }
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.extend(pids);
+    }
+}
+
 /// Installs the interrupt handler that cleans up (once per process).
 pub fn cleanup_on_interrupt() -> Result<()> {
     ctrlc::set_handler(|| {

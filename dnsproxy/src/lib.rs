@@ -95,7 +95,8 @@ pub struct ConfigError(pub String);
 /// Parses palisade-dnsproxy's arguments, `--config FILE` included.
 pub fn parse_args() -> anyhow::Result<Args> {
     use clap::CommandFactory;
-    let argv = palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
+    let argv =
+        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
     Ok(<Args as clap::Parser>::parse_from(argv))
 }
 
@@ -103,7 +104,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(n) = &a.node_name {
         palisade_cluster::keys::validate_node_name(n).map_err(ConfigError)?;
     }
-    let (bpf_dir, state_dir, _) = palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), None);
+    let (bpf_dir, state_dir, _) =
+        palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), None);
     let deny = match a.deny_response.as_str() {
         "refused" | "REFUSED" => wire::DenyRcode::Refused,
         "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,

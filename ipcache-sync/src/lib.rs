@@ -290,9 +290,8 @@ impl Sync {
             if full {
                 self.reconcile_map();
             } else {
-                let want = self.desired();
                 for ip in changed {
-                    self.apply_one(ip, want.get(&ip).copied());
+                    self.apply_one(ip, self.desired_one(ip));
                 }
             }
         }
@@ -337,6 +336,18 @@ impl Sync {
             want.insert(*ip, IpcacheValue { identity: r.identity, node_id: keys::node_id(&r.node) });
         }
         want
+    }
+
+    /// [`Sync::desired`] for one address (an endpoint wins over a node
+    /// address), without building the whole view.
+    fn desired_one(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
+        if let Some(r) = self.remote.get(&ip).filter(|r| r.node != self.node) {
+            return Some(IpcacheValue { identity: r.identity, node_id: keys::node_id(&r.node) });
+        }
+        self.nodes
+            .values()
+            .find(|n| n.name != self.node && n.addresses.contains(&ip))
+            .map(|n| IpcacheValue { identity: palisade_bpf::identity::REMOTE_NODE, node_id: n.node_id })
     }
 
     fn apply_one(&self, ip: Ipv4Addr, want: Option<IpcacheValue>) {

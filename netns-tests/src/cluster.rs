@@ -5,8 +5,8 @@
 //!   `etcd` (Debian's etcd-server) listens on 172.31.0.1:2379;
 //! - node *i*: a [`Node`] namespace with `ul0` = 172.31.0.(10+i) on the
 //!   bridge, pod CIDR 10.210.*i*.0/24, a route to every other node's pod
-//!   CIDR through that node's underlay address, and its own palisade-ctrl
-//!   and palisade-ipcache-sync (`--node-name node-i`).
+//!   CIDR through that node's underlay address, and its own palisade-ctrl,
+//!   palisade-dnsproxy and palisade-ipcache-sync (`--node-name node-i`).
 //!
 //! All of it lives inside namespaces the test created; nothing is routed
 //! outside them. Dropping the cluster stops every process by PID and
@@ -70,6 +70,10 @@ impl Etcd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Kills the server (SIGKILL), keeping its data.
@@ -179,6 +183,7 @@ impl Cluster {
         sh(&["ip", "-n", &node.netns, "addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "ul0"]);
         sh(&["ip", "-n", &node.netns, "link", "set", "ul0", "up"]);
         node.start_ctrl();
+        node.start_dnsproxy(&[]);
         // palisade-ipcache-sync takes its settings from a --config file,
         // as an operator's unit would.
         let config = node.tmp.join("ipcache-sync.yaml");

@@ -185,6 +185,11 @@ impl Node {
         self.sync = Some(child);
     }
 
+    /// PIDs of the node's processes (ctrl, dnsproxy, ipcache-sync).
+    pub fn pids(&self) -> Vec<u32> {
+        self.ctrl.iter().chain(&self.dnsproxy).chain(&self.sync).map(|c| c.id()).collect()
+    }
+
     /// Kills palisade-ipcache-sync (SIGKILL: a crash, not a clean stop).
     pub fn kill_sync(&mut self) {
         if let Some(mut c) = self.sync.take() {
