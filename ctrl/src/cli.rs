@@ -14,9 +14,9 @@ pub const DEFAULT_SOCKET: &str = "/run/palisade/ctrl.sock";
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
 pub struct Cli {
-    /// The agent's API socket [default: /run/palisade/ctrl.sock, or
-    /// /run/palisade/NODE/ctrl.sock with --node]
-    #[arg(long, global = true, env = "PALISADE_SOCKET")]
+    /// The agent's API socket [env: PALISADE_SOCKET; default:
+    /// /run/palisade/ctrl.sock, or /run/palisade/NODE/ctrl.sock with --node]
+    #[arg(long, global = true)]
     pub socket: Option<PathBuf>,
     /// Talk to this node's agent (several nodes on one machine).
     #[arg(long, global = true, env = "PALISADE_NODE")]
@@ -326,7 +326,10 @@ fn read(path: &PathBuf) -> Result<String> {
 
 pub fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
-    let sock = palisade_cluster::config::node_paths(cli.node.as_deref(), None, None, cli.socket.clone()).2;
+    // --socket, then --node (or PALISADE_NODE), then PALISADE_SOCKET.
+    let socket =
+        cli.socket.clone().or_else(|| if cli.node.is_some() { None } else { std::env::var_os("PALISADE_SOCKET").map(PathBuf::from) });
+    let sock = palisade_cluster::config::node_paths(cli.node.as_deref(), None, None, socket).2;
     let node = cli.node.clone();
     let state = move |given: Option<PathBuf>| palisade_cluster::config::node_paths(node.as_deref(), None, given, None).1;
     let req = |r: Request| call(&sock, &r);

@@ -476,7 +476,10 @@ impl Daemon {
                     continue;
                 }
                 let selected: Vec<&Endpoint> = self.store.endpoints.values().filter(|e| r.selects_endpoint(&e.labels)).collect();
-                if selected.is_empty() {
+                // Cluster mode: a pod on another node counts (its identity
+                // is in the cluster's view).
+                let remote = || self.store.identities.cluster().values().any(|l| r.selects_endpoint(l));
+                if selected.is_empty() && !remote() {
                     out.push(warn(format!("{path}.endpointSelector"), "selects no endpoint now".into()));
                 }
                 // kube-dns-like endpoints whose ingress this puts in default

@@ -149,6 +149,8 @@ struct Sync {
     /// is reconciled only once both are complete.
     listed: (bool, bool),
     status: SyncStatus,
+    /// Something the status file shows changed since it was written.
+    status_stale: bool,
     requests: u64,
 }
 
@@ -172,6 +174,7 @@ impl Sync {
             nodes: BTreeMap::new(),
             listed: (false, false),
             status,
+            status_stale: false,
             requests: 0,
         }
     }
@@ -226,6 +229,7 @@ impl Sync {
         let mut snapshot = false;
         let mut changed: Vec<Ipv4Addr> = Vec::new();
         let mut full = false;
+        let published_before = self.published.len();
         for ev in batch {
             match ev {
                 Ev::Snapshot => snapshot = true,
@@ -290,13 +294,19 @@ impl Sync {
             if full {
                 self.reconcile_map();
             } else {
-                for ip in changed {
-                    self.apply_one(ip, self.desired_one(ip));
+                for ip in &changed {
+                    self.apply_one(*ip, self.desired_one(*ip));
                 }
             }
         }
         if snapshot || full {
             self.publish().await;
+            self.status_stale |= self.published.len() != published_before;
+        }
+        // Status right away, so `palisade node list` after a change shows it.
+        if full || !changed.is_empty() || self.status_stale {
+            self.status_stale = false;
+            self.write_status();
         }
     }
 
