@@ -23,9 +23,10 @@ rm -f "$log"
 # The benchmarks must keep running (numbers are not judged here, only that
 # each quick suite completes and cleans up after itself).
 if [ "$status" = 0 ]; then
-  echo "==> benchmark smoke (palisade-bench datapath --quick, apply --quick)"
+  echo "==> benchmark smoke (palisade-bench datapath --quick, apply --quick, cluster --quick)"
   target/debug/palisade-bench datapath --quick >/dev/null 2>&1 || { echo "palisade-bench datapath --quick failed"; status=1; }
   target/debug/palisade-bench apply --quick >/dev/null 2>&1 || { echo "palisade-bench apply --quick failed"; status=1; }
+  target/debug/palisade-bench cluster --quick >/dev/null 2>&1 || { echo "palisade-bench cluster --quick failed"; status=1; }
   if ls /sys/fs/bpf/palisade-bench >/dev/null 2>&1; then echo "benchmark left pins behind"; status=1; fi
 fi
 echo

@@ -267,7 +267,9 @@ fn ipcache_sync_restart_changes_no_verdict_privileged_test() {
     let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
     backend.serve(&[8080, 9090]);
     c.node(1).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(backend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    assert!(Cluster::wait(10, || {
+        c.node(1).ipcache_entry(backend.ip).is_some() && c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)
+    }));
     let before = (sorted(c.node(1).remote_ipcache()), sorted(c.node(2).remote_ipcache()));
     let mut session = frontend.session(&backend, 8080);
     assert!(session.round_trip());
