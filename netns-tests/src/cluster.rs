@@ -30,14 +30,96 @@ pub struct Etcd {
     pub netns: String,
     pub url: String,
     data: PathBuf,
-    ip: String,
+    /// TLS with client certificates: the PEM files (made with openssl).
+    pub tls: Option<TlsFiles>,
+}
+
+/// A test CA, etcd's server certificate and a client certificate.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a throwaway CA and certificates in `dir` (P-256, 2 days); the
+    /// server's names the address `ip`.
+    pub fn make(dir: &std::path::Path, ip: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("tls dir");
+        let d = |f: &str| dir.join(f).display().to_string();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let (ca, ca_key) = (d("ca.pem"), d("ca-key.pem"));
+        let mut req = vec!["openssl", "req", "-x509"];
+        req.extend(ec);
+        req.extend(["-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", "/CN=palisade-test-ca"]);
+        sh(&req);
+        let server_ext = format!("subjectAltName=IP:{ip},IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+        for (name, ext_text) in [("server", server_ext.as_str()), ("client", "extendedKeyUsage=clientAuth\n")] {
+            let (key, csr, cert, ext) =
+                (d(&format!("{name}-key.pem")), d(&format!("{name}.csr")), d(&format!("{name}.pem")), d(&format!("{name}.ext")));
+            std::fs::write(&ext, ext_text).expect("ext file");
+            let subj = format!("/CN=palisade-test-{name}");
+            let mut r = vec!["openssl", "req"];
+            r.extend(ec);
+            r.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            sh(&r);
+            sh(&[
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        let p = |f: &str| dir.join(f);
+        TlsFiles {
+            ca: p("ca.pem"),
+            server_cert: p("server.pem"),
+            server_key: p("server-key.pem"),
+            client_cert: p("client.pem"),
+            client_key: p("client-key.pem"),
+        }
+    }
+
+    /// The client flags palisade-ctrl and palisade-ipcache-sync take.
+    pub fn client_args(&self) -> Vec<String> {
+        vec![
+            "--etcd-ca-file".into(),
+            self.ca.display().to_string(),
+            "--etcd-cert-file".into(),
+            self.client_cert.display().to_string(),
+            "--etcd-key-file".into(),
+            self.client_key.display().to_string(),
+        ]
+    }
 }
 
 impl Etcd {
     /// Starts etcd in `netns` on `ip`:2379 (client) with a fresh data dir.
     pub fn start(netns: &str, ip: &str, data: PathBuf) -> Self {
+        Self::start_with(netns, ip, data, None)
+    }
+
+    /// Like [`Etcd::start`]; with `tls`, clients must use https and present
+    /// a certificate the CA signed.
+    pub fn start_with(netns: &str, ip: &str, data: PathBuf, tls: Option<TlsFiles>) -> Self {
         std::fs::create_dir_all(&data).expect("etcd data dir");
-        let mut e = Etcd { child: None, netns: netns.to_string(), url: format!("http://{ip}:2379"), data, ip: ip.to_string() };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut e = Etcd { child: None, netns: netns.to_string(), url: format!("{scheme}://{ip}:2379"), data, tls };
         e.resume();
         e
     }
@@ -46,10 +128,22 @@ impl Etcd {
     pub fn resume(&mut self) {
         assert!(self.child.is_none(), "etcd already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.with_extension("log")).expect("etcd log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "etcd", "--name", "e1", "--data-dir"])
-            .arg(self.data.join("member-data"))
-            .args(["--listen-client-urls", &format!("{},http://127.0.0.1:2379", self.url)])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "etcd", "--name", "e1", "--data-dir"]).arg(self.data.join("member-data"));
+        let local = match &self.tls {
+            Some(t) => {
+                cmd.args(["--client-cert-auth", "--trusted-ca-file"])
+                    .arg(&t.ca)
+                    .arg("--cert-file")
+                    .arg(&t.server_cert)
+                    .arg("--key-file")
+                    .arg(&t.server_key);
+                "https://127.0.0.1:2379"
+            }
+            None => "http://127.0.0.1:2379",
+        };
+        let child = cmd
+            .args(["--listen-client-urls", &format!("{},{local}", self.url)])
             .args(["--advertise-client-urls", &self.url])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380", "--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-cluster", "e1=http://127.0.0.1:2380", "--log-level", "warn"])
@@ -86,19 +180,12 @@ impl Etcd {
 
     /// Runs etcdctl (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
-        run(Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.netns,
-                "etcdctl",
-                "--endpoints",
-                &format!("http://{}:2379", self.ip),
-                "--dial-timeout=1s",
-                "--command-timeout=3s",
-            ])
-            .args(args)
-            .env("ETCDCTL_API", "3"))
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns, "etcdctl", "--endpoints", &self.url, "--dial-timeout=1s", "--command-timeout=3s"]);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert").arg(&t.ca).arg("--cert").arg(&t.client_cert).arg("--key").arg(&t.client_key);
+        }
+        run(cmd.args(args).env("ETCDCTL_API", "3"))
     }
 
     /// (key, value) of every key under `prefix`.
@@ -134,6 +221,15 @@ pub fn underlay_ip(i: usize) -> Ipv4Addr {
 impl Cluster {
     /// `n` nodes (node-1 … node-n) with leases of `lease_ttl` seconds.
     pub fn new(n: usize, lease_ttl: u64) -> Self {
+        Self::build(n, lease_ttl, false)
+    }
+
+    /// The same with etcd on https, requiring client certificates.
+    pub fn new_tls(n: usize, lease_ttl: u64) -> Self {
+        Self::build(n, lease_ttl, true)
+    }
+
+    fn build(n: usize, lease_ttl: u64, tls: bool) -> Self {
         require_root();
         let tag = format!("pc{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
         let underlay = format!("{tag}-ul");
@@ -144,7 +240,8 @@ impl Cluster {
         sh(&["ip", "-n", &underlay, "link", "add", "br0", "type", "bridge"]);
         sh(&["ip", "-n", &underlay, "addr", "add", &format!("{ETCD_IP}/24"), "dev", "br0"]);
         sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
-        let etcd = Etcd::start(&underlay, ETCD_IP, tmp.join("etcd"));
+        let tls = tls.then(|| TlsFiles::make(&tmp.join("tls"), ETCD_IP));
+        let etcd = Etcd::start_with(&underlay, ETCD_IP, tmp.join("etcd"), tls);
         let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl };
         for i in 1..=n {
             let node = c.make_node(i);
@@ -163,7 +260,8 @@ impl Cluster {
         let name = format!("node-{i}");
         let cidr = format!("10.210.{i}.0/24");
         let ttl = self.lease_ttl.to_string();
-        let mut node = Node::bare(&[
+        let tls_args = self.etcd.tls.as_ref().map(|t| t.client_args()).unwrap_or_default();
+        let mut ctrl_args = vec![
             "--node-name",
             &name,
             "--etcd-endpoints",
@@ -176,7 +274,9 @@ impl Cluster {
             "2",
             "--metrics-address",
             "off",
-        ]);
+        ];
+        ctrl_args.extend(tls_args.iter().map(String::as_str));
+        let mut node = Node::bare(&ctrl_args);
         let host_if = format!("n{i}");
         sh(&["ip", "link", "add", &host_if, "netns", &self.underlay, "type", "veth", "peer", "name", "ul0", "netns", &node.netns]);
         sh(&["ip", "-n", &self.underlay, "link", "set", &host_if, "master", "br0", "up"]);
@@ -187,8 +287,16 @@ impl Cluster {
         // palisade-ipcache-sync takes its settings from a --config file,
         // as an operator's unit would.
         let config = node.tmp.join("ipcache-sync.yaml");
-        std::fs::write(&config, format!("node-name: {name}\netcd-endpoints: [{}]\nlease-ttl: {ttl}\n", self.etcd.url))
-            .expect("write config");
+        let mut yaml = format!("node-name: {name}\netcd-endpoints: [{}]\nlease-ttl: {ttl}\n", self.etcd.url);
+        if let Some(t) = &self.etcd.tls {
+            yaml += &format!(
+                "etcd-ca-file: {}\netcd-cert-file: {}\netcd-key-file: {}\n",
+                t.ca.display(),
+                t.client_cert.display(),
+                t.client_key.display()
+            );
+        }
+        std::fs::write(&config, yaml).expect("write config");
         node.start_sync(&["--config", config.to_str().expect("utf-8")]);
         node
     }

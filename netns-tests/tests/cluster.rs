@@ -314,3 +314,35 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
 }
+
+#[test]
+fn etcd_over_tls_with_client_certificates_privileged_test() {
+    let mut c = Cluster::new_tls(2, 3);
+    assert!(c.etcd.url.starts_with("https://"));
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    c.node(2).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)), "{}", c.node(2).log());
+    assert!(frontend.tcp(&backend, 8080));
+    let st = c.node(1).json(&["status"]);
+    assert_eq!(st["cluster"]["connected"], true, "{st}");
+    assert_eq!(st["cluster"]["etcd_endpoints"][0], c.etcd.url.as_str());
+    // etcd refuses a client without a certificate: the TLS is real.
+    let tls = c.etcd.tls.clone().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &c.underlay, "etcdctl", "--endpoints", &c.etcd.url, "--dial-timeout=1s", "--command-timeout=2s"])
+        .arg("--cacert")
+        .arg(&tls.ca)
+        .args(["get", "--prefix", "/palisade/"])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "etcd answered a client without a certificate");
+    // No log line carries key material.
+    let key = std::fs::read_to_string(&tls.client_key).unwrap();
+    let secret = key.lines().find(|l| l.len() > 40 && !l.starts_with("-----")).unwrap();
+    for n in &c.nodes {
+        assert!(!n.log().contains(secret), "a log holds the client key");
+    }
+}
