@@ -18,28 +18,14 @@ use crate::daemon::{Config, Daemon};
     about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI"
 )]
 pub struct Args {
-    /// YAML file of settings: keys are these flags' long names
-    /// (`node-name: node-1`); flags on the command line win.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// This node's name in the cluster. Also picks per-node defaults:
-    /// /sys/fs/bpf/palisade/NODE, /var/lib/palisade/NODE,
-    /// /run/palisade/NODE/ctrl.sock.
-    #[arg(long, env = "PALISADE_NODE_NAME")]
-    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub node: palisade_cluster::daemon::NodeArgs,
     #[command(flatten)]
     pub etcd: palisade_cluster::EtcdArgs,
     /// Seconds between sweeps that delete cluster identities no node
     /// references (cluster mode).
     #[arg(long, default_value_t = 60)]
     pub identity_gc_interval: u64,
-    /// bpffs directory for the pinned maps [default: /sys/fs/bpf/palisade]
-    #[arg(long, env = "PALISADE_BPF_DIR")]
-    pub bpf_dir: Option<PathBuf>,
-    /// Directory for durable state (endpoints, policies, identities)
-    /// [default: /var/lib/palisade]
-    #[arg(long, env = "PALISADE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
     /// API socket (root only) [default: /run/palisade/ctrl.sock]
     #[arg(long, env = "PALISADE_SOCKET")]
     pub socket: Option<PathBuf>,
@@ -109,28 +95,16 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     Ok((ip, len))
 }
 
-/// Parses palisade-ctrl's arguments, `--config FILE` included.
-pub fn parse_args() -> Result<Args> {
-    use clap::CommandFactory;
-    let argv =
-        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
-    Ok(Args::parse_from(argv))
-}
-
 pub fn run(a: Args) -> Result<()> {
     let pod_cidr = parse_cidr(&a.pod_cidr)?;
-    if let Some(n) = &a.node_name {
-        palisade_cluster::keys::validate_node_name(n).map_err(ConfigError)?;
-    }
     let etcd = a.etcd.config().map_err(|e| ConfigError(format!("{e:#}")))?;
-    if etcd.is_some() && a.node_name.is_none() {
+    if etcd.is_some() && a.node.node_name.is_none() {
         return Err(ConfigError("--etcd-endpoints needs --node-name (each node's name in the cluster)".into()).into());
     }
     if a.identity_gc_interval == 0 {
         return Err(ConfigError("--identity-gc-interval must be at least 1 second".into()).into());
     }
-    let (bpf_dir, state_dir, socket) =
-        palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), a.socket.clone());
+    let (bpf_dir, state_dir, socket) = a.node.paths(a.socket.clone()).map_err(ConfigError)?;
     if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
     }
@@ -163,13 +137,13 @@ pub fn run(a: Args) -> Result<()> {
         host_interfaces: a.host_interfaces.clone(),
         node_labels,
         dns_proxy_port: a.dns_proxy_port,
-        node_name: a.node_name.clone(),
+        node_name: a.node.node_name.clone(),
     };
     let state_dir = cfg.state_dir.clone();
     let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     // Cluster mode starts once the local state is enforced: etcd being
     // away delays convergence, never enforcement.
-    let cluster_rx = match (etcd, &a.node_name) {
+    let cluster_rx = match (etcd, &a.node.node_name) {
         (Some(etcd), Some(node)) => {
             let (tx, rx) = std::sync::mpsc::channel();
             tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), "cluster mode");

@@ -223,23 +223,19 @@ impl Cluster {
             .iter()
             .map(|p| Ok(TxnOp::put(keys::policy(&p.key()), serde_json::to_vec(&p.source)?, None::<PutOptions>)))
             .collect::<Result<_>>()?;
-        let mut client = self.client.clone();
-        let r =
-            self.block_on(
-                async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) },
-            )?;
-        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+        self.commit(ops)
     }
 
     /// Deletes policies from etcd, all or none.
     pub fn delete_policies(&self, keys_: &[String]) -> Result<i64> {
-        let ops: Vec<TxnOp> = keys_.iter().map(|k| TxnOp::delete(keys::policy(k), None)).collect();
+        self.commit(keys_.iter().map(|k| TxnOp::delete(keys::policy(k), None)).collect())
+    }
+
+    /// One transaction of `ops`; returns the revision it made.
+    fn commit(&self, ops: Vec<TxnOp>) -> Result<i64> {
         let mut client = self.client.clone();
-        let r =
-            self.block_on(
-                async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) },
-            )?;
-        Ok(r.header().map(|h| h.revision()).unwrap_or(0))
+        let txn = async move { client.txn(Txn::new().and_then(ops)).await.map_err(|e| anyhow!(palisade_cluster::etcd::describe(&e))) };
+        Ok(self.block_on(txn)?.header().map(|h| h.revision()).unwrap_or(0))
     }
 
     fn block_on<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {

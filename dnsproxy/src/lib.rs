@@ -18,7 +18,7 @@ pub mod server;
 pub mod stats;
 pub mod wire;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 
@@ -29,23 +29,8 @@ use anyhow::Context as _;
     about = "Palisade's transparent DNS proxy: enforces DNS rules and learns toFQDNs addresses, installing them before the answer reaches the pod"
 )]
 pub struct Args {
-    /// YAML file of settings: keys are these flags' long names; flags on
-    /// the command line win.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// The node's name (several nodes on one machine): picks the per-node
-    /// default directories, as palisade-ctrl does.
-    #[arg(long, env = "PALISADE_NODE_NAME")]
-    pub node_name: Option<String>,
-    /// bpffs directory of the node's pinned maps (palisade-ctrl's --bpf-dir)
-    /// [default: /sys/fs/bpf/palisade, or /sys/fs/bpf/palisade/NODE]
-    #[arg(long, env = "PALISADE_BPF_DIR")]
-    pub bpf_dir: Option<PathBuf>,
-    /// The node's state directory (palisade-ctrl's --state-dir): policy.snap
-    /// is read there, the FQDN cache kept in <state-dir>/dnsproxy
-    /// [default: /var/lib/palisade, or /var/lib/palisade/NODE]
-    #[arg(long, env = "PALISADE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub node: palisade_cluster::daemon::NodeArgs,
     /// Port to listen on, 127.0.0.1 UDP and TCP (palisade-ctrl's --dns-proxy-port).
     #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
     pub port: u16,
@@ -92,20 +77,8 @@ fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// Parses palisade-dnsproxy's arguments, `--config FILE` included.
-pub fn parse_args() -> anyhow::Result<Args> {
-    use clap::CommandFactory;
-    let argv =
-        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
-    Ok(<Args as clap::Parser>::parse_from(argv))
-}
-
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if let Some(n) = &a.node_name {
-        palisade_cluster::keys::validate_node_name(n).map_err(ConfigError)?;
-    }
-    let (bpf_dir, state_dir, _) =
-        palisade_cluster::config::node_paths(a.node_name.as_deref(), a.bpf_dir.clone(), a.state_dir.clone(), None);
+    let (bpf_dir, state_dir, _) = a.node.paths(None).map_err(ConfigError)?;
     let deny = match a.deny_response.as_str() {
         "refused" | "REFUSED" => wire::DenyRcode::Refused,
         "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,

@@ -46,23 +46,10 @@ use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
     about = "Palisade cluster sync: publishes this node's endpoints in etcd under a lease and applies the other nodes' endpoints to the local ipcache"
 )]
 pub struct Args {
-    /// YAML file of settings: keys are these flags' long names; flags on
-    /// the command line win.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// This node's name in the cluster (as given to palisade-ctrl).
-    #[arg(long, env = "PALISADE_NODE_NAME")]
-    pub node_name: Option<String>,
+    #[command(flatten)]
+    pub node: palisade_cluster::daemon::NodeArgs,
     #[command(flatten)]
     pub etcd: palisade_cluster::EtcdArgs,
-    /// bpffs directory of palisade-ctrl's pinned maps
-    /// [default: /sys/fs/bpf/palisade/NODE]
-    #[arg(long, env = "PALISADE_BPF_DIR")]
-    pub bpf_dir: Option<PathBuf>,
-    /// palisade-ctrl's state directory (policy.snap; this process keeps
-    /// its files under ipcache-sync/) [default: /var/lib/palisade/NODE]
-    #[arg(long, env = "PALISADE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
 }
 
 /// A configuration error: the process exits 64.
@@ -70,22 +57,14 @@ pub struct Args {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-pub fn parse_args() -> Result<Args> {
-    use clap::CommandFactory;
-    let argv =
-        palisade_cluster::config::expand(&Args::command(), std::env::args_os().collect()).map_err(|e| ConfigError(format!("{e:#}")))?;
-    Ok(Args::parse_from(argv))
-}
-
 pub fn run(a: Args) -> Result<()> {
-    let node = a.node_name.clone().ok_or_else(|| ConfigError("--node-name is required".into()))?;
-    keys::validate_node_name(&node).map_err(ConfigError)?;
+    let node = a.node.node_name.clone().ok_or_else(|| ConfigError("--node-name is required".into()))?;
     let etcd = a
         .etcd
         .config()
         .map_err(|e| ConfigError(format!("{e:#}")))?
         .ok_or_else(|| ConfigError("--etcd-endpoints is required (palisade-ipcache-sync only runs in cluster mode)".into()))?;
-    let (bpf_dir, state_dir, _) = palisade_cluster::config::node_paths(Some(&node), a.bpf_dir.clone(), a.state_dir.clone(), None);
+    let (bpf_dir, state_dir, _) = a.node.paths(None).map_err(ConfigError)?;
     std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {

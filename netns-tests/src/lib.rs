@@ -167,22 +167,28 @@ impl Node {
         if !args.is_empty() {
             self.sync_args = args.iter().map(|a| a.to_string()).collect();
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("sync.log")).expect("log file");
+        self.sync = Some(self.spawn_daemon("palisade-ipcache-sync", "sync.log", &self.sync_args));
+    }
+
+    /// Starts one of the node's daemons in its netns with the node's
+    /// directories and `args`, and waits for its "ready" line.
+    fn spawn_daemon(&self, program: &str, log: &str, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join(log)).expect("log file");
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(bin("palisade-ipcache-sync"))
+            .arg(bin(program))
             .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])
-            .args(&self.sync_args)
-            .env("PALISADE_LOG", "info,palisade_ipcache_sync=debug")
+            .args(args)
+            .env("PALISADE_LOG", format!("info,{}=debug", program.replace('-', "_")))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
-            .expect("spawn palisade-ipcache-sync");
+            .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ipcache-sync output");
-        assert_eq!(line.trim(), "ready", "palisade-ipcache-sync did not start: {}", self.log());
-        self.sync = Some(child);
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("daemon output");
+        assert_eq!(line.trim(), "ready", "{program} did not start: {}", self.log());
+        child
     }
 
     /// PIDs of the node's processes (ctrl, dnsproxy, ipcache-sync).
@@ -205,22 +211,7 @@ impl Node {
         if !args.is_empty() {
             self.dnsproxy_args = args.iter().map(|a| a.to_string()).collect();
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("dnsproxy.log")).expect("log file");
-        let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(bin("palisade-dnsproxy"))
-            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
-            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
-            .args(&self.dnsproxy_args)
-            .env("PALISADE_LOG", "info,palisade_dnsproxy=debug")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn palisade-dnsproxy");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("dnsproxy output");
-        assert_eq!(line.trim(), "ready", "palisade-dnsproxy did not start: {}", self.log());
-        self.dnsproxy = Some(child);
+        self.dnsproxy = Some(self.spawn_daemon("palisade-dnsproxy", "dnsproxy.log", &self.dnsproxy_args));
     }
 
     /// Kills palisade-dnsproxy (SIGKILL: a crash, not a clean stop).

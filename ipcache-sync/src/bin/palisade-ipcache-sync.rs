@@ -1,20 +1,7 @@
 //! `palisade-ipcache-sync`: cluster-mode endpoint sync; exits 64 on bad
 //! configuration.
 fn main() {
-    let args = match palisade_ipcache_sync::parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("palisade-ipcache-sync: {e:#}");
-            std::process::exit(64);
-        }
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    if let Err(e) = palisade_ipcache_sync::run(args) {
-        eprintln!("palisade-ipcache-sync: {e:#}");
-        std::process::exit(e.downcast_ref::<palisade_ipcache_sync::ConfigError>().map_or(1, |_| 64));
-    }
+    palisade_cluster::daemon::main::<palisade_ipcache_sync::Args>("palisade-ipcache-sync", palisade_ipcache_sync::run, |e| {
+        e.downcast_ref::<palisade_ipcache_sync::ConfigError>().is_some()
+    })
 }
