@@ -346,3 +346,55 @@ fn etcd_over_tls_with_client_certificates_privileged_test() {
         assert!(!n.log().contains(secret), "a log holds the client key");
     }
 }
+
+#[test]
+fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(backend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    let backend_id = c.node(1).ipcache_entry(backend.ip).unwrap().0;
+    // Node 2 loses etcd (packets dropped both ways inside its namespace)
+    // for longer than its leases.
+    let ns2 = c.node(2).netns.clone();
+    let rules = |op: &str| {
+        for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
+            let ok = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns2, "iptables", op, chain, dir, palisade_netns_tests::cluster::ETCD_IP, "-p", "tcp", "-j", "DROP"])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "iptables {op} {chain}");
+        }
+    };
+    rules("-I");
+    // etcd expires node 2's leases: its endpoints leave node 1 (etcd cannot
+    // tell a partition from a death).
+    let gone = Cluster::wait(15, || c.node(1).ipcache_entry(backend.ip).is_none());
+    // Node 2 keeps enforcing what it knows meanwhile.
+    assert_eq!(c.node(2).ipcache_entry(frontend.ip).map(|e| e.0), c.node(1).json(&["endpoint", "get", "shop/frontend"])["identity"].as_u64().map(|i| i as u32));
+    rules("-D");
+    assert!(gone, "node-2's endpoint outlived its lease on node-1");
+    // Back: new leases, everything published and referenced again.
+    assert!(
+        Cluster::wait(20, || c.node(1).ipcache_entry(backend.ip).is_some()),
+        "node-2 did not re-register after the partition: {}",
+        c.node(2).log()
+    );
+    assert!(Cluster::wait(10, || frontend.tcp(&backend, 8080)), "allowed traffic did not come back");
+    assert!(!frontend.tcp(&backend, 9090));
+    let st = c.node(2).json(&["status"]);
+    assert!(st["cluster"]["lease_regrants"].as_u64() >= Some(1), "palisade-ctrl granted a new lease: {st}");
+    assert!(st["cluster"]["ipcache_sync"]["lease_regrants"].as_u64() >= Some(1), "palisade-ipcache-sync granted a new lease: {st}");
+    // Node 2's identity is referenced again, so it is not collected.
+    let id = c.node(1).ipcache_entry(backend.ip).unwrap().0;
+    assert!(
+        Cluster::wait(10, || !c.etcd.get_prefix(&format!("/palisade/v1/identities/refs/{id}/node-2")).is_empty()),
+        "node-2 holds no reference to identity {id}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!c.etcd.get_prefix(&format!("/palisade/v1/identities/id/{id}")).is_empty(), "identity {id} was collected while node-2 uses it");
+    eprintln!("identity of shop/backend: {backend_id} before the partition, {id} after");
+}
