@@ -119,27 +119,22 @@ up() {
     # The processes read their settings from per-node files, as a unit would.
     # nsenter (not `ip netns exec`) keeps this mount namespace, so all
     # three processes see the same bpffs and pinned maps.
-    cat >"$dir/ctrl.yaml" <<EOF
+    # One file for the node's three daemons: shared keys at the top, each
+    # daemon's own under its name.
+    cat >"$dir/node.yaml" <<EOF
 node-name: node-$i
 etcd-endpoints: [$ETCD_URL]
 lease-ttl: $ttl
-pod-cidr: 10.210.$i.0/24
-metrics-address: "off"
+palisade-ctrl:
+  pod-cidr: 10.210.$i.0/24
+  metrics-address: "off"
 EOF
-    cat >"$dir/ipcache-sync.yaml" <<EOF
-node-name: node-$i
-etcd-endpoints: [$ETCD_URL]
-lease-ttl: $ttl
-EOF
-    cat >"$dir/dnsproxy.yaml" <<EOF
-node-name: node-$i
-EOF
-    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-ctrl" --config "$dir/ctrl.yaml" >"$dir/ctrl.log" 2>&1 </dev/null &
+    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-ctrl" --config "$dir/node.yaml" >"$dir/ctrl.log" 2>&1 </dev/null &
     echo $! >"$dir/palisade-ctrl.pid"
     wait_for 20 "$BIN/palisade" --node "node-$i" status || die "palisade-ctrl of node-$i did not start: $(tail -5 "$dir/ctrl.log")"
-    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-dnsproxy" --config "$dir/dnsproxy.yaml" >/dev/null 2>"$dir/dnsproxy.log" </dev/null &
+    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-dnsproxy" --config "$dir/node.yaml" >/dev/null 2>"$dir/dnsproxy.log" </dev/null &
     echo $! >"$dir/palisade-dnsproxy.pid"
-    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-ipcache-sync" --config "$dir/ipcache-sync.yaml" >/dev/null 2>"$dir/ipcache-sync.log" </dev/null &
+    nsenter --net="/run/netns/$ns" setsid "$BIN/palisade-ipcache-sync" --config "$dir/node.yaml" >/dev/null 2>"$dir/ipcache-sync.log" </dev/null &
     echo $! >"$dir/palisade-ipcache-sync.pid"
   done
   for i in $(seq "$n"); do
@@ -153,14 +148,16 @@ EOF
       || die "node-$i does not see $n nodes: $(tail -5 "$RUN/node-$i/ipcache-sync.log")"
   done
   built=1
+  echo
+  echo "Palisade cluster up: $n nodes, etcd $ETCD_URL (in namespace $UL)."
+  echo
+  for i in $(seq "$n"); do
+    echo "  node-$i: namespace $(node_ns "$i"), pod CIDR 10.210.$i.0/24, CLI: palisade --node node-$i ..., config $RUN/node-$i/node.yaml"
+  done
   cat <<EOF
 
-Palisade cluster up: $n nodes, etcd $ETCD_URL (in namespace $UL).
-
-  palisade --node node-1 status             # each node's CLI (socket /run/palisade/node-1/ctrl.sock)
   palisade --node node-1 node list
-  ip netns add web1
-  palisade --node node-1 endpoint add shop/web --netns web1 --labels app=web
+  ip netns add web1 && palisade --node node-1 endpoint add shop/web --netns web1 --labels app=web
   palisade --node node-2 policy apply -f examples/policies/allow-frontend-to-backend.yaml   # every node enforces it
   ip netns exec $UL etcdctl --endpoints $ETCD_URL get --prefix /palisade/v1/ --keys-only
 

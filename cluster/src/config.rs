@@ -5,6 +5,12 @@
 //! environment variables and defaults. Keys are checked against the
 //! daemon's own flags: a typo is an error naming the key, not a silently
 //! ignored setting.
+//!
+//! One file can serve all of a node's daemons: the essentials
+//! (`node-name`, `etcd-*`, `bpf-dir`, `state-dir`, `socket`) are flags of
+//! every daemon, and a mapping under a daemon's name (`palisade-ctrl:`,
+//! `palisade-dnsproxy:`, `palisade-ipcache-sync:`) holds settings for that
+//! daemon only; the others skip it.
 use std::{ffi::OsString, path::Path};
 
 use anyhow::{bail, Context, Result};
@@ -90,7 +96,21 @@ fn flags_from_yaml(cmd: &clap::Command, file: &Path, text: &str) -> Result<Vec<(
         .filter(|(l, _)| l != "config" && l != "help" && l != "version")
         .collect();
     let mut out = Vec::new();
+    let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
     for (key, value) in map {
+        if key.starts_with("palisade-") {
+            // A section for one daemon: this one's is read, others' skipped.
+            if key == cmd.get_name() {
+                let serde_json::Value::Object(section) = value else {
+                    bail!("--config {}: {key}: expected a mapping of that command's flags", file.display());
+                };
+                entries.extend(section);
+            }
+            continue;
+        }
+        entries.push((key, value));
+    }
+    for (key, value) in entries {
         let Some((_, switch)) = known.iter().find(|(l, _)| *l == key) else {
             let mut names: Vec<&str> = known.iter().map(|(l, _)| l.as_str()).collect();
             names.sort();
@@ -126,6 +146,7 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     #[derive(Parser, Debug)]
+    #[command(name = "palisade-test")]
     struct A {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
@@ -160,6 +181,14 @@ mod tests {
         assert_eq!(a.lease_ttl, 3);
         let b = parse("node-name: node-1\nlease-ttl: 3\n", &["--node-name", "node-9", "--lease-ttl=4"]).unwrap();
         assert_eq!((b.node_name.as_str(), b.lease_ttl), ("node-9", 4));
+    }
+
+    #[test]
+    fn sections_hold_one_daemons_settings() {
+        let a = parse("node-name: node-1\npalisade-test:\n  lease-ttl: 9\npalisade-other:\n  pod-cidr: 10.0.0.0/24\n", &[]).unwrap();
+        assert_eq!((a.node_name.as_str(), a.lease_ttl), ("node-1", 9), "its own section is read, another's skipped");
+        let e = parse("palisade-test:\n  nope: 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key \"nope\""), "{e}");
     }
 
     #[test]

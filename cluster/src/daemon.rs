@@ -1,5 +1,6 @@
 //! What every Palisade daemon shares at its edge: the node flags
-//! (`--config`, `--node-name`, `--bpf-dir`, `--state-dir`) and `main`
+//! (`--config`, `--node-name`, `--bpf-dir`, `--state-dir`, `--socket`,
+//! `--etcd-*`) and `main`
 //! (arguments with `--config` expanded, logging to stderr with
 //! `PALISADE_LOG`, exit 64 on a configuration error, 1 on any other).
 use std::path::PathBuf;
@@ -27,15 +28,22 @@ pub struct NodeArgs {
     /// /var/lib/palisade/NODE]
     #[arg(long, env = "PALISADE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// palisade-ctrl's API socket [default: /run/palisade/ctrl.sock, or
+    /// /run/palisade/NODE/ctrl.sock]. Every daemon accepts it, so one node
+    /// file serves all three; only palisade-ctrl listens on it.
+    #[arg(long, env = "PALISADE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub etcd: crate::EtcdArgs,
 }
 
 impl NodeArgs {
-    /// Checks the node name; returns (bpf dir, state dir, default socket).
-    pub fn paths(&self, socket: Option<PathBuf>) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    /// Checks the node name; returns (bpf dir, state dir, socket).
+    pub fn paths(&self) -> Result<(PathBuf, PathBuf, PathBuf), String> {
         if let Some(n) = &self.node_name {
             crate::keys::validate_node_name(n)?;
         }
-        Ok(crate::config::node_paths(self.node_name.as_deref(), self.bpf_dir.clone(), self.state_dir.clone(), socket))
+        Ok(crate::config::node_paths(self.node_name.as_deref(), self.bpf_dir.clone(), self.state_dir.clone(), self.socket.clone()))
     }
 }
 

@@ -1,7 +1,6 @@
 //! palisade-ctrl's configuration and main loop.
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
     sync::{Arc, Mutex},
 };
 
@@ -20,15 +19,10 @@ use crate::daemon::{Config, Daemon};
 pub struct Args {
     #[command(flatten)]
     pub node: palisade_cluster::daemon::NodeArgs,
-    #[command(flatten)]
-    pub etcd: palisade_cluster::EtcdArgs,
     /// Seconds between sweeps that delete cluster identities no node
     /// references (cluster mode).
     #[arg(long, default_value_t = 60)]
     pub identity_gc_interval: u64,
-    /// API socket (root only) [default: /run/palisade/ctrl.sock]
-    #[arg(long, env = "PALISADE_SOCKET")]
-    pub socket: Option<PathBuf>,
     /// Pod CIDR to allocate endpoint addresses from.
     #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16")]
     pub pod_cidr: String,
@@ -97,14 +91,14 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
 
 pub fn run(a: Args) -> Result<()> {
     let pod_cidr = parse_cidr(&a.pod_cidr)?;
-    let etcd = a.etcd.config().map_err(|e| ConfigError(format!("{e:#}")))?;
+    let etcd = a.node.etcd.config().map_err(|e| ConfigError(format!("{e:#}")))?;
     if etcd.is_some() && a.node.node_name.is_none() {
         return Err(ConfigError("--etcd-endpoints needs --node-name (each node's name in the cluster)".into()).into());
     }
     if a.identity_gc_interval == 0 {
         return Err(ConfigError("--identity-gc-interval must be at least 1 second".into()).into());
     }
-    let (bpf_dir, state_dir, socket) = a.node.paths(a.socket.clone()).map_err(ConfigError)?;
+    let (bpf_dir, state_dir, socket) = a.node.paths().map_err(ConfigError)?;
     if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
     }

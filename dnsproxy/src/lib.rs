@@ -78,7 +78,7 @@ fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
 pub struct ConfigError(pub String);
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (bpf_dir, state_dir, _) = a.node.paths(None).map_err(ConfigError)?;
+    let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
     let deny = match a.deny_response.as_str() {
         "refused" | "REFUSED" => wire::DenyRcode::Refused,
         "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,

@@ -48,8 +48,6 @@ use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
 pub struct Args {
     #[command(flatten)]
     pub node: palisade_cluster::daemon::NodeArgs,
-    #[command(flatten)]
-    pub etcd: palisade_cluster::EtcdArgs,
 }
 
 /// A configuration error: the process exits 64.
@@ -60,11 +58,12 @@ pub struct ConfigError(pub String);
 pub fn run(a: Args) -> Result<()> {
     let node = a.node.node_name.clone().ok_or_else(|| ConfigError("--node-name is required".into()))?;
     let etcd = a
+        .node
         .etcd
         .config()
         .map_err(|e| ConfigError(format!("{e:#}")))?
         .ok_or_else(|| ConfigError("--etcd-endpoints is required (palisade-ipcache-sync only runs in cluster mode)".into()))?;
-    let (bpf_dir, state_dir, _) = a.node.paths(None).map_err(ConfigError)?;
+    let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
     std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {

@@ -362,7 +362,20 @@ fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
     let rules = |op: &str| {
         for (chain, dir) in [("OUTPUT", "-d"), ("INPUT", "-s")] {
             let ok = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns2, "iptables", op, chain, dir, palisade_netns_tests::cluster::ETCD_IP, "-p", "tcp", "-j", "DROP"])
+                .args([
+                    "netns",
+                    "exec",
+                    &ns2,
+                    "iptables",
+                    op,
+                    chain,
+                    dir,
+                    palisade_netns_tests::cluster::ETCD_IP,
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "DROP",
+                ])
                 .status()
                 .unwrap()
                 .success();
@@ -374,7 +387,10 @@ fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
     // tell a partition from a death).
     let gone = Cluster::wait(15, || c.node(1).ipcache_entry(backend.ip).is_none());
     // Node 2 keeps enforcing what it knows meanwhile.
-    assert_eq!(c.node(2).ipcache_entry(frontend.ip).map(|e| e.0), c.node(1).json(&["endpoint", "get", "shop/frontend"])["identity"].as_u64().map(|i| i as u32));
+    assert_eq!(
+        c.node(2).ipcache_entry(frontend.ip).map(|e| e.0),
+        c.node(1).json(&["endpoint", "get", "shop/frontend"])["identity"].as_u64().map(|i| i as u32)
+    );
     rules("-D");
     assert!(gone, "node-2's endpoint outlived its lease on node-1");
     // Back: new leases, everything published and referenced again.
