@@ -54,7 +54,9 @@ impl RemoteIpcache {
     /// local endpoint or the node's own address wins); returns whether it
     /// wrote.
     pub fn put_remote(&self, ip: Ipv4Addr, v: crate::IpcacheValue) -> Result<bool> {
-        assert!(v.node_id != 0, "remote entries carry the remote node's id");
+        if v.node_id == 0 {
+            return Ok(false); // not a remote entry: never written here
+        }
         match self.get(ip) {
             Some(cur) if cur.node_id == 0 => return Ok(false),
             Some(cur) if cur == v => return Ok(true),

@@ -59,6 +59,9 @@ impl EtcdArgs {
             }
         }
         let tls = self.etcd_endpoints.iter().any(|e| e.starts_with("https://"));
+        if tls && self.etcd_endpoints.iter().any(|e| e.starts_with("http://")) {
+            bail!("--etcd-endpoints mixes http:// and https://; use one scheme for all");
+        }
         if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
             bail!("--etcd-cert-file and --etcd-key-file go together");
         }
@@ -108,7 +111,10 @@ impl EtcdConfig {
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(self.request_timeout)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the leader fails requests and watches
+            // instead of serving a view that no longer moves.
+            .with_require_leader(true);
         if self.endpoints.iter().any(|e| e.starts_with("https://")) {
             let mut tls = TlsOptions::new();
             if let Some(ca) = &self.ca_file {

@@ -29,9 +29,14 @@ fn labels_json(l: &Labels) -> Vec<u8> {
     serde_json::to_vec(l).expect("labels serialize")
 }
 
-/// Parses an `id/N` key and its value.
+/// Parses an `id/N` key and its value. Only label identities (FIRST to
+/// LAST): a record naming a reserved number (world as "frontend") or a
+/// node-local CIDR number is refused.
 pub fn parse_id(key: &str, value: &[u8]) -> Option<(u32, Labels)> {
-    let id = key.strip_prefix(keys::IDENTITY_IDS)?.parse().ok()?;
+    let id: u32 = key.strip_prefix(keys::IDENTITY_IDS)?.parse().ok()?;
+    if !(FIRST..=LAST).contains(&id) {
+        return None;
+    }
     let labels = serde_json::from_slice(value).ok()?;
     Some((id, labels))
 }

@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod identity;
 pub mod keys;
+pub mod lease;
 pub mod listwatch;
 
 pub use etcd::{EtcdArgs, EtcdConfig};

@@ -13,7 +13,7 @@
 use std::{
     collections::BTreeMap,
     sync::{mpsc, Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{anyhow, Context, Result};
@@ -54,14 +54,22 @@ pub struct Cluster {
     client: Client,
     pub node: String,
     pub cfg: EtcdConfig,
-    lease: Arc<Mutex<Option<i64>>>,
-    /// Identities this node references (those its endpoints hold).
-    held: Arc<Mutex<BTreeMap<u32, Labels>>>,
+    /// The identity worker's queue (see [`worker`]).
+    ops: tokio::sync::mpsc::UnboundedSender<Op>,
     pub status: Arc<Mutex<Status>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Work for the identity worker, done strictly in order: a release
+/// followed by an allocation of the same labels can never delete the new
+/// reference.
+enum Op {
+    Reference { labels: Labels, hint: u32, reply: tokio::sync::oneshot::Sender<Result<u32>> },
+    Hold { id: u32, labels: Labels },
+    Release { id: u32 },
 }
 
 impl Cluster {
@@ -76,16 +84,9 @@ impl Cluster {
             .build()
             .context("starting the etcd client runtime")?;
         let client = rt.block_on(cfg.connect())?;
-        let c = Self {
-            rt,
-            client,
-            node,
-            cfg,
-            lease: Arc::new(Mutex::new(None)),
-            held: Arc::new(Mutex::new(held)),
-            status: Arc::new(Mutex::new(Status::default())),
-        };
-        c.spawn_lease(tx.clone());
+        let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
+        let c = Self { rt, client, node, cfg, ops, status: Arc::new(Mutex::new(Status::default())) };
+        c.rt.spawn(worker(c.client.clone(), c.node.clone(), c.cfg.lease_ttl, held, rx, tx.clone(), c.status.clone()));
         for (prefix, wrap) in [
             (keys::IDENTITY_IDS, Event::Identities as fn(listwatch::Update) -> Event),
             (keys::POLICIES, Event::Policies as fn(listwatch::Update) -> Event),
@@ -133,87 +134,25 @@ impl Cluster {
         Ok(c)
     }
 
-    /// Grants the lease, (re)references every held identity under it,
-    /// keeps it alive; on loss (expired during an outage) starts over.
-    fn spawn_lease(&self, tx: mpsc::Sender<Event>) {
-        let (mut client, lease, held, status, node) =
-            (self.client.clone(), self.lease.clone(), self.held.clone(), self.status.clone(), self.node.clone());
-        let ttl = self.cfg.lease_ttl;
-        self.rt.spawn(async move {
-            let mut first = true;
-            loop {
-                let id = match client.lease_grant(ttl.as_secs() as i64, None).await {
-                    Ok(r) => r.id(),
-                    Err(e) => {
-                        lock(&status).error = Some(palisade_cluster::etcd::describe(&e));
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
-                };
-                if !first {
-                    lock(&status).lease_regrants += 1;
-                    tracing::warn!(lease = id, "etcd lease was lost; granted a new one and referencing this node's identities again");
-                }
-                first = false;
-                // References before the lease is offered to allocations,
-                // so a reference is never left on a dead lease.
-                let want: Vec<(u32, Labels)> = lock(&held).iter().map(|(i, l)| (*i, l.clone())).collect();
-                let mut ok = true;
-                for (old, labels) in want {
-                    match identity::reference(&mut client, &labels, &node, id, old).await {
-                        Ok(new) if new == old => {}
-                        Ok(new) => {
-                            let mut h = lock(&held);
-                            h.remove(&old);
-                            h.insert(new, labels.clone());
-                            let _ = tx.send(Event::IdentityMoved { labels, old, new });
-                        }
-                        Err(e) => {
-                            tracing::warn!("referencing identity {old}: {e:#}");
-                            ok = false;
-                            break;
-                        }
-                    }
-                }
-                if !ok {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-                *lock(&lease) = Some(id);
-                lock(&status).lease_id = id;
-                keep_alive(&mut client, id, ttl).await;
-                *lock(&lease) = None;
-            }
-        });
-    }
-
     /// The cluster's identity for `labels`, referenced by this node.
     /// `hint`: one past the highest identity known.
     pub fn allocate(&self, labels: &Labels, hint: u32) -> Result<u32> {
-        let lease = lock(&self.lease).ok_or_else(|| anyhow!("not connected to etcd (no lease yet)"))?;
-        let mut client = self.client.clone();
-        let id = self.block_on(identity::reference(&mut client, labels, &self.node, lease, hint))?;
-        lock(&self.held).insert(id, labels.clone());
-        Ok(id)
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.ops.send(Op::Reference { labels: labels.clone(), hint, reply }).map_err(|_| anyhow!("the etcd worker stopped"))?;
+        self.block_on(async move { rx.await.map_err(|_| anyhow!("the etcd worker stopped"))? })
     }
 
-    /// Records that this node uses `id` without asking etcd (etcd is down;
-    /// the number came from the last view). The lease loop references it
-    /// when etcd is back.
+    /// Records that this node uses `id` without asking etcd now (etcd is
+    /// down; the number came from the last view); the worker references it
+    /// as soon as it can.
     pub fn hold(&self, id: u32, labels: &Labels) {
-        lock(&self.held).insert(id, labels.clone());
+        let _ = self.ops.send(Op::Hold { id, labels: labels.clone() });
     }
 
-    /// Drops this node's reference to `id` (in the background; a failure
-    /// leaves the reference until the lease goes).
+    /// Drops this node's reference to `id` (queued after every earlier
+    /// operation; a failure leaves the reference until the lease goes).
     pub fn release(&self, id: u32) {
-        lock(&self.held).remove(&id);
-        let (mut client, node) = (self.client.clone(), self.node.clone());
-        self.rt.spawn(async move {
-            if let Err(e) = identity::release(&mut client, id, &node).await {
-                tracing::debug!("releasing identity {id}: {e:#}");
-            }
-        });
+        let _ = self.ops.send(Op::Release { id });
     }
 
     /// Stores policies in etcd, all or none: each as the object the
@@ -248,34 +187,112 @@ impl Cluster {
     }
 }
 
-/// Keeps `lease` alive until it is lost: expired (etcd answers TTL 0) or
-/// unrenewed for longer than its TTL.
-async fn keep_alive(client: &mut Client, lease: i64, ttl: Duration) {
-    let every = (ttl / 3).max(Duration::from_millis(300));
-    let mut last_ok = Instant::now();
+/// The identity worker: owns the lease and the references this node
+/// holds. Every `ttl / 3` it renews the lease (a new one when it was lost)
+/// and references whatever is not yet referenced under the current lease:
+/// identities held while etcd was away, and all of them after a new lease.
+/// An identity collected meanwhile is allocated again (same number when
+/// free) and the daemon is told when the number moved.
+async fn worker(
+    mut client: Client,
+    node: String,
+    ttl: Duration,
+    mut held: BTreeMap<u32, Labels>,
+    mut ops: tokio::sync::mpsc::UnboundedReceiver<Op>,
+    events: mpsc::Sender<Event>,
+    status: Arc<Mutex<Status>>,
+) {
+    use palisade_cluster::lease::{Lease, Renewal};
+    let limit = Duration::from_secs(3);
+    let mut lease: Option<Lease> = None;
+    let mut unreferenced: std::collections::BTreeSet<u32> = held.keys().copied().collect();
+    let mut granted_before = false;
+    let mut tick = tokio::time::interval((ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(5)));
     loop {
-        let r = async {
-            let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-            loop {
-                keeper.keep_alive().await?;
-                match stream.message().await? {
-                    Some(m) if m.ttl() > 0 => {}
-                    _ => return Ok::<bool, etcd_client::Error>(false),
+        tokio::select! {
+            op = ops.recv() => {
+                let Some(op) = op else { return };
+                match op {
+                    Op::Reference { labels, hint, reply } => {
+                        let r = match &lease {
+                            None => Err(anyhow!("not connected to etcd (no lease)")),
+                            Some(l) => match tokio::time::timeout(limit, identity::reference(&mut client, &labels, &node, l.id, hint)).await {
+                                Ok(r) => r,
+                                Err(_) => Err(anyhow!("etcd did not answer within {limit:?}")),
+                            },
+                        };
+                        if let Ok(id) = &r {
+                            held.insert(*id, labels);
+                            unreferenced.remove(id);
+                        }
+                        let _ = reply.send(r);
+                    }
+                    Op::Hold { id, labels } => {
+                        held.insert(id, labels);
+                        unreferenced.insert(id);
+                    }
+                    Op::Release { id } => {
+                        held.remove(&id);
+                        unreferenced.remove(&id);
+                        match tokio::time::timeout(limit, identity::release(&mut client, id, &node)).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::debug!("releasing identity {id}: {e:#}"),
+                            Err(_) => tracing::debug!("releasing identity {id}: timeout"),
+                        }
+                    }
                 }
-                last_ok = Instant::now();
-                tokio::time::sleep(every).await;
+            }
+            _ = tick.tick() => {
+                if let Some(l) = &mut lease {
+                    match l.renew(&mut client, ttl).await {
+                        Renewal::Renewed => {}
+                        Renewal::Failed(e) => tracing::debug!(lease = l.id, "keep-alive: {e}"),
+                        Renewal::Lost(why) => {
+                            tracing::warn!(lease = l.id, "etcd lease lost ({why}); granting a new one and referencing this node's identities again");
+                            lease = None;
+                            lock(&status).lease_regrants += 1;
+                        }
+                    }
+                }
+                if lease.is_none() {
+                    match tokio::time::timeout(limit, client.lease_grant(ttl.as_secs() as i64, None)).await {
+                        Ok(Ok(r)) => {
+                            lease = Some(Lease::new(r.id()));
+                            lock(&status).lease_id = r.id();
+                            unreferenced = held.keys().copied().collect();
+                            if granted_before {
+                                tracing::info!(lease = r.id(), "new etcd lease granted");
+                            }
+                            granted_before = true;
+                        }
+                        Ok(Err(e)) => lock(&status).error = Some(palisade_cluster::etcd::describe(&e)),
+                        Err(_) => lock(&status).error = Some("etcd did not answer in time".into()),
+                    }
+                }
+                let Some(l) = &lease else { continue };
+                for old in unreferenced.clone() {
+                    let Some(labels) = held.get(&old).cloned() else {
+                        unreferenced.remove(&old);
+                        continue;
+                    };
+                    match tokio::time::timeout(limit, identity::reference(&mut client, &labels, &node, l.id, old)).await {
+                        Ok(Ok(new)) => {
+                            unreferenced.remove(&old);
+                            if new != old {
+                                held.remove(&old);
+                                held.insert(new, labels.clone());
+                                let _ = events.send(Event::IdentityMoved { labels, old, new });
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!("referencing identity {old}: {e:#}");
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
             }
         }
-        .await;
-        match r {
-            Ok(false) => return,
-            Ok(true) => {}
-            Err(e) => tracing::debug!("lease keep-alive: {}", palisade_cluster::etcd::describe(&e)),
-        }
-        if last_ok.elapsed() > ttl {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -304,23 +321,33 @@ impl crate::daemon::Daemon {
         let mut moved = false;
         for ev in events {
             match ev {
-                Event::Identities(u) => {
-                    let mut now = self.store.identities.cluster().clone();
-                    match u {
-                        Update::Reset { items, .. } => now = items.iter().filter_map(|(k, v)| identity::parse_id(k, v)).collect(),
-                        Update::Put { key, value, .. } => match identity::parse_id(&key, &value) {
+                Event::Identities(Update::Reset { items, .. }) => {
+                    let mut next = BTreeMap::new();
+                    for (k, v) in &items {
+                        match identity::parse_id(k, v) {
                             Some((id, l)) => {
-                                now.insert(id, l);
+                                next.insert(id, l);
                             }
-                            None => tracing::warn!(%key, "etcd: not an identity; ignored"),
-                        },
-                        Update::Delete { key, .. } => {
-                            if let Some(id) = key.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok()) {
-                                now.remove(&id);
+                            // Not an identity: the last good one stays.
+                            None => {
+                                tracing::warn!(key = %k, "etcd: not a valid identity; keeping the last good one");
+                                let id: Option<u32> = k.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok());
+                                if let Some((id, l)) = id.and_then(|id| Some((id, self.store.identities.cluster().get(&id)?.clone()))) {
+                                    next.insert(id, l);
+                                }
                             }
                         }
                     }
-                    labels_changed.extend(self.store.identities.set_cluster(now));
+                    labels_changed.extend(self.store.identities.set_cluster(next));
+                }
+                Event::Identities(Update::Put { key, value, .. }) => match identity::parse_id(&key, &value) {
+                    Some((id, l)) => labels_changed.extend(self.store.identities.cluster_put(id, l)),
+                    None => tracing::warn!(%key, "etcd: not a valid identity; ignored"),
+                },
+                Event::Identities(Update::Delete { key, .. }) => {
+                    if let Some(id) = key.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok()) {
+                        labels_changed.extend(self.store.identities.cluster_remove(id));
+                    }
                 }
                 Event::Policies(u) => match u {
                     Update::Reset { items, .. } => {
@@ -411,7 +438,12 @@ pub fn spawn_apply(
             batch.extend(rx.try_iter());
             let mut d = lock(&daemon);
             if let Err(e) = d.cluster_events(batch) {
-                tracing::error!("applying cluster state: {e:#}");
+                // The store moved but the maps may hold part of it: re-read
+                // them and bring every endpoint to the store's state.
+                tracing::error!("applying cluster state: {e:#}; resynchronising every endpoint");
+                if let Err(e) = d.resync_all() {
+                    tracing::error!("resynchronising: {e:#}");
+                }
             }
             version.fetch_add(1, std::sync::atomic::Ordering::Release);
         }

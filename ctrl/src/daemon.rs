@@ -129,6 +129,13 @@ impl Daemon {
         Ok(d)
     }
 
+    /// Re-reads what the maps hold and recompiles every endpoint (after a
+    /// change that failed half-way).
+    pub(crate) fn resync_all(&mut self) -> Result<()> {
+        self.read_installed()?;
+        self.sync().map(|_| ())
+    }
+
     /// Reads the policy map and endpoint flags as the datapath has them now.
     fn read_installed(&mut self) -> Result<()> {
         self.installed.clear();
@@ -424,6 +431,9 @@ impl Daemon {
             user.insert(k, v);
         }
         let labels = Labels::for_endpoint_in(&ep.namespace, self.namespace_labels(&ep.namespace), &user);
+        // The identity first (cluster mode may refuse it): nothing changes
+        // if it cannot be had.
+        self.identity_for(&labels).with_context(|| format!("endpoint {}: nothing was changed", ep.name))?;
         self.store.endpoints.get_mut(&ep.name).expect("exists").user_labels = user;
         self.relabel(&ep.name, labels)?;
         self.sync()?;
@@ -444,9 +454,15 @@ impl Daemon {
             palisade_policy::labels::validate_key(k).map_err(anyhow::Error::msg).context("--labels")?;
             palisade_policy::labels::validate_value(v).map_err(anyhow::Error::msg).context("--labels")?;
         }
-        self.store.namespaces.insert(name.to_string(), labels);
         let members: Vec<(String, BTreeMap<String, String>)> =
             self.store.endpoints.values().filter(|e| e.namespace == name).map(|e| (e.name.clone(), e.user_labels.clone())).collect();
+        // Every member's new identity first (cluster mode may refuse one):
+        // nothing changes if any cannot be had.
+        for (_, user) in &members {
+            let l = Labels::for_endpoint_in(name, &labels, user);
+            self.identity_for(&l).with_context(|| format!("namespace {name}: nothing was changed"))?;
+        }
+        self.store.namespaces.insert(name.to_string(), labels);
         for (ep, user) in &members {
             let l = Labels::for_endpoint_in(name, self.namespace_labels(name), user);
             self.relabel(ep, l)?;

@@ -167,6 +167,21 @@ impl IdentityAllocator {
         changed
     }
 
+    /// One cluster identity appeared or changed; returns the label sets
+    /// that moved (the old and the new).
+    pub fn cluster_put(&mut self, id: u32, labels: Labels) -> Vec<Labels> {
+        match self.cluster.insert(id, labels.clone()) {
+            Some(old) if old == labels => Vec::new(),
+            Some(old) => vec![old, labels],
+            None => vec![labels],
+        }
+    }
+
+    /// One cluster identity went; returns its labels.
+    pub fn cluster_remove(&mut self, id: u32) -> Vec<Labels> {
+        self.cluster.remove(&id).into_iter().collect()
+    }
+
     /// The cluster's identity for `labels`, if it has one (a linear scan:
     /// only used when etcd cannot be asked).
     pub fn cluster_lookup(&self, labels: &Labels) -> Option<u32> {

@@ -24,7 +24,7 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result};
@@ -33,6 +33,7 @@ use etcd_client::{Client, PutOptions, Txn, TxnOp};
 use palisade_bpf::{pinned::RemoteIpcache, IpcacheValue};
 use palisade_cluster::{
     keys::{self, IpcacheRecord, NodeRecord},
+    lease::{Lease, Renewal},
     listwatch::{self, Link, Update},
     status::{now_ms, NodeView, SyncStatus},
     EtcdConfig,
@@ -65,6 +66,17 @@ pub fn run(a: Args) -> Result<()> {
         .ok_or_else(|| ConfigError("--etcd-endpoints is required (palisade-ipcache-sync only runs in cluster mode)".into()))?;
     let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
     std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
+    // One sync per node: two would revoke each other's leases.
+    let lock_path = state_dir.join("ipcache-sync/lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        return Err(ConfigError(format!("another palisade-ipcache-sync runs for this node (it holds {})", lock_path.display())).into());
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let map = open_map(&bpf_dir).await;
@@ -100,12 +112,6 @@ enum Ev {
 
 /// A local endpoint as published: (identity, name).
 type Local = BTreeMap<Ipv4Addr, (u32, String)>;
-
-struct Lease {
-    id: i64,
-    keeper: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
-    renewed: Instant,
-}
 
 struct Sync {
     node: String,
@@ -225,7 +231,24 @@ impl Sync {
                     self.status.error = Some(error);
                 }
                 Ev::Ipcache(Update::Reset { items, .. }) => {
-                    self.remote = items.iter().filter_map(|(k, v)| parse_ipcache(k, v)).collect();
+                    let mut next = BTreeMap::new();
+                    for (k, v) in &items {
+                        match parse_ipcache(k, v) {
+                            Some((ip, rec)) => {
+                                next.insert(ip, rec);
+                            }
+                            // A record that does not parse keeps the last good one.
+                            None => {
+                                tracing::warn!(key = %k, "etcd: not a valid ipcache record; keeping the last good one");
+                                let ip: Option<Ipv4Addr> = k.strip_prefix(keys::IPCACHE).and_then(|s| s.parse().ok());
+                                if let Some((ip, old)) = ip.and_then(|ip| Some((ip, self.remote.get(&ip)?.clone()))) {
+                                    next.insert(ip, old);
+                                }
+                            }
+                        }
+                    }
+                    self.remote = next;
+                    self.check_own_keys();
                     self.listed.0 = true;
                     full = true;
                 }
@@ -247,7 +270,22 @@ impl Sync {
                     }
                 }
                 Ev::Nodes(Update::Reset { items, .. }) => {
-                    self.nodes = items.iter().filter_map(|(k, v)| parse_node(k, v)).collect();
+                    let mut next = BTreeMap::new();
+                    for (k, v) in &items {
+                        let name = k.strip_prefix(keys::NODES).unwrap_or(k);
+                        match parse_node(k, v) {
+                            Some((name, rec)) => {
+                                next.insert(name, rec);
+                            }
+                            None => {
+                                tracing::warn!(key = %k, "etcd: not a valid node record; keeping the last good one");
+                                if let Some(old) = self.nodes.get(name) {
+                                    next.insert(name.to_string(), old.clone());
+                                }
+                            }
+                        }
+                    }
+                    self.nodes = next;
                     self.listed.1 = true;
                     full = true;
                 }
@@ -285,6 +323,22 @@ impl Sync {
         if full || !changed.is_empty() || self.status_stale {
             self.status_stale = false;
             self.write_status();
+        }
+    }
+
+    /// After a full list: this node's keys as etcd holds them must be what
+    /// it published (a key deleted by anything but its lease is put again),
+    /// and a key of this node it no longer publishes (left by an earlier
+    /// run) is deleted.
+    fn check_own_keys(&mut self) {
+        let own: BTreeMap<Ipv4Addr, (u32, String)> =
+            self.remote.iter().filter(|(_, r)| r.node == self.node).map(|(ip, r)| (*ip, (r.identity, r.name.clone()))).collect();
+        self.published.retain(|ip, v| own.get(ip) == Some(v));
+        let local = self.local.as_ref();
+        for (ip, v) in own {
+            if local.is_some_and(|l| !l.contains_key(&ip)) {
+                self.published.insert(ip, v);
+            }
         }
     }
 
@@ -395,9 +449,27 @@ impl Sync {
                 changes.push((*ip, Some(v.clone())));
             }
         }
-        for ip in self.published.keys().filter(|ip| !local.contains_key(ip)) {
-            ops.push(TxnOp::delete(keys::ipcache(*ip), None));
-            changes.push((*ip, None));
+        let deletes: Vec<Ipv4Addr> = self.published.keys().filter(|ip| !local.contains_key(ip)).copied().collect();
+        // A delete only removes this node's own record (the address may
+        // belong to another node by now), and only as it was read.
+        for ip in deletes {
+            let key = keys::ipcache(ip);
+            self.requests += 1;
+            let Ok(Ok(got)) = tokio::time::timeout(self.cfg.request_timeout, self.client.get(key.as_str(), None)).await else { continue };
+            let done = match got.kvs().first() {
+                None => true,
+                Some(kv) if parse_ipcache(&key, kv.value()).is_some_and(|(_, r)| r.node != self.node) => true,
+                Some(kv) => {
+                    let txn = Txn::new()
+                        .when([etcd_client::Compare::mod_revision(key.as_str(), etcd_client::CompareOp::Equal, kv.mod_revision())])
+                        .and_then([TxnOp::delete(key.as_str(), None)]);
+                    self.requests += 1;
+                    matches!(tokio::time::timeout(self.cfg.request_timeout, self.client.txn(txn)).await, Ok(Ok(_)))
+                }
+            };
+            if done {
+                self.published.remove(&ip);
+            }
         }
         if ops.is_empty() {
             return;
@@ -438,22 +510,14 @@ impl Sync {
     /// everything) when there is none or it was lost.
     async fn lease_tick(&mut self) {
         if let Some(l) = &mut self.lease {
-            let ok = keep_alive_once(&mut self.client, l).await;
             self.requests += 1;
-            match ok {
-                Ok(true) => l.renewed = Instant::now(),
-                Ok(false) => {
-                    tracing::warn!(lease = l.id, "etcd lease expired; granting a new one and publishing again");
+            match l.renew(&mut self.client, self.cfg.lease_ttl).await {
+                Renewal::Renewed => {}
+                Renewal::Failed(e) => tracing::debug!(lease = l.id, "keep-alive: {e}"),
+                Renewal::Lost(why) => {
+                    tracing::warn!(lease = l.id, "etcd lease lost ({why}); granting a new one and publishing again");
                     self.lease = None;
                     self.status.lease_regrants += 1;
-                }
-                Err(e) => {
-                    l.keeper = None;
-                    if l.renewed.elapsed() > self.cfg.lease_ttl {
-                        tracing::warn!(lease = l.id, "etcd lease not renewed for its whole TTL ({e}); will grant a new one");
-                        self.lease = None;
-                        self.status.lease_regrants += 1;
-                    }
                 }
             }
         }
@@ -461,7 +525,7 @@ impl Sync {
             self.requests += 1;
             match tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await {
                 Ok(Ok(r)) => {
-                    self.lease = Some(Lease { id: r.id(), keeper: None, renewed: Instant::now() });
+                    self.lease = Some(Lease::new(r.id()));
                     self.status.lease_id = r.id();
                     self.published.clear();
                     self.node_published = false;
@@ -529,31 +593,22 @@ impl Sync {
     }
 }
 
-/// One keep-alive round trip: Ok(false) when etcd says the lease is gone.
-async fn keep_alive_once(client: &mut Client, l: &mut Lease) -> Result<bool, String> {
-    let limit = Duration::from_secs(2);
-    if l.keeper.is_none() {
-        let k = tokio::time::timeout(limit, client.lease_keep_alive(l.id)).await.map_err(|_| "timeout".to_string())?;
-        l.keeper = Some(k.map_err(|e| palisade_cluster::etcd::describe(&e))?);
-    }
-    let (keeper, stream) = l.keeper.as_mut().expect("set above");
-    keeper.keep_alive().await.map_err(|e| palisade_cluster::etcd::describe(&e))?;
-    match tokio::time::timeout(limit, stream.message()).await.map_err(|_| "timeout".to_string())? {
-        Ok(Some(m)) => Ok(m.ttl() > 0),
-        Ok(None) => Err("keep-alive stream closed".into()),
-        Err(e) => Err(palisade_cluster::etcd::describe(&e)),
-    }
-}
-
+/// An endpoint record; only label identities (a reserved or node-local
+/// number from another node would be a lie: world as "frontend").
 fn parse_ipcache(key: &str, value: &[u8]) -> Option<(Ipv4Addr, IpcacheRecord)> {
     let ip = key.strip_prefix(keys::IPCACHE)?.parse().ok()?;
-    Some((ip, serde_json::from_slice(value).ok()?))
+    let rec: IpcacheRecord = serde_json::from_slice(value).ok()?;
+    let label_identity = (palisade_cluster::identity::FIRST..=palisade_cluster::identity::LAST).contains(&rec.identity);
+    (label_identity && keys::validate_node_name(&rec.node).is_ok()).then_some((ip, rec))
 }
 
+/// A node record under its own name; its number is recomputed from the
+/// name, never taken from the record.
 fn parse_node(key: &str, value: &[u8]) -> Option<(String, NodeRecord)> {
     let name = key.strip_prefix(keys::NODES)?.to_string();
-    let rec: NodeRecord = serde_json::from_slice(value).ok()?;
-    (rec.name == name).then_some((name, rec))
+    let mut rec: NodeRecord = serde_json::from_slice(value).ok()?;
+    rec.node_id = keys::node_id(&name);
+    (rec.name == name && keys::validate_node_name(&name).is_ok()).then_some((name, rec))
 }
 
 /// The node's IPv4 addresses (not loopback), from `ip -j -4 addr`.

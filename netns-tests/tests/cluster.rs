@@ -414,3 +414,60 @@ fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
     assert!(!c.etcd.get_prefix(&format!("/palisade/v1/identities/id/{id}")).is_empty(), "identity {id} was collected while node-2 uses it");
     eprintln!("identity of shop/backend: {backend_id} before the partition, {id} after");
 }
+
+#[test]
+fn bad_records_in_etcd_change_nothing_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    let frontend_labels =
+        c.node(2).json(&["identity", "get", &c.node(2).ipcache_entry(frontend.ip).unwrap().0.to_string()])["labels"].clone();
+    let put = |k: &str, v: &str| {
+        let out = c.etcd.ctl(&["put", k, v]);
+        assert!(out.status.success(), "etcdctl put {k}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // World (2) claimed as frontend; a node claiming number 0 and frontend's
+    // address; endpoints with a reserved identity and with garbage; a policy
+    // that does not parse.
+    let as_map: serde_json::Map<String, serde_json::Value> = frontend_labels
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str()?.split_once('=').map(|(k, v)| (k.to_string(), serde_json::Value::from(v))))
+        .collect();
+    put("/palisade/v1/identities/id/2", &serde_json::Value::Object(as_map).to_string());
+    put("/palisade/v1/nodes/evil", r#"{"name":"evil","node_id":0,"addresses":["10.210.2.2"],"started_unix":0}"#);
+    put("/palisade/v1/ipcache/10.210.9.9", r#"{"identity":2,"node":"evil"}"#);
+    put("/palisade/v1/ipcache/10.210.9.8", "garbage");
+    put("/palisade/v1/policies/shop/bad", "kind: Nope");
+    std::thread::sleep(Duration::from_millis(800));
+    // A full list too: restart both syncs.
+    for i in [1, 2] {
+        c.node_mut(i).kill_sync();
+        c.node_mut(i).start_sync(&[]);
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    for (i, n) in c.nodes.iter().enumerate() {
+        let st = n.json(&["status"]);
+        assert_eq!(st["cluster"]["ipcache_sync"]["state"], "running", "node-{}: {st}", i + 1);
+        assert_eq!(n.json(&["identity", "get", "2"])["labels"], serde_json::json!(["reserved:world"]), "identity 2 stays world");
+        assert!(n.ipcache_entry("10.210.9.9".parse().unwrap()).is_none() && n.ipcache_entry("10.210.9.8".parse().unwrap()).is_none());
+        assert!(!n.ok(&["policy", "get"]).contains("shop/bad"));
+    }
+    // No allow entry for world (2) on backend: "frontend" did not widen.
+    let entries = c.node(2).json(&["bpf", "policy", "get", "shop/backend"])["entries"].clone();
+    assert!(entries.as_array().unwrap().iter().all(|e| e["identity"] != 2), "{entries}");
+    assert!(!entries.as_array().unwrap().is_empty());
+    // The local endpoint keeps its own entry (never the bogus node's).
+    assert_eq!(c.node(2).ipcache_entry(backend.ip).map(|e| e.1), Some(0), "node-2's own endpoint entry stays node-2's");
+    assert_eq!(c.node(1).ipcache_entry(backend.ip).map(|e| e.0), c.node(2).ipcache_entry(backend.ip).map(|e| e.0));
+    assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090), "verdicts unchanged");
+    assert_eq!(
+        c.node(2).json(&["identity", "get", &c.node(2).ipcache_entry(frontend.ip).unwrap().0.to_string()])["labels"],
+        frontend_labels
+    );
+    assert!(c.node(1).log().contains("/palisade/v1/policies/shop/bad"), "the bad policy is reported");
+}
