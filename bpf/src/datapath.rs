@@ -206,6 +206,13 @@ impl Datapath {
         del(&self.skel.maps.palisade_endpoints_v1, "endpoints", &abi::endpoint_key { ifindex })
     }
 
+    /// One endpoint entry, by interface (a lookup, not a dump).
+    pub fn endpoint_get(&self, ifindex: u32) -> Option<EndpointValue> {
+        let k = abi::endpoint_key { ifindex };
+        let v = self.skel.maps.palisade_endpoints_v1.lookup(abi::bytes_of(&k), MapFlags::ANY).ok().flatten()?;
+        abi::from_bytes::<abi::endpoint_info>(&v).map(|e| EndpointValue::from_abi(&e))
+    }
+
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>> {
         dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v1, "endpoints")
             .map(|v| v.into_iter().map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e))).collect())

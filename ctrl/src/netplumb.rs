@@ -33,8 +33,19 @@ fn ip(args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Writes a sysctl inside `netns`. nsenter --net only (not `ip netns
+/// exec`, which also unshares the mount namespace: a copy of every mount,
+/// so it slows down as a node gains pods).
 fn sysctl_netns(netns: &str, key: &str, value: &str) -> Result<()> {
-    ip(&["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(["sysctl", "-qw", &format!("{key}={value}")])
+        .output()
+        .context("running nsenter (util-linux is required)")?;
+    if !out.status.success() {
+        bail!("sysctl {key} in {netns}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
 }
 
 /// Writes a sysctl of this process's network namespace.
@@ -43,13 +54,12 @@ pub fn sysctl_local(key: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).with_context(|| format!("setting {key}={value}"))
 }
 
-/// Interface index in this process's network namespace. (Not from /sys:
-/// sysfs shows the namespace it was mounted in, which under `nsenter --net`
-/// is not ours.)
+/// Interface index in this process's network namespace (an ioctl on a
+/// socket of this namespace; not from /sys: sysfs shows the namespace it
+/// was mounted in, which under `nsenter --net` is not ours; and not by
+/// running `ip`, which costs a process per call).
 pub fn ifindex(ifname: &str) -> Option<u32> {
-    let out = ip(&["-j", "link", "show", "dev", ifname]).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v[0]["ifindex"].as_u64().map(|i| i as u32)
+    nix::net::if_::if_nametoindex(ifname).ok()
 }
 
 /// (MAC, ifindex) of an interface.

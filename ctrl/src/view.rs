@@ -27,7 +27,7 @@ fn enforcement(flags: u32, bit: u32, audit_bit: u32) -> &'static str {
 }
 
 fn live_flags(d: &Daemon, ep: &Endpoint) -> Option<u32> {
-    d.dp.endpoints().ok()?.into_iter().find(|(i, _)| *i == ep.ifindex).map(|(_, v)| v.flags)
+    d.dp.endpoint_get(ep.ifindex).map(|v| v.flags)
 }
 
 pub fn endpoint(d: &Daemon, ep: &Endpoint) -> Value {
