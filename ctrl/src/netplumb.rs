@@ -147,16 +147,108 @@ pub struct Created {
 
 /// Brings the host side up, routes the endpoint's address to it and pins
 /// the pod's MAC as a permanent neighbour (set after up: a link going down
-/// flushes its neighbours).
+/// flushes its neighbours). Three netlink requests in the agent's own
+/// namespace: running `ip` here cost a process and, with `-batch`, a walk
+/// of every interface of the node per endpoint (58 ms at 1000 pods).
 pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
-    ip_batch(
-        None,
-        &[
-            format!("link set {host_if} up"),
-            format!("route replace {ipv4}/32 dev {host_if}"),
-            format!("neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"),
-        ],
-    )
+    use netlink_packet_route::{
+        link::{LinkFlags, LinkMessage},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+        AddressFamily, RouteNetlinkMessage,
+    };
+    let ifindex = ifindex(host_if).with_context(|| format!("interface {host_if} is gone"))?;
+    let mac = parse_mac(pod_mac)?;
+    let mut nl = Netlink::open()?;
+    let mut link = LinkMessage::default();
+    link.header.index = ifindex;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    nl.request(RouteNetlinkMessage::SetLink(link), 0).with_context(|| format!("ip link set {host_if} up"))?;
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.destination_prefix_length = 32;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = RouteProtocol::Boot;
+    route.header.scope = RouteScope::Link;
+    route.header.kind = RouteType::Unicast;
+    route.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(ipv4)), RouteAttribute::Oif(ifindex)];
+    nl.request(RouteNetlinkMessage::NewRoute(route), NLM_CREATE_REPLACE)
+        .with_context(|| format!("ip route replace {ipv4}/32 dev {host_if}"))?;
+    let mut neigh = NeighbourMessage::default();
+    neigh.header.family = AddressFamily::Inet;
+    neigh.header.ifindex = ifindex;
+    neigh.header.state = NeighbourState::Permanent;
+    neigh.attributes =
+        vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ipv4)), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+    nl.request(RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE)
+        .with_context(|| format!("ip neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"))?;
+    Ok(())
+}
+
+const NLM_CREATE_REPLACE: u16 = netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE;
+
+fn parse_mac(s: &str) -> Result<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        bail!("{s:?} is not a MAC address");
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).with_context(|| format!("{s:?} is not a MAC address"))?;
+    }
+    Ok(out)
+}
+
+/// A route-netlink socket of this process's namespace, for requests that
+/// are acknowledged one at a time.
+struct Netlink {
+    socket: netlink_sys::Socket,
+    seq: u32,
+}
+
+impl Netlink {
+    fn open() -> Result<Self> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE).context("opening a netlink socket")?;
+        socket.bind_auto().context("binding the netlink socket")?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0)).context("connecting the netlink socket")?;
+        Ok(Self { socket, seq: 0 })
+    }
+
+    /// Sends one request and waits for its acknowledgement.
+    fn request(&mut self, msg: netlink_packet_route::RouteNetlinkMessage, flags: u16) -> Result<()> {
+        use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+        self.seq += 1;
+        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        packet.header.sequence_number = self.seq;
+        packet.finalize();
+        let mut buf = vec![0u8; packet.header.length as usize];
+        packet.serialize(&mut buf[..]);
+        self.socket.send(&buf[..], 0).context("sending a netlink request")?;
+        let mut rx = vec![0u8; 8192];
+        loop {
+            let n = self.socket.recv(&mut &mut rx[..], 0).context("reading the netlink answer")?;
+            let mut off = 0;
+            while off < n {
+                let m = NetlinkMessage::<netlink_packet_route::RouteNetlinkMessage>::deserialize(&rx[off..n])
+                    .map_err(|e| anyhow::anyhow!("decoding the netlink answer: {e}"))?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == self.seq {
+                    if let NetlinkPayload::Error(e) = m.payload {
+                        return match e.code {
+                            None => Ok(()),
+                            Some(_) => Err(e.to_io().into()),
+                        };
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += len;
+            }
+        }
+    }
 }
 
 /// Removes the veth pair (both ends) and the host route.
