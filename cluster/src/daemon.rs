@@ -47,6 +47,27 @@ impl NodeArgs {
     }
 }
 
+/// Takes `<dir>/lock` for this process's life: one `who` per directory
+/// (a second one fails before it touches anything).
+pub fn lock_dir(dir: &std::path::Path, who: &str) -> Result<std::fs::File> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("another {who} is running with {} (it holds {})", dir.display(), path.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
 /// Runs a daemon: parses `A` (with `--config FILE` expanded), sets up
 /// logging, runs it, and exits 64 when `is_config_error` says the failure
 /// was the operator's configuration.

@@ -96,7 +96,9 @@ pub fn now_unix() -> u64 {
 
 impl Daemon {
     pub fn start(cfg: Config) -> Result<Self> {
-        let lock = lock_state_dir(&cfg.state_dir)?;
+        // One agent per state directory: a second fails before it touches
+        // a map or an interface.
+        let lock = palisade_cluster::daemon::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
         netplumb::prepare_node(cfg.datapath.proxy_mark)?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
@@ -926,26 +928,6 @@ impl Daemon {
 
 fn endpoint_value(ep: &Endpoint, flags: u32, policy_gen: u32) -> EndpointValue {
     EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags, policy_gen }
-}
-
-/// Takes the state directory's lock, so a second agent on the same node
-/// state fails before it touches a map or an interface.
-fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating state directory {}", dir.display()))?;
-    let path = dir.join("lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => {
-            bail!("another palisade-ctrl is running with state directory {} (it holds {})", dir.display(), path.display())
-        }
-        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
-    }
 }
 
 impl Daemon {

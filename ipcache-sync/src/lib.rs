@@ -67,16 +67,8 @@ pub fn run(a: Args) -> Result<()> {
     let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
     std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
     // One sync per node: two would revoke each other's leases.
-    let lock_path = state_dir.join("ipcache-sync/lock");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    if lock.try_lock().is_err() {
-        return Err(ConfigError(format!("another palisade-ipcache-sync runs for this node (it holds {})", lock_path.display())).into());
-    }
+    let _lock = palisade_cluster::daemon::lock_dir(&state_dir.join("ipcache-sync"), "palisade-ipcache-sync")
+        .map_err(|e| ConfigError(format!("{e:#}")))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let map = open_map(&bpf_dir).await;

@@ -3,7 +3,7 @@
 //! enforcing one policy set on real packets.
 use std::time::Duration;
 
-use palisade_netns_tests::cluster::Cluster;
+use palisade_netns_tests::{cluster::Cluster, Pod};
 
 const BACKEND_8080: &str = r#"
 apiVersion: cilium.io/v2
@@ -15,6 +15,22 @@ spec:
     - fromEndpoints: [ { matchLabels: { app: frontend } } ]
       toPorts: [ { ports: [ { port: "8080", protocol: TCP } ] } ]
 "#;
+
+/// shop/frontend on node-1, shop/backend on node-2 (serving 8080 and
+/// 9090), BACKEND_8080 applied on node-1; returns once each node knows
+/// the other's pod and node-2 enforces the policy.
+fn shop_across(c: &mut Cluster) -> (Pod, Pod) {
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    let ready = Cluster::wait(10, || {
+        c.node(1).ipcache_entry(backend.ip).is_some() && c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)
+    });
+    assert!(ready, "cluster did not converge: {}", c.node(2).log());
+    assert!(frontend.tcp(&backend, 8080));
+    (frontend, backend)
+}
 
 #[test]
 fn cross_node_policy_privileged_test() {
@@ -201,13 +217,9 @@ fn node_death_removes_its_endpoints_after_the_lease_privileged_test() {
 #[test]
 fn etcd_outage_during_endpoint_churn_privileged_test() {
     let mut c = Cluster::new(2, 3);
-    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
-    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
-    backend.serve(&[8080, 9090]);
+    let (frontend, backend) = shop_across(&mut c);
     let old = c.node_mut(2).pod("shop/old", "app=backend");
-    c.node(1).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(old.ip).is_some() && !frontend.tcp(&backend, 9090)));
-    assert!(frontend.tcp(&backend, 8080));
+    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(old.ip).is_some()));
     let backend_id = c.node(1).ipcache_entry(backend.ip).unwrap().0;
 
     c.etcd.stop();
@@ -263,13 +275,7 @@ fn etcd_outage_during_endpoint_churn_privileged_test() {
 #[test]
 fn ipcache_sync_restart_changes_no_verdict_privileged_test() {
     let mut c = Cluster::new(2, 3);
-    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
-    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
-    backend.serve(&[8080, 9090]);
-    c.node(1).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || {
-        c.node(1).ipcache_entry(backend.ip).is_some() && c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)
-    }));
+    let (frontend, backend) = shop_across(&mut c);
     let before = (sorted(c.node(1).remote_ipcache()), sorted(c.node(2).remote_ipcache()));
     let mut session = frontend.session(&backend, 8080);
     assert!(session.round_trip());
@@ -319,12 +325,7 @@ fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
 fn etcd_over_tls_with_client_certificates_privileged_test() {
     let mut c = Cluster::new_tls(2, 3);
     assert!(c.etcd.url.starts_with("https://"));
-    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
-    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
-    backend.serve(&[8080, 9090]);
-    c.node(2).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)), "{}", c.node(2).log());
-    assert!(frontend.tcp(&backend, 8080));
+    let (_frontend, _backend) = shop_across(&mut c); // traffic across nodes, over a TLS etcd
     let st = c.node(1).json(&["status"]);
     assert_eq!(st["cluster"]["connected"], true, "{st}");
     assert_eq!(st["cluster"]["etcd_endpoints"][0], c.etcd.url.as_str());
@@ -350,11 +351,7 @@ fn etcd_over_tls_with_client_certificates_privileged_test() {
 #[test]
 fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
     let mut c = Cluster::new(2, 3);
-    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
-    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
-    backend.serve(&[8080, 9090]);
-    c.node(1).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || c.node(1).ipcache_entry(backend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    let (frontend, backend) = shop_across(&mut c);
     let backend_id = c.node(1).ipcache_entry(backend.ip).unwrap().0;
     // Node 2 loses etcd (packets dropped both ways inside its namespace)
     // for longer than its leases.
@@ -418,11 +415,7 @@ fn partition_longer_than_the_lease_then_reregistration_privileged_test() {
 #[test]
 fn bad_records_in_etcd_change_nothing_privileged_test() {
     let mut c = Cluster::new(2, 3);
-    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
-    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
-    backend.serve(&[8080, 9090]);
-    c.node(1).apply("backend.yaml", BACKEND_8080);
-    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(frontend.ip).is_some() && !frontend.tcp(&backend, 9090)));
+    let (frontend, backend) = shop_across(&mut c);
     let frontend_labels =
         c.node(2).json(&["identity", "get", &c.node(2).ipcache_entry(frontend.ip).unwrap().0.to_string()])["labels"].clone();
     let put = |k: &str, v: &str| {
