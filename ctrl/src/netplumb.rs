@@ -100,6 +100,7 @@ fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resul
 /// gateway as a permanent neighbour (the host side's MAC). Returns eth0's
 /// MAC.
 fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
+    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::{
         address::{AddressAttribute, AddressMessage},
         link::{LinkFlags, LinkMessage},
@@ -107,7 +108,6 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
         route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
         AddressFamily, RouteNetlinkMessage,
     };
-    use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").context("disabling IPv6 in the pod")?;
     let eth0 = ifindex("eth0").context("eth0 is not in the pod's namespace")?;
     let lo = ifindex("lo").context("the pod's namespace has no lo")?;
@@ -124,7 +124,8 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
     addr.header.prefix_len = 32;
     addr.header.index = eth0;
     addr.attributes = vec![AddressAttribute::Local(ipv4.into()), AddressAttribute::Address(ipv4.into())];
-    nl.request(RouteNetlinkMessage::NewAddress(addr), NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip addr add {ipv4}/32 dev eth0"))?;
+    nl.request(RouteNetlinkMessage::NewAddress(addr), NLM_F_CREATE | NLM_F_EXCL)
+        .with_context(|| format!("ip addr add {ipv4}/32 dev eth0"))?;
     let gw = GATEWAY;
     let route = |dst: Ipv4Addr, len: u8, scope: RouteScope, via: Option<Ipv4Addr>| {
         let mut r = RouteMessage::default();
@@ -143,14 +144,16 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
         r.attributes.push(RouteAttribute::Oif(eth0));
         RouteNetlinkMessage::NewRoute(r)
     };
-    nl.request(route(gw, 32, RouteScope::Link, None), NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
+    nl.request(route(gw, 32, RouteScope::Link, None), NLM_F_CREATE | NLM_F_EXCL)
+        .with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
     nl.request(route(Ipv4Addr::UNSPECIFIED, 0, RouteScope::Universe, Some(gw)), NLM_F_CREATE | NLM_F_EXCL)
         .with_context(|| format!("ip route add default via {gw} dev eth0"))?;
     let mut neigh = NeighbourMessage::default();
     neigh.header.family = AddressFamily::Inet;
     neigh.header.ifindex = eth0;
     neigh.header.state = NeighbourState::Permanent;
-    neigh.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(gw)), NeighbourAttribute::LinkLayerAddress(host_mac.to_vec())];
+    neigh.attributes =
+        vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(gw)), NeighbourAttribute::LinkLayerAddress(host_mac.to_vec())];
     nl.request(RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
     let mac = nl.link_mac(eth0)?;
     Ok(mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
