@@ -103,9 +103,6 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::{
         address::{AddressAttribute, AddressMessage},
-        link::{LinkFlags, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
         AddressFamily, RouteNetlinkMessage,
     };
     std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").context("disabling IPv6 in the pod")?;
@@ -113,11 +110,7 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
     let lo = ifindex("lo").context("the pod's namespace has no lo")?;
     let mut nl = Netlink::open()?;
     for (index, what) in [(lo, "lo"), (eth0, "eth0")] {
-        let mut link = LinkMessage::default();
-        link.header.index = index;
-        link.header.flags = LinkFlags::Up;
-        link.header.change_mask = LinkFlags::Up;
-        nl.request(RouteNetlinkMessage::SetLink(link), 0).with_context(|| format!("ip link set {what} up (in the pod)"))?;
+        nl.link_up(index).with_context(|| format!("ip link set {what} up (in the pod)"))?;
     }
     let mut addr = AddressMessage::default();
     addr.header.family = AddressFamily::Inet;
@@ -127,34 +120,10 @@ fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
     nl.request(RouteNetlinkMessage::NewAddress(addr), NLM_F_CREATE | NLM_F_EXCL)
         .with_context(|| format!("ip addr add {ipv4}/32 dev eth0"))?;
     let gw = GATEWAY;
-    let route = |dst: Ipv4Addr, len: u8, scope: RouteScope, via: Option<Ipv4Addr>| {
-        let mut r = RouteMessage::default();
-        r.header.address_family = AddressFamily::Inet;
-        r.header.destination_prefix_length = len;
-        r.header.table = RouteHeader::RT_TABLE_MAIN;
-        r.header.protocol = RouteProtocol::Boot;
-        r.header.scope = scope;
-        r.header.kind = RouteType::Unicast;
-        if len > 0 {
-            r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
-        }
-        if let Some(g) = via {
-            r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
-        }
-        r.attributes.push(RouteAttribute::Oif(eth0));
-        RouteNetlinkMessage::NewRoute(r)
-    };
-    nl.request(route(gw, 32, RouteScope::Link, None), NLM_F_CREATE | NLM_F_EXCL)
-        .with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
-    nl.request(route(Ipv4Addr::UNSPECIFIED, 0, RouteScope::Universe, Some(gw)), NLM_F_CREATE | NLM_F_EXCL)
+    nl.route(gw, 32, None, eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
+    nl.route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), eth0, NLM_F_CREATE | NLM_F_EXCL)
         .with_context(|| format!("ip route add default via {gw} dev eth0"))?;
-    let mut neigh = NeighbourMessage::default();
-    neigh.header.family = AddressFamily::Inet;
-    neigh.header.ifindex = eth0;
-    neigh.header.state = NeighbourState::Permanent;
-    neigh.attributes =
-        vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(gw)), NeighbourAttribute::LinkLayerAddress(host_mac.to_vec())];
-    nl.request(RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
+    nl.neigh_permanent(eth0, gw, host_mac).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
     let mac = nl.link_mac(eth0)?;
     Ok(mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
 }
@@ -170,39 +139,12 @@ pub struct Created {
 /// namespace: running `ip` here cost a process and, with `-batch`, a walk
 /// of every interface of the node per endpoint (58 ms at 1000 pods).
 pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
-    use netlink_packet_route::{
-        link::{LinkFlags, LinkMessage},
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
-        AddressFamily, RouteNetlinkMessage,
-    };
     let ifindex = ifindex(host_if).with_context(|| format!("interface {host_if} is gone"))?;
     let mac = parse_mac(pod_mac)?;
     let mut nl = Netlink::open()?;
-    let mut link = LinkMessage::default();
-    link.header.index = ifindex;
-    link.header.flags = LinkFlags::Up;
-    link.header.change_mask = LinkFlags::Up;
-    nl.request(RouteNetlinkMessage::SetLink(link), 0).with_context(|| format!("ip link set {host_if} up"))?;
-    let mut route = RouteMessage::default();
-    route.header.address_family = AddressFamily::Inet;
-    route.header.destination_prefix_length = 32;
-    route.header.table = RouteHeader::RT_TABLE_MAIN;
-    route.header.protocol = RouteProtocol::Boot;
-    route.header.scope = RouteScope::Link;
-    route.header.kind = RouteType::Unicast;
-    route.attributes = vec![RouteAttribute::Destination(RouteAddress::Inet(ipv4)), RouteAttribute::Oif(ifindex)];
-    nl.request(RouteNetlinkMessage::NewRoute(route), NLM_CREATE_REPLACE)
-        .with_context(|| format!("ip route replace {ipv4}/32 dev {host_if}"))?;
-    let mut neigh = NeighbourMessage::default();
-    neigh.header.family = AddressFamily::Inet;
-    neigh.header.ifindex = ifindex;
-    neigh.header.state = NeighbourState::Permanent;
-    neigh.attributes =
-        vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ipv4)), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
-    nl.request(RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE)
-        .with_context(|| format!("ip neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"))?;
-    Ok(())
+    nl.link_up(ifindex).with_context(|| format!("ip link set {host_if} up"))?;
+    nl.route(ipv4, 32, None, ifindex, NLM_CREATE_REPLACE).with_context(|| format!("ip route replace {ipv4}/32 dev {host_if}"))?;
+    nl.neigh_permanent(ifindex, ipv4, &mac).with_context(|| format!("ip neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"))
 }
 
 const NLM_CREATE_REPLACE: u16 = netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE;
@@ -237,6 +179,56 @@ impl Netlink {
     /// Sends one request and waits for its acknowledgement.
     fn request(&mut self, msg: netlink_packet_route::RouteNetlinkMessage, flags: u16) -> Result<()> {
         self.exchange(msg, flags).map(|_| ())
+    }
+
+    /// Sets interface `index` up.
+    fn link_up(&mut self, index: u32) -> Result<()> {
+        use netlink_packet_route::link::{LinkFlags, LinkMessage};
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        self.request(netlink_packet_route::RouteNetlinkMessage::SetLink(link), 0)
+    }
+
+    /// A main-table IPv4 route to `dst/len` out of `oif`, through `via` or
+    /// on the link (scope link for a host route, universe otherwise).
+    fn route(&mut self, dst: Ipv4Addr, len: u8, via: Option<Ipv4Addr>, oif: u32, flags: u16) -> Result<()> {
+        use netlink_packet_route::{
+            route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
+            AddressFamily,
+        };
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.destination_prefix_length = len;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.protocol = RouteProtocol::Boot;
+        r.header.scope = if via.is_none() && len == 32 { RouteScope::Link } else { RouteScope::Universe };
+        r.header.kind = RouteType::Unicast;
+        if len > 0 {
+            r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        }
+        if let Some(g) = via {
+            r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+        }
+        r.attributes.push(RouteAttribute::Oif(oif));
+        self.request(netlink_packet_route::RouteNetlinkMessage::NewRoute(r), flags)
+    }
+
+    /// `ip` as a permanent neighbour with `mac` on interface `ifindex`
+    /// (created or replaced).
+    fn neigh_permanent(&mut self, ifindex: u32, ip: Ipv4Addr, mac: &[u8]) -> Result<()> {
+        use netlink_packet_route::{
+            neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+            AddressFamily,
+        };
+        let mut neigh = NeighbourMessage::default();
+        neigh.header.family = AddressFamily::Inet;
+        neigh.header.ifindex = ifindex;
+        neigh.header.state = NeighbourState::Permanent;
+        neigh.attributes =
+            vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+        self.request(netlink_packet_route::RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE)
     }
 
     /// The MAC address of interface `ifindex` in this socket's namespace.
