@@ -16,29 +16,30 @@ struct endpoint_key {
 };
 
 struct endpoint_info {
-	__u32 ep_id;    /* node-local endpoint id, the policy map's scope */
+	__u32 ep_id;    /* node-local endpoint id (conntrack, FQDN table, flows) */
 	__u32 identity; /* numeric security identity of the endpoint's labels */
 	__be32 ipv4;    /* the endpoint's address; other sources are spoofed */
 	__u32 flags;    /* EP_F_* */
-	__u32 policy_gen; /* bumped by palisade-ctrl on every change of this
-			   * endpoint's policy entries or flags; invalidates
-			   * its verdict-cache entries (policy.h) */
+	__u32 policy_set; /* the policy set its entries are in (policy.h); 0 is
+			   * the empty set. palisade-ctrl switches an endpoint
+			   * to another set with one write of this value. */
 };
 
-/* palisade_endpoints_v1: ifindex -> endpoint_info. Written by palisade-ctrl
- * before the endpoint's programs are attached; removed after detach. */
+/* palisade_endpoints_v2: ifindex -> endpoint_info. Written by palisade-ctrl
+ * before the endpoint's programs are attached; removed after detach. v2: the
+ * policy set replaced the policy generation. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_info);
-} palisade_endpoints_v1 SEC(".maps");
+} palisade_endpoints_v2 SEC(".maps");
 
 static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
 {
 	struct endpoint_key key = { .ifindex = ifindex };
 
-	return bpf_map_lookup_elem(&palisade_endpoints_v1, &key);
+	return bpf_map_lookup_elem(&palisade_endpoints_v2, &key);
 }
 
 static __always_inline int endpoint_audit(const struct endpoint_info *ep, __u8 dir)

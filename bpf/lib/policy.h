@@ -5,10 +5,20 @@
 #include "common.h"
 #include "drop_reasons.h"
 
-/* Policy key, looked up in an LPM trie. The bytes are ordered from the most
- * to the least significant for matching: endpoint, peer identity, direction,
- * protocol, destination port. The prefix always covers endpoint, identity
- * and direction (72 bits); what it leaves out is wildcarded:
+/* Policy sets. Entries are not stored per endpoint but per *policy set*:
+ * the exact set of entries compiled for an endpoint. Endpoints whose
+ * policies compile to the same entries (every pod of a deployment, or every
+ * pod one CNP selects) point at one set, so one policy over 1000 such pods
+ * is written once, not 1000 times, and a change moves each endpoint to a
+ * new set with one endpoint-table write. Sets are immutable once an
+ * endpoint points at them (palisade-ctrl writes a new set, switches the
+ * endpoints, then deletes the old set), and set ids are never reused, so a
+ * reader can never see a half-written set.
+ *
+ * Policy key, looked up in an LPM trie. The bytes are ordered from the most
+ * to the least significant for matching: set, peer identity, direction,
+ * protocol, destination port. The prefix always covers set, identity and
+ * direction (72 bits); what it leaves out is wildcarded:
  *
  *   prefixlen  72  any protocol, any port      (L3-only rule, protocol ANY)
  *   prefixlen  80  one protocol, any port      (toPorts with port 0/absent)
@@ -24,7 +34,7 @@
  * prefixes are numeric ranges. For ICMP the "port" is the ICMP type. */
 struct policy_key {
 	__u32 prefixlen;
-	__u32 ep_id;
+	__u32 set_id;
 	__u32 identity;
 	__u8 direction;
 	__u8 proto;
@@ -40,17 +50,21 @@ struct policy_entry {
 	__u8 pad;
 };
 
-#define POLICY_PREFIX_BASE 72
-
-/* palisade_policy_v1: one trie for all endpoints, scoped by ep_id. Written
- * by palisade-ctrl as a difference against what is already installed. */
+/* palisade_policy_v2: {set, identity, direction, proto, port} -> entry.
+ * v2: keyed by policy set, not by endpoint. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
-} palisade_policy_v1 SEC(".maps");
+} palisade_policy_v2 SEC(".maps");
+
+/* What a set says about one flow class, before enforcement is applied: an
+ * allow, a deny, or no entry. */
+#define POLICY_MATCH_NONE 0
+#define POLICY_MATCH_ALLOW 1
+#define POLICY_MATCH_DENY 2
 
 struct policy_verdict {
 	int reason;       /* REASON_FORWARDED or -DROP_* */
@@ -58,105 +72,105 @@ struct policy_verdict {
 	__u16 proxy_port; /* allowed, through this local proxy (0 = none) */
 };
 
-static __always_inline struct policy_verdict
-policy_check(__u32 ep_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+struct policy_match {
+	__u32 cookie;
+	__u16 proxy_port;
+	__u8 outcome; /* POLICY_MATCH_* */
+	__u8 pad;
+};
+
+static __always_inline struct policy_match
+policy_lookup(__u32 set_id, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
 {
 	struct policy_key k = {
 		.prefixlen = 96,
-		.ep_id = ep_id,
+		.set_id = set_id,
 		.identity = peer,
 		.direction = dir,
 		.proto = proto,
 		.dport = dport,
 	};
-	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0, .proxy_port = 0 };
+	struct policy_match m = {};
 	struct policy_entry *by_id, *by_any;
 
-	by_id = bpf_map_lookup_elem(&palisade_policy_v1, &k);
+	by_id = bpf_map_lookup_elem(&palisade_policy_v2, &k);
 	k.identity = IDENTITY_ANY;
-	by_any = bpf_map_lookup_elem(&palisade_policy_v1, &k);
+	by_any = bpf_map_lookup_elem(&palisade_policy_v2, &k);
 
 	if (by_id && (by_id->flags & POLICY_F_DENY)) {
-		v.reason = -DROP_POLICY_DENY;
-		v.cookie = by_id->cookie;
+		m.outcome = POLICY_MATCH_DENY;
+		m.cookie = by_id->cookie;
 	} else if (by_any && (by_any->flags & POLICY_F_DENY)) {
-		v.reason = -DROP_POLICY_DENY;
-		v.cookie = by_any->cookie;
+		m.outcome = POLICY_MATCH_DENY;
+		m.cookie = by_any->cookie;
 	} else if (by_id) {
-		v.cookie = by_id->cookie;
-		v.proxy_port = by_id->proxy_port;
+		m.outcome = POLICY_MATCH_ALLOW;
+		m.cookie = by_id->cookie;
+		m.proxy_port = by_id->proxy_port;
 	} else if (by_any) {
-		v.cookie = by_any->cookie;
-		v.proxy_port = by_any->proxy_port;
-	} else if (enforced) {
-		v.reason = -DROP_POLICY;
+		m.outcome = POLICY_MATCH_ALLOW;
+		m.cookie = by_any->cookie;
+		m.proxy_port = by_any->proxy_port;
 	}
-	return v;
+	return m;
 }
 
 /* The verdict cache. The trie is the source of truth, but a trie lookup
  * costs more as the trie grows (measured: 181 ns for a denied new flow with
  * no other rules, 521 ns with 100k), and the goal is a per-packet cost that
  * does not grow with the rules. New flows mostly repeat a few classes (the
- * same peer identity to the same port), so the resolved verdict of a class
- * is cached in an LRU hash keyed by the exact class, stamped with the
- * endpoint's policy generation. palisade-ctrl bumps the generation after it
- * has finished changing an endpoint's entries, which invalidates every
- * cached verdict of that endpoint at once. The datapath reads the generation
- * before it walks the trie, so a verdict computed from a half-applied change
- * is stamped with the old generation and never used after the bump. */
+ * same peer identity to the same port), so what a set says about a class
+ * is cached in an LRU hash keyed by set and class. Because a set never
+ * changes and its id is never reused, a cached match never goes stale and
+ * needs no invalidation; endpoints sharing a set share its cache entries.
+ * Enforcement is not part of the match: it is applied per endpoint after
+ * the lookup (an endpoint can be enforced in one direction and not the
+ * other while sharing a set). */
 struct policy_cache_key {
-	__u32 ep_id;
+	__u32 set_id;
 	__u32 identity;
 	__u8 direction;
 	__u8 proto;
 	__be16 dport;
 };
 
-struct policy_cache_entry {
-	__u32 gen;
-	__u32 cookie;
-	__s32 reason; /* REASON_FORWARDED or -DROP_* */
-	__u16 proxy_port;
-	__u16 pad;
-};
-
-/* palisade_policy_cache_v2: written by the datapath only; palisade-ctrl
- * never needs to touch it (generations do the invalidation). v2 added the
- * proxy port. */
+/* palisade_policy_cache_v3: written by the datapath only; palisade-ctrl
+ * clears it at start (set ids start above every id it could hold). v3: keyed
+ * by set, holds the match without enforcement. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct policy_cache_key);
-	__type(value, struct policy_cache_entry);
-} palisade_policy_cache_v2 SEC(".maps");
+	__type(value, struct policy_match);
+} palisade_policy_cache_v3 SEC(".maps");
 
 static __always_inline struct policy_verdict
-policy_decide(__u32 ep_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+policy_decide(__u32 set_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
 {
 	struct policy_cache_key ck = {
-		.ep_id = ep_id,
+		.set_id = set_id,
 		.identity = peer,
 		.direction = dir,
 		.proto = proto,
 		.dport = dport,
 	};
-	struct policy_cache_entry *c = bpf_map_lookup_elem(&palisade_policy_cache_v2, &ck);
-	struct policy_cache_entry ne = {};
-	struct policy_verdict v;
+	struct policy_match *c = bpf_map_lookup_elem(&palisade_policy_cache_v3, &ck);
+	struct policy_match m;
+	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0, .proxy_port = 0 };
 
-	if (c && c->gen == gen) {
-		v.reason = c->reason;
-		v.cookie = c->cookie;
-		v.proxy_port = c->proxy_port;
-		return v;
+	if (c) {
+		m = *c;
+	} else {
+		m = policy_lookup(set_id, peer, dir, proto, dport);
+		bpf_map_update_elem(&palisade_policy_cache_v3, &ck, &m, BPF_ANY);
 	}
-	v = policy_check(ep_id, enforced, peer, dir, proto, dport);
-	ne.gen = gen;
-	ne.cookie = v.cookie;
-	ne.reason = v.reason;
-	ne.proxy_port = v.proxy_port;
-	bpf_map_update_elem(&palisade_policy_cache_v2, &ck, &ne, BPF_ANY);
+	v.cookie = m.cookie;
+	if (m.outcome == POLICY_MATCH_DENY)
+		v.reason = -DROP_POLICY_DENY;
+	else if (m.outcome == POLICY_MATCH_ALLOW)
+		v.proxy_port = m.proxy_port;
+	else if (enforced)
+		v.reason = -DROP_POLICY;
 	return v;
 }
 

@@ -12,7 +12,7 @@ pub use skel_inner::*;
 
 pub use skel_inner::types::{
     ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key,
-    metrics_value, policy_cache_entry, policy_cache_key, policy_entry, policy_key,
+    metrics_value, policy_cache_key, policy_entry, policy_key, policy_match,
 };
 
 /// Marker for generated plain-old-data map types: no pointers, no invalid
@@ -97,12 +97,12 @@ mod tests {
     fn layout_matches_c_headers() {
         assert_eq!(size_of::<endpoint_key>(), 4);
         assert_eq!(size_of::<endpoint_info>(), 20);
-        assert_eq!(offset_of!(endpoint_info, policy_gen), 16);
+        assert_eq!(offset_of!(endpoint_info, policy_set), 16);
         assert_eq!(size_of::<policy_cache_key>(), 12);
         assert_eq!(offset_of!(policy_cache_key, dport), 10);
-        assert_eq!(size_of::<policy_cache_entry>(), 16);
-        assert_eq!(offset_of!(policy_cache_entry, proxy_port), 12);
-        assert_eq!(offset_of!(policy_cache_entry, reason), 8);
+        assert_eq!(size_of::<policy_match>(), 8);
+        assert_eq!(offset_of!(policy_match, proxy_port), 4);
+        assert_eq!(offset_of!(policy_match, outcome), 6);
         assert_eq!(offset_of!(endpoint_info, ipv4), 8);
         assert_eq!(offset_of!(endpoint_info, flags), 12);
         assert_eq!(size_of::<ipcache_host_key>(), 20);
@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(offset_of!(ipcache_lpm_key, addr), 8);
         assert_eq!(size_of::<ipcache_entry>(), 8);
         assert_eq!(size_of::<policy_key>(), 16);
-        assert_eq!(offset_of!(policy_key, ep_id), 4);
+        assert_eq!(offset_of!(policy_key, set_id), 4);
         assert_eq!(offset_of!(policy_key, identity), 8);
         assert_eq!(offset_of!(policy_key, direction), 12);
         assert_eq!(offset_of!(policy_key, proto), 13);
@@ -148,13 +148,13 @@ mod tests {
             assert_eq!(map.key_size() as usize, k, "{name} key size");
             assert_eq!(map.value_size() as usize, v, "{name} value size");
         };
-        check("endpoints", &m.palisade_endpoints_v1, size_of::<endpoint_key>(), size_of::<endpoint_info>());
+        check("endpoints", &m.palisade_endpoints_v2, size_of::<endpoint_key>(), size_of::<endpoint_info>());
         check("ipcache", &m.palisade_ipcache_v1, size_of::<ipcache_host_key>(), size_of::<ipcache_entry>());
         check("ipcache_lpm", &m.palisade_ipcache_lpm_v1, size_of::<ipcache_lpm_key>(), size_of::<ipcache_entry>());
-        check("policy", &m.palisade_policy_v1, size_of::<policy_key>(), size_of::<policy_entry>());
+        check("policy", &m.palisade_policy_v2, size_of::<policy_key>(), size_of::<policy_entry>());
         check("ct", &m.palisade_ct_v1, size_of::<ct_key>(), size_of::<ct_entry>());
         check("metrics", &m.palisade_metrics_v1, 4, size_of::<metrics_value>());
         check("fqdn", &m.palisade_fqdn_v1, size_of::<fqdn_key>(), size_of::<fqdn_entry>());
-        check("policy_cache", &m.palisade_policy_cache_v2, size_of::<policy_cache_key>(), size_of::<policy_cache_entry>());
+        check("policy_cache", &m.palisade_policy_cache_v3, size_of::<policy_cache_key>(), size_of::<policy_match>());
     }
 }

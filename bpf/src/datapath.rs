@@ -77,18 +77,23 @@ pub struct Datapath {
 
 /// Pinned file name of each map (also its versioned ABI name).
 pub const MAP_NAMES: [&str; 11] = [
-    "palisade_endpoints_v1",
+    "palisade_endpoints_v2",
     "palisade_ipcache_v1",
     "palisade_ipcache_lpm_v1",
-    "palisade_policy_v1",
+    "palisade_policy_v2",
     "palisade_ct_v1",
     "palisade_metrics_v1",
-    "palisade_policy_cache_v2",
+    "palisade_policy_cache_v3",
     "palisade_flows_v1",
     "palisade_flow_rl_v1",
     "palisade_flow_stats_v1",
     crate::fqdn::MAP_NAME,
 ];
+
+/// Pins of maps an earlier layout used. Programs still attached from an
+/// earlier version keep their own references until the agent replaces them,
+/// so the pins can go as soon as the new maps exist.
+const SUPERSEDED: [&str; 4] = ["palisade_endpoints_v1", "palisade_policy_v1", "palisade_policy_cache_v1", "palisade_policy_cache_v2"];
 
 impl Datapath {
     /// Loads the programs; maps are created and pinned under `bpf_dir`, or
@@ -104,13 +109,13 @@ impl Datapath {
         {
             let m = &mut open.maps;
             let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 11] = [
-                (&mut m.palisade_endpoints_v1, MAP_NAMES[0], Some(cfg.endpoints_max)),
+                (&mut m.palisade_endpoints_v2, MAP_NAMES[0], Some(cfg.endpoints_max)),
                 (&mut m.palisade_ipcache_v1, MAP_NAMES[1], Some(cfg.ipcache_max)),
                 (&mut m.palisade_ipcache_lpm_v1, MAP_NAMES[2], Some(cfg.ipcache_lpm_max)),
-                (&mut m.palisade_policy_v1, MAP_NAMES[3], Some(cfg.policy_max)),
+                (&mut m.palisade_policy_v2, MAP_NAMES[3], Some(cfg.policy_max)),
                 (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
                 (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
-                (&mut m.palisade_policy_cache_v2, MAP_NAMES[6], Some(cfg.policy_cache_max)),
+                (&mut m.palisade_policy_cache_v3, MAP_NAMES[6], Some(cfg.policy_cache_max)),
                 (&mut m.palisade_flows_v1, MAP_NAMES[7], None),
                 (&mut m.palisade_flow_rl_v1, MAP_NAMES[8], None),
                 (&mut m.palisade_flow_stats_v1, MAP_NAMES[9], None),
@@ -135,6 +140,13 @@ impl Datapath {
                 dir.display()
             )
         })?;
+        for old in SUPERSEDED {
+            match std::fs::remove_file(dir.join(old)) {
+                Ok(()) => tracing::info!(map = old, "removed the pin of a superseded map"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(map = old, error = %e, "could not remove the pin of a superseded map"),
+            }
+        }
         Ok(Self { skel, dir, mode: cfg.attach_mode })
     }
 
@@ -199,22 +211,41 @@ impl Datapath {
 
     pub fn endpoint_put(&self, ifindex: u32, v: EndpointValue) -> Result<()> {
         let k = abi::endpoint_key { ifindex };
-        put(&self.skel.maps.palisade_endpoints_v1, "endpoints", &k, &v.to_abi())
+        put(&self.skel.maps.palisade_endpoints_v2, "endpoints", &k, &v.to_abi())
+    }
+
+    /// Writes many endpoint entries with one BPF_MAP_UPDATE_BATCH (each
+    /// entry is replaced whole, as by one update), else one by one.
+    pub fn endpoint_put_batch(&self, entries: &[(u32, EndpointValue)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut keys = Vec::with_capacity(entries.len() * size_of::<abi::endpoint_key>());
+        let mut vals = Vec::with_capacity(entries.len() * size_of::<abi::endpoint_info>());
+        for (ifindex, v) in entries {
+            keys.extend_from_slice(abi::bytes_of(&abi::endpoint_key { ifindex: *ifindex }));
+            vals.extend_from_slice(abi::bytes_of(&v.to_abi()));
+        }
+        let map = &self.skel.maps.palisade_endpoints_v2;
+        if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+            return Ok(());
+        }
+        entries.iter().try_for_each(|(i, v)| self.endpoint_put(*i, *v))
     }
 
     pub fn endpoint_delete(&self, ifindex: u32) -> Result<()> {
-        del(&self.skel.maps.palisade_endpoints_v1, "endpoints", &abi::endpoint_key { ifindex })
+        del(&self.skel.maps.palisade_endpoints_v2, "endpoints", &abi::endpoint_key { ifindex })
     }
 
     /// One endpoint entry, by interface (a lookup, not a dump).
     pub fn endpoint_get(&self, ifindex: u32) -> Option<EndpointValue> {
         let k = abi::endpoint_key { ifindex };
-        let v = self.skel.maps.palisade_endpoints_v1.lookup(abi::bytes_of(&k), MapFlags::ANY).ok().flatten()?;
+        let v = self.skel.maps.palisade_endpoints_v2.lookup(abi::bytes_of(&k), MapFlags::ANY).ok().flatten()?;
         abi::from_bytes::<abi::endpoint_info>(&v).map(|e| EndpointValue::from_abi(&e))
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>> {
-        dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v1, "endpoints")
+        dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v2, "endpoints")
             .map(|v| v.into_iter().map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e))).collect())
     }
 
@@ -264,7 +295,7 @@ impl Datapath {
     // --- policy ---
 
     pub fn policy_put(&self, k: PolicyKey, v: PolicyValue) -> Result<()> {
-        put(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi(), &v.to_abi())
+        put(&self.skel.maps.palisade_policy_v2, "policy", &k.to_abi(), &v.to_abi())
     }
 
     /// Writes many entries with one BPF_MAP_UPDATE_BATCH where the kernel
@@ -279,7 +310,7 @@ impl Datapath {
             keys.extend_from_slice(abi::bytes_of(&k.to_abi()));
             vals.extend_from_slice(abi::bytes_of(&v.to_abi()));
         }
-        let map = &self.skel.maps.palisade_policy_v1;
+        let map = &self.skel.maps.palisade_policy_v2;
         if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
             return Ok(());
         }
@@ -295,18 +326,18 @@ impl Datapath {
         for k in keys {
             raw.extend_from_slice(abi::bytes_of(&k.to_abi()));
         }
-        if self.skel.maps.palisade_policy_v1.delete_batch(&raw, keys.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+        if self.skel.maps.palisade_policy_v2.delete_batch(&raw, keys.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
             return Ok(());
         }
         keys.iter().try_for_each(|k| self.policy_delete(*k))
     }
 
     pub fn policy_delete(&self, k: PolicyKey) -> Result<()> {
-        del(&self.skel.maps.palisade_policy_v1, "policy", &k.to_abi())
+        del(&self.skel.maps.palisade_policy_v2, "policy", &k.to_abi())
     }
 
     pub fn policy(&self) -> Result<Vec<(PolicyKey, PolicyValue)>> {
-        dump::<abi::policy_key, abi::policy_entry>(&self.skel.maps.palisade_policy_v1, "policy")
+        dump::<abi::policy_key, abi::policy_entry>(&self.skel.maps.palisade_policy_v2, "policy")
             .map(|v| v.into_iter().map(|(k, e)| (PolicyKey::from_abi(&k), PolicyValue::from_abi(&e))).collect())
     }
 
@@ -406,7 +437,7 @@ impl Datapath {
 
     /// Empties the verdict cache (benchmarks of the uncached path).
     pub fn policy_cache_clear(&self) -> Result<()> {
-        clear(&self.skel.maps.palisade_policy_cache_v2);
+        clear(&self.skel.maps.palisade_policy_cache_v3);
         Ok(())
     }
 
@@ -414,12 +445,12 @@ impl Datapath {
     pub fn clear_all(&self) -> Result<()> {
         let m = &self.skel.maps;
         for map in [
-            &m.palisade_endpoints_v1,
+            &m.palisade_endpoints_v2,
             &m.palisade_ipcache_v1,
             &m.palisade_ipcache_lpm_v1,
-            &m.palisade_policy_v1,
+            &m.palisade_policy_v2,
             &m.palisade_ct_v1,
-            &m.palisade_policy_cache_v2,
+            &m.palisade_policy_cache_v3,
             &m.palisade_flow_rl_v1,
             &m.palisade_fqdn_v1,
         ] {

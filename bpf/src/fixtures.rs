@@ -15,6 +15,8 @@ pub const TC_ACT_SHOT: i32 = 2;
 /// The fixture endpoint sits on ifindex 1 (`lo`, present in every netns).
 pub const EP_IFINDEX: u32 = 1;
 pub const EP_ID: u32 = 11;
+/// The fixture endpoint's policy set.
+pub const EP_SET: u32 = 21;
 pub const EP_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const EP_IDENTITY: u32 = 300;
 pub const FRONTEND_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2); // identity 301
@@ -33,14 +35,14 @@ pub const EXPIRED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 ///   egress:  301 every protocol; 302 TCP/443; LEARNED_IP TCP/443 (FQDN table)
 pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     dp.clear_all()?;
-    dp.endpoint_put(EP_IFINDEX, EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_gen: 0 })?;
+    dp.endpoint_put(EP_IFINDEX, EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_set: EP_SET })?;
     for (ip, id) in [(EP_IP, EP_IDENTITY), (FRONTEND_IP, 301), (OTHER_IP, 302), (BLOCKED_IP, 303), (ADMIN_IP, 304)] {
         dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }
     dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: identity::WORLD, node_id: 0 })?;
     let allow = |cookie| PolicyValue { cookie, proxy_port: 0, deny: false };
     let key =
-        |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey { ep_id: EP_ID, identity, direction, proto, port, port_bits };
+        |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey { set_id: EP_SET, identity, direction, proto, port, port_bits };
     dp.policy_put(key(301, DIR_INGRESS, Some(6), 8080, 16), allow(1))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(17), 53, 16), allow(2))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(6), 9090, 16), allow(3))?;
@@ -354,8 +356,8 @@ fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
 }
 
 /// Grows the maps to `n` rules, identities and host addresses around the
-/// fixture state: `n` policy entries on the fixture endpoint itself (other
-/// identities, ports and ranges), `n` entries on other endpoints, and `n`
+/// fixture state: `n` policy entries in the fixture endpoint's set (other
+/// identities, ports and ranges), `n` entries in other sets, and `n`
 /// ipcache host entries. The rows' verdicts do not change; their cost must
 /// not either.
 pub fn install_scale(dp: &Datapath, n: u32) -> Result<()> {
@@ -364,8 +366,8 @@ pub fn install_scale(dp: &Datapath, n: u32) -> Result<()> {
         let id = 100_000 + i;
         let port = 10_000 + (i % 50_000) as u16;
         let dir = (i % 2) as u8;
-        dp.policy_put(PolicyKey { ep_id: EP_ID, identity: id, direction: dir, proto: Some(6), port, port_bits: 16 }, allow)?;
-        dp.policy_put(PolicyKey { ep_id: 1_000 + i, identity: 301, direction: dir, proto: Some(17), port, port_bits: 12 }, allow)?;
+        dp.policy_put(PolicyKey { set_id: EP_SET, identity: id, direction: dir, proto: Some(6), port, port_bits: 16 }, allow)?;
+        dp.policy_put(PolicyKey { set_id: 1_000 + i, identity: 301, direction: dir, proto: Some(17), port, port_bits: 12 }, allow)?;
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i);
         dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }

@@ -12,9 +12,8 @@ pub struct EndpointValue {
     pub identity: u32,
     pub ipv4: Ipv4Addr,
     pub flags: u32,
-    /// Policy generation: bump after changing the endpoint's policy entries
-    /// or flags, to invalidate its cached verdicts.
-    pub policy_gen: u32,
+    /// The policy set the endpoint's entries are in (0 = the empty set).
+    pub policy_set: u32,
 }
 
 impl EndpointValue {
@@ -35,12 +34,12 @@ impl EndpointValue {
             identity: self.identity,
             ipv4: u32::from_ne_bytes(self.ipv4.octets()),
             flags: self.flags,
-            policy_gen: self.policy_gen,
+            policy_set: self.policy_set,
         }
     }
 
     pub(crate) fn from_abi(v: &abi::endpoint_info) -> Self {
-        Self { ep_id: v.ep_id, identity: v.identity, ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()), flags: v.flags, policy_gen: v.policy_gen }
+        Self { ep_id: v.ep_id, identity: v.identity, ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()), flags: v.flags, policy_set: v.policy_set }
     }
 }
 
@@ -64,12 +63,13 @@ pub(crate) fn ipcache_lpm_key(net: Ipv4Addr, prefix: u8) -> abi::ipcache_lpm_key
     k
 }
 
-/// A policy map key: one endpoint, one peer identity (0 = any), one
+/// A policy map key: one policy set, one peer identity (0 = any), one
 /// direction, and either every protocol (`proto: None`) or one protocol with
 /// a port block `port/port_bits` (`port_bits` 0 = every port, 16 = one port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyKey {
-    pub ep_id: u32,
+    /// The policy set (shared by every endpoint whose entries are equal).
+    pub set_id: u32,
     pub identity: u32,
     pub direction: u8,
     pub proto: Option<u8>,
@@ -77,7 +77,7 @@ pub struct PolicyKey {
     pub port_bits: u8,
 }
 
-/// Bits of the key the prefix always covers: ep_id, identity, direction.
+/// Bits of the key the prefix always covers: set_id, identity, direction.
 const PREFIX_BASE: u32 = 72;
 
 impl PolicyKey {
@@ -85,14 +85,14 @@ impl PolicyKey {
         match self.proto {
             None => abi::policy_key {
                 prefixlen: PREFIX_BASE,
-                ep_id: self.ep_id,
+                set_id: self.set_id,
                 identity: self.identity,
                 direction: self.direction,
                 ..Default::default()
             },
             Some(p) => abi::policy_key {
                 prefixlen: PREFIX_BASE + 8 + u32::from(self.port_bits.min(16)),
-                ep_id: self.ep_id,
+                set_id: self.set_id,
                 identity: self.identity,
                 direction: self.direction,
                 proto: p,
@@ -104,7 +104,7 @@ impl PolicyKey {
     pub(crate) fn from_abi(k: &abi::policy_key) -> Self {
         let proto = (k.prefixlen > PREFIX_BASE).then_some(k.proto);
         let port_bits = k.prefixlen.saturating_sub(PREFIX_BASE + 8) as u8;
-        Self { ep_id: k.ep_id, identity: k.identity, direction: k.direction, proto, port: u16::from_be(k.dport), port_bits }
+        Self { set_id: k.set_id, identity: k.identity, direction: k.direction, proto, port: u16::from_be(k.dport), port_bits }
     }
 
     fn masked_port(self) -> u16 {
@@ -208,7 +208,7 @@ mod tests {
             let blocks = PolicyKey::port_blocks(lo, hi);
             let mut covered = Vec::new();
             for (p, bits) in &blocks {
-                let k = PolicyKey { ep_id: 1, identity: 0, direction: 0, proto: Some(6), port: *p, port_bits: *bits };
+                let k = PolicyKey { set_id: 1, identity: 0, direction: 0, proto: Some(6), port: *p, port_bits: *bits };
                 let (a, b) = k.port_range();
                 covered.extend(u32::from(a)..=u32::from(b));
             }
@@ -222,13 +222,13 @@ mod tests {
     #[test]
     fn policy_key_roundtrip() {
         for k in [
-            PolicyKey { ep_id: 7, identity: 300, direction: 1, proto: None, port: 0, port_bits: 0 },
-            PolicyKey { ep_id: 7, identity: 0, direction: 0, proto: Some(6), port: 8080, port_bits: 16 },
-            PolicyKey { ep_id: 7, identity: 0, direction: 0, proto: Some(17), port: 0, port_bits: 0 },
+            PolicyKey { set_id: 7, identity: 300, direction: 1, proto: None, port: 0, port_bits: 0 },
+            PolicyKey { set_id: 7, identity: 0, direction: 0, proto: Some(6), port: 8080, port_bits: 16 },
+            PolicyKey { set_id: 7, identity: 0, direction: 0, proto: Some(17), port: 0, port_bits: 0 },
         ] {
             assert_eq!(PolicyKey::from_abi(&k.to_abi()), k);
         }
-        let abi = PolicyKey { ep_id: 1, identity: 2, direction: 0, proto: Some(6), port: 8080, port_bits: 16 }.to_abi();
+        let abi = PolicyKey { set_id: 1, identity: 2, direction: 0, proto: Some(6), port: 8080, port_bits: 16 }.to_abi();
         assert_eq!(abi.prefixlen, 96);
         assert_eq!(crate::abi::bytes_of(&abi)[14..16], [0x1f, 0x90], "dport is big-endian in the key");
     }

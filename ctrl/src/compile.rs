@@ -138,9 +138,10 @@ impl<'a> Universe<'a> {
     }
 }
 
-/// The endpoint being compiled.
+/// The endpoint being compiled. Its entries do not name it: they are keyed
+/// by policy set (`set_id` 0 here), which palisade-ctrl fills in when it
+/// writes them, so endpoints with equal entries share one set.
 pub struct Subject<'a> {
-    pub ep_id: u32,
     pub labels: &'a Labels,
     pub named_ports: &'a NamedPorts,
     /// The node itself (host firewall): only host policies apply, with
@@ -267,7 +268,7 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                         let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
                         for (pid, owners) in &u.named_ports {
                             for (proto, port, port_bits, _) in l4_keys(&named, owners) {
-                                let k = PolicyKey { ep_id: ep.ep_id, identity: *pid, direction: dir_num(d), proto, port, port_bits };
+                                let k = PolicyKey { set_id: 0, identity: *pid, direction: dir_num(d), proto, port, port_bits };
                                 insert(&mut out.entries, k, value);
                             }
                         }
@@ -275,7 +276,7 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                     }
                     for (id, owners) in targets {
                         for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
-                            let k = PolicyKey { ep_id: ep.ep_id, identity: id, direction: dir_num(d), proto, port, port_bits };
+                            let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
                             insert(&mut out.entries, k, redirect(proto, dns));
                         }
                     }
@@ -338,7 +339,7 @@ fn insert(entries: &mut BTreeMap<PolicyKey, PolicyValue>, k: PolicyKey, v: Polic
 }
 
 fn covers(a: &PolicyKey, b: &PolicyKey) -> bool {
-    if (a.ep_id, a.identity, a.direction) != (b.ep_id, b.identity, b.direction) {
+    if (a.set_id, a.identity, a.direction) != (b.set_id, b.identity, b.direction) {
         return false;
     }
     match (a.proto, b.proto) {
@@ -462,8 +463,8 @@ mod tests {
         }
     }
 
-    fn subject<'a>(ep_id: u32, labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
-        Subject { ep_id, labels, named_ports: np, host: false }
+    fn subject<'a>(labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
+        Subject { labels, named_ports: np, host: false }
     }
 
     fn ids() -> Vec<(u32, Labels)> {
@@ -474,7 +475,7 @@ mod tests {
     fn frontend_to_backend_compiles_to_one_entry() {
         let ids = ids();
         let pol = policies(FRONT_TO_BACK);
-        let c = compile_endpoint(&subject(5, &l("shop", "app=backend"), &NamedPorts::new()), &pol, &universe(&ids));
+        let c = compile_endpoint(&subject(&l("shop", "app=backend"), &NamedPorts::new()), &pol, &universe(&ids));
         assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED, "only ingress is selected");
         assert_eq!(c.entries.len(), 1, "{:?}", c.entries);
         let (k, _) = c.entries.iter().next().unwrap();
@@ -482,7 +483,7 @@ mod tests {
         assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }));
         assert_eq!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8081), Verdict::DefaultDeny);
         assert_eq!(verdict(&c.entries, true, 258, DIR_INGRESS, 6, 8080), Verdict::DefaultDeny, "other namespace");
-        let front = compile_endpoint(&subject(6, &l("shop", "app=frontend"), &NamedPorts::new()), &pol, &universe(&ids));
+        let front = compile_endpoint(&subject(&l("shop", "app=frontend"), &NamedPorts::new()), &pol, &universe(&ids));
         assert_eq!(front, Compiled::default(), "frontend is not selected");
     }
 
@@ -490,7 +491,7 @@ mod tests {
     fn deny_shadows_more_specific_allow() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n";
         let ids = ids();
-        let c = compile_endpoint(&subject(5, &l("shop", "app=backend"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
+        let c = compile_endpoint(&subject(&l("shop", "app=backend"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
         assert!(matches!(verdict(&c.entries, true, 256, DIR_INGRESS, 6, 8080), Verdict::Denied { .. }));
     }
 
@@ -498,7 +499,7 @@ mod tests {
     fn any_protocol_with_port_and_ranges() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: \"53\", protocol: ANY}, {port: \"8000\", endPort: 8100, protocol: TCP}]}]\n";
         let ids = ids();
-        let c = compile_endpoint(&subject(5, &l("shop", "app=x"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
+        let c = compile_endpoint(&subject(&l("shop", "app=x"), &NamedPorts::new()), &policies(yaml), &universe(&ids));
         for (proto, port, ok) in [(6, 53, true), (17, 53, true), (1, 53, false), (6, 8050, true), (6, 8101, false), (17, 8050, false)] {
             let v = verdict(&c.entries, true, 999, DIR_INGRESS, proto, port);
             assert_eq!(matches!(v, Verdict::Allowed { .. }), ok, "{proto}/{port}: {v:?}");
@@ -550,7 +551,7 @@ mod issue3_tests {
         let labels = l("x", "app=a");
         let none: Vec<Policy> = vec![];
         let always = Universe { mode: EnforcementMode::Always, selector_cache: Default::default(), ..u };
-        let c = compile_endpoint(&Subject { ep_id: 1, labels: &labels, named_ports: &np, host: false }, &none, &always);
+        let c = compile_endpoint(&Subject { labels: &labels, named_ports: &np, host: false }, &none, &always);
         assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED, "always: no policy = deny");
     }
 
@@ -572,7 +573,7 @@ mod issue3_tests {
             selector_cache: Default::default(),
             dns_proxy_port: 0,
         };
-        let c = compile_endpoint(&Subject { ep_id: 1, labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
+        let c = compile_endpoint(&Subject { labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");
         assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
         assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9090), Verdict::Allowed { .. }), "egress: b's web port");
@@ -594,7 +595,7 @@ mod dns_tests {
         let mut u = Universe::new(vec![(256, &me), (257, &dns)], vec![], BTreeMap::new(), EnforcementMode::Default);
         u.dns_proxy_port = 10053;
         let np = NamedPorts::new();
-        let c = compile_endpoint(&Subject { ep_id: 1, labels: &me, named_ports: &np, host: false }, &pol, &u);
+        let c = compile_endpoint(&Subject { labels: &me, named_ports: &np, host: false }, &pol, &u);
         assert_eq!(c.flags & EndpointValue::FQDN, EndpointValue::FQDN);
         assert_eq!(c.flags & EndpointValue::EGRESS_ENFORCED, EndpointValue::EGRESS_ENFORCED);
         let proxied: Vec<_> = c.entries.iter().filter(|(_, v)| v.proxy_port == 10053).map(|(k, _)| (k.identity, k.proto, k.port)).collect();

@@ -66,8 +66,10 @@ pub struct Daemon {
     pub(crate) dp: Datapath,
     pub(crate) state: StateFile,
     pub(crate) store: Store,
-    /// What the policy map and endpoint entries hold, per endpoint id.
+    /// What each endpoint entry holds (set and flags), per endpoint id.
     installed: BTreeMap<u32, Installed>,
+    /// The policy sets in the policy map, shared by endpoints (sets.rs).
+    pub(crate) sets: crate::sets::PolicySets,
     pub(crate) started_unix: u64,
     /// The node's own addresses, in the ipcache as identity host.
     host_ips: BTreeSet<Ipv4Addr>,
@@ -82,12 +84,12 @@ pub struct Daemon {
     _lock: std::fs::File,
 }
 
-/// One endpoint's installed state: its compiled entries and flags as the
-/// maps hold them, and the policy generation its endpoint entry carries.
-#[derive(Debug, Default)]
+/// One endpoint's installed state: the policy set and flags its endpoint
+/// entry carries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Installed {
-    compiled: Compiled,
-    gen: u32,
+    set: u32,
+    flags: u32,
 }
 
 pub fn now_unix() -> u64 {
@@ -112,12 +114,16 @@ impl Daemon {
             state,
             store,
             installed: BTreeMap::new(),
+            sets: Default::default(),
             started_unix: now_unix(),
             _lock: lock,
             host_ips: BTreeSet::new(),
             apply_latency: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
         };
         d.read_installed()?;
+        // Set ids start above every id in the maps; a cached verdict of a
+        // set deleted before this start must not outlive it.
+        d.dp.policy_cache_clear()?;
         d.reconcile_endpoints()?;
         d.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
         let stats = d.sync()?;
@@ -138,17 +144,16 @@ impl Daemon {
         self.sync().map(|_| ())
     }
 
-    /// Reads the policy map and endpoint flags as the datapath has them now.
+    /// Reads the policy sets and endpoint entries as the datapath has them
+    /// now.
     fn read_installed(&mut self) -> Result<()> {
         self.installed.clear();
-        for (k, v) in self.dp.policy()? {
-            self.installed.entry(k.ep_id).or_default().compiled.entries.insert(k, v);
-        }
         for (_, e) in self.dp.endpoints()? {
-            let i = self.installed.entry(e.ep_id).or_default();
-            i.compiled.flags = e.flags;
-            i.gen = e.policy_gen;
+            // The host endpoint sits on every host interface: one user.
+            self.installed.insert(e.ep_id, Installed { set: e.policy_set, flags: e.flags & !EndpointValue::HOST });
         }
+        let users: Vec<u32> = self.installed.values().map(|i| i.set).collect();
+        self.sets.rebuild(self.dp.policy()?, users);
         Ok(())
     }
 
@@ -207,11 +212,11 @@ impl Daemon {
     }
 
     /// Endpoint and ipcache entries of one endpoint, keeping the flags and
-    /// generation that are installed (sync() moves them).
+    /// set that are installed (sync() moves them).
     pub(crate) fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
-        let (flags, gen) = self.installed.get(&ep.ep_id).map(|i| (i.compiled.flags, i.gen)).unwrap_or((0, 0));
+        let i = self.installed.get(&ep.ep_id).copied().unwrap_or_default();
         self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
-        self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, flags, gen))?;
+        self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, i))?;
         Ok(())
     }
 
@@ -220,9 +225,8 @@ impl Daemon {
         self.dp.endpoint_delete(ep.ifindex)?;
         self.dp.ipcache_delete(ep.ipv4)?;
         if let Some(i) = self.installed.remove(&ep.ep_id) {
-            for k in i.compiled.entries.keys() {
-                self.dp.policy_delete(*k)?;
-            }
+            self.sets.release(i.set);
+            self.dp.policy_delete_batch(&self.sets.take_retired())?;
         }
         self.dp.conntrack_flush_endpoint(ep.ep_id)?;
         if !self.store.endpoints.values().any(|e| e.name != ep.name && e.labels == ep.labels) {
@@ -231,11 +235,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Recompiles every endpoint and applies the difference: new and changed
-    /// entries first, then enforcement flags, then removals, so a rule being
-    /// replaced is never missing in between. Each changed endpoint's policy
-    /// generation is bumped after its last write, which invalidates the
-    /// datapath's cached verdicts for it. Returns (written, deleted).
+    /// Recompiles every endpoint and applies the difference. Each changed
+    /// endpoint moves to the policy set with its new entries: sets that do
+    /// not exist yet are written first, then the endpoints are switched
+    /// (one endpoint-table write each, so a reader sees the old set or the
+    /// new, never a mix), then sets nobody uses any more are deleted.
+    /// Returns (entries written, entries deleted).
     pub(crate) fn sync(&mut self) -> Result<(usize, usize)> {
         self.sync_scope(&Scope::All)
     }
@@ -257,14 +262,13 @@ impl Daemon {
             .publish(crate::dnsrules::snapshot(self.store.endpoints.values(), &policies, &universe))
             .context("writing policy.snap for palisade-dnsproxy")?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sync: universe and policy.snap");
-        let mut put = 0;
-        let mut deleted = 0;
         let mut live = BTreeSet::new();
-        // Compile every endpoint first, then write in four passes over all
-        // of them (batched puts, flags, batched deletes, generations), so a
-        // change over many endpoints costs a few syscalls per pass, while
-        // each endpoint still sees puts before flags before deletes.
-        let mut changes = Vec::new();
+        // Compile every endpoint in scope, then write in three passes over
+        // all of them (new sets in one batch, endpoint switches, retired
+        // sets in one batch), so a change over many endpoints costs a few
+        // syscalls per pass.
+        let mut switches: Vec<(Vec<u32>, EndpointValue, Installed)> = Vec::new();
+        let mut new_sets = Vec::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
             if let Scope::Endpoints(only) = scope {
@@ -272,37 +276,15 @@ impl Daemon {
                     continue;
                 }
             }
-            let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
+            let subject = compile::Subject { labels: &ep.labels, named_ports: &ep.named_ports, host: false };
             let mut want = compile::compile_endpoint(&subject, &policies, &universe);
             if ep.audit.unwrap_or(self.store.audit) {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
-            let have = self.installed.entry(ep.ep_id).or_default();
-            let d = compile::diff(&have.compiled.entries, &want.entries);
-            if d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags {
-                continue;
-            }
-            changes.push((ep, want, d));
-        }
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, changed = changes.len(), "sync: compiled");
-        let puts: Vec<_> = changes.iter().flat_map(|(_, _, d)| d.put.iter().copied()).collect();
-        self.dp.policy_put_batch(&puts)?;
-        for (ep, want, _) in &changes {
-            let have = self.installed.entry(ep.ep_id).or_default();
-            have.gen = have.gen.wrapping_add(1);
-            self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
-        }
-        let deletes: Vec<_> = changes.iter().flat_map(|(_, _, d)| d.delete.iter().copied()).collect();
-        self.dp.policy_delete_batch(&deletes)?;
-        for (ep, want, d) in changes {
-            let have = self.installed.entry(ep.ep_id).or_default();
-            if !d.delete.is_empty() {
-                have.gen = have.gen.wrapping_add(1);
-                self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, want.flags, have.gen))?;
-            }
-            put += d.put.len();
-            deleted += d.delete.len();
-            have.compiled = want;
+            let to = self.sets.acquire(want.entries);
+            new_sets.extend(to.new_entries.map(|e| (to.id, e)));
+            let next = Installed { set: to.id, flags: want.flags };
+            switches.push((vec![ep.ifindex], endpoint_value(ep, next), next));
         }
         // The host firewall: one endpoint (the node) on every host interface.
         let host_ifs: Vec<(String, u32)> =
@@ -310,59 +292,65 @@ impl Daemon {
         if !host_ifs.is_empty() {
             live.insert(HOST_EP_ID);
             let labels = node_labels(&self.cfg.node_labels);
-            let subject = compile::Subject { ep_id: HOST_EP_ID, labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
+            let subject = compile::Subject { labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
             let mut want = compile::compile_endpoint(&subject, &policies, &universe);
             if self.store.audit {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
-            let have = self.installed.entry(HOST_EP_ID).or_default();
-            let d = compile::diff(&have.compiled.entries, &want.entries);
-            let changed = !(d.put.is_empty() && d.delete.is_empty() && have.compiled.flags == want.flags);
-            for (k, v) in &d.put {
-                self.dp.policy_put(*k, *v)?;
-            }
-            if changed {
-                have.gen = have.gen.wrapping_add(1);
-            }
-            let value = |gen| EndpointValue {
+            let to = self.sets.acquire(want.entries);
+            new_sets.extend(to.new_entries.map(|e| (to.id, e)));
+            let next = Installed { set: to.id, flags: want.flags };
+            let value = EndpointValue {
                 ep_id: HOST_EP_ID,
                 identity: palisade_bpf::identity::HOST,
                 ipv4: Ipv4Addr::UNSPECIFIED,
-                flags: want.flags | EndpointValue::HOST,
-                policy_gen: gen,
+                flags: next.flags | EndpointValue::HOST,
+                policy_set: next.set,
             };
-            for (_, ifindex) in &host_ifs {
-                self.dp.endpoint_put(*ifindex, value(have.gen))?;
+            // Interfaces that appeared since the last change get the entry
+            // even when the host's policy did not change.
+            let fresh = host_ifs.iter().any(|(_, i)| self.dp.endpoint_get(*i) != Some(value));
+            let ifs = host_ifs.iter().map(|(_, i)| *i).collect();
+            if fresh && self.installed.get(&HOST_EP_ID) == Some(&next) {
+                self.dp.endpoint_put_batch(&host_ifs.iter().map(|(_, i)| (*i, value)).collect::<Vec<_>>())?;
             }
-            if !d.delete.is_empty() {
-                for k in &d.delete {
-                    self.dp.policy_delete(*k)?;
-                }
-                have.gen = have.gen.wrapping_add(1);
-                for (_, ifindex) in &host_ifs {
-                    self.dp.endpoint_put(*ifindex, value(have.gen))?;
-                }
-            }
-            put += d.put.len();
-            deleted += d.delete.len();
-            have.compiled = want;
-            // Entries first, then programs: an interface that appeared since
-            // the last change gets its programs here.
-            for (name, ifindex) in &host_ifs {
-                if !self.dp.is_attached(*ifindex, true) {
-                    self.dp.attach(*ifindex, name, true)?;
-                    tracing::info!(interface = %name, ifindex, "host firewall attached");
-                }
+            switches.push((ifs, value, next));
+        }
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, changed = switches.len(), new_sets = new_sets.len(), "sync: compiled");
+        if self.sets.take_wrapped() {
+            self.dp.policy_cache_clear()?;
+        }
+        let puts: Vec<_> = new_sets.iter().flat_map(|(id, e)| crate::sets::keys(*id, e).zip(e.values().copied())).collect();
+        self.dp.policy_put_batch(&puts)?;
+        let mut writes = Vec::new();
+        for (ifs, value, next) in switches {
+            // Every acquire above is matched by one release of what the
+            // endpoint had (after all acquires, so a set moved to is never
+            // freed on the way).
+            let before = self.installed.insert(value.ep_id, next);
+            self.sets.release(before.map_or(0, |b| b.set));
+            if before != Some(next) {
+                writes.extend(ifs.into_iter().map(|i| (i, value)));
             }
         }
+        self.dp.endpoint_put_batch(&writes)?;
         let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in stale {
-            for k in self.installed.remove(&id).unwrap_or_default().compiled.entries.keys() {
-                self.dp.policy_delete(*k)?;
-                deleted += 1;
+            if let Some(i) = self.installed.remove(&id) {
+                self.sets.release(i.set);
             }
         }
-        Ok((put, deleted))
+        let deletes = self.sets.take_retired();
+        self.dp.policy_delete_batch(&deletes)?;
+        // Entries first, then programs: an interface that appeared since
+        // the last change gets its programs here.
+        for (name, ifindex) in &host_ifs {
+            if !self.dp.is_attached(*ifindex, true) {
+                self.dp.attach(*ifindex, name, true)?;
+                tracing::info!(interface = %name, ifindex, "host firewall attached");
+            }
+        }
+        Ok((puts.len(), deletes.len()))
     }
 
     /// One identity and one ipcache prefix per CIDR the policies name;
@@ -926,8 +914,8 @@ impl Daemon {
     }
 }
 
-fn endpoint_value(ep: &Endpoint, flags: u32, policy_gen: u32) -> EndpointValue {
-    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags, policy_gen }
+fn endpoint_value(ep: &Endpoint, i: Installed) -> EndpointValue {
+    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: i.flags, policy_set: i.set }
 }
 
 impl Daemon {
@@ -1007,7 +995,7 @@ impl Daemon {
             let mut decide = |after_set: bool| -> Verdict {
                 let (pols, u, ids) = if after_set { (&after, &u_after, &after_ids) } else { (&before, &u_before, &self.store.identities) };
                 let c = compiled.entry((ep.ep_id, after_set)).or_insert_with(|| {
-                    let subject = compile::Subject { ep_id: ep.ep_id, labels: &ep.labels, named_ports: &ep.named_ports, host: false };
+                    let subject = compile::Subject { labels: &ep.labels, named_ports: &ep.named_ports, host: false };
                     compile::compile_endpoint(&subject, pols, u)
                 });
                 compile::verdict(&c.entries, c.flags & bit != 0, resolve(ids), dir, proto, port)

@@ -60,10 +60,10 @@ impl Snapshot {
         let cfg = &d.cfg.datapath;
         s.policy_entries = d.dp.policy()?.len() as i64;
         s.maps = vec![
-            ("palisade_policy_v1", s.policy_entries, i64::from(cfg.policy_max)),
+            ("palisade_policy_v2", s.policy_entries, i64::from(cfg.policy_max)),
             ("palisade_ipcache_v1", d.dp.ipcache()?.len() as i64, i64::from(cfg.ipcache_max)),
             ("palisade_ct_v1", d.dp.conntrack()?.len() as i64, i64::from(cfg.ct_max)),
-            ("palisade_endpoints_v1", d.dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
+            ("palisade_endpoints_v2", d.dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
         ];
         (s.flows_lost, s.flows_suppressed) = d.dp.flow_stats()?;
         // Per-bucket counts from the hdr histogram (µs), then +Inf.

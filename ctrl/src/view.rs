@@ -93,16 +93,24 @@ fn dir_name(d: u8) -> &'static str {
     }
 }
 
-/// Live policy-map entries of one endpoint, read from the map itself.
-fn live_entries(d: &Daemon, ep_id: u32) -> Result<BTreeMap<PolicyKey, PolicyValue>> {
-    Ok(d.dp.policy()?.into_iter().filter(|(k, _)| k.ep_id == ep_id).collect())
+/// Live policy-map entries of one endpoint: the set its endpoint entry
+/// points at, read from the maps themselves.
+fn live_entries(d: &Daemon, ep: &Endpoint) -> Result<(u32, BTreeMap<PolicyKey, PolicyValue>)> {
+    let set = d.dp.endpoint_get(ep.ifindex).map_or(0, |v| v.policy_set);
+    if set == 0 {
+        return Ok((0, BTreeMap::new()));
+    }
+    Ok((set, d.dp.policy()?.into_iter().filter(|(k, _)| k.set_id == set).collect()))
 }
 
 pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
     let ep = d.endpoint(name)?;
     let cookies = cookie_table(&d.store.policies.values().cloned().collect::<Vec<_>>());
     let flags = live_flags(d, ep).unwrap_or(0);
-    let entries: Vec<Value> = live_entries(d, ep.ep_id)?
+    let (set, live) = live_entries(d, ep)?;
+    let sharing =
+        d.store.endpoints.values().filter(|e| set != 0 && d.dp.endpoint_get(e.ifindex).is_some_and(|v| v.policy_set == set)).count();
+    let entries: Vec<Value> = live
         .iter()
         .map(|(k, v)| {
             let rule = cookies.get(&v.cookie);
@@ -123,6 +131,8 @@ pub fn bpf_policy(d: &Daemon, name: &str) -> Result<Value> {
         "endpoint": ep.name,
         "id": ep.ep_id,
         "identity": ep.identity,
+        "policy_set": set,
+        "endpoints_sharing_set": sharing,
         "ingress_enforced": flags & EndpointValue::INGRESS_ENFORCED != 0,
         "egress_enforced": flags & EndpointValue::EGRESS_ENFORCED != 0,
         "entries": entries,
@@ -163,7 +173,7 @@ pub fn fqdn_table(d: &Daemon) -> Result<Value> {
     Ok(Value::Array(
         rows.iter()
             .map(|(k, cookie, expires)| {
-                let pk = PolicyKey { ep_id: k.ep_id, identity: 0, direction: 1, proto: k.proto, port: k.port, port_bits: k.port_bits };
+                let pk = PolicyKey { set_id: 0, identity: 0, direction: 1, proto: k.proto, port: k.port, port_bits: k.port_bits };
                 json!({
                     "endpoint": by_id.get(&k.ep_id).copied().unwrap_or("<gone>"),
                     "ip": k.addr.to_string(),
@@ -263,7 +273,7 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
         let flags = live_flags(d, ep).context("endpoint has no datapath entry")?;
         let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
         let enforced = flags & bit != 0;
-        let entries = live_entries(d, ep.ep_id)?;
+        let (_, entries) = live_entries(d, ep)?;
         let mut v = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
         let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
         // The datapath's second look for egress: an address palisade-dnsproxy
@@ -272,7 +282,7 @@ pub fn trace(d: &Daemon, src: &str, dst: &str, proto: u8, dport: u16) -> Result<
         if v == Verdict::DefaultDeny && dir == DIR_EGRESS && flags & EndpointValue::FQDN != 0 {
             if let Some(ip) = peer.ip {
                 if let Some(cookie) = fqdn_lookup(d, ep.ep_id, ip, proto, dport) {
-                    let key = PolicyKey { ep_id: ep.ep_id, identity: 0, direction: dir, proto: Some(proto), port: dport, port_bits: 16 };
+                    let key = PolicyKey { set_id: 0, identity: 0, direction: dir, proto: Some(proto), port: dport, port_bits: 16 };
                     v = Verdict::Allowed { cookie, key };
                     learned = true;
                 }
@@ -337,7 +347,7 @@ fn fqdn_lookup(d: &Daemon, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: 
         .filter(|(k, _, _)| match k.proto {
             None => true,
             Some(p) => {
-                let pk = PolicyKey { ep_id, identity: 0, direction: 1, proto: Some(p), port: k.port, port_bits: k.port_bits };
+                let pk = PolicyKey { set_id: 0, identity: 0, direction: 1, proto: Some(p), port: k.port, port_bits: k.port_bits };
                 let (lo, hi) = pk.port_range();
                 p == proto && (lo..=hi).contains(&port)
             }
@@ -372,6 +382,7 @@ pub fn status(d: &Daemon) -> Result<Value> {
         "identities": d.store.identities.all().len(),
         "policies": d.store.policies.len(),
         "policy_map_entries": d.dp.policy()?.len(),
+        "policy_sets": d.sets.stats().0,
         "ipcache_entries": d.dp.ipcache()?.len(),
         "conntrack_entries": d.dp.conntrack()?.len(),
         "counters": counters,

@@ -318,3 +318,49 @@ fn scoped_recompiles_reach_every_affected_endpoint_privileged_test() {
     assert!(cart.tcp_ip(palisade_netns_tests::WORLD_IP, 80), "world still covers an address that got a CIDR identity");
     assert!(front.tcp_ip(palisade_netns_tests::WORLD_IP, 80));
 }
+
+/// Endpoints whose policies compile to the same entries share one policy
+/// set: one CNP over three backends (three identities) is one set of
+/// entries, a change writes one new set, moves all three and deletes the
+/// old one, and no verdict cached under the old set survives the move.
+#[test]
+fn endpoints_with_equal_policy_share_one_set_privileged_test() {
+    let mut node = Node::new();
+    let front = node.pod("shop/frontend", "app=frontend");
+    let mut backs: Vec<_> = (1..=3).map(|i| node.pod(&format!("shop/backend{i}"), &format!("app=backend,replica=r{i}"))).collect();
+    for b in &mut backs {
+        b.serve(&[WEB, ALT]);
+    }
+    let set_of = |node: &Node, i: usize| node.json(&["bpf", "policy", "get", &format!("shop/backend{i}")]);
+    node.apply("p.yaml", &ingress_only(WEB));
+    for b in &backs {
+        // Allowed flows also fill the verdict cache under the current set.
+        check_matrix(&[(&front, b, Some(WEB), true), (&front, b, Some(ALT), false)]);
+    }
+    let first = set_of(&node, 1);
+    assert_ne!(first["policy_set"], 0, "{first}");
+    assert_eq!(first["endpoints_sharing_set"], 3, "{first}");
+    assert_eq!(first["entries"].as_array().map(Vec::len), Some(1), "{first}");
+    for i in 2..=3 {
+        assert_eq!(set_of(&node, i)["policy_set"], first["policy_set"], "backend{i} shares backend1's set");
+    }
+    let st = node.json(&["status"]);
+    assert_eq!(st["policy_map_entries"], 1, "one entry for three endpoints: {st}");
+    assert_eq!(st["policy_sets"], 1, "{st}");
+    node.apply("p.yaml", &ingress_only(ALT));
+    for b in &backs {
+        check_matrix(&[(&front, b, Some(WEB), false), (&front, b, Some(ALT), true)]);
+    }
+    let second = set_of(&node, 3);
+    assert_ne!(second["policy_set"], first["policy_set"], "a changed set gets a new id (never reused)");
+    assert_eq!(second["endpoints_sharing_set"], 3, "{second}");
+    assert_eq!(second["entries"][0]["port"], "9090");
+    let st = node.json(&["status"]);
+    assert_eq!(st["policy_map_entries"], 1, "the old set was deleted: {st}");
+    // One backend leaves the selection: it moves to the empty set, the
+    // others keep theirs.
+    node.ok(&["endpoint", "label", "shop/backend2", "app=other"]);
+    assert_eq!(set_of(&node, 2)["policy_set"], 0);
+    assert_eq!(set_of(&node, 1)["endpoints_sharing_set"], 2);
+    check_matrix(&[(&front, &backs[1], Some(WEB), true), (&front, &backs[0], Some(WEB), false)]);
+}

@@ -61,7 +61,7 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     assert!(value(&m1, "cilium_forward_count_total") > 0);
     assert!(m1.contains("cilium_policy 1"), "{m1}");
     assert!(m1.contains("cilium_endpoint_state{endpoint_state=\"ready\"} 3"), "{m1}");
-    assert!(m1.contains("cilium_bpf_map_pressure{map_name=\"palisade_policy_v1\"}"), "{m1}");
+    assert!(m1.contains("cilium_bpf_map_pressure{map_name=\"palisade_policy_v2\"}"), "{m1}");
     assert!(m1.contains("cilium_policy_implementation_delay_seconds_count 1"), "one apply, one latency sample: {m1}");
     assert!(m1.contains("cilium_policy_implementation_delay_seconds_bucket{le=\"+Inf\"} 1"), "{m1}");
     assert!(!cart.tcp(&back, 8080));
