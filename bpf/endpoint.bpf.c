@@ -34,7 +34,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	struct policy_verdict pv;
 	struct tuple t;
 	struct ct_key ck = {};
-	__u32 set_id, peer, fqdn_cookie;
+	__u32 set_id, gen, peer, fqdn_cookie;
 	__u16 proxy_port = 0;
 	__u8 fv;
 	int rc;
@@ -82,8 +82,9 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	}
 
 	set_id = READ_ONCE_U32(ep->policy_set);
+	gen = READ_ONCE_U32(ep->policy_gen);
 	peer = ipcache_identity_v4(ck.remote_ip);
-	pv = policy_decide(set_id, endpoint_enforced(ep, dir), peer, dir, t.proto, t.dport);
+	pv = policy_decide(set_id, gen, endpoint_enforced(ep, dir), peer, dir, t.proto, t.dport);
 	if (pv.reason == -DROP_POLICY && dir == DIR_EGRESS && (ep->flags & EP_F_FQDN)) {
 		/* No rule for the peer's identity: an address a DNS answer
 		 * taught this endpoint may still be allowed. Not cached: two

@@ -157,15 +157,8 @@ impl Topo {
 
     fn start_agent_with(&mut self, extra: &[&str]) -> Result<()> {
         let log = std::fs::File::create(self.tmp.join("ctrl.log"))?;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.node));
-        // A profiler in front of the agent (e.g. "heaptrack -o /tmp/ctrl"),
-        // for finding where its memory goes; the bench's own figures are
-        // then those of the profiled agent.
-        if let Ok(wrap) = std::env::var("PALISADE_BENCH_CTRL_WRAPPER") {
-            cmd.args(wrap.split_whitespace());
-        }
-        let child = cmd
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node))
             .arg(self.bin_dir.join("palisade-ctrl"))
             .args(["--bpf-dir", &format!("/sys/fs/bpf/palisade-bench/{}", self.tag)])
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])

@@ -23,11 +23,13 @@ struct endpoint_info {
 	__u32 policy_set; /* the policy set its entries are in (policy.h); 0 is
 			   * the empty set. palisade-ctrl switches an endpoint
 			   * to another set with one write of this value. */
+	__u32 policy_gen; /* the set's generation: bumped when a set with one
+			   * user is changed in place (policy.h) */
 };
 
 /* palisade_endpoints_v2: ifindex -> endpoint_info. Written by palisade-ctrl
  * before the endpoint's programs are attached; removed after detach. v2: the
- * policy set replaced the policy generation. */
+ * policy set. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);

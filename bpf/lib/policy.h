@@ -10,10 +10,11 @@
  * policies compile to the same entries (every pod of a deployment, or every
  * pod one CNP selects) point at one set, so one policy over 1000 such pods
  * is written once, not 1000 times, and a change moves each endpoint to a
- * new set with one endpoint-table write. Sets are immutable once an
- * endpoint points at them (palisade-ctrl writes a new set, switches the
- * endpoints, then deletes the old set), and set ids are never reused, so a
- * reader can never see a half-written set.
+ * new set with one endpoint-table write. A shared set is never changed:
+ * palisade-ctrl writes the new set, switches the endpoints, then deletes
+ * the old one, and set ids are never reused. A set with a single user is
+ * changed in place (one rule added to 10 000 is one write), new entries
+ * before removals, and its generation is bumped (see the verdict cache).
  *
  * Policy key, looked up in an LPM trie. The bytes are ordered from the most
  * to the least significant for matching: set, peer identity, direction,
@@ -120,14 +121,18 @@ policy_lookup(__u32 set_id, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
  * no other rules, 521 ns with 100k), and the goal is a per-packet cost that
  * does not grow with the rules. New flows mostly repeat a few classes (the
  * same peer identity to the same port), so what a set says about a class
- * is cached in an LRU hash keyed by set and class. Because a set never
- * changes and its id is never reused, a cached match never goes stale and
- * needs no invalidation; endpoints sharing a set share its cache entries.
- * Enforcement is not part of the match: it is applied per endpoint after
- * the lookup (an endpoint can be enforced in one direction and not the
- * other while sharing a set). */
+ * is cached in an LRU hash keyed by set, generation and class. A set's
+ * content only changes in place together with its generation: palisade-ctrl
+ * writes the entries, bumps the generation in the endpoint entry, deletes
+ * entries, bumps again. The datapath reads set and generation before it
+ * walks the trie, so a match computed from a half-applied change is cached
+ * under a generation nobody reads after the last bump. Endpoints sharing a
+ * set share its cache entries. Enforcement is not part of the match: it is
+ * applied per endpoint after the lookup (an endpoint can be enforced in one
+ * direction and not the other while sharing a set). */
 struct policy_cache_key {
 	__u32 set_id;
+	__u32 gen;
 	__u32 identity;
 	__u8 direction;
 	__u8 proto;
@@ -136,7 +141,7 @@ struct policy_cache_key {
 
 /* palisade_policy_cache_v3: written by the datapath only; palisade-ctrl
  * clears it at start (set ids start above every id it could hold). v3: keyed
- * by set, holds the match without enforcement. */
+ * by set and generation, holds the match without enforcement. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -145,10 +150,11 @@ struct {
 } palisade_policy_cache_v3 SEC(".maps");
 
 static __always_inline struct policy_verdict
-policy_decide(__u32 set_id, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
+policy_decide(__u32 set_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
 {
 	struct policy_cache_key ck = {
 		.set_id = set_id,
+		.gen = gen,
 		.identity = peer,
 		.direction = dir,
 		.proto = proto,

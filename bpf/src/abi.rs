@@ -96,10 +96,11 @@ mod tests {
     #[test]
     fn layout_matches_c_headers() {
         assert_eq!(size_of::<endpoint_key>(), 4);
-        assert_eq!(size_of::<endpoint_info>(), 20);
+        assert_eq!(size_of::<endpoint_info>(), 24);
+        assert_eq!(offset_of!(endpoint_info, policy_gen), 20);
         assert_eq!(offset_of!(endpoint_info, policy_set), 16);
-        assert_eq!(size_of::<policy_cache_key>(), 12);
-        assert_eq!(offset_of!(policy_cache_key, dport), 10);
+        assert_eq!(size_of::<policy_cache_key>(), 16);
+        assert_eq!(offset_of!(policy_cache_key, dport), 14);
         assert_eq!(size_of::<policy_match>(), 8);
         assert_eq!(offset_of!(policy_match, proxy_port), 4);
         assert_eq!(offset_of!(policy_match, outcome), 6);

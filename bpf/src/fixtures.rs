@@ -35,7 +35,10 @@ pub const EXPIRED_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
 ///   egress:  301 every protocol; 302 TCP/443; LEARNED_IP TCP/443 (FQDN table)
 pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     dp.clear_all()?;
-    dp.endpoint_put(EP_IFINDEX, EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_set: EP_SET })?;
+    dp.endpoint_put(
+        EP_IFINDEX,
+        EndpointValue { ep_id: EP_ID, identity: EP_IDENTITY, ipv4: EP_IP, flags: ep_flags, policy_set: EP_SET, policy_gen: 0 },
+    )?;
     for (ip, id) in [(EP_IP, EP_IDENTITY), (FRONTEND_IP, 301), (OTHER_IP, 302), (BLOCKED_IP, 303), (ADMIN_IP, 304)] {
         dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }

@@ -14,6 +14,8 @@ pub struct EndpointValue {
     pub flags: u32,
     /// The policy set the endpoint's entries are in (0 = the empty set).
     pub policy_set: u32,
+    /// The set's generation (bumped when a set is changed in place).
+    pub policy_gen: u32,
 }
 
 impl EndpointValue {
@@ -35,11 +37,19 @@ impl EndpointValue {
             ipv4: u32::from_ne_bytes(self.ipv4.octets()),
             flags: self.flags,
             policy_set: self.policy_set,
+            policy_gen: self.policy_gen,
         }
     }
 
     pub(crate) fn from_abi(v: &abi::endpoint_info) -> Self {
-        Self { ep_id: v.ep_id, identity: v.identity, ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()), flags: v.flags, policy_set: v.policy_set }
+        Self {
+            ep_id: v.ep_id,
+            identity: v.identity,
+            ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()),
+            flags: v.flags,
+            policy_set: v.policy_set,
+            policy_gen: v.policy_gen,
+        }
     }
 }
 

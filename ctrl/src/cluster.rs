@@ -395,7 +395,7 @@ impl crate::daemon::Daemon {
                     let names: Vec<String> =
                         self.store.endpoints.values().filter(|e| e.identity == old && e.labels == labels).map(|e| e.name.clone()).collect();
                     for n in names {
-                        let ep = self.store.endpoints.get_mut(&n).expect("listed");
+                        let ep = std::sync::Arc::make_mut(self.store.endpoints.get_mut(&n).expect("listed"));
                         ep.identity = new;
                         let ep = ep.clone();
                         self.write_endpoint_entries(&ep)?;

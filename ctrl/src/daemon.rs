@@ -8,6 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
+    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
@@ -56,7 +57,7 @@ pub const HOST_EP_ID: u32 = 0x7fff_fff0;
 fn node_labels(user: &BTreeMap<String, String>) -> Labels {
     let mut l = Labels::reserved("host");
     for (k, v) in user {
-        l.0.insert(format!("k8s:{}", palisade_policy::labels::split_source(k).1), v.clone());
+        std::sync::Arc::make_mut(&mut l.0).insert(format!("k8s:{}", palisade_policy::labels::split_source(k).1), v.clone());
     }
     l
 }
@@ -73,6 +74,8 @@ pub struct Daemon {
     pub(crate) started_unix: u64,
     /// The node's own addresses, in the ipcache as identity host.
     host_ips: BTreeSet<Ipv4Addr>,
+    /// Tells when to re-read them.
+    addr_watch: netplumb::AddressWatch,
     /// Time from `policy apply` to enforced (maps written), in µs.
     pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
     /// `policy.snap` for palisade-dnsproxy.
@@ -84,11 +87,12 @@ pub struct Daemon {
     _lock: std::fs::File,
 }
 
-/// One endpoint's installed state: the policy set and flags its endpoint
-/// entry carries.
+/// One endpoint's installed state: the policy set, its generation and the
+/// flags its endpoint entry carries.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Installed {
     set: u32,
+    gen: u32,
     flags: u32,
 }
 
@@ -118,6 +122,7 @@ impl Daemon {
             started_unix: now_unix(),
             _lock: lock,
             host_ips: BTreeSet::new(),
+            addr_watch: netplumb::AddressWatch::new(),
             apply_latency: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
         };
         d.read_installed()?;
@@ -150,9 +155,9 @@ impl Daemon {
         self.installed.clear();
         for (_, e) in self.dp.endpoints()? {
             // The host endpoint sits on every host interface: one user.
-            self.installed.insert(e.ep_id, Installed { set: e.policy_set, flags: e.flags & !EndpointValue::HOST });
+            self.installed.insert(e.ep_id, Installed { set: e.policy_set, gen: e.policy_gen, flags: e.flags & !EndpointValue::HOST });
         }
-        let users: Vec<u32> = self.installed.values().map(|i| i.set).collect();
+        let users: Vec<(u32, u32)> = self.installed.values().map(|i| (i.set, i.gen)).collect();
         self.sets.rebuild(self.dp.policy()?, users);
         Ok(())
     }
@@ -169,7 +174,7 @@ impl Daemon {
                 Some(ifindex) => {
                     if ifindex != ep.ifindex {
                         self.dp.endpoint_delete(ep.ifindex)?;
-                        self.store.endpoints.get_mut(&name).expect("listed").ifindex = ifindex;
+                        Arc::make_mut(self.store.endpoints.get_mut(&name).expect("listed")).ifindex = ifindex;
                         changed = true;
                     }
                     self.write_endpoint_entries(&self.store.endpoints[&name].clone())?;
@@ -258,17 +263,26 @@ impl Daemon {
         universe.dns_proxy_port = self.cfg.dns_proxy_port;
         // The proxy's rules first: a query redirected under a new rule
         // must find it.
-        self.dns_snapshot
-            .publish(crate::dnsrules::snapshot(self.store.endpoints.values(), &policies, &universe))
-            .context("writing policy.snap for palisade-dnsproxy")?;
+        let snap = crate::dnsrules::snapshot_reusing(
+            self.store.endpoints.values().map(|e| &**e),
+            &policies,
+            &universe,
+            self.dns_snapshot.last(),
+            |id| match scope {
+                Scope::All => true,
+                Scope::Endpoints(only) => only.contains(&id),
+            },
+        );
+        self.dns_snapshot.publish(snap).context("writing policy.snap for palisade-dnsproxy")?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sync: universe and policy.snap");
         let mut live = BTreeSet::new();
-        // Compile every endpoint in scope, then write in three passes over
-        // all of them (new sets in one batch, endpoint switches, retired
-        // sets in one batch), so a change over many endpoints costs a few
-        // syscalls per pass.
-        let mut switches: Vec<(Vec<u32>, EndpointValue, Installed)> = Vec::new();
-        let mut new_sets = Vec::new();
+        // Compile every endpoint in scope and place its entries (sets.rs),
+        // then write in passes over all of them, each pass one batch: new
+        // entries, endpoint entries, entries removed in place, the final
+        // generations of sets changed in place, and retired sets. So a
+        // change over many endpoints costs a few syscalls, and each
+        // endpoint still sees puts before its switch before deletes.
+        let mut moves: Vec<Move> = Vec::new();
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
             if let Scope::Endpoints(only) = scope {
@@ -281,10 +295,10 @@ impl Daemon {
             if ep.audit.unwrap_or(self.store.audit) {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
-            let to = self.sets.acquire(want.entries);
-            new_sets.extend(to.new_entries.map(|e| (to.id, e)));
-            let next = Installed { set: to.id, flags: want.flags };
-            switches.push((vec![ep.ifindex], endpoint_value(ep, next), next));
+            let before = self.installed.get(&ep.ep_id).copied();
+            let place = self.sets.place(before.map_or(0, |b| b.set), want.entries);
+            let value = endpoint_value(ep, Installed { set: place.id, gen: place.gen, flags: want.flags });
+            moves.push(Move { ifs: vec![ep.ifindex], value, before, place, fresh: false });
         }
         // The host firewall: one endpoint (the node) on every host interface.
         let host_ifs: Vec<(String, u32)> =
@@ -297,51 +311,74 @@ impl Daemon {
             if self.store.audit {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
-            let to = self.sets.acquire(want.entries);
-            new_sets.extend(to.new_entries.map(|e| (to.id, e)));
-            let next = Installed { set: to.id, flags: want.flags };
+            let before = self.installed.get(&HOST_EP_ID).copied();
+            let place = self.sets.place(before.map_or(0, |b| b.set), want.entries);
             let value = EndpointValue {
                 ep_id: HOST_EP_ID,
                 identity: palisade_bpf::identity::HOST,
                 ipv4: Ipv4Addr::UNSPECIFIED,
-                flags: next.flags | EndpointValue::HOST,
-                policy_set: next.set,
+                flags: want.flags | EndpointValue::HOST,
+                policy_set: place.id,
+                policy_gen: place.gen,
             };
             // Interfaces that appeared since the last change get the entry
             // even when the host's policy did not change.
             let fresh = host_ifs.iter().any(|(_, i)| self.dp.endpoint_get(*i) != Some(value));
-            let ifs = host_ifs.iter().map(|(_, i)| *i).collect();
-            if fresh && self.installed.get(&HOST_EP_ID) == Some(&next) {
-                self.dp.endpoint_put_batch(&host_ifs.iter().map(|(_, i)| (*i, value)).collect::<Vec<_>>())?;
-            }
-            switches.push((ifs, value, next));
+            moves.push(Move { ifs: host_ifs.iter().map(|(_, i)| *i).collect(), value, before, place, fresh });
         }
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, changed = switches.len(), new_sets = new_sets.len(), "sync: compiled");
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, endpoints = moves.len(), "sync: compiled");
+        for m in moves.iter().filter(|m| !m.place.put.is_empty() || !m.place.delete.is_empty()) {
+            tracing::debug!(
+                ep_id = m.value.ep_id,
+                set = m.place.id,
+                gen = m.place.gen,
+                in_place = m.place.in_place,
+                put = m.place.put.len(),
+                delete = m.place.delete.len(),
+                "sync: set change"
+            );
+        }
         if self.sets.take_wrapped() {
             self.dp.policy_cache_clear()?;
         }
-        let puts: Vec<_> = new_sets.iter().flat_map(|(id, e)| crate::sets::keys(*id, e).zip(e.values().copied())).collect();
+        let puts: Vec<_> = moves.iter().flat_map(|m| m.place.put.iter().copied()).collect();
         self.dp.policy_put_batch(&puts)?;
+        // Switches, and the first generation of sets changed in place (a
+        // match computed while their entries change is cached under it).
         let mut writes = Vec::new();
-        for (ifs, value, next) in switches {
-            // Every acquire above is matched by one release of what the
-            // endpoint had (after all acquires, so a set moved to is never
-            // freed on the way).
-            let before = self.installed.insert(value.ep_id, next);
-            self.sets.release(before.map_or(0, |b| b.set));
-            if before != Some(next) {
-                writes.extend(ifs.into_iter().map(|i| (i, value)));
+        for m in &moves {
+            let mut v = m.value;
+            if !m.place.delete.is_empty() {
+                v.policy_gen = v.policy_gen.wrapping_sub(1);
+            }
+            let now = Installed { set: v.policy_set, gen: v.policy_gen, flags: v.flags & !EndpointValue::HOST };
+            if m.fresh || m.before != Some(now) {
+                writes.extend(m.ifs.iter().map(|i| (*i, v)));
             }
         }
         self.dp.endpoint_put_batch(&writes)?;
+        let in_place: Vec<_> = moves.iter().flat_map(|m| m.place.delete.iter().copied()).collect();
+        self.dp.policy_delete_batch(&in_place)?;
+        let finals: Vec<_> =
+            moves.iter().filter(|m| !m.place.delete.is_empty()).flat_map(|m| m.ifs.iter().map(|i| (*i, m.value))).collect();
+        self.dp.endpoint_put_batch(&finals)?;
+        // Every place above is matched by one release of what the endpoint
+        // had (after all places, so a set moved to is never freed on the
+        // way).
+        for m in &moves {
+            let now = Installed { set: m.value.policy_set, gen: m.value.policy_gen, flags: m.value.flags & !EndpointValue::HOST };
+            self.installed.insert(m.value.ep_id, now);
+            self.sets.release(m.before.map_or(0, |b| b.set));
+        }
+        self.sets.finish();
         let stale: Vec<u32> = self.installed.keys().filter(|id| !live.contains(id)).copied().collect();
         for id in stale {
             if let Some(i) = self.installed.remove(&id) {
                 self.sets.release(i.set);
             }
         }
-        let deletes = self.sets.take_retired();
-        self.dp.policy_delete_batch(&deletes)?;
+        let retired = self.sets.take_retired();
+        self.dp.policy_delete_batch(&retired)?;
         // Entries first, then programs: an interface that appeared since
         // the last change gets its programs here.
         for (name, ifindex) in &host_ifs {
@@ -350,7 +387,7 @@ impl Daemon {
                 tracing::info!(interface = %name, ifindex, "host firewall attached");
             }
         }
-        Ok((puts.len(), deletes.len()))
+        Ok((puts.len(), in_place.len() + retired.len()))
     }
 
     /// One identity and one ipcache prefix per CIDR the policies name;
@@ -372,10 +409,22 @@ impl Daemon {
         Ok(())
     }
 
-    /// The node's addresses are identity host (re-read on every change, so
-    /// an address added to the node is picked up by the next operation).
+    /// The node's addresses are identity host (re-read when the address
+    /// watch saw a change, so an address added to the node is picked up by
+    /// the next operation).
     fn sync_host_ips(&mut self) -> Result<()> {
-        let now = netplumb::node_addresses().unwrap_or_default();
+        if !self.addr_watch.changed() {
+            return Ok(());
+        }
+        let now = match netplumb::node_addresses() {
+            Ok(now) => now,
+            Err(e) => {
+                // Keep the addresses known; look again next time.
+                tracing::warn!(error = %e, "reading the node's addresses");
+                self.addr_watch.again();
+                return Ok(());
+            }
+        };
         for ip in self.host_ips.difference(&now) {
             if !self.store.endpoints.values().any(|e| e.ipv4 == *ip) {
                 self.dp.ipcache_delete(*ip)?;
@@ -397,7 +446,7 @@ impl Daemon {
             return Ok(());
         }
         let identity = self.identity_for(&labels)?;
-        let ep = self.store.endpoints.get_mut(name).expect("checked above");
+        let ep = Arc::make_mut(self.store.endpoints.get_mut(name).expect("checked above"));
         ep.labels = labels;
         ep.identity = identity;
         let ep = ep.clone();
@@ -424,7 +473,7 @@ impl Daemon {
         // The identity first (cluster mode may refuse it): nothing changes
         // if it cannot be had.
         self.identity_for(&labels).with_context(|| format!("endpoint {}: nothing was changed", ep.name))?;
-        self.store.endpoints.get_mut(&ep.name).expect("exists").user_labels = user;
+        Arc::make_mut(self.store.endpoints.get_mut(&ep.name).expect("exists")).user_labels = user;
         self.relabel(&ep.name, labels)?;
         self.sync()?;
         let ep = self.endpoint(name)?;
@@ -481,16 +530,18 @@ impl Daemon {
                     }
                     continue;
                 }
-                let selected: Vec<&Endpoint> = self.store.endpoints.values().filter(|e| r.selects_endpoint(&e.labels)).collect();
+                // Both checks stop at the first endpoint that answers.
+                let selects_any = self.store.endpoints.values().any(|e| r.selects_endpoint(&e.labels));
                 // Cluster mode: a pod on another node counts (its identity
                 // is in the cluster's view).
                 let remote = || self.store.identities.cluster().values().any(|l| r.selects_endpoint(l));
-                if selected.is_empty() && !remote() {
+                if !selects_any && !remote() {
                     out.push(warn(format!("{path}.endpointSelector"), "selects no endpoint now".into()));
                 }
                 // kube-dns-like endpoints whose ingress this puts in default
                 // deny without keeping 53 open: the cluster loses DNS.
-                let dns = selected.iter().any(|e| e.labels.get("k8s-app") == Some("kube-dns"));
+                let dns =
+                    self.store.endpoints.values().any(|e| e.labels.get("k8s-app") == Some("kube-dns") && r.selects_endpoint(&e.labels));
                 if dns && r.enforces(palisade_policy::Direction::Ingress) {
                     let open53 = r.ingress.iter().flatten().any(|x| {
                         !x.deny
@@ -515,7 +566,7 @@ impl Daemon {
             Request::EndpointConfig { name, key, value } => {
                 let audit = parse_audit(&key, &value)?;
                 let full = self.endpoint(&name)?.name.clone();
-                self.store.endpoints.get_mut(&full).expect("exists").audit = Some(audit);
+                Arc::make_mut(self.store.endpoints.get_mut(&full).expect("exists")).audit = Some(audit);
                 self.state.save(&self.store)?;
                 self.sync()?;
                 Ok(view::endpoint(self, self.endpoint(&full)?))
@@ -579,7 +630,11 @@ impl Daemon {
 
     pub(crate) fn endpoint(&self, name: &str) -> Result<&Endpoint> {
         let full = full_name(name);
-        self.store.endpoints.get(&full).with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
+        self.store
+            .endpoints
+            .get(&full)
+            .map(|e| &**e)
+            .with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
     }
 
     fn endpoint_add(
@@ -662,7 +717,7 @@ impl Daemon {
         // endpoint's first packet already meets its policy.
         let scope = self.peer_scope(&ep, self.store.endpoints.values().any(|e| e.labels == ep.labels));
         let r = (|| -> Result<()> {
-            self.store.endpoints.insert(full.clone(), ep.clone());
+            self.store.endpoints.insert(full.clone(), ep.clone().into());
             self.store.next_ep_id = ep_id + 1;
             self.state.save(&self.store)?;
             self.write_endpoint_entries(&ep)?;
@@ -812,8 +867,9 @@ impl Daemon {
             self.store.policies = before;
             // A failed sync may have written part of its change: re-read
             // what the maps hold so the rollback removes it too.
-            let _ = self.read_installed();
-            let _ = self.sync();
+            if let Err(r) = self.read_installed().and_then(|_| self.sync()) {
+                tracing::error!(error = %format!("{r:#}"), "rolling back a failed policy apply");
+            }
             let _ = self.state.save(&self.store);
             return Err(e.context("applying policy (rolled back to the previous policy set)"));
         }
@@ -914,8 +970,20 @@ impl Daemon {
     }
 }
 
+/// One endpoint's part of a sync: the entry it gets and where its entries
+/// went.
+struct Move {
+    /// Interfaces carrying the entry (several for the host endpoint).
+    ifs: Vec<u32>,
+    value: EndpointValue,
+    before: Option<Installed>,
+    place: crate::sets::Placement,
+    /// Write the entry even if unchanged (a new host interface).
+    fresh: bool,
+}
+
 fn endpoint_value(ep: &Endpoint, i: Installed) -> EndpointValue {
-    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: i.flags, policy_set: i.set }
+    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: i.flags, policy_set: i.set, policy_gen: i.gen }
 }
 
 impl Daemon {

@@ -75,8 +75,34 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
 /// endpoint with its address and identity, and its DNS and toFQDNs rules
 /// (generation left 0; the writer stamps it).
 pub fn snapshot<'e>(endpoints: impl Iterator<Item = &'e Endpoint>, policies: &[Policy], u: &Universe<'_>) -> PolicySnapshot {
+    snapshot_reusing(endpoints, policies, u, None, |_| true)
+}
+
+/// [`snapshot`], taking the rules of the endpoints `recompute` says no to
+/// from `last` (a change's scope: a policy's rules only reach the endpoints
+/// it selects), so a change to one endpoint does not recompute every
+/// endpoint's rules. An endpoint whose address or identity changed, or that
+/// `last` does not list, is always recomputed.
+pub fn snapshot_reusing<'e>(
+    endpoints: impl Iterator<Item = &'e Endpoint>,
+    policies: &[Policy],
+    u: &Universe<'_>,
+    last: Option<&PolicySnapshot>,
+    recompute: impl Fn(u32) -> bool,
+) -> PolicySnapshot {
     let mut out = PolicySnapshot { version: PolicySnapshot::VERSION, dns_proxy_port: u.dns_proxy_port, ..Default::default() };
+    let before: std::collections::HashMap<u32, &SnapEndpoint> = match last {
+        Some(l) if l.dns_proxy_port == u.dns_proxy_port => l.endpoints.iter().map(|e| (e.ep_id, e)).collect(),
+        _ => Default::default(),
+    };
     for ep in endpoints {
+        if !recompute(ep.ep_id) {
+            if let Some(b) = before.get(&ep.ep_id).filter(|b| b.name == ep.name && b.ipv4 == ep.ipv4.octets() && b.identity == ep.identity)
+            {
+                out.endpoints.push((*b).clone());
+                continue;
+            }
+        }
         // Every endpoint is listed (palisade-ipcache-sync publishes them
         // from here); those without DNS rules have empty lists.
         let (dns, fqdn) = endpoint_rules(ep, policies, u);
@@ -104,6 +130,11 @@ impl Writer {
         let path = state_dir.join(PolicySnapshot::FILE);
         let last = palisade_snapshot::read::<PolicySnapshot>(&path).ok().flatten();
         Self { path, last }
+    }
+
+    /// What was last written.
+    pub fn last(&self) -> Option<&PolicySnapshot> {
+        self.last.as_ref()
     }
 
     pub fn publish(&mut self, mut snap: PolicySnapshot) -> anyhow::Result<()> {

@@ -49,7 +49,7 @@ impl Default for IdentityAllocator {
 
 /// Labels of a CIDR identity: the prefix, and world (it is outside the cluster).
 pub fn cidr_labels(c: &Cidr) -> Labels {
-    Labels(BTreeMap::from([(format!("cidr:{c}"), String::new()), ("reserved:world".to_string(), String::new())]))
+    Labels(std::sync::Arc::new(BTreeMap::from([(format!("cidr:{c}"), String::new()), ("reserved:world".to_string(), String::new())])))
 }
 
 /// The reserved identities and their labels.

@@ -306,6 +306,62 @@ pub fn delete(host_if: &str) -> Result<()> {
     ip(&["link", "del", host_if]).map(|_| ())
 }
 
+/// Whether the node's IPv4 addresses may have changed since the last look:
+/// a netlink socket subscribed to address events, drained without
+/// blocking. The kernel queues the event before `ip addr add` returns, so
+/// the agent's next operation sees it, without dumping every address of a
+/// node with thousands of interfaces on every policy change. The first
+/// look, lost events (socket overrun) and a watch that could not be opened
+/// all say "changed".
+pub struct AddressWatch {
+    socket: Option<netlink_sys::Socket>,
+    first: bool,
+}
+
+impl Default for AddressWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AddressWatch {
+    pub fn new() -> Self {
+        use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+        /// RTMGRP_IPV4_IFADDR (rtnetlink.h).
+        const IPV4_IFADDR_GROUP: u32 = 0x10;
+        let socket = (|| -> std::io::Result<Socket> {
+            let mut s = Socket::new(NETLINK_ROUTE)?;
+            s.bind(&SocketAddr::new(0, IPV4_IFADDR_GROUP))?;
+            s.set_non_blocking(true)?;
+            Ok(s)
+        })();
+        if let Err(e) = &socket {
+            tracing::warn!(error = %e, "no netlink address watch: the node's addresses are re-read on every change");
+        }
+        Self { socket: socket.ok(), first: true }
+    }
+
+    /// Makes the next look say "changed".
+    pub fn again(&mut self) {
+        self.first = true;
+    }
+
+    pub fn changed(&mut self) -> bool {
+        let mut changed = std::mem::take(&mut self.first);
+        let Some(s) = &self.socket else { return true };
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match s.recv(&mut &mut buf[..], 0) {
+                Ok(0) => break,
+                Ok(_) => changed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return true,
+            }
+        }
+        changed
+    }
+}
+
 /// The node's own IPv4 addresses (identity host), loopback aside, from one
 /// netlink address dump: O(addresses). (`/proc/self/net/fib_trie` costs a
 /// line per route, and every endpoint has a /32 route: 1.7 ms a change at

@@ -42,7 +42,10 @@ pub struct Endpoint {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Store {
-    pub endpoints: BTreeMap<String, Endpoint>,
+    /// Shared with the state file's record of what it wrote: an unchanged
+    /// endpoint is one allocation, and "unchanged" is a pointer comparison.
+    /// Changed through `Arc::make_mut`, which copies it first.
+    pub endpoints: BTreeMap<String, std::sync::Arc<Endpoint>>,
     pub policies: BTreeMap<String, Policy>,
     pub identities: IdentityAllocator,
     pub next_ep_id: u32,
@@ -87,7 +90,7 @@ pub struct StateFile {
 #[derive(Default)]
 struct Written {
     node: Option<NodeState>,
-    endpoints: std::collections::HashMap<String, Endpoint>,
+    endpoints: std::collections::HashMap<String, std::sync::Arc<Endpoint>>,
     policies: std::collections::HashMap<String, Policy>,
 }
 
@@ -139,7 +142,7 @@ impl StateFile {
             return Ok(Store { next_ep_id: 1, ..Default::default() });
         }
         let node: NodeState = Self::read_json(&node_path)?;
-        let endpoints: Vec<Endpoint> = Self::read_dir(&self.dir.join("endpoints"))?;
+        let endpoints: Vec<std::sync::Arc<Endpoint>> = Self::read_dir(&self.dir.join("endpoints"))?;
         let policies: Vec<Policy> = Self::read_dir(&self.dir.join("policies"))?;
         {
             let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
@@ -174,14 +177,15 @@ impl StateFile {
 
     /// Writes the objects of `now` that differ from `was`, removes the files
     /// of those gone, and records what the files hold.
-    fn sync_objects<T: Serialize + PartialEq + Clone>(
+    fn sync_objects<T: Serialize + Clone>(
         dir: &Path,
         was: &mut std::collections::HashMap<String, T>,
         now: &BTreeMap<String, T>,
         file: fn(&str) -> String,
+        same: fn(&T, &T) -> bool,
     ) -> Result<()> {
         for (k, v) in now {
-            if was.get(k) != Some(v) {
+            if !was.get(k).is_some_and(|w| same(w, v)) {
                 Self::write(&dir.join(file(k)), &serde_json::to_vec(v)?)?;
                 was.insert(k.clone(), v.clone());
             }
@@ -211,8 +215,10 @@ impl StateFile {
             cluster_identities: s.identities.cluster().iter().map(|(id, l)| (*id, l.clone())).collect(),
         };
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        Self::sync_objects(&self.dir.join("endpoints"), &mut w.endpoints, &s.endpoints, endpoint_file)?;
-        Self::sync_objects(&self.dir.join("policies"), &mut w.policies, &s.policies, policy_file)?;
+        Self::sync_objects(&self.dir.join("endpoints"), &mut w.endpoints, &s.endpoints, endpoint_file, |a, b| {
+            std::sync::Arc::ptr_eq(a, b) || a == b
+        })?;
+        Self::sync_objects(&self.dir.join("policies"), &mut w.policies, &s.policies, policy_file, |a, b| a == b)?;
         if w.node.as_ref() != Some(&node) {
             Self::write(&self.dir.join("node.json"), &serde_json::to_vec(&node)?)?;
             w.node = Some(node);
@@ -255,7 +261,7 @@ mod tests {
             named_ports: Default::default(),
             audit: None,
         };
-        s.endpoints.insert(ep.name.clone(), ep.clone());
+        s.endpoints.insert(ep.name.clone(), ep.clone().into());
         s.identities.cidr_identity(palisade_policy::Cidr::parse("192.0.2.0/24").unwrap());
         s.next_ep_id = 2;
         sf.save(&s).unwrap();
@@ -266,7 +272,7 @@ mod tests {
         sf.save(&s).unwrap();
         assert_eq!(std::fs::metadata(&f).unwrap().modified().unwrap(), m1, "an unchanged endpoint is not rewritten");
         let back = StateFile::new(&dir).unwrap().load().unwrap();
-        assert_eq!(back.endpoints["shop/web"], ep);
+        assert_eq!(*back.endpoints["shop/web"], ep);
         assert!(back.audit);
         assert_eq!(back.identities.all(), s.identities.all(), "identities rebuilt from endpoints and node.json");
         s.endpoints.clear();

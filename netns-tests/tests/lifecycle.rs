@@ -276,7 +276,7 @@ fn a_full_policy_map_refuses_the_change_and_keeps_the_old_policy_privileged_test
     std::fs::write(&f, big).unwrap();
     let err = node.fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
     assert!(err.contains("map policy is full (64 entries)") && err.contains("rolled back"), "{err}");
-    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before, "no trace of the refused change in the map");
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before, "no trace of the refused change in the map: {}", node.log());
     assert_eq!(node.json(&["policy", "get"]).as_array().unwrap().len(), 1);
     check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
 }
@@ -363,4 +363,34 @@ fn endpoints_with_equal_policy_share_one_set_privileged_test() {
     assert_eq!(set_of(&node, 2)["policy_set"], 0);
     assert_eq!(set_of(&node, 1)["endpoints_sharing_set"], 2);
     check_matrix(&[(&front, &backs[1], Some(WEB), true), (&front, &backs[0], Some(WEB), false)]);
+}
+
+/// A set with one user is changed in place when the change is smaller than
+/// the set: same set id, a new generation, and no verdict cached before the
+/// change (an allowed port now removed) survives it.
+#[test]
+fn a_small_change_to_an_unshared_set_is_made_in_place_privileged_test() {
+    let mut node = Node::new();
+    let front = node.pod("shop/frontend", "app=frontend");
+    let mut back = node.pod("shop/backend", "app=backend");
+    back.serve(&[WEB, ALT]);
+    let policy = |ports: &[u16]| {
+        let list: Vec<String> = ports.iter().map(|p| format!("{{port: \"{p}\", protocol: TCP}}")).collect();
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: many, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: backend}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: frontend}}}}]\n    toPorts: [{{ports: [{}]}}]\n",
+            list.join(", ")
+        )
+    };
+    let mut ports: Vec<u16> = (7000..7010).collect();
+    ports.push(WEB);
+    node.apply("many.yaml", &policy(&ports));
+    check_matrix(&[(&front, &back, Some(WEB), true), (&front, &back, Some(ALT), false)]);
+    let before = node.json(&["bpf", "policy", "get", "shop/backend"]);
+    // WEB out, ALT in: two entries of eleven.
+    *ports.last_mut().unwrap() = ALT;
+    node.apply("many.yaml", &policy(&ports));
+    let after = node.json(&["bpf", "policy", "get", "shop/backend"]);
+    assert_eq!(after["policy_set"], before["policy_set"], "changed in place: {before} {after}");
+    assert_eq!(after["entries"].as_array().map(Vec::len), Some(11));
+    check_matrix(&[(&front, &back, Some(WEB), false), (&front, &back, Some(ALT), true)]);
 }

@@ -204,7 +204,7 @@ fn host_policies() {
     let p = &parse_policies("f", ok).unwrap()[0];
     let mut node = std::collections::BTreeMap::new();
     node.insert("k8s:role".to_string(), "edge".to_string());
-    assert!(p.rules[0].selects_node(&Labels(node)));
+    assert!(p.rules[0].selects_node(&Labels(node.into())));
     assert!(!p.rules[0].selects_endpoint(&labels("x", "role=edge")), "a host policy selects no endpoint");
     let e = err(&format!("{HEAD}spec:\n  nodeSelector: {{}}\n"));
     assert!(e.contains("spec.nodeSelector: host policies (nodeSelector) belong in a CiliumClusterwideNetworkPolicy"), "{e}");
