@@ -15,10 +15,12 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
 }
 
 /// Applies `yaml` `rounds` times alternating port 80/81 (so every apply
-/// changes entries); returns apply times in ms.
-fn timed_applies(t: &Topo, name: &str, selector: &str, rounds: usize) -> Result<Vec<f64>> {
+/// changes entries); returns apply times in ms: the CLI round trip, and the
+/// agent's own request → maps written (`enforced_ms` of the answer).
+fn timed_applies(t: &Topo, name: &str, selector: &str, rounds: usize) -> Result<(Vec<f64>, Vec<f64>)> {
     let f = t.tmp().join(format!("{name}.yaml"));
     let mut out = Vec::with_capacity(rounds);
+    let mut agent = Vec::with_capacity(rounds);
     for i in 0..rounds {
         let port = 80 + (i % 2);
         std::fs::write(
@@ -28,10 +30,13 @@ fn timed_applies(t: &Topo, name: &str, selector: &str, rounds: usize) -> Result<
             ),
         )?;
         let t0 = Instant::now();
-        t.cli(&["policy", "apply", "-f", f.to_str().expect("utf-8")])?;
+        let answer = t.cli(&["policy", "apply", "-f", f.to_str().expect("utf-8"), "-o", "json"])?;
         out.push(t0.elapsed().as_secs_f64() * 1e3);
+        let v: Value = serde_json::from_str(&answer).context("policy apply -o json")?;
+        // One answer per file applied.
+        agent.push(v[0]["enforced_ms"].as_f64().context("enforced_ms in the answer")?);
     }
-    Ok(out)
+    Ok((out, agent))
 }
 
 /// Sum of `memlock` of the BPF maps a process holds (from fdinfo).
@@ -78,17 +83,20 @@ pub fn run(sizes: &[usize], rounds: usize, bin_dir: &std::path::Path) -> Result<
         }
         let add_ms = t0.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64;
         eprint!("\r[N={n}] applying policies                     ");
-        let mut all = timed_applies(&t, "all", "{}", rounds)?;
-        let mut one = timed_applies(&t, "one", "{matchLabels: {solo: \"yes\"}}", rounds)?;
+        let (mut all, mut all_agent) = timed_applies(&t, "all", "{}", rounds)?;
+        let (mut one, mut one_agent) = timed_applies(&t, "one", "{matchLabels: {solo: \"yes\"}}", rounds)?;
         let pid = t.ctrl_pid().context("agent pid")?;
         let st: Value = serde_json::from_str(&t.cli(&["status", "-o", "json"])?)?;
         rows.push(json!({
             "endpoints": n,
             "identities": st["identities"],
             "policy_entries": st["policy_map_entries"],
+            "policy_sets": st["policy_sets"],
             "endpoint_add_ms": add_ms,
             "all_p50_ms": pct(&mut all, 0.5), "all_p99_ms": pct(&mut all, 0.99),
             "one_p50_ms": pct(&mut one, 0.5), "one_p99_ms": pct(&mut one, 0.99),
+            "all_agent_p50_ms": pct(&mut all_agent, 0.5), "all_agent_p99_ms": pct(&mut all_agent, 0.99),
+            "one_agent_p50_ms": pct(&mut one_agent, 0.5), "one_agent_p99_ms": pct(&mut one_agent, 0.99),
             "rss_kib": rss_kib(pid),
             "map_memory_kib": map_memory(pid) / 1024,
         }));

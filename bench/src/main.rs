@@ -178,21 +178,26 @@ fn main() -> Result<()> {
             }
             let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
             let v = apply::run(&endpoints, rounds, &bin_dir)?;
-            println!("Policy apply → enforced (CLI round trip; maps written before it returns), {rounds} applies each; memory of palisade-ctrl; {}\n", machine());
-            println!("| endpoints | identities | policy entries | add endpoint ms | 1 CNP on all p50 / p99 ms | change on 1 endpoint p50 / p99 ms | agent RSS MiB | BPF maps MiB |");
-            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("Policy apply → enforced, {rounds} applies each: the CLI round trip (process, socket, maps written before it returns) and inside the agent (request → maps written); memory of palisade-ctrl; {}\n", machine());
+            println!("| endpoints | identities | policy sets / entries | add endpoint ms | 1 CNP on all, CLI p50 / p99 ms | in agent p50 / p99 ms | change on 1 endpoint, CLI p50 / p99 ms | in agent p50 / p99 ms | agent RSS MiB | BPF maps MiB |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for r in v["rows"].as_array().into_iter().flatten() {
                 let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
                 println!(
-                    "| {} | {} | {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
+                    "| {} | {} | {} / {} | {:.0} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} | {:.1} |",
                     r["endpoints"],
                     r["identities"],
+                    r["policy_sets"],
                     r["policy_entries"],
                     f("endpoint_add_ms"),
                     f("all_p50_ms"),
                     f("all_p99_ms"),
+                    f("all_agent_p50_ms"),
+                    f("all_agent_p99_ms"),
                     f("one_p50_ms"),
                     f("one_p99_ms"),
+                    f("one_agent_p50_ms"),
+                    f("one_agent_p99_ms"),
                     f("rss_kib") / 1024.0,
                     f("map_memory_kib") / 1024.0
                 );

@@ -217,20 +217,8 @@ impl Datapath {
     /// Writes many endpoint entries with one BPF_MAP_UPDATE_BATCH (each
     /// entry is replaced whole, as by one update), else one by one.
     pub fn endpoint_put_batch(&self, entries: &[(u32, EndpointValue)]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut keys = Vec::with_capacity(entries.len() * size_of::<abi::endpoint_key>());
-        let mut vals = Vec::with_capacity(entries.len() * size_of::<abi::endpoint_info>());
-        for (ifindex, v) in entries {
-            keys.extend_from_slice(abi::bytes_of(&abi::endpoint_key { ifindex: *ifindex }));
-            vals.extend_from_slice(abi::bytes_of(&v.to_abi()));
-        }
-        let map = &self.skel.maps.palisade_endpoints_v2;
-        if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
-            return Ok(());
-        }
-        entries.iter().try_for_each(|(i, v)| self.endpoint_put(*i, *v))
+        let raw: Vec<_> = entries.iter().map(|(ifindex, v)| (abi::endpoint_key { ifindex: *ifindex }, v.to_abi())).collect();
+        put_batch(&self.skel.maps.palisade_endpoints_v2, "endpoints", &raw)
     }
 
     pub fn endpoint_delete(&self, ifindex: u32) -> Result<()> {
@@ -301,20 +289,8 @@ impl Datapath {
     /// Writes many entries with one BPF_MAP_UPDATE_BATCH where the kernel
     /// supports it for this map, else one by one.
     pub fn policy_put_batch(&self, entries: &[(PolicyKey, PolicyValue)]) -> Result<()> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let mut keys = Vec::with_capacity(entries.len() * size_of::<abi::policy_key>());
-        let mut vals = Vec::with_capacity(entries.len() * size_of::<abi::policy_entry>());
-        for (k, v) in entries {
-            keys.extend_from_slice(abi::bytes_of(&k.to_abi()));
-            vals.extend_from_slice(abi::bytes_of(&v.to_abi()));
-        }
-        let map = &self.skel.maps.palisade_policy_v2;
-        if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
-            return Ok(());
-        }
-        entries.iter().try_for_each(|(k, v)| self.policy_put(*k, *v))
+        let raw: Vec<_> = entries.iter().map(|(k, v)| (k.to_abi(), v.to_abi())).collect();
+        put_batch(&self.skel.maps.palisade_policy_v2, "policy", &raw)
     }
 
     /// Deletes many entries (batched where possible; missing ones are fine).
@@ -465,6 +441,24 @@ fn clear(map: &MapMut<'_>) {
     for key in map.keys().collect::<Vec<_>>() {
         let _ = map.delete(&key);
     }
+}
+
+/// Many updates in one BPF_MAP_UPDATE_BATCH where the kernel supports it
+/// for the map, else one by one (so a full map still says which).
+fn put_batch<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, entries: &[(K, V)]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut keys = Vec::with_capacity(entries.len() * size_of::<K>());
+    let mut vals = Vec::with_capacity(entries.len() * size_of::<V>());
+    for (k, v) in entries {
+        keys.extend_from_slice(abi::bytes_of(k));
+        vals.extend_from_slice(abi::bytes_of(v));
+    }
+    if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
+        return Ok(());
+    }
+    entries.iter().try_for_each(|(k, v)| put(map, name, k, v))
 }
 
 fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
