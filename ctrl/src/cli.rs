@@ -719,6 +719,10 @@ fn bpf_policy_table(v: &Value) -> String {
         if v["ingress_enforced"] == true { "enforced" } else { "not enforced" },
         if v["egress_enforced"] == true { "enforced" } else { "not enforced" },
     );
+    out += &match v["policy_set"].as_u64() {
+        Some(0) | None => "policy set 0 (no entries)\n".to_string(),
+        Some(set) => format!("policy set {set}, shared by {} endpoint(s)\n", v["endpoints_sharing_set"]),
+    };
     out += &table(
         &["DIRECTION", "VERDICT", "IDENTITY", "LABELS", "PROTO", "PORT", "POLICY", "RULE"],
         v["entries"].as_array().into_iter().flatten().map(|e| {
