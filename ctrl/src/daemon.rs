@@ -96,6 +96,14 @@ struct Installed {
     flags: u32,
 }
 
+impl Installed {
+    /// What an endpoint entry says (the host endpoint's `HOST` flag is
+    /// where it is written, not what was compiled).
+    fn of(v: &EndpointValue) -> Self {
+        Self { set: v.policy_set, gen: v.policy_gen, flags: v.flags & !EndpointValue::HOST }
+    }
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -155,7 +163,7 @@ impl Daemon {
         self.installed.clear();
         for (_, e) in self.dp.endpoints()? {
             // The host endpoint sits on every host interface: one user.
-            self.installed.insert(e.ep_id, Installed { set: e.policy_set, gen: e.policy_gen, flags: e.flags & !EndpointValue::HOST });
+            self.installed.insert(e.ep_id, Installed::of(&e));
         }
         let users: Vec<(u32, u32)> = self.installed.values().map(|i| (i.set, i.gen)).collect();
         self.sets.rebuild(self.dp.policy()?, users);
@@ -351,8 +359,7 @@ impl Daemon {
             if !m.place.delete.is_empty() {
                 v.policy_gen = v.policy_gen.wrapping_sub(1);
             }
-            let now = Installed { set: v.policy_set, gen: v.policy_gen, flags: v.flags & !EndpointValue::HOST };
-            if m.fresh || m.before != Some(now) {
+            if m.fresh || m.before != Some(Installed::of(&v)) {
                 writes.extend(m.ifs.iter().map(|i| (*i, v)));
             }
         }
@@ -366,8 +373,7 @@ impl Daemon {
         // had (after all places, so a set moved to is never freed on the
         // way).
         for m in &moves {
-            let now = Installed { set: m.value.policy_set, gen: m.value.policy_gen, flags: m.value.flags & !EndpointValue::HOST };
-            self.installed.insert(m.value.ep_id, now);
+            self.installed.insert(m.value.ep_id, Installed::of(&m.value));
             self.sets.release(m.before.map_or(0, |b| b.set));
         }
         self.sets.finish();

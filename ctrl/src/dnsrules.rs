@@ -73,16 +73,12 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
 
 /// The whole snapshot, the node view other processes read: every local
 /// endpoint with its address and identity, and its DNS and toFQDNs rules
-/// (generation left 0; the writer stamps it).
-pub fn snapshot<'e>(endpoints: impl Iterator<Item = &'e Endpoint>, policies: &[Policy], u: &Universe<'_>) -> PolicySnapshot {
-    snapshot_reusing(endpoints, policies, u, None, |_| true)
-}
-
-/// [`snapshot`], taking the rules of the endpoints `recompute` says no to
-/// from `last` (a change's scope: a policy's rules only reach the endpoints
-/// it selects), so a change to one endpoint does not recompute every
-/// endpoint's rules. An endpoint whose address or identity changed, or that
-/// `last` does not list, is always recomputed.
+/// (generation left 0; the writer stamps it). The rules of the endpoints
+/// `recompute` says no to are taken from `last` (a change's scope: a
+/// policy's rules only reach the endpoints it selects), so a change to one
+/// endpoint does not recompute every endpoint's rules. An endpoint whose
+/// address or identity changed, or that `last` does not list, is always
+/// recomputed.
 pub fn snapshot_reusing<'e>(
     endpoints: impl Iterator<Item = &'e Endpoint>,
     policies: &[Policy],
