@@ -14,10 +14,14 @@
 //! - lease lost (expired during an outage): a new lease, every key put
 //!   again.
 //! - restart: the remote entries already in the map stay until the first
-//!   full list of both endpoints and nodes says otherwise; this node's
-//!   keys are put under a new lease before the previous lease (recorded in
-//!   the state directory) is revoked, which removes only keys no longer
-//!   published. So a restart changes no verdict anywhere.
+//!   full list of both endpoints and nodes says otherwise. This node's
+//!   keys stay where they are: the lease the previous run recorded in the
+//!   state directory is adopted and kept alive as soon as the process is up
+//!   (its keys never leave etcd, however long the endpoints take to be
+//!   read), and keys no longer published are deleted one by one. Only if
+//!   that lease already expired (down longer than the TTL, so the other
+//!   nodes already forgot this one's endpoints) is a new one granted. So a
+//!   restart changes no verdict anywhere.
 #![forbid(unsafe_code)]
 
 use std::{
@@ -102,6 +106,9 @@ enum Ev {
     Link(Link),
 }
 
+/// Where the lease this process holds is recorded, for the next run.
+const LEASE_FILE: &str = "ipcache-sync/lease";
+
 /// A local endpoint as published: (identity, name).
 type Local = BTreeMap<Ipv4Addr, (u32, String)>;
 
@@ -182,6 +189,7 @@ impl Sync {
                 },
             ));
         }
+        self.adopt_previous_lease().await;
         println!("ready");
         let tick_every = (self.cfg.lease_ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(5));
         let mut tick = tokio::time::interval(tick_every);
@@ -296,7 +304,17 @@ impl Sync {
             }
         }
         if snapshot {
+            let first = self.local.is_none();
             self.reload_local();
+            if first && self.local.is_some() {
+                // Keys the previous run left that this one does not publish
+                // (an adopted lease would keep them) are deleted.
+                if self.listed.0 {
+                    self.check_own_keys();
+                }
+                // Publish now, not on the next tick.
+                self.grant_lease().await;
+            }
         }
         if self.listed.0 && self.listed.1 {
             if full {
@@ -513,34 +531,66 @@ impl Sync {
                 }
             }
         }
-        if self.lease.is_none() && self.local.is_some() {
-            self.requests += 1;
-            match tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await {
-                Ok(Ok(r)) => {
-                    self.lease = Some(Lease::new(r.id()));
-                    self.status.lease_id = r.id();
-                    self.published.clear();
-                    self.node_published = false;
-                    self.publish().await;
-                    if self.node_published && self.published.len() == self.local.as_ref().map_or(0, |l| l.len()) {
-                        self.retire_previous_lease(r.id()).await;
-                    }
-                }
-                Ok(Err(e)) => self.status.error = Some(palisade_cluster::etcd::describe(&e)),
-                Err(_) => self.status.error = Some("etcd did not answer in time".into()),
-            }
+        if self.lease.is_none() {
+            self.grant_lease().await;
         } else {
             // Retry what a failed publish left.
             self.publish().await;
         }
     }
 
+    /// Adopts the lease a previous run of this process recorded, if etcd
+    /// still holds it: one keep-alive round says so and gives it a whole
+    /// TTL again, so the keys under it (this node's record and endpoints as
+    /// the previous run published them) stay put while this run reads its
+    /// endpoints. They are put again under it once they are known.
+    async fn adopt_previous_lease(&mut self) {
+        let Some(id) = self.recorded_lease() else { return };
+        let mut lease = Lease::new(id);
+        self.requests += 1;
+        match lease.renew(&mut self.client, self.cfg.lease_ttl).await {
+            Renewal::Renewed => {
+                tracing::info!(lease = id, "kept the previous run's lease alive; this node's keys stay where they are");
+                self.lease = Some(lease);
+                self.status.lease_id = id;
+            }
+            Renewal::Failed(e) | Renewal::Lost(e) => tracing::info!(lease = id, "previous lease not adopted: {e}"),
+        }
+    }
+
+    fn recorded_lease(&self) -> Option<i64> {
+        std::fs::read_to_string(self.state_dir.join(LEASE_FILE)).ok().and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Grants a new lease, once this node's endpoints are known and no lease
+    /// is held (none adopted at start, or it was lost), and publishes
+    /// everything under it.
+    async fn grant_lease(&mut self) {
+        if self.local.is_none() || self.lease.is_some() {
+            return;
+        }
+        self.requests += 1;
+        match tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await {
+            Ok(Ok(r)) => {
+                self.lease = Some(Lease::new(r.id()));
+                self.status.lease_id = r.id();
+                self.published.clear();
+                self.node_published = false;
+                self.publish().await;
+                if self.node_published && self.published.len() == self.local.as_ref().map_or(0, |l| l.len()) {
+                    self.retire_previous_lease(r.id()).await;
+                }
+            }
+            Ok(Err(e)) => self.status.error = Some(palisade_cluster::etcd::describe(&e)),
+            Err(_) => self.status.error = Some("etcd did not answer in time".into()),
+        }
+    }
+
     /// Revokes the lease a previous run of this process held (its keys that
     /// are still published moved to the new lease), and records the new one.
     async fn retire_previous_lease(&mut self, new: i64) {
-        let path = self.state_dir.join("ipcache-sync/lease");
-        let old: Option<i64> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
-        if let Some(old) = old.filter(|o| *o != new) {
+        let path = self.state_dir.join(LEASE_FILE);
+        if let Some(old) = self.recorded_lease().filter(|o| *o != new) {
             self.requests += 1;
             match self.client.lease_revoke(old).await {
                 Ok(_) => tracing::info!(lease = old, "previous lease revoked"),

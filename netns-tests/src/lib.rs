@@ -448,7 +448,9 @@ impl Drop for Node {
         let _ = run(Command::new("ip").args(["netns", "del", &self.netns]));
         let _ = std::fs::remove_dir_all(&self.bpf_dir);
         let _ = std::fs::remove_dir(self.bpf_dir.parent().expect("parent"));
-        if !std::thread::panicking() {
+        // Logs are kept when the test failed, or when asked for with
+        // PALISADE_TEST_KEEP_LOGS=1.
+        if !std::thread::panicking() && std::env::var_os("PALISADE_TEST_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.tmp);
         } else {
             eprintln!("palisade-ctrl log kept at {}", self.tmp.join("ctrl.log").display());

@@ -274,7 +274,9 @@ fn etcd_outage_during_endpoint_churn_privileged_test() {
 
 #[test]
 fn ipcache_sync_restart_changes_no_verdict_privileged_test() {
-    let mut c = Cluster::new(2, 3);
+    // Lease TTL 4 s, renewed every 1.33 s: a lease has 2.67–4 s left when
+    // its holder dies.
+    let mut c = Cluster::new(2, 4);
     let (frontend, backend) = shop_across(&mut c);
     let before = (sorted(c.node(1).remote_ipcache()), sorted(c.node(2).remote_ipcache()));
     let mut session = frontend.session(&backend, 8080);
@@ -299,13 +301,18 @@ fn ipcache_sync_restart_changes_no_verdict_privileged_test() {
     };
     for i in [1, 2] {
         c.node_mut(i).kill_sync();
-        std::thread::sleep(Duration::from_millis(500));
+        let down = std::time::Instant::now();
         assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090), "verdicts while node-{i}'s sync is down");
+        // Down for 2 s: its lease has 0.67–2 s left when it comes back,
+        // less than a keep-alive period at worst, so a restart that
+        // published under a new lease only on its first keep-alive tick
+        // would see its keys expire first.
+        std::thread::sleep(Duration::from_secs(2).saturating_sub(down.elapsed()));
         c.node_mut(i).start_sync(&[]);
     }
-    // Past the old leases' TTL: their revocation or expiry removed nothing
-    // that is still published.
-    std::thread::sleep(Duration::from_secs(4));
+    // Past the TTL of any lease the first runs held: its expiry removed
+    // nothing that is still published.
+    std::thread::sleep(Duration::from_secs(5));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (samples, misses) = sampler.join().unwrap();
     assert!(samples > 100, "{samples} samples");
