@@ -50,11 +50,13 @@ pub fn cookie_table(policies: &[Policy]) -> HashMap<u32, RuleRef> {
     t
 }
 
-/// What one endpoint needs in the datapath.
+/// What one endpoint needs in the datapath. The entries are shared: every
+/// endpoint compiled from the same input gets the same ones
+/// ([`Compiler`]), and a policy set keeps them as they are (sets.rs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Compiled {
     pub flags: u32,
-    pub entries: BTreeMap<PolicyKey, PolicyValue>,
+    pub entries: std::sync::Arc<BTreeMap<PolicyKey, PolicyValue>>,
 }
 
 /// Policy enforcement mode of the node (Cilium's).
@@ -92,7 +94,7 @@ impl EnforcementMode {
 }
 
 /// A named port an endpoint declares (`--port http=8080/TCP`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct NamedPort {
     pub port: u16,
     pub protocol: u8,
@@ -214,26 +216,90 @@ pub fn policy_cidrs<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> std::
 
 /// Compiles the policy entries and enforcement flags of one endpoint.
 pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>) -> Compiled {
-    let mut out = Compiled::default();
+    compile_selected(ep, policies, &selected_rules(ep, policies), u)
+}
+
+/// The rules that select an endpoint, as (policy, rule) indexes.
+fn selected_rules(ep: &Subject<'_>, policies: &[Policy]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for (pi, p) in policies.iter().enumerate() {
+        for (ri, r) in p.rules.iter().enumerate() {
+            if if ep.host { r.selects_node(ep.labels) } else { r.selects_endpoint(ep.labels) } {
+                out.push((pi as u32, ri as u32));
+            }
+        }
+    }
+    out
+}
+
+/// Compiles endpoints once per distinct input. An endpoint's entries and
+/// flags depend only on the rules that select it (with the node's universe
+/// and mode), and on its own named ports when one of those rules names a
+/// port on ingress. Pods of one deployment, or all the pods one policy
+/// selects, share that input: one CNP over 1000 of them is one compile and
+/// 1000 lookups, and they all get the same entries, shared, not copied.
+pub struct Compiler<'c> {
+    policies: &'c [Policy],
+    universe: &'c Universe<'c>,
+    memo: HashMap<CompileInput, Compiled>,
+}
+
+/// What an endpoint's compile depends on: host or not, the (policy, rule)
+/// indexes that select it, and its named ports if a selected rule names one
+/// on ingress.
+type CompileInput = (bool, Vec<(u32, u32)>, Option<NamedPorts>);
+
+impl<'c> Compiler<'c> {
+    pub fn new(policies: &'c [Policy], universe: &'c Universe<'c>) -> Self {
+        Self { policies, universe, memo: HashMap::new() }
+    }
+
+    /// [`compile_endpoint`], or what an endpoint with the same input got.
+    pub fn compile(&mut self, ep: &Subject<'_>) -> Compiled {
+        let selected = selected_rules(ep, self.policies);
+        let names_ingress_port = selected.iter().any(|&(pi, ri)| {
+            let rule = &self.policies[pi as usize].rules[ri as usize];
+            rule.direction(Direction::Ingress).unwrap_or_default().iter().any(|pr| pr.ports.iter().any(|p| p.name.is_some()))
+        });
+        let key = (ep.host, selected, names_ingress_port.then(|| ep.named_ports.clone()));
+        if let Some(c) = self.memo.get(&key) {
+            return c.clone();
+        }
+        let c = compile_selected(ep, self.policies, &key.1, self.universe);
+        self.memo.insert(key, c.clone());
+        c
+    }
+
+    /// Distinct inputs compiled so far.
+    pub fn compiled(&self) -> usize {
+        self.memo.len()
+    }
+}
+
+fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32)], u: &Universe<'_>) -> Compiled {
+    let mut flags = 0;
+    let mut entries = BTreeMap::new();
     if u.mode == EnforcementMode::Never {
-        return out;
+        return Compiled::default();
     }
     if u.mode == EnforcementMode::Always {
-        out.flags = EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED;
+        flags = EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED;
     }
-    for p in policies {
+    for &(pi, ri) in selected {
+        let p = &policies[pi as usize];
         let pkey = p.key();
-        for rule in p.rules.iter().filter(|r| if ep.host { r.selects_node(ep.labels) } else { r.selects_endpoint(ep.labels) }) {
+        let rule = &p.rules[ri as usize];
+        {
             for d in [Direction::Ingress, Direction::Egress] {
                 let Some(peer_rules) = rule.direction(d) else { continue };
                 if rule.enforces(d) {
-                    out.flags |= match d {
+                    flags |= match d {
                         Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
                         Direction::Egress => EndpointValue::EGRESS_ENFORCED,
                     };
                 }
                 if d == Direction::Egress && peer_rules.iter().any(|pr| !pr.deny && !pr.fqdn_selectors().is_empty()) {
-                    out.flags |= EndpointValue::FQDN;
+                    flags |= EndpointValue::FQDN;
                 }
                 for pr in peer_rules {
                     let ids: Vec<u32> = match &pr.peers {
@@ -269,7 +335,7 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                         for (pid, owners) in &u.named_ports {
                             for (proto, port, port_bits, _) in l4_keys(&named, owners) {
                                 let k = PolicyKey { set_id: 0, identity: *pid, direction: dir_num(d), proto, port, port_bits };
-                                insert(&mut out.entries, k, value);
+                                insert(&mut entries, k, value);
                             }
                         }
                         targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
@@ -277,15 +343,15 @@ pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>)
                     for (id, owners) in targets {
                         for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
                             let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
-                            insert(&mut out.entries, k, redirect(proto, dns));
+                            insert(&mut entries, k, redirect(proto, dns));
                         }
                     }
                 }
             }
         }
     }
-    propagate_denies(&mut out.entries);
-    out
+    propagate_denies(&mut entries);
+    Compiled { flags, entries: std::sync::Arc::new(entries) }
 }
 
 /// The (protocol, port block, has DNS rules) keys a list of port rules
@@ -515,6 +581,23 @@ mod tests {
         assert_eq!(d.delete, vec![3]);
         assert_eq!(diff(&b, &b), Diff::default());
     }
+
+    #[test]
+    fn endpoints_selected_by_the_same_rules_compile_once() {
+        let pol = policies(FRONT_TO_BACK);
+        let ids = [(256, l("shop", "app=frontend")), (257, l("shop", "app=backend,v=1")), (258, l("shop", "app=backend,v=2"))];
+        let u = universe(&ids);
+        let np = NamedPorts::new();
+        let mut k = Compiler::new(&pol, &u);
+        let b1 = k.compile(&subject(&ids[1].1, &np));
+        let b2 = k.compile(&subject(&ids[2].1, &np));
+        let f = k.compile(&subject(&ids[0].1, &np));
+        assert_eq!(k.compiled(), 2, "the backends share one compile, the frontend has its own");
+        assert!(std::sync::Arc::ptr_eq(&b1.entries, &b2.entries));
+        assert_eq!(b1, compile_endpoint(&subject(&ids[1].1, &np), &pol, &u));
+        assert_eq!(f, compile_endpoint(&subject(&ids[0].1, &np), &pol, &u));
+        assert_ne!(b1, f);
+    }
 }
 
 #[cfg(test)]
@@ -578,6 +661,20 @@ mod issue3_tests {
         assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
         assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9090), Verdict::Allowed { .. }), "egress: b's web port");
         assert_eq!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 8080), Verdict::DefaultDeny);
+
+        // The compiler shares a compile between endpoints only when their
+        // input is the same: here the ingress rule names a port, so a and b
+        // (selected by the same rule) differ by their own ports.
+        let mut k = Compiler::new(&pol, &u);
+        let ca = k.compile(&Subject { labels: &a, named_ports: &a_ports, host: false });
+        let cb = k.compile(&Subject { labels: &b, named_ports: &b_ports, host: false });
+        assert_eq!(k.compiled(), 2);
+        assert_eq!(ca, c, "the same as compile_endpoint");
+        assert!(matches!(verdict(&cb.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::Allowed { .. }), "b's own web port");
+        let b2 = l("x", "app=b2");
+        let cb2 = k.compile(&Subject { labels: &b2, named_ports: &b_ports, host: false });
+        assert_eq!(k.compiled(), 2, "other labels, same rules and ports: no new compile");
+        assert!(std::sync::Arc::ptr_eq(&cb.entries, &cb2.entries), "shared, not copied");
     }
 }
 

@@ -291,6 +291,7 @@ impl Daemon {
         // change over many endpoints costs a few syscalls, and each
         // endpoint still sees puts before its switch before deletes.
         let mut moves: Vec<Move> = Vec::new();
+        let mut compiler = compile::Compiler::new(&policies, &universe);
         for ep in self.store.endpoints.values() {
             live.insert(ep.ep_id);
             if let Scope::Endpoints(only) = scope {
@@ -299,7 +300,7 @@ impl Daemon {
                 }
             }
             let subject = compile::Subject { labels: &ep.labels, named_ports: &ep.named_ports, host: false };
-            let mut want = compile::compile_endpoint(&subject, &policies, &universe);
+            let mut want = compiler.compile(&subject);
             if ep.audit.unwrap_or(self.store.audit) {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
@@ -315,7 +316,7 @@ impl Daemon {
             live.insert(HOST_EP_ID);
             let labels = node_labels(&self.cfg.node_labels);
             let subject = compile::Subject { labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
-            let mut want = compile::compile_endpoint(&subject, &policies, &universe);
+            let mut want = compiler.compile(&subject);
             if self.store.audit {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
             }
@@ -334,7 +335,7 @@ impl Daemon {
             let fresh = host_ifs.iter().any(|(_, i)| self.dp.endpoint_get(*i) != Some(value));
             moves.push(Move { ifs: host_ifs.iter().map(|(_, i)| *i).collect(), value, before, place, fresh });
         }
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, endpoints = moves.len(), "sync: compiled");
+        tracing::debug!(us = t0.elapsed().as_micros() as u64, endpoints = moves.len(), distinct = compiler.compiled(), "sync: compiled");
         for m in moves.iter().filter(|m| !m.place.put.is_empty() || !m.place.delete.is_empty()) {
             tracing::debug!(
                 ep_id = m.value.ep_id,
@@ -858,15 +859,26 @@ impl Daemon {
             result.push(json!({ "policy": key, "status": status }));
         }
         let scope = self.change_scope(&before, &applied_keys);
-        let t_save = std::time::Instant::now();
-        let saved = self.state.save(&self.store);
+        // The state files are written (and fsynced) on another thread while
+        // the maps are written, and the answer waits for both. A crash in
+        // between leaves the maps ahead of the files or behind them; either
+        // way the client had no answer, and a restart enforces what the
+        // files hold.
         let t_sync = std::time::Instant::now();
-        let synced = saved.and_then(|_| self.sync_scope(&scope).map(|_| ()));
-        tracing::debug!(
-            save_us = (t_sync - t_save).as_micros() as u64,
-            sync_us = t_sync.elapsed().as_micros() as u64,
-            "policy apply phases"
-        );
+        let synced = self.state.prepare(&self.store).and_then(|pending| {
+            let (written, synced) = std::thread::scope(|sc| {
+                let writer = sc.spawn(|| {
+                    let t = std::time::Instant::now();
+                    (pending.write(), t.elapsed())
+                });
+                let synced = self.sync_scope(&scope).map(|_| ());
+                (writer.join().expect("the state writer does not panic"), synced)
+            });
+            let ((written, save_time), t_maps) = (written, t_sync.elapsed());
+            tracing::debug!(save_us = save_time.as_micros() as u64, both_us = t_maps.as_micros() as u64, "policy apply phases");
+            self.state.record(pending, written.is_ok());
+            written.and(synced)
+        });
         if let Err(e) = synced {
             self.store.policies = before;
             // A failed sync may have written part of its change: re-read

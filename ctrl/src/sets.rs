@@ -123,12 +123,12 @@ impl PolicySets {
     /// `current` after all places of a batch (so an endpoint moving between
     /// two sets never frees the one it moves to), then one
     /// [`PolicySets::finish`].
-    pub fn place(&mut self, current: u32, want: Entries) -> Placement {
+    pub fn place(&mut self, current: u32, want: Arc<Entries>) -> Placement {
         if want.is_empty() {
             return Placement::default();
         }
         if let Some(s) = self.sets.get_mut(&current) {
-            if *s.entries == want {
+            if s.entries == want {
                 s.refs += 1;
                 return Placement { id: current, gen: s.gen, ..Default::default() };
             }
@@ -150,7 +150,7 @@ impl PolicySets {
                 if self.by_content.get(&s.entries) == Some(&current) {
                     self.by_content.remove(&s.entries);
                 }
-                s.entries = Arc::new(want);
+                s.entries = want;
                 s.refs += 1;
                 s.gen = s.gen.wrapping_add(if d.delete.is_empty() { 1 } else { 2 });
                 self.changing.push(current);
@@ -160,7 +160,7 @@ impl PolicySets {
             }
         }
         let id = self.allocate();
-        let entries = Arc::new(want);
+        let entries = want;
         self.by_content.insert(entries.clone(), id);
         self.sets.insert(id, Set { entries: entries.clone(), refs: 1, gen: 0 });
         Placement { id, gen: 0, put: keys(id, &entries).zip(entries.values().copied()).collect(), ..Default::default() }
@@ -263,7 +263,7 @@ mod tests {
 
     /// One batch: place every (current, want), then release every current.
     fn batch(s: &mut PolicySets, moves: &[(u32, Entries)]) -> Vec<Placement> {
-        let out: Vec<Placement> = moves.iter().map(|(cur, want)| s.place(*cur, want.clone())).collect();
+        let out: Vec<Placement> = moves.iter().map(|(cur, want)| s.place(*cur, Arc::new(want.clone()))).collect();
         for (cur, _) in moves {
             s.release(*cur);
         }
@@ -293,7 +293,7 @@ mod tests {
     fn ids_are_never_reused_and_empty_is_set_zero() {
         let mut s = PolicySets::default();
         s.rebuild(vec![], []);
-        assert_eq!(s.place(0, Entries::new()).id, 0);
+        assert_eq!(s.place(0, Arc::new(Entries::new())).id, 0);
         let a = batch(&mut s, &[(0, entries(&[80]))])[0].id;
         s.release(a);
         s.take_retired();
@@ -368,11 +368,11 @@ mod tests {
         };
         s.rebuild(vec![put(4, 80), put(9, 81)], [(4, 7), (4, 7), (0, 0)]);
         assert_eq!(s.stats(), (1, 1));
-        let again = s.place(0, entries(&[80]));
+        let again = s.place(0, Arc::new(entries(&[80])));
         assert_eq!((again.id, again.gen), (4, 7), "an equal set in the map is found, with its generation");
         let orphan = s.take_retired();
         assert_eq!(orphan.len(), 1);
         assert_eq!(orphan[0].set_id, 9);
-        assert!(s.place(0, entries(&[82])).id > 9);
+        assert!(s.place(0, Arc::new(entries(&[82]))).id > 9);
     }
 }

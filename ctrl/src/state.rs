@@ -175,35 +175,43 @@ impl StateFile {
         std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
     }
 
-    /// Writes the objects of `now` that differ from `was`, removes the files
-    /// of those gone, and records what the files hold.
-    fn sync_objects<T: Serialize + Clone>(
+    /// The objects of `now` that differ from `was` (serialised, to write)
+    /// and those gone (to remove).
+    fn diff_objects<T: Serialize + Clone>(
         dir: &Path,
-        was: &mut std::collections::HashMap<String, T>,
+        was: &std::collections::HashMap<String, T>,
         now: &BTreeMap<String, T>,
         file: fn(&str) -> String,
         same: fn(&T, &T) -> bool,
-    ) -> Result<()> {
+        out: &mut Vec<(PathBuf, Option<Vec<u8>>)>,
+    ) -> Result<Vec<(String, Option<T>)>> {
+        let mut changed = Vec::new();
         for (k, v) in now {
             if !was.get(k).is_some_and(|w| same(w, v)) {
-                Self::write(&dir.join(file(k)), &serde_json::to_vec(v)?)?;
-                was.insert(k.clone(), v.clone());
+                out.push((dir.join(file(k)), Some(serde_json::to_vec(v)?)));
+                changed.push((k.clone(), Some(v.clone())));
             }
         }
-        let gone: Vec<String> = was.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
-        for k in gone {
-            let p = dir.join(file(&k));
-            match std::fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", p.display())),
-            }
-            was.remove(&k);
+        for k in was.keys().filter(|k| !now.contains_key(*k)) {
+            out.push((dir.join(file(k)), None));
+            changed.push((k.clone(), None));
         }
-        Ok(())
+        Ok(changed)
     }
 
+    /// Writes what changed since the last save: [`StateFile::prepare`],
+    /// [`Pending::write`], then [`StateFile::record`].
     pub fn save(&self, s: &Store) -> Result<()> {
+        let p = self.prepare(s)?;
+        let r = p.write();
+        self.record(p, r.is_ok());
+        r
+    }
+
+    /// What a save of `s` has to write, serialised: needs the store, not the
+    /// disk. The rest ([`Pending::write`]) needs nothing of the agent, so it
+    /// can run on another thread while the maps are written.
+    pub fn prepare(&self, s: &Store) -> Result<Pending> {
         let (next_label_identity, cidr_identities, next_cidr_identity) = s.identities.persistent_parts();
         let node = NodeState {
             next_ep_id: s.next_ep_id,
@@ -214,18 +222,78 @@ impl StateFile {
             next_cidr_identity,
             cluster_identities: s.identities.cluster().iter().map(|(id, l)| (*id, l.clone())).collect(),
         };
-        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        Self::sync_objects(&self.dir.join("endpoints"), &mut w.endpoints, &s.endpoints, endpoint_file, |a, b| {
-            std::sync::Arc::ptr_eq(a, b) || a == b
-        })?;
-        Self::sync_objects(&self.dir.join("policies"), &mut w.policies, &s.policies, policy_file, |a, b| a == b)?;
-        if w.node.as_ref() != Some(&node) {
-            Self::write(&self.dir.join("node.json"), &serde_json::to_vec(&node)?)?;
-            w.node = Some(node);
+        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut files = Vec::new();
+        let endpoints = Self::diff_objects(
+            &self.dir.join("endpoints"),
+            &w.endpoints,
+            &s.endpoints,
+            endpoint_file,
+            |a, b| std::sync::Arc::ptr_eq(a, b) || a == b,
+            &mut files,
+        )?;
+        let policies = Self::diff_objects(&self.dir.join("policies"), &w.policies, &s.policies, policy_file, |a, b| a == b, &mut files)?;
+        let node = (w.node.as_ref() != Some(&node)).then_some(node);
+        if let Some(n) = &node {
+            files.push((self.dir.join("node.json"), Some(serde_json::to_vec(n)?)));
         }
         let legacy = self.dir.join("state.json");
         if legacy.exists() {
-            std::fs::remove_file(&legacy).with_context(|| format!("removing the old {}", legacy.display()))?;
+            files.push((legacy, None));
+        }
+        Ok(Pending { files, endpoints, policies, node })
+    }
+
+    /// Records what a [`Pending::write`] wrote. After a failure the objects
+    /// it was to write count as unknown, so the next save writes them again
+    /// (and the removals stay to do).
+    pub fn record(&self, p: Pending, written: bool) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        fn apply<T>(was: &mut std::collections::HashMap<String, T>, changed: Vec<(String, Option<T>)>, written: bool) {
+            for (k, v) in changed {
+                match (v, written) {
+                    (Some(v), true) => {
+                        was.insert(k, v);
+                    }
+                    (Some(_), false) => {
+                        was.remove(&k);
+                    }
+                    (None, true) => {
+                        was.remove(&k);
+                    }
+                    (None, false) => {}
+                }
+            }
+        }
+        apply(&mut w.endpoints, p.endpoints, written);
+        apply(&mut w.policies, p.policies, written);
+        if p.node.is_some() {
+            w.node = if written { p.node } else { None };
+        }
+    }
+}
+
+/// A prepared save ([`StateFile::prepare`]).
+pub struct Pending {
+    /// Files to replace (write, fsync, rename) or, with `None`, remove.
+    files: Vec<(PathBuf, Option<Vec<u8>>)>,
+    endpoints: Vec<(String, Option<std::sync::Arc<Endpoint>>)>,
+    policies: Vec<(String, Option<Policy>)>,
+    node: Option<NodeState>,
+}
+
+impl Pending {
+    /// Writes the files; stops at the first that fails.
+    pub fn write(&self) -> Result<()> {
+        for (path, bytes) in &self.files {
+            match bytes {
+                Some(b) => StateFile::write(path, b)?,
+                None => match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+                },
+            }
         }
         Ok(())
     }
@@ -278,6 +346,21 @@ mod tests {
         s.endpoints.clear();
         sf.save(&s).unwrap();
         assert!(!f.exists(), "a removed endpoint's file goes");
+
+        // A save that fails part-way is not taken for done: the next save
+        // writes again what it could not (here the endpoint's file is
+        // blocked by a non-empty directory of its name, which the rename
+        // cannot replace).
+        std::fs::create_dir_all(f.join("x")).unwrap();
+        s.endpoints.insert(ep.name.clone(), ep.clone().into());
+        s.audit = false;
+        let err = sf.save(&s).unwrap_err();
+        assert!(format!("{err:#}").contains("shop.web.json"), "{err:#}");
+        std::fs::remove_dir_all(&f).unwrap();
+        sf.save(&s).unwrap();
+        let back = StateFile::new(&dir).unwrap().load().unwrap();
+        assert_eq!(*back.endpoints["shop/web"], ep, "written by the save after the failure");
+        assert!(!back.audit, "node.json too");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

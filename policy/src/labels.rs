@@ -31,9 +31,13 @@ fn bare_key_is(key: &str, bare: &str) -> bool {
     if key.len() == bare.len() {
         return key == bare && split_source(key).0.is_none();
     }
-    key.len() > bare.len()
-        && key.ends_with(bare)
-        && key[..key.len() - bare.len()].strip_suffix(':').is_some_and(|src| SOURCES.contains(&src))
+    // The byte before the bare part must be the source's colon: one byte
+    // compare rejects almost every other label before any string compare.
+    let src_end = match key.len().checked_sub(bare.len() + 1) {
+        Some(i) if key.as_bytes()[i] == b':' => i,
+        _ => return false,
+    };
+    key.ends_with(bare) && SOURCES.contains(&&key[..src_end])
 }
 
 /// Splits `k8s:app` into (`Some("k8s")`, `app`); `app` into (`None`, `app`).
