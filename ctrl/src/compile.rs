@@ -116,6 +116,14 @@ pub struct Universe<'a> {
     pub selector_cache: std::cell::RefCell<HashMap<usize, std::rc::Rc<Vec<u32>>>>,
     /// palisade-dnsproxy's port: entries of ports with DNS rules redirect there.
     pub dns_proxy_port: u16,
+    /// The agent's selector cache (selcache.rs), kept across changes and
+    /// refreshed to `pods` before this universe was made; without one (a
+    /// preview over a scratch copy of the identities) selectors are
+    /// evaluated on labels.
+    pub selectors: Option<&'a std::cell::RefCell<crate::selcache::SelectorCache>>,
+    /// Each rule's subject set from `selectors`, keyed by the rule's address
+    /// (as `selector_cache`).
+    pub rule_subjects: std::cell::RefCell<HashMap<usize, std::sync::Arc<std::collections::HashSet<u32>>>>,
 }
 
 impl<'a> Universe<'a> {
@@ -125,7 +133,32 @@ impl<'a> Universe<'a> {
         named_ports: BTreeMap<u32, Vec<&'a NamedPorts>>,
         mode: EnforcementMode,
     ) -> Self {
-        Self { pods, cidrs, named_ports, mode, selector_cache: Default::default(), dns_proxy_port: 0 }
+        Self {
+            pods,
+            cidrs,
+            named_ports,
+            mode,
+            selector_cache: Default::default(),
+            dns_proxy_port: 0,
+            selectors: None,
+            rule_subjects: Default::default(),
+        }
+    }
+
+    /// Whether `rule` selects the endpoint with these labels (and identity,
+    /// when known: then through the selector cache, each rule's set looked
+    /// up once per universe).
+    pub fn selects(&self, rule: &palisade_policy::Rule, labels: &Labels, identity: Option<u32>) -> bool {
+        let (Some(c), Some(id)) = (self.selectors, identity) else { return rule.selects_endpoint(labels) };
+        if rule.node_selector.is_some() {
+            return false;
+        }
+        if !c.borrow().knows(id, labels) {
+            return rule.selects_endpoint(labels);
+        }
+        let key = rule as *const palisade_policy::Rule as usize;
+        let set = self.rule_subjects.borrow_mut().entry(key).or_insert_with(|| c.borrow_mut().matching(&rule.endpoint_selector)).clone();
+        set.contains(&id)
     }
 
     /// [`Universe::identities`], memoised.
@@ -145,6 +178,9 @@ impl<'a> Universe<'a> {
 /// writes them, so endpoints with equal entries share one set.
 pub struct Subject<'a> {
     pub labels: &'a Labels,
+    /// Its identity, when it has one (then rules select it through the
+    /// universe's selector cache).
+    pub identity: Option<u32>,
     pub named_ports: &'a NamedPorts,
     /// The node itself (host firewall): only host policies apply, with
     /// `labels` the node's labels.
@@ -156,7 +192,14 @@ impl Universe<'_> {
     pub fn identities(&self, sel: &PeerSelector) -> Vec<u32> {
         use palisade_bpf::identity as id;
         match sel {
-            PeerSelector::Endpoints(s) => self.pods.iter().filter(|(_, l)| s.matches(l)).map(|(i, _)| *i).collect(),
+            PeerSelector::Endpoints(s) => match self.selectors {
+                Some(c) => {
+                    let mut v: Vec<u32> = c.borrow_mut().matching(s).iter().copied().collect();
+                    v.sort_unstable();
+                    v
+                }
+                None => self.pods.iter().filter(|(_, l)| s.matches(l)).map(|(i, _)| *i).collect(),
+            },
             PeerSelector::Entity(e) => match e {
                 Entity::All => vec![id::ANY],
                 Entity::World => std::iter::once(id::WORLD).chain(self.cidrs.iter().map(|(i, _)| *i)).collect(),
@@ -216,15 +259,15 @@ pub fn policy_cidrs<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> std::
 
 /// Compiles the policy entries and enforcement flags of one endpoint.
 pub fn compile_endpoint(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>) -> Compiled {
-    compile_selected(ep, policies, &selected_rules(ep, policies), u)
+    compile_selected(ep, policies, &selected_rules(ep, policies, u), u)
 }
 
 /// The rules that select an endpoint, as (policy, rule) indexes.
-fn selected_rules(ep: &Subject<'_>, policies: &[Policy]) -> Vec<(u32, u32)> {
+fn selected_rules(ep: &Subject<'_>, policies: &[Policy], u: &Universe<'_>) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     for (pi, p) in policies.iter().enumerate() {
         for (ri, r) in p.rules.iter().enumerate() {
-            if if ep.host { r.selects_node(ep.labels) } else { r.selects_endpoint(ep.labels) } {
+            if if ep.host { r.selects_node(ep.labels) } else { u.selects(r, ep.labels, ep.identity) } {
                 out.push((pi as u32, ri as u32));
             }
         }
@@ -256,7 +299,7 @@ impl<'c> Compiler<'c> {
 
     /// [`compile_endpoint`], or what an endpoint with the same input got.
     pub fn compile(&mut self, ep: &Subject<'_>) -> Compiled {
-        let selected = selected_rules(ep, self.policies);
+        let selected = selected_rules(ep, self.policies, self.universe);
         let names_ingress_port = selected.iter().any(|&(pi, ri)| {
             let rule = &self.policies[pi as usize].rules[ri as usize];
             rule.direction(Direction::Ingress).unwrap_or_default().iter().any(|pr| pr.ports.iter().any(|p| p.name.is_some()))
@@ -526,11 +569,13 @@ mod tests {
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
             dns_proxy_port: 0,
+            selectors: None,
+            rule_subjects: Default::default(),
         }
     }
 
     fn subject<'a>(labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
-        Subject { labels, named_ports: np, host: false }
+        Subject { labels, identity: None, named_ports: np, host: false }
     }
 
     fn ids() -> Vec<(u32, Labels)> {
@@ -620,6 +665,8 @@ mod issue3_tests {
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
             dns_proxy_port: 0,
+            selectors: None,
+            rule_subjects: Default::default(),
         };
         let world = u.identities(&PeerSelector::Entity(Entity::World));
         assert!(world.contains(&2) && world.contains(&(1 << 24)) && !world.contains(&256));
@@ -634,7 +681,7 @@ mod issue3_tests {
         let labels = l("x", "app=a");
         let none: Vec<Policy> = vec![];
         let always = Universe { mode: EnforcementMode::Always, selector_cache: Default::default(), ..u };
-        let c = compile_endpoint(&Subject { labels: &labels, named_ports: &np, host: false }, &none, &always);
+        let c = compile_endpoint(&Subject { labels: &labels, identity: None, named_ports: &np, host: false }, &none, &always);
         assert_eq!(c.flags, EndpointValue::INGRESS_ENFORCED | EndpointValue::EGRESS_ENFORCED, "always: no policy = deny");
     }
 
@@ -655,8 +702,10 @@ mod issue3_tests {
             mode: EnforcementMode::Default,
             selector_cache: Default::default(),
             dns_proxy_port: 0,
+            selectors: None,
+            rule_subjects: Default::default(),
         };
-        let c = compile_endpoint(&Subject { labels: &a, named_ports: &a_ports, host: false }, &pol, &u);
+        let c = compile_endpoint(&Subject { labels: &a, identity: None, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");
         assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
         assert!(matches!(verdict(&c.entries, true, 257, DIR_EGRESS, 6, 9090), Verdict::Allowed { .. }), "egress: b's web port");
@@ -666,13 +715,13 @@ mod issue3_tests {
         // input is the same: here the ingress rule names a port, so a and b
         // (selected by the same rule) differ by their own ports.
         let mut k = Compiler::new(&pol, &u);
-        let ca = k.compile(&Subject { labels: &a, named_ports: &a_ports, host: false });
-        let cb = k.compile(&Subject { labels: &b, named_ports: &b_ports, host: false });
+        let ca = k.compile(&Subject { labels: &a, identity: None, named_ports: &a_ports, host: false });
+        let cb = k.compile(&Subject { labels: &b, identity: None, named_ports: &b_ports, host: false });
         assert_eq!(k.compiled(), 2);
         assert_eq!(ca, c, "the same as compile_endpoint");
         assert!(matches!(verdict(&cb.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::Allowed { .. }), "b's own web port");
         let b2 = l("x", "app=b2");
-        let cb2 = k.compile(&Subject { labels: &b2, named_ports: &b_ports, host: false });
+        let cb2 = k.compile(&Subject { labels: &b2, identity: None, named_ports: &b_ports, host: false });
         assert_eq!(k.compiled(), 2, "other labels, same rules and ports: no new compile");
         assert!(std::sync::Arc::ptr_eq(&cb.entries, &cb2.entries), "shared, not copied");
     }
@@ -692,7 +741,7 @@ mod dns_tests {
         let mut u = Universe::new(vec![(256, &me), (257, &dns)], vec![], BTreeMap::new(), EnforcementMode::Default);
         u.dns_proxy_port = 10053;
         let np = NamedPorts::new();
-        let c = compile_endpoint(&Subject { labels: &me, named_ports: &np, host: false }, &pol, &u);
+        let c = compile_endpoint(&Subject { labels: &me, identity: None, named_ports: &np, host: false }, &pol, &u);
         assert_eq!(c.flags & EndpointValue::FQDN, EndpointValue::FQDN);
         assert_eq!(c.flags & EndpointValue::EGRESS_ENFORCED, EndpointValue::EGRESS_ENFORCED);
         let proxied: Vec<_> = c.entries.iter().filter(|(_, v)| v.proxy_port == 10053).map(|(k, _)| (k.identity, k.proto, k.port)).collect();

@@ -71,6 +71,9 @@ pub struct Daemon {
     installed: BTreeMap<u32, Installed>,
     /// The policy sets in the policy map, shared by endpoints (sets.rs).
     pub(crate) sets: crate::sets::PolicySets,
+    /// Which identities each selector in use matches, kept across changes
+    /// (selcache.rs); refreshed to the identities before each use.
+    selectors: std::cell::RefCell<crate::selcache::SelectorCache>,
     pub(crate) started_unix: u64,
     /// The node's own addresses, in the ipcache as identity host.
     host_ips: BTreeSet<Ipv4Addr>,
@@ -127,6 +130,7 @@ impl Daemon {
             store,
             installed: BTreeMap::new(),
             sets: Default::default(),
+            selectors: Default::default(),
             started_unix: now_unix(),
             _lock: lock,
             host_ips: BTreeSet::new(),
@@ -267,8 +271,10 @@ impl Daemon {
         self.sync_cidrs(&policies)?;
         self.sync_host_ips()?;
         tracing::debug!(prep_us = t0.elapsed().as_micros() as u64, "sync: cidrs and host addresses");
+        self.selectors.get_mut().refresh(self.store.identities.labelled());
         let mut universe = universe(&self.store, &self.store.identities, self.cfg.mode);
         universe.dns_proxy_port = self.cfg.dns_proxy_port;
+        universe.selectors = Some(&self.selectors);
         // The proxy's rules first: a query redirected under a new rule
         // must find it.
         let snap = crate::dnsrules::snapshot_reusing(
@@ -299,7 +305,7 @@ impl Daemon {
                     continue;
                 }
             }
-            let subject = compile::Subject { labels: &ep.labels, named_ports: &ep.named_ports, host: false };
+            let subject = compile::Subject { labels: &ep.labels, identity: Some(ep.identity), named_ports: &ep.named_ports, host: false };
             let mut want = compiler.compile(&subject);
             if ep.audit.unwrap_or(self.store.audit) {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
@@ -315,7 +321,7 @@ impl Daemon {
         if !host_ifs.is_empty() {
             live.insert(HOST_EP_ID);
             let labels = node_labels(&self.cfg.node_labels);
-            let subject = compile::Subject { labels: &labels, named_ports: &compile::NamedPorts::new(), host: true };
+            let subject = compile::Subject { labels: &labels, identity: None, named_ports: &compile::NamedPorts::new(), host: true };
             let mut want = compiler.compile(&subject);
             if self.store.audit {
                 want.flags |= EndpointValue::AUDIT_INGRESS | EndpointValue::AUDIT_EGRESS;
@@ -335,7 +341,13 @@ impl Daemon {
             let fresh = host_ifs.iter().any(|(_, i)| self.dp.endpoint_get(*i) != Some(value));
             moves.push(Move { ifs: host_ifs.iter().map(|(_, i)| *i).collect(), value, before, place, fresh });
         }
-        tracing::debug!(us = t0.elapsed().as_micros() as u64, endpoints = moves.len(), distinct = compiler.compiled(), "sync: compiled");
+        tracing::debug!(
+            us = t0.elapsed().as_micros() as u64,
+            endpoints = moves.len(),
+            distinct = compiler.compiled(),
+            selector_evaluations = self.selectors.borrow().evaluations(),
+            "sync: compiled"
+        );
         for m in moves.iter().filter(|m| !m.place.put.is_empty() || !m.place.delete.is_empty()) {
             tracing::debug!(
                 ep_id = m.value.ep_id,
@@ -386,6 +398,7 @@ impl Daemon {
         }
         let retired = self.sets.take_retired();
         self.dp.policy_delete_batch(&retired)?;
+        self.selectors.get_mut().retain_used(&policies);
         // Entries first, then programs: an interface that appeared since
         // the last change gets its programs here.
         for (name, ifindex) in &host_ifs {
@@ -524,6 +537,8 @@ impl Daemon {
         for p in keys.iter().filter_map(|k| self.store.policies.get(k)) {
             out.extend(palisade_policy::lint::lint(p));
             let warn = |path: String, message: String| palisade_policy::lint::Warning { policy: p.key(), path, message };
+            let kube_dns =
+                palisade_policy::Selector { match_labels: [("k8s-app".to_string(), "kube-dns".to_string())].into(), ..Default::default() };
             for (i, r) in p.rules.iter().enumerate() {
                 let path = if p.rules.len() > 1 { format!("specs[{i}]") } else { "spec".to_string() };
                 if r.node_selector.is_some() {
@@ -537,18 +552,20 @@ impl Daemon {
                     }
                     continue;
                 }
-                // Both checks stop at the first endpoint that answers.
-                let selects_any = self.store.endpoints.values().any(|e| r.selects_endpoint(&e.labels));
-                // Cluster mode: a pod on another node counts (its identity
-                // is in the cluster's view).
-                let remote = || self.store.identities.cluster().values().any(|l| r.selects_endpoint(l));
-                if !selects_any && !remote() {
+                // From the selector cache (refreshed by the sync this lint
+                // follows): the label identities the rule selects, this
+                // node's and in cluster mode the other nodes' (a pod on
+                // another node counts).
+                let (selected, kube_dns) = {
+                    let mut sc = self.selectors.borrow_mut();
+                    (sc.matching(&r.endpoint_selector), sc.matching(&kube_dns))
+                };
+                if selected.is_empty() {
                     out.push(warn(format!("{path}.endpointSelector"), "selects no endpoint now".into()));
                 }
                 // kube-dns-like endpoints whose ingress this puts in default
                 // deny without keeping 53 open: the cluster loses DNS.
-                let dns =
-                    self.store.endpoints.values().any(|e| e.labels.get("k8s-app") == Some("kube-dns") && r.selects_endpoint(&e.labels));
+                let dns = kube_dns.iter().any(|id| selected.contains(id));
                 if dns && r.enforces(palisade_policy::Direction::Ingress) {
                     let open53 = r.ingress.iter().flatten().any(|x| {
                         !x.deny
@@ -977,11 +994,20 @@ impl Daemon {
         }
         let changed: Vec<&palisade_policy::Policy> =
             keys.iter().flat_map(|k| [before.get(k), self.store.policies.get(k)]).flatten().collect();
+        let mut sc = self.selectors.borrow_mut();
+        sc.refresh(self.store.identities.labelled());
+        // Each changed rule's endpoints, by identity: a set lookup per
+        // endpoint, not a selector evaluation.
+        let rules: Vec<_> = changed.iter().flat_map(|p| p.rules.iter()).filter(|r| r.node_selector.is_none()).collect();
+        let subjects: Vec<_> = rules.iter().map(|r| sc.matching(&r.endpoint_selector)).collect();
         Scope::Endpoints(
             self.store
                 .endpoints
                 .values()
-                .filter(|e| changed.iter().any(|p| p.rules.iter().any(|r| r.selects_endpoint(&e.labels))))
+                .filter(|e| match sc.knows(e.identity, &e.labels) {
+                    true => subjects.iter().any(|s| s.contains(&e.identity)),
+                    false => rules.iter().any(|r| r.selects_endpoint(&e.labels)),
+                })
                 .map(|e| e.ep_id)
                 .collect(),
         )
@@ -1081,7 +1107,7 @@ impl Daemon {
             let mut decide = |after_set: bool| -> Verdict {
                 let (pols, u, ids) = if after_set { (&after, &u_after, &after_ids) } else { (&before, &u_before, &self.store.identities) };
                 let c = compiled.entry((ep.ep_id, after_set)).or_insert_with(|| {
-                    let subject = compile::Subject { labels: &ep.labels, named_ports: &ep.named_ports, host: false };
+                    let subject = compile::Subject { labels: &ep.labels, identity: None, named_ports: &ep.named_ports, host: false };
                     compile::compile_endpoint(&subject, pols, u)
                 });
                 compile::verdict(&c.entries, c.flags & bit != 0, resolve(ids), dir, proto, port)

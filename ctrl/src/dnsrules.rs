@@ -23,7 +23,7 @@ pub fn endpoint_rules(ep: &Endpoint, policies: &[Policy], u: &Universe<'_>) -> (
     }
     for p in policies {
         let key = p.key();
-        for rule in p.rules.iter().filter(|r| r.selects_endpoint(&ep.labels)) {
+        for rule in p.rules.iter().filter(|r| u.selects(r, &ep.labels, Some(ep.identity))) {
             for pr in rule.direction(Direction::Egress).unwrap_or_default().iter().filter(|pr| !pr.deny) {
                 let cookie = compile::cookie(&key, &pr.path);
                 let fsels = pr.fqdn_selectors();

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod metrics;
 pub mod netplumb;
 pub mod observe;
+pub mod selcache;
 pub mod sets;
 pub mod state;
 pub mod suggest;

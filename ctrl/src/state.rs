@@ -177,20 +177,34 @@ impl StateFile {
 
     /// The objects of `now` that differ from `was` (serialised, to write)
     /// and those gone (to remove).
+    /// `same` says whether the file's object and the store's are equal;
+    /// `identical` (for shared objects) whether they are one allocation:
+    /// equal but not identical, the record takes the store's, so the next
+    /// comparison is a pointer comparison again.
     fn diff_objects<T: Serialize + Clone>(
         dir: &Path,
-        was: &std::collections::HashMap<String, T>,
+        was: &mut std::collections::HashMap<String, T>,
         now: &BTreeMap<String, T>,
         file: fn(&str) -> String,
         same: fn(&T, &T) -> bool,
+        identical: Option<fn(&T, &T) -> bool>,
         out: &mut Vec<(PathBuf, Option<Vec<u8>>)>,
     ) -> Result<Vec<(String, Option<T>)>> {
         let mut changed = Vec::new();
         for (k, v) in now {
-            if !was.get(k).is_some_and(|w| same(w, v)) {
-                out.push((dir.join(file(k)), Some(serde_json::to_vec(v)?)));
-                changed.push((k.clone(), Some(v.clone())));
+            if let Some(w) = was.get_mut(k) {
+                if identical.is_some_and(|i| i(w, v)) {
+                    continue;
+                }
+                if same(w, v) {
+                    if identical.is_some() {
+                        *w = v.clone();
+                    }
+                    continue;
+                }
             }
+            out.push((dir.join(file(k)), Some(serde_json::to_vec(v)?)));
+            changed.push((k.clone(), Some(v.clone())));
         }
         for k in was.keys().filter(|k| !now.contains_key(*k)) {
             out.push((dir.join(file(k)), None));
@@ -222,17 +236,20 @@ impl StateFile {
             next_cidr_identity,
             cluster_identities: s.identities.cluster().iter().map(|(id, l)| (*id, l.clone())).collect(),
         };
-        let w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let w = &mut *w;
         let mut files = Vec::new();
         let endpoints = Self::diff_objects(
             &self.dir.join("endpoints"),
-            &w.endpoints,
+            &mut w.endpoints,
             &s.endpoints,
             endpoint_file,
-            |a, b| std::sync::Arc::ptr_eq(a, b) || a == b,
+            |a, b| a == b,
+            Some(std::sync::Arc::ptr_eq),
             &mut files,
         )?;
-        let policies = Self::diff_objects(&self.dir.join("policies"), &w.policies, &s.policies, policy_file, |a, b| a == b, &mut files)?;
+        let policies =
+            Self::diff_objects(&self.dir.join("policies"), &mut w.policies, &s.policies, policy_file, |a, b| a == b, None, &mut files)?;
         let node = (w.node.as_ref() != Some(&node)).then_some(node);
         if let Some(n) = &node {
             files.push((self.dir.join("node.json"), Some(serde_json::to_vec(n)?)));

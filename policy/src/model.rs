@@ -314,6 +314,19 @@ impl Rule {
         self.node_selector.is_none() && self.endpoint_selector.matches(labels)
     }
 
+    /// Every label selector the rule holds: its subject (endpoints or
+    /// node) and its endpoint peers.
+    pub fn selectors(&self) -> impl Iterator<Item = &Selector> {
+        let peers = [&self.ingress, &self.egress].into_iter().flatten().flatten().flat_map(|pr| match &pr.peers {
+            Peers::Select(sels) => sels.as_slice(),
+            Peers::All => &[],
+        });
+        std::iter::once(&self.endpoint_selector).chain(self.node_selector.as_ref()).chain(peers.filter_map(|s| match s {
+            PeerSelector::Endpoints(sel) => Some(sel),
+            _ => None,
+        }))
+    }
+
     /// Whether the rule is a host policy for a node with these labels.
     pub fn selects_node(&self, labels: &crate::Labels) -> bool {
         self.node_selector.as_ref().is_some_and(|s| s.matches(labels))

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::{split_source, Labels, NAMESPACE_LABEL};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operator {
     In,
     NotIn,
@@ -14,7 +14,7 @@ pub enum Operator {
     DoesNotExist,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Requirement {
     pub key: String,
     pub operator: Operator,
@@ -22,7 +22,7 @@ pub struct Requirement {
 }
 
 /// A compiled selector. `match_labels` keys keep their source prefix, if any.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Selector {
     pub match_labels: BTreeMap<String, String>,
     pub match_expressions: Vec<Requirement>,
