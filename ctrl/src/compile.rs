@@ -150,15 +150,9 @@ impl<'a> Universe<'a> {
     /// up once per universe).
     pub fn selects(&self, rule: &palisade_policy::Rule, labels: &Labels, identity: Option<u32>) -> bool {
         let (Some(c), Some(id)) = (self.selectors, identity) else { return rule.selects_endpoint(labels) };
-        if rule.node_selector.is_some() {
-            return false;
-        }
-        if !c.borrow().knows(id, labels) {
-            return rule.selects_endpoint(labels);
-        }
         let key = rule as *const palisade_policy::Rule as usize;
         let set = self.rule_subjects.borrow_mut().entry(key).or_insert_with(|| c.borrow_mut().matching(&rule.endpoint_selector)).clone();
-        set.contains(&id)
+        c.borrow().selects_in(&set, rule, labels, id)
     }
 
     /// [`Universe::identities`], memoised.
@@ -332,62 +326,60 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
         let p = &policies[pi as usize];
         let pkey = p.key();
         let rule = &p.rules[ri as usize];
-        {
-            for d in [Direction::Ingress, Direction::Egress] {
-                let Some(peer_rules) = rule.direction(d) else { continue };
-                if rule.enforces(d) {
-                    flags |= match d {
-                        Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
-                        Direction::Egress => EndpointValue::EGRESS_ENFORCED,
-                    };
-                }
-                if d == Direction::Egress && peer_rules.iter().any(|pr| !pr.deny && !pr.fqdn_selectors().is_empty()) {
-                    flags |= EndpointValue::FQDN;
-                }
-                for pr in peer_rules {
-                    let ids: Vec<u32> = match &pr.peers {
-                        Peers::All => vec![palisade_bpf::identity::ANY],
-                        Peers::Select(sels) => {
-                            let mut v: Vec<u32> =
-                                sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
-                            v.sort_unstable();
-                            v.dedup();
-                            v
-                        }
-                    };
-                    let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
-                    let redirect = |proto: Option<u8>, dns: bool| match (dns, proto) {
-                        (true, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
-                        _ => value,
-                    };
-                    // Named ports resolve on the endpoint that owns the port:
-                    // the subject for ingress, each peer for egress. "Any
-                    // peer" on a named egress port means every identity that
-                    // declares the name (nothing else has named ports).
-                    let named_any_egress =
-                        d == Direction::Egress && ids.contains(&palisade_bpf::identity::ANY) && pr.ports.iter().any(|p| p.name.is_some());
-                    let mut targets: Vec<(u32, Vec<&NamedPorts>)> = ids
-                        .iter()
-                        .map(|id| match d {
-                            Direction::Ingress => (*id, vec![ep.named_ports]),
-                            Direction::Egress => (*id, u.named_ports.get(id).cloned().unwrap_or_default()),
-                        })
-                        .collect();
-                    if named_any_egress {
-                        let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
-                        for (pid, owners) in &u.named_ports {
-                            for (proto, port, port_bits, _) in l4_keys(&named, owners) {
-                                let k = PolicyKey { set_id: 0, identity: *pid, direction: dir_num(d), proto, port, port_bits };
-                                insert(&mut entries, k, value);
-                            }
-                        }
-                        targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
+        for d in [Direction::Ingress, Direction::Egress] {
+            let Some(peer_rules) = rule.direction(d) else { continue };
+            if rule.enforces(d) {
+                flags |= match d {
+                    Direction::Ingress => EndpointValue::INGRESS_ENFORCED,
+                    Direction::Egress => EndpointValue::EGRESS_ENFORCED,
+                };
+            }
+            if d == Direction::Egress && peer_rules.iter().any(|pr| !pr.deny && !pr.fqdn_selectors().is_empty()) {
+                flags |= EndpointValue::FQDN;
+            }
+            for pr in peer_rules {
+                let ids: Vec<u32> = match &pr.peers {
+                    Peers::All => vec![palisade_bpf::identity::ANY],
+                    Peers::Select(sels) => {
+                        let mut v: Vec<u32> =
+                            sels.iter().flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>()).collect();
+                        v.sort_unstable();
+                        v.dedup();
+                        v
                     }
-                    for (id, owners) in targets {
-                        for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
-                            let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
-                            insert(&mut entries, k, redirect(proto, dns));
+                };
+                let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
+                let redirect = |proto: Option<u8>, dns: bool| match (dns, proto) {
+                    (true, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
+                    _ => value,
+                };
+                // Named ports resolve on the endpoint that owns the port:
+                // the subject for ingress, each peer for egress. "Any
+                // peer" on a named egress port means every identity that
+                // declares the name (nothing else has named ports).
+                let named_any_egress =
+                    d == Direction::Egress && ids.contains(&palisade_bpf::identity::ANY) && pr.ports.iter().any(|p| p.name.is_some());
+                let mut targets: Vec<(u32, Vec<&NamedPorts>)> = ids
+                    .iter()
+                    .map(|id| match d {
+                        Direction::Ingress => (*id, vec![ep.named_ports]),
+                        Direction::Egress => (*id, u.named_ports.get(id).cloned().unwrap_or_default()),
+                    })
+                    .collect();
+                if named_any_egress {
+                    let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
+                    for (pid, owners) in &u.named_ports {
+                        for (proto, port, port_bits, _) in l4_keys(&named, owners) {
+                            let k = PolicyKey { set_id: 0, identity: *pid, direction: dir_num(d), proto, port, port_bits };
+                            insert(&mut entries, k, value);
                         }
+                    }
+                    targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
+                }
+                for (id, owners) in targets {
+                    for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
+                        let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
+                        insert(&mut entries, k, redirect(proto, dns));
                     }
                 }
             }

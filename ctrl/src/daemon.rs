@@ -891,8 +891,8 @@ impl Daemon {
                 let synced = self.sync_scope(&scope).map(|_| ());
                 (writer.join().expect("the state writer does not panic"), synced)
             });
-            let ((written, save_time), t_maps) = (written, t_sync.elapsed());
-            tracing::debug!(save_us = save_time.as_micros() as u64, both_us = t_maps.as_micros() as u64, "policy apply phases");
+            let (written, save_time) = written;
+            tracing::debug!(save_us = save_time.as_micros() as u64, both_us = t_sync.elapsed().as_micros() as u64, "policy apply phases");
             self.state.record(pending, written.is_ok());
             written.and(synced)
         });
@@ -998,16 +998,12 @@ impl Daemon {
         sc.refresh(self.store.identities.labelled());
         // Each changed rule's endpoints, by identity: a set lookup per
         // endpoint, not a selector evaluation.
-        let rules: Vec<_> = changed.iter().flat_map(|p| p.rules.iter()).filter(|r| r.node_selector.is_none()).collect();
-        let subjects: Vec<_> = rules.iter().map(|r| sc.matching(&r.endpoint_selector)).collect();
+        let rules: Vec<_> = changed.iter().flat_map(|p| p.rules.iter()).map(|r| (r, sc.matching(&r.endpoint_selector))).collect();
         Scope::Endpoints(
             self.store
                 .endpoints
                 .values()
-                .filter(|e| match sc.knows(e.identity, &e.labels) {
-                    true => subjects.iter().any(|s| s.contains(&e.identity)),
-                    false => rules.iter().any(|r| r.selects_endpoint(&e.labels)),
-                })
+                .filter(|e| rules.iter().any(|(r, subject)| sc.selects_in(subject, r, &e.labels, e.identity)))
                 .map(|e| e.ep_id)
                 .collect(),
         )

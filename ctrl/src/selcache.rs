@@ -90,13 +90,21 @@ impl SelectorCache {
     /// labels is answered from the labels, so the answer is always the
     /// rule's own.
     pub fn selects(&mut self, rule: &Rule, labels: &Labels, identity: u32) -> bool {
+        let subject = self.matching(&rule.endpoint_selector);
+        self.selects_in(&subject, rule, labels, identity)
+    }
+
+    /// [`SelectorCache::selects`] with the rule's subject set already looked
+    /// up (`matching(&rule.endpoint_selector)`), for callers that ask about
+    /// many endpoints.
+    pub fn selects_in(&self, subject: &HashSet<u32>, rule: &Rule, labels: &Labels, identity: u32) -> bool {
         if rule.node_selector.is_some() {
             return false;
         }
         if !self.knows(identity, labels) {
             return rule.selects_endpoint(labels);
         }
-        self.matching(&rule.endpoint_selector).contains(&identity)
+        subject.contains(&identity)
     }
 
     /// Forgets the selectors no policy uses any more, once the cache has
