@@ -97,19 +97,9 @@ pub fn node_id(name: &str) -> u32 {
     h.max(1)
 }
 
-/// Node names: what can be a path element and a key element.
-pub fn validate_node_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && !name.starts_with(['-', '.'])
-        && !name.ends_with(['-', '.']);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("--node-name {name:?}: expected lowercase letters, digits, '-' and '.', at most 63 characters"))
-    }
-}
+/// Node names are checked where the flags are (`palisade-node`); records
+/// read from etcd are checked with the same rule.
+pub use palisade_node::args::validate_node_name;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //! (`/palisade/v1/...`), the connection options (`--etcd-*`), the
 //! cluster-wide identity allocator (create-if-absent transactions, per-node
 //! references under leases, garbage collection by transaction), list+watch
-//! with resync, and the `--config FILE` loader every daemon uses.
+//! with resync. (The flags, paths and `main` every daemon shares are
+//! `palisade-node`'s.)
 //!
 //! Why a library and not a service: palisade-ctrl allocates identities and
 //! reads policies, palisade-ipcache-sync publishes endpoints and applies
@@ -11,13 +12,10 @@
 //! own client and its own lease.
 #![forbid(unsafe_code)]
 
-pub mod config;
-pub mod daemon;
 pub mod etcd;
 pub mod identity;
 pub mod keys;
 pub mod lease;
 pub mod listwatch;
 
-pub use etcd::{EtcdArgs, EtcdConfig};
 pub mod status;

@@ -18,7 +18,7 @@ use crate::daemon::{Config, Daemon};
 )]
 pub struct Args {
     #[command(flatten)]
-    pub node: palisade_cluster::daemon::NodeArgs,
+    pub node: palisade_node::NodeArgs,
     /// Seconds between sweeps that delete cluster identities no node
     /// references (cluster mode).
     #[arg(long, default_value_t = 60)]
@@ -73,10 +73,7 @@ pub struct Args {
     pub fqdn_map_size: u32,
 }
 
-/// A configuration error: the process exits 64.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+pub use palisade_node::ConfigError;
 
 pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
     let bad = || ConfigError(format!("--pod-cidr {s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)"));
@@ -91,14 +88,14 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), ConfigError> {
 
 pub fn run(a: Args) -> Result<()> {
     let pod_cidr = parse_cidr(&a.pod_cidr)?;
-    let etcd = a.node.etcd.config().map_err(|e| ConfigError(format!("{e:#}")))?;
+    let etcd = a.node.etcd.config()?;
     if etcd.is_some() && a.node.node_name.is_none() {
         return Err(ConfigError("--etcd-endpoints needs --node-name (each node's name in the cluster)".into()).into());
     }
     if a.identity_gc_interval == 0 {
         return Err(ConfigError("--identity-gc-interval must be at least 1 second".into()).into());
     }
-    let (bpf_dir, state_dir, socket) = a.node.paths().map_err(ConfigError)?;
+    let palisade_node::NodePaths { bpf_dir, state_dir, socket } = a.node.paths()?;
     if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError("--bpf-dir and --state-dir must be absolute paths".into()).into());
     }

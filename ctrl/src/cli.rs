@@ -329,9 +329,9 @@ pub fn run(cli: Cli) -> Result<()> {
     // --socket, then --node (or PALISADE_NODE), then PALISADE_SOCKET.
     let socket =
         cli.socket.clone().or_else(|| if cli.node.is_some() { None } else { std::env::var_os("PALISADE_SOCKET").map(PathBuf::from) });
-    let sock = palisade_cluster::config::node_paths(cli.node.as_deref(), None, None, socket).2;
+    let sock = palisade_node::NodePaths::resolve(cli.node.as_deref(), None, None, socket).socket;
     let node = cli.node.clone();
-    let state = move |given: Option<PathBuf>| palisade_cluster::config::node_paths(node.as_deref(), None, given, None).1;
+    let state = move |given: Option<PathBuf>| palisade_node::NodePaths::resolve(node.as_deref(), None, given, None).state_dir;
     let req = |r: Request| call(&sock, &r);
     match cli.cmd {
         Cmd::Status => {

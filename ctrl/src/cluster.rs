@@ -18,7 +18,8 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
-use palisade_cluster::{identity, keys, listwatch, EtcdConfig};
+use palisade_cluster::{identity, keys, listwatch};
+use palisade_node::EtcdConfig;
 use palisade_policy::{Labels, Policy};
 use serde::Serialize;
 
@@ -83,7 +84,7 @@ impl Cluster {
             .enable_all()
             .build()
             .context("starting the etcd client runtime")?;
-        let client = rt.block_on(cfg.connect())?;
+        let client = rt.block_on(palisade_cluster::etcd::connect(&cfg))?;
         let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
         let c = Self { rt, client, node, cfg, ops, status: Arc::new(Mutex::new(Status::default())) };
         c.rt.spawn(worker(c.client.clone(), c.node.clone(), c.cfg.lease_ttl, held, rx, tx.clone(), c.status.clone()));

@@ -115,7 +115,7 @@ impl Daemon {
     pub fn start(cfg: Config) -> Result<Self> {
         // One agent per state directory: a second fails before it touches
         // a map or an interface.
-        let lock = palisade_cluster::daemon::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
+        let lock = palisade_node::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
         netplumb::prepare_node(cfg.datapath.proxy_mark)?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;

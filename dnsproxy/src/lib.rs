@@ -21,6 +21,7 @@ pub mod wire;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
+use palisade_node::{ConfigError, NodePaths};
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -30,7 +31,7 @@ use anyhow::Context as _;
 )]
 pub struct Args {
     #[command(flatten)]
-    pub node: palisade_cluster::daemon::NodeArgs,
+    pub node: palisade_node::NodeArgs,
     /// Port to listen on, 127.0.0.1 UDP and TCP (palisade-ctrl's --dns-proxy-port).
     #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
     pub port: u16,
@@ -72,13 +73,8 @@ fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
     }
 }
 
-/// A configuration error: the process exits 64.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
-
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
+    let NodePaths { bpf_dir, state_dir, .. } = a.node.paths()?;
     let deny = match a.deny_response.as_str() {
         "refused" | "REFUSED" => wire::DenyRcode::Refused,
         "nameError" | "nxdomain" | "NXDOMAIN" => wire::DenyRcode::NameError,

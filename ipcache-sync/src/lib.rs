@@ -40,8 +40,8 @@ use palisade_cluster::{
     lease::{Lease, Renewal},
     listwatch::{self, Link, Update},
     status::{now_ms, NodeView, SyncStatus},
-    EtcdConfig,
 };
+use palisade_node::{ConfigError, EtcdConfig, NodePaths};
 use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
 
 #[derive(Parser, Debug)]
@@ -52,31 +52,25 @@ use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
 )]
 pub struct Args {
     #[command(flatten)]
-    pub node: palisade_cluster::daemon::NodeArgs,
+    pub node: palisade_node::NodeArgs,
 }
-
-/// A configuration error: the process exits 64.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
 
 pub fn run(a: Args) -> Result<()> {
     let node = a.node.node_name.clone().ok_or_else(|| ConfigError("--node-name is required".into()))?;
     let etcd = a
         .node
         .etcd
-        .config()
-        .map_err(|e| ConfigError(format!("{e:#}")))?
+        .config()?
         .ok_or_else(|| ConfigError("--etcd-endpoints is required (palisade-ipcache-sync only runs in cluster mode)".into()))?;
-    let (bpf_dir, state_dir, _) = a.node.paths().map_err(ConfigError)?;
+    let NodePaths { bpf_dir, state_dir, .. } = a.node.paths()?;
     std::fs::create_dir_all(state_dir.join("ipcache-sync")).with_context(|| format!("creating {}/ipcache-sync", state_dir.display()))?;
     // One sync per node: two would revoke each other's leases.
-    let _lock = palisade_cluster::daemon::lock_dir(&state_dir.join("ipcache-sync"), "palisade-ipcache-sync")
-        .map_err(|e| ConfigError(format!("{e:#}")))?;
+    let _lock =
+        palisade_node::lock_dir(&state_dir.join("ipcache-sync"), "palisade-ipcache-sync").map_err(|e| ConfigError(format!("{e:#}")))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let map = open_map(&bpf_dir).await;
-        let client = etcd.connect().await?;
+        let client = palisade_cluster::etcd::connect(&etcd).await?;
         tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), bpf_dir = %bpf_dir.display(), "palisade-ipcache-sync started");
         Sync::new(node, etcd, client, map, state_dir).run().await
     })

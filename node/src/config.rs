@@ -11,6 +11,9 @@
 //! every daemon, and a mapping under a daemon's name (`palisade-ctrl:`,
 //! `palisade-dnsproxy:`, `palisade-ipcache-sync:`) holds settings for that
 //! daemon only; the others skip it.
+//!
+//! A bad file is an error naming the file and the key: [`crate::main`]
+//! exits 64 before the daemon starts.
 use std::{ffi::OsString, path::Path};
 
 use anyhow::{bail, Context, Result};
@@ -43,26 +46,6 @@ pub fn expand(cmd: &clap::Command, argv: Vec<OsString>) -> Result<Vec<OsString>>
     }
     out.extend(argv.into_iter().skip(1));
     Ok(out)
-}
-
-/// A node's bpffs directory, state directory and API socket: as given,
-/// else per node name (several nodes on one machine), else the single-node
-/// defaults.
-pub fn node_paths(
-    node: Option<&str>,
-    bpf_dir: Option<std::path::PathBuf>,
-    state_dir: Option<std::path::PathBuf>,
-    socket: Option<std::path::PathBuf>,
-) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let per = |base: &str| match node {
-        Some(n) => std::path::PathBuf::from(base).join(n),
-        None => std::path::PathBuf::from(base),
-    };
-    (
-        bpf_dir.unwrap_or_else(|| per("/sys/fs/bpf/palisade")),
-        state_dir.unwrap_or_else(|| per("/var/lib/palisade")),
-        socket.unwrap_or_else(|| per("/run/palisade").join("ctrl.sock")),
-    )
 }
 
 fn config_path(argv: &[OsString]) -> Option<std::path::PathBuf> {
