@@ -208,9 +208,9 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Plumb { netns, ip, ifname } => {
-            let c = palisade_ctrl::netplumb::create(&netns, &ifname, ip)?;
-            palisade_ctrl::netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK)?;
-            palisade_ctrl::netplumb::bring_up(&ifname, ip, &c.pod_mac)
+            let c = palisade_netplumb::create(&netns, &ifname, ip)?;
+            palisade_netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK)?;
+            palisade_netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
         Cmd::Dns { names, mut secs, mut rounds, rate, proxy_workers, quick, json } => {

@@ -31,9 +31,6 @@
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
-/* A single untorn read of a field another CPU (or userspace) may rewrite. */
-#define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
-
 #endif
 
 /* A single untorn read of a field another CPU (or userspace) may rewrite. */

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use libbpf_rs::libbpf_sys as sys;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// How programs are attached to endpoint interfaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,14 +12,20 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use libbpf_rs::{
     skel::{OpenSkel, SkelBuilder},
-    MapCore, MapFlags, MapMut, OpenObject, ProgramInput,
+    MapCore, MapFlags, OpenObject, ProgramInput,
 };
 
+pub use crate::pinned::conntrack_gc;
 use crate::{
-    abi::{self, EndpointSkel, EndpointSkelBuilder, Pod},
+    abi::{self, EndpointSkel, EndpointSkelBuilder},
     attach::{self, AttachMode, Hook},
-    maps::{ipcache_host_key, ipcache_lpm_key},
-    Context, Counter, CtEntry, EndpointValue, Error, IpcacheValue, PolicyKey, PolicyValue, Reason, Result,
+    consts::{ADDR_FAMILY_IPV4, DIR_EGRESS, DIR_INGRESS},
+    error::{Context, Error, Result},
+    fqdn::FqdnKey,
+    mapio::{clear, del, dump, put, put_batch},
+    maps::{ipcache_host_key, ipcache_lpm_key, CtEntry, EndpointValue, IpcacheValue, PolicyKey, PolicyValue},
+    pins,
+    reason::{Counter, Reason},
 };
 
 /// Map sizes and timeouts, fixed at load. Changing a size against existing
@@ -75,25 +81,8 @@ pub struct Datapath {
     mode: AttachMode,
 }
 
-/// Pinned file name of each map (also its versioned ABI name).
-pub const MAP_NAMES: [&str; 11] = [
-    "palisade_endpoints_v2",
-    "palisade_ipcache_v1",
-    "palisade_ipcache_lpm_v1",
-    "palisade_policy_v2",
-    "palisade_ct_v1",
-    "palisade_metrics_v1",
-    "palisade_policy_cache_v3",
-    "palisade_flows_v1",
-    "palisade_flow_rl_v1",
-    "palisade_flow_stats_v1",
-    crate::fqdn::MAP_NAME,
-];
-
-/// Pins of maps an earlier layout used. Programs still attached from an
-/// earlier version keep their own references until the agent replaces them,
-/// so the pins can go as soon as the new maps exist.
-const SUPERSEDED: [&str; 4] = ["palisade_endpoints_v1", "palisade_policy_v1", "palisade_policy_cache_v1", "palisade_policy_cache_v2"];
+/// Pinned file name of each map (also its versioned ABI name): [`pins::ALL`].
+pub const MAP_NAMES: [&str; 11] = pins::ALL;
 
 impl Datapath {
     /// Loads the programs; maps are created and pinned under `bpf_dir`, or
@@ -108,30 +97,39 @@ impl Datapath {
         let dir = cfg.bpf_dir.clone();
         {
             let m = &mut open.maps;
-            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, &str, Option<u32>); 11] = [
-                (&mut m.palisade_endpoints_v2, MAP_NAMES[0], Some(cfg.endpoints_max)),
-                (&mut m.palisade_ipcache_v1, MAP_NAMES[1], Some(cfg.ipcache_max)),
-                (&mut m.palisade_ipcache_lpm_v1, MAP_NAMES[2], Some(cfg.ipcache_lpm_max)),
-                (&mut m.palisade_policy_v2, MAP_NAMES[3], Some(cfg.policy_max)),
-                (&mut m.palisade_ct_v1, MAP_NAMES[4], Some(cfg.ct_max)),
-                (&mut m.palisade_metrics_v1, MAP_NAMES[5], None),
-                (&mut m.palisade_policy_cache_v3, MAP_NAMES[6], Some(cfg.policy_cache_max)),
-                (&mut m.palisade_flows_v1, MAP_NAMES[7], None),
-                (&mut m.palisade_flow_rl_v1, MAP_NAMES[8], None),
-                (&mut m.palisade_flow_stats_v1, MAP_NAMES[9], None),
-                (&mut m.palisade_fqdn_v1, MAP_NAMES[10], Some(cfg.fqdn_max)),
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, u32); 7] = [
+                (&mut m.palisade_endpoints_v2, cfg.endpoints_max),
+                (&mut m.palisade_ipcache_v1, cfg.ipcache_max),
+                (&mut m.palisade_ipcache_lpm_v1, cfg.ipcache_lpm_max),
+                (&mut m.palisade_policy_v2, cfg.policy_max),
+                (&mut m.palisade_ct_v1, cfg.ct_max),
+                (&mut m.palisade_policy_cache_v3, cfg.policy_cache_max),
+                (&mut m.palisade_fqdn_v1, cfg.fqdn_max),
             ];
-            for (map, name, max) in sized {
-                if let Some(max) = max {
-                    map.set_max_entries(max).ctx(|| format!("sizing map {name} to {max}"))?;
-                }
-                map.set_pin_path(dir.join(name)).ctx(|| format!("setting pin path of {name}"))?;
+            for (map, max) in sized {
+                let name = map.name().to_string_lossy().into_owned();
+                map.set_max_entries(max).ctx(|| format!("sizing map {name} to {max}"))?;
             }
             let ro = m.rodata_data.as_deref_mut().expect("endpoint object has rodata");
             ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
             ro.ct_lifetime_other_ns = cfg.ct_other_lifetime_s * 1_000_000_000;
             ro.flows_enabled = u8::from(cfg.flows);
             ro.proxy_mark = cfg.proxy_mark;
+        }
+        // Every map is pinned under its own name, which must be one of
+        // pins::ALL (a unit test checks the object's maps are exactly those).
+        for mut map in open.open_object_mut().maps_mut() {
+            let name = map.name().to_string_lossy().into_owned();
+            if pins::is_libbpf_internal(&name) {
+                continue;
+            }
+            if !pins::ALL.contains(&name.as_str()) {
+                return Err(Error::Io {
+                    what: format!("pinning map {name}"),
+                    source: std::io::Error::other("the endpoint object has a map that is not in palisade_bpf::pins::ALL"),
+                });
+            }
+            map.set_pin_path(dir.join(&name)).ctx(|| format!("setting pin path of {name}"))?;
         }
         let skel = open.load().ctx(|| {
             format!(
@@ -140,7 +138,7 @@ impl Datapath {
                 dir.display()
             )
         })?;
-        for old in SUPERSEDED {
+        for old in pins::SUPERSEDED {
             match std::fs::remove_file(dir.join(old)) {
                 Ok(()) => tracing::info!(map = old, "removed the pin of a superseded map"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -251,7 +249,7 @@ impl Datapath {
     pub fn ipcache(&self) -> Result<Vec<(Ipv4Addr, IpcacheValue)>> {
         Ok(dump::<abi::ipcache_host_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_v1, "ipcache")?
             .into_iter()
-            .filter(|(k, _)| k.family == 4)
+            .filter(|(k, _)| k.family == ADDR_FAMILY_IPV4)
             .map(|(k, e)| {
                 let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
                 (ip, IpcacheValue { identity: e.identity, node_id: e.node_id })
@@ -272,7 +270,7 @@ impl Datapath {
     pub fn ipcache_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, IpcacheValue)>> {
         Ok(dump::<abi::ipcache_lpm_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm")?
             .into_iter()
-            .filter(|(k, _)| k.family == 4)
+            .filter(|(k, _)| k.family == ADDR_FAMILY_IPV4)
             .map(|(k, e)| {
                 let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
                 (ip, k.prefixlen.saturating_sub(32) as u8, IpcacheValue { identity: e.identity, node_id: e.node_id })
@@ -320,7 +318,7 @@ impl Datapath {
     // --- FQDN table (palisade-dnsproxy writes it through fqdn::FqdnMap;
     // fixtures and benchmarks through this) ---
 
-    pub fn fqdn_put(&self, k: crate::fqdn::FqdnKey, cookie: u32, expires_ns: u64) -> Result<()> {
+    pub fn fqdn_put(&self, k: FqdnKey, cookie: u32, expires_ns: u64) -> Result<()> {
         put(&self.skel.maps.palisade_fqdn_v1, "fqdn", &k.to_abi(), &abi::fqdn_entry { cookie, flags: 0, expires_ns })
     }
 
@@ -353,7 +351,7 @@ impl Datapath {
         let map = &self.skel.maps.palisade_metrics_v1;
         let mut out = Vec::new();
         for reason in Reason::ALL {
-            for direction in [crate::DIR_INGRESS, crate::DIR_EGRESS] {
+            for direction in [DIR_INGRESS, DIR_EGRESS] {
                 let idx = reason.metrics_index(direction);
                 let per_cpu = map
                     .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
@@ -436,66 +434,6 @@ impl Datapath {
     }
 }
 
-/// Deletes every entry (fixtures and benchmarks start from known state).
-fn clear(map: &MapMut<'_>) {
-    for key in map.keys().collect::<Vec<_>>() {
-        let _ = map.delete(&key);
-    }
-}
-
-/// Many updates in one BPF_MAP_UPDATE_BATCH where the kernel supports it
-/// for the map, else one by one (so a full map still says which).
-fn put_batch<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, entries: &[(K, V)]) -> Result<()> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut keys = Vec::with_capacity(entries.len() * size_of::<K>());
-    let mut vals = Vec::with_capacity(entries.len() * size_of::<V>());
-    for (k, v) in entries {
-        keys.extend_from_slice(abi::bytes_of(k));
-        vals.extend_from_slice(abi::bytes_of(v));
-    }
-    if map.update_batch(&keys, &vals, entries.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok() {
-        return Ok(());
-    }
-    entries.iter().try_for_each(|(k, v)| put(map, name, k, v))
-}
-
-fn put<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
-    match map.update(abi::bytes_of(k), abi::bytes_of(v), MapFlags::ANY) {
-        Ok(()) => Ok(()),
-        // A full hash says E2BIG, a full LPM trie ENOSPC.
-        Err(e) if is_full(&e) => Err(Error::Full { map: name, max: map.max_entries() }),
-        Err(source) => Err(Error::Libbpf { what: format!("updating map {name}"), source }),
-    }
-}
-
-pub(crate) fn is_full(e: &libbpf_rs::Error) -> bool {
-    let s = e.to_string();
-    s.contains("os error 7)") || s.contains("os error 28)") || s.contains("No space left") || s.contains("Argument list too long")
-}
-
-fn del<K: Pod>(map: &MapMut<'_>, name: &'static str, k: &K) -> Result<()> {
-    match map.delete(abi::bytes_of(k)) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(Error::Libbpf { what: format!("deleting from map {name}"), source }),
-    }
-}
-
-fn dump<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str) -> Result<Vec<(K, V)>> {
-    let mut out = Vec::new();
-    for key in map.keys() {
-        let Some(val) = map.lookup(&key, MapFlags::ANY).ctx(|| format!("reading map {name}"))? else {
-            continue; // deleted since the key was listed
-        };
-        let k = abi::from_bytes::<K>(&key).ok_or(Error::ValueSize { map: name, got: key.len(), expected: size_of::<K>() })?;
-        let v = abi::from_bytes::<V>(&val).ok_or(Error::ValueSize { map: name, got: val.len(), expected: size_of::<V>() })?;
-        out.push((k, v));
-    }
-    Ok(out)
-}
-
 /// Mounts bpffs at /sys/fs/bpf when the pin directory is not on one.
 fn ensure_bpffs(dir: &Path) -> Result<()> {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -503,39 +441,31 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
     if !dir.starts_with(root) {
         return Ok(()); // the operator chose another bpffs mount; libbpf will say if it is not one
     }
-    if crate::abi::statfs_magic(root) == Some(BPF_FS_MAGIC) {
+    if abi::statfs_magic(root) == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
-    crate::abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
+    abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
 }
 
-/// Whether a conntrack entry is within its lifetime (as the datapath
-/// judges it: TCP `tcp_lifetime_s`, 10 s once closing; others
-/// `other_lifetime_s`).
-pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifetime_s: u64, other_lifetime_s: u64) -> bool {
-    let lifetime_s = match (k.proto, v.flags & 1 != 0) {
-        (6, true) => 10,
-        (6, false) => tcp_lifetime_s,
-        _ => other_lifetime_s,
-    };
-    now_ns.saturating_sub(v.last_seen_ns) <= lifetime_s * 1_000_000_000
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Deletes the conntrack entries idle past their lifetime (the datapath
-/// already ignores them; this frees their slots and keeps `bpf ct list`
-/// honest). Opens the pinned map, so it needs no loaded object. Returns how
-/// many were removed.
-pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<usize> {
-    let path = bpf_dir.join("palisade_ct_v1");
-    let map = libbpf_rs::MapHandle::from_pinned_path(&path).ctx(|| format!("opening {}", path.display()))?;
-    let now = crate::monotonic_ns();
-    let mut removed = 0;
-    for key in map.keys().collect::<Vec<_>>() {
-        let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
-        let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        if !ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) && map.delete(&key).is_ok() {
-            removed += 1;
-        }
+    /// The Rust defaults of the datapath's rodata knobs are the object's
+    /// own defaults (`proxy.h`, `conntrack.h`), so a datapath loaded with
+    /// [`DatapathConfig::new`] behaves as the C says; the closing lifetime,
+    /// which Rust never sets, is the one `pinned::ct_live` assumes.
+    #[test]
+    fn rodata_defaults_match_object() {
+        let mut storage = MaybeUninit::uninit();
+        let open = EndpointSkelBuilder::default().open(&mut storage).expect("open BPF object");
+        let ro = open.maps.rodata_data.as_deref().expect("endpoint object has rodata");
+        let cfg = DatapathConfig::new("/nonexistent");
+        assert_eq!(ro.proxy_mark, PROXY_MARK, "proxy_mark (proxy.h)");
+        assert_eq!(ro.proxy_mark, cfg.proxy_mark);
+        assert_eq!(ro.ct_lifetime_tcp_ns, cfg.ct_tcp_lifetime_s * 1_000_000_000, "ct_lifetime_tcp_ns (conntrack.h)");
+        assert_eq!(ro.ct_lifetime_other_ns, cfg.ct_other_lifetime_s * 1_000_000_000, "ct_lifetime_other_ns (conntrack.h)");
+        assert_eq!(ro.ct_lifetime_tcp_closing_ns, crate::pinned::CT_CLOSING_LIFETIME_S * 1_000_000_000, "ct_lifetime_tcp_closing_ns");
+        assert_eq!(ro.flows_enabled, u8::from(cfg.flows), "flows_enabled (flow.h)");
     }
-    Ok(removed)
 }

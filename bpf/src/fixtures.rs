@@ -6,7 +6,14 @@
 use std::net::Ipv4Addr;
 
 use crate::{
-    attach::Hook, identity, Datapath, EndpointValue, IpcacheValue, PolicyKey, PolicyValue, Reason, Result, DIR_EGRESS, DIR_INGRESS,
+    abi::monotonic_ns,
+    attach::Hook,
+    consts::{identity, DIR_EGRESS, DIR_INGRESS},
+    datapath::Datapath,
+    error::Result,
+    fqdn::FqdnKey,
+    maps::{EndpointValue, IpcacheValue, PolicyKey, PolicyValue},
+    reason::Reason,
 };
 
 pub const TC_ACT_OK: i32 = 0;
@@ -56,10 +63,10 @@ pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
     }
     dp.policy_put(key(301, DIR_EGRESS, None, 0, 0), allow(7))?;
     dp.policy_put(key(302, DIR_EGRESS, Some(6), 443, 16), allow(8))?;
-    let learned = crate::fqdn::FqdnKey { ep_id: EP_ID, addr: LEARNED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
-    dp.fqdn_put(learned, 9, crate::monotonic_ns() + 3600 * 1_000_000_000)?;
-    let expired = crate::fqdn::FqdnKey { ep_id: EP_ID, addr: EXPIRED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
-    dp.fqdn_put(expired, 10, crate::monotonic_ns().saturating_sub(1))?;
+    let learned = FqdnKey { ep_id: EP_ID, addr: LEARNED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
+    dp.fqdn_put(learned, 9, monotonic_ns() + 3600 * 1_000_000_000)?;
+    let expired = FqdnKey { ep_id: EP_ID, addr: EXPIRED_IP.into(), proto: Some(6), port: 443, port_bits: 16 };
+    dp.fqdn_put(expired, 10, monotonic_ns().saturating_sub(1))?;
     Ok(())
 }
 

@@ -6,7 +6,13 @@ use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
-use crate::{abi, Context, Reason, Result};
+use crate::{
+    abi,
+    consts::{FLOW_VERDICT_AUDIT, FLOW_VERDICT_FORWARDED, FLOW_VERDICT_REDIRECTED},
+    error::{Context, Result},
+    pins,
+    reason::Reason,
+};
 
 /// Verdict of a flow event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +60,10 @@ impl FlowEvent {
             proto: e.proto,
             direction: e.direction,
             verdict: match e.verdict {
-                0 => FlowVerdict::Forwarded,
-                2 => FlowVerdict::Audit,
-                3 => FlowVerdict::Redirected,
-                _ => FlowVerdict::Dropped,
+                FLOW_VERDICT_FORWARDED => FlowVerdict::Forwarded,
+                FLOW_VERDICT_AUDIT => FlowVerdict::Audit,
+                FLOW_VERDICT_REDIRECTED => FlowVerdict::Redirected,
+                _ => FlowVerdict::Dropped, // FLOW_VERDICT_DROPPED
             },
             tcp_flags: e.tcp_flags,
             reason: Reason::from_code(e.reason),
@@ -72,7 +78,7 @@ impl FlowEvent {
 /// Polls the pinned flow ring buffer, calling `f` for each event, until `f`
 /// returns false or `stop` says so.
 pub fn read_flows(bpf_dir: &Path, mut f: impl FnMut(FlowEvent) -> bool, stop: impl Fn() -> bool) -> Result<()> {
-    let path = bpf_dir.join("palisade_flows_v1");
+    let path = bpf_dir.join(pins::FLOWS);
     let map = MapHandle::from_pinned_path(&path).ctx(|| format!("opening the flow ring {}", path.display()))?;
     let keep_going = std::rc::Rc::new(std::cell::Cell::new(true));
     let kg = keep_going.clone();

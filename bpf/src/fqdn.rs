@@ -5,10 +5,15 @@ use std::{net::IpAddr, path::Path};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::{abi, Context, Error, Result};
+use crate::{
+    abi,
+    consts::{ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, FQDN_PREFIX_ADDR},
+    error::{Context, Result},
+    mapio, pins,
+};
 
-/// Pinned name of the FQDN table (also its versioned ABI name).
-pub const MAP_NAME: &str = "palisade_fqdn_v1";
+/// Pinned name of the FQDN table (also its versioned ABI name): [`pins::FQDN`].
+pub const MAP_NAME: &str = pins::FQDN;
 
 /// One allowed (endpoint, address, protocol, port block). `proto: None`
 /// allows every protocol and port (toFQDNs without toPorts).
@@ -22,26 +27,24 @@ pub struct FqdnKey {
     pub port_bits: u8,
 }
 
-const PREFIX_ADDR: u32 = 192;
-
 impl FqdnKey {
     pub(crate) fn to_abi(self) -> abi::fqdn_key {
         let mut k = abi::fqdn_key { ep_id: self.ep_id, ..Default::default() };
         match self.addr {
             IpAddr::V4(a) => {
-                k.family = 4;
+                k.family = ADDR_FAMILY_IPV4;
                 k.addr[..4].copy_from_slice(&a.octets());
             }
             IpAddr::V6(a) => {
-                k.family = 6;
+                k.family = ADDR_FAMILY_IPV6;
                 k.addr.copy_from_slice(&a.octets());
             }
         }
         match self.proto {
-            None => k.prefixlen = PREFIX_ADDR,
+            None => k.prefixlen = FQDN_PREFIX_ADDR,
             Some(p) => {
                 let bits = self.port_bits.min(16);
-                k.prefixlen = PREFIX_ADDR + 16 + u32::from(bits);
+                k.prefixlen = FQDN_PREFIX_ADDR + 16 + u32::from(bits);
                 k.proto = p;
                 let masked = match bits {
                     0 => 0,
@@ -56,12 +59,12 @@ impl FqdnKey {
 
     pub(crate) fn from_abi(k: &abi::fqdn_key) -> Option<Self> {
         let addr = match k.family {
-            4 => IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
-            6 => IpAddr::from(k.addr),
+            ADDR_FAMILY_IPV4 => IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]]),
+            ADDR_FAMILY_IPV6 => IpAddr::from(k.addr),
             _ => return None,
         };
-        let proto = (k.prefixlen > PREFIX_ADDR).then_some(k.proto);
-        let port_bits = k.prefixlen.saturating_sub(PREFIX_ADDR + 16) as u8;
+        let proto = (k.prefixlen > FQDN_PREFIX_ADDR).then_some(k.proto);
+        let port_bits = k.prefixlen.saturating_sub(FQDN_PREFIX_ADDR + 16) as u8;
         Some(Self { ep_id: k.ep_id, addr, proto, port: u16::from_be(k.dport), port_bits })
     }
 }
@@ -72,9 +75,9 @@ pub struct FqdnMap {
 }
 
 impl FqdnMap {
-    /// Opens `<bpf_dir>/palisade_fqdn_v1` (created by palisade-ctrl's load).
+    /// Opens `<bpf_dir>/`[`pins::FQDN`] (created by palisade-ctrl's load).
     pub fn open(bpf_dir: &Path) -> Result<Self> {
-        let path = bpf_dir.join(MAP_NAME);
+        let path = bpf_dir.join(pins::FQDN);
         let map = MapHandle::from_pinned_path(&path)
             .ctx(|| format!("opening {} (is palisade-ctrl running with this --bpf-dir?)", path.display()))?;
         Ok(Self { map })
@@ -84,19 +87,11 @@ impl FqdnMap {
     /// (CLOCK_MONOTONIC, the datapath's clock).
     pub fn put(&self, k: FqdnKey, cookie: u32, expires_ns: u64) -> Result<()> {
         let v = abi::fqdn_entry { cookie, flags: 0, expires_ns };
-        match self.map.update(abi::bytes_of(&k.to_abi()), abi::bytes_of(&v), MapFlags::ANY) {
-            Ok(()) => Ok(()),
-            Err(e) if crate::datapath::is_full(&e) => Err(Error::Full { map: "fqdn", max: self.map.max_entries() }),
-            Err(source) => Err(Error::Libbpf { what: "updating map fqdn".into(), source }),
-        }
+        mapio::put(&self.map, "fqdn", &k.to_abi(), &v)
     }
 
     pub fn delete(&self, k: FqdnKey) -> Result<()> {
-        match self.map.delete(abi::bytes_of(&k.to_abi())) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Libbpf { what: "deleting from map fqdn".into(), source }),
-        }
+        mapio::del(&self.map, "fqdn", &k.to_abi())
     }
 
     /// Every entry, as (key, cookie, expiry in CLOCK_MONOTONIC ns).
@@ -133,7 +128,7 @@ mod tests {
             assert_eq!(FqdnKey::from_abi(&k.to_abi()), Some(k));
         }
         let a = FqdnKey { ep_id: 1, addr: "10.0.0.1".parse().unwrap(), proto: Some(6), port: 443, port_bits: 16 }.to_abi();
-        assert_eq!(a.prefixlen, 224);
+        assert_eq!(a.prefixlen, crate::consts::FQDN_PREFIX_FULL);
         let b = abi::bytes_of(&a);
         assert_eq!(b.len(), 32);
         assert_eq!(&b[12..16], &[10, 0, 0, 1], "address after prefixlen, ep_id, family+pad");

@@ -3,7 +3,10 @@
 //! host order in Rust and swapped only at this boundary.
 use std::net::Ipv4Addr;
 
-use crate::abi;
+use crate::{
+    abi,
+    consts::{ADDR_FAMILY_IPV4, CT_F_CLOSING, POLICY_F_DENY},
+};
 
 /// Endpoint table value (`struct endpoint_info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +21,7 @@ pub struct EndpointValue {
     pub policy_gen: u32,
 }
 
+/// The flags are `EP_F_*` of `bpf/lib/endpoints.h` (a test checks them).
 impl EndpointValue {
     pub const INGRESS_ENFORCED: u32 = 1 << 0;
     pub const EGRESS_ENFORCED: u32 = 1 << 1;
@@ -61,13 +65,13 @@ pub struct IpcacheValue {
 }
 
 pub(crate) fn ipcache_host_key(ip: Ipv4Addr) -> abi::ipcache_host_key {
-    let mut k = abi::ipcache_host_key { family: 4, ..Default::default() };
+    let mut k = abi::ipcache_host_key { family: ADDR_FAMILY_IPV4, ..Default::default() };
     k.addr[..4].copy_from_slice(&ip.octets());
     k
 }
 
 pub(crate) fn ipcache_lpm_key(net: Ipv4Addr, prefix: u8) -> abi::ipcache_lpm_key {
-    let mut k = abi::ipcache_lpm_key { prefixlen: 32 + u32::from(prefix.min(32)), family: 4, ..Default::default() };
+    let mut k = abi::ipcache_lpm_key { prefixlen: 32 + u32::from(prefix.min(32)), family: ADDR_FAMILY_IPV4, ..Default::default() };
     let masked = if prefix == 0 { 0 } else { u32::from(net) & (u32::MAX << (32 - u32::from(prefix.min(32)))) };
     k.addr[..4].copy_from_slice(&masked.to_be_bytes());
     k
@@ -163,11 +167,11 @@ pub struct PolicyValue {
 
 impl PolicyValue {
     pub(crate) fn to_abi(self) -> abi::policy_entry {
-        abi::policy_entry { cookie: self.cookie, proxy_port: self.proxy_port, flags: u8::from(self.deny), pad: 0 }
+        abi::policy_entry { cookie: self.cookie, proxy_port: self.proxy_port, flags: if self.deny { POLICY_F_DENY } else { 0 }, pad: 0 }
     }
 
     pub(crate) fn from_abi(v: &abi::policy_entry) -> Self {
-        Self { cookie: v.cookie, proxy_port: v.proxy_port, deny: v.flags & 1 != 0 }
+        Self { cookie: v.cookie, proxy_port: v.proxy_port, deny: v.flags & POLICY_F_DENY != 0 }
     }
 }
 
@@ -202,7 +206,7 @@ impl CtEntry {
             cookie: v.cookie,
             created_ns: v.created_ns,
             last_seen_ns: v.last_seen_ns,
-            closing: v.flags & 1 != 0,
+            closing: v.flags & CT_F_CLOSING != 0,
             proxy_port: v.proxy_port,
         }
     }
@@ -241,6 +245,27 @@ mod tests {
         let abi = PolicyKey { set_id: 1, identity: 2, direction: 0, proto: Some(6), port: 8080, port_bits: 16 }.to_abi();
         assert_eq!(abi.prefixlen, 96);
         assert_eq!(crate::abi::bytes_of(&abi)[14..16], [0x1f, 0x90], "dport is big-endian in the key");
+    }
+
+    /// Every `EP_F_*` of endpoints.h is an `EndpointValue` flag of the same
+    /// value, and every flag has its define.
+    #[test]
+    fn endpoint_flags_match_endpoints_h() {
+        let rust = [
+            ("INGRESS_ENFORCED", EndpointValue::INGRESS_ENFORCED),
+            ("EGRESS_ENFORCED", EndpointValue::EGRESS_ENFORCED),
+            ("HOST", EndpointValue::HOST),
+            ("AUDIT_INGRESS", EndpointValue::AUDIT_INGRESS),
+            ("AUDIT_EGRESS", EndpointValue::AUDIT_EGRESS),
+            ("FQDN", EndpointValue::FQDN),
+        ];
+        let c: Vec<(String, u64)> =
+            crate::cdefs::defines("endpoints.h").into_iter().filter_map(|(k, v)| Some((k.strip_prefix("EP_F_")?.to_string(), v))).collect();
+        for (name, v) in &c {
+            let r = rust.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("EP_F_{name} has no EndpointValue::{name}"));
+            assert_eq!(u64::from(r.1), *v, "EP_F_{name}");
+        }
+        assert_eq!(c.len(), rust.len(), "an EndpointValue flag has no EP_F_* define");
     }
 
     #[test]

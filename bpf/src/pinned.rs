@@ -1,12 +1,21 @@
 //! Views of pinned maps for processes other than palisade-ctrl, opened by
 //! path: read-only ones (palisade-dnsproxy), and the host-address ipcache
 //! for palisade-ipcache-sync, which writes only entries of remote nodes
-//! (`node_id` ≠ 0) and never touches palisade-ctrl's (`node_id` 0).
+//! (`node_id` ≠ 0) and never touches palisade-ctrl's (`node_id` 0); and
+//! conntrack, read (palisade-dnsproxy) and garbage-collected (palisade-ctrl's
+//! own thread) through its pin.
 use std::{collections::HashSet, net::Ipv4Addr, path::Path};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
-use crate::{abi, maps, Context, Result};
+use crate::{
+    abi,
+    consts::{identity, ADDR_FAMILY_IPV4, CT_F_CLOSING},
+    error::Result,
+    mapio::{self, open_pinned},
+    maps::{self, IpcacheValue},
+    pins,
+};
 
 /// The ipcache, looked up as the datapath does (host hash, then CIDR trie,
 /// else world).
@@ -17,11 +26,7 @@ pub struct Ipcache {
 
 impl Ipcache {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
-        let open = |name: &str| {
-            let p = bpf_dir.join(name);
-            MapHandle::from_pinned_path(&p).ctx(|| format!("opening {}", p.display()))
-        };
-        Ok(Self { host: open("palisade_ipcache_v1")?, lpm: open("palisade_ipcache_lpm_v1")? })
+        Ok(Self { host: open_pinned(bpf_dir, pins::IPCACHE)?, lpm: open_pinned(bpf_dir, pins::IPCACHE_LPM)? })
     }
 
     pub fn identity_v4(&self, ip: Ipv4Addr) -> u32 {
@@ -30,7 +35,7 @@ impl Ipcache {
         };
         get(&self.host, abi::bytes_of(&maps::ipcache_host_key(ip)))
             .or_else(|| get(&self.lpm, abi::bytes_of(&maps::ipcache_lpm_key(ip, 32))))
-            .unwrap_or(crate::identity::WORLD)
+            .unwrap_or(identity::WORLD)
     }
 }
 
@@ -41,19 +46,18 @@ pub struct RemoteIpcache {
 
 impl RemoteIpcache {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
-        let p = bpf_dir.join("palisade_ipcache_v1");
-        Ok(Self { host: MapHandle::from_pinned_path(&p).ctx(|| format!("opening {}", p.display()))? })
+        Ok(Self { host: open_pinned(bpf_dir, pins::IPCACHE)? })
     }
 
-    pub fn get(&self, ip: Ipv4Addr) -> Option<crate::IpcacheValue> {
+    pub fn get(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
         let v = self.host.lookup(abi::bytes_of(&maps::ipcache_host_key(ip)), MapFlags::ANY).ok().flatten()?;
-        abi::from_bytes::<abi::ipcache_entry>(&v).map(|e| crate::IpcacheValue { identity: e.identity, node_id: e.node_id })
+        abi::from_bytes::<abi::ipcache_entry>(&v).map(|e| IpcacheValue { identity: e.identity, node_id: e.node_id })
     }
 
     /// Writes a remote entry unless palisade-ctrl owns the address (a
     /// local endpoint or the node's own address wins); returns whether it
     /// wrote.
-    pub fn put_remote(&self, ip: Ipv4Addr, v: crate::IpcacheValue) -> Result<bool> {
+    pub fn put_remote(&self, ip: Ipv4Addr, v: IpcacheValue) -> Result<bool> {
         if v.node_id == 0 {
             return Ok(false); // not a remote entry: never written here
         }
@@ -63,31 +67,24 @@ impl RemoteIpcache {
             _ => {}
         }
         let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
-        match self.host.update(abi::bytes_of(&maps::ipcache_host_key(ip)), abi::bytes_of(&e), MapFlags::ANY) {
-            Ok(()) => Ok(true),
-            Err(e) if crate::datapath::is_full(&e) => Err(crate::Error::Full { map: "ipcache", max: self.host.max_entries() }),
-            Err(source) => Err(crate::Error::Libbpf { what: "updating map ipcache".into(), source }),
-        }
+        mapio::put(&self.host, "ipcache", &maps::ipcache_host_key(ip), &e)?;
+        Ok(true)
     }
 
     /// Deletes a remote entry (never palisade-ctrl's).
     pub fn delete_remote(&self, ip: Ipv4Addr) -> Result<()> {
         if self.get(ip).is_some_and(|cur| cur.node_id != 0) {
-            match self.host.delete(abi::bytes_of(&maps::ipcache_host_key(ip))) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => {}
-                Err(source) => return Err(crate::Error::Libbpf { what: "deleting from map ipcache".into(), source }),
-            }
+            mapio::del(&self.host, "ipcache", &maps::ipcache_host_key(ip))?;
         }
         Ok(())
     }
 
     /// Every remote entry the map holds.
-    pub fn remote_entries(&self) -> Vec<(Ipv4Addr, crate::IpcacheValue)> {
+    pub fn remote_entries(&self) -> Vec<(Ipv4Addr, IpcacheValue)> {
         let mut out = Vec::new();
         for key in self.host.keys() {
             let Some(k) = abi::from_bytes::<abi::ipcache_host_key>(&key) else { continue };
-            if k.family != 4 {
+            if k.family != ADDR_FAMILY_IPV4 {
                 continue;
             }
             let Ok(Some(val)) = self.host.lookup(&key, MapFlags::ANY) else { continue };
@@ -95,7 +92,7 @@ impl RemoteIpcache {
             if e.node_id != 0 {
                 out.push((
                     Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]),
-                    crate::IpcacheValue { identity: e.identity, node_id: e.node_id },
+                    IpcacheValue { identity: e.identity, node_id: e.node_id },
                 ));
             }
         }
@@ -107,16 +104,50 @@ impl RemoteIpcache {
 /// its lifetime (TCP: `tcp_lifetime_s`, 10 s once closing; others:
 /// `other_lifetime_s`).
 pub fn conntrack_live(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<HashSet<(u32, Ipv4Addr)>> {
-    let path = bpf_dir.join("palisade_ct_v1");
-    let map = MapHandle::from_pinned_path(&path).ctx(|| format!("opening {}", path.display()))?;
-    let now = crate::monotonic_ns();
+    let map = open_pinned(bpf_dir, pins::CT)?;
+    let now = abi::monotonic_ns();
     let mut out = HashSet::new();
     for key in map.keys() {
         let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
         let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        if crate::datapath::ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) {
+        if ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) {
             out.insert((k.ep_id, Ipv4Addr::from(k.remote_ip.to_ne_bytes())));
         }
     }
     Ok(out)
+}
+
+/// Lifetime of a TCP flow once FIN or RST was seen: the datapath's
+/// `ct_lifetime_tcp_closing_ns` (conntrack.h), which palisade-ctrl does not
+/// set (a test checks the object's default).
+pub(crate) const CT_CLOSING_LIFETIME_S: u64 = 10;
+
+/// Whether a conntrack entry is within its lifetime (as the datapath
+/// judges it: TCP `tcp_lifetime_s`, 10 s once closing; others
+/// `other_lifetime_s`).
+pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifetime_s: u64, other_lifetime_s: u64) -> bool {
+    let lifetime_s = match (k.proto, v.flags & CT_F_CLOSING != 0) {
+        (6, true) => CT_CLOSING_LIFETIME_S,
+        (6, false) => tcp_lifetime_s,
+        _ => other_lifetime_s,
+    };
+    now_ns.saturating_sub(v.last_seen_ns) <= lifetime_s * 1_000_000_000
+}
+
+/// Deletes the conntrack entries idle past their lifetime (the datapath
+/// already ignores them; this frees their slots and keeps `bpf ct list`
+/// honest). Opens the pinned map, so it needs no loaded object. Returns how
+/// many were removed.
+pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<usize> {
+    let map = open_pinned(bpf_dir, pins::CT)?;
+    let now = abi::monotonic_ns();
+    let mut removed = 0;
+    for key in map.keys().collect::<Vec<_>>() {
+        let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
+        let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
+        if !ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) && map.delete(&key).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }

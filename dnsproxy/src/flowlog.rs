@@ -48,7 +48,7 @@ fn qtype_name(t: u16) -> String {
 
 impl FlowLog {
     pub fn open(state_dir: &Path) -> anyhow::Result<Self> {
-        let dir = state_dir.join("flows");
+        let dir = palisade_flow::ring_dir(state_dir);
         std::fs::create_dir_all(&dir)?;
         Ok(Self { writer: Mutex::new(Writer::create(&dir.join("dns.ring"), 16384, 1024)?) })
     }

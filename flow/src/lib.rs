@@ -7,3 +7,10 @@ pub mod schema;
 
 pub use ring::{Reader, RingError, Writer};
 pub use schema::{Dns, Endpoint, Flow, Ip, L4, L7};
+
+/// The folder of a node's flow rings: `<state-dir>/flows/`, one
+/// `<source>.ring` per writer (`datapath`, `dns`, later `l7`), all read by
+/// `palisade observe`.
+pub fn ring_dir(state_dir: &std::path::Path) -> std::path::PathBuf {
+    state_dir.join("flows")
+}

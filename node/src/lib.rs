@@ -33,11 +33,21 @@ impl ConfigError {
 
 /// Runs a daemon: parses `A` (with `--config FILE` expanded), sets up
 /// logging to stderr (filter from `PALISADE_LOG`, default `info`), runs it,
-/// and exits 0 when it returns, 64 when it failed with a [`ConfigError`]
-/// anywhere in its error chain, 1 on any other error.
+/// and exits 0 when it returns, 64 on a bad flag or when it failed with a
+/// [`ConfigError`] anywhere in its error chain, 1 on any other error.
 pub fn main<A: clap::Parser + clap::CommandFactory>(name: &str, run: fn(A) -> anyhow::Result<()>) -> ! {
     let args = match config::expand(&A::command(), std::env::args_os().collect()) {
-        Ok(argv) => A::parse_from(argv),
+        Ok(argv) => match A::try_parse_from(argv) {
+            Ok(a) => a,
+            // --help and --version print and exit 0; a bad flag or value
+            // (clap's value parsers name it) exits 64 like every other
+            // configuration error.
+            Err(e) if !e.use_stderr() => e.exit(),
+            Err(e) => {
+                let _ = e.print();
+                std::process::exit(64);
+            }
+        },
         Err(e) => {
             eprintln!("{name}: {e:#}");
             std::process::exit(64);

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc,
     },
 };
 
@@ -23,12 +23,7 @@ use palisade_flow::{
     Endpoint, Flow, Ip, Writer, L4,
 };
 
-use crate::{compile::RuleRef, daemon::Daemon};
-
-/// Where a writer's ring lives.
-pub fn ring_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("flows")
-}
+use crate::agent::{compile::RuleRef, enforcer::HOST_EP_ID, state::Store};
 
 /// Names the flow thread needs, copied out of the agent's state.
 #[derive(Default)]
@@ -44,9 +39,9 @@ fn labels_vec(l: &palisade_policy::Labels) -> Vec<String> {
 }
 
 impl Names {
-    pub fn from_daemon(d: &Daemon) -> Self {
+    pub fn from_store(store: &Store) -> Self {
         let mut n = Names::default();
-        for e in d.store.endpoints.values() {
+        for e in store.endpoints.values() {
             let ep = Endpoint {
                 id: e.ep_id,
                 identity: e.identity,
@@ -58,13 +53,13 @@ impl Names {
             n.by_ep_id.insert(e.ep_id, ep);
         }
         n.by_ep_id.insert(
-            crate::daemon::HOST_EP_ID,
+            HOST_EP_ID,
             Endpoint { id: 0, identity: palisade_bpf::identity::HOST, labels: vec!["reserved:host".into()], ..Default::default() },
         );
-        for (id, l) in d.store.identities.all() {
+        for (id, l) in store.identities.all() {
             n.identity_labels.insert(id, labels_vec(&l));
         }
-        n.cookies = crate::compile::cookie_table(&d.store.policies.values().cloned().collect::<Vec<_>>());
+        n.cookies = crate::agent::compile::cookie_table(&store.policies.values().cloned().collect::<Vec<_>>());
         n
     }
 
@@ -142,8 +137,15 @@ fn clock_offset_ns() -> i128 {
 
 /// Runs the flow thread until the process ends. `version` is bumped by the
 /// agent whenever names may have changed.
-pub fn spawn(daemon: Arc<Mutex<Daemon>>, version: Arc<AtomicU64>, bpf_dir: PathBuf, state_dir: &Path) -> Result<()> {
-    let dir = ring_dir(state_dir);
+/// Starts the flow thread; `names` copies the names out of the agent's
+/// state, called again whenever `version` moved.
+pub fn spawn(
+    mut names_now: impl FnMut() -> Names + Send + 'static,
+    version: Arc<AtomicU64>,
+    bpf_dir: PathBuf,
+    state_dir: &Path,
+) -> Result<()> {
+    let dir = palisade_flow::ring_dir(state_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut writer = Writer::create(&dir.join("datapath.ring"), 16384, 1024).context("opening the datapath flow ring")?;
     std::thread::Builder::new().name("flows".into()).spawn(move || {
@@ -155,7 +157,7 @@ pub fn spawn(daemon: Arc<Mutex<Daemon>>, version: Arc<AtomicU64>, bpf_dir: PathB
             |e| {
                 let v = version.load(Ordering::Acquire);
                 if v != seen {
-                    names = Names::from_daemon(&daemon.lock().unwrap_or_else(|p| p.into_inner()));
+                    names = names_now();
                     seen = v;
                 }
                 if let Ok(json) = serde_json::to_vec(&names.flow(&e, offset)) {

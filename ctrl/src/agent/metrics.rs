@@ -8,7 +8,6 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener},
-    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context, Result};
@@ -19,7 +18,9 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::daemon::Daemon;
+use palisade_bpf::{pins, Datapath, DatapathConfig};
+
+use crate::agent::view::View;
 
 #[derive(Debug, Default)]
 struct Snapshot {
@@ -42,32 +43,31 @@ struct Snapshot {
 const APPLY_BUCKETS: [f64; 12] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 impl Snapshot {
-    fn take(d: &Daemon) -> Result<Self> {
+    fn take(v: &View<'_>, cfg: &DatapathConfig, h: &hdrhistogram::Histogram<u64>) -> Result<Self> {
+        let dp: &Datapath = v.enforcer.datapath();
         let mut s = Snapshot::default();
-        for c in d.dp.counters()? {
+        for c in dp.counters()? {
             let dir = if c.direction == palisade_bpf::DIR_INGRESS { "INGRESS" } else { "EGRESS" };
             s.counters.push((c.reason.description().to_string(), dir.to_string(), c.packets, c.reason.is_drop()));
         }
-        for e in d.store.endpoints.values() {
-            if d.dp.is_attached(e.ifindex, false) {
+        for e in v.store.endpoints.values() {
+            if dp.is_attached(e.ifindex, false) {
                 s.endpoints_ready += 1;
             } else {
                 s.endpoints_not_ready += 1;
             }
         }
-        s.identities = d.store.identities.all().len() as i64;
-        s.policies = d.store.policies.len() as i64;
-        let cfg = &d.cfg.datapath;
-        s.policy_entries = d.dp.policy()?.len() as i64;
+        s.identities = v.store.identities.all().len() as i64;
+        s.policies = v.store.policies.len() as i64;
+        s.policy_entries = dp.policy()?.len() as i64;
         s.maps = vec![
-            ("palisade_policy_v2", s.policy_entries, i64::from(cfg.policy_max)),
-            ("palisade_ipcache_v1", d.dp.ipcache()?.len() as i64, i64::from(cfg.ipcache_max)),
-            ("palisade_ct_v1", d.dp.conntrack()?.len() as i64, i64::from(cfg.ct_max)),
-            ("palisade_endpoints_v2", d.dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
+            (pins::POLICY, s.policy_entries, i64::from(cfg.policy_max)),
+            (pins::IPCACHE, dp.ipcache()?.len() as i64, i64::from(cfg.ipcache_max)),
+            (pins::CT, dp.conntrack()?.len() as i64, i64::from(cfg.ct_max)),
+            (pins::ENDPOINTS, dp.endpoints()?.len() as i64, i64::from(cfg.endpoints_max)),
         ];
-        (s.flows_lost, s.flows_suppressed) = d.dp.flow_stats()?;
+        (s.flows_lost, s.flows_suppressed) = dp.flow_stats()?;
         // Per-bucket counts from the hdr histogram (µs), then +Inf.
-        let h = &d.apply_latency;
         let mut below = 0u64;
         let mut buckets = Vec::new();
         for b in APPLY_BUCKETS {
@@ -138,17 +138,19 @@ impl Collector for Snapshot {
     }
 }
 
-/// The metrics text of one scrape.
-pub fn render(d: &Daemon) -> Result<String> {
+/// The metrics text of one scrape: the agent's view, the map sizes it was
+/// loaded with, and its apply-latency histogram.
+pub fn render(v: &View<'_>, cfg: &DatapathConfig, apply_latency: &hdrhistogram::Histogram<u64>) -> Result<String> {
     let mut reg = Registry::with_prefix("cilium");
-    reg.register_collector(Box::new(Snapshot::take(d)?));
+    reg.register_collector(Box::new(Snapshot::take(v, cfg, apply_latency)?));
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg).context("encoding metrics")?;
     Ok(out)
 }
 
-/// Serves `GET /metrics` on `addr` from a thread.
-pub fn spawn(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
+/// Serves `GET /metrics` on `addr` from a thread; `render` answers each
+/// scrape (under the agent's lock).
+pub fn spawn(addr: SocketAddr, render: impl Fn() -> Result<String> + Send + 'static) -> Result<()> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "metrics are served on a non-loopback address");
     }
@@ -168,7 +170,7 @@ pub fn spawn(addr: SocketAddr, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
                 header.clear();
             }
             let resp = if line.starts_with("GET /metrics") {
-                let body = render(&daemon.lock().unwrap_or_else(|p| p.into_inner()));
+                let body = render();
                 match body {
                     Ok(b) => format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",

@@ -125,7 +125,7 @@ pub fn collect(state_dir: &Path, filter: &Filter) -> Result<Vec<Flow>> {
 }
 
 fn open_readers(state_dir: &Path) -> Result<Vec<Reader>> {
-    let dir = crate::flows::ring_dir(state_dir);
+    let dir = palisade_flow::ring_dir(state_dir);
     let entries = std::fs::read_dir(&dir).with_context(|| {
         format!("no flow rings in {} (is palisade-ctrl running with --state-dir {}?)", dir.display(), state_dir.display())
     })?;

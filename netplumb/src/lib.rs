@@ -5,6 +5,11 @@
 //! the pair; the rest is netlink (the pod's side from a thread inside the
 //! pod's namespace), so an endpoint costs the same on a node with 10 or
 //! 10 000 pods. Everything is what an operator reads back with `ip`.
+//!
+//! A crate of its own because palisade-ctrl (endpoints) and palisade-bench
+//! (benchmark topologies) both plumb pods, and the bench should not link
+//! the agent for it.
+#![forbid(unsafe_code)]
 use std::{net::Ipv4Addr, path::Path, process::Command};
 
 use anyhow::{bail, Context, Result};

@@ -6,7 +6,7 @@
 use palisade_policy::{Direction, Peers, Policy, Protocol};
 use palisade_snapshot::{DnsRule, FqdnRule, L4Key, NameSel, PolicySnapshot, SnapEndpoint};
 
-use crate::{
+use crate::agent::{
     compile::{self, EnforcementMode, Universe},
     state::Endpoint,
 };

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use palisade_policy::{Labels, Policy};
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::NamedPorts, identity::IdentityAllocator};
+use crate::{agent::identity::IdentityAllocator, api::NamedPorts};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Endpoint {
@@ -56,6 +56,42 @@ pub struct Store {
     /// Node-wide PolicyAuditMode: policy drops pass and are reported AUDIT.
     #[serde(default)]
     pub audit: bool,
+}
+
+impl Store {
+    /// An endpoint by `ns/name` (a bare name is in namespace `default`).
+    pub fn endpoint(&self, name: &str) -> Result<&Endpoint> {
+        let full = crate::api::full_name(name);
+        self.endpoints.get(&full).map(|e| &**e).with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
+    }
+
+    /// The store key of a policy name: `ns/name` names a namespaced policy;
+    /// a bare name is the cluster-wide policy of that name if there is one,
+    /// else `default/name`.
+    pub fn policy_key(&self, name: &str) -> String {
+        if name.contains('/') || self.policies.get(name).is_some_and(|p| p.namespace.is_none()) {
+            name.to_string()
+        } else {
+            format!("default/{name}")
+        }
+    }
+
+    /// A namespace's labels (none when it was never labelled).
+    pub fn namespace_labels(&self, ns: &str) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.namespaces.get(ns).unwrap_or(&EMPTY)
+    }
+
+    /// Identities this node's endpoints hold (what it references in etcd).
+    pub fn local_identities(&self) -> BTreeMap<u32, Labels> {
+        self.endpoints.values().map(|e| (e.identity, e.labels.clone())).collect()
+    }
+
+    /// Whether another endpoint than `name` has exactly these labels (and
+    /// so holds the same identity).
+    pub fn labels_in_use(&self, labels: &Labels, except: Option<&str>) -> bool {
+        self.endpoints.values().any(|e| Some(e.name.as_str()) != except && &e.labels == labels)
+    }
 }
 
 /// What the node persists besides endpoints and policies.

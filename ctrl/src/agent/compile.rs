@@ -60,7 +60,7 @@ pub struct Compiled {
 }
 
 /// Policy enforcement mode of the node (Cilium's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum EnforcementMode {
     /// A direction is default-deny once a rule selects the endpoint in it.
@@ -93,14 +93,7 @@ impl EnforcementMode {
     }
 }
 
-/// A named port an endpoint declares (`--port http=8080/TCP`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct NamedPort {
-    pub port: u16,
-    pub protocol: u8,
-}
-
-pub type NamedPorts = BTreeMap<String, NamedPort>;
+pub use crate::api::{NamedPort, NamedPorts};
 
 /// Everything peers can be: pod identities, CIDR identities, the named
 /// ports endpoints of each identity declare, and the node's mode.
@@ -120,13 +113,24 @@ pub struct Universe<'a> {
     /// refreshed to `pods` before this universe was made; without one (a
     /// preview over a scratch copy of the identities) selectors are
     /// evaluated on labels.
-    pub selectors: Option<&'a std::cell::RefCell<crate::selcache::SelectorCache>>,
+    pub selectors: Option<&'a std::cell::RefCell<crate::agent::selcache::SelectorCache>>,
     /// Each rule's subject set from `selectors`, keyed by the rule's address
     /// (as `selector_cache`).
     pub rule_subjects: std::cell::RefCell<HashMap<usize, std::sync::Arc<std::collections::HashSet<u32>>>>,
 }
 
 impl<'a> Universe<'a> {
+    /// What peers can be, from the node's state: its identities (`ids`:
+    /// the store's, or a scratch copy for a preview) and the named ports
+    /// its endpoints declare.
+    pub fn of(store: &'a crate::agent::state::Store, ids: &'a crate::agent::identity::IdentityAllocator, mode: EnforcementMode) -> Self {
+        let mut named_ports: BTreeMap<u32, Vec<&NamedPorts>> = BTreeMap::new();
+        for ep in store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
+            named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
+        }
+        Self::new(ids.labelled().collect(), ids.cidrs(), named_ports, mode)
+    }
+
     pub fn new(
         pods: Vec<(u32, &'a Labels)>,
         cidrs: Vec<(u32, Cidr)>,

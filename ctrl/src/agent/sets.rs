@@ -145,7 +145,7 @@ impl PolicySets {
             // entries now, the old ones deleted later), and deletes cannot
             // fail for want of space: rolling back a change that filled the
             // map always works in place.
-            let d = crate::compile::diff(&s.entries, &want);
+            let d = crate::agent::compile::diff(&s.entries, &want);
             {
                 if self.by_content.get(&s.entries) == Some(&current) {
                     self.by_content.remove(&s.entries);

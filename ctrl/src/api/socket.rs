@@ -1,10 +1,9 @@
-//! The agent's API: one JSON request and one JSON response per connection
-//! on a root-only unix socket. The CLI is its only client today; the shapes
-//! here are what `-o json` prints.
+//! The API's transport: one JSON request line and one JSON reply line per
+//! connection, on a root-only unix socket. A reply is `{"ok": true, "data":
+//! ...}` or `{"ok": false, "error": "..."}`; `data` is the verb's reply
+//! struct ([`super::Call::Reply`]).
 use std::{
-    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    net::Ipv4Addr,
     os::unix::net::UnixStream,
     path::Path,
 };
@@ -12,85 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
-pub enum Request {
-    Status,
-    EndpointAdd {
-        name: String,
-        netns: String,
-        ip: Option<Ipv4Addr>,
-        labels: BTreeMap<String, String>,
-        #[serde(default)]
-        ports: crate::compile::NamedPorts,
-    },
-    /// Sets and removes user labels (a new identity; selectors re-evaluated).
-    EndpointLabel {
-        name: String,
-        set: BTreeMap<String, String>,
-        remove: Vec<String>,
-    },
-    /// Sets a namespace's labels (replacing them).
-    NamespaceSet {
-        name: String,
-        labels: BTreeMap<String, String>,
-    },
-    NamespaceList,
-    /// Per-endpoint option, e.g. PolicyAuditMode=Enabled.
-    EndpointConfig {
-        name: String,
-        key: String,
-        value: String,
-    },
-    /// Node-wide option, e.g. PolicyAuditMode=Enabled.
-    ConfigSet {
-        key: String,
-        value: String,
-    },
-    ConfigGet,
-    EndpointDelete {
-        name: String,
-    },
-    EndpointList,
-    EndpointGet {
-        name: String,
-    },
-    /// The CLI reads the file and sends its text, so errors name the file.
-    PolicyApply {
-        file: String,
-        text: String,
-    },
-    PolicyDelete {
-        names: Vec<String>,
-    },
-    PolicyGet {
-        name: Option<String>,
-    },
-    /// Replays `flows` (observe records) against the policies plus the
-    /// candidate in `text`.
-    PolicyPreview {
-        file: String,
-        text: String,
-        flows: Vec<serde_json::Value>,
-    },
-    PolicyTrace {
-        src: String,
-        dst: String,
-        proto: u8,
-        dport: u16,
-    },
-    IdentityList,
-    IdentityGet {
-        id: u32,
-    },
-    BpfPolicyGet {
-        endpoint: String,
-    },
-    BpfCtList,
-    BpfFqdnList,
-    /// The cluster's nodes (palisade-ipcache-sync's view).
-    NodeList,
-}
+use super::{Call, Request};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {
@@ -101,9 +22,14 @@ pub struct Response {
     pub data: serde_json::Value,
 }
 
-/// Sends one request to the agent at `socket` and returns its data, or its
-/// error as an `Err`.
-pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+/// Sends one request to the agent at `socket` and returns its typed reply,
+/// or the agent's error as an `Err`.
+pub fn call<C: Call>(socket: &Path, c: C) -> Result<C::Reply> {
+    let data = call_raw(socket, &c.into())?;
+    serde_json::from_value(data).context("decoding reply from palisade-ctrl (is it the same version as this CLI?)")
+}
+
+fn call_raw(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let mut s = UnixStream::connect(socket)
         .with_context(|| format!("connecting to palisade-ctrl at {} (is it running? set --socket or PALISADE_SOCKET)", socket.display()))?;
     let mut line = serde_json::to_vec(req)?;

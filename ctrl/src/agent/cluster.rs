@@ -6,10 +6,11 @@
 //! Threads: a small tokio runtime runs the etcd work (lease keep-alive,
 //! two list+watch loops, the identity collector). It never takes the
 //! daemon's lock; it hands updates over a channel to one std thread that
-//! does. The daemon calls into etcd (allocate, store a policy) from its API
-//! thread with `block_on`, bounded by a timeout, so an outage turns into a
-//! clear error within seconds while everything already known keeps being
-//! enforced.
+//! does (agent/mod.rs), which applies them to the store ([`apply_events`])
+//! and has the daemon enforce the change. The daemon calls into etcd
+//! (allocate, store a policy) from its API thread with `block_on`, bounded
+//! by a timeout, so an outage turns into a clear error within seconds while
+//! everything already known keeps being enforced.
 use std::{
     collections::BTreeMap,
     sync::{mpsc, Arc, Mutex},
@@ -22,6 +23,8 @@ use palisade_cluster::{identity, keys, listwatch};
 use palisade_node::EtcdConfig;
 use palisade_policy::{Labels, Policy};
 use serde::Serialize;
+
+use crate::agent::state::Store;
 
 /// What the watch loops hand to the daemon.
 #[derive(Debug)]
@@ -309,17 +312,37 @@ pub fn parse_stored_policy(key: &str, value: &[u8]) -> Result<Policy> {
     Ok(ps.remove(0))
 }
 
-impl crate::daemon::Daemon {
-    /// Applies what the watches saw: the cluster's identities and policies
-    /// replace this node's view (a bad stored policy is reported and its
-    /// last good version kept), then one recompile of the endpoints the
-    /// changes can reach.
-    pub fn cluster_events(&mut self, events: Vec<Event>) -> Result<()> {
+/// What a batch of watch updates changed in the store.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Policies added, changed or removed.
+    pub policy_keys: Vec<String>,
+    /// Label sets whose cluster identity appeared, went or moved.
+    pub labels_changed: Vec<Labels>,
+    /// An identity this node holds moved to a new number (after a lost
+    /// lease): every endpoint is recompiled.
+    pub renumbered: bool,
+    /// The local endpoints that moved with it: their entries are rewritten.
+    pub moved: Vec<String>,
+}
+
+impl Applied {
+    pub fn is_empty(&self) -> bool {
+        self.policy_keys.is_empty() && self.labels_changed.is_empty() && !self.renumbered
+    }
+}
+
+/// Applies what the watches saw to desired state: the cluster's identities
+/// and policies replace this node's view (a bad stored policy is reported
+/// and its last good version kept). Touches nothing but `store`; the daemon
+/// then enforces what changed.
+pub fn apply_events(store: &mut Store, events: Vec<Event>) -> Applied {
+    {
         use listwatch::Update;
-        let before = self.store.policies.clone();
         let mut policy_keys = std::collections::BTreeSet::new();
         let mut labels_changed = Vec::new();
-        let mut moved = false;
+        let mut moved = Vec::new();
+        let mut renumbered = false;
         for ev in events {
             match ev {
                 Event::Identities(Update::Reset { items, .. }) => {
@@ -333,21 +356,21 @@ impl crate::daemon::Daemon {
                             None => {
                                 tracing::warn!(key = %k, "etcd: not a valid identity; keeping the last good one");
                                 let id: Option<u32> = k.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok());
-                                if let Some((id, l)) = id.and_then(|id| Some((id, self.store.identities.cluster().get(&id)?.clone()))) {
+                                if let Some((id, l)) = id.and_then(|id| Some((id, store.identities.cluster().get(&id)?.clone()))) {
                                     next.insert(id, l);
                                 }
                             }
                         }
                     }
-                    labels_changed.extend(self.store.identities.set_cluster(next));
+                    labels_changed.extend(store.identities.set_cluster(next));
                 }
                 Event::Identities(Update::Put { key, value, .. }) => match identity::parse_id(&key, &value) {
-                    Some((id, l)) => labels_changed.extend(self.store.identities.cluster_put(id, l)),
+                    Some((id, l)) => labels_changed.extend(store.identities.cluster_put(id, l)),
                     None => tracing::warn!(%key, "etcd: not a valid identity; ignored"),
                 },
                 Event::Identities(Update::Delete { key, .. }) => {
                     if let Some(id) = key.strip_prefix(keys::IDENTITY_IDS).and_then(|s| s.parse().ok()) {
-                        labels_changed.extend(self.store.identities.cluster_remove(id));
+                        labels_changed.extend(store.identities.cluster_remove(id));
                     }
                 }
                 Event::Policies(u) => match u {
@@ -361,100 +384,48 @@ impl crate::daemon::Daemon {
                                 Err(e) => {
                                     tracing::error!("{e:#}; keeping this node's last good version");
                                     let name = k.strip_prefix(keys::POLICIES).unwrap_or(&k).to_string();
-                                    if let Some(old) = self.store.policies.get(&name) {
+                                    if let Some(old) = store.policies.get(&name) {
                                         next.insert(name, old.clone());
                                     }
                                 }
                             }
                         }
-                        for k in self.store.policies.keys().chain(next.keys()) {
-                            if self.store.policies.get(k) != next.get(k) {
+                        for k in store.policies.keys().chain(next.keys()) {
+                            if store.policies.get(k) != next.get(k) {
                                 policy_keys.insert(k.clone());
                             }
                         }
-                        self.store.policies = next;
+                        store.policies = next;
                     }
                     Update::Put { key, value, .. } => match parse_stored_policy(&key, &value) {
                         Ok(p) => {
-                            if self.store.policies.get(&p.key()) != Some(&p) {
+                            if store.policies.get(&p.key()) != Some(&p) {
                                 policy_keys.insert(p.key());
-                                self.store.policies.insert(p.key(), p);
+                                store.policies.insert(p.key(), p);
                             }
                         }
                         Err(e) => tracing::error!("{e:#}; keeping this node's last good version"),
                     },
                     Update::Delete { key, .. } => {
                         let name = key.strip_prefix(keys::POLICIES).unwrap_or(&key).to_string();
-                        if self.store.policies.remove(&name).is_some() {
+                        if store.policies.remove(&name).is_some() {
                             policy_keys.insert(name);
                         }
                     }
                 },
                 Event::IdentityMoved { labels, old, new } => {
                     tracing::warn!(old, new, %labels, "identity renumbered after the lease was lost");
-                    self.store.identities.insert(&labels, new);
+                    store.identities.insert(&labels, new);
                     let names: Vec<String> =
-                        self.store.endpoints.values().filter(|e| e.identity == old && e.labels == labels).map(|e| e.name.clone()).collect();
+                        store.endpoints.values().filter(|e| e.identity == old && e.labels == labels).map(|e| e.name.clone()).collect();
                     for n in names {
-                        let ep = std::sync::Arc::make_mut(self.store.endpoints.get_mut(&n).expect("listed"));
-                        ep.identity = new;
-                        let ep = ep.clone();
-                        self.write_endpoint_entries(&ep)?;
+                        std::sync::Arc::make_mut(store.endpoints.get_mut(&n).expect("listed")).identity = new;
+                        moved.push(n);
                     }
-                    moved = true;
+                    renumbered = true;
                 }
             }
         }
-        if policy_keys.is_empty() && labels_changed.is_empty() && !moved {
-            return Ok(());
-        }
-        let keys_: Vec<String> = policy_keys.into_iter().collect();
-        let scope = if moved {
-            crate::daemon::Scope::All
-        } else {
-            match self.change_scope(&before, &keys_) {
-                crate::daemon::Scope::All => crate::daemon::Scope::All,
-                crate::daemon::Scope::Endpoints(mut eps) => {
-                    eps.extend(self.label_scope(&labels_changed));
-                    crate::daemon::Scope::Endpoints(eps)
-                }
-            }
-        };
-        self.state.save(&self.store)?;
-        let (put, deleted) = self.sync_scope(&scope)?;
-        tracing::info!(policies = keys_.len(), identities = labels_changed.len(), put, deleted, "cluster state applied");
-        Ok(())
-    }
-}
-
-/// The thread that applies watch updates to the daemon, a batch at a time.
-pub fn spawn_apply(
-    rx: mpsc::Receiver<Event>,
-    daemon: Arc<Mutex<crate::daemon::Daemon>>,
-    version: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<()> {
-    std::thread::Builder::new().name("cluster-apply".into()).spawn(move || {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter());
-            let mut d = lock(&daemon);
-            if let Err(e) = d.cluster_events(batch) {
-                // The store moved but the maps may hold part of it: re-read
-                // them and bring every endpoint to the store's state.
-                tracing::error!("applying cluster state: {e:#}; resynchronising every endpoint");
-                if let Err(e) = d.resync_all() {
-                    tracing::error!("resynchronising: {e:#}");
-                }
-            }
-            version.fetch_add(1, std::sync::atomic::Ordering::Release);
-        }
-    })?;
-    Ok(())
-}
-
-impl crate::daemon::Daemon {
-    /// Identities this node's endpoints hold (what it references in etcd).
-    pub fn local_identities(&self) -> BTreeMap<u32, Labels> {
-        self.store.endpoints.values().map(|e| (e.identity, e.labels.clone())).collect()
+        Applied { policy_keys: policy_keys.into_iter().collect(), labels_changed, renumbered, moved }
     }
 }

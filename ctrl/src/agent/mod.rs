@@ -1,0 +1,289 @@
+//! palisade-ctrl, the node agent: its flags, and the threads it runs around
+//! one [`daemon::Daemon`] behind a lock (the API server, the cluster apply
+//! thread, the flow reader, the conntrack sweeper, the metrics server).
+//!
+//! Inside, desired state and enforcement are apart: [`daemon`] holds the
+//! store, the state files and the cluster handle and runs the verbs;
+//! [`enforcer`] owns the datapath and turns the store plus a change's scope
+//! into map writes. Read-only answers come from [`view`] (and [`trace`],
+//! [`preview`], [`lint`]), which read both and change neither.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use palisade_bpf::{AttachMode, DatapathConfig};
+use palisade_node::ConfigError;
+
+pub mod cluster;
+pub mod compile;
+pub mod daemon;
+pub mod enforcer;
+pub mod flows;
+pub mod identity;
+pub mod lint;
+pub mod metrics;
+pub mod policysnap;
+pub mod preview;
+pub mod selcache;
+pub mod sets;
+pub mod state;
+pub mod trace;
+pub mod view;
+
+use crate::agent::{
+    compile::EnforcementMode,
+    daemon::{Config, Daemon},
+    enforcer::EnforcerConfig,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "palisade-ctrl",
+    version,
+    about = "Palisade node agent: loads the BPF datapath, owns endpoints, identities and policy, serves the palisade CLI"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub node: palisade_node::NodeArgs,
+    /// Seconds between sweeps that delete cluster identities no node
+    /// references (cluster mode).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub identity_gc_interval: u64,
+    /// Pod CIDR to allocate endpoint addresses from (IPv4, prefix 8 to 30).
+    #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16", value_parser = parse_pod_cidr)]
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// Size of the policy map (entries, all endpoints together).
+    #[arg(long, default_value_t = 65536)]
+    pub policy_map_size: u32,
+    /// Size of the conntrack map (LRU).
+    #[arg(long, default_value_t = 262144)]
+    pub ct_map_size: u32,
+    /// Size of the ipcache host-address map.
+    #[arg(long, default_value_t = 65536)]
+    pub ipcache_map_size: u32,
+    /// How programs are attached: tcx (Linux 6.6+), clsact, or auto (tcx
+    /// where the kernel has it).
+    #[arg(long, env = "PALISADE_ATTACH_MODE", value_enum, default_value_t = AttachArg::Auto)]
+    pub attach_mode: AttachArg,
+    /// Policy enforcement mode: default (a direction is default-deny once a
+    /// rule selects it), always (no policy = deny), never.
+    #[arg(long, env = "PALISADE_ENFORCEMENT_MODE", value_enum, default_value_t = EnforcementMode::Default)]
+    pub enforcement_mode: EnforcementMode,
+    /// Host interface (uplink) to enforce host policies on; repeatable.
+    #[arg(long = "host-interface", env = "PALISADE_HOST_INTERFACES", value_delimiter = ',')]
+    pub host_interfaces: Vec<String>,
+    /// The node's labels (k=v,...), matched by host policies' nodeSelector.
+    #[arg(long, env = "PALISADE_NODE_LABELS", default_value = "")]
+    pub node_labels: String,
+    /// Prometheus metrics address (HTTP /metrics), IP:PORT or "off".
+    #[arg(long, env = "PALISADE_METRICS_ADDRESS", default_value = "127.0.0.1:9962")]
+    pub metrics_address: MetricsAddress,
+    /// Conntrack lifetime of an idle TCP connection, seconds.
+    #[arg(long, default_value_t = 21600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ct_lifetime_tcp: u64,
+    /// Conntrack lifetime of an idle non-TCP flow (UDP, ICMP), seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ct_lifetime_other: u64,
+    /// Seconds between sweeps that delete expired conntrack entries.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ct_gc_interval: u64,
+    /// Maximum number of endpoints.
+    #[arg(long, default_value_t = 4096)]
+    pub endpoint_map_size: u32,
+    /// Port palisade-dnsproxy listens on (127.0.0.1, UDP and TCP); DNS
+    /// traffic of endpoints with DNS rules is redirected there. Give
+    /// palisade-dnsproxy the same --port.
+    #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053, value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_proxy_port: u16,
+    /// Size of the FQDN table (learned address x port entries, all endpoints).
+    #[arg(long, default_value_t = 65536)]
+    pub fqdn_map_size: u32,
+}
+
+/// `--attach-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttachArg {
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl AttachArg {
+    fn mode(self) -> AttachMode {
+        match self {
+            AttachArg::Auto => AttachMode::detect(),
+            AttachArg::Tcx => AttachMode::Tcx,
+            AttachArg::Clsact => AttachMode::Clsact,
+        }
+    }
+}
+
+/// `--metrics-address`: where to serve, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddress(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        s.parse().map(|a| Self(Some(a))).map_err(|_| format!("{s:?}: expected IP:PORT (e.g. 127.0.0.1:9962) or off"))
+    }
+}
+
+/// An IPv4 CIDR with a prefix of 8 to 30 (room for pods, not the world).
+pub fn parse_pod_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let bad = || format!("{s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)");
+    let net: ipnet::Ipv4Net = s.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&net.prefix_len()) {
+        return Err(bad());
+    }
+    Ok(net)
+}
+
+fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    d.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let etcd = a.node.etcd.config()?;
+    if etcd.is_some() && a.node.node_name.is_none() {
+        return Err(ConfigError::new("--etcd-endpoints needs --node-name (each node's name in the cluster)").into());
+    }
+    let palisade_node::NodePaths { bpf_dir, state_dir, socket } = a.node.paths()?;
+    if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
+        return Err(ConfigError::new("--bpf-dir and --state-dir must be absolute paths").into());
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut dp = DatapathConfig::new(&bpf_dir);
+    dp.policy_max = a.policy_map_size;
+    dp.ct_max = a.ct_map_size;
+    dp.ipcache_max = a.ipcache_map_size;
+    dp.endpoints_max = a.endpoint_map_size;
+    dp.fqdn_max = a.fqdn_map_size;
+    dp.ct_tcp_lifetime_s = a.ct_lifetime_tcp;
+    dp.ct_other_lifetime_s = a.ct_lifetime_other;
+    dp.attach_mode = a.attach_mode.mode();
+    let node_labels = palisade_policy::labels::parse_label_list(&a.node_labels).map_err(|e| ConfigError(format!("--node-labels: {e}")))?;
+    let cfg = Config {
+        state_dir: state_dir.clone(),
+        socket: socket.clone(),
+        pod_cidr: a.pod_cidr,
+        datapath: dp,
+        enforcement: EnforcerConfig {
+            mode: a.enforcement_mode,
+            host_interfaces: a.host_interfaces.clone(),
+            node_labels,
+            dns_proxy_port: a.dns_proxy_port,
+        },
+        node_name: a.node.node_name.clone(),
+    };
+    let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
+    // Cluster mode starts once the local state is enforced: etcd being
+    // away delays convergence, never enforcement.
+    let cluster_rx = match (etcd, &a.node.node_name) {
+        (Some(etcd), Some(node)) => {
+            let (tx, rx) = std::sync::mpsc::channel();
+            tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), "cluster mode");
+            let held = daemon.local_identities();
+            let gc = std::time::Duration::from_secs(a.identity_gc_interval);
+            daemon.set_cluster(cluster::Cluster::start(etcd, node.clone(), held, gc, tx)?);
+            Some(rx)
+        }
+        _ => None,
+    };
+    let daemon = Arc::new(Mutex::new(daemon));
+    // Names in flow records follow the agent's state: every handled
+    // request bumps the version the flow thread checks.
+    let version = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    if let Some(rx) = cluster_rx {
+        spawn_cluster_apply(rx, daemon.clone(), version.clone())?;
+    }
+    {
+        let d = daemon.clone();
+        flows::spawn(move || flows::Names::from_store(&lock(&d).store), version.clone(), bpf_dir.clone(), &state_dir)?;
+    }
+    {
+        let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
+        std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(every));
+            match palisade_bpf::conntrack_gc(&dir, tcp, other) {
+                Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack sweep"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+            }
+        })?;
+    }
+    if let MetricsAddress(Some(addr)) = a.metrics_address {
+        let d = daemon.clone();
+        metrics::spawn(addr, move || {
+            let d = lock(&d);
+            metrics::render(&d.view(), d.datapath_config(), &d.apply_latency)
+        })?;
+    }
+    crate::api::serve(&socket, move |req| {
+        let r = lock(&daemon).handle(req);
+        version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        r
+    })
+}
+
+/// The thread that applies the cluster's watch updates to the daemon, a
+/// batch at a time.
+fn spawn_cluster_apply(
+    rx: std::sync::mpsc::Receiver<cluster::Event>,
+    daemon: Arc<Mutex<Daemon>>,
+    version: Arc<std::sync::atomic::AtomicU64>,
+) -> Result<()> {
+    std::thread::Builder::new().name("cluster-apply".into()).spawn(move || {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            let mut d = lock(&daemon);
+            if let Err(e) = d.cluster_events(batch) {
+                // The store moved but the maps may hold part of it: re-read
+                // them and bring every endpoint to the store's state.
+                tracing::error!("applying cluster state: {e:#}; resynchronising every endpoint");
+                if let Err(e) = d.resync_all() {
+                    tracing::error!("resynchronising: {e:#}");
+                }
+            }
+            version.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_are_parsed_and_bad_values_named() {
+        let a = Args::try_parse_from(["palisade-ctrl"]).unwrap();
+        assert_eq!((a.attach_mode, a.enforcement_mode), (AttachArg::Auto, EnforcementMode::Default));
+        assert_eq!(a.metrics_address, MetricsAddress(Some("127.0.0.1:9962".parse().unwrap())));
+        let a =
+            Args::try_parse_from(["palisade-ctrl", "--metrics-address", "off", "--enforcement-mode", "never", "--pod-cidr", "10.1.0.0/24"])
+                .unwrap();
+        assert_eq!((a.metrics_address.0, a.enforcement_mode, a.pod_cidr.prefix_len()), (None, EnforcementMode::Never, 24));
+        for (flag, value, says) in [
+            ("--pod-cidr", "10.0.0.0/31", "prefix 8 to 30"),
+            ("--pod-cidr", "nonsense", "expected an IPv4 CIDR"),
+            ("--attach-mode", "xdp", "possible values: auto, tcx, clsact"),
+            ("--enforcement-mode", "strict", "possible values: default, always, never"),
+            ("--metrics-address", "9962", "expected IP:PORT"),
+            ("--dns-proxy-port", "0", "--dns-proxy-port"),
+            ("--ct-gc-interval", "0", "--ct-gc-interval"),
+        ] {
+            let e = Args::try_parse_from(["palisade-ctrl", flag, value]).unwrap_err().to_string();
+            assert!(e.contains(says) && e.contains(flag), "{flag} {value}: {e}");
+        }
+    }
+}

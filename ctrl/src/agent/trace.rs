@@ -1,0 +1,154 @@
+//! `policy trace`: which rule decides a connection between two parties,
+//! answered from the entries the datapath holds (the live policy set of
+//! each endpoint, its live flags, the ipcache and the FQDN table) with the
+//! same lookup the datapath does ([`compile::verdict`]), so the answer is
+//! what the packet meets, not what the policy was meant to say.
+use anyhow::{bail, Context, Result};
+use palisade_bpf::{EndpointValue, PolicyKey, DIR_EGRESS, DIR_INGRESS};
+
+use crate::{
+    agent::{
+        compile::{self, cookie_table, EnforcementMode, Verdict},
+        state::Endpoint,
+        view::{dir_name, port_text, proto_name, View},
+    },
+    api::replies,
+};
+
+/// One side of a traced connection: an endpoint, or an address outside
+/// the endpoints (world, a CIDR, the node), with the identity the datapath
+/// would give it.
+struct Party<'a> {
+    name: String,
+    identity: u32,
+    endpoint: Option<&'a Endpoint>,
+    /// The address, when the party was named by one.
+    ip: Option<std::net::Ipv4Addr>,
+}
+
+fn party<'a>(v: &View<'a>, s: &str) -> Result<Party<'a>> {
+    let (store, dp) = (v.store, v.enforcer.datapath());
+    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
+        if let Some(ep) = store.endpoints.values().find(|e| e.ipv4 == ip) {
+            return Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ip) });
+        }
+        // The datapath's lookup: exact host entry, else longest prefix, else world.
+        let identity = match dp.ipcache()?.into_iter().find(|(a, _)| *a == ip) {
+            Some((_, v)) => v.identity,
+            None => dp
+                .ipcache_prefixes()?
+                .into_iter()
+                .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
+                .max_by_key(|(_, len, _)| *len)
+                .map(|(_, _, v)| v.identity)
+                .unwrap_or(palisade_bpf::identity::WORLD),
+        };
+        let what = store.identities.get(identity).map(|l| l.to_string()).unwrap_or_default();
+        return Ok(Party { name: format!("{ip} ({what})"), identity, endpoint: None, ip: Some(ip) });
+    }
+    let ep = store.endpoint(s)?;
+    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ep.ipv4) })
+}
+
+/// Which rule decides a connection, from the entries the datapath holds
+/// (and, for egress to a learned address, the FQDN table).
+pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Result<replies::Trace> {
+    let store = v.store;
+    let s = party(v, src)?;
+    let t = party(v, dst)?;
+    if s.endpoint.is_none() && t.endpoint.is_none() {
+        bail!("neither {src} nor {dst} is an endpoint of this node: nothing here enforces between them");
+    }
+    if s.name == t.name {
+        bail!("source and destination are the same endpoint ({})", s.name);
+    }
+    let cookies = cookie_table(&store.policies.values().cloned().collect::<Vec<_>>());
+    let port_label = format!("{dport}/{}", proto_name(Some(proto)));
+    let mut lines = vec![format!("Tracing {} (identity {}) -> {} (identity {}) {port_label}", s.name, s.identity, t.name, t.identity)];
+    let mut allowed = true;
+    let mut steps = Vec::new();
+    let checks = [(s.endpoint, &t, DIR_EGRESS, "Egress from"), (t.endpoint, &s, DIR_INGRESS, "Ingress to")];
+    for (ep, peer, dir, label) in checks.into_iter().filter_map(|(e, p, d, l)| e.map(|e| (e, p, d, l))) {
+        let flags = v.live_flags(ep).context("endpoint has no datapath entry")?;
+        let bit = if dir == DIR_INGRESS { EndpointValue::INGRESS_ENFORCED } else { EndpointValue::EGRESS_ENFORCED };
+        let enforced = flags & bit != 0;
+        let (_, entries) = v.live_entries(ep)?;
+        let mut verdict = compile::verdict(&entries, enforced, peer.identity, dir, proto, dport);
+        let rule_of = |c: &u32| cookies.get(c).map(|r| format!("{} {}", r.policy, r.path)).unwrap_or_else(|| format!("cookie {c}"));
+        // The datapath's second look for egress: an address palisade-dnsproxy
+        // learned for this endpoint (bpf/lib/fqdn.h).
+        let mut learned = false;
+        if verdict == Verdict::DefaultDeny && dir == DIR_EGRESS && flags & EndpointValue::FQDN != 0 {
+            if let Some(ip) = peer.ip {
+                if let Some(cookie) = fqdn_lookup(v, ep.ep_id, ip, proto, dport) {
+                    let key = PolicyKey { set_id: 0, identity: 0, direction: dir, proto: Some(proto), port: dport, port_bits: 16 };
+                    verdict = Verdict::Allowed { cookie, key };
+                    learned = true;
+                }
+            }
+        }
+        let (ok, why) = match &verdict {
+            Verdict::NotEnforced if v.node.mode == EnforcementMode::Never => {
+                (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
+            }
+            Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
+            Verdict::Allowed { cookie, .. } if learned => (
+                true,
+                format!(
+                    "allowed by {}: {} is an address a DNS answer gave this endpoint (palisade fqdn cache list)",
+                    rule_of(cookie),
+                    peer.ip.map(|i| i.to_string()).unwrap_or_default()
+                ),
+            ),
+            Verdict::Allowed { cookie, key } => (
+                true,
+                format!("allowed by {} (entry: identity {}, {}/{})", rule_of(cookie), key.identity, port_text(key), proto_name(key.proto)),
+            ),
+            Verdict::Denied { cookie, .. } => (false, format!("denied by deny rule {}", rule_of(cookie))),
+            Verdict::DefaultDeny if v.node.mode == EnforcementMode::Always => {
+                (false, "denied: enforcement mode is always and no rule allows this peer and port".to_string())
+            }
+            Verdict::DefaultDeny => {
+                (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string())
+            }
+        };
+        allowed &= ok;
+        lines.push(format!("{label} {}: {why}", ep.name));
+        let rule = match &verdict {
+            Verdict::Allowed { cookie, .. } | Verdict::Denied { cookie, .. } => cookies.get(cookie),
+            _ => None,
+        };
+        steps.push(replies::TraceStep {
+            direction: dir_name(dir).into(),
+            endpoint: ep.name.clone(),
+            enforced,
+            allowed: ok,
+            reason: why,
+            policy: rule.map(|r| r.policy.clone()),
+            rule: rule.map(|r| r.path.clone()),
+        });
+    }
+    let verdict = if allowed { "ALLOWED" } else { "DENIED" };
+    lines.push(format!("Final verdict: {verdict}"));
+    Ok(replies::Trace { src: s.name, dst: t.name, port: port_label, steps, verdict: verdict.into(), lines })
+}
+
+/// The FQDN table's answer for one egress flow (longest prefix, as the
+/// datapath's LPM lookup).
+fn fqdn_lookup(v: &View<'_>, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: u16) -> Option<u32> {
+    let map = palisade_bpf::fqdn::FqdnMap::open(v.enforcer.datapath().bpf_dir()).ok()?;
+    map.dump()
+        .ok()?
+        .into_iter()
+        .filter(|(k, _, expires)| k.ep_id == ep_id && k.addr == std::net::IpAddr::V4(ip) && *expires > palisade_bpf::monotonic_ns())
+        .filter(|(k, _, _)| match k.proto {
+            None => true,
+            Some(p) => {
+                let pk = PolicyKey { set_id: 0, identity: 0, direction: 1, proto: Some(p), port: k.port, port_bits: k.port_bits };
+                let (lo, hi) = pk.port_range();
+                p == proto && (lo..=hi).contains(&port)
+            }
+        })
+        .max_by_key(|(k, _, _)| k.proto.map_or(0, |_| 1 + u32::from(k.port_bits)))
+        .map(|(_, c, _)| c)
+}

@@ -1,0 +1,136 @@
+//! One struct per API verb, as the CLI sends it. On the wire a request is
+//! its fields plus `"op"`, the verb's kebab-case name
+//! (`{"op":"endpoint-add","name":"shop/frontend",...}`).
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use super::{replies, Call, NamedPorts};
+
+macro_rules! verbs {
+    ($($(#[$doc:meta])* $verb:ident { $($body:tt)* } => $reply:ty;)*) => {
+        /// Every verb the agent serves.
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[serde(tag = "op", rename_all = "kebab-case")]
+        pub enum Request {
+            $($verb($verb),)*
+        }
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+            pub struct $verb { $($body)* }
+            impl Call for $verb {
+                type Reply = $reply;
+            }
+            impl From<$verb> for Request {
+                fn from(v: $verb) -> Self {
+                    Request::$verb(v)
+                }
+            }
+        )*
+    };
+}
+
+verbs! {
+    /// Agent and datapath status, with verdict counters.
+    Status {} => replies::Status;
+    /// Creates an endpoint in an existing network namespace.
+    EndpointAdd {
+        pub name: String,
+        pub netns: String,
+        pub ip: Option<Ipv4Addr>,
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub ports: NamedPorts,
+    } => replies::Endpoint;
+    /// Sets and removes user labels (a new identity; selectors re-evaluated).
+    EndpointLabel {
+        pub name: String,
+        pub set: BTreeMap<String, String>,
+        pub remove: Vec<String>,
+    } => replies::Endpoint;
+    /// Sets a namespace's labels (replacing them).
+    NamespaceSet {
+        pub name: String,
+        pub labels: BTreeMap<String, String>,
+    } => replies::Namespace;
+    NamespaceList {} => Vec<replies::Namespace>;
+    /// Per-endpoint option, e.g. PolicyAuditMode=Enabled.
+    EndpointConfig {
+        pub name: String,
+        pub key: String,
+        pub value: String,
+    } => replies::Endpoint;
+    /// Node-wide option, e.g. PolicyAuditMode=Enabled.
+    ConfigSet {
+        pub key: String,
+        pub value: String,
+    } => replies::NodeConfig;
+    ConfigGet {} => replies::NodeConfig;
+    EndpointDelete {
+        pub name: String,
+    } => replies::EndpointDeleted;
+    EndpointList {} => Vec<replies::Endpoint>;
+    EndpointGet {
+        pub name: String,
+    } => replies::Endpoint;
+    /// The CLI reads the file and sends its text, so errors name the file.
+    PolicyApply {
+        pub file: String,
+        pub text: String,
+    } => replies::PolicyApplied;
+    PolicyDelete {
+        pub names: Vec<String>,
+    } => replies::PoliciesDeleted;
+    /// Every policy, or one as the operator wrote it.
+    PolicyGet {
+        pub name: Option<String>,
+    } => replies::PolicyGet;
+    /// Replays `flows` (observe records) against the policies plus the
+    /// candidate in `text`.
+    PolicyPreview {
+        pub file: String,
+        pub text: String,
+        pub flows: Vec<palisade_flow::Flow>,
+    } => replies::Preview;
+    PolicyTrace {
+        pub src: String,
+        pub dst: String,
+        pub proto: u8,
+        pub dport: u16,
+    } => replies::Trace;
+    IdentityList {} => Vec<replies::Identity>;
+    IdentityGet {
+        pub id: u32,
+    } => replies::Identity;
+    BpfPolicyGet {
+        pub endpoint: String,
+    } => replies::BpfPolicy;
+    BpfCtList {} => Vec<replies::Conntrack>;
+    BpfFqdnList {} => Vec<replies::FqdnEntry>;
+    /// The cluster's nodes (palisade-ipcache-sync's view).
+    NodeList {} => Vec<palisade_cluster::status::NodeView>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wire format is the one earlier CLIs and scripts speak.
+    #[test]
+    fn requests_keep_their_wire_format() {
+        let v = serde_json::to_value(Request::from(Status {})).unwrap();
+        assert_eq!(v, serde_json::json!({ "op": "status" }));
+        let r: Request = serde_json::from_str(r#"{"op":"status"}"#).unwrap();
+        assert!(matches!(r, Request::Status(_)));
+        let add = EndpointAdd { name: "shop/a".into(), netns: "a".into(), ..Default::default() };
+        let v = serde_json::to_value(Request::from(add)).unwrap();
+        assert_eq!(v["op"], "endpoint-add");
+        assert_eq!(v["name"], "shop/a");
+        let r: Request = serde_json::from_str(r#"{"op":"endpoint-add","name":"x","netns":"n","ip":null,"labels":{}}"#).unwrap();
+        assert!(matches!(r, Request::EndpointAdd(EndpointAdd { ref name, .. }) if name == "x"), "ports default to none");
+        let r: Request = serde_json::from_str(r#"{"op":"bpf-ct-list"}"#).unwrap();
+        assert!(matches!(r, Request::BpfCtList(_)));
+        assert!(serde_json::from_str::<Request>(r#"{"op":"no-such-verb"}"#).is_err());
+    }
+}
