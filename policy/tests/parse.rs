@@ -148,7 +148,7 @@ fn kubernetes_network_policy() {
 }
 
 #[test]
-fn issue3_bad_input_names_the_field() {
+fn bad_input_of_every_kind_names_the_field() {
     let cases = [
         ("toCIDR: [10.0.0.300/8]", "spec.egress[0].toCIDR[0]: \"10.0.0.300/8\" is not an IPv4 CIDR"),
         ("toCIDR: [10.0.0.1/8]", "has host bits set (did you mean 10.0.0.0/8?)"),

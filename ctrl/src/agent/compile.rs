@@ -123,7 +123,7 @@ impl<'a> Universe<'a> {
     /// What peers can be, from the node's state: its identities (`ids`:
     /// the store's, or a scratch copy for a preview) and the named ports
     /// its endpoints declare.
-    pub fn of(store: &'a crate::agent::state::Store, ids: &'a crate::agent::identity::IdentityAllocator, mode: EnforcementMode) -> Self {
+    pub fn of(store: &'a crate::agent::state::Store, ids: &'a crate::agent::allocator::IdentityAllocator, mode: EnforcementMode) -> Self {
         let mut named_ports: BTreeMap<u32, Vec<&NamedPorts>> = BTreeMap::new();
         for ep in store.endpoints.values().filter(|e| !e.named_ports.is_empty()) {
             named_ports.entry(ep.identity).or_default().push(&ep.named_ports);
@@ -642,7 +642,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod issue3_tests {
+mod peer_tests {
     use super::*;
     use palisade_policy::{labels::parse_label_list, parse_policies};
 

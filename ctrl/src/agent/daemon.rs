@@ -23,7 +23,7 @@ use crate::{
         compile,
         enforcer::{Enforcer, EnforcerConfig, Scope},
         lint, preview,
-        state::{Endpoint, StateFile, Store},
+        state::{now_unix, Endpoint, StateFile, Store},
         trace,
         view::{NodeInfo, View},
     },
@@ -54,10 +54,6 @@ pub struct Daemon {
     pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
-}
-
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Runs one verb: the handler must answer with the verb's reply type.

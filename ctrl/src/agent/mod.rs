@@ -17,12 +17,12 @@ use clap::{Parser, ValueEnum};
 use palisade_bpf::{AttachMode, DatapathConfig};
 use palisade_node::ConfigError;
 
+pub mod allocator;
 pub mod cluster;
 pub mod compile;
 pub mod daemon;
 pub mod enforcer;
-pub mod flows;
-pub mod identity;
+pub mod flowlog;
 pub mod lint;
 pub mod metrics;
 pub mod policysnap;
@@ -207,7 +207,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     {
         let d = daemon.clone();
-        flows::spawn(move || flows::Names::from_store(&lock(&d).store), version.clone(), bpf_dir.clone(), &state_dir)?;
+        flowlog::spawn(move || flowlog::Names::from_store(&lock(&d).store), version.clone(), bpf_dir.clone(), &state_dir)?;
     }
     {
         let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);

@@ -12,8 +12,8 @@ use palisade_policy::parse_policies;
 
 use crate::{
     agent::{
+        allocator::IdentityAllocator,
         compile::{self, Compiled, EnforcementMode, Universe},
-        identity::IdentityAllocator,
         state::Store,
     },
     api::replies,

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use palisade_policy::{Labels, Policy};
 use serde::{Deserialize, Serialize};
 
-use crate::{agent::identity::IdentityAllocator, api::NamedPorts};
+use crate::{agent::allocator::IdentityAllocator, api::NamedPorts};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Endpoint {
@@ -56,6 +56,11 @@ pub struct Store {
     /// Node-wide PolicyAuditMode: policy drops pass and are reported AUDIT.
     #[serde(default)]
     pub audit: bool,
+}
+
+/// Seconds since the epoch (endpoint creation, agent start).
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Store {

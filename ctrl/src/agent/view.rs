@@ -301,7 +301,7 @@ impl View<'_> {
         Ok(replies::Status {
             mode: if self.cluster.is_some() { "cluster" } else { "standalone" }.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            uptime_s: crate::agent::daemon::now_unix().saturating_sub(self.node.started_unix),
+            uptime_s: crate::agent::state::now_unix().saturating_sub(self.node.started_unix),
             bpf_dir: dp.bpf_dir().display().to_string(),
             state_dir: self.node.state_dir.display().to_string(),
             socket: self.node.socket.display().to_string(),

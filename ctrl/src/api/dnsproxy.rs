@@ -49,7 +49,7 @@ fn rfc3339_ms(ms: u64) -> String {
 /// One row per (endpoint, name, address), optionally for one endpoint.
 pub fn cache_list(state_dir: &Path, endpoint: Option<&str>) -> Result<Vec<CacheRow>> {
     let c = load(state_dir)?;
-    let want = endpoint.map(super::full_name);
+    let want = endpoint.map(super::requests::full_name);
     let now = now_ms();
     Ok(c.entries
         .iter()

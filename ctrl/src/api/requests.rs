@@ -3,9 +3,36 @@
 //! (`{"op":"endpoint-add","name":"shop/frontend",...}`).
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{replies, Call, NamedPorts};
+use super::replies;
+
+/// A verb: its request struct and the reply the agent answers it with.
+/// The client's `call` returns `C::Reply`, and the agent's handler for `C`
+/// must produce one, so the two sides cannot disagree on a shape.
+pub trait Call: Into<Request> {
+    type Reply: Serialize + DeserializeOwned;
+}
+
+/// A named port an endpoint declares (`--port http=8080/TCP`), as the
+/// request carries it and the agent stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NamedPort {
+    pub port: u16,
+    pub protocol: u8,
+}
+
+pub type NamedPorts = BTreeMap<String, NamedPort>;
+
+/// How every verb reads an endpoint or pod name: `ns/name` stays; a bare
+/// `name` is in namespace `default`.
+pub fn full_name(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        format!("default/{name}")
+    }
+}
 
 macro_rules! verbs {
     ($($(#[$doc:meta])* $verb:ident { $($body:tt)* } => $reply:ty;)*) => {

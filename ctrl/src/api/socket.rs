@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Call, Request};
+use super::requests::{Call, Request};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Response {

@@ -3,7 +3,7 @@ use clap::Parser;
 
 fn main() {
     let cli = palisade_ctrl::cli::Cli::parse();
-    if let Err(e) = palisade_ctrl::cli::run(cli) {
+    if let Err(e) = palisade_ctrl::cli::commands::run(cli) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }

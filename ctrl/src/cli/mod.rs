@@ -4,11 +4,11 @@
 //! `-o json` for scripts: the JSON is the API's reply struct as the agent
 //! sent it.
 //!
-//! This file is the command tree (clap); [`commands`] has one function per
-//! subcommand, [`render`] the text each prints.
+//! This file is the command tree (clap) and nothing else; [`commands`] has
+//! one function per subcommand (and `run`, which picks one), [`render`] the
+//! text each prints.
 use std::path::PathBuf;
 
-use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 pub mod commands;
@@ -203,7 +203,7 @@ pub enum PolicyCmd {
         /// Only workloads of this namespace.
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        /// Only flows newer than this (30s, 5m, 2h).
+        /// Only flows newer than this (30s, 5m, 2h, or an RFC 3339 time).
         #[arg(long)]
         since: Option<String>,
         /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
@@ -215,6 +215,7 @@ pub enum PolicyCmd {
     Preview {
         #[arg(short = 'f', long = "file", required = true)]
         file: PathBuf,
+        /// Only flows newer than this (30s, 5m, 2h, or an RFC 3339 time).
         #[arg(long)]
         since: Option<String>,
         /// [default: /var/lib/palisade, or /var/lib/palisade/NODE with --node]
@@ -295,9 +296,4 @@ pub enum BpfPolicyCmd {
 pub enum BpfCtCmd {
     /// Tracked connections.
     List,
-}
-
-/// Runs one command line.
-pub fn run(cli: Cli) -> Result<()> {
-    commands::run(cli)
 }

@@ -35,7 +35,8 @@ pub struct Filter {
     /// within one label, e.g. `*.stripe.com`.
     #[arg(long)]
     pub to_fqdn: Vec<String>,
-    /// Only flows newer than this: 30s, 5m, 2h, or an RFC 3339 time.
+    /// Only flows newer than this: 30s, 5m, 2h, 1d, or an RFC 3339 time
+    /// (2026-12-03T09:00:00Z, 2026-12-03T10:00:00+01:00).
     #[arg(long)]
     pub since: Option<String>,
 }
@@ -59,10 +60,15 @@ impl Filter {
         };
         if let Some(u) = s.chars().last().and_then(unit) {
             if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
-                return Ok(Some(now_ns.saturating_sub(n * u * 1_000_000_000)));
+                return Ok(Some(now_ns.saturating_sub(n.saturating_mul(u).saturating_mul(1_000_000_000))));
             }
         }
-        bail!("--since {s:?}: expected a duration like 30s, 5m, 2h")
+        // An absolute time, as flow records print theirs.
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            let ns = t.timestamp_nanos_opt().filter(|n| *n >= 0).with_context(|| format!("--since {s:?}: out of range"))?;
+            return Ok(Some(ns as u64));
+        }
+        bail!("--since {s:?}: expected a duration like 30s, 5m, 2h, or an RFC 3339 time like 2026-12-03T09:00:00Z")
     }
 
     pub fn check(&self) -> Result<()> {
@@ -227,5 +233,28 @@ pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool,
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_rfc3339_times() {
+        let now = 1_800_000_000 * 1_000_000_000u64;
+        let f = |s: &str| Filter { since: Some(s.into()), ..Default::default() }.since_ns(now);
+        assert_eq!(f("30s").unwrap(), Some(now - 30_000_000_000));
+        assert_eq!(f("2h").unwrap(), Some(now - 7_200_000_000_000));
+        assert_eq!(f("2026-12-03T09:00:00Z").unwrap(), Some(1_796_288_400_000_000_000));
+        assert_eq!(f("2026-12-03T10:00:00.5+01:00").unwrap(), Some(1_796_288_400_500_000_000), "offsets and fractions");
+        assert_eq!(
+            f(&palisade_flow::schema::rfc3339(1_796_288_400_000_000_123)).unwrap(),
+            Some(1_796_288_400_000_000_123),
+            "a flow's own time"
+        );
+        let e = f("yesterday").unwrap_err().to_string();
+        assert!(e.contains("--since \"yesterday\"") && e.contains("RFC 3339"), "{e}");
+        assert!(f("1969-01-01T00:00:00Z").is_err(), "before the epoch");
     }
 }
