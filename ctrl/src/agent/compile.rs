@@ -558,16 +558,7 @@ mod tests {
     const FRONT_TO_BACK: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: fb, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n";
 
     fn universe(ids: &[(u32, Labels)]) -> Universe<'_> {
-        Universe {
-            pods: ids.iter().map(|(i, l)| (*i, l)).collect(),
-            cidrs: vec![],
-            named_ports: BTreeMap::new(),
-            mode: EnforcementMode::Default,
-            selector_cache: Default::default(),
-            dns_proxy_port: 0,
-            selectors: None,
-            rule_subjects: Default::default(),
-        }
+        Universe::new(ids.iter().map(|(i, l)| (*i, l)).collect(), vec![], BTreeMap::new(), EnforcementMode::Default)
     }
 
     fn subject<'a>(labels: &'a Labels, np: &'a NamedPorts) -> Subject<'a> {
@@ -654,16 +645,8 @@ mod peer_tests {
     fn entities_cidrs_and_modes() {
         let pods = [(256, l("x", "app=a")), (257, l("y", "app=b"))];
         let net = |s: &str| Cidr::parse(s).unwrap();
-        let u = Universe {
-            pods: pods.iter().map(|(i, l)| (*i, l)).collect(),
-            cidrs: vec![(1 << 24, net("192.0.2.0/24")), ((1 << 24) + 1, net("192.0.2.128/25")), ((1 << 24) + 2, net("10.0.0.0/8"))],
-            named_ports: BTreeMap::new(),
-            mode: EnforcementMode::Default,
-            selector_cache: Default::default(),
-            dns_proxy_port: 0,
-            selectors: None,
-            rule_subjects: Default::default(),
-        };
+        let cidrs = vec![(1 << 24, net("192.0.2.0/24")), ((1 << 24) + 1, net("192.0.2.128/25")), ((1 << 24) + 2, net("10.0.0.0/8"))];
+        let u = Universe::new(pods.iter().map(|(i, l)| (*i, l)).collect(), cidrs, BTreeMap::new(), EnforcementMode::Default);
         let world = u.identities(&PeerSelector::Entity(Entity::World));
         assert!(world.contains(&2) && world.contains(&(1 << 24)) && !world.contains(&256));
         let cluster = u.identities(&PeerSelector::Entity(Entity::Cluster));
@@ -691,16 +674,8 @@ mod peer_tests {
         a_ports.insert("web".into(), NamedPort { port: 8080, protocol: 6 });
         let mut b_ports = NamedPorts::new();
         b_ports.insert("web".into(), NamedPort { port: 9090, protocol: 6 });
-        let u = Universe {
-            pods: vec![(256, &a), (257, &b)],
-            cidrs: vec![],
-            named_ports: BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]),
-            mode: EnforcementMode::Default,
-            selector_cache: Default::default(),
-            dns_proxy_port: 0,
-            selectors: None,
-            rule_subjects: Default::default(),
-        };
+        let named = BTreeMap::from([(256, vec![&a_ports]), (257, vec![&b_ports])]);
+        let u = Universe::new(vec![(256, &a), (257, &b)], vec![], named, EnforcementMode::Default);
         let c = compile_endpoint(&Subject { labels: &a, identity: None, named_ports: &a_ports, host: false }, &pol, &u);
         assert!(matches!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 8080), Verdict::Allowed { .. }), "ingress: a's own web port");
         assert_eq!(verdict(&c.entries, true, 0, DIR_INGRESS, 6, 9090), Verdict::DefaultDeny);
