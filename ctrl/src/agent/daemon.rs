@@ -37,8 +37,6 @@ pub struct Config {
     pub pod_cidr: ipnet::Ipv4Net,
     pub datapath: DatapathConfig,
     pub enforcement: EnforcerConfig,
-    /// Cluster mode: this node's name (`--node-name`).
-    pub node_name: Option<String>,
 }
 
 pub struct Daemon {
@@ -75,8 +73,6 @@ impl Daemon {
             state_dir: cfg.state_dir.clone(),
             socket: cfg.socket.clone(),
             pod_cidr: cfg.pod_cidr.to_string(),
-            mode: cfg.enforcement.mode,
-            dns_proxy_port: cfg.enforcement.dns_proxy_port,
             started_unix: now_unix(),
         };
         let mut d = Self {
@@ -236,7 +232,9 @@ impl Daemon {
             Request::PolicyApply(c) => reply(c, |c| self.policy_apply(&c.file, &c.text)),
             Request::PolicyDelete(c) => reply(c, |c| self.policy_delete(&c.names)),
             Request::PolicyGet(c) => reply(c, |c| self.view().policy_get(c.name.as_deref())),
-            Request::PolicyPreview(c) => reply(c, |c| preview::preview(&self.store, self.node.mode, &c.file, &c.text, c.flows)),
+            Request::PolicyPreview(c) => {
+                reply(c, |c| preview::preview(&self.store, self.enforcer.config().mode, &c.file, &c.text, c.flows))
+            }
             Request::PolicyTrace(c) => reply(c, |c| trace::trace(&self.view(), &c.src, &c.dst, c.proto, c.dport)),
             Request::IdentityList(c) => reply(c, |_| Ok(self.view().identities())),
             Request::IdentityGet(c) => reply(c, |c| self.view().identity_get(c.id)),

@@ -182,7 +182,6 @@ pub fn run(a: Args) -> Result<()> {
             node_labels,
             dns_proxy_port: a.dns_proxy_port,
         },
-        node_name: a.node.node_name.clone(),
     };
     let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;
     // Cluster mode starts once the local state is enforced: etcd being

@@ -88,7 +88,7 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Resul
             }
         }
         let (ok, why) = match &verdict {
-            Verdict::NotEnforced if v.node.mode == EnforcementMode::Never => {
+            Verdict::NotEnforced if v.mode() == EnforcementMode::Never => {
                 (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
             }
             Verdict::NotEnforced => (true, "allowed: no policy selects this direction (default enforcement)".to_string()),
@@ -105,7 +105,7 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Resul
                 format!("allowed by {} (entry: identity {}, {}/{})", rule_of(cookie), key.identity, port_text(key), proto_name(key.proto)),
             ),
             Verdict::Denied { cookie, .. } => (false, format!("denied by deny rule {}", rule_of(cookie))),
-            Verdict::DefaultDeny if v.node.mode == EnforcementMode::Always => {
+            Verdict::DefaultDeny if v.mode() == EnforcementMode::Always => {
                 (false, "denied: enforcement mode is always and no rule allows this peer and port".to_string())
             }
             Verdict::DefaultDeny => {

@@ -33,8 +33,6 @@ pub struct NodeInfo {
     pub state_dir: std::path::PathBuf,
     pub socket: std::path::PathBuf,
     pub pod_cidr: String,
-    pub mode: EnforcementMode,
-    pub dns_proxy_port: u16,
     pub started_unix: u64,
 }
 
@@ -78,6 +76,11 @@ pub fn dir_name(d: u8) -> &'static str {
 }
 
 impl View<'_> {
+    /// The node's enforcement mode (fixed at start, the enforcer's).
+    pub fn mode(&self) -> EnforcementMode {
+        self.enforcer.config().mode
+    }
+
     fn dp(&self) -> &palisade_bpf::Datapath {
         self.enforcer.datapath()
     }
@@ -162,7 +165,7 @@ impl View<'_> {
     pub fn node_config(&self) -> replies::NodeConfig {
         replies::NodeConfig {
             policy_audit_mode: if self.store.audit { "Enabled" } else { "Disabled" }.into(),
-            policy_enforcement: self.node.mode.as_str().into(),
+            policy_enforcement: self.mode().as_str().into(),
         }
     }
 
@@ -307,7 +310,7 @@ impl View<'_> {
             socket: self.node.socket.display().to_string(),
             pod_cidr: self.node.pod_cidr.clone(),
             attach: dp.attach_mode().as_str().into(),
-            enforcement: self.node.mode.as_str().into(),
+            enforcement: self.mode().as_str().into(),
             endpoints: self.store.endpoints.len(),
             identities: self.store.identities.all().len(),
             policies: self.store.policies.len(),
@@ -388,7 +391,7 @@ impl View<'_> {
             None => "not seen (no counters in the state directory)",
         };
         replies::DnsProxy {
-            port: self.node.dns_proxy_port,
+            port: self.enforcer.config().dns_proxy_port,
             state: state.into(),
             fqdn_map_entries: fqdn_entries,
             cached_addresses: st.as_ref().map(|c| c.entries.clone()),
