@@ -13,7 +13,10 @@
  * up once more in the endpoint's FQDN table (lib/fqdn.h) when it has
  * toFQDNs rules; a flow whose rule names a proxy (DNS rules) is handed to
  * that proxy's socket (lib/proxy.h), on every packet, via its conntrack
- * entry. */
+ * entry: at a pod's egress directly, at its ingress by sending the packet
+ * back to the ingress of the interface it came in by (rules on the server's
+ * side). The uplink's ingress looks forwarded TCP up in conntrack once, to
+ * find the replies to the L7 proxy's upstream connections. */
 #include "lib/common.h"
 #include "lib/drop_reasons.h"
 #include "lib/metrics.h"
@@ -28,16 +31,49 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* The node's programs, for a packet that is not the node's own (a pod's,
+ * passing through). Only the L7 proxy's upstream connections to other
+ * nodes and the world need anything: leaving, they are remembered; their
+ * replies, arriving, go to the proxy's socket instead of the pod whose
+ * address the connection uses. */
+static __always_inline int host_forwarded(struct __sk_buff *skb, const struct endpoint_info *ep,
+					  const struct tuple *t, __u8 dir)
+{
+	struct ct_key ck = { .ep_id = ep->ep_id, .proto = t->proto };
+	struct ct_state st = {};
+
+	if (t->proto != IPPROTO_TCP)
+		return REASON_FORWARDED;
+	if (dir == DIR_EGRESS) {
+		if (!mark_is(skb, MARK_FROM_PROXY))
+			return REASON_FORWARDED;
+		ck.local_ip = t->saddr;
+		ck.remote_ip = t->daddr;
+		ck.local_port = t->ct_sport;
+		ck.remote_port = t->ct_dport;
+		if (!ct_lookup_refresh(&ck, t->tcp_closing, &st))
+			ct_create(&ck, dir, 0, t->tcp_closing, 0, CT_F_REPLY_TO_PROXY);
+		return REASON_FORWARDED;
+	}
+	ck.local_ip = t->daddr;
+	ck.remote_ip = t->saddr;
+	ck.local_port = t->ct_dport;
+	ck.remote_port = t->ct_sport;
+	if (ct_lookup_refresh(&ck, t->tcp_closing, &st) && (st.flags & CT_F_REPLY_TO_PROXY))
+		return proxy_reply(skb, t);
+	return REASON_FORWARDED;
+}
+
 static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 {
 	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
 	struct policy_verdict pv;
+	struct ct_state st = {};
 	struct tuple t;
 	struct ct_key ck = {};
 	__u32 set_id, gen, peer, fqdn_cookie;
-	__u16 proxy_port = 0;
-	__u8 fv;
-	int rc;
+	__u8 fv, ct_flags = 0;
+	int rc, from_proxy;
 
 	if (!ep)
 		return -DROP_NO_ENDPOINT;
@@ -52,7 +88,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	if (host) {
 		/* Only traffic the node itself sends or receives is the host's. */
 		if (ipcache_identity_v4(dir == DIR_EGRESS ? t.saddr : t.daddr) != IDENTITY_HOST)
-			return REASON_FORWARDED;
+			return host_forwarded(skb, ep, &t, dir);
 	} else if (dir == DIR_EGRESS && t.saddr != ep->ipv4) {
 		ck.ep_id = ep->ep_id;
 		flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
@@ -61,6 +97,12 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	}
 	if (rc == PARSE_FRAGMENT)
 		return endpoint_enforced(ep, dir) ? -DROP_FRAG_NOSUPPORT : REASON_FORWARDED;
+
+	/* The L7 proxy's own upstream connection, to this endpoint: its
+	 * L3/L4 policy applies (the source is the client's address), but the
+	 * proxy has already applied the L7 rules, and the endpoint's replies
+	 * belong to the proxy. */
+	from_proxy = !host && dir == DIR_INGRESS && mark_is(skb, MARK_FROM_PROXY);
 
 	ck.ep_id = ep->ep_id;
 	ck.proto = t.proto;
@@ -75,9 +117,18 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		ck.local_port = t.ct_dport;
 		ck.remote_port = t.ct_sport;
 	}
-	if (ct_lookup_refresh(&ck, t.tcp_closing, &proxy_port)) {
-		if (proxy_port && dir == DIR_EGRESS && !host)
-			return proxy_redirect(skb, &t, proxy_port);
+	if (ct_lookup_refresh(&ck, t.tcp_closing, &st)) {
+		if (host)
+			return REASON_FORWARDED;
+		if (dir == DIR_EGRESS) {
+			if (st.flags & CT_F_REPLY_TO_PROXY)
+				return proxy_reply(skb, &t);
+			if (st.proxy_port)
+				return proxy_redirect(skb, &t, st.proxy_port);
+			return REASON_FORWARDED;
+		}
+		if (st.proxy_port && st.origin_dir == DIR_INGRESS && !from_proxy)
+			return proxy_reinject(skb, st.proxy_port);
 		return REASON_FORWARDED;
 	}
 
@@ -96,10 +147,12 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 			pv.proxy_port = 0;
 		}
 	}
+	if (from_proxy)
+		ct_flags = CT_F_REPLY_TO_PROXY;
 	if (pv.reason != REASON_FORWARDED) {
 		if (endpoint_audit(ep, dir)) {
 			/* Audit: pass and track the flow; report what would have broken. */
-			ct_create(&ck, dir, pv.cookie, t.tcp_closing, 0);
+			ct_create(&ck, dir, pv.cookie, t.tcp_closing, 0, ct_flags);
 			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
 				  FLOW_VERDICT_AUDIT, t.tcp_flags, -pv.reason, pv.cookie, peer);
 			return REASON_AUDIT;
@@ -108,25 +161,36 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 			  FLOW_VERDICT_DROPPED, t.tcp_flags, -pv.reason, pv.cookie, peer);
 		return pv.reason;
 	}
-	if (dir != DIR_EGRESS || host)
-		pv.proxy_port = 0; /* bpf_sk_assign works at tc ingress only */
+	if (host || from_proxy)
+		pv.proxy_port = 0; /* the host has no L7 rules; the proxy has checked its own */
 	if (pv.proxy_port) {
-		rc = proxy_redirect(skb, &t, pv.proxy_port);
+		if (dir == DIR_EGRESS)
+			rc = proxy_redirect(skb, &t, pv.proxy_port);
+		else
+			rc = skb->ingress_ifindex ? REASON_FORWARDED : -DROP_PROXY_UNAVAILABLE;
 		if (rc < 0) {
 			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
 				  FLOW_VERDICT_DROPPED, t.tcp_flags, -rc, pv.cookie, peer);
 			return rc;
 		}
+		if (dir == DIR_INGRESS)
+			ct_flags = CT_F_REPLY_TO_PROXY;
 	}
-	ct_create(&ck, dir, pv.cookie, t.tcp_closing, pv.proxy_port);
+	ct_create(&ck, dir, pv.cookie, t.tcp_closing, pv.proxy_port, ct_flags);
 	fv = pv.proxy_port ? FLOW_VERDICT_REDIRECTED : FLOW_VERDICT_FORWARDED;
 	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir, fv, t.tcp_flags,
 		  REASON_FORWARDED, pv.cookie, peer);
+	if (pv.proxy_port && dir == DIR_INGRESS)
+		return proxy_reinject(skb, pv.proxy_port);
 	return REASON_FORWARDED;
 }
 
 static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int reason)
 {
+	if (reason == TC_ACT_REDIRECT) {
+		metrics_count(REASON_FORWARDED, dir, skb->len);
+		return TC_ACT_REDIRECT;
+	}
 	if (reason < 0) {
 		metrics_count(-reason, dir, skb->len);
 		return TC_ACT_SHOT;
@@ -138,6 +202,10 @@ static __always_inline int finish(struct __sk_buff *skb, __u8 dir, int reason)
 SEC("tcx/ingress")
 int tc_from_endpoint(struct __sk_buff *skb)
 {
+	int rc;
+
+	if (proxy_reinjected(skb, &rc))
+		return rc < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS, 0));
 }
 
@@ -150,6 +218,10 @@ int tc_to_endpoint(struct __sk_buff *skb)
 SEC("tcx/ingress")
 int tc_host_ingress(struct __sk_buff *skb)
 {
+	int rc;
+
+	if (proxy_reinjected(skb, &rc))
+		return rc < 0 ? TC_ACT_SHOT : TC_ACT_OK;
 	return finish(skb, DIR_INGRESS, verdict(skb, DIR_INGRESS, 1));
 }
 

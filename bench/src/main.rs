@@ -209,7 +209,7 @@ fn main() -> Result<()> {
         }
         Cmd::Plumb { netns, ip, ifname } => {
             let c = palisade_netplumb::create(&netns, &ifname, ip)?;
-            palisade_netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK)?;
+            palisade_netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK, palisade_bpf::consts::MARK_MAGIC_MASK)?;
             palisade_netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),

@@ -19,6 +19,11 @@ struct ct_key {
 };
 
 #define CT_F_CLOSING (1U << 0) /* TCP FIN or RST seen: short lifetime */
+#define CT_F_REPLY_TO_PROXY (1U << 1) /* opened by a proxy's upstream connection
+				       * (MARK_FROM_PROXY) or redirected to a
+				       * proxy at ingress: packets the endpoint
+				       * (or, on the uplink, the far side) sends
+				       * back go to that proxy's socket */
 
 struct ct_entry {
 	__u64 created_ns;   /* bpf_ktime_get_ns() at creation */
@@ -50,9 +55,16 @@ static __always_inline __u64 ct_lifetime(const struct ct_entry *e, __u8 proto)
 	return (e->flags & CT_F_CLOSING) ? ct_lifetime_tcp_closing_ns : ct_lifetime_tcp_ns;
 }
 
-/* Returns 1 when the packet belongs to a live tracked flow, with the
- * flow's proxy port (0 = not redirected) in *proxy_port. */
-static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, __u16 *proxy_port)
+/* What a live entry says about the packet's flow. */
+struct ct_state {
+	__u16 proxy_port; /* redirected to this local proxy port (0 = none) */
+	__u8 origin_dir;
+	__u8 flags;
+};
+
+/* Returns 1 when the packet belongs to a live tracked flow, with what the
+ * entry says in *st. */
+static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, struct ct_state *st)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
 	__u64 now;
@@ -66,12 +78,14 @@ static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_
 		e->flags |= CT_F_CLOSING;
 	if (now - e->last_seen_ns > 1000000000ULL)
 		e->last_seen_ns = now;
-	*proxy_port = e->proxy_port;
+	st->proxy_port = e->proxy_port;
+	st->origin_dir = e->origin_dir;
+	st->flags = e->flags;
 	return 1;
 }
 
 static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 cookie,
-				      __u8 tcp_closing, __u16 proxy_port)
+				      __u8 tcp_closing, __u16 proxy_port, __u8 flags)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct ct_entry e = {
@@ -79,7 +93,7 @@ static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 
 		.last_seen_ns = now,
 		.cookie = cookie,
 		.origin_dir = dir,
-		.flags = tcp_closing ? CT_F_CLOSING : 0,
+		.flags = (tcp_closing ? CT_F_CLOSING : 0) | flags,
 		.proxy_port = proxy_port,
 	};
 

@@ -1,27 +1,59 @@
 /* proxy.h: transparent redirection of a flow to a local proxy socket
- * (palisade-dnsproxy) with bpf_sk_assign, from the endpoint's tc ingress.
+ * (palisade-dnsproxy, palisade-l7proxy) with bpf_sk_assign.
  *
  * The packet keeps its headers: the proxy learns the original destination
  * from them (IP_RECVORIGDSTADDR for UDP, the accepted socket's local address
- * for TCP), answers from it with an IP_TRANSPARENT socket, and the pod never
- * notices. bpf_sk_assign only picks the socket; the packet must still be
- * routed locally, so it is marked with proxy_mark, which palisade-ctrl's
- * policy routing rule sends to a table whose only route is `local default`.
+ * for TCP), answers from it with an IP_TRANSPARENT socket, and the client
+ * never notices. bpf_sk_assign only picks the socket; the packet must still
+ * be routed locally, so it is marked with proxy_mark, which palisade-ctrl's
+ * policy routing rule (fwmark proxy_mark/MARK_MAGIC_MASK) sends to a table
+ * whose only route is `local default`.
  *
- * The proxy listens on 127.0.0.1:<proxy port> (UDP and TCP, IP_TRANSPARENT).
- * A TCP packet of a connection the proxy already accepted goes to that
- * connection's socket (found by the packet's own tuple); anything else goes
- * to the listener. When no proxy socket exists (the proxy is down or
- * restarting) the packet is dropped: a DNS rule is never bypassed. */
+ * Marks are magic values in bits 8-11 (MARK_MAGIC_MASK), as Cilium's are:
+ *   proxy_mark (0x0a00)  deliver locally, to the socket bpf_sk_assign chose
+ *   MARK_FROM_PROXY      set by palisade-l7proxy (SO_MARK) on its upstream
+ *                        connections: the datapath must not redirect them
+ *                        again, and their replies belong to the proxy
+ *   MARK_REINJECT        a packet on its way back to the tc ingress of the
+ *                        interface it entered by, to be assigned to the
+ *                        proxy there; the proxy port rides in bits 16-31
+ * A pod cannot forge any of them: crossing a veth into another namespace
+ * clears skb->mark.
+ *
+ * Three ways into a proxy:
+ *  - proxy_redirect, at tc ingress (a pod's egress, or a re-injected
+ *    packet): a TCP packet of a connection the proxy already accepted goes
+ *    to that connection's socket (found by the packet's own tuple); anything
+ *    else goes to the listener on 127.0.0.1:<port>.
+ *  - proxy_reinject, at tc egress (a pod's ingress rules): bpf_sk_assign is
+ *    tc-ingress only, so the packet is sent back to the ingress of the
+ *    interface it arrived on (skb->ingress_ifindex: the source pod's veth or
+ *    the uplink), where proxy_redirect runs. Reverse-path filters pass, as
+ *    the packet re-enters where it came from.
+ *  - proxy_reply: a packet from a server to one of the proxy's upstream
+ *    connections (which use the client's address) goes to that socket, by
+ *    tuple, never to a listener.
+ * When no proxy socket exists (the proxy is down or restarting) the packet
+ * is dropped: an L7 or DNS rule is never bypassed. */
 #ifndef PALISADE_PROXY_H
 #define PALISADE_PROXY_H
 
+#include <linux/if_packet.h>
 #include "common.h"
 #include "drop_reasons.h"
 #include "parse.h"
 
 /* skb mark that routes a redirected packet locally; set before load. */
 const volatile __u32 proxy_mark = 0x0a00;
+
+#define MARK_MAGIC_MASK 0x0f00
+#define MARK_FROM_PROXY 0x0b00
+#define MARK_REINJECT 0x0c00
+
+static __always_inline int mark_is(const struct __sk_buff *skb, __u32 magic)
+{
+	return (skb->mark & MARK_MAGIC_MASK) == magic;
+}
 
 #define PROXY_ADDR_BE bpf_htonl(0x7f000001) /* 127.0.0.1 */
 
@@ -60,6 +92,68 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tu
 		return -DROP_PROXY_UNAVAILABLE;
 	skb->mark = proxy_mark;
 	return REASON_FORWARDED;
+}
+
+/* A packet from a server to a proxy upstream connection: to that socket. */
+static __always_inline int proxy_reply(struct __sk_buff *skb, const struct tuple *t)
+{
+	struct bpf_sock_tuple tup = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (t->proto != IPPROTO_TCP)
+		return -DROP_PROXY_UNAVAILABLE;
+	tup.ipv4.saddr = t->saddr;
+	tup.ipv4.sport = t->sport;
+	tup.ipv4.daddr = t->daddr;
+	tup.ipv4.dport = t->dport;
+	sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return -DROP_PROXY_UNAVAILABLE;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return -DROP_PROXY_UNAVAILABLE;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -DROP_PROXY_UNAVAILABLE;
+	skb->mark = proxy_mark;
+	return REASON_FORWARDED;
+}
+
+/* At tc egress: back to the ingress it came by, to be assigned there.
+ * Returns TC_ACT_REDIRECT or -DROP_PROXY_UNAVAILABLE (the node's own
+ * traffic, which entered by no interface). */
+static __always_inline int proxy_reinject(struct __sk_buff *skb, __u16 proxy_port)
+{
+	__u32 ifindex = skb->ingress_ifindex;
+
+	if (!ifindex || mark_is(skb, MARK_REINJECT))
+		return -DROP_PROXY_UNAVAILABLE;
+	skb->mark = MARK_REINJECT | ((__u32)proxy_port << 16);
+	return (int)bpf_redirect(ifindex, BPF_F_INGRESS);
+}
+
+/* At tc ingress: a packet proxy_reinject sent back. Returns 1 and the
+ * verdict in *rc when it is one. */
+static __always_inline int proxy_reinjected(struct __sk_buff *skb, int *rc)
+{
+	struct tuple t;
+	__u16 port;
+
+	if (!mark_is(skb, MARK_REINJECT))
+		return 0;
+	port = skb->mark >> 16;
+	skb->mark = 0;
+	if (parse_packet(skb, &t) < 0 || !port) {
+		*rc = -DROP_INVALID;
+		return 1;
+	}
+	/* The frame still carries the MAC of the hop it was forwarded to. */
+	bpf_skb_change_type(skb, PACKET_HOST);
+	*rc = proxy_redirect(skb, &t, port);
+	return 1;
 }
 
 #endif

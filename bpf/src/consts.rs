@@ -33,6 +33,17 @@ pub const POLICY_F_DENY: u8 = 1 << 0;
 
 /// `CT_F_CLOSING` (`conntrack.h`): bit of `ct_entry.flags`.
 pub const CT_F_CLOSING: u8 = 1 << 0;
+/// `CT_F_REPLY_TO_PROXY` (`conntrack.h`): the endpoint's replies go to a
+/// proxy's upstream socket.
+pub const CT_F_REPLY_TO_PROXY: u8 = 1 << 1;
+
+/// `MARK_MAGIC_MASK` (`proxy.h`): the bits of skb->mark that hold a magic.
+pub const MARK_MAGIC_MASK: u32 = 0x0f00;
+/// `MARK_FROM_PROXY` (`proxy.h`): the mark palisade-l7proxy puts on its
+/// upstream sockets (SO_MARK).
+pub const MARK_FROM_PROXY: u32 = 0x0b00;
+/// `MARK_REINJECT` (`proxy.h`): a packet sent back to its ingress.
+pub const MARK_REINJECT: u32 = 0x0c00;
 
 /// `FLOW_VERDICT_*` (`flow.h`): `flow_event.verdict`.
 pub const FLOW_VERDICT_FORWARDED: u8 = 0;
@@ -87,6 +98,10 @@ mod tests {
         check("common.h", "ADDR_FAMILY_IPV6", ADDR_FAMILY_IPV6.into());
         check("policy.h", "POLICY_F_DENY", POLICY_F_DENY.into());
         check("conntrack.h", "CT_F_CLOSING", CT_F_CLOSING.into());
+        check("conntrack.h", "CT_F_REPLY_TO_PROXY", CT_F_REPLY_TO_PROXY.into());
+        check("proxy.h", "MARK_MAGIC_MASK", MARK_MAGIC_MASK.into());
+        check("proxy.h", "MARK_FROM_PROXY", MARK_FROM_PROXY.into());
+        check("proxy.h", "MARK_REINJECT", MARK_REINJECT.into());
         check("flow.h", "FLOW_VERDICT_FORWARDED", FLOW_VERDICT_FORWARDED.into());
         check("flow.h", "FLOW_VERDICT_DROPPED", FLOW_VERDICT_DROPPED.into());
         check("flow.h", "FLOW_VERDICT_AUDIT", FLOW_VERDICT_AUDIT.into());

@@ -434,12 +434,21 @@ pub const PROXY_TABLE: u32 = 2005;
 /// Node-wide settings: forwarding, and the policy routing that makes a
 /// packet the datapath assigned to a proxy socket (bpf_sk_assign, marked
 /// `proxy_mark`) local, whatever its destination address. Idempotent.
-pub fn prepare_node(proxy_mark: u32) -> Result<()> {
+///
+/// The rule matches the whole magic nibble (`mask`: `fwmark 0xa00/0xf00`), so other
+/// magics (`MARK_FROM_PROXY` 0xb00 on the L7 proxy's upstream sockets) are
+/// routed normally. A rule of an older version (mask = mark) is replaced.
+pub fn prepare_node(proxy_mark: u32, mask: u32) -> Result<()> {
     sysctl_local("net.ipv4.ip_forward", "1")?;
-    let mark = format!("{proxy_mark:#x}/{proxy_mark:#x}");
+    let mark = format!("{proxy_mark:#x}/{mask:#x}");
     let table = PROXY_TABLE.to_string();
     let rules = ip(&["-4", "rule", "show", "table", &table])?;
-    if !rules.contains("fwmark") {
+    if !rules.contains(&format!("fwmark {mark}")) {
+        for line in rules.lines().filter(|l| l.contains("fwmark")) {
+            if let Some(old) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
+                let _ = ip(&["-4", "rule", "del", "fwmark", old, "lookup", &table]);
+            }
+        }
         ip(&["-4", "rule", "add", "pref", "90", "fwmark", &mark, "lookup", &table])?;
     }
     ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;

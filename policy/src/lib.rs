@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod fqdn;
+pub mod l7;
 pub mod labels;
 pub mod lint;
 pub mod model;

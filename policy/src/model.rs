@@ -85,12 +85,17 @@ pub struct PortRange {
     /// palisade-dnsproxy, which allows only queries for matching names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Vec<FqdnSelector>>,
+    /// L7 HTTP or Kafka rules (`toPorts[].rules.http` / `.kafka`): traffic
+    /// on these ports goes to palisade-l7proxy, which allows only requests
+    /// a rule admits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l7: Option<crate::l7::L7Rules>,
 }
 
 impl PortRange {
     /// A plain L4 port range (no L7 rules).
     pub fn l4(protocol: Protocol, port: u16, end_port: u16) -> Self {
-        Self { protocol, port, end_port, name: None, dns: None }
+        Self { protocol, port, end_port, name: None, dns: None, l7: None }
     }
 
     pub fn contains(&self, proto: u8, port: u16) -> bool {

@@ -43,6 +43,26 @@ pub struct FqdnRule {
     pub keys: Vec<L4Key>,
 }
 
+/// HTTP or Kafka rules of one endpoint, one direction, for some peers and
+/// TCP ports: a request on such a connection is allowed when one of the
+/// rules of any matching `L7Rule` admits it (the union over policies).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct L7Rule {
+    pub cookie: u32,
+    /// The policy (`ns/name`) and rule path, for flow records.
+    pub policy: String,
+    pub path: String,
+    /// Rules about traffic to the endpoint (ingress) or from it (egress).
+    pub ingress: bool,
+    /// Peer identities the rule is about; `None` = any peer.
+    pub peers: Option<Vec<u32>>,
+    /// TCP port ranges (first, last), named ports resolved.
+    pub ports: Vec<(u16, u16)>,
+    /// The rules as palisade-policy serialises `l7::L7Rules` (JSON): one
+    /// schema, owned by the crate that validates and matches them.
+    pub rules: String,
+}
+
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapEndpoint {
     pub ep_id: u32,
@@ -51,8 +71,11 @@ pub struct SnapEndpoint {
     /// IPv4 address, network order octets.
     pub ipv4: [u8; 4],
     pub identity: u32,
+    /// Audit mode: requests the rules refuse pass and are reported AUDIT.
+    pub audit: bool,
     pub dns: Vec<DnsRule>,
     pub fqdn: Vec<FqdnRule>,
+    pub l7: Vec<L7Rule>,
 }
 
 /// `policy.snap`: written by palisade-ctrl before it changes the maps, so a
@@ -63,11 +86,14 @@ pub struct PolicySnapshot {
     pub generation: u64,
     /// Port palisade-dnsproxy listens on (127.0.0.1, UDP and TCP).
     pub dns_proxy_port: u16,
+    /// Port palisade-l7proxy listens on (127.0.0.1, TCP).
+    pub l7_proxy_port: u16,
     pub endpoints: Vec<SnapEndpoint>,
 }
 
 impl PolicySnapshot {
-    pub const VERSION: u32 = 1;
+    /// 2: L7 rules, audit mode and the L7 proxy's port.
+    pub const VERSION: u32 = 2;
     pub const FILE: &'static str = "policy.snap";
 }
 

@@ -109,6 +109,9 @@ pub struct Universe<'a> {
     pub selector_cache: std::cell::RefCell<HashMap<usize, std::rc::Rc<Vec<u32>>>>,
     /// palisade-dnsproxy's port: entries of ports with DNS rules redirect there.
     pub dns_proxy_port: u16,
+    /// palisade-l7proxy's port: entries of ports with HTTP or Kafka rules
+    /// redirect there (0: none, the agent's tests).
+    pub l7_proxy_port: u16,
     /// The agent's selector cache (selcache.rs), kept across changes and
     /// refreshed to `pods` before this universe was made; without one (a
     /// preview over a scratch copy of the identities) selectors are
@@ -144,6 +147,7 @@ impl<'a> Universe<'a> {
             mode,
             selector_cache: Default::default(),
             dns_proxy_port: 0,
+            l7_proxy_port: 0,
             selectors: None,
             rule_subjects: Default::default(),
         }
@@ -353,8 +357,9 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
                     }
                 };
                 let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
-                let redirect = |proto: Option<u8>, dns: bool| match (dns, proto) {
-                    (true, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
+                let redirect = |proto: Option<u8>, via: Via| match (via, proto) {
+                    (Via::Dns, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
+                    (Via::L7, Some(6)) if !ep.host => PolicyValue { proxy_port: u.l7_proxy_port, ..value },
                     _ => value,
                 };
                 // Named ports resolve on the endpoint that owns the port:
@@ -373,40 +378,79 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
                 if named_any_egress {
                     let named: Vec<palisade_policy::PortRange> = pr.ports.iter().filter(|p| p.name.is_some()).cloned().collect();
                     for (pid, owners) in &u.named_ports {
-                        for (proto, port, port_bits, _) in l4_keys(&named, owners) {
+                        for (proto, port, port_bits, via) in l4_keys(&named, owners) {
                             let k = PolicyKey { set_id: 0, identity: *pid, direction: dir_num(d), proto, port, port_bits };
-                            insert(&mut entries, k, value);
+                            insert(&mut entries, k, redirect(proto, via), u.l7_proxy_port);
                         }
                     }
                     targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
                 }
                 for (id, owners) in targets {
-                    for (proto, port, port_bits, dns) in l4_keys(&pr.ports, &owners) {
+                    for (proto, port, port_bits, via) in l4_keys(&pr.ports, &owners) {
                         let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
-                        insert(&mut entries, k, redirect(proto, dns));
+                        insert(&mut entries, k, redirect(proto, via), u.l7_proxy_port);
                     }
                 }
             }
         }
     }
+    l4_wins_over_l7(&mut entries, u.l7_proxy_port);
     propagate_denies(&mut entries);
     Compiled { flags, entries: std::sync::Arc::new(entries) }
 }
 
-/// The (protocol, port block, has DNS rules) keys a list of port rules
-/// expands to. Named ports take their number and protocol from `owners`; a
+/// Which proxy, if any, a port rule's traffic goes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Kernel,
+    Dns,
+    L7,
+}
+
+impl Via {
+    fn of(pr: &palisade_policy::PortRange) -> Self {
+        if pr.dns.is_some() {
+            Via::Dns
+        } else if pr.l7.is_some() {
+            Via::L7
+        } else {
+            Via::Kernel
+        }
+    }
+}
+
+/// Cilium's rule: an L4-only allow of the same peer and port makes the L7
+/// rules moot (the peer may send anything), so such flows stay in the
+/// kernel. An allow for any peer covers every peer's L7 entry.
+fn l4_wins_over_l7(entries: &mut BTreeMap<PolicyKey, PolicyValue>, l7_port: u16) {
+    if l7_port == 0 {
+        return;
+    }
+    let plain: Vec<PolicyKey> = entries.iter().filter(|(_, v)| !v.deny && v.proxy_port == 0).map(|(k, _)| *k).collect();
+    for (k, v) in entries.iter_mut() {
+        if v.deny || v.proxy_port != l7_port {
+            continue;
+        }
+        let any = PolicyKey { identity: palisade_bpf::identity::ANY, ..*k };
+        if plain.iter().any(|a| covers(a, k) || covers(a, &any)) {
+            v.proxy_port = 0;
+        }
+    }
+}
+
+/// The (protocol, port block, proxy) keys a list of port rules expands to. Named ports take their number and protocol from `owners`; a
 /// name no owner declares yields nothing (Kubernetes: the rule matches no
 /// port).
-pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<(Option<u8>, u16, u8, bool)> {
+pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> Vec<(Option<u8>, u16, u8, Via)> {
     if ports.is_empty() {
-        return vec![(None, 0, 0, false)];
+        return vec![(None, 0, 0, Via::Kernel)];
     }
     let mut out = Vec::new();
     for pr in ports {
         if let Some(name) = &pr.name {
             for np in owners.iter().filter_map(|o| o.get(name)) {
                 if pr.protocol.number().is_none_or(|p| p == np.protocol) {
-                    out.push((Some(np.protocol), np.port, 16, false));
+                    out.push((Some(np.protocol), np.port, 16, Via::of(pr)));
                 }
             }
             continue;
@@ -416,15 +460,15 @@ pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> 
             (Protocol::Any, _) => vec![Some(6), Some(17), Some(132)],
             (p, _) => vec![p.number()],
         };
-        let dns = pr.dns.is_some();
+        let via = Via::of(pr);
         for proto in protos {
             if proto.is_none() || (pr.port == 0 && pr.protocol != Protocol::Icmp) {
-                out.push((proto, 0, 0, dns));
+                out.push((proto, 0, 0, via));
             } else if pr.protocol == Protocol::Icmp {
-                out.push((proto, pr.port, 16, dns));
+                out.push((proto, pr.port, 16, via));
             } else {
                 for (port, bits) in PolicyKey::port_blocks(pr.port, pr.end_port) {
-                    out.push((proto, port, bits, dns));
+                    out.push((proto, port, bits, via));
                 }
             }
         }
@@ -432,11 +476,18 @@ pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> 
     out
 }
 
-/// Two rules on one key: a deny wins, then an allow through the DNS proxy
-/// (its rules must see the query), otherwise the first allow stays.
-fn insert(entries: &mut BTreeMap<PolicyKey, PolicyValue>, k: PolicyKey, v: PolicyValue) {
+/// Two rules on one key: a deny wins; then an allow through the DNS proxy
+/// (its rules must see the query); then a plain allow over one through the
+/// L7 proxy (`l4_wins_over_l7`); otherwise the first allow stays.
+fn insert(entries: &mut BTreeMap<PolicyKey, PolicyValue>, k: PolicyKey, v: PolicyValue, l7_port: u16) {
+    let rank = |v: &PolicyValue| match (v.deny, v.proxy_port) {
+        (true, _) => 3,
+        (false, 0) => 1,
+        (false, p) if p == l7_port => 0,
+        _ => 2,
+    };
     match entries.get(&k) {
-        Some(old) if old.deny || (!v.deny && (old.proxy_port != 0 || v.proxy_port == 0)) => {}
+        Some(old) if rank(old) >= rank(&v) => {}
         _ => {
             entries.insert(k, v);
         }

@@ -64,7 +64,7 @@ impl Daemon {
         // One agent per state directory: a second fails before it touches
         // a map or an interface.
         let lock = palisade_node::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
-        netplumb::prepare_node(cfg.datapath.proxy_mark)?;
+        netplumb::prepare_node(cfg.datapath.proxy_mark, palisade_bpf::consts::MARK_MAGIC_MASK)?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;

@@ -45,6 +45,8 @@ pub struct EnforcerConfig {
     pub node_labels: BTreeMap<String, String>,
     /// Where DNS rules redirect to (palisade-dnsproxy's port).
     pub dns_proxy_port: u16,
+    /// palisade-l7proxy's port (127.0.0.1, TCP).
+    pub l7_proxy_port: u16,
 }
 
 impl EnforcerConfig {
@@ -264,11 +266,12 @@ impl Enforcer {
         self.selectors.get_mut().refresh(store.identities.labelled());
         let mut universe = compile::Universe::of(store, &store.identities, self.cfg.mode);
         universe.dns_proxy_port = self.cfg.dns_proxy_port;
+        universe.l7_proxy_port = self.cfg.l7_proxy_port;
         universe.selectors = Some(&self.selectors);
         // The proxy's rules first: a query redirected under a new rule
         // must find it.
         let snap =
-            policysnap::snapshot_reusing(store.endpoints.values().map(|e| &**e), &policies, &universe, self.policy_snap.last(), |id| {
+            policysnap::snapshot_reusing(store.endpoints.values().map(|e| &**e), &policies, &universe, store.audit, self.policy_snap.last(), |id| {
                 scope.contains(id)
             });
         self.policy_snap.publish(snap).context("writing policy.snap for palisade-dnsproxy")?;

@@ -98,6 +98,11 @@ pub struct Args {
     /// palisade-dnsproxy the same --port.
     #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053, value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_proxy_port: u16,
+    /// Port palisade-l7proxy listens on (127.0.0.1, TCP); connections on
+    /// ports with HTTP or Kafka rules are redirected there, both
+    /// directions. Give palisade-l7proxy the same --port.
+    #[arg(long, env = "PALISADE_L7_PROXY_PORT", default_value_t = 10080, value_parser = clap::value_parser!(u16).range(1..))]
+    pub l7_proxy_port: u16,
     /// Size of the FQDN table (learned address x port entries, all endpoints).
     #[arg(long, default_value_t = 65536)]
     pub fqdn_map_size: u32,
@@ -158,6 +163,9 @@ pub fn run(a: Args) -> Result<()> {
     if !bpf_dir.is_absolute() || !state_dir.is_absolute() {
         return Err(ConfigError::new("--bpf-dir and --state-dir must be absolute paths").into());
     }
+    if a.l7_proxy_port == a.dns_proxy_port {
+        return Err(ConfigError::new("--l7-proxy-port and --dns-proxy-port must differ (two proxies)").into());
+    }
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -181,6 +189,7 @@ pub fn run(a: Args) -> Result<()> {
             host_interfaces: a.host_interfaces.clone(),
             node_labels,
             dns_proxy_port: a.dns_proxy_port,
+            l7_proxy_port: a.l7_proxy_port,
         },
     };
     let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;

@@ -104,15 +104,107 @@ struct WireFqdn {
     match_pattern: Option<String>,
 }
 
-/// `toPorts[].rules`: only `dns` is enforced so far.
+/// `toPorts[].rules`: one of `dns`, `http`, `kafka`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireL7 {
     dns: Option<Vec<WireFqdn>>,
-    http: Unsupported,
-    kafka: Unsupported,
+    http: Option<Vec<WireHttp>>,
+    kafka: Option<Vec<WireKafka>>,
     l7proto: Unsupported,
     l7: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireHttp {
+    method: Option<String>,
+    path: Option<String>,
+    host: Option<String>,
+    headers: Option<Vec<String>>,
+    header_matches: Option<Vec<WireHeaderMatch>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireHeaderMatch {
+    name: String,
+    value: Option<String>,
+    mismatch: Option<String>,
+    secret: Unsupported,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct WireKafka {
+    role: Option<String>,
+    api_key: Option<String>,
+    api_version: Option<StrOrNum>,
+    #[serde(rename = "clientID")]
+    client_id: Option<String>,
+    topic: Option<String>,
+}
+
+fn http_rules(path: &str, list: Vec<WireHttp>) -> Result<crate::l7::L7Rules, FieldError> {
+    use crate::l7::{HeaderMatch, HttpRule, Mismatch};
+    let mut out = Vec::new();
+    for (i, w) in list.into_iter().enumerate() {
+        let mut hms = Vec::new();
+        for (j, h) in w.header_matches.unwrap_or_default().into_iter().enumerate() {
+            let p = format!("{path}[{i}].headerMatches[{j}]");
+            unsupported(&p, "secret", &h.secret)?;
+            let mismatch = match h.mismatch.as_deref() {
+                None | Some("") => None,
+                Some(m) => Some(
+                    Mismatch::parse(m).ok_or((format!("{p}.mismatch"), format!("{m:?}: expected LOG, ADD, DELETE or REPLACE")))?,
+                ),
+            };
+            hms.push(HeaderMatch { name: h.name, value: h.value, mismatch });
+        }
+        out.push(HttpRule { method: w.method, path: w.path, host: w.host, headers: w.headers.unwrap_or_default(), header_matches: hms });
+    }
+    let rules = crate::l7::L7Rules::Http(out);
+    crate::l7::validate(path, &rules)?;
+    Ok(rules)
+}
+
+fn kafka_rules(path: &str, list: Vec<WireKafka>) -> Result<crate::l7::L7Rules, FieldError> {
+    use crate::l7::{KafkaRole, KafkaRule, KAFKA_API_KEYS};
+    let mut out = Vec::new();
+    for (i, w) in list.into_iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let role = match w.role.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") => None,
+            Some("produce") => Some(KafkaRole::Produce),
+            Some("consume") => Some(KafkaRole::Consume),
+            Some(o) => return Err((format!("{p}.role"), format!("{o:?}: expected produce or consume"))),
+        };
+        let api_key = match w.api_key.as_deref().map(str::to_ascii_lowercase) {
+            None => None,
+            Some(k) => Some(KAFKA_API_KEYS.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).ok_or((
+                format!("{p}.apiKey"),
+                format!("{k:?} is not a Kafka API key; expected one of {}", KAFKA_API_KEYS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+            ))?),
+        };
+        let api_version = match w.api_version {
+            None => None,
+            Some(v) => {
+                let n = match v {
+                    StrOrNum::Num(n) => Some(n),
+                    StrOrNum::Str(s) => s.parse::<i64>().ok(),
+                };
+                Some(
+                    n.and_then(|n| i16::try_from(n).ok())
+                        .filter(|n| *n >= 0)
+                        .ok_or((format!("{p}.apiVersion"), "expected a version number (0-32767)".to_string()))?,
+                )
+            }
+        };
+        out.push(KafkaRule { role, api_key, api_version, client_id: w.client_id, topic: w.topic });
+    }
+    let rules = crate::l7::L7Rules::Kafka(out);
+    crate::l7::validate(path, &rules)?;
+    Ok(rules)
 }
 
 fn fqdn_selectors(path: &str, list: Vec<WireFqdn>) -> Result<Vec<crate::fqdn::FqdnSelector>, FieldError> {
@@ -213,7 +305,13 @@ fn convert_spec(path: &str, s: Spec, ns: Option<&str>) -> Result<Rule, FieldErro
         let is_ingress = field.starts_with("ingress");
         let out = if is_ingress { &mut ingress } else { &mut egress };
         for (i, r) in list.unwrap_or_default().into_iter().enumerate() {
-            let rule = convert_rule(&format!("{path}.{field}[{i}]"), r, is_ingress, deny, ns)?;
+            let rp = format!("{path}.{field}[{i}]");
+            let rule = convert_rule(&rp, r, is_ingress, deny, ns)?;
+            if node_selector.is_some() {
+                if rule.ports.iter().any(|p| p.l7.is_some()) {
+                    return Err((format!("{rp}.toPorts"), "HTTP and Kafka rules apply to pods, not to host policies (nodeSelector)".into()));
+                }
+            }
             out.get_or_insert_with(Vec::new).push(rule);
         }
     }
@@ -334,23 +432,36 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
         }
         for (i, pr) in list.into_iter().enumerate() {
             let pp = format!("{path}.toPorts[{i}]");
-            let dns = match pr.rules {
-                None => None,
-                Some(l7) => {
+            let (dns, l7) = match pr.rules {
+                None => (None, None),
+                Some(rules) => {
                     let rp = format!("{pp}.rules");
-                    unsupported(&rp, "http", &l7.http)?;
-                    unsupported(&rp, "kafka", &l7.kafka)?;
-                    unsupported(&rp, "l7proto", &l7.l7proto)?;
-                    unsupported(&rp, "l7", &l7.l7)?;
-                    if is_ingress {
-                        return Err((format!("{rp}.dns"), "DNS rules apply to egress (queries the endpoint sends)".into()));
-                    }
+                    unsupported(&rp, "l7proto", &rules.l7proto)?;
+                    unsupported(&rp, "l7", &rules.l7)?;
                     if deny {
                         return Err((rp, "L7 rules cannot be part of a deny rule".into()));
                     }
-                    match l7.dns {
-                        Some(list) => Some(fqdn_selectors(&format!("{rp}.dns"), list)?),
-                        None => return Err((rp, "empty: give dns rules (http and kafka are not supported yet)".into())),
+                    let given = [rules.dns.is_some(), rules.http.is_some(), rules.kafka.is_some()].iter().filter(|b| **b).count();
+                    if given > 1 {
+                        return Err((rp, "give one of dns, http or kafka: a port speaks one protocol".into()));
+                    }
+                    if let Some(list) = rules.dns {
+                        if is_ingress {
+                            return Err((format!("{rp}.dns"), "DNS rules apply to egress (queries the endpoint sends)".into()));
+                        }
+                        (Some(fqdn_selectors(&format!("{rp}.dns"), list)?), None)
+                    } else if let Some(list) = rules.http {
+                        if list.is_empty() {
+                            return Err((format!("{rp}.http"), "empty: give at least one rule ({} allows every request)".into()));
+                        }
+                        (None, Some(http_rules(&format!("{rp}.http"), list)?))
+                    } else if let Some(list) = rules.kafka {
+                        if list.is_empty() {
+                            return Err((format!("{rp}.kafka"), "empty: give at least one rule ({} allows every request)".into()));
+                        }
+                        (None, Some(kafka_rules(&format!("{rp}.kafka"), list)?))
+                    } else {
+                        return Err((rp, "empty: give dns, http or kafka rules".into()));
                     }
                 }
             };
@@ -374,6 +485,16 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
                     }
                 };
                 let mut pr = port_range(&path, protocol, p.port, p.end_port)?;
+                if l7.is_some() {
+                    if pr.port == 0 && pr.name.is_none() {
+                        return Err((format!("{path}.port"), "L7 rules need a port".into()));
+                    }
+                    if matches!(protocol, Protocol::Udp | Protocol::Sctp) {
+                        return Err((format!("{path}.protocol"), "HTTP and Kafka rules apply to TCP".into()));
+                    }
+                    pr.protocol = Protocol::Tcp;
+                    pr.l7 = l7.clone();
+                }
                 if dns.is_some() {
                     if pr.name.is_some() || pr.port == 0 {
                         return Err((format!("{path}.port"), "DNS rules need a numeric port (usually 53)".into()));

@@ -233,7 +233,7 @@ pub(crate) fn port_range(path: &str, protocol: Protocol, port: Option<StrOrNum>,
             e
         }
     };
-    Ok(PortRange { protocol, port, end_port, name, dns: None })
+    Ok(PortRange { protocol, port, end_port, name, dns: None, l7: None })
 }
 
 pub(crate) fn parse_cidr(path: &str, s: &str) -> Result<Cidr, FieldError> {
