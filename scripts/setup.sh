@@ -12,7 +12,8 @@ fi
 
 PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
   iproute2 iputils-ping util-linux procps iptables nftables iperf3
-  dnsmasq-base dnsperf dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl)
+  dnsmasq-base dnsperf dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl
+  curl nginx-light nghttp2-client wrk haproxy kcat)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -43,10 +44,10 @@ echo "==> building ($([ "${1:-}" = --release ] && echo release || echo debug))"
 if [ "${1:-}" = --release ]; then
   cargo build --release --workspace --bins --quiet
   # Put the operator's tools on PATH (the systemd unit expects them here).
-  for b in palisade palisade-ctrl palisade-dnsproxy palisade-ipcache-sync palisade-bench palisade-probe; do
+  for b in palisade palisade-ctrl palisade-dnsproxy palisade-l7proxy palisade-ipcache-sync palisade-bench palisade-probe; do
     install -m 0755 "target/release/$b" /usr/local/bin/
   done
-  echo "==> installed palisade, palisade-ctrl, palisade-dnsproxy, palisade-ipcache-sync, palisade-bench, palisade-probe in /usr/local/bin"
+  echo "==> installed palisade, palisade-ctrl, palisade-dnsproxy, palisade-l7proxy, palisade-ipcache-sync, palisade-bench, palisade-probe in /usr/local/bin"
 else
   cargo build --workspace --bins --quiet
 fi

@@ -94,6 +94,7 @@ impl FlowLog {
                     qtypes: r.qtype.map(qtype_name).into_iter().collect(),
                     observation_source: "proxy".into(),
                 }),
+                ..Default::default()
             }),
             source_ring: "dns".into(),
             time_ns: now,

@@ -5,12 +5,12 @@
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    path::Path,
+    sync::Arc,
 };
 
 use palisade_policy::fqdn::{FqdnSelector, NameMatcher};
-use palisade_snapshot::{ArchivedNameSel, FileId, L4Key, Mapped, PolicySnapshot};
+use palisade_snapshot::{ArchivedNameSel, L4Key, LivePolicy, Reload};
 
 pub struct DnsRule {
     /// `ns/name` of the policy and the rule's path in it.
@@ -129,48 +129,34 @@ impl Rules {
 
 /// The current rules, reloaded when `policy.snap` is replaced.
 pub struct RulesHandle {
-    path: PathBuf,
-    current: RwLock<Arc<Rules>>,
-    loaded: Mutex<Option<FileId>>,
+    live: LivePolicy<Rules>,
+    empty: Arc<Rules>,
 }
 
 impl RulesHandle {
     pub fn new(state_dir: &Path) -> Self {
-        let h = Self { path: state_dir.join(PolicySnapshot::FILE), current: RwLock::default(), loaded: Mutex::new(None) };
-        h.refresh();
+        let h = Self { live: LivePolicy::new(state_dir, Rules::compile), empty: Arc::default() };
+        if let Some(r) = h.live.get() {
+            tracing::info!(generation = r.generation, endpoints = r.by_ep.len(), "DNS rules loaded");
+        }
         h
     }
 
     pub fn get(&self) -> Arc<Rules> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.get().unwrap_or_else(|| self.empty.clone())
     }
 
     /// Reloads if the file changed; returns whether it did. A file that
     /// fails validation is ignored (the last good rules stay).
     pub fn refresh(&self) -> bool {
-        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let now = FileId::of(&self.path);
-        if now == *loaded {
-            return false;
-        }
-        match Mapped::open::<PolicySnapshot>(&self.path) {
-            Ok(Some(m)) => {
-                let snap = m.get::<PolicySnapshot>();
-                if snap.version.to_native() != PolicySnapshot::VERSION {
-                    tracing::error!(path = %self.path.display(), version = snap.version.to_native(), "policy.snap has an unknown version; keeping the last rules");
-                    *loaded = Some(m.id);
-                    return false;
-                }
-                let rules = Rules::compile(snap);
-                tracing::info!(generation = rules.generation, endpoints = rules.by_ep.len(), "DNS rules loaded");
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
-                *loaded = Some(m.id);
+        match self.live.refresh() {
+            Reload::Unchanged => false,
+            Reload::Loaded { generation } => {
+                tracing::info!(generation, endpoints = self.get().by_ep.len(), "DNS rules loaded");
                 true
             }
-            Ok(None) => false,
-            Err(e) => {
+            Reload::Refused(e) => {
                 tracing::error!("{e}; keeping the last rules");
-                *loaded = now;
                 false
             }
         }

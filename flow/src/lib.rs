@@ -6,7 +6,7 @@ pub mod ring;
 pub mod schema;
 
 pub use ring::{Reader, RingError, Writer};
-pub use schema::{Dns, Endpoint, Flow, Ip, L4, L7};
+pub use schema::{Dns, Endpoint, Flow, Http, HttpHeader, Ip, Kafka, L4, L7};
 
 /// The folder of a node's flow rings: `<state-dir>/flows/`, one
 /// `<source>.ring` per writer (`datapath`, `dns`, later `l7`), all read by

@@ -134,6 +134,47 @@ pub struct L7 {
     pub latency_ns: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<Kafka>,
+}
+
+/// Hubble's `l7.http`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    /// Status code: the upstream's, or the proxy's own (403 when denied);
+    /// 0 when the request got no response.
+    #[serde(default)]
+    pub code: u32,
+    pub method: String,
+    /// The URL as Hubble shows it: `http://<host><path>`.
+    pub url: String,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HttpHeader>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpHeader {
+    pub key: String,
+    pub value: String,
+}
+
+/// Hubble's `l7.kafka`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kafka {
+    /// 0 for an allowed request; the Kafka error code the proxy answered
+    /// with (29 TOPIC_AUTHORIZATION_FAILED, …) for a denied one.
+    #[serde(default)]
+    pub error_code: i32,
+    pub api_version: i32,
+    /// The API's name (`produce`, `fetch`, …).
+    pub api_key: String,
+    pub correlation_id: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
 }
 
 /// Hubble's `l7.dns`.

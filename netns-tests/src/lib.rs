@@ -19,6 +19,7 @@ use std::{
 use serde_json::Value;
 
 pub mod cluster;
+pub mod http;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -37,7 +38,7 @@ pub fn bin_dir() -> PathBuf {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
+pub(crate) fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
     assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first (scripts/test.sh does)", p.display());
     p
@@ -50,7 +51,7 @@ pub fn require_root() {
     assert!(root, "netns tests create namespaces and load BPF: run them as root (scripts/test.sh)");
 }
 
-fn run(cmd: &mut Command) -> Output {
+pub(crate) fn run(cmd: &mut Command) -> Output {
     cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
@@ -70,6 +71,8 @@ pub struct Node {
     ctrl_args: Vec<String>,
     dnsproxy: Option<Child>,
     dnsproxy_args: Vec<String>,
+    l7proxy: Option<Child>,
+    l7proxy_args: Vec<String>,
     sync: Option<Child>,
     sync_args: Vec<String>,
     pods: Vec<String>,
@@ -104,6 +107,8 @@ impl Node {
             ctrl_args: args.iter().map(|a| a.to_string()).collect(),
             dnsproxy: None,
             dnsproxy_args: Vec::new(),
+            l7proxy: None,
+            l7proxy_args: Vec::new(),
             sync: None,
             sync_args: Vec::new(),
             pods: Vec::new(),
@@ -152,7 +157,7 @@ impl Node {
 
     pub fn log(&self) -> String {
         let mut out = std::fs::read_to_string(self.tmp.join("ctrl.log")).unwrap_or_default();
-        for (name, file) in [("dnsproxy", "dnsproxy.log"), ("ipcache-sync", "sync.log")] {
+        for (name, file) in [("dnsproxy", "dnsproxy.log"), ("l7proxy", "l7proxy.log"), ("ipcache-sync", "sync.log")] {
             if let Ok(d) = std::fs::read_to_string(self.tmp.join(file)) {
                 out += &format!("\n--- {name} log ---\n{d}");
             }
@@ -191,9 +196,9 @@ impl Node {
         child
     }
 
-    /// PIDs of the node's processes (ctrl, dnsproxy, ipcache-sync).
+    /// PIDs of the node's processes (ctrl, the proxies, ipcache-sync).
     pub fn pids(&self) -> Vec<u32> {
-        self.ctrl.iter().chain(&self.dnsproxy).chain(&self.sync).map(|c| c.id()).collect()
+        self.ctrl.iter().chain(&self.dnsproxy).chain(&self.l7proxy).chain(&self.sync).map(|c| c.id()).collect()
     }
 
     /// Kills palisade-ipcache-sync (SIGKILL: a crash, not a clean stop).
@@ -217,6 +222,25 @@ impl Node {
     /// Kills palisade-dnsproxy (SIGKILL: a crash, not a clean stop).
     pub fn kill_dnsproxy(&mut self) {
         if let Some(mut c) = self.dnsproxy.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts palisade-l7proxy in the node netns (flags kept across
+    /// restarts; metrics on a port of its own per node) and waits until it
+    /// listens.
+    pub fn start_l7proxy(&mut self, args: &[&str]) {
+        assert!(self.l7proxy.is_none(), "l7proxy already running");
+        if !args.is_empty() {
+            self.l7proxy_args = args.iter().map(|a| a.to_string()).collect();
+        }
+        self.l7proxy = Some(self.spawn_daemon("palisade-l7proxy", "l7proxy.log", &self.l7proxy_args));
+    }
+
+    /// Kills palisade-l7proxy (SIGKILL: a crash, not a clean stop).
+    pub fn kill_l7proxy(&mut self) {
+        if let Some(mut c) = self.l7proxy.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -441,6 +465,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill_sync();
         self.kill_dnsproxy();
+        self.kill_l7proxy();
         self.kill_ctrl();
         for p in self.pods.drain(..) {
             let _ = run(Command::new("ip").args(["netns", "del", &p]));
@@ -485,7 +510,7 @@ pub struct Pod {
     pub name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
-    servers: Vec<Child>,
+    pub(crate) servers: Vec<Child>,
 }
 
 impl Pod {

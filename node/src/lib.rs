@@ -11,6 +11,7 @@
 //! only to parse its flags.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
 pub mod args;
 pub mod config;
 pub mod lock;

@@ -12,10 +12,12 @@
 //!   itself on restart and by `palisade fqdn cache list`.
 
 mod file;
+mod live;
 mod types;
 mod watch;
 
 pub use file::{read, write, FileId, Mapped};
+pub use live::{LivePolicy, Reload};
 /// Archived collection types readers walk.
 pub use rkyv;
 pub use types::*;

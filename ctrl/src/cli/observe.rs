@@ -22,7 +22,8 @@ pub struct Filter {
     pub from_pod: Vec<String>,
     #[arg(long)]
     pub to_pod: Vec<String>,
-    /// tcp, udp, sctp, icmp (dns and http once those sources exist).
+    /// tcp, udp, sctp, icmp; dns, http (HTTP/1.1 and HTTP/2, gRPC too) and
+    /// kafka select the proxies' L7 records.
     #[arg(long)]
     pub protocol: Vec<String>,
     /// drop, policy-verdict, l7.
@@ -99,7 +100,11 @@ impl Filter {
             && any(&self.to_pod, &|p| pod_matches(p, &f.destination))
             && any(&self.protocol, &|p| {
                 f.l4.protocol_name().eq_ignore_ascii_case(p)
-                    || (p.eq_ignore_ascii_case("dns") && f.l7.as_ref().is_some_and(|l| l.dns.is_some()))
+                    || f.l7.as_ref().is_some_and(|l| {
+                        (p.eq_ignore_ascii_case("dns") && l.dns.is_some())
+                            || (p.eq_ignore_ascii_case("http") && l.http.is_some())
+                            || (p.eq_ignore_ascii_case("kafka") && l.kafka.is_some())
+                    })
             })
             && (self.to_fqdn.is_empty() || {
                 let m = palisade_policy::fqdn::NameMatcher::new(

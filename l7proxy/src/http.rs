@@ -1,0 +1,312 @@
+//! HTTP/1.1 and HTTP/2 (h2c, gRPC): each redirected connection is served
+//! by hyper as a server (the protocol is told from the connection's first
+//! bytes: the HTTP/2 preface or an HTTP/1 request line) and each admitted
+//! request is sent on one upstream connection of the same protocol, opened
+//! from the client's address on the first request and kept for the
+//! connection's life (keep-alive; HTTP/2 streams multiplexed). Bodies
+//! stream both ways, never buffered whole.
+//!
+//! A request no rule admits gets `403 Access denied` (Cilium's answer), or
+//! for gRPC a trailers-only `grpc-status: 7` (PERMISSION_DENIED); the
+//! connection stays usable. Framing that could smuggle a second request
+//! past the rules (Content-Length with Transfer-Encoding, two
+//! Content-Lengths) gets 400 and the connection is closed; hyper refuses
+//! the rest of malformed HTTP (bad chunking, oversized heads: 400/431).
+//! Protocol upgrades (WebSocket, CONNECT) are refused with 403: the proxy
+//! would have to stop reading requests to pass them. `Upgrade: h2c` is
+//! ignored (answered in HTTP/1.1), as RFC 9113 allows.
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{
+    body::Incoming,
+    header::{self, HeaderMap, HeaderName, HeaderValue},
+    Method, Request, Response, StatusCode, Uri, Version,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_flow::Http;
+use palisade_policy::l7::{HeaderEdit, HttpRequest};
+use tokio::{net::TcpStream, sync::Mutex};
+
+use crate::{
+    flowlog::Detail,
+    metrics::{HttpDur, HttpReq, HttpResp},
+    rules::{Conn, Verdict},
+    Shared,
+};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Cilium's body for a refused request.
+pub const DENIED_BODY: &str = "Access denied\r\n";
+
+fn local(status: StatusCode, body: &'static str, close: bool) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|n: Infallible| match n {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if close {
+        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn is_grpc(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// The refusal: 403, or a gRPC status a gRPC client reads as
+/// PERMISSION_DENIED.
+fn denied(grpc: bool) -> Response<Body> {
+    if !grpc {
+        return local(StatusCode::FORBIDDEN, DENIED_BODY, false);
+    }
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|n: Infallible| match n {}).boxed());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static("7"));
+    h.insert("grpc-message", HeaderValue::from_static("Access%20denied"));
+    r
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Incoming>),
+    H2(hyper::client::conn::http2::SendRequest<Incoming>),
+}
+
+/// The connection's upstream, opened on its first admitted request.
+struct Upstream {
+    conn: Arc<Conn>,
+    sh: Arc<Shared>,
+    sender: Mutex<Option<Sender>>,
+}
+
+impl Upstream {
+    async fn open(&self, h2: bool) -> anyhow::Result<Sender> {
+        let s = tokio::time::timeout(self.sh.connect_timeout, crate::upstream::connect(self.conn.client, self.conn.server, self.sh.mark))
+            .await
+            .map_err(|_| anyhow::anyhow!("connect to {} timed out", self.conn.server))??;
+        let io = TokioIo::new(s);
+        if h2 {
+            let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H2(tx))
+        } else {
+            let (tx, conn) = hyper::client::conn::http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Sender::H1(tx))
+        }
+    }
+
+    async fn send(&self, req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
+        let h2 = req.version() == Version::HTTP_2;
+        let mut guard = self.sender.lock().await;
+        let usable = match guard.as_mut() {
+            Some(Sender::H1(s)) => !h2 && s.ready().await.is_ok(),
+            Some(Sender::H2(s)) => h2 && s.ready().await.is_ok(),
+            None => false,
+        };
+        if !usable {
+            *guard = Some(self.open(h2).await?);
+        }
+        let fut = match guard.as_mut().expect("opened") {
+            Sender::H1(s) => {
+                s.ready().await?;
+                futures_send_h1(s, req)
+            }
+            Sender::H2(s) => futures_send_h2(s, req),
+        };
+        drop(guard);
+        Ok(fut.await?)
+    }
+}
+
+type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+
+fn futures_send_h1(s: &mut hyper::client::conn::http1::SendRequest<Incoming>, req: Request<Incoming>) -> SendFuture {
+    Box::pin(s.send_request(req))
+}
+
+fn futures_send_h2(s: &mut hyper::client::conn::http2::SendRequest<Incoming>, req: Request<Incoming>) -> SendFuture {
+    Box::pin(s.send_request(req))
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and
+/// are not forwarded; hyper writes its own framing. `te: trailers` stays
+/// on HTTP/2 (gRPC needs it).
+fn strip_hop_by_hop(h: &mut HeaderMap, h2: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [header::CONNECTION, header::PROXY_AUTHENTICATE, header::TRANSFER_ENCODING, header::UPGRADE, header::TRAILER] {
+        h.remove(n);
+    }
+    h.remove("keep-alive");
+    h.remove("proxy-connection");
+    let te_trailers = h.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !(h2 && te_trailers) {
+        h.remove(header::TE);
+    }
+}
+
+fn apply(h: &mut HeaderMap, edits: &[HeaderEdit]) {
+    for e in edits {
+        match e {
+            HeaderEdit::Add(n, v) | HeaderEdit::Replace(n, v) => {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(n.as_bytes()), HeaderValue::from_str(v)) {
+                    if matches!(e, HeaderEdit::Add(..)) {
+                        h.append(n, v);
+                    } else {
+                        h.insert(n, v);
+                    }
+                }
+            }
+            HeaderEdit::Delete(n) => {
+                h.remove(n.as_str());
+            }
+            HeaderEdit::Logged(_) => {}
+        }
+    }
+}
+
+fn protocol(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Serves one redirected connection until either side closes it.
+pub async fn serve(stream: TcpStream, conn: Arc<Conn>, sh: Arc<Shared>) {
+    let up = Arc::new(Upstream { conn: conn.clone(), sh: sh.clone(), sender: Mutex::new(None) });
+    let svc = {
+        let sh = sh.clone();
+        hyper::service::service_fn(move |req| {
+            let (conn, up, sh) = (conn.clone(), up.clone(), sh.clone());
+            async move { Ok::<_, Infallible>(handle(req, &conn, &up, &sh).await) }
+        })
+    };
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(sh.max_header_bytes.max(8192))
+        .keep_alive(true);
+    b.http2().timer(TokioTimer::new()).max_header_list_size(sh.max_header_bytes as u32);
+    if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+        let reason = match e.downcast_ref::<hyper::Error>() {
+            Some(h) if h.is_parse_too_large() => Some("head_too_large"),
+            Some(h) if h.is_parse() => Some("parse"),
+            Some(h) if h.is_timeout() => Some("header_timeout"),
+            Some(_) => None,
+            None if e.to_string().contains("h2") || e.to_string().contains("frame") => Some("http2"),
+            None => None,
+        };
+        if let Some(r) = reason {
+            sh.metrics.malformed("http", r);
+        }
+        tracing::debug!("HTTP connection ended: {e}");
+    }
+}
+
+async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh: &Shared) -> Response<Body> {
+    let t0 = Instant::now();
+    let version = req.version();
+    let h2 = version == Version::HTTP_2;
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
+        .unwrap_or_default();
+    let grpc = is_grpc(req.headers());
+    let reporter = if conn.reported_ingress() { "server" } else { "client" };
+    let record = |v: &Verdict, code: u16, latency: Duration| {
+        let verdict = match v {
+            Verdict::Allow { .. } => "FORWARDED",
+            Verdict::Audit { .. } => "AUDIT",
+            Verdict::Deny { .. } => "DROPPED",
+        };
+        let m = &sh.metrics;
+        m.http_requests
+            .get_or_create(&HttpReq { method: method.clone(), protocol: protocol(version).into(), reporter: reporter.into(), verdict: verdict.into() })
+            .inc();
+        m.http_responses.get_or_create(&HttpResp { method: method.clone(), status: code.to_string(), reporter: reporter.into() }).inc();
+        m.http_duration.get_or_create(&HttpDur { method: method.clone(), reporter: reporter.into() }).observe(latency.as_secs_f64());
+        if let Some(f) = &sh.flows {
+            let url = format!("http://{host}{path}");
+            let detail = Detail::Http(Http { code: u32::from(code), method: method.clone(), url, protocol: protocol(version).into(), headers: vec![] });
+            f.record(conn, v, detail, latency.as_nanos() as u64);
+        }
+    };
+
+    if !h2 {
+        let cls = req.headers().get_all(header::CONTENT_LENGTH).iter().count();
+        let te = req.headers().contains_key(header::TRANSFER_ENCODING);
+        if cls > 1 || (cls == 1 && te) {
+            sh.metrics.malformed("http", if te { "content_length_with_transfer_encoding" } else { "duplicate_content_length" });
+            return local(StatusCode::BAD_REQUEST, "Bad request framing\r\n", true);
+        }
+    }
+    let upgrade = req.method() == Method::CONNECT
+        || req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok()).is_some_and(|u| !u.eq_ignore_ascii_case("h2c"));
+
+    let verdict = {
+        let headers = |n: &str| req.headers().get_all(n).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect::<Vec<_>>();
+        conn.http(&HttpRequest { method: &method, path: &path, host: &host, headers: &headers })
+    };
+    let verdict = if upgrade && verdict.passes() { Verdict::Deny { ingress: conn.reported_ingress() } } else { verdict };
+    if let Verdict::Deny { .. } = verdict {
+        let resp = denied(grpc);
+        record(&verdict, if grpc { 200 } else { 403 }, t0.elapsed());
+        return resp;
+    }
+    if let Verdict::Allow { edits, .. } = &verdict {
+        apply(req.headers_mut(), edits);
+    }
+    strip_hop_by_hop(req.headers_mut(), h2);
+    if h2 {
+        if req.uri().authority().is_none() {
+            let authority = if host.is_empty() { conn.server.to_string() } else { host.clone() };
+            if let Ok(u) = Uri::builder().scheme("http").authority(authority).path_and_query(path.as_str()).build() {
+                *req.uri_mut() = u;
+            }
+        }
+    } else if let Ok(u) = Uri::builder().path_and_query(path.as_str()).build() {
+        *req.uri_mut() = u;
+    }
+    match up.send(req).await {
+        Ok(resp) => {
+            let code = resp.status().as_u16();
+            record(&verdict, code, t0.elapsed());
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, h2);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            sh.metrics.upstream_errors.inc();
+            tracing::debug!(server = %conn.server, "upstream: {e:#}");
+            record(&verdict, 503, t0.elapsed());
+            local(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\r\n", true)
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! palisade-l7proxy: the transparent L7 proxy. The datapath sends here only
+//! the TCP connections whose policy entry carries HTTP or Kafka rules
+//! (bpf/lib/proxy.h): at the client's egress with bpf_sk_assign, at the
+//! server's ingress by re-injecting the packet at the interface it came in
+//! by. Every request is checked against the rules in `policy.snap`
+//! (palisade-ctrl's), answered 403 / PERMISSION_DENIED / a Kafka
+//! authorization error when refused, forwarded from the client's own
+//! address when admitted, and recorded as a flow in `flows/l7.ring`.
+//!
+//! Runtime: tokio, multi-threaded, one worker per core by default. hyper
+//! and h2 are tokio-native; an event loop of our own on mio would have to
+//! re-implement their I/O traits for no gain, and crossbeam has no place
+//! here (hand-offs are tokio tasks). See docs/l7.md.
+//!
+//! Fail closed: while the proxy is down the datapath finds no socket and
+//! drops the redirected packets; the proxy refuses connections until it has
+//! read a snapshot. Connections whose rules are gone (a policy change) are
+//! passed as bytes: the kernel admitted them at L4, as it keeps admitting
+//! established flows across policy changes.
+#![forbid(unsafe_code)]
+
+pub mod flowlog;
+pub mod http;
+pub mod metrics;
+pub mod rules;
+pub mod upstream;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use palisade_node::{ConfigError, NodePaths};
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "palisade-l7proxy",
+    version,
+    about = "Palisade's transparent L7 proxy: enforces HTTP, gRPC and Kafka rules on the connections the datapath redirects to it"
+)]
+pub struct Args {
+    #[command(flatten)]
+    pub node: palisade_node::NodeArgs,
+    /// Port to listen on, 127.0.0.1 TCP (palisade-ctrl's --l7-proxy-port).
+    #[arg(long, env = "PALISADE_L7_PROXY_PORT", default_value_t = 10080, value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: u16,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+    /// Prometheus metrics (GET /metrics); "off" disables.
+    #[arg(long, default_value = "127.0.0.1:9964")]
+    pub metrics_address: String,
+    /// Largest request head accepted (bytes); larger gets 431.
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub max_header_bytes: u64,
+    /// How long an upstream connect may take (ms) before the request gets 503.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
+    /// Do not write L7 flow records (<state-dir>/flows/l7.ring).
+    #[arg(long)]
+    pub no_flows: bool,
+}
+
+/// What every connection shares.
+pub struct Shared {
+    pub rules: Arc<rules::RulesHandle>,
+    pub ipcache: Option<palisade_bpf::pinned::Ipcache>,
+    pub metrics: Arc<metrics::Metrics>,
+    pub flows: Option<flowlog::FlowLog>,
+    /// SO_MARK of upstream sockets (MARK_FROM_PROXY).
+    pub mark: u32,
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub port: u16,
+}
+
+impl Shared {
+    fn identity(&self, ip: std::net::Ipv4Addr) -> u32 {
+        self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(ip))
+    }
+}
+
+fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
+    let mut w = palisade_snapshot::DirWatch::new(dir);
+    loop {
+        w.wait(Duration::from_millis(1000));
+        rules.refresh();
+    }
+}
+
+/// One accepted connection: its rules decide how it is served.
+async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
+    let Some((client, server)) = upstream::ends(&stream) else { return };
+    if server.ip().is_loopback() {
+        // Someone connected to the listener itself: nothing to proxy to.
+        sh.metrics.connection("refused_loop");
+        return;
+    }
+    let Some(rules) = sh.rules.get() else {
+        sh.metrics.connection("refused_no_rules");
+        tracing::warn!(%client, %server, "no policy.snap yet: connection refused");
+        return;
+    };
+    let conn = Arc::new(rules::Conn::new(&rules, client, server, |ip| sh.identity(ip)));
+    match conn.proto() {
+        Ok(Some(rules::Proto::Http)) => {
+            sh.metrics.connection("http");
+            http::serve(stream, conn, sh).await;
+        }
+        Ok(Some(rules::Proto::Kafka)) => {
+            // Kafka comes next; until then, refused (fail closed).
+            sh.metrics.connection("refused_kafka");
+        }
+        Ok(None) => {
+            sh.metrics.connection("passed");
+            passthrough(stream, &conn, &sh).await;
+        }
+        Err(e) => {
+            sh.metrics.connection("refused_conflict");
+            tracing::warn!(%client, %server, "{e}: connection refused");
+        }
+    }
+}
+
+/// A redirected connection no rule is about any more: bytes both ways.
+async fn passthrough(mut down: tokio::net::TcpStream, conn: &rules::Conn, sh: &Shared) {
+    match tokio::time::timeout(sh.connect_timeout, upstream::connect(conn.client, conn.server, sh.mark)).await {
+        Ok(Ok(mut up)) => {
+            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+        }
+        _ => {
+            sh.metrics.upstream_errors.inc();
+        }
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let NodePaths { bpf_dir, state_dir, .. } = a.node.paths()?;
+    let metrics_address: Option<SocketAddr> = match a.metrics_address.as_str() {
+        "off" => None,
+        s => Some(s.parse().map_err(|_| ConfigError(format!("--metrics-address {s:?}: expected ADDRESS:PORT or off")))?),
+    };
+    let metrics = Arc::new(metrics::Metrics::default());
+    let rules = Arc::new(rules::RulesHandle::new(&state_dir));
+    {
+        // policy.snap is replaced by rename: watch the directory, so a
+        // narrowed rule applies to the next request; the 1 s poll is the
+        // fallback.
+        let rules = rules.clone();
+        let dir = state_dir.clone();
+        std::thread::Builder::new().name("rules".into()).spawn(move || watch_rules(&dir, &rules))?;
+    }
+    let sh = Arc::new(Shared {
+        rules,
+        ipcache: palisade_bpf::pinned::Ipcache::open(&bpf_dir).ok(),
+        metrics: metrics.clone(),
+        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&state_dir).context("opening the L7 flow ring")?) },
+        mark: palisade_bpf::consts::MARK_FROM_PROXY,
+        connect_timeout: Duration::from_millis(a.connect_timeout_ms),
+        max_header_bytes: a.max_header_bytes as usize,
+        port: a.port,
+    });
+    if sh.ipcache.is_none() {
+        tracing::warn!(bpf_dir = %bpf_dir.display(), "no pinned ipcache: peers that are not local endpoints count as world");
+    }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if a.workers > 0 {
+        rt.worker_threads(a.workers);
+    }
+    let rt = rt.enable_all().thread_name("l7-worker").build()?;
+    rt.block_on(async move {
+        let listener = upstream::listener(a.port, 4096)?;
+        if let Some(addr) = metrics_address {
+            metrics::serve(addr, metrics)?;
+        }
+        tracing::info!(port = a.port, "palisade-l7proxy ready on 127.0.0.1");
+        println!("ready");
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    let _ = s.set_nodelay(true);
+                    tokio::spawn(connection(s, sh.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,65 @@
+//! Real HTTP on both ends for the L7 tests: nginx in a pod (HTTP/1.1 on one
+//! port, h2c with prior knowledge on another, as nginx 1.22 serves them),
+//! curl from a pod.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{run, Pod};
+
+impl Pod {
+    /// Starts nginx in the pod: HTTP/1.1 on `h1_port`, h2c on `h2_port`.
+    /// Every path answers 200 `<server name> <method> <uri>`.
+    pub fn nginx(&mut self, tmp: &std::path::Path, h1_port: u16, h2_port: u16) {
+        let dir = tmp.join(format!("nginx-{}", self.netns));
+        std::fs::create_dir_all(dir.join("logs")).expect("nginx dir");
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               client_max_body_size 0;\n  keepalive_requests 10000;\n\
+               server {{ listen {ip}:{h1_port}; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
+               server {{ listen {ip}:{h2_port} http2; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
+             }}\n",
+            d = dir.display(),
+            ip = self.ip,
+            name = self.name,
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).expect("nginx.conf");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "nginx", "-c"])
+            .arg(&path)
+            .args(["-p"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn nginx (scripts/setup.sh installs nginx-light)");
+        self.servers.push(child);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(5) {
+            let out = run(Command::new("ip").args(["netns", "exec", &self.netns, "ss", "-ltnH"]));
+            let s = String::from_utf8_lossy(&out.stdout);
+            if s.contains(&format!("{}:{h1_port}", self.ip)) && s.contains(&format!("{}:{h2_port}", self.ip)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("nginx in {} did not listen on {h1_port} and {h2_port}", self.name);
+    }
+
+    /// Runs curl in the pod with `args`; returns (exit status ok, stdout).
+    pub fn curl(&self, args: &[&str]) -> (bool, String) {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.netns, "curl", "-sS", "--max-time", "5"]).args(args));
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// One request: (status code, body); code 0 when no response came.
+    pub fn http(&self, method: &str, url: &str) -> (u16, String) {
+        let (_, out) = self.curl(&["-X", method, "-w", "\n%{http_code}", url]);
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+}
