@@ -59,9 +59,43 @@ static __always_inline int host_forwarded(struct __sk_buff *skb, const struct en
 	ck.remote_ip = t->saddr;
 	ck.local_port = t->ct_dport;
 	ck.remote_port = t->ct_sport;
-	if (ct_lookup_refresh(&ck, t->tcp_closing, &st) && (st.flags & CT_F_REPLY_TO_PROXY))
+	if (!ct_lookup_refresh(&ck, t->tcp_closing, &st))
+		return REASON_FORWARDED;
+	if (st.flags & CT_F_REPLY_TO_PROXY)
 		return proxy_reply(skb, t);
+	if (st.proxy_port)
+		return proxy_redirect(skb, t, st.proxy_port);
 	return REASON_FORWARDED;
+}
+
+/* A new flow a pod's ingress rules send to a proxy. Its first packet is
+ * re-injected (proxy_reinject); every later one must reach the proxy where
+ * it enters the node, before routing: once the proxy holds a socket with
+ * the flow's addresses, the stack's early demux would attach a forwarded
+ * packet to it, and forwarding drops such a packet. So the flow's entry at
+ * the entry point (the source pod's egress entry, or an uplink entry in the
+ * orientation host_forwarded looks up) gets the proxy port. */
+static __always_inline void proxy_at_entry(struct __sk_buff *skb, const struct tuple *t, __u16 proxy_port)
+{
+	struct endpoint_info *src = endpoint_lookup(skb->ingress_ifindex);
+	struct ct_key k = { .proto = t->proto };
+
+	if (!src)
+		return;
+	k.ep_id = src->ep_id;
+	if (src->flags & EP_F_HOST) {
+		k.local_ip = t->daddr;
+		k.remote_ip = t->saddr;
+		k.local_port = t->ct_dport;
+		k.remote_port = t->ct_sport;
+		ct_set_proxy(&k, DIR_INGRESS, t->tcp_closing, proxy_port);
+	} else {
+		k.local_ip = t->saddr;
+		k.remote_ip = t->daddr;
+		k.local_port = t->ct_sport;
+		k.remote_port = t->ct_dport;
+		ct_set_proxy(&k, DIR_EGRESS, t->tcp_closing, proxy_port);
+	}
 }
 
 static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
@@ -180,8 +214,10 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	fv = pv.proxy_port ? FLOW_VERDICT_REDIRECTED : FLOW_VERDICT_FORWARDED;
 	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir, fv, t.tcp_flags,
 		  REASON_FORWARDED, pv.cookie, peer);
-	if (pv.proxy_port && dir == DIR_INGRESS)
+	if (pv.proxy_port && dir == DIR_INGRESS) {
+		proxy_at_entry(skb, &t, pv.proxy_port);
 		return proxy_reinject(skb, pv.proxy_port);
+	}
 	return REASON_FORWARDED;
 }
 

@@ -100,4 +100,17 @@ static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 
 	bpf_map_update_elem(&palisade_ct_v1, key, &e, BPF_ANY);
 }
 
+/* Points an existing flow (or a new entry) at a proxy port: every later
+ * packet matching it is handed to the proxy where it enters the node. */
+static __always_inline void ct_set_proxy(const struct ct_key *key, __u8 dir, __u8 tcp_closing, __u16 proxy_port)
+{
+	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
+
+	if (e) {
+		e->proxy_port = proxy_port;
+		return;
+	}
+	ct_create(key, dir, 0, tcp_closing, proxy_port, 0);
+}
+
 #endif

@@ -103,3 +103,12 @@ spec:
     let flows = node.wait_flows(&["--protocol", "http", "--from-pod", "shop/web"], 3);
     assert!(flows.iter().any(|f| f["traffic_direction"] == "EGRESS" && f["verdict"] == "DROPPED"), "{flows:?}");
 }
+
+#[test]
+#[ignore]
+fn debug_hold() {
+    let (node, web, api) = shop();
+    node.apply("l7.yaml", API_INGRESS);
+    println!("NODE {} WEB {} API {} TMP {}", node.netns, web.netns, api.ip, node.tmp.display());
+    std::thread::sleep(std::time::Duration::from_secs(150));
+}
