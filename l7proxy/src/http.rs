@@ -78,18 +78,41 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Incoming>),
 }
 
-/// The connection's upstream, opened on its first admitted request.
+/// The connection's upstream, opened on its first admitted request, and
+/// the rules about the connection (recomputed when the snapshot changes).
 struct Upstream {
-    conn: Arc<Conn>,
+    conn: std::sync::RwLock<Arc<Conn>>,
     sh: Arc<Shared>,
     sender: Mutex<Option<Sender>>,
 }
 
 impl Upstream {
+    /// The rules in force for the next request: a policy change applies
+    /// to open connections too. A connection whose rules are all gone keeps
+    /// its last ones (never opened wider than it was).
+    fn current(&self) -> Arc<Conn> {
+        let now = self.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(rules) = self.sh.rules.get() else { return now };
+        if rules.generation == now.generation {
+            return now;
+        }
+        let fresh = Conn::new(&rules, now.client, now.server, |ip| self.sh.identity(ip));
+        if fresh.sides.is_empty() {
+            return now;
+        }
+        let fresh = Arc::new(fresh);
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+        fresh
+    }
+
     async fn open(&self, h2: bool) -> anyhow::Result<Sender> {
-        let s = tokio::time::timeout(self.sh.connect_timeout, crate::upstream::connect(self.conn.client, self.conn.server, self.sh.mark))
+        let (client, server) = {
+            let c = self.conn.read().unwrap_or_else(|p| p.into_inner());
+            (c.client, c.server)
+        };
+        let s = tokio::time::timeout(self.sh.connect_timeout, crate::upstream::connect(client, server, self.sh.mark))
             .await
-            .map_err(|_| anyhow::anyhow!("connect to {} timed out", self.conn.server))??;
+            .map_err(|_| anyhow::anyhow!("connect to {server} timed out"))??;
         let io = TokioIo::new(s);
         if h2 {
             let (tx, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new()).timer(TokioTimer::new()).handshake(io).await?;
@@ -194,12 +217,15 @@ fn protocol(v: Version) -> &'static str {
 
 /// Serves one redirected connection until either side closes it.
 pub async fn serve(stream: TcpStream, conn: Arc<Conn>, sh: Arc<Shared>) {
-    let up = Arc::new(Upstream { conn: conn.clone(), sh: sh.clone(), sender: Mutex::new(None) });
+    let up = Arc::new(Upstream { conn: std::sync::RwLock::new(conn), sh: sh.clone(), sender: Mutex::new(None) });
     let svc = {
         let sh = sh.clone();
         hyper::service::service_fn(move |req| {
-            let (conn, up, sh) = (conn.clone(), up.clone(), sh.clone());
-            async move { Ok::<_, Infallible>(handle(req, &conn, &up, &sh).await) }
+            let (up, sh) = (up.clone(), sh.clone());
+            async move {
+                let conn = up.current();
+                Ok::<_, Infallible>(handle(req, &conn, &up, &sh).await)
+            }
         })
     };
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

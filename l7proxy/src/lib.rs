@@ -13,10 +13,11 @@
 //! here (hand-offs are tokio tasks). See docs/l7.md.
 //!
 //! Fail closed: while the proxy is down the datapath finds no socket and
-//! drops the redirected packets; the proxy refuses connections until it has
-//! read a snapshot. Connections whose rules are gone (a policy change) are
-//! passed as bytes: the kernel admitted them at L4, as it keeps admitting
-//! established flows across policy changes.
+//! drops the redirected packets; the proxy refuses a connection for which
+//! it finds no rule (re-reading the snapshot first). Each request is judged
+//! by the rules in force when it arrives (a policy change applies to the
+//! next request on an open connection); a connection whose rules are all
+//! gone keeps its last ones.
 #![forbid(unsafe_code)]
 
 pub mod flowlog;
@@ -73,8 +74,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn identity(&self, ip: std::net::Ipv4Addr) -> u32 {
+    pub fn identity(&self, ip: std::net::Ipv4Addr) -> u32 {
         self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(ip))
+    }
+
+    /// The current rules about a connection; `None` before any snapshot.
+    pub fn conn(&self, client: std::net::SocketAddrV4, server: std::net::SocketAddrV4) -> Option<rules::Conn> {
+        let rules = self.rules.get()?;
+        Some(rules::Conn::new(&rules, client, server, |ip| self.identity(ip)))
     }
 }
 
@@ -94,12 +101,19 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
         sh.metrics.connection("refused_loop");
         return;
     }
-    let Some(rules) = sh.rules.get() else {
+    // The agent writes policy.snap before it changes the maps, so the
+    // rules that made the datapath redirect this connection are in the
+    // file; if the watcher has not loaded them yet, load them now.
+    let mut conn = sh.conn(client, server);
+    if conn.as_ref().is_none_or(|c| c.sides.is_empty()) {
+        sh.rules.refresh();
+        conn = sh.conn(client, server);
+    }
+    let Some(conn) = conn.map(Arc::new) else {
         sh.metrics.connection("refused_no_rules");
         tracing::warn!(%client, %server, "no policy.snap yet: connection refused");
         return;
     };
-    let conn = Arc::new(rules::Conn::new(&rules, client, server, |ip| sh.identity(ip)));
     match conn.proto() {
         Ok(Some(rules::Proto::Http)) => {
             sh.metrics.connection("http");
@@ -110,24 +124,14 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
             sh.metrics.connection("refused_kafka");
         }
         Ok(None) => {
-            sh.metrics.connection("passed");
-            passthrough(stream, &conn, &sh).await;
+            // Redirected, yet no rule is about it: refused, never passed
+            // unchecked (fail closed).
+            sh.metrics.connection("refused_no_rules");
+            tracing::warn!(%client, %server, "no L7 rule is about this connection: refused");
         }
         Err(e) => {
             sh.metrics.connection("refused_conflict");
             tracing::warn!(%client, %server, "{e}: connection refused");
-        }
-    }
-}
-
-/// A redirected connection no rule is about any more: bytes both ways.
-async fn passthrough(mut down: tokio::net::TcpStream, conn: &rules::Conn, sh: &Shared) {
-    match tokio::time::timeout(sh.connect_timeout, upstream::connect(conn.client, conn.server, sh.mark)).await {
-        Ok(Ok(mut up)) => {
-            let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-        }
-        _ => {
-            sh.metrics.upstream_errors.inc();
         }
     }
 }

@@ -152,6 +152,8 @@ impl Side {
 
 /// Everything the proxy knows about one redirected connection.
 pub struct Conn {
+    /// The snapshot generation the sides were computed from.
+    pub generation: u64,
     pub client: SocketAddrV4,
     pub server: SocketAddrV4,
     /// Endpoints (client's egress, server's ingress) with rules about it.
@@ -202,7 +204,7 @@ impl Conn {
                 sides.push(Side { ep: ep.clone(), ingress: true, peer_identity: client_identity, rules });
             }
         }
-        Conn { client, server, sides, client_ep, server_ep, client_identity, server_identity }
+        Conn { generation: rules.generation, client, server, sides, client_ep, server_ep, client_identity, server_identity }
     }
 
     /// The protocol every side's rules speak; `Err` when they disagree or

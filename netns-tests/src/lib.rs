@@ -246,6 +246,12 @@ impl Node {
         }
     }
 
+    /// palisade-l7proxy's Prometheus text (its port in the node netns).
+    pub fn l7_metrics(&self) -> String {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.netns, "curl", "-s", "http://127.0.0.1:9964/metrics"]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// palisade-dnsproxy's counters, from its fqdn.snap (written every second).
     pub fn dns_stats(&self) -> std::collections::BTreeMap<String, u64> {
         let v = self.json(&["fqdn", "status", "--state-dir", &self.tmp.join("state").display().to_string()]);
