@@ -274,13 +274,24 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
         };
         let m = &sh.metrics;
         m.http_requests
-            .get_or_create(&HttpReq { method: method.clone(), protocol: protocol(version).into(), reporter: reporter.into(), verdict: verdict.into() })
+            .get_or_create(&HttpReq {
+                method: method.clone(),
+                protocol: protocol(version).into(),
+                reporter: reporter.into(),
+                verdict: verdict.into(),
+            })
             .inc();
         m.http_responses.get_or_create(&HttpResp { method: method.clone(), status: code.to_string(), reporter: reporter.into() }).inc();
         m.http_duration.get_or_create(&HttpDur { method: method.clone(), reporter: reporter.into() }).observe(latency.as_secs_f64());
         if let Some(f) = &sh.flows {
             let url = format!("http://{host}{path}");
-            let detail = Detail::Http(Http { code: u32::from(code), method: method.clone(), url, protocol: protocol(version).into(), headers: vec![] });
+            let detail = Detail::Http(Http {
+                code: u32::from(code),
+                method: method.clone(),
+                url,
+                protocol: protocol(version).into(),
+                headers: vec![],
+            });
             f.record(conn, v, detail, latency.as_nanos() as u64);
         }
     };

@@ -170,10 +170,19 @@ pub struct Conn {
 pub enum Verdict {
     /// Admitted by a rule of every side (`cookie` of the deciding rule, 0
     /// when no side has rules: the connection is passed as is).
-    Allow { cookie: u32, policy: String, path: String, edits: Vec<HeaderEdit> },
+    Allow {
+        cookie: u32,
+        policy: String,
+        path: String,
+        edits: Vec<HeaderEdit>,
+    },
     /// Refused, but the refusing endpoint is in audit mode: passed.
-    Audit { ingress: bool },
-    Deny { ingress: bool },
+    Audit {
+        ingress: bool,
+    },
+    Deny {
+        ingress: bool,
+    },
 }
 
 impl Verdict {
@@ -193,13 +202,15 @@ impl Conn {
         let port = server.port();
         let mut sides = Vec::new();
         if let Some(ep) = &client_ep {
-            let rules: Vec<usize> = ep.egress.iter().enumerate().filter(|(_, r)| r.applies(server_identity, port)).map(|(i, _)| i).collect();
+            let rules: Vec<usize> =
+                ep.egress.iter().enumerate().filter(|(_, r)| r.applies(server_identity, port)).map(|(i, _)| i).collect();
             if !rules.is_empty() {
                 sides.push(Side { ep: ep.clone(), ingress: false, peer_identity: server_identity, rules });
             }
         }
         if let Some(ep) = &server_ep {
-            let rules: Vec<usize> = ep.ingress.iter().enumerate().filter(|(_, r)| r.applies(client_identity, port)).map(|(i, _)| i).collect();
+            let rules: Vec<usize> =
+                ep.ingress.iter().enumerate().filter(|(_, r)| r.applies(client_identity, port)).map(|(i, _)| i).collect();
             if !rules.is_empty() {
                 sides.push(Side { ep: ep.clone(), ingress: true, peer_identity: client_identity, rules });
             }
@@ -213,7 +224,9 @@ impl Conn {
     pub fn proto(&self) -> Result<Option<Proto>, String> {
         let mut out = None;
         for s in &self.sides {
-            let p = s.proto().ok_or_else(|| format!("{}: rules of different protocols (or broken) on port {}", s.ep.name, self.server.port()))?;
+            let p = s
+                .proto()
+                .ok_or_else(|| format!("{}: rules of different protocols (or broken) on port {}", s.ep.name, self.server.port()))?;
             if out.is_some_and(|o| o != p) {
                 return Err(format!("HTTP and Kafka rules on one connection to port {}", self.server.port()));
             }
@@ -326,7 +339,14 @@ mod tests {
     #[test]
     fn sides_union_within_and_and_across() {
         let mut rules = Rules::default();
-        let server = ep("shop/api", [10, 0, 0, 2], 300, false, vec![http(1, Some(&[256]), 80, &[get("/a")]), http(2, None, 80, &[get("/b")])], vec![]);
+        let server = ep(
+            "shop/api",
+            [10, 0, 0, 2],
+            300,
+            false,
+            vec![http(1, Some(&[256]), 80, &[get("/a")]), http(2, None, 80, &[get("/b")])],
+            vec![],
+        );
         let client = ep("shop/web", [10, 0, 0, 1], 256, false, vec![], vec![http(3, None, 80, &[get("/a"), get("/c")])]);
         rules.by_ip.insert(server.ip, server);
         rules.by_ip.insert(client.ip, client);

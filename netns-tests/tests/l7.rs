@@ -189,7 +189,8 @@ spec:
     );
     assert_eq!(web.http("DELETE", &format!("http://{}/api/users", api.ip)).0, 200, "L4 rule: no redirect, anything goes");
     // The L7 rules still hold on 8080, which the L4 rule does not open.
-    let (_, out) = web.curl(&["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}:8080/api/users", api.ip)]);
+    let (_, out) =
+        web.curl(&["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}:8080/api/users", api.ip)]);
     assert_eq!(out, "403");
 }
 

@@ -11,10 +11,10 @@
 //! only to parse its flags.
 #![forbid(unsafe_code)]
 
-pub mod metrics;
 pub mod args;
 pub mod config;
 pub mod lock;
+pub mod metrics;
 
 pub use args::{EtcdArgs, EtcdConfig, NodeArgs, NodePaths};
 pub use lock::lock_dir;

@@ -371,7 +371,9 @@ mod tests {
         assert!(m.admits(&req("GET", "/xpublic", &none)).is_none());
         assert!(m.admits(&req("POST", "/public", &none)).is_none());
         assert!(m.admits(&req("GETX", "/public", &none)).is_none());
-        let m = HttpMatcher::new(&HttpRule { path: Some("/api/v1/.*".into()), host: Some("api\\.example\\.com".into()), ..Default::default() }).unwrap();
+        let m =
+            HttpMatcher::new(&HttpRule { path: Some("/api/v1/.*".into()), host: Some("api\\.example\\.com".into()), ..Default::default() })
+                .unwrap();
         assert!(m.admits(&req("DELETE", "/api/v1/users?id=1", &none)).is_some(), "host port ignored, query is part of the path");
         let m = HttpMatcher::new(&HttpRule { method: Some("GET|HEAD".into()), ..Default::default() }).unwrap();
         assert!(m.admits(&req("HEAD", "/", &none)).is_some(), "alternation is grouped before anchoring");
@@ -381,7 +383,9 @@ mod tests {
     #[test]
     fn headers_need_presence_or_the_exact_value() {
         let h = |n: &str| if n == "x-token" { vec!["abc".to_string()] } else { vec![] };
-        let rule = |hs: &[&str]| HttpMatcher::new(&HttpRule { headers: hs.iter().map(|s| s.to_string()).collect(), ..Default::default() }).unwrap();
+        let rule = |hs: &[&str]| {
+            HttpMatcher::new(&HttpRule { headers: hs.iter().map(|s| s.to_string()).collect(), ..Default::default() }).unwrap()
+        };
         assert!(rule(&["X-Token"]).admits(&req("GET", "/", &h)).is_some());
         assert!(rule(&["X-Token: abc"]).admits(&req("GET", "/", &h)).is_some());
         assert!(rule(&["X-Token: abd"]).admits(&req("GET", "/", &h)).is_none());
@@ -395,7 +399,10 @@ mod tests {
         };
         assert!(hm(None).admits(&req("GET", "/", &h)).is_none());
         assert_eq!(hm(Some(Mismatch::Log)).admits(&req("GET", "/", &h)), Some(vec![HeaderEdit::Logged("X-Env".into())]));
-        assert_eq!(hm(Some(Mismatch::Replace)).admits(&req("GET", "/", &h)), Some(vec![HeaderEdit::Replace("X-Env".into(), "prod".into())]));
+        assert_eq!(
+            hm(Some(Mismatch::Replace)).admits(&req("GET", "/", &h)),
+            Some(vec![HeaderEdit::Replace("X-Env".into(), "prod".into())])
+        );
     }
 
     #[test]

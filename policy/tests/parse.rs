@@ -75,7 +75,9 @@ fn errors_name_file_document_and_field() {
 
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toPorts: [{{ports: [{{port: \"80\"}}], rules: {{http: [{{method: GET}}, {{path: \"/api/(\"}}]}}}}]\n"));
     assert!(e.contains("spec.egress[0].toPorts[0].rules.http[1].path: \"/api/(\" is not a valid regular expression"), "{e}");
-    let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toPorts: [{{ports: [{{port: \"80\"}}], rules: {{l7proto: x}}}}]\n"));
+    let e = err(&format!(
+        "{HEAD}spec:\n  endpointSelector: {{}}\n  egress:\n  - toPorts: [{{ports: [{{port: \"80\"}}], rules: {{l7proto: x}}}}]\n"
+    ));
     assert!(e.contains("spec.egress[0].toPorts[0].rules.l7proto: field is recognised but not supported"), "{e}");
     let e = err(&format!("{HEAD}spec:\n  endpointSelector: {{}}\n  ingress:\n  - toPorts: [{{ports: [{{port: \"9092\"}}], rules: {{kafka: [{{role: produce, apiKey: fetch}}]}}}}]\n"));
     assert!(e.contains("spec.ingress[0].toPorts[0].rules.kafka[0].apiKey: role and apiKey cannot both be set"), "{e}");

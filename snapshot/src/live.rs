@@ -32,8 +32,7 @@ impl<R> LivePolicy<R> {
     /// Reads `<state_dir>/policy.snap` now (if it exists) and on every
     /// [`refresh`](Self::refresh).
     pub fn new(state_dir: &Path, compile: fn(&ArchivedPolicySnapshot) -> R) -> Self {
-        let h =
-            Self { path: state_dir.join(PolicySnapshot::FILE), current: RwLock::new(None), loaded: Mutex::new(None), compile };
+        let h = Self { path: state_dir.join(PolicySnapshot::FILE), current: RwLock::new(None), loaded: Mutex::new(None), compile };
         h.refresh();
         h
     }

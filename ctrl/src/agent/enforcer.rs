@@ -270,10 +270,14 @@ impl Enforcer {
         universe.selectors = Some(&self.selectors);
         // The proxy's rules first: a query redirected under a new rule
         // must find it.
-        let snap =
-            policysnap::snapshot_reusing(store.endpoints.values().map(|e| &**e), &policies, &universe, store.audit, self.policy_snap.last(), |id| {
-                scope.contains(id)
-            });
+        let snap = policysnap::snapshot_reusing(
+            store.endpoints.values().map(|e| &**e),
+            &policies,
+            &universe,
+            store.audit,
+            self.policy_snap.last(),
+            |id| scope.contains(id),
+        );
         self.policy_snap.publish(snap).context("writing policy.snap for palisade-dnsproxy")?;
         tracing::debug!(us = t0.elapsed().as_micros() as u64, "sync: universe and policy.snap");
         let mut live = BTreeSet::new();

@@ -155,9 +155,9 @@ fn http_rules(path: &str, list: Vec<WireHttp>) -> Result<crate::l7::L7Rules, Fie
             unsupported(&p, "secret", &h.secret)?;
             let mismatch = match h.mismatch.as_deref() {
                 None | Some("") => None,
-                Some(m) => Some(
-                    Mismatch::parse(m).ok_or((format!("{p}.mismatch"), format!("{m:?}: expected LOG, ADD, DELETE or REPLACE")))?,
-                ),
+                Some(m) => {
+                    Some(Mismatch::parse(m).ok_or((format!("{p}.mismatch"), format!("{m:?}: expected LOG, ADD, DELETE or REPLACE")))?)
+                }
             };
             hms.push(HeaderMatch { name: h.name, value: h.value, mismatch });
         }
@@ -183,7 +183,10 @@ fn kafka_rules(path: &str, list: Vec<WireKafka>) -> Result<crate::l7::L7Rules, F
             None => None,
             Some(k) => Some(KAFKA_API_KEYS.iter().find(|(n, _)| *n == k).map(|(_, v)| *v).ok_or((
                 format!("{p}.apiKey"),
-                format!("{k:?} is not a Kafka API key; expected one of {}", KAFKA_API_KEYS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "{k:?} is not a Kafka API key; expected one of {}",
+                    KAFKA_API_KEYS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                ),
             ))?),
         };
         let api_version = match w.api_version {
@@ -307,10 +310,8 @@ fn convert_spec(path: &str, s: Spec, ns: Option<&str>) -> Result<Rule, FieldErro
         for (i, r) in list.unwrap_or_default().into_iter().enumerate() {
             let rp = format!("{path}.{field}[{i}]");
             let rule = convert_rule(&rp, r, is_ingress, deny, ns)?;
-            if node_selector.is_some() {
-                if rule.ports.iter().any(|p| p.l7.is_some()) {
-                    return Err((format!("{rp}.toPorts"), "HTTP and Kafka rules apply to pods, not to host policies (nodeSelector)".into()));
-                }
+            if node_selector.is_some() && rule.ports.iter().any(|p| p.l7.is_some()) {
+                return Err((format!("{rp}.toPorts"), "HTTP and Kafka rules apply to pods, not to host policies (nodeSelector)".into()));
             }
             out.get_or_insert_with(Vec::new).push(rule);
         }
