@@ -63,3 +63,39 @@ impl Pod {
         (code.trim().parse().unwrap_or(0), body.to_string())
     }
 }
+
+fn grpc_probe() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/grpc_probe.py")
+}
+
+impl Pod {
+    /// Starts a real gRPC server (grpcio) on `port`: every method answers
+    /// `<method> <request>`.
+    pub fn grpc_server(&mut self, port: u16) {
+        use std::io::BufRead as _;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, "/usr/bin/python3"])
+            .arg(grpc_probe())
+            .args(["serve", &format!("{}:{port}", self.ip)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the gRPC server (scripts/setup.sh installs python3-grpcio)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("gRPC server output");
+        assert_eq!(line.trim(), "ready", "gRPC server in {} did not start", self.name);
+        self.servers.push(child);
+    }
+
+    /// Calls `methods` on one channel (one HTTP/2 connection) with a real
+    /// gRPC client; returns each call's status name (`OK`,
+    /// `PERMISSION_DENIED`, ...).
+    pub fn grpc_call(&self, server: std::net::Ipv4Addr, port: u16, methods: &[&str]) -> Vec<String> {
+        let out = run(Command::new("ip")
+            .args(["netns", "exec", &self.netns, "/usr/bin/python3"])
+            .arg(grpc_probe())
+            .args(["call", &format!("{server}:{port}")])
+            .args(methods));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()).collect()
+    }
+}

@@ -3,21 +3,8 @@
 //! server's ingress and on the client's egress.
 use palisade_netns_tests::{Node, Pod};
 
-const API_INGRESS: &str = "apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: api-l7-ingress, namespace: shop}
-spec:
-  endpointSelector: {matchLabels: {app: api}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: web}}]
-    toPorts:
-    - ports: [{port: \"80\", protocol: TCP}, {port: \"8080\", protocol: TCP}]
-      rules:
-        http:
-        - {method: GET, path: /api/status}
-        - {method: GET, path: \"/public\"}
-        - {method: POST, path: \"/api/orders/[0-9]+\"}
-";
+/// The seed policy, applied unchanged.
+const API_INGRESS: &str = include_str!("../../examples/policies/api-l7-ingress.yaml");
 
 /// A node with the L7 proxy, an `api` pod serving HTTP on 80 (h1) and 8080
 /// (h2c) and a `web` pod to call it.
@@ -65,6 +52,40 @@ fn ingress_http_rules_answer_403_and_let_allowed_requests_through() {
     ]);
     assert!(ok, "{out}");
     assert_eq!(out, "200 1\n403 0\n200 0\n", "three requests on one connection; the 403 does not close it");
+
+    // policy trace explains the L7 decision.
+    let t = node.json(&[
+        "policy",
+        "trace",
+        "--src",
+        "shop/web",
+        "--dst",
+        "shop/api",
+        "--dport",
+        "80/TCP",
+        "--method",
+        "DELETE",
+        "--path",
+        "/api/users",
+    ]);
+    assert_eq!(t["verdict"], "DENIED", "{t}");
+    assert!(t["lines"].to_string().contains("403 Access denied"), "{t}");
+    let t = node.json(&[
+        "policy",
+        "trace",
+        "--src",
+        "shop/web",
+        "--dst",
+        "shop/api",
+        "--dport",
+        "80/TCP",
+        "--method",
+        "GET",
+        "--path",
+        "/api/status",
+    ]);
+    assert_eq!(t["verdict"], "ALLOWED", "{t}");
+    assert!(t["lines"].to_string().contains("admitted by shop/api-l7-ingress spec.ingress[0].rules.http[0]"), "{t}");
 
     // The server saw the client's own address (transparency).
     let flows = node.wait_flows(&["--protocol", "http", "--to-pod", "shop/api"], 10);
@@ -262,4 +283,30 @@ fn proxy_restart_fails_closed_and_recovers_within_a_second() {
     assert_eq!(web.http("GET", &url).0, 200);
     assert!(t0.elapsed() < std::time::Duration::from_secs(3), "back within {:?}", t0.elapsed());
     assert_eq!(web.http("DELETE", &format!("http://{}/api/users", api.ip)).0, 403);
+}
+
+#[test]
+fn grpc_methods_outside_the_allow_list_end_with_permission_denied() {
+    let mut node = Node::new();
+    node.start_l7proxy(&[]);
+    let terminal = node.pod("default/terminal", "app=public-terminal");
+    let mut door = node.pod("default/door", "app=cc-door-mgr");
+    door.grpc_server(50051);
+    let calls = [
+        "/cloudcity.DoorManager/GetName",
+        "/cloudcity.DoorManager/GetState",
+        "/cloudcity.DoorManager/GetLocation",
+        "/cloudcity.DoorManager/SetAccessCode",
+        "/cloudcity.DoorManager/RequestMaintenance",
+    ];
+    assert_eq!(terminal.grpc_call(door.ip, 50051, &calls), vec!["OK"; 5], "no policy: every method");
+    node.apply_example("grpc-method-policy.yaml");
+    assert_eq!(
+        terminal.grpc_call(door.ip, 50051, &calls),
+        vec!["OK", "PERMISSION_DENIED", "OK", "PERMISSION_DENIED", "OK"],
+        "one channel: refused calls do not break the allowed ones after them"
+    );
+    let flows = node.wait_flows(&["--protocol", "http", "--to-pod", "default/door", "--verdict", "DROPPED"], 2);
+    let urls: Vec<_> = flows.iter().map(|f| f["l7"]["http"]["url"].as_str().unwrap_or("").to_string()).collect();
+    assert!(urls.iter().any(|u| u.ends_with("/cloudcity.DoorManager/SetAccessCode")), "{urls:?}");
 }

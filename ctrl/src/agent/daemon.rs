@@ -235,7 +235,7 @@ impl Daemon {
             Request::PolicyPreview(c) => {
                 reply(c, |c| preview::preview(&self.store, self.enforcer.config().mode, &c.file, &c.text, c.flows))
             }
-            Request::PolicyTrace(c) => reply(c, |c| trace::trace(&self.view(), &c.src, &c.dst, c.proto, c.dport)),
+            Request::PolicyTrace(c) => reply(c, |c| trace::trace(&self.view(), &c.src, &c.dst, c.proto, c.dport, c.http.as_ref())),
             Request::IdentityList(c) => reply(c, |_| Ok(self.view().identities())),
             Request::IdentityGet(c) => reply(c, |c| self.view().identity_get(c.id)),
             Request::BpfPolicyGet(c) => reply(c, |c| self.view().bpf_policy(&c.endpoint)),

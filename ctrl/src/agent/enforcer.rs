@@ -155,6 +155,11 @@ impl Enforcer {
         &self.dp
     }
 
+    /// The last `policy.snap` written (what the proxies enforce).
+    pub fn policy_snapshot(&self) -> Option<&palisade_snapshot::PolicySnapshot> {
+        self.policy_snap.last()
+    }
+
     pub fn config(&self) -> &EnforcerConfig {
         &self.cfg
     }

@@ -12,7 +12,7 @@ use crate::{
         state::Endpoint,
         view::{dir_name, port_text, proto_name, View},
     },
-    api::replies,
+    api::{replies, requests::HttpProbe},
 };
 
 /// One side of a traced connection: an endpoint, or an address outside
@@ -52,7 +52,7 @@ fn party<'a>(v: &View<'a>, s: &str) -> Result<Party<'a>> {
 
 /// Which rule decides a connection, from the entries the datapath holds
 /// (and, for egress to a learned address, the FQDN table).
-pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Result<replies::Trace> {
+pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16, http: Option<&HttpProbe>) -> Result<replies::Trace> {
     let store = v.store;
     let s = party(v, src)?;
     let t = party(v, dst)?;
@@ -87,7 +87,7 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Resul
                 }
             }
         }
-        let (ok, why) = match &verdict {
+        let (mut ok, mut why) = match &verdict {
             Verdict::NotEnforced if v.mode() == EnforcementMode::Never => {
                 (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
             }
@@ -112,6 +112,18 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16) -> Resul
                 (false, "denied: direction is enforced and no rule allows this peer and port (default deny)".to_string())
             }
         };
+        // Through the L7 proxy: the connection is allowed; its requests are
+        // judged by the endpoint's HTTP (or Kafka) rules.
+        let l7_port = v.enforcer.config().l7_proxy_port;
+        let redirected = match &verdict {
+            Verdict::Allowed { key, .. } => entries.get(key).is_some_and(|e| e.proxy_port == l7_port && !e.deny),
+            _ => false,
+        };
+        if redirected {
+            let (l7_ok, l7_why) = l7_step(v, ep.ep_id, dir == DIR_INGRESS, peer.identity, dport, http);
+            why = format!("{why}; redirected to palisade-l7proxy: {l7_why}");
+            ok &= l7_ok;
+        }
         allowed &= ok;
         lines.push(format!("{label} {}: {why}", ep.name));
         let rule = match &verdict {
@@ -151,4 +163,41 @@ fn fqdn_lookup(v: &View<'_>, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port
         })
         .max_by_key(|(k, _, _)| k.proto.map_or(0, |_| 1 + u32::from(k.port_bits)))
         .map(|(_, c, _)| c)
+}
+
+/// What the L7 rules of one endpoint (one direction, this peer and port)
+/// say, from the `policy.snap` the proxy enforces; about `http` when given.
+fn l7_step(v: &View<'_>, ep_id: u32, ingress: bool, peer: u32, port: u16, http: Option<&HttpProbe>) -> (bool, String) {
+    use palisade_policy::l7::{HttpMatcher, HttpRequest, L7Rules};
+    let Some(snap) = v.enforcer.policy_snapshot() else { return (false, "no policy.snap written yet".into()) };
+    let Some(ep) = snap.endpoints.iter().find(|e| e.ep_id == ep_id) else { return (false, "endpoint not in policy.snap".into()) };
+    let rules: Vec<_> = ep
+        .l7
+        .iter()
+        .filter(|r| r.ingress == ingress && r.peers.as_ref().is_none_or(|p| p.contains(&peer)))
+        .filter(|r| r.ports.iter().any(|&(lo, hi)| (lo..=hi).contains(&port)))
+        .collect();
+    let names: Vec<String> = rules.iter().map(|r| format!("{} {}", r.policy, r.path)).collect();
+    let Some(req) = http else {
+        return (true, format!("each request must match a rule of {}", names.join(", ")));
+    };
+    let headers = |n: &str| {
+        req.headers
+            .iter()
+            .filter_map(|h| h.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.trim().to_string())
+            .collect::<Vec<_>>()
+    };
+    let probe = HttpRequest { method: &req.method, path: &req.path, host: &req.host, headers: &headers };
+    for r in &rules {
+        let Ok(L7Rules::Http(list)) = serde_json::from_str::<L7Rules>(&r.rules) else { continue };
+        for (i, rule) in list.iter().enumerate() {
+            if HttpMatcher::new(rule).ok().and_then(|m| m.admits(&probe)).is_some() {
+                return (true, format!("{} {} admitted by {} {}.rules.http[{i}]", req.method, req.path, r.policy, r.path));
+            }
+        }
+    }
+    let audit = if ep.audit { " (audit mode: passed and reported AUDIT)" } else { "" };
+    (ep.audit, format!("{} {} matches no HTTP rule of {}: 403 Access denied{audit}", req.method, req.path, names.join(", ")))
 }

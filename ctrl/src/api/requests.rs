@@ -125,6 +125,10 @@ verbs! {
         pub dst: String,
         pub proto: u8,
         pub dport: u16,
+        /// An HTTP request to judge where the connection goes through
+        /// palisade-l7proxy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub http: Option<HttpProbe>,
     } => replies::Trace;
     IdentityList {} => Vec<replies::Identity>;
     IdentityGet {
@@ -137,6 +141,18 @@ verbs! {
     BpfFqdnList {} => Vec<replies::FqdnEntry>;
     /// The cluster's nodes (palisade-ipcache-sync's view).
     NodeList {} => Vec<palisade_cluster::status::NodeView>;
+}
+
+/// The HTTP request `policy trace --method/--path/--host/--header` asks about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub host: String,
+    /// `Name: value`
+    #[serde(default)]
+    pub headers: Vec<String>,
 }
 
 #[cfg(test)]

@@ -75,7 +75,11 @@ pub fn run(cli: Cli) -> Result<()> {
             PolicyCmd::Validate { files } => policy_validate(c, &files),
             PolicyCmd::Suggest { from_flows: _, namespace, since, state_dir } => policy_suggest(c, namespace, since, state_dir),
             PolicyCmd::Preview { file, since, state_dir } => policy_preview(c, &file, since, state_dir),
-            PolicyCmd::Trace { src, dst, dport } => policy_trace(c, src, dst, &dport),
+            PolicyCmd::Trace { src, dst, dport, method, path, host, headers } => {
+                let http =
+                    method.map(|method| req::HttpProbe { method, path: path.unwrap_or_default(), host: host.unwrap_or_default(), headers });
+                policy_trace(c, src, dst, &dport, http)
+            }
         },
         Cmd::Identity(IdentityCmd::List) => identity_list(c),
         Cmd::Identity(IdentityCmd::Get { id }) => identity_get(c, id),
@@ -290,9 +294,9 @@ fn policy_preview(c: &Ctx, file: &Path, since: Option<String>, state_dir: Option
     c.print(&v, render::preview)
 }
 
-fn policy_trace(c: &Ctx, src: String, dst: String, dport: &str) -> Result<()> {
+fn policy_trace(c: &Ctx, src: String, dst: String, dport: &str, http: Option<req::HttpProbe>) -> Result<()> {
     let (port, proto) = parse_port_proto(dport)?;
-    let v = c.call(req::PolicyTrace { src, dst, proto, dport: port })?;
+    let v = c.call(req::PolicyTrace { src, dst, proto, dport: port, http })?;
     c.print(&v, |v| v.lines.iter().map(|l| format!("{l}\n")).collect())
 }
 

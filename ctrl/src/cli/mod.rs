@@ -234,6 +234,18 @@ pub enum PolicyCmd {
         /// PORT/PROTOCOL, e.g. 8080/TCP, 53/UDP, 0/ICMP (PORT alone means TCP).
         #[arg(long)]
         dport: String,
+        /// HTTP method of a request to judge by the L7 rules (with --path).
+        #[arg(long, requires = "path")]
+        method: Option<String>,
+        /// HTTP path (request target, query included) to judge.
+        #[arg(long, requires = "method")]
+        path: Option<String>,
+        /// Host of the request (default: none).
+        #[arg(long, requires = "method")]
+        host: Option<String>,
+        /// A request header, "Name: value"; repeatable.
+        #[arg(long = "header", requires = "method")]
+        headers: Vec<String>,
     },
 }
 
