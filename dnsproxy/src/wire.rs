@@ -789,51 +789,6 @@ mod tests {
 
     #[test]
     fn fuzz_smoke() {
-        struct XorShift(u64);
-        impl XorShift {
-            fn next(&mut self) -> u64 {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                self.0
-            }
-            fn below(&mut self, n: usize) -> usize {
-                (self.next() % n as u64) as usize
-            }
-        }
-
-        let seeds = seeds();
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        let mut buf = Vec::with_capacity(1024);
-        let mut mutations = 0;
-        while mutations < 200_000 {
-            buf.clear();
-            buf.extend_from_slice(&seeds[rng.below(seeds.len())]);
-            for _ in 0..1 + rng.below(4) {
-                mutations += 1;
-                let len = buf.len();
-                match rng.below(5) {
-                    0 if len > 0 => {
-                        let i = rng.below(len);
-                        buf[i] ^= 1 << rng.below(8);
-                    }
-                    1 if len > 0 => {
-                        let i = rng.below(len);
-                        buf[i] = [0x00, 0xc0, 0xff, 0x3f, 0x01, rng.next() as u8][rng.below(6)];
-                    }
-                    2 => buf.truncate(rng.below(len + 1)),
-                    3 => {
-                        let i = rng.below(len + 1);
-                        buf.insert(i, rng.next() as u8);
-                    }
-                    _ if len >= 4 => {
-                        let i = rng.below(len - 1);
-                        buf[i..i + 2].copy_from_slice(&(rng.next() as u16).to_be_bytes());
-                    }
-                    _ => {}
-                }
-            }
-            exercise(&buf);
-        }
+        palisade_node::mutate::mutations(&seeds(), 200_000, exercise);
     }
 }

@@ -103,13 +103,10 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
     }
     // The agent writes policy.snap before it changes the maps, so the
     // rules that made the datapath redirect this connection are in the
-    // file; if the watcher has not loaded them yet, load them now.
-    let mut conn = sh.conn(client, server);
-    if conn.as_ref().is_none_or(|c| c.sides.is_empty()) {
-        sh.rules.refresh();
-        conn = sh.conn(client, server);
-    }
-    let Some(conn) = conn.map(Arc::new) else {
+    // file: make sure they are loaded (one stat when nothing changed; the
+    // watcher may not have run yet).
+    sh.rules.refresh();
+    let Some(conn) = sh.conn(client, server).map(Arc::new) else {
         sh.metrics.connection("refused_no_rules");
         tracing::warn!(%client, %server, "no policy.snap yet: connection refused");
         return;

@@ -279,6 +279,32 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// A connection from a world client to a local server whose ingress
+    /// has `rules` on port 9 (tests and fuzzing; nothing listens there).
+    pub fn for_test(rules: &[palisade_policy::l7::HttpRule]) -> Self {
+        let server = Arc::new(EpL7 {
+            ep_id: 1,
+            name: "test/server".into(),
+            identity: 300,
+            ip: Ipv4Addr::LOCALHOST,
+            audit: false,
+            ingress: vec![PortRules {
+                cookie: 1,
+                policy: "test/p".into(),
+                path: "spec.ingress[0]".into(),
+                peers: None,
+                ports: vec![(9, 9)],
+                matchers: Matchers::Http(rules.iter().map(|r| HttpMatcher::new(r).expect("rule compiles")).collect()),
+            }],
+            egress: vec![],
+        });
+        let mut r = Rules::default();
+        r.by_ip.insert(server.ip, server);
+        Conn::new(&r, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), |_| 2)
+    }
+}
+
 /// The current rules, reloaded when `policy.snap` is replaced.
 pub struct RulesHandle {
     live: LivePolicy<Rules>,

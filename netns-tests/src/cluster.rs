@@ -211,6 +211,7 @@ pub struct Cluster {
     pub underlay: String,
     tmp: PathBuf,
     lease_ttl: u64,
+    l7: bool,
 }
 
 /// Node *i*'s underlay address.
@@ -221,15 +222,22 @@ pub fn underlay_ip(i: usize) -> Ipv4Addr {
 impl Cluster {
     /// `n` nodes (node-1 … node-n) with leases of `lease_ttl` seconds.
     pub fn new(n: usize, lease_ttl: u64) -> Self {
-        Self::build(n, lease_ttl, false)
+        Self::build(n, lease_ttl, false, false)
     }
 
     /// The same with etcd on https, requiring client certificates.
     pub fn new_tls(n: usize, lease_ttl: u64) -> Self {
-        Self::build(n, lease_ttl, true)
+        Self::build(n, lease_ttl, true, false)
     }
 
-    fn build(n: usize, lease_ttl: u64, tls: bool) -> Self {
+    /// Nodes that also run palisade-l7proxy, with their underlay link as a
+    /// host interface (where connections from other nodes are handed to
+    /// the proxy).
+    pub fn new_l7(n: usize, lease_ttl: u64) -> Self {
+        Self::build(n, lease_ttl, false, true)
+    }
+
+    fn build(n: usize, lease_ttl: u64, tls: bool, l7: bool) -> Self {
         require_root();
         let tag = format!("pc{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
         let underlay = format!("{tag}-ul");
@@ -242,7 +250,7 @@ impl Cluster {
         sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
         let tls = tls.then(|| TlsFiles::make(&tmp.join("tls"), ETCD_IP));
         let etcd = Etcd::start_with(&underlay, ETCD_IP, tmp.join("etcd"), tls);
-        let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl };
+        let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl, l7 };
         for i in 1..=n {
             let node = c.make_node(i);
             c.nodes.push(node);
@@ -276,6 +284,9 @@ impl Cluster {
             "off",
         ];
         ctrl_args.extend(tls_args.iter().map(String::as_str));
+        if self.l7 {
+            ctrl_args.extend(["--host-interface", "ul0"]);
+        }
         let mut node = Node::bare(&ctrl_args);
         let host_if = format!("n{i}");
         sh(&["ip", "link", "add", &host_if, "netns", &self.underlay, "type", "veth", "peer", "name", "ul0", "netns", &node.netns]);
@@ -284,6 +295,9 @@ impl Cluster {
         sh(&["ip", "-n", &node.netns, "link", "set", "ul0", "up"]);
         node.start_ctrl();
         node.start_dnsproxy(&[]);
+        if self.l7 {
+            node.start_l7proxy(&[]);
+        }
         // palisade-ipcache-sync takes its settings from a --config file,
         // as an operator's unit would.
         let config = node.tmp.join("ipcache-sync.yaml");

@@ -310,3 +310,45 @@ fn grpc_methods_outside_the_allow_list_end_with_permission_denied() {
     let urls: Vec<_> = flows.iter().map(|f| f["l7"]["http"]["url"].as_str().unwrap_or("").to_string()).collect();
     assert!(urls.iter().any(|u| u.ends_with("/cloudcity.DoorManager/SetAccessCode")), "{urls:?}");
 }
+
+#[test]
+fn pods_on_another_node_are_proxied_on_both_sides() {
+    use palisade_netns_tests::cluster::Cluster;
+    let mut c = Cluster::new_l7(2, 3);
+    let web = c.node_mut(1).pod("shop/web", "app=web");
+    let mut api = c.node_mut(2).pod("shop/api", "app=api");
+    let tmp = c.node(2).tmp.clone();
+    api.nginx(&tmp, 80, 8080);
+    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(web.ip).is_some_and(|(_, n)| n != 0)), "node-2 never learned shop/web");
+    // Ingress rules on node 2, applied on node 1: the client is remote.
+    c.node(1).apply("l7.yaml", API_INGRESS);
+    let base = format!("http://{}", api.ip);
+    assert!(Cluster::wait(10, || web.http("DELETE", &format!("{base}/api/users")).0 == 403), "node-2 never enforced the L7 rules");
+    let (code, body) = web.http("GET", &format!("{base}/api/status"));
+    assert_eq!((code, body.as_str()), (200, "shop/api GET /api/status\n"));
+    let (web_identity, _) = c.node(2).ipcache_entry(web.ip).unwrap();
+    let flows = c.node(2).wait_flows(&["--protocol", "http", "--verdict", "DROPPED"], 1);
+    assert_eq!(flows[0]["source"]["identity"], web_identity, "the remote client's identity: {flows:?}");
+    assert_eq!(flows[0]["IP"]["source"], web.ip.to_string());
+    // Egress rules on node 1: the server is remote; the proxy's upstream
+    // connection leaves by the uplink and its replies come back to it.
+    c.node(1).apply(
+        "egress.yaml",
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-egress, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: api}}]
+    toPorts:
+    - ports: [{port: \"80\", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+",
+    );
+    assert!(Cluster::wait(10, || web.http("POST", &format!("{base}/api/orders/1")).0 == 403), "node-1 never enforced the egress rules");
+    assert_eq!(web.http("GET", &format!("{base}/api/status")).0, 200, "allowed by both sides, through both proxies");
+    let flows = c.node(1).wait_flows(&["--protocol", "http", "--from-pod", "shop/web", "--verdict", "DROPPED"], 1);
+    assert_eq!(flows[0]["traffic_direction"], "EGRESS");
+}

@@ -15,6 +15,7 @@ pub mod args;
 pub mod config;
 pub mod lock;
 pub mod metrics;
+pub mod mutate;
 
 pub use args::{EtcdArgs, EtcdConfig, NodeArgs, NodePaths};
 pub use lock::lock_dir;
