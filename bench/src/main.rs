@@ -7,6 +7,7 @@
 mod apply;
 mod cluster;
 mod dns;
+mod l7;
 mod plot;
 mod vs;
 
@@ -82,6 +83,28 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         proxy_workers: usize,
         /// 2 s per measurement, one round.
+        #[arg(long)]
+        quick: bool,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// HTTP through palisade-l7proxy with N rules, against the same nginx
+    /// directly, with an L4-only policy and through HAProxy with the same
+    /// rules as ACLs: wrk and h2load at saturation, h2load at a fixed rate
+    /// (p50/p99), proxy CPU per request.
+    L7 {
+        #[arg(long, value_delimiter = ',', default_value = "10,1000")]
+        sizes: Vec<usize>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 5)]
+        secs: u32,
+        /// Rounds (configurations alternate; medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Requests per second of the fixed-rate latency run.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// 2 s per measurement, one round, sizes 10.
         #[arg(long)]
         quick: bool,
         #[arg(long)]
@@ -213,6 +236,49 @@ fn main() -> Result<()> {
             palisade_netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
+        Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json } => {
+            if quick {
+                secs = 2;
+                rounds = 1;
+                sizes = vec![10];
+            }
+            let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
+            let v = l7::run(&sizes, secs, rounds, rate, &bin_dir)?;
+            let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(0.0);
+            let d = &v["direct"];
+            println!(
+                "L7: nginx (HTTP/1.1 :80, h2c :8080) from a client pod; every request GET {}; medians of {rounds} round(s) of {secs} s per measurement; {}\n",
+                v["path"].as_str().unwrap_or(""),
+                machine()
+            );
+            println!("| path | wrk h1 rps | % of direct | wrk p50 ms | wrk p99 ms | h2load h2c rps | % of direct | p50 µs @ {rate} rps | p99 µs | added p99 µs | proxy CPU µs/req | non-2xx |");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let mut labels = vec!["direct".to_string(), "l4".to_string()];
+            labels.extend(sizes.iter().map(|n| format!("l7-{n}")));
+            labels.extend(sizes.iter().map(|n| format!("haproxy-{n}")));
+            for l in &labels {
+                let x = &v[l.as_str()];
+                let pct = |k: &str| if f(d, k) > 0.0 { 100.0 * f(x, k) / f(d, k) } else { 0.0 };
+                println!(
+                    "| {l} | {:.0} | {:.0} % | {:.2} | {:.2} | {:.0} | {:.0} % | {:.0} | {:.0} | {:+.0} | {:.1} | {:.0} |",
+                    f(x, "h1_rps"),
+                    pct("h1_rps"),
+                    f(x, "h1_p50_ms"),
+                    f(x, "h1_p99_ms"),
+                    f(x, "h2_rps"),
+                    pct("h2_rps"),
+                    f(x, "rate_p50_us"),
+                    f(x, "rate_p99_us"),
+                    f(x, "rate_p99_us") - f(d, "rate_p99_us"),
+                    f(x, "cpu_us_per_req"),
+                    f(x, "errors"),
+                );
+            }
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_string_pretty(&v)?)?;
+            }
+            Ok(())
+        }
         Cmd::Dns { names, mut secs, mut rounds, rate, proxy_workers, quick, json } => {
             if quick {
                 secs = 2;

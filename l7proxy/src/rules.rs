@@ -18,12 +18,12 @@ use std::{
     sync::Arc,
 };
 
-use palisade_policy::l7::{HeaderEdit, HttpMatcher, HttpRequest, KafkaRequest, KafkaRule, L7Rules};
+use palisade_policy::l7::{HeaderEdit, HttpRequest, HttpRuleSet, KafkaRequest, KafkaRule, L7Rules};
 use palisade_snapshot::{ArchivedPolicySnapshot, LivePolicy, Reload};
 
 /// Compiled rules of one `L7Rule`.
 pub enum Matchers {
-    Http(Vec<HttpMatcher>),
+    Http(HttpRuleSet),
     Kafka(Vec<KafkaRule>),
     /// Rules that did not compile (a snapshot from another version):
     /// nothing is admitted.
@@ -65,7 +65,7 @@ pub struct Rules {
 
 fn compile_rules(json: &str) -> Matchers {
     match serde_json::from_str::<L7Rules>(json) {
-        Ok(L7Rules::Http(list)) => match list.iter().map(HttpMatcher::new).collect::<Result<Vec<_>, _>>() {
+        Ok(L7Rules::Http(list)) => match HttpRuleSet::new(&list) {
             Ok(m) => Matchers::Http(m),
             Err(e) => {
                 tracing::error!("an HTTP rule in policy.snap does not compile ({e}); its port admits nothing");
@@ -266,7 +266,7 @@ impl Conn {
 
     pub fn http(&self, req: &HttpRequest<'_>) -> Verdict {
         self.decide(|m| match m {
-            Matchers::Http(list) => list.iter().find_map(|m| m.admits(req)),
+            Matchers::Http(set) => set.admits(req).map(|(_, edits)| edits),
             _ => None,
         })
     }
@@ -295,7 +295,7 @@ impl Conn {
                 path: "spec.ingress[0]".into(),
                 peers: None,
                 ports: vec![(9, 9)],
-                matchers: Matchers::Http(rules.iter().map(|r| HttpMatcher::new(r).expect("rule compiles")).collect()),
+                matchers: Matchers::Http(HttpRuleSet::new(rules).expect("rules compile")),
             }],
             egress: vec![],
         });
@@ -349,7 +349,7 @@ mod tests {
             path: "spec.ingress[0]".into(),
             peers: peers.map(|p| p.iter().copied().collect()),
             ports: vec![(port, port)],
-            matchers: Matchers::Http(rules.iter().map(|r| HttpMatcher::new(r).unwrap()).collect()),
+            matchers: Matchers::Http(HttpRuleSet::new(rules).unwrap()),
         }
     }
 

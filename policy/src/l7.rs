@@ -316,6 +316,54 @@ impl HttpMatcher {
     }
 }
 
+/// A list of HTTP rules compiled for matching one request against all of
+/// them at a cost that does not grow with their number: every rule's path
+/// regex is in one `RegexSet` (one pass over the path finds every rule
+/// whose path matches); only those rules' other fields are checked.
+#[derive(Debug, Clone)]
+pub struct HttpRuleSet {
+    paths: regex::RegexSet,
+    /// Rule index of each pattern of `paths`.
+    with_path: Vec<usize>,
+    /// Rules without a path: candidates for every request.
+    without_path: Vec<usize>,
+    rules: Vec<HttpMatcher>,
+}
+
+impl HttpRuleSet {
+    pub fn new(rules: &[HttpRule]) -> Result<Self, regex::Error> {
+        let mut pats = Vec::new();
+        let (mut with_path, mut without_path) = (Vec::new(), Vec::new());
+        for (i, r) in rules.iter().enumerate() {
+            match &r.path {
+                Some(p) => {
+                    pats.push(format!("^(?:{p})$"));
+                    with_path.push(i);
+                }
+                None => without_path.push(i),
+            }
+        }
+        let paths = regex::RegexSetBuilder::new(pats).size_limit(64 << 20).build()?;
+        Ok(Self { paths, with_path, without_path, rules: rules.iter().map(HttpMatcher::new).collect::<Result<_, _>>()? })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule (by index) that admits the request, with its edits.
+    pub fn admits(&self, req: &HttpRequest<'_>) -> Option<(usize, Vec<HeaderEdit>)> {
+        let mut candidates: Vec<usize> = self.paths.matches(req.path).into_iter().map(|p| self.with_path[p]).collect();
+        candidates.extend(&self.without_path);
+        candidates.sort_unstable();
+        candidates.into_iter().find_map(|i| self.rules[i].admits(req).map(|e| (i, e)))
+    }
+}
+
 fn host_without_port(h: &str) -> &str {
     if h.starts_with('[') {
         return h.split_once(']').map_or(h, |(a, _)| &h[..a.len() + 1]);
@@ -378,6 +426,20 @@ mod tests {
         let m = HttpMatcher::new(&HttpRule { method: Some("GET|HEAD".into()), ..Default::default() }).unwrap();
         assert!(m.admits(&req("HEAD", "/", &none)).is_some(), "alternation is grouped before anchoring");
         assert!(m.admits(&req("GETHEAD", "/", &none)).is_none());
+    }
+
+    #[test]
+    fn a_rule_set_answers_as_its_rules_one_by_one() {
+        let none = |_: &str| Vec::new();
+        let mut rules: Vec<HttpRule> = (0..1000).map(|i| HttpRule { method: Some("GET".into()), path: Some(format!("/api/v1/r{i}")), ..Default::default() }).collect();
+        rules.push(HttpRule { method: Some("POST".into()), ..Default::default() });
+        rules.push(HttpRule { method: Some("GET".into()), path: Some("/api/v1/r5".into()), headers: vec!["X-A".into()], ..Default::default() });
+        let set = HttpRuleSet::new(&rules).unwrap();
+        let singles: Vec<HttpMatcher> = rules.iter().map(|r| HttpMatcher::new(r).unwrap()).collect();
+        for (m, p) in [("GET", "/api/v1/r999"), ("GET", "/api/v1/r1000"), ("POST", "/x"), ("DELETE", "/api/v1/r5"), ("GET", "/api/v1/r5")] {
+            let one_by_one = singles.iter().position(|r| r.admits(&req(m, p, &none)).is_some());
+            assert_eq!(set.admits(&req(m, p, &none)).map(|(i, _)| i), one_by_one, "{m} {p}");
+        }
     }
 
     #[test]
