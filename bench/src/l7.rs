@@ -11,8 +11,8 @@
 //!
 //! Every request asks for the path of the *last* rule: the worst case for a
 //! rule list read in order. Load: wrk (HTTP/1.1) and h2load (h2c) at
-//! saturation from the client pod pinned to CPU 0; h2load `--rps` at a
-//! fixed rate with a per-request log for p50/p99. CPU: the proxy's (or
+//! saturation from the client pod pinned to CPU 0; a paced HTTP/1.1 client
+//! (this binary, one keep-alive connection) at a fixed rate for p50/p99. CPU: the proxy's (or
 //! HAProxy's) CPU time during the saturation run, per request.
 use std::{
     net::Ipv4Addr,
@@ -44,7 +44,8 @@ fn l7_policy(rules: usize, max: usize) -> String {
 const L4_POLICY: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: l7bench, namespace: bench}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"80\", protocol: TCP}, {port: \"8080\", protocol: TCP}]\n";
 
 fn haproxy_config(rules: usize, max: usize, dir: &std::path::Path) -> String {
-    let acls: String = (max - rules..max).map(|i| format!("  acl r{i} path -m reg ^{}$\n  http-request allow if METH_GET r{i}\n", rule_path(i))).collect();
+    let acls: String =
+        (max - rules..max).map(|i| format!("  acl r{i} path -m reg ^{}$\n  http-request allow if METH_GET r{i}\n", rule_path(i))).collect();
     let fe = |name: &str, port: u16, proto: &str, backend_port: u16| {
         format!(
             "frontend {name}\n  bind {HAPROXY_IP}:{port}{proto}\n{acls}  http-request deny deny_status 403\n  default_backend {name}_be\nbackend {name}_be\n  server s1 {SERVER_IP}:{backend_port}{proto}\n"
@@ -103,7 +104,8 @@ struct Sample {
 
 /// `wrk` at saturation: (requests/s, p50 ms, p99 ms, non-2xx).
 fn wrk(ns: &str, url: &str, secs: u32) -> Result<(f64, f64, f64, f64)> {
-    let out = on_cpu0(ns, &["wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency", url]).context("running wrk (scripts/setup.sh installs it)")?;
+    let out = on_cpu0(ns, &["wrk", "-t1", "-c32", &format!("-d{secs}s"), "--latency", url])
+        .context("running wrk (scripts/setup.sh installs it)")?;
     let ms = |key: &str| -> f64 {
         out.lines()
             .find(|l| l.trim_start().starts_with(key))
@@ -122,8 +124,14 @@ fn wrk(ns: &str, url: &str, secs: u32) -> Result<(f64, f64, f64, f64)> {
             })
             .unwrap_or(0.0)
     };
-    let rps = out.lines().find(|l| l.starts_with("Requests/sec:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let non2xx = out.lines().find(|l| l.contains("Non-2xx")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+    let rps = out
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let non2xx =
+        out.lines().find(|l| l.contains("Non-2xx")).and_then(|l| l.split(':').nth(1)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
     Ok((rps, ms("50%"), ms("99%"), non2xx))
 }
 
@@ -144,33 +152,74 @@ fn non_2xx(h2load_out: &str) -> f64 {
     h2load_out
         .lines()
         .find(|l| l.starts_with("status codes:"))
-        .map(|l| {
-            l.split(',').filter(|p| !p.contains("2xx")).filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<f64>().ok()).sum()
-        })
+        .map(|l| l.split(',').filter(|p| !p.contains("2xx")).filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<f64>().ok()).sum())
         .unwrap_or(0.0)
 }
 
-/// HTTP/1.1 at a fixed `rate` (10 connections): p50 and p99 µs from the
-/// per-request log.
-fn fixed_rate(ns: &str, url: &str, rate: u32, secs: u32, log: &std::path::Path) -> Result<(f64, f64, f64)> {
-    let per_client = (rate / 10).max(1).to_string();
-    let out = on_cpu0(
-        ns,
-        &["h2load", "--h1", "-t1", "-c10", "--rps", &per_client, "-D", &secs.to_string(), "--log-file", log.to_str().expect("utf-8"), url],
-    )?;
-    // Log lines: start time (µs), status, duration (µs).
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut d: Vec<f64> = text.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok()).collect();
-    if d.is_empty() {
-        bail!("h2load wrote no request log: {out}");
+/// HTTP/1.1 at a fixed `rate`: the paced client below, run in the client
+/// pod; (p50 µs, p99 µs, non-2xx). (h2load's `--rps` log was tried first:
+/// its request times carry its own timer's jitter, p99 9 ms with no proxy
+/// at all, so it cannot show a 200 µs difference.)
+fn fixed_rate(ns: &str, base: Ipv4Addr, path: &str, rate: u32, secs: u32) -> Result<(f64, f64, f64)> {
+    let exe = std::env::current_exe()?.display().to_string();
+    let out = on_cpu0(ns, &[&exe, "http-client", &format!("{base}:80"), path, "--rate", &rate.to_string(), "--secs", &secs.to_string()])?;
+    let v: Value = serde_json::from_str(out.trim()).context("http-client output")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    Ok((f("p50_us"), f("p99_us"), f("non_2xx")))
+}
+
+/// One keep-alive connection, one GET every 1/rate s (sleeping, with the
+/// timer slack at 1 ns), each round trip into an hdrhistogram (µs).
+pub fn paced_client(server: std::net::SocketAddr, path: &str, rate: u32, secs: u32) -> Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let total = (u64::from(rate) * u64::from(secs)) as usize;
+    let mut s = std::net::TcpStream::connect(server)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\n\r\n");
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    let _ = nix::sys::prctl::set_timerslack(1);
+    let (mut non_2xx, mut line) = (0u64, String::new());
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let t0 = Instant::now();
+    for i in 0..total {
+        if let Some(wait) = (interval * i as u32).checked_sub(t0.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
+        s.write_all(req.as_bytes())?;
+        line.clear();
+        r.read_line(&mut line)?;
+        if !line.split_whitespace().nth(1).is_some_and(|c| c.starts_with('2')) {
+            non_2xx += 1;
+        }
+        let mut len = 0usize;
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body)?;
+        let _ = h.record((sent.elapsed().as_nanos() as u64 / 1000).max(1));
     }
-    d.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len() - 1)];
-    Ok((q(0.5), q(0.99), non_2xx(&out)))
+    println!(
+        "{}",
+        json!({ "sent": total, "answered": h.len(), "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99), "p999_us": h.value_at_quantile(0.999), "non_2xx": non_2xx })
+    );
+    Ok(())
 }
 
 /// The three measurements against `base`, each request for `p`.
-fn measure(client: &str, base: Ipv4Addr, p: &str, secs: u32, rate: u32, proxy_pid: Option<u32>, tmp: &std::path::Path) -> Result<Sample> {
+fn measure(client: &str, base: Ipv4Addr, p: &str, secs: u32, rate: u32, proxy_pid: Option<u32>) -> Result<Sample> {
     let url = |port: u16, p: &str| format!("http://{base}:{port}{p}");
     let cpu0 = proxy_pid.map(cpu_s);
     let (h1_rps, h1_p50_ms, h1_p99_ms, e1) = wrk(client, &url(80, p), secs)?;
@@ -179,7 +228,7 @@ fn measure(client: &str, base: Ipv4Addr, p: &str, secs: u32, rate: u32, proxy_pi
         _ => 0.0,
     };
     let (h2_rps, e2) = h2load_saturation(client, &url(8080, p), secs)?;
-    let (rate_p50_us, rate_p99_us, e3) = fixed_rate(client, &url(80, p), rate, secs, &tmp.join("h2load.log"))?;
+    let (rate_p50_us, rate_p99_us, e3) = fixed_rate(client, base, p, rate, secs)?;
     Ok(Sample { h1_rps, h1_p50_ms, h1_p99_ms, h2_rps, cpu_us_per_req: cpu, rate_p50_us, rate_p99_us, errors: e1 + e2 + e3 })
 }
 
@@ -260,7 +309,7 @@ pub fn run(sizes: &[usize], secs: u32, rounds: usize, rate: u32, bin_dir: &std::
                 }
             };
             apply(&t, policy.as_deref())?;
-            let s = measure(&client, target, &path, secs, rate, pid, t.tmp())?;
+            let s = measure(&client, target, &path, secs, rate, pid)?;
             if c.starts_with("haproxy-") {
                 if let Some(pid) = pid {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);

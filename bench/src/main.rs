@@ -137,6 +137,17 @@ enum Cmd {
         #[arg(long)]
         secs: u32,
     },
+    /// (internal) Paced HTTP/1.1 client on one keep-alive connection:
+    /// GET PATH at --rate, prints latency JSON.
+    #[command(hide = true)]
+    HttpClient {
+        server: std::net::SocketAddr,
+        path: String,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        secs: u32,
+    },
     /// (internal) Plumbs a plain pod from inside a node's namespace.
     #[command(hide = true)]
     Plumb {
@@ -236,6 +247,7 @@ fn main() -> Result<()> {
             palisade_netplumb::bring_up(&ifname, ip, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
+        Cmd::HttpClient { server, path, rate, secs } => l7::paced_client(server, &path, rate, secs),
         Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json } => {
             if quick {
                 secs = 2;

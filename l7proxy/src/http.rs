@@ -129,38 +129,47 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
+    /// Sends on the connection's upstream, opening it when there is none
+    /// or it closed. A request the old connection never took (the server
+    /// closed a kept-alive connection as it was sent) is sent once more on
+    /// a fresh one: it was not seen, so this is safe for any method.
+    async fn send(&self, mut req: Request<Incoming>) -> anyhow::Result<Response<Incoming>> {
         let h2 = req.version() == Version::HTTP_2;
-        let mut guard = self.sender.lock().await;
-        let usable = match guard.as_mut() {
-            Some(Sender::H1(s)) => !h2 && s.ready().await.is_ok(),
-            Some(Sender::H2(s)) => h2 && s.ready().await.is_ok(),
-            None => false,
-        };
-        if !usable {
-            *guard = Some(self.open(h2).await?);
-        }
-        let fut = match guard.as_mut().expect("opened") {
-            Sender::H1(s) => {
-                s.ready().await?;
-                futures_send_h1(s, req)
+        for attempt in 0..2 {
+            let fut: TrySend = {
+                let mut guard = self.sender.lock().await;
+                let usable = attempt == 0
+                    && match guard.as_mut() {
+                        Some(Sender::H1(s)) => !h2 && s.ready().await.is_ok(),
+                        Some(Sender::H2(s)) => h2 && s.ready().await.is_ok(),
+                        None => false,
+                    };
+                if !usable {
+                    *guard = Some(self.open(h2).await?);
+                }
+                match guard.as_mut().expect("opened") {
+                    Sender::H1(s) => {
+                        s.ready().await?;
+                        Box::pin(s.try_send_request(req))
+                    }
+                    Sender::H2(s) => Box::pin(s.try_send_request(req)),
+                }
+            };
+            match fut.await {
+                Ok(r) => return Ok(r),
+                Err(mut e) => match e.take_message() {
+                    Some(r) if attempt == 0 => req = r,
+                    _ => return Err(e.into_error().into()),
+                },
             }
-            Sender::H2(s) => futures_send_h2(s, req),
-        };
-        drop(guard);
-        Ok(fut.await?)
+        }
+        unreachable!("the second attempt returns")
     }
 }
 
-type SendFuture = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
-
-fn futures_send_h1(s: &mut hyper::client::conn::http1::SendRequest<Incoming>, req: Request<Incoming>) -> SendFuture {
-    Box::pin(s.send_request(req))
-}
-
-fn futures_send_h2(s: &mut hyper::client::conn::http2::SendRequest<Incoming>, req: Request<Incoming>) -> SendFuture {
-    Box::pin(s.send_request(req))
-}
+type TrySend = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Incoming>>>> + Send>,
+>;
 
 /// Hop-by-hop headers (RFC 9110 7.6.1): they describe one connection and
 /// are not forwarded; hyper writes its own framing. `te: trailers` stays

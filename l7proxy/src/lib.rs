@@ -2,7 +2,8 @@
 //! the TCP connections whose policy entry carries HTTP or Kafka rules
 //! (bpf/lib/proxy.h): at the client's egress with bpf_sk_assign, at the
 //! server's ingress by re-injecting the packet at the interface it came in
-//! by. Every request is checked against the rules in `policy.snap`
+//! by. Every request (HTTP/1.1, HTTP/2, gRPC, Kafka) is checked against
+//! the rules in `policy.snap`
 //! (palisade-ctrl's), answered 403 / PERMISSION_DENIED / a Kafka
 //! authorization error when refused, forwarded from the client's own
 //! address when admitted, and recorded as a flow in `flows/l7.ring`.
@@ -22,6 +23,7 @@
 
 pub mod flowlog;
 pub mod http;
+pub mod kafka;
 pub mod metrics;
 pub mod rules;
 pub mod upstream;
@@ -117,8 +119,8 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
             http::serve(stream, conn, sh).await;
         }
         Ok(Some(rules::Proto::Kafka)) => {
-            // Kafka comes next; until then, refused (fail closed).
-            sh.metrics.connection("refused_kafka");
+            sh.metrics.connection("kafka");
+            kafka::serve(stream, conn, sh).await;
         }
         Ok(None) => {
             // Redirected, yet no rule is about it: refused, never passed

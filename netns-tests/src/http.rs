@@ -18,7 +18,7 @@ impl Pod {
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/logs/error.log warn;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-               client_max_body_size 0;\n  keepalive_requests 10000;\n\
+               client_max_body_size 0;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
                server {{ listen {ip}:{h1_port}; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
                server {{ listen {ip}:{h2_port} http2; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
              }}\n",
@@ -97,5 +97,41 @@ impl Pod {
             .args(["call", &format!("{server}:{port}")])
             .args(methods));
         String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string()).collect()
+    }
+}
+
+impl Pod {
+    /// Starts `args` in the pod as a server, stopped when the pod is dropped.
+    pub fn spawn_server(&mut self, args: &[&str]) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", args[0]));
+        self.servers.push(child);
+    }
+
+    /// Runs `args` in the pod: (exit ok, stdout + stderr).
+    pub fn exec(&self, args: &[&str]) -> (bool, String) {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.netns]).args(args));
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Runs `args` in the pod with `input` on stdin: (exit ok, stdout + stderr).
+    pub fn exec_stdin(&self, args: &[&str], input: &str) -> (bool, String) {
+        use std::io::Write as _;
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", args[0]));
+        let _ = c.stdin.take().expect("stdin").write_all(input.as_bytes());
+        let out = c.wait_with_output().expect("wait");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
     }
 }

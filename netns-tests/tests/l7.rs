@@ -352,3 +352,70 @@ spec:
     let flows = c.node(1).wait_flows(&["--protocol", "http", "--from-pod", "shop/web", "--verdict", "DROPPED"], 1);
     assert_eq!(flows[0]["traffic_direction"], "EGRESS");
 }
+
+/// A real Kafka-compatible broker (tansu, in-memory) in a pod on 9092 with
+/// `topics` created; returns when it answers.
+fn kafka_broker(node: &mut Node, topics: &[&str]) -> Pod {
+    let mut kafka = node.pod("default/kafka", "app=kafka");
+    let url = format!("tcp://{}:9092", kafka.ip);
+    kafka.spawn_server(&[
+        "tansu",
+        "broker",
+        "--cluster-id",
+        "palisade",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]);
+    let t0 = std::time::Instant::now();
+    for t in topics {
+        loop {
+            let ok = kafka.exec(&["tansu", "topic", "create", t, "--broker", &url, "--partitions", "1"]).0;
+            if ok {
+                break;
+            }
+            assert!(t0.elapsed() < std::time::Duration::from_secs(10), "tansu did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    kafka
+}
+
+/// kcat in a pod: produce one message; (exit ok, stderr).
+fn produce(pod: &Pod, broker: std::net::Ipv4Addr, topic: &str, msg: &str) -> (bool, String) {
+    pod.exec_stdin(&["kcat", "-P", "-b", &format!("{broker}:9092"), "-t", topic, "-m", "5"], &format!("{msg}\n"))
+}
+
+/// kcat in a pod: consume everything from the start; (exit ok, stdout + stderr).
+fn consume(pod: &Pod, broker: std::net::Ipv4Addr, topic: &str) -> (bool, String) {
+    pod.exec(&["kcat", "-C", "-b", &format!("{broker}:9092"), "-t", topic, "-o", "beginning", "-e", "-m", "5"])
+}
+
+#[test]
+fn kafka_produce_and_consume_per_topic_as_the_seed_policy_says() {
+    let mut node = Node::new();
+    node.start_l7proxy(&[]);
+    let hq = node.pod("default/hq", "app=empire-hq");
+    let outpost = node.pod("default/outpost", "app=empire-outpost");
+    let backup = node.pod("default/backup", "app=empire-backup");
+    let kafka = kafka_broker(&mut node, &["deathstar-plans", "empire-announce"]);
+    node.apply_example("kafka-topic-policy.yaml");
+    let (ok, err) = produce(&hq, kafka.ip, "deathstar-plans", "plans-v1");
+    assert!(ok, "empire-hq may produce to deathstar-plans: {err}");
+    assert!(produce(&hq, kafka.ip, "empire-announce", "hello outposts").0);
+    let (ok, err) = produce(&outpost, kafka.ip, "empire-announce", "forged");
+    assert!(!ok && err.contains("Topic authorization failed"), "outposts may not produce: {err}");
+    let (ok, out) = consume(&outpost, kafka.ip, "empire-announce");
+    assert!(ok && out.contains("hello outposts") && !out.contains("forged"), "outposts consume empire-announce: {out}");
+    let (ok, out) = consume(&outpost, kafka.ip, "deathstar-plans");
+    assert!(!ok && out.contains("Topic authorization failed"), "outposts may not read the plans: {out}");
+    let (ok, out) = consume(&backup, kafka.ip, "deathstar-plans");
+    assert!(ok && out.contains("plans-v1"), "empire-backup consumes deathstar-plans: {out}");
+    let flows = node.wait_flows(&["--protocol", "kafka", "--verdict", "DROPPED"], 2);
+    assert!(flows.iter().any(|f| f["l7"]["kafka"]["api_key"] == "produce" && f["l7"]["kafka"]["error_code"] == 29), "{flows:?}");
+    let m = node.l7_metrics();
+    assert!(m.contains("hubble_kafka_requests_total{topic=\"deathstar-plans\",api_key=\"fetch\""), "{m}");
+}

@@ -431,9 +431,15 @@ mod tests {
     #[test]
     fn a_rule_set_answers_as_its_rules_one_by_one() {
         let none = |_: &str| Vec::new();
-        let mut rules: Vec<HttpRule> = (0..1000).map(|i| HttpRule { method: Some("GET".into()), path: Some(format!("/api/v1/r{i}")), ..Default::default() }).collect();
+        let mut rules: Vec<HttpRule> =
+            (0..1000).map(|i| HttpRule { method: Some("GET".into()), path: Some(format!("/api/v1/r{i}")), ..Default::default() }).collect();
         rules.push(HttpRule { method: Some("POST".into()), ..Default::default() });
-        rules.push(HttpRule { method: Some("GET".into()), path: Some("/api/v1/r5".into()), headers: vec!["X-A".into()], ..Default::default() });
+        rules.push(HttpRule {
+            method: Some("GET".into()),
+            path: Some("/api/v1/r5".into()),
+            headers: vec!["X-A".into()],
+            ..Default::default()
+        });
         let set = HttpRuleSet::new(&rules).unwrap();
         let singles: Vec<HttpMatcher> = rules.iter().map(|r| HttpMatcher::new(r).unwrap()).collect();
         for (m, p) in [("GET", "/api/v1/r999"), ("GET", "/api/v1/r1000"), ("POST", "/x"), ("DELETE", "/api/v1/r5"), ("GET", "/api/v1/r5")] {
