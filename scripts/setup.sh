@@ -13,7 +13,7 @@ fi
 PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
   iproute2 iputils-ping util-linux procps iptables nftables iperf3
   dnsmasq-base dnsperf dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl
-  curl nginx-light nghttp2-client wrk haproxy kcat python3 python3-grpcio)
+  curl nginx-light nghttp2-client wrk haproxy kcat python3 python3-grpcio linux-perf)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -31,6 +31,13 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "setup.sh: no Rust toolchain (cargo) found; install rustup first" >&2
     exit 1
   fi
+fi
+
+# tansu: a Kafka-compatible broker (in memory) for the Kafka L7 tests; not in
+# Debian, built from crates.io once (about 20 minutes on 2 cores).
+if ! command -v tansu >/dev/null 2>&1; then
+  echo "==> installing tansu (Kafka-compatible broker, crates.io)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
 fi
 
 # bpffs for pinned maps

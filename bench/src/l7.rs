@@ -218,11 +218,47 @@ pub fn paced_client(server: std::net::SocketAddr, path: &str, rate: u32, secs: u
     Ok(())
 }
 
-/// The three measurements against `base`, each request for `p`.
-fn measure(client: &str, base: Ipv4Addr, p: &str, secs: u32, rate: u32, proxy_pid: Option<u32>) -> Result<Sample> {
+/// The three measurements against `base`, each request for `p`. With
+/// `profile`, `perf record -g` samples the proxy during the wrk run and its
+/// report (by symbol, self time) is written there.
+fn measure(
+    client: &str,
+    base: Ipv4Addr,
+    p: &str,
+    secs: u32,
+    rate: u32,
+    proxy_pid: Option<u32>,
+    profile: Option<&std::path::Path>,
+) -> Result<Sample> {
     let url = |port: u16, p: &str| format!("http://{base}:{port}{p}");
     let cpu0 = proxy_pid.map(cpu_s);
+    let perf = match (profile, proxy_pid) {
+        (Some(out), Some(pid)) => Some((
+            out.with_extension("data"),
+            std::process::Command::new("perf")
+                .args(["record", "-q", "-F", "999", "-g", "-p", &pid.to_string(), "-o"])
+                .arg(out.with_extension("data"))
+                .args(["--", "sleep", &secs.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("perf record (linux-perf)")?,
+        )),
+        _ => None,
+    };
     let (h1_rps, h1_p50_ms, h1_p99_ms, e1) = wrk(client, &url(80, p), secs)?;
+    if let (Some((data, mut child)), Some(out)) = (perf, profile) {
+        let _ = child.wait();
+        let report = |sort: &str| -> Result<Vec<u8>> {
+            Ok(std::process::Command::new("perf")
+                .args(["report", "--stdio", "--no-children", "--percent-limit", "0.5", "--sort", sort, "-g", "none", "-i"])
+                .arg(&data)
+                .output()?
+                .stdout)
+        };
+        std::fs::write(out, [report("dso")?, report("dso,symbol")?].concat())?;
+        let _ = std::fs::remove_file(&data);
+    }
     let cpu = match (proxy_pid, cpu0) {
         (Some(pid), Some(c0)) if h1_rps > 0.0 => (cpu_s(pid) - c0) / (h1_rps * f64::from(secs)) * 1e6,
         _ => 0.0,
@@ -247,7 +283,14 @@ fn summarize(runs: &[Sample]) -> Value {
     })
 }
 
-pub fn run(sizes: &[usize], secs: u32, rounds: usize, rate: u32, bin_dir: &std::path::Path) -> Result<Value> {
+pub fn run(
+    sizes: &[usize],
+    secs: u32,
+    rounds: usize,
+    rate: u32,
+    profile: Option<&std::path::Path>,
+    bin_dir: &std::path::Path,
+) -> Result<Value> {
     crate::vs::cleanup_on_interrupt()?;
     let max = sizes.iter().copied().max().unwrap_or(1).max(1);
     let path = rule_path(max - 1);
@@ -309,7 +352,12 @@ pub fn run(sizes: &[usize], secs: u32, rounds: usize, rate: u32, bin_dir: &std::
                 }
             };
             apply(&t, policy.as_deref())?;
-            let s = measure(&client, target, &path, secs, rate, pid)?;
+            // Profiles of the last round, one per configuration with a proxy.
+            let prof = profile.filter(|_| round + 1 == rounds && pid.is_some()).map(|d| d.join(format!("perf-{c}.txt")));
+            if let Some(d) = profile {
+                std::fs::create_dir_all(d)?;
+            }
+            let s = measure(&client, target, &path, secs, rate, pid, prof.as_deref())?;
             if c.starts_with("haproxy-") {
                 if let Some(pid) = pid {
                     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);

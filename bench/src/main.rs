@@ -109,6 +109,10 @@ enum Cmd {
         quick: bool,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Directory for `perf record -g` reports of the proxy (Palisade's,
+        /// HAProxy) during the last round's wrk run.
+        #[arg(long)]
+        profile: Option<PathBuf>,
     },
     /// Cluster mode: time from `endpoint add` on node-1 until node-2's
     /// ipcache has it, with N endpoints already in the cluster; etcd
@@ -248,14 +252,14 @@ fn main() -> Result<()> {
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
         Cmd::HttpClient { server, path, rate, secs } => l7::paced_client(server, &path, rate, secs),
-        Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json } => {
+        Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json, profile } => {
             if quick {
                 secs = 2;
                 rounds = 1;
                 sizes = vec![10];
             }
             let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
-            let v = l7::run(&sizes, secs, rounds, rate, &bin_dir)?;
+            let v = l7::run(&sizes, secs, rounds, rate, profile.as_deref(), &bin_dir)?;
             let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(0.0);
             let d = &v["direct"];
             println!(
