@@ -243,7 +243,9 @@ where
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // Also the idle time allowed between requests on a kept-alive
+        // connection (hyper starts the clock when it waits for a head).
+        .header_read_timeout(Duration::from_secs(120))
         .max_buf_size(sh.max_header_bytes.max(8192))
         // A client that shuts its side after the request still gets the
         // response.

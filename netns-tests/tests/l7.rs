@@ -419,3 +419,38 @@ fn kafka_produce_and_consume_per_topic_as_the_seed_policy_says() {
     let m = node.l7_metrics();
     assert!(m.contains("hubble_kafka_requests_total{topic=\"deathstar-plans\",api_key=\"fetch\""), "{m}");
 }
+
+#[test]
+fn agent_restarts_do_not_cut_proxied_connections() {
+    let (mut node, web, api) = shop();
+    node.apply("l7.yaml", API_INGRESS);
+    let go = node.tmp.join("go");
+    // One keep-alive connection: a request, then (after the agent's
+    // restart) an allowed and a refused request on the same connection.
+    let script = format!(
+        "exec 3<>/dev/tcp/{ip}/80; printf 'GET /api/status HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; \
+         timeout 1 cat <&3 | grep -a '^HTTP/1.1'; echo first-done; \
+         while [ ! -e {go} ]; do sleep 0.05; done; \
+         printf 'GET /public HTTP/1.1\\r\\nHost: x\\r\\n\\r\\nDELETE /api/users HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' >&3; \
+         timeout 2 cat <&3 | grep -a '^HTTP/1.1'",
+        ip = api.ip,
+        go = go.display()
+    );
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &web.netns, "bash", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    while out.read_line(&mut line).unwrap() > 0 && !line.contains("first-done") {}
+    assert!(line.contains("HTTP/1.1 200 OK"), "first request: {line}");
+    node.kill_ctrl();
+    node.start_ctrl();
+    std::fs::write(&go, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let _ = child.wait();
+    assert_eq!(rest, "HTTP/1.1 200 OK\r\nHTTP/1.1 403 Forbidden\r\n", "the connection survived the agent's restart, rules still applied");
+}
