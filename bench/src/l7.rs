@@ -283,14 +283,18 @@ fn summarize(runs: &[Sample]) -> Value {
     })
 }
 
-pub fn run(
-    sizes: &[usize],
-    secs: u32,
-    rounds: usize,
-    rate: u32,
-    profile: Option<&std::path::Path>,
-    bin_dir: &std::path::Path,
-) -> Result<Value> {
+pub struct Opts<'a> {
+    pub sizes: &'a [usize],
+    pub secs: u32,
+    pub rounds: usize,
+    pub rate: u32,
+    /// palisade-l7proxy --workers (0: one per core).
+    pub proxy_workers: usize,
+    pub profile: Option<&'a std::path::Path>,
+}
+
+pub fn run(o: &Opts<'_>, bin_dir: &std::path::Path) -> Result<Value> {
+    let Opts { sizes, secs, rounds, rate, proxy_workers, profile } = *o;
     crate::vs::cleanup_on_interrupt()?;
     let max = sizes.iter().copied().max().unwrap_or(1).max(1);
     let path = rule_path(max - 1);
@@ -307,7 +311,9 @@ pub fn run(
     let state = t.tmp().join("state").display().to_string();
     let bpf = t.bpf_dir();
     let proxy = t.bin("palisade-l7proxy").display().to_string();
-    let proxy_pid = t.spawn_in(&node, None, &proxy, &["--bpf-dir", &bpf, "--state-dir", &state, "--no-flows"], "l7proxy.log")?;
+    let workers = proxy_workers.to_string();
+    let proxy_pid =
+        t.spawn_in(&node, None, &proxy, &["--bpf-dir", &bpf, "--state-dir", &state, "--no-flows", "--workers", &workers], "l7proxy.log")?;
     std::thread::sleep(Duration::from_millis(300));
     let pfile = t.tmp().join("policy.yaml");
     let apply = |t: &Topo, yaml: Option<&str>| -> Result<()> {
@@ -368,7 +374,7 @@ pub fn run(
         }
     }
     eprintln!();
-    let mut out = json!({ "sizes": sizes, "secs": secs, "rounds": rounds, "rate": rate, "path": path });
+    let mut out = json!({ "sizes": sizes, "secs": secs, "rounds": rounds, "rate": rate, "path": path, "proxy_workers": proxy_workers });
     for c in &configs {
         let runs: Vec<Sample> = res.iter().filter(|(l, _)| l == c).map(|(_, s)| s.clone()).collect();
         out[c] = summarize(&runs);

@@ -113,6 +113,9 @@ enum Cmd {
         /// HAProxy) during the last round's wrk run.
         #[arg(long)]
         profile: Option<PathBuf>,
+        /// palisade-l7proxy --workers (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        proxy_workers: usize,
     },
     /// Cluster mode: time from `endpoint add` on node-1 until node-2's
     /// ipcache has it, with N endpoints already in the cluster; etcd
@@ -252,19 +255,20 @@ fn main() -> Result<()> {
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
         Cmd::HttpClient { server, path, rate, secs } => l7::paced_client(server, &path, rate, secs),
-        Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json, profile } => {
+        Cmd::L7 { mut sizes, mut secs, mut rounds, rate, quick, json, profile, proxy_workers } => {
             if quick {
                 secs = 2;
                 rounds = 1;
                 sizes = vec![10];
             }
             let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
-            let v = l7::run(&sizes, secs, rounds, rate, profile.as_deref(), &bin_dir)?;
+            let v = l7::run(&l7::Opts { sizes: &sizes, secs, rounds, rate, proxy_workers, profile: profile.as_deref() }, &bin_dir)?;
             let f = |x: &serde_json::Value, k: &str| x[k].as_f64().unwrap_or(0.0);
             let d = &v["direct"];
             println!(
-                "L7: nginx (HTTP/1.1 :80, h2c :8080) from a client pod; every request GET {}; medians of {rounds} round(s) of {secs} s per measurement; {}\n",
+                "L7: nginx (HTTP/1.1 :80, h2c :8080) from a client pod; every request GET {}; proxy workers {}; medians of {rounds} round(s) of {secs} s per measurement; {}\n",
                 v["path"].as_str().unwrap_or(""),
+                if proxy_workers == 0 { "one per core".to_string() } else { proxy_workers.to_string() },
                 machine()
             );
             println!("| path | wrk h1 rps | % of direct | wrk p50 ms | wrk p99 ms | h2load h2c rps | % of direct | p50 µs @ {rate} rps | p99 µs | added p99 µs | proxy CPU µs/req | non-2xx |");
