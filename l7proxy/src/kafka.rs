@@ -400,6 +400,13 @@ where
     }
 }
 
+/// For the cargo-fuzz target (`l7proxy/fuzz`, `kafka_request`): decodes
+/// one request frame body as the proxy does; `Err` for anything it would
+/// refuse. Never panics, never allocates more than the input allows.
+pub fn fuzz_parse(data: &[u8]) -> Result<usize, String> {
+    parse(Bytes::copy_from_slice(data)).map(|p| p.topics.len()).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
