@@ -17,9 +17,12 @@ BPF_DIR=/sys/fs/bpf/palisade
 export PALISADE_SOCKET=$SOCK
 PODS=(shop/frontend:app=frontend shop/backend:app=backend shop/cart:app=cart
   monitoring/prometheus:app=prometheus other/intruder:app=intruder
-  kube-system/coredns:k8s-app=kube-dns pay/payments:app=payments)
+  kube-system/coredns:k8s-app=kube-dns pay/payments:app=payments
+  shop/web:app=web shop/api:app=api)
 CTRL_PID=
 PROXY_PID=
+L7_PID=
+NGINX_PID=
 DNSMASQ_PID=
 SERVER_PIDS=()
 FWD_BEFORE=$(cat /proc/sys/net/ipv4/ip_forward)
@@ -38,7 +41,7 @@ cleanup() {
     bash scripts/cluster.sh down >/dev/null
     for ns in "${CLUSTER_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   fi
-  for p in "${SERVER_PIDS[@]}" $DNSMASQ_PID $PROXY_PID; do kill "$p" 2>/dev/null; done
+  for p in "${SERVER_PIDS[@]}" $DNSMASQ_PID $PROXY_PID $L7_PID $NGINX_PID; do kill "$p" 2>/dev/null; done
   [ -n "$PROXY_PID" ] && wait "$PROXY_PID" 2>/dev/null
   if [ -n "$CTRL_PID" ]; then
     for spec in "${PODS[@]}"; do "$BIN/palisade" endpoint delete "${spec%%:*}" >/dev/null 2>&1; done
@@ -48,8 +51,8 @@ cleanup() {
     n=${spec%%:*}; ip netns del "$TAG-${n//\//-}" 2>/dev/null
   done
   ip netns del "$TAG-world" 2>/dev/null
-  # palisade-ctrl's policy routing for redirected DNS (see docs/dns.md)
-  ip -4 rule del pref 90 fwmark 0xa00/0xa00 lookup 2005 2>/dev/null
+  # palisade-ctrl's policy routing for redirected connections (docs/dns.md, docs/l7.md)
+  ip -4 rule del pref 90 lookup 2005 2>/dev/null
   ip -4 route flush table 2005 2>/dev/null
   rm -rf "$BPF_DIR" "$STATE"
   echo "$FWD_BEFORE" > /proc/sys/net/ipv4/ip_forward
@@ -225,6 +228,35 @@ else
   banner "palisade --node node-1 status (cluster lines)"
   N node-1 status | grep -A1 '^Cluster'
 fi
+
+banner "L7: HTTP rules through palisade-l7proxy (examples/policies/api-l7-ingress.yaml; docs/l7.md)"
+API_IP=$(ip_of shop/api)
+mkdir -p "$STATE/nginx/logs"
+NGX=$STATE/nginx
+printf '%s\n' "daemon off; master_process off; worker_processes 1; pid $NGX/nginx.pid; error_log $NGX/logs/error.log warn;" \
+  "events { worker_connections 256; }" \
+  "http { access_log off; client_body_temp_path $NGX/body; proxy_temp_path $NGX/proxy; fastcgi_temp_path $NGX/fcgi; uwsgi_temp_path $NGX/uwsgi; scgi_temp_path $NGX/scgi;" \
+  "  server { listen $API_IP:80; location / { default_type text/plain; return 200 \"shop/api saw \$request_method \$request_uri\"; } } }" >"$NGX/nginx.conf"
+ip netns exec "$TAG-shop-api" nginx -c "$NGX/nginx.conf" -p "$NGX" &
+NGINX_PID=$!
+"$BIN/palisade-l7proxy" --bpf-dir "$BPF_DIR" --state-dir "$STATE/state" >"$STATE/l7proxy.stdout" 2>"$STATE/l7proxy.log" &
+L7_PID=$!
+sleep 0.5
+sed -n '1,/^apiVersion/p' examples/policies/api-l7-ingress.yaml | grep '^#' || true
+"$BIN/palisade" policy apply -f examples/policies/api-l7-ingress.yaml
+req() { # method path: curl from shop/web
+  local out
+  out=$(ip netns exec "$TAG-shop-web" curl -s -m 3 -X "$1" -w ' [%{http_code}]' "http://$API_IP$2" | tr -d '\r\n')
+  printf "  %-28s %s\n" "$1 $2" "$out"
+}
+req GET /api/status
+req DELETE /api/users
+req POST /api/admin/exec
+req POST /api/orders/42
+banner "palisade policy trace ... --method DELETE --path /api/users"
+"$BIN/palisade" policy trace --src shop/web --dst shop/api --dport 80/TCP --method DELETE --path /api/users
+banner "palisade observe --protocol http --last 4"
+"$BIN/palisade" observe --state-dir "$STATE/state" --protocol http --last 4
 
 banner "Prometheus metrics (curl 127.0.0.1:9962/metrics | grep drop_count)"
 exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -E '^cilium_(drop|forward)_count' <&3 || true

@@ -379,14 +379,13 @@ pub mod robustness {
 
     pub fn shared(dir: &std::path::Path) -> Arc<Shared> {
         Arc::new(Shared {
-            rules: Arc::new(crate::rules::RulesHandle::new(dir)),
+            rules: Arc::new(crate::rules::RulesHandle::new(dir, 0)),
             ipcache: None,
             metrics: Arc::default(),
             flows: None,
             mark: 0,
             connect_timeout: Duration::from_millis(200),
             max_header_bytes: 8192,
-            port: 0,
         })
     }
 

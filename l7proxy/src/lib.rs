@@ -72,7 +72,6 @@ pub struct Shared {
     pub mark: u32,
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
-    pub port: u16,
 }
 
 impl Shared {
@@ -142,7 +141,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         s => Some(s.parse().map_err(|_| ConfigError(format!("--metrics-address {s:?}: expected ADDRESS:PORT or off")))?),
     };
     let metrics = Arc::new(metrics::Metrics::default());
-    let rules = Arc::new(rules::RulesHandle::new(&state_dir));
+    let rules = Arc::new(rules::RulesHandle::new(&state_dir, a.port));
     {
         // policy.snap is replaced by rename: watch the directory, so a
         // narrowed rule applies to the next request; the 1 s poll is the
@@ -159,7 +158,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         mark: palisade_bpf::consts::MARK_FROM_PROXY,
         connect_timeout: Duration::from_millis(a.connect_timeout_ms),
         max_header_bytes: a.max_header_bytes as usize,
-        port: a.port,
     });
     if sh.ipcache.is_none() {
         tracing::warn!(bpf_dir = %bpf_dir.display(), "no pinned ipcache: peers that are not local endpoints count as world");

@@ -60,6 +60,8 @@ pub struct EpL7 {
 #[derive(Default)]
 pub struct Rules {
     pub generation: u64,
+    /// The port the agent redirects to (`--l7-proxy-port`).
+    pub proxy_port: u16,
     pub by_ip: HashMap<Ipv4Addr, Arc<EpL7>>,
 }
 
@@ -82,7 +84,7 @@ fn compile_rules(json: &str) -> Matchers {
 
 impl Rules {
     pub fn compile(s: &ArchivedPolicySnapshot) -> Self {
-        let mut out = Rules { generation: s.generation.to_native(), ..Default::default() };
+        let mut out = Rules { generation: s.generation.to_native(), proxy_port: s.l7_proxy_port.to_native(), ..Default::default() };
         for ep in s.endpoints.iter() {
             let (mut ingress, mut egress) = (Vec::new(), Vec::new());
             for r in ep.l7.iter() {
@@ -308,15 +310,32 @@ impl Conn {
 /// The current rules, reloaded when `policy.snap` is replaced.
 pub struct RulesHandle {
     live: LivePolicy<Rules>,
+    /// This proxy's --port (0: unchecked).
+    port: u16,
 }
 
 impl RulesHandle {
-    pub fn new(state_dir: &Path) -> Self {
-        let h = Self { live: LivePolicy::new(state_dir, Rules::compile) };
+    pub fn new(state_dir: &Path, port: u16) -> Self {
+        let h = Self { live: LivePolicy::new(state_dir, Rules::compile), port };
         if let Some(r) = h.live.get() {
             tracing::info!(generation = r.generation, endpoints = r.by_ip.len(), "L7 rules loaded");
+            h.check_port(&r);
         }
         h
+    }
+
+    /// An agent redirecting to another port is a misconfiguration that
+    /// drops every L7 connection (fail closed): say so loudly.
+    fn check_port(&self, r: &Rules) {
+        if self.port != 0 && r.proxy_port != 0 && r.proxy_port != self.port {
+            tracing::error!(
+                agent = r.proxy_port,
+                proxy = self.port,
+                "palisade-ctrl redirects L7 connections to port {} but this proxy listens on {}: give both the same port (--l7-proxy-port / --port)",
+                r.proxy_port,
+                self.port
+            );
+        }
     }
 
     /// `None` until a snapshot was loaded: connections are refused then.
@@ -327,7 +346,12 @@ impl RulesHandle {
     pub fn refresh(&self) {
         match self.live.refresh() {
             Reload::Unchanged => {}
-            Reload::Loaded { generation } => tracing::info!(generation, "L7 rules loaded"),
+            Reload::Loaded { generation } => {
+                tracing::info!(generation, "L7 rules loaded");
+                if let Some(r) = self.live.get() {
+                    self.check_port(&r);
+                }
+            }
             Reload::Refused(e) => tracing::error!("{e}; keeping the last rules"),
         }
     }
