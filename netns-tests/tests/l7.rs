@@ -425,10 +425,7 @@ fn kafka_produce_and_consume_per_topic_as_the_seed_policy_says() {
     let (ok, out) = consume(&outpost, kafka.ip, "deathstar-plans");
     assert!(!ok && !out.contains("plans-v1"), "outposts may not read the plans: {out}");
     let refused = node.wait_flows(&["--protocol", "kafka", "--from-pod", "default/outpost", "--verdict", "DROPPED"], 2);
-    assert!(
-        refused.iter().any(|f| f["l7"]["kafka"]["topic"] == "deathstar-plans" && f["l7"]["kafka"]["error_code"] == 29),
-        "{refused:?}"
-    );
+    assert!(refused.iter().any(|f| f["l7"]["kafka"]["topic"] == "deathstar-plans" && f["l7"]["kafka"]["error_code"] == 29), "{refused:?}");
     let (ok, out) = consume(&backup, kafka.ip, "deathstar-plans");
     assert!(ok && out.contains("plans-v1"), "empire-backup consumes deathstar-plans: {out}");
     let flows = node.wait_flows(&["--protocol", "kafka", "--verdict", "DROPPED"], 2);
