@@ -98,6 +98,12 @@ fn ingress_http_rules_answer_403_and_let_allowed_requests_through() {
     assert_eq!(f["source"]["pod_name"], "web");
     assert_eq!(f["traffic_direction"], "INGRESS");
     assert_eq!(f["IP"]["source"], web.ip.to_string());
+    // The seed's jq pipeline, on Hubble's GetFlowsResponse shape too.
+    let state = node.tmp.join("state");
+    let out = node.ok(&["observe", "--state-dir", state.to_str().unwrap(), "--protocol", "http", "--verdict", "DROPPED", "-o", "jsonpb"]);
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().expect("a flow")).unwrap();
+    assert_eq!(first["flow"]["l7"]["http"]["code"], 403, "{first}");
+    assert_eq!(first["flow"]["source"]["pod_name"], "web");
 }
 
 #[test]

@@ -21,6 +21,8 @@ pub struct Ctx {
     socket: PathBuf,
     node: Option<String>,
     json: bool,
+    /// `-o jsonpb`: Hubble's wrapper around each flow.
+    jsonpb: bool,
 }
 
 impl Ctx {
@@ -29,7 +31,7 @@ impl Ctx {
         let socket =
             cli.socket.clone().or_else(|| if cli.node.is_some() { None } else { std::env::var_os("PALISADE_SOCKET").map(PathBuf::from) });
         let socket = palisade_node::NodePaths::resolve(cli.node.as_deref(), None, None, socket).socket;
-        Self { socket, node: cli.node.clone(), json: cli.output == Output::Json }
+        Self { socket, node: cli.node.clone(), json: cli.output != Output::Table, jsonpb: cli.output == Output::Jsonpb }
     }
 
     fn call<C: Call>(&self, c: C) -> Result<C::Reply> {
@@ -86,7 +88,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Bpf(BpfCmd::Policy(BpfPolicyCmd::Get { endpoint })) => bpf_policy_get(c, endpoint),
         Cmd::Bpf(BpfCmd::Ct(BpfCtCmd::List)) => bpf_ct_list(c),
         Cmd::Bpf(BpfCmd::Fqdn(BpfFqdnCmd::List)) => bpf_fqdn_list(c),
-        Cmd::Observe { state_dir, filter, last, follow } => observe::run(&c.state_dir(state_dir), &filter, last, follow, c.json),
+        Cmd::Observe { state_dir, filter, last, follow } => {
+            observe::run(&c.state_dir(state_dir), &filter, last, follow, observe::Format::of(c.json, c.jsonpb))
+        }
         Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { endpoint, state_dir })) => fqdn_cache_list(c, endpoint.as_deref(), state_dir),
         Cmd::Fqdn(FqdnCmd::Status { state_dir }) => fqdn_status(c, state_dir),
         Cmd::Config(ConfigCmd::Set { setting }) => config_set(c, &setting),

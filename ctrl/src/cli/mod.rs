@@ -64,6 +64,11 @@ pub enum FqdnCacheCmd {
 pub enum Output {
     Table,
     Json,
+    /// As json; `observe` prints each flow in Hubble's GetFlowsResponse
+    /// shape (`{"flow": {...}, "node_name": ..., "time": ...}`), as
+    /// `hubble observe -o jsonpb` does, so jq pipelines written for
+    /// `.flow.…` work unchanged.
+    Jsonpb,
 }
 
 #[derive(Subcommand, Debug)]

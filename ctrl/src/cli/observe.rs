@@ -204,17 +204,42 @@ pub fn line(f: &Flow) -> String {
     )
 }
 
-pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool, json: bool) -> Result<()> {
+/// How `observe` prints a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    /// One flow object per line.
+    Json,
+    /// One `{"flow": …, "node_name": …, "time": …}` per line (Hubble's
+    /// GetFlowsResponse, `hubble observe -o jsonpb`).
+    Jsonpb,
+}
+
+impl Format {
+    pub fn of(json: bool, jsonpb: bool) -> Self {
+        match (json, jsonpb) {
+            (_, true) => Format::Jsonpb,
+            (true, false) => Format::Json,
+            _ => Format::Table,
+        }
+    }
+
+    pub fn render(self, f: &Flow) -> String {
+        match self {
+            Format::Table => line(f),
+            Format::Json => serde_json::to_string(f).unwrap_or_default(),
+            Format::Jsonpb => {
+                serde_json::to_string(&serde_json::json!({ "flow": f, "node_name": f.node_name, "time": f.time })).unwrap_or_default()
+            }
+        }
+    }
+}
+
+pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool, format: Format) -> Result<()> {
     filter.check()?;
     let since = filter.since_ns(now_ns())?;
     let mut readers = open_readers(state_dir)?;
-    let print = |f: &Flow| {
-        if json {
-            println!("{}", serde_json::to_string(f).unwrap_or_default());
-        } else {
-            println!("{}", line(f));
-        }
-    };
+    let print = |f: &Flow| println!("{}", format.render(f));
     let mut flows: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
     flows.sort_by_key(|f| f.time_ns);
     let n = last.unwrap_or(if follow { 0 } else { usize::MAX });
