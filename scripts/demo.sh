@@ -249,6 +249,12 @@ req() { # method path: curl from shop/web
   out=$(ip netns exec "$TAG-shop-web" curl -s -m 3 -X "$1" -w ' [%{http_code}]' "http://$API_IP$2" | tr -d '\r\n')
   printf "  %-28s %s\n" "$1 $2" "$out"
 }
+echo "with ns-isolation still applied (every shop pod may reach every shop pod on every port):"
+req DELETE /api/users
+echo "  an L3/L4 allow of the same peer and port wins over L7 rules (Cilium's semantics); policy trace names it:"
+"$BIN/palisade" policy trace --src shop/web --dst shop/api --dport 80/TCP | sed -n 's/^Ingress/  Ingress/p'
+"$BIN/palisade" policy delete ns-isolation -n shop
+echo "without it, the L7 rules decide:"
 req GET /api/status
 req DELETE /api/users
 req POST /api/admin/exec

@@ -216,6 +216,8 @@ spec:
 ",
     );
     assert_eq!(web.http("DELETE", &format!("http://{}/api/users", api.ip)).0, 200, "L4 rule: no redirect, anything goes");
+    let t = node.ok(&["policy", "trace", "--src", "shop/web", "--dst", "shop/api", "--dport", "80/TCP"]);
+    assert!(t.contains("allowed by shop/web-any") && !t.contains("palisade-l7proxy"), "trace names the L4 rule that wins: {t}");
     // The L7 rules still hold on 8080, which the L4 rule does not open.
     let (_, out) =
         web.curl(&["--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}", &format!("http://{}:8080/api/users", api.ip)]);

@@ -426,14 +426,17 @@ fn l4_wins_over_l7(entries: &mut BTreeMap<PolicyKey, PolicyValue>, l7_port: u16)
     if l7_port == 0 {
         return;
     }
-    let plain: Vec<PolicyKey> = entries.iter().filter(|(_, v)| !v.deny && v.proxy_port == 0).map(|(k, _)| *k).collect();
+    let plain: Vec<(PolicyKey, u32)> = entries.iter().filter(|(_, v)| !v.deny && v.proxy_port == 0).map(|(k, v)| (*k, v.cookie)).collect();
     for (k, v) in entries.iter_mut() {
         if v.deny || v.proxy_port != l7_port {
             continue;
         }
         let any = PolicyKey { identity: palisade_bpf::identity::ANY, ..*k };
-        if plain.iter().any(|a| covers(a, k) || covers(a, &any)) {
+        if let Some((_, cookie)) = plain.iter().find(|(a, _)| covers(a, k) || covers(a, &any)) {
+            // The flow is the L4 rule's now: flows and `policy trace`
+            // name it, not the L7 rule it overrides.
             v.proxy_port = 0;
+            v.cookie = *cookie;
         }
     }
 }
