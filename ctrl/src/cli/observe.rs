@@ -185,6 +185,17 @@ pub fn line(f: &Flow) -> String {
             summary.push_str(&format!(" via {}", d.cnames.join(",")));
         }
     }
+    // Hubble's summaries for L7 records.
+    if let Some(l7) = &f.l7 {
+        if let Some(h) = &l7.http {
+            summary = format!("{} {} {} {} {:.1}ms", h.protocol, h.method, h.url, h.code, l7.latency_ns as f64 / 1e6);
+        } else if let Some(k) = &l7.kafka {
+            summary = format!(
+                "Kafka {} v{} correlation id {} topic '{}' return code {}",
+                k.api_key, k.api_version, k.correlation_id, k.topic, k.error_code
+            );
+        }
+    }
     if !f.drop_reason_desc.is_empty() {
         summary = format!("{} ({summary})", f.drop_reason_desc);
     }
