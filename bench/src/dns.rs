@@ -20,7 +20,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use crate::vs::{sh, Topo};
+use crate::vs::{median, on_cpu0, sh, Topo};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
 const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 53);
@@ -43,22 +43,6 @@ fn policy(proxy: bool) -> String {
     format!(
         "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: dnsbench, namespace: bench}}\nspec:\n  endpointSelector: {{matchLabels: {{app: client}}}}\n  egress:\n  - toEndpoints: [{{matchLabels: {{\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}}}]\n    toPorts: [{{ports: [{{port: \"53\", protocol: UDP}}]{dns}}}]\n{fqdn}"
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-/// Runs `args` in the client pod, pinned to CPU 0 (the server is on CPU 1).
-fn on_cpu0(client_ns: &str, args: &[&str]) -> Result<String> {
-    let mut a = vec!["ip", "netns", "exec", client_ns, "taskset", "-c", "0"];
-    a.extend_from_slice(args);
-    sh(&a)
 }
 
 /// dnsperf for `secs` from the client pod; returns (qps, lost %, avg latency ms).

@@ -23,7 +23,7 @@ use anyhow::{bail, Context, Result};
 use palisade_netns_tests::Pod;
 use serde_json::{json, Value};
 
-use crate::vs::{sh, Topo};
+use crate::vs::{median, on_cpu0, sh, Topo};
 
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 10);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 80);
@@ -57,21 +57,6 @@ fn haproxy_config(rules: usize, max: usize, dir: &std::path::Path) -> String {
         fe("h1", 80, "", 80),
         fe("h2", 8080, " proto h2", 8080)
     )
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
-    }
-}
-
-fn on_cpu0(ns: &str, args: &[&str]) -> Result<String> {
-    let mut a = vec!["ip", "netns", "exec", ns, "taskset", "-c", "0"];
-    a.extend_from_slice(args);
-    sh(&a)
 }
 
 /// CPU time (s) of a process so far, from /proc/<pid>/stat.

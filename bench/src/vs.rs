@@ -551,7 +551,15 @@ pub fn run(sizes: &[usize], secs: u32, repeats: usize, bin_dir: &std::path::Path
     Ok(json!({ "suite": "vs-iptables", "secs": secs, "repeats": repeats, "rows": rows }))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of the samples (0 for none); every suite reports these.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs `args` in the client pod, pinned to CPU 0 (the server is on CPU 1).
+pub fn on_cpu0(client_ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["ip", "netns", "exec", client_ns, "taskset", "-c", "0"];
+    a.extend_from_slice(args);
+    sh(&a)
 }

@@ -57,12 +57,27 @@ static __always_inline int mark_is(const struct __sk_buff *skb, __u32 magic)
 
 #define PROXY_ADDR_BE bpf_htonl(0x7f000001) /* 127.0.0.1 */
 
+/* Hands the packet to `sk` (a reference this releases) and marks it for
+ * local delivery. Returns REASON_FORWARDED or -DROP_PROXY_UNAVAILABLE. */
+static __always_inline int proxy_assign(struct __sk_buff *skb, struct bpf_sock *sk)
+{
+	long err;
+
+	if (!sk)
+		return -DROP_PROXY_UNAVAILABLE;
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -DROP_PROXY_UNAVAILABLE;
+	skb->mark = proxy_mark;
+	return REASON_FORWARDED;
+}
+
 /* Returns REASON_FORWARDED (assigned and marked) or -DROP_PROXY_UNAVAILABLE. */
 static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tuple *t, __u16 proxy_port)
 {
 	struct bpf_sock_tuple tup = {};
 	struct bpf_sock *sk = 0;
-	long err;
 
 	tup.ipv4.saddr = t->saddr;
 	tup.ipv4.sport = t->sport;
@@ -84,14 +99,7 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tu
 		tup.ipv4.dport = bpf_htons(proxy_port);
 		sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
 	}
-	if (!sk)
-		return -DROP_PROXY_UNAVAILABLE;
-	err = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (err)
-		return -DROP_PROXY_UNAVAILABLE;
-	skb->mark = proxy_mark;
-	return REASON_FORWARDED;
+	return proxy_assign(skb, sk);
 }
 
 /* A packet from a server to a proxy upstream connection: to that socket. */
@@ -99,7 +107,6 @@ static __always_inline int proxy_reply(struct __sk_buff *skb, const struct tuple
 {
 	struct bpf_sock_tuple tup = {};
 	struct bpf_sock *sk;
-	long err;
 
 	if (t->proto != IPPROTO_TCP)
 		return -DROP_PROXY_UNAVAILABLE;
@@ -114,12 +121,7 @@ static __always_inline int proxy_reply(struct __sk_buff *skb, const struct tuple
 		bpf_sk_release(sk);
 		return -DROP_PROXY_UNAVAILABLE;
 	}
-	err = bpf_sk_assign(skb, sk, 0);
-	bpf_sk_release(sk);
-	if (err)
-		return -DROP_PROXY_UNAVAILABLE;
-	skb->mark = proxy_mark;
-	return REASON_FORWARDED;
+	return proxy_assign(skb, sk);
 }
 
 /* At tc egress: back to the ingress it came by, to be assigned there.
