@@ -35,7 +35,7 @@ use tokio::sync::Mutex;
 
 use crate::{
     flowlog::Detail,
-    metrics::{HttpDur, HttpReq, HttpResp},
+    metrics::{method_label, HttpDur, HttpReq, HttpResp},
     rules::{Conn, Verdict},
     Shared,
 };
@@ -282,6 +282,7 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_string()))
         .unwrap_or_default();
     let grpc = is_grpc(req.headers());
+    let label = method_label(req.method());
     let reporter = if conn.reported_ingress() { "server" } else { "client" };
     let record = |v: &Verdict, code: u16, latency: Duration| {
         let verdict = match v {
@@ -290,16 +291,9 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
             Verdict::Deny { .. } => "DROPPED",
         };
         let m = &sh.metrics;
-        m.http_requests
-            .get_or_create(&HttpReq {
-                method: method.clone(),
-                protocol: protocol(version).into(),
-                reporter: reporter.into(),
-                verdict: verdict.into(),
-            })
-            .inc();
-        m.http_responses.get_or_create(&HttpResp { method: method.clone(), status: code.to_string(), reporter: reporter.into() }).inc();
-        m.http_duration.get_or_create(&HttpDur { method: method.clone(), reporter: reporter.into() }).observe(latency.as_secs_f64());
+        m.http_requests.get_or_create(&HttpReq { method: label.clone(), protocol: protocol(version), reporter, verdict }).inc();
+        m.http_responses.get_or_create(&HttpResp { method: label.clone(), status: code, reporter }).inc();
+        m.http_duration.get_or_create(&HttpDur { method: label.clone(), reporter }).observe(latency.as_secs_f64());
         if let Some(f) = &sh.flows {
             let url = format!("http://{host}{path}");
             let detail = Detail::Http(Http {
@@ -345,8 +339,12 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
                 *req.uri_mut() = u;
             }
         }
-    } else if let Ok(u) = Uri::builder().path_and_query(path.as_str()).build() {
-        *req.uri_mut() = u;
+    } else if req.uri().authority().is_some() {
+        // Absolute-form (a client that thinks it talks to a proxy): the
+        // server gets origin-form.
+        if let Ok(u) = Uri::builder().path_and_query(path.as_str()).build() {
+            *req.uri_mut() = u;
+        }
     }
     match up.send(req).await {
         Ok(resp) => {

@@ -8,10 +8,12 @@
 //! authorization error when refused, forwarded from the client's own
 //! address when admitted, and recorded as a flow in `flows/l7.ring`.
 //!
-//! Runtime: tokio, multi-threaded, one worker per core by default. hyper
-//! and h2 are tokio-native; an event loop of our own on mio would have to
-//! re-implement their I/O traits for no gain, and crossbeam has no place
-//! here (hand-offs are tokio tasks). See docs/l7.md.
+//! Runtime: thread per core — one single-threaded tokio runtime per
+//! worker, fed round robin by one acceptor thread; a connection never
+//! leaves its worker. hyper and h2 are tokio-native; an event loop of our
+//! own on mio would have to re-implement their I/O traits for no gain, and
+//! crossbeam has no place here (the hand-off is `Handle::spawn`). See
+//! docs/l7.md.
 //!
 //! Fail closed: while the proxy is down the datapath finds no socket and
 //! drops the redirected packets; the proxy refuses a connection for which
@@ -162,29 +164,54 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if sh.ipcache.is_none() {
         tracing::warn!(bpf_dir = %bpf_dir.display(), "no pinned ipcache: peers that are not local endpoints count as world");
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if a.workers > 0 {
-        rt.worker_threads(a.workers);
+    let listener = upstream::listener(a.port, 4096)?;
+    if let Some(addr) = metrics_address {
+        metrics::serve(addr, metrics)?;
     }
-    let rt = rt.enable_all().thread_name("l7-worker").build()?;
-    rt.block_on(async move {
-        let listener = upstream::listener(a.port, 4096)?;
-        if let Some(addr) = metrics_address {
-            metrics::serve(addr, metrics)?;
-        }
-        tracing::info!(port = a.port, "palisade-l7proxy ready on 127.0.0.1");
-        println!("ready");
-        loop {
-            match listener.accept().await {
-                Ok((s, _)) => {
-                    let _ = s.set_nodelay(true);
-                    tokio::spawn(connection(s, sh.clone()));
+    let workers = workers(a.workers)?;
+    tracing::info!(port = a.port, workers = workers.len(), "palisade-l7proxy ready on 127.0.0.1");
+    println!("ready");
+    // Round robin: connections are long-lived and cost alike; a worker's
+    // queue is its runtime's (Handle::spawn wakes it).
+    let mut next = 0usize;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                let _ = s.set_nodelay(true);
+                if let Err(e) = s.set_nonblocking(true) {
+                    tracing::warn!("accepted socket: {e}");
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let sh = sh.clone();
+                workers[next % workers.len()].spawn(async move {
+                    match tokio::net::TcpStream::from_std(s) {
+                        Ok(s) => connection(s, sh).await,
+                        Err(e) => tracing::warn!("registering an accepted socket: {e}"),
+                    }
+                });
+                next = next.wrapping_add(1);
+            }
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
-    })
+    }
+}
+
+/// Thread per core: each worker is a single-threaded tokio runtime, and a
+/// connection lives on one worker for its whole life — the downstream
+/// server, the upstream client and the tasks hyper spawns for them. Their
+/// wakeups stay on one thread (no cross-core hand-offs, no work stealing:
+/// a multi-threaded runtime spent ~6 % of the proxy's time in wakeup
+/// locking, docs/benchmarks.md "L7").
+fn workers(n: usize) -> anyhow::Result<Vec<tokio::runtime::Handle>> {
+    let n = if n == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { n };
+    let mut handles = Vec::with_capacity(n);
+    for i in 0..n {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        handles.push(rt.handle().clone());
+        std::thread::Builder::new().name(format!("l7-worker-{i}")).spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    }
+    Ok(handles)
 }

@@ -7,7 +7,7 @@
 //! `hubble_kafka_request_duration_seconds{topic,api_key,reporter}`), with a
 //! `verdict` label added to the request counters so refusals can be
 //! graphed; the proxy's own health is `palisade_l7proxy_*`.
-use std::{net::SocketAddr, sync::Arc};
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -15,25 +15,39 @@ use prometheus_client::{
     registry::Registry,
 };
 
+// The HTTP label sets are built for every request: static strings (and a
+// method borrowed when it is a standard one), so counting allocates only
+// the first time a label set is seen.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpReq {
-    pub method: String,
-    pub protocol: String,
-    pub reporter: String,
-    pub verdict: String,
+    pub method: Cow<'static, str>,
+    pub protocol: &'static str,
+    pub reporter: &'static str,
+    pub verdict: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpResp {
-    pub method: String,
-    pub status: String,
-    pub reporter: String,
+    pub method: Cow<'static, str>,
+    pub status: u16,
+    pub reporter: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpDur {
-    pub method: String,
-    pub reporter: String,
+    pub method: Cow<'static, str>,
+    pub reporter: &'static str,
+}
+
+/// A method as a label value: borrowed for the standard methods.
+pub fn method_label(m: &hyper::Method) -> Cow<'static, str> {
+    use hyper::Method as M;
+    let known = [M::GET, M::POST, M::PUT, M::DELETE, M::HEAD, M::OPTIONS, M::PATCH, M::CONNECT, M::TRACE];
+    const NAMES: [&str; 9] = ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE"];
+    match known.iter().position(|k| k == m) {
+        Some(i) => Cow::Borrowed(NAMES[i]),
+        None => Cow::Owned(m.as_str().to_string()),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -12,19 +12,19 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 
 /// 127.0.0.1:`port`, IP_TRANSPARENT, for the packets the datapath assigns.
-pub fn listener(port: u16, backlog: i32) -> anyhow::Result<TcpListener> {
+/// Blocking: one acceptor thread hands connections to the workers.
+pub fn listener(port: u16, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
     use anyhow::Context as _;
     let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_ip_transparent_v4(true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
-    s.set_nonblocking(true)?;
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     s.bind(&SockAddr::from(addr)).with_context(|| format!("binding TCP {addr}"))?;
     s.listen(backlog)?;
-    Ok(TcpListener::from_std(s.into())?)
+    Ok(s.into())
 }
 
 fn socket(mark: u32, bind: SocketAddrV4) -> std::io::Result<Socket> {

@@ -6,6 +6,8 @@ use palisade_netns_tests::{Node, Pod};
 
 /// The seed policy, applied unchanged.
 const API_INGRESS: &str = include_str!("../../examples/policies/api-l7-ingress.yaml");
+/// The CDE lockdown seed, applied unchanged.
+const CDE_LOCKDOWN: &str = include_str!("../../examples/policies/cde-lockdown.yaml");
 
 /// A node with the L7 proxy, an `api` pod serving HTTP on 80 (h1) and 8080
 /// (h2c) and a `web` pod to call it.
@@ -475,4 +477,142 @@ fn agent_restarts_do_not_cut_proxied_connections() {
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
     let _ = child.wait();
     assert_eq!(rest, "HTTP/1.1 200 OK\r\nHTTP/1.1 403 Forbidden\r\n", "the connection survived the agent's restart, rules still applied");
+}
+
+/// The status code of one curl call (0: no answer), `args` before the URL.
+fn code(pod: &Pod, args: &[&str], url: &str) -> u16 {
+    let mut a = vec!["--max-time", "2", "-o", "/dev/null", "-w", "%{http_code}"];
+    a.extend(args);
+    a.push(url);
+    pod.curl(&a).1.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn the_cde_lockdown_admits_the_card_flow_and_nothing_else() {
+    let mut node = Node::with_ctrl_args(&["--host-interface", "uplink0"]);
+    let world = node.world();
+    node.start_l7proxy(&[]);
+    let mut checkout = node.pod("shop/checkout", "app=checkout");
+    checkout.serve(&[80]);
+    let web = node.pod("shop/web", "app=web");
+    let prometheus = node.pod("monitoring/prometheus", "app=prometheus");
+    let mut vault = node.pod("payments/vault", "app=vault,pci=cde");
+    let mut db = node.pod("payments/db", "app=db,pci=cde");
+    let tmp = node.tmp.clone();
+    vault.nginx(&tmp, 8443, 9090);
+    db.serve(&[5432, 5433]);
+    let api = format!("http://{}:8443", vault.ip);
+    let metrics = format!("http://{}:9090/metrics", vault.ip);
+    let id = ["-H", "X-Request-Id: r-1"];
+    let tokenize = ["-X", "POST", "-H", "X-Request-Id: r-1"];
+    assert_eq!(code(&web, &["-X", "DELETE"], &format!("{api}/v1/tokens/all")), 200, "before the lockdown");
+    assert!(vault.tcp(&db, 5433) && db.tcp(&checkout, 80), "before the lockdown");
+    node.apply("cde.yaml", CDE_LOCKDOWN);
+
+    // The card flow, and only it.
+    assert_eq!(code(&checkout, &tokenize, &format!("{api}/v1/tokenize")), 200);
+    assert_eq!(code(&checkout, &id, &format!("{api}/v1/tokens/tok_0123456789abcdef")), 200);
+    assert_eq!(code(&checkout, &["-X", "POST"], &format!("{api}/v1/tokenize")), 403, "no request id, no card");
+    assert_eq!(code(&checkout, &id, &format!("{api}/v1/tokens")), 403, "listing tokens");
+    assert_eq!(code(&checkout, &id, &format!("{api}/v1/tokens/tok_0123456789abcdef/pan")), 403, "the whole path must match");
+    assert_eq!(code(&checkout, &["-X", "DELETE", "-H", "X-Request-Id: r-1"], &format!("{api}/v1/tokens/tok_0123456789abcdef")), 403);
+    assert_eq!(code(&checkout, &id, &format!("{api}/admin")), 403);
+    assert_eq!(code(&checkout, &["--http2-prior-knowledge"], &metrics), 0, "checkout may not scrape: dropped at L4");
+    // Scraping, over h2c like Prometheus' own client can.
+    assert_eq!(code(&prometheus, &["--http2-prior-knowledge"], &metrics), 200);
+    assert_eq!(code(&prometheus, &["--http2-prior-knowledge", "-X", "POST"], &metrics), 403);
+    assert_eq!(code(&prometheus, &id, &format!("{api}/v1/tokenize")), 0, "prometheus never reaches the API port");
+    // Everyone else is dropped before any HTTP is spoken.
+    assert_eq!(code(&web, &tokenize, &format!("{api}/v1/tokenize")), 0);
+    assert_eq!(code(&world, &tokenize, &format!("{api}/v1/tokenize")), 0);
+    // Inside the CDE: the database port, nothing else; nothing leaves it.
+    assert!(vault.tcp(&db, 5432), "vault -> db:5432 is the CDE's own traffic");
+    assert!(!vault.tcp(&db, 5433), "only the database port inside the CDE");
+    assert!(!db.tcp(&checkout, 80), "no egress out of the CDE");
+
+    // A later allow for the world does not open the CDE: the deny wins.
+    node.apply(
+        "oops.yaml",
+        "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: open-vault, namespace: payments}
+spec:
+  endpointSelector: {matchLabels: {app: vault}}
+  ingress:
+  - fromEntities: [world]
+    toPorts:
+    - ports: [{port: \"8443\", protocol: TCP}]
+",
+    );
+    assert_eq!(code(&world, &tokenize, &format!("{api}/v1/tokenize")), 0, "ingressDeny world beats the allow");
+    assert_eq!(code(&checkout, &tokenize, &format!("{api}/v1/tokenize")), 200, "the card flow is untouched");
+
+    // Every refused request is on record, and trace says why.
+    let flows = node.wait_flows(&["--protocol", "http", "--to-pod", "payments/vault", "--verdict", "DROPPED"], 6);
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["l7"]["http"]["url"] == format!("http://{}:8443/v1/tokens", vault.ip) && f["source"]["pod_name"] == "checkout"),
+        "{flows:?}"
+    );
+    let t = node.json(&[
+        "policy",
+        "trace",
+        "--src",
+        "shop/checkout",
+        "--dst",
+        "payments/vault",
+        "--dport",
+        "8443/TCP",
+        "--method",
+        "GET",
+        "--path",
+        "/v1/tokens",
+        "--header",
+        "X-Request-Id: r-1",
+    ]);
+    assert_eq!(t["verdict"], "DENIED", "{t}");
+}
+
+#[test]
+fn a_proxy_crash_during_a_request_loop_never_lets_a_refused_request_through() {
+    use std::time::{Duration, Instant};
+    let (mut node, web, api) = shop();
+    node.apply("l7.yaml", API_INGRESS);
+    let (get, delete) = (format!("http://{}/api/status", api.ip), format!("http://{}/api/users", api.ip));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (log, down, up) = std::thread::scope(|s| {
+        let looper = s.spawn(|| {
+            let mut log = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (m, url) in [("GET", &get), ("DELETE", &delete)] {
+                    let t = Instant::now();
+                    log.push((t, m, code(&web, &["--max-time", "0.5", "-X", m], url)));
+                }
+            }
+            log
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        node.kill_l7proxy();
+        let down = Instant::now();
+        std::thread::sleep(Duration::from_millis(1500));
+        let up = Instant::now();
+        node.start_l7proxy(&[]);
+        std::thread::sleep(Duration::from_millis(2000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (looper.join().expect("request loop"), down, up)
+    });
+    let before = log.iter().filter(|(t, m, c)| *t < down && *m == "GET" && *c == 200).count();
+    assert!(before > 0, "GETs passed before the crash: {log:?}");
+    let while_down = log.iter().filter(|(t, ..)| *t > down && *t + Duration::from_millis(600) < up).count();
+    assert!(while_down > 0, "requests were tried while the proxy was down: {log:?}");
+    for (t, m, c) in &log {
+        assert!(!(*m == "DELETE" && *c == 200), "a refused request passed at {:?} after the crash: {log:?}", t.duration_since(down));
+        if *t > down && *t + Duration::from_millis(600) < up {
+            assert_eq!(*c, 0, "{m} started while the proxy was down got an answer: {log:?}");
+        }
+    }
+    let back = log.iter().find(|(t, m, c)| *t > up && *m == "GET" && *c == 200).map(|(t, ..)| t.duration_since(up));
+    assert!(back.is_some_and(|d| d < Duration::from_secs(1)), "first GET 200 after the restart: {back:?}");
+    assert!(log.iter().any(|(t, m, c)| *t > up && *m == "DELETE" && *c == 403), "refusals answered again: {log:?}");
 }
