@@ -323,6 +323,24 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the CLI with `input` on its standard input: (success, stdout,
+    /// stderr).
+    pub fn cli_stdin(&self, args: &[&str], input: &str) -> (bool, String, String) {
+        use std::io::Write as _;
+        let mut c = Command::new(bin("palisade"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn palisade");
+        let _ = c.stdin.take().expect("stdin").write_all(input.as_bytes());
+        let out = c.wait_with_output().expect("wait for palisade");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
     /// Runs the CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -116,7 +116,7 @@ fn payments_pod_reaches_what_its_names_allow_and_nothing_else() {
     assert_eq!((f["verdict"].as_str(), f["Type"].as_str(), f["source_ring"].as_str()), (Some("FORWARDED"), Some("L7"), Some("dns")));
     assert_eq!(f["l7"]["dns"]["query"], "api.stripe.com.");
     assert_eq!(f["l7"]["dns"]["ips"][0], "192.0.2.100");
-    assert_eq!(f["policies"][0]["name"], "payments", "{f}");
+    assert_eq!(f["egress_allowed_by"][0]["name"], "payments", "Hubble's field for the deciding rule: {f}");
     let cname = node.wait_flows(&["--to-fqdn", "api.pgprovider.com"], 1);
     assert_eq!(cname[0]["l7"]["dns"]["cnames"][0], "pg.cdn.example.net.", "{cname:?}");
 

@@ -21,7 +21,7 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     assert_eq!(fwd["destination"]["namespace"], "shop");
     assert_eq!(fwd["l4"]["TCP"]["destination_port"], 8080);
     assert_eq!(fwd["l4"]["TCP"]["flags"][0], "SYN");
-    assert_eq!(fwd["policies"][0]["name"], "allow-frontend-to-backend");
+    assert_eq!(fwd["ingress_allowed_by"][0]["name"], "allow-frontend-to-backend", "{fwd}");
     assert_eq!(fwd["Type"], "L3_L4");
     assert!(fwd["time"].as_str().unwrap().ends_with('Z'));
 
@@ -174,4 +174,73 @@ fn preview_and_suggest_from_flows_privileged_test() {
     // egress and frontend's ingress stay as they were (open).
     assert!(back.tcp(&front, 8080));
     assert!(yaml.contains("suggested-frontend") && yaml.contains("toEndpoints"), "frontend's observed egress is drafted: {yaml}");
+}
+
+#[test]
+fn hubble_filters_negation_and_output_forms_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[8080]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    assert!(front.tcp(&back, 8080));
+    assert!(!cart.tcp(&back, 8080));
+    let all = node.wait_flows(&[], 3);
+    let back_id = all.iter().find(|f| f["destination"]["pod_name"] == "backend").expect("a flow to backend")["destination"]["identity"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let src = |fs: &[serde_json::Value]| fs.iter().map(|f| f["source"]["pod_name"].as_str().unwrap_or("").to_string()).collect::<Vec<_>>();
+
+    // Labels, with and without the source prefix; several must all match.
+    let from_cart = node.flows(&["--from-label", "app=cart"]);
+    assert!(!from_cart.is_empty() && src(&from_cart).iter().all(|s| s == "cart"), "{from_cart:?}");
+    assert_eq!(node.flows(&["-l", "k8s:app=cart"]).len(), node.flows(&["--label", "app=cart"]).len());
+    assert!(node.flows(&["--from-label", "app=cart,k8s:io.kubernetes.pod.namespace=other"]).is_empty(), "every label must match");
+    // Addresses and CIDRs, identities.
+    let to_back = node.flows(&["--to-ip", &back.ip.to_string()]);
+    assert!(!to_back.is_empty() && to_back.iter().all(|f| f["IP"]["destination"] == back.ip.to_string()));
+    assert_eq!(node.flows(&["--to-ip", &format!("{}/32", back.ip)]).len(), to_back.len());
+    assert!(node.flows(&["--from-ip", "203.0.113.0/24"]).is_empty());
+    assert_eq!(node.flows(&["--to-identity", &back_id]).len(), node.flows(&["--to-pod", "shop/backend"]).len());
+    let err = node.fails(&["observe", "--state-dir", node.tmp.join("state").to_str().unwrap(), "--ip", "10.0.0.300"]);
+    assert!(err.contains("--ip \"10.0.0.300\""), "{err}");
+    // --not: the negated filter leaves flows out; the others still apply.
+    let not_cart = node.flows(&["--to-pod", "shop/backend", "--not", "--from-pod", "shop/cart"]);
+    assert!(!not_cart.is_empty() && src(&not_cart).iter().all(|s| s != "cart"), "{not_cart:?}");
+    assert_eq!(
+        not_cart.len() + node.flows(&["--to-pod", "shop/backend", "--from-pod", "shop/cart"]).len(),
+        node.flows(&["--to-pod", "shop/backend"]).len()
+    );
+    let not_dropped = node.flows(&["--not", "--verdict=DROPPED"]);
+    assert!(not_dropped.iter().all(|f| f["verdict"] != "DROPPED") && !not_dropped.is_empty());
+    let err = node.fails(&["observe", "--not", "--follow"]);
+    assert!(err.contains("--not --follow: not a filter"), "{err}");
+    // --first / --until.
+    let first = node.flows(&["--first", "1"]);
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["time"], all[0]["time"], "--first is the oldest");
+    assert!(node.flows(&["--until", "2000-01-01T00:00:00Z"]).is_empty());
+    assert_eq!(node.flows(&["--until", "0s"]).len(), node.flows(&[]).len());
+
+    // Output forms: jsonpb wraps, with the deciding rule under Hubble's name.
+    let state = node.tmp.join("state");
+    let state = state.to_str().unwrap();
+    let pb = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/frontend", "--verdict", "FORWARDED", "-o", "jsonpb"]);
+    let first: serde_json::Value = pb
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|f| f["flow"]["traffic_direction"] == "INGRESS")
+        .expect("the ingress verdict at backend");
+    assert!(!first["node_name"].as_str().unwrap_or("").is_empty(), "a node name, as hubble always has: {first}");
+    assert_eq!(first["flow"]["ingress_allowed_by"][0]["name"], "allow-frontend-to-backend", "{first}");
+    assert!(first["flow"].get("policies").is_none(), "{first}");
+    assert_eq!(first["time"], first["flow"]["time"]);
+    let denied = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart", "--verdict", "DROPPED", "-o", "json"]);
+    let d: serde_json::Value = serde_json::from_str(denied.lines().next().expect("a drop")).unwrap();
+    assert!(d.get("ingress_allowed_by").is_none(), "a drop is not allowed by anything: {d}");
+    let table = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart"]);
+    assert!(table.starts_with("TIMESTAMP  SOURCE  DESTINATION  TYPE  VERDICT  SUMMARY\n"), "{table}");
+    let compact = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart", "-o", "compact"]);
+    assert!(compact.lines().all(|l| l.contains("shop/cart") && l.contains(" -> ")), "{compact}");
+    let dict = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart", "-o", "dict"]);
+    assert!(dict.contains("    VERDICT: DROPPED") && dict.contains("     SOURCE: shop/cart"), "{dict}");
 }

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use palisade_policy::{Labels, Policy};
 use serde::{Deserialize, Serialize};
 
@@ -65,9 +65,23 @@ pub fn now_unix() -> u64 {
 
 impl Store {
     /// An endpoint by `ns/name` (a bare name is in namespace `default`).
+    /// An endpoint by `namespace/pod`, a bare pod name (namespace
+    /// "default"), or its numeric endpoint ID (as `cilium endpoint get`);
+    /// a pod named like a number wins over the ID.
     pub fn endpoint(&self, name: &str) -> Result<&Endpoint> {
         let full = crate::api::full_name(name);
-        self.endpoints.get(&full).map(|e| &**e).with_context(|| format!("endpoint {full} does not exist (see `palisade endpoint list`)"))
+        if let Some(e) = self.endpoints.get(&full) {
+            return Ok(e);
+        }
+        if let Ok(id) = name.parse::<u32>() {
+            return self
+                .endpoints
+                .values()
+                .find(|e| e.ep_id == id)
+                .map(|e| &**e)
+                .with_context(|| format!("no endpoint has ID {id} and there is no pod default/{id} (see `palisade endpoint list`)"));
+        }
+        bail!("endpoint {full} does not exist (see `palisade endpoint list`)")
     }
 
     /// The store key of a policy name: `ns/name` names a namespaced policy;

@@ -2,7 +2,16 @@
 use clap::Parser;
 
 fn main() {
-    let cli = palisade_ctrl::cli::Cli::parse();
+    // `observe --not FLAG VALUE`: clap does not keep the order of
+    // different flags, so the negations are rewritten first.
+    let args = match palisade_ctrl::cli::observe::rewrite_not(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = palisade_ctrl::cli::Cli::parse_from(args);
     if let Err(e) = palisade_ctrl::cli::commands::run(cli) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);

@@ -20,9 +20,9 @@ use crate::api::{self, dnsproxy, replies, requests as req, Call, NamedPort};
 pub struct Ctx {
     socket: PathBuf,
     node: Option<String>,
+    /// `-o json` or `-o jsonpb`: the reply as JSON.
     json: bool,
-    /// `-o jsonpb`: Hubble's wrapper around each flow.
-    jsonpb: bool,
+    output: Output,
 }
 
 impl Ctx {
@@ -31,7 +31,7 @@ impl Ctx {
         let socket =
             cli.socket.clone().or_else(|| if cli.node.is_some() { None } else { std::env::var_os("PALISADE_SOCKET").map(PathBuf::from) });
         let socket = palisade_node::NodePaths::resolve(cli.node.as_deref(), None, None, socket).socket;
-        Self { socket, node: cli.node.clone(), json: cli.output != Output::Table, jsonpb: cli.output == Output::Jsonpb }
+        Self { socket, node: cli.node.clone(), json: matches!(cli.output, Output::Json | Output::Jsonpb), output: cli.output }
     }
 
     fn call<C: Call>(&self, c: C) -> Result<C::Reply> {
@@ -84,12 +84,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         },
         Cmd::Identity(IdentityCmd::List) => identity_list(c),
-        Cmd::Identity(IdentityCmd::Get { id }) => identity_get(c, id),
+        Cmd::Identity(IdentityCmd::Get { id, labels }) => identity_get(c, id, &labels),
         Cmd::Bpf(BpfCmd::Policy(BpfPolicyCmd::Get { endpoint })) => bpf_policy_get(c, endpoint),
         Cmd::Bpf(BpfCmd::Ct(BpfCtCmd::List)) => bpf_ct_list(c),
         Cmd::Bpf(BpfCmd::Fqdn(BpfFqdnCmd::List)) => bpf_fqdn_list(c),
-        Cmd::Observe { state_dir, filter, last, follow } => {
-            observe::run(&c.state_dir(state_dir), &filter, last, follow, observe::Format::of(c.json, c.jsonpb))
+        Cmd::Observe { state_dir, filter, last, first, follow } => {
+            let window = match (first, last) {
+                (Some(n), _) => observe::Window::First(n),
+                (_, Some(n)) => observe::Window::Last(n),
+                _ => observe::Window::All,
+            };
+            let node_name = observe::local_node_name(c.node.as_deref());
+            observe::run(&c.state_dir(state_dir), &filter, window, follow, observe::Format::of(c.output), &node_name)
         }
         Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { endpoint, state_dir })) => fqdn_cache_list(c, endpoint.as_deref(), state_dir),
         Cmd::Fqdn(FqdnCmd::Status { state_dir }) => fqdn_status(c, state_dir),
@@ -137,6 +143,57 @@ fn with_ns(name: &str, ns: Option<&str>) -> String {
 
 fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The policy sources `-f` names, as (name, text): `-` is standard input
+/// (read once), a directory is every `*.yaml`, `*.yml` and `*.json` under
+/// it, recursively, in path order (as `kubectl apply -R -f DIR`); hidden
+/// files and directories (`.git`) are skipped.
+pub fn sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut stdin_read = false;
+    for p in paths {
+        if p.as_os_str() == "-" {
+            if std::mem::replace(&mut stdin_read, true) {
+                bail!("-f - given twice: standard input can be read once");
+            }
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
+            out.push(("<stdin>".to_string(), text));
+        } else if p.is_dir() {
+            let mut files = Vec::new();
+            policy_files(p, &mut files)?;
+            if files.is_empty() {
+                bail!("{}: no *.yaml, *.yml or *.json files in this directory", p.display());
+            }
+            for f in files {
+                out.push((f.display().to_string(), read(&f)?));
+            }
+        } else {
+            out.push((p.display().to_string(), read(p)?));
+        }
+    }
+    Ok(out)
+}
+
+fn policy_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading directory {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading directory {}", dir.display()))?;
+    entries.sort();
+    for e in entries {
+        if e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        if e.is_dir() {
+            policy_files(&e, out)?;
+        } else if e.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")) {
+            out.push(e);
+        }
+    }
+    Ok(())
 }
 
 fn status(c: &Ctx) -> Result<()> {
@@ -217,7 +274,7 @@ fn namespace_list(c: &Ctx) -> Result<()> {
 fn policy_apply(c: &Ctx, files: &[PathBuf]) -> Result<()> {
     // Validate every file before sending any, so a bad second file does
     // not leave the first applied.
-    let texts: Vec<(String, String)> = files.iter().map(|f| Ok((f.display().to_string(), read(f)?))).collect::<Result<_>>()?;
+    let texts = sources(files)?;
     for (name, text) in &texts {
         palisade_policy::parse_policies(name, text)?;
     }
@@ -234,8 +291,8 @@ fn policy_apply(c: &Ctx, files: &[PathBuf]) -> Result<()> {
 
 fn policy_delete(c: &Ctx, names: &[String], namespace: Option<&str>, files: &[PathBuf]) -> Result<()> {
     let mut all: Vec<String> = names.iter().map(|n| with_ns(n, namespace)).collect();
-    for f in files {
-        for p in palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)? {
+    for (name, text) in sources(files)? {
+        for p in palisade_policy::parse_policies(&name, &text)? {
             all.push(p.key());
         }
     }
@@ -265,12 +322,12 @@ struct Validated {
 
 fn policy_validate(c: &Ctx, files: &[PathBuf]) -> Result<()> {
     let mut out = Vec::new();
-    for f in files {
-        for p in palisade_policy::parse_policies(&f.display().to_string(), &read(f)?)? {
+    for (name, text) in sources(files)? {
+        for p in palisade_policy::parse_policies(&name, &text)? {
             for w in palisade_policy::lint::lint(&p) {
-                eprintln!("Warning: {}: {w}", f.display());
+                eprintln!("Warning: {name}: {w}");
             }
-            out.push(Validated { file: f.display().to_string(), policy: p.key(), rules: p.rules.len(), valid: true });
+            out.push(Validated { file: name.clone(), policy: p.key(), rules: p.rules.len(), valid: true });
         }
     }
     c.print(&out, |v| v.iter().map(|p| format!("{}: {} valid ({} rule(s))\n", p.file, p.policy, p.rules)).collect())
@@ -308,8 +365,23 @@ fn identity_list(c: &Ctx) -> Result<()> {
     c.print(&c.call(req::IdentityList {})?, |v| render::identities(v))
 }
 
-fn identity_get(c: &Ctx, id: u32) -> Result<()> {
-    c.print(&c.call(req::IdentityGet { id })?, |v| render::identities(std::slice::from_ref(v)))
+fn identity_get(c: &Ctx, id: Option<u32>, labels: &[String]) -> Result<()> {
+    if let Some(id) = id {
+        return c.print(&c.call(req::IdentityGet { id })?, |v| render::identities(std::slice::from_ref(v)));
+    }
+    let want: Vec<&str> = labels.iter().map(|l| l.trim()).filter(|l| !l.is_empty()).collect();
+    if want.is_empty() {
+        bail!("give an identity number, or -l KEY=VALUE[,KEY=VALUE...] to find identities by label");
+    }
+    let found: Vec<replies::Identity> = c
+        .call(req::IdentityList {})?
+        .into_iter()
+        .filter(|i| want.iter().all(|w| i.labels.iter().any(|l| super::label_matches(l, w))))
+        .collect();
+    if found.is_empty() {
+        bail!("no identity has all of the labels {} (see `palisade identity list`)", want.join(","));
+    }
+    c.print(&found, |v| render::identities(v))
 }
 
 fn bpf_policy_get(c: &Ctx, endpoint: String) -> Result<()> {

@@ -16,6 +16,18 @@ pub mod observe;
 pub mod render;
 pub mod suggest;
 
+/// `app=web` matches the label `k8s:app=web` (any source), `k8s:app=web`
+/// only that source, a bare `app` any value (`identity get -l`,
+/// `observe -l`).
+pub fn label_matches(label: &str, want: &str) -> bool {
+    fn parts(s: &str) -> (Option<&str>, &str, Option<&str>) {
+        let (key, value) = s.split_once('=').map_or((s, None), |(k, v)| (k, Some(v)));
+        key.split_once(':').map_or((None, key, value), |(src, k)| (Some(src), k, value))
+    }
+    let ((ls, lk, lv), (ws, wk, wv)) = (parts(label), parts(want));
+    lk == wk && (ws.is_none() || ws == ls) && (wv.is_none() || wv == lv)
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
 pub struct Cli {
@@ -63,6 +75,10 @@ pub enum FqdnCacheCmd {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     Table,
+    /// `observe`: one line per flow (other commands: as table).
+    Compact,
+    /// `observe`: a KEY: value block per flow (other commands: as table).
+    Dict,
     Json,
     /// As json; `observe` prints each flow in Hubble's GetFlowsResponse
     /// shape (`{"flow": {...}, "node_name": ..., "time": ...}`), as
@@ -71,6 +87,8 @@ pub enum Output {
     Jsonpb,
 }
 
+// Parsed once per process: the observe filter's size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Agent and datapath status, with verdict counters.
@@ -97,8 +115,11 @@ pub enum Cmd {
         #[command(flatten)]
         filter: observe::Filter,
         /// Show the newest N flows (default: all held; with --follow: none).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "first")]
         last: Option<usize>,
+        /// Show the oldest N flows held, then stop.
+        #[arg(long)]
+        first: Option<usize>,
         /// Keep printing new flows.
         #[arg(short, long)]
         follow: bool,
@@ -162,7 +183,7 @@ pub enum EndpointCmd {
     /// List endpoints.
     #[command(alias = "ls")]
     List,
-    /// Show one endpoint.
+    /// Show one endpoint, by NAMESPACE/POD or by its numeric ID.
     Get { name: String },
     /// Set a per-endpoint option: PolicyAuditMode=Enabled|Disabled.
     Config { name: String, setting: String },
@@ -170,9 +191,11 @@ pub enum EndpointCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
-    /// Apply policy files (several YAML documents per file allowed). A file
-    /// with any error changes nothing.
+    /// Apply policy files (several YAML documents per file allowed). Any
+    /// error in any file changes nothing.
     Apply {
+        /// A file, `-` for standard input, or a directory (every *.yaml,
+        /// *.yml, *.json under it, recursively); repeatable.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
@@ -185,6 +208,8 @@ pub enum PolicyCmd {
         /// cluster-wide policy if one has that name, else in "default").
         #[arg(short = 'n', long)]
         namespace: Option<String>,
+        /// The policies these files define (`-` for standard input, or a
+        /// directory); repeatable.
         #[arg(short = 'f', long = "file")]
         files: Vec<PathBuf>,
     },
@@ -196,6 +221,7 @@ pub enum PolicyCmd {
     },
     /// Check policy files offline (no agent needed); exits 1 on the first error.
     Validate {
+        /// A file, `-` for standard input, or a directory; repeatable.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
     },
@@ -280,8 +306,15 @@ pub enum IdentityCmd {
     /// List identities.
     #[command(alias = "ls")]
     List,
-    /// Show one identity.
-    Get { id: u32 },
+    /// Show one identity by number, or the identities that carry all the
+    /// given labels (`-l app=payments,environment=production`; a label
+    /// without a source prefix matches any source, k8s: included).
+    #[command(arg_required_else_help = true)]
+    Get {
+        id: Option<u32>,
+        #[arg(short = 'l', long = "label", value_delimiter = ',', conflicts_with = "id")]
+        labels: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -40,6 +40,145 @@ pub struct Filter {
     /// (2026-12-03T09:00:00Z, 2026-12-03T10:00:00+01:00).
     #[arg(long)]
     pub since: Option<String>,
+    /// Only flows older than this (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub from_namespace: Vec<String>,
+    #[arg(long)]
+    pub to_namespace: Vec<String>,
+    /// Source or destination carries this label: KEY=VALUE, or KEY for any
+    /// value; without a source prefix (k8s:, reserved:) any source matches.
+    /// Comma-separated labels must all be present.
+    #[arg(short = 'l', long)]
+    pub label: Vec<String>,
+    #[arg(long)]
+    pub from_label: Vec<String>,
+    #[arg(long)]
+    pub to_label: Vec<String>,
+    /// Source or destination address: an IP or a CIDR.
+    #[arg(long)]
+    pub ip: Vec<String>,
+    #[arg(long)]
+    pub from_ip: Vec<String>,
+    #[arg(long)]
+    pub to_ip: Vec<String>,
+    /// Source or destination security identity (number).
+    #[arg(long)]
+    pub identity: Vec<u32>,
+    #[arg(long)]
+    pub from_identity: Vec<u32>,
+    #[arg(long)]
+    pub to_identity: Vec<u32>,
+    /// The node that recorded the flow (cluster mode); `*` matches any run
+    /// of characters (`node-*`).
+    #[arg(long)]
+    pub node_name: Vec<String>,
+    /// Negates the filter that follows it, as in hubble: `--not --to-ip
+    /// 10.0.0.1` leaves out flows to 10.0.0.1. Repeatable; a flow matching
+    /// any negated filter is left out.
+    #[arg(long = "not")]
+    pub not: bool,
+    /// (--not FLAG VALUE, as rewritten by [`rewrite_not`].)
+    #[arg(long = "not-filter", hide = true, value_name = "FLAG=VALUE")]
+    pub not_filter: Vec<String>,
+}
+
+/// Filter flags that take a value (all of them): `--not` must precede one.
+const FILTER_FLAGS: &[&str] = &[
+    "verdict",
+    "namespace",
+    "pod",
+    "from-pod",
+    "to-pod",
+    "protocol",
+    "type",
+    "port",
+    "to-fqdn",
+    "from-namespace",
+    "to-namespace",
+    "label",
+    "from-label",
+    "to-label",
+    "ip",
+    "from-ip",
+    "to-ip",
+    "identity",
+    "from-identity",
+    "to-identity",
+    "node-name",
+];
+
+/// Rewrites `--not --FLAG VALUE` (or `--not --FLAG=VALUE`, `--not -l V`)
+/// into the hidden `--not-filter FLAG=VALUE`, so that clap, which does not
+/// keep the order of different flags, can parse the rest; `observe` parses
+/// each negated filter on its own. Only the arguments after `observe`.
+pub fn rewrite_not(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    let Some(at) = args.iter().position(|a| a == "observe") else { return Ok(args) };
+    let mut out: Vec<std::ffi::OsString> = args[..=at].to_vec();
+    let mut it = args[at + 1..].iter();
+    while let Some(a) = it.next() {
+        if a != "--not" {
+            out.push(a.clone());
+            continue;
+        }
+        let usage = "--not must be followed by a filter and its value, e.g. --not --to-ip 10.0.0.1";
+        let flag = it.next().and_then(|f| f.to_str()).with_context(|| usage.to_string())?;
+        let (name, inline) = match flag.strip_prefix("--") {
+            Some(f) => f.split_once('=').map_or((f, None), |(n, v)| (n, Some(v.to_string()))),
+            None if flag == "-l" => ("label", None),
+            None => bail!("{usage} (got {flag:?})"),
+        };
+        if !FILTER_FLAGS.contains(&name) {
+            bail!("--not --{name}: not a filter (one of --{})", FILTER_FLAGS.join(", --"));
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => it.next().and_then(|v| v.to_str()).map(str::to_string).with_context(|| format!("--not --{name}: needs a value"))?,
+        };
+        out.push("--not-filter".into());
+        out.push(format!("{name}={value}").into());
+    }
+    Ok(out)
+}
+
+/// One negated filter, parsed on its own.
+#[derive(clap::Parser)]
+#[command(no_binary_name = true)]
+struct One {
+    #[command(flatten)]
+    f: Filter,
+}
+
+fn ip_matches(want: &str, ip: &str) -> bool {
+    let Ok(addr) = ip.parse::<std::net::IpAddr>() else { return false };
+    match want.parse::<ipnet::IpNet>() {
+        Ok(net) => net.contains(&addr),
+        Err(_) => want.parse::<std::net::IpAddr>().is_ok_and(|w| w == addr),
+    }
+}
+
+fn glob(pattern: &str, s: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == s;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !s.starts_with(first) || s.len() < first.len() + last.len() || !s.ends_with(last) {
+        return false;
+    }
+    let mut rest = &s[first.len()..s.len() - last.len()];
+    for p in &parts[1..parts.len() - 1] {
+        match rest.find(p) {
+            Some(i) => rest = &rest[i + p.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+fn has_labels(want: &str, e: &palisade_flow::Endpoint) -> bool {
+    want.split(',').map(str::trim).filter(|w| !w.is_empty()).all(|w| e.labels.iter().any(|l| super::label_matches(l, w)))
 }
 
 fn pod_matches(want: &str, e: &palisade_flow::Endpoint) -> bool {
@@ -51,27 +190,51 @@ fn pod_matches(want: &str, e: &palisade_flow::Endpoint) -> bool {
 
 impl Filter {
     fn since_ns(&self, now_ns: u64) -> Result<Option<u64>> {
-        let Some(s) = &self.since else { return Ok(None) };
-        let unit = |c: char| match c {
-            's' => Some(1u64),
-            'm' => Some(60),
-            'h' => Some(3600),
-            'd' => Some(86400),
-            _ => None,
-        };
-        if let Some(u) = s.chars().last().and_then(unit) {
-            if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
-                return Ok(Some(now_ns.saturating_sub(n.saturating_mul(u).saturating_mul(1_000_000_000))));
-            }
-        }
-        // An absolute time, as flow records print theirs.
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-            let ns = t.timestamp_nanos_opt().filter(|n| *n >= 0).with_context(|| format!("--since {s:?}: out of range"))?;
-            return Ok(Some(ns as u64));
-        }
-        bail!("--since {s:?}: expected a duration like 30s, 5m, 2h, or an RFC 3339 time like 2026-12-03T09:00:00Z")
+        self.since.as_deref().map(|s| time_ns("--since", s, now_ns)).transpose()
     }
 
+    fn until_ns(&self, now_ns: u64) -> Result<Option<u64>> {
+        self.until.as_deref().map(|s| time_ns("--until", s, now_ns)).transpose()
+    }
+
+    /// The filters `--not` negated.
+    fn negated(&self) -> Result<Vec<Filter>> {
+        use clap::Parser as _;
+        self.not_filter
+            .iter()
+            .map(|nf| {
+                let (name, value) = nf.split_once('=').with_context(|| format!("--not-filter {nf:?}: expected FLAG=VALUE"))?;
+                let one = One::try_parse_from([format!("--{name}"), value.to_string()])
+                    .map_err(|e| anyhow::anyhow!("--not --{name} {value}: {e}"))?;
+                one.f.check()?;
+                Ok(one.f)
+            })
+            .collect()
+    }
+}
+
+fn time_ns(flag: &str, s: &str, now_ns: u64) -> Result<u64> {
+    let unit = |c: char| match c {
+        's' => Some(1u64),
+        'm' => Some(60),
+        'h' => Some(3600),
+        'd' => Some(86400),
+        _ => None,
+    };
+    if let Some(u) = s.chars().last().and_then(unit) {
+        if let Ok(n) = s[..s.len() - 1].parse::<u64>() {
+            return Ok(now_ns.saturating_sub(n.saturating_mul(u).saturating_mul(1_000_000_000)));
+        }
+    }
+    // An absolute time, as flow records print theirs.
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        let ns = t.timestamp_nanos_opt().filter(|n| *n >= 0).with_context(|| format!("{flag} {s:?}: out of range"))?;
+        return Ok(ns as u64);
+    }
+    bail!("{flag} {s:?}: expected a duration like 30s, 5m, 2h, or an RFC 3339 time like 2026-12-03T09:00:00Z")
+}
+
+impl Filter {
     pub fn check(&self) -> Result<()> {
         for f in &self.to_fqdn {
             palisade_policy::fqdn::validate("--to-fqdn", &palisade_policy::fqdn::FqdnSelector::pattern(f.as_str()))
@@ -80,6 +243,11 @@ impl Filter {
         for v in &self.verdict {
             if !["FORWARDED", "DROPPED", "AUDIT", "REDIRECTED"].contains(&v.to_ascii_uppercase().as_str()) {
                 bail!("--verdict {v:?}: expected FORWARDED, DROPPED, AUDIT or REDIRECTED");
+            }
+        }
+        for ip in self.ip.iter().chain(&self.from_ip).chain(&self.to_ip) {
+            if ip.parse::<std::net::IpAddr>().is_err() && ip.parse::<ipnet::IpNet>().is_err() {
+                bail!("--ip {ip:?}: expected an IP address or a CIDR such as 10.0.0.0/8");
             }
         }
         for t in &self.flow_type {
@@ -91,8 +259,26 @@ impl Filter {
     }
 
     pub fn matches(&self, f: &Flow, since: Option<u64>) -> bool {
+        self.matches_window(f, since, None)
+    }
+
+    fn matches_window(&self, f: &Flow, since: Option<u64>, until: Option<u64>) -> bool {
         let any = |v: &[String], p: &dyn Fn(&str) -> bool| v.is_empty() || v.iter().any(|x| p(x));
+        let any_id = |v: &[u32], p: &dyn Fn(u32) -> bool| v.is_empty() || v.iter().any(|x| p(*x));
         since.is_none_or(|s| f.time_ns >= s)
+            && until.is_none_or(|u| f.time_ns <= u)
+            && any(&self.from_namespace, &|n| f.source.namespace == n)
+            && any(&self.to_namespace, &|n| f.destination.namespace == n)
+            && any(&self.label, &|l| has_labels(l, &f.source) || has_labels(l, &f.destination))
+            && any(&self.from_label, &|l| has_labels(l, &f.source))
+            && any(&self.to_label, &|l| has_labels(l, &f.destination))
+            && any(&self.ip, &|i| ip_matches(i, &f.ip.source) || ip_matches(i, &f.ip.destination))
+            && any(&self.from_ip, &|i| ip_matches(i, &f.ip.source))
+            && any(&self.to_ip, &|i| ip_matches(i, &f.ip.destination))
+            && any_id(&self.identity, &|i| f.source.identity == i || f.destination.identity == i)
+            && any_id(&self.from_identity, &|i| f.source.identity == i)
+            && any_id(&self.to_identity, &|i| f.destination.identity == i)
+            && any(&self.node_name, &|n| glob(n, &f.node_name))
             && any(&self.verdict, &|v| f.verdict.eq_ignore_ascii_case(v))
             && any(&self.namespace, &|n| f.source.namespace == n || f.destination.namespace == n)
             && any(&self.pod, &|p| pod_matches(p, &f.source) || pod_matches(p, &f.destination))
@@ -125,12 +311,30 @@ fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
+/// A checked filter with its times resolved and its negations parsed.
+struct Selection<'a> {
+    filter: &'a Filter,
+    since: Option<u64>,
+    until: Option<u64>,
+    negated: Vec<Filter>,
+}
+
+impl<'a> Selection<'a> {
+    fn new(filter: &'a Filter) -> Result<Self> {
+        filter.check()?;
+        let now = now_ns();
+        Ok(Selection { filter, since: filter.since_ns(now)?, until: filter.until_ns(now)?, negated: filter.negated()? })
+    }
+
+    fn keep(&self, f: &Flow) -> bool {
+        self.filter.matches_window(f, self.since, self.until) && !self.negated.iter().any(|n| n.matches(f, None))
+    }
+}
+
 /// Every held flow that passes `filter`, oldest first.
 pub fn collect(state_dir: &Path, filter: &Filter) -> Result<Vec<Flow>> {
-    filter.check()?;
-    let since = filter.since_ns(now_ns())?;
-    let mut flows: Vec<Flow> =
-        open_readers(state_dir)?.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
+    let sel = Selection::new(filter)?;
+    let mut flows: Vec<Flow> = open_readers(state_dir)?.iter_mut().flat_map(|r| decode(r.read())).filter(|f| sel.keep(f)).collect();
     flows.sort_by_key(|f| f.time_ns);
     Ok(flows)
 }
@@ -162,9 +366,22 @@ fn endpoint_text(e: &palisade_flow::Endpoint, ip: &str, port: Option<u16>) -> St
     format!("{who}{port} ({})", e.identity)
 }
 
-/// One line per flow, like `hubble observe`.
+/// One line per flow, like `hubble observe -o compact`.
 pub fn line(f: &Flow) -> String {
     let t = f.time.get(11..23).unwrap_or(&f.time);
+    format!(
+        "{t}  {} -> {}  {} {}  {}",
+        endpoint_text(&f.source, &f.ip.source, f.l4.source_port()),
+        endpoint_text(&f.destination, &f.ip.destination, f.l4.destination_port()),
+        f.traffic_direction,
+        f.verdict,
+        summary(f)
+    )
+}
+
+/// What happened: protocol and flags, the DNS or L7 exchange, the drop
+/// reason and the deciding rule.
+fn summary(f: &Flow) -> String {
     let mut summary = match &f.l4 {
         palisade_flow::L4::Tcp { flags, .. } => format!("TCP {}", flags.join(",")),
         palisade_flow::L4::Icmpv4 { icmp_type } => format!("ICMPv4 type {icmp_type}"),
@@ -205,20 +422,19 @@ pub fn line(f: &Flow) -> String {
     if f.suppressed > 0 {
         summary.push_str(&format!(" [+{} suppressed]", f.suppressed));
     }
-    format!(
-        "{t}  {} -> {}  {} {}  {}",
-        endpoint_text(&f.source, &f.ip.source, f.l4.source_port()),
-        endpoint_text(&f.destination, &f.ip.destination, f.l4.destination_port()),
-        f.traffic_direction,
-        f.verdict,
-        summary
-    )
+    summary
 }
 
-/// How `observe` prints a flow.
+/// How `observe` prints a flow (hubble's `-o` forms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Columns under a header: TIMESTAMP SOURCE DESTINATION TYPE VERDICT
+    /// SUMMARY.
     Table,
+    /// One line per flow.
+    Compact,
+    /// A block of `KEY: value` lines per flow.
+    Dict,
     /// One flow object per line.
     Json,
     /// One `{"flow": …, "node_name": …, "time": …}` per line (Hubble's
@@ -226,54 +442,126 @@ pub enum Format {
     Jsonpb,
 }
 
-impl Format {
-    pub fn of(json: bool, jsonpb: bool) -> Self {
-        match (json, jsonpb) {
-            (_, true) => Format::Jsonpb,
-            (true, false) => Format::Json,
-            _ => Format::Table,
+/// The flow as Hubble's JSON names it: the deciding rules are
+/// `ingress_allowed_by` / `egress_allowed_by` (or `*_denied_by` for a
+/// drop) rather than our record's `policies`.
+pub fn hubble_json(f: &Flow) -> serde_json::Value {
+    let mut v = serde_json::to_value(f).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        if let Some(p) = o.remove("policies") {
+            let dir = if f.traffic_direction == "EGRESS" { "egress" } else { "ingress" };
+            let how = if f.verdict == "DROPPED" { "denied" } else { "allowed" };
+            o.insert(format!("{dir}_{how}_by"), p);
         }
+    }
+    v
+}
+
+fn columns(f: &Flow) -> [String; 6] {
+    [
+        f.time.clone(),
+        endpoint_text(&f.source, &f.ip.source, f.l4.source_port()),
+        endpoint_text(&f.destination, &f.ip.destination, f.l4.destination_port()),
+        format!("{} {}", f.flow_type, f.traffic_direction),
+        f.verdict.clone(),
+        summary(f),
+    ]
+}
+
+const COLUMNS: [&str; 6] = ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"];
+
+impl Format {
+    pub fn of(o: super::Output) -> Self {
+        match o {
+            super::Output::Table => Format::Table,
+            super::Output::Compact => Format::Compact,
+            super::Output::Dict => Format::Dict,
+            super::Output::Json => Format::Json,
+            super::Output::Jsonpb => Format::Jsonpb,
+        }
+    }
+
+    fn header(self) -> Option<String> {
+        (self == Format::Table).then(|| COLUMNS.join("  "))
     }
 
     pub fn render(self, f: &Flow) -> String {
         match self {
-            Format::Table => line(f),
-            Format::Json => serde_json::to_string(f).unwrap_or_default(),
-            Format::Jsonpb => {
-                serde_json::to_string(&serde_json::json!({ "flow": f, "node_name": f.node_name, "time": f.time })).unwrap_or_default()
+            Format::Table => columns(f).join("  "),
+            Format::Compact => line(f),
+            Format::Dict => {
+                let c = columns(f);
+                let mut out: String = COLUMNS.iter().zip(&c).map(|(k, v)| format!("{k:>11}: {v}\n")).collect();
+                out.push_str("------------");
+                out
             }
+            Format::Json => hubble_json(f).to_string(),
+            Format::Jsonpb => serde_json::json!({ "flow": hubble_json(f), "node_name": f.node_name, "time": f.time }).to_string(),
         }
     }
 }
 
-pub fn run(state_dir: &Path, filter: &Filter, last: Option<usize>, follow: bool, format: Format) -> Result<()> {
-    filter.check()?;
-    let since = filter.since_ns(now_ns())?;
+/// Which held flows `observe` prints: all, the oldest N or the newest N.
+#[derive(Debug, Clone, Copy)]
+pub enum Window {
+    All,
+    First(usize),
+    Last(usize),
+}
+
+/// This node's name for flows that carry none (single-node mode): the
+/// `--node` given, else the host name.
+pub fn local_node_name(node: Option<&str>) -> String {
+    node.map(str::to_string)
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_string()))
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+pub fn run(state_dir: &Path, filter: &Filter, window: Window, follow: bool, format: Format, node_name: &str) -> Result<()> {
+    let sel = Selection::new(filter)?;
     let mut readers = open_readers(state_dir)?;
     let print = |f: &Flow| println!("{}", format.render(f));
-    let mut flows: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
+    let named = |mut f: Flow| {
+        if f.node_name.is_empty() {
+            f.node_name = node_name.to_string();
+        }
+        f
+    };
+    let mut flows: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).map(named).filter(|f| sel.keep(f)).collect();
     flows.sort_by_key(|f| f.time_ns);
-    let n = last.unwrap_or(if follow { 0 } else { usize::MAX });
-    for f in &flows[flows.len().saturating_sub(n)..] {
+    let shown = match (window, follow) {
+        (Window::First(n), _) => &flows[..n.min(flows.len())],
+        (Window::Last(n), _) => &flows[flows.len().saturating_sub(n)..],
+        (Window::All, true) => &flows[flows.len()..],
+        (Window::All, false) => &flows[..],
+    };
+    if let Some(h) = format.header() {
+        println!("{h}");
+    }
+    for f in shown {
         print(f);
     }
     let missed: u64 = readers.iter().map(|r| r.missed).sum();
     if missed > 0 {
         eprintln!("note: {missed} flow(s) were overwritten in the ring before they could be read");
     }
-    if !follow {
+    if !follow || matches!(window, Window::First(_)) {
         return Ok(());
     }
-    // Until interrupted.
+    // Until interrupted (or --until passes).
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let mut fresh: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).filter(|f| filter.matches(f, since)).collect();
+        let mut fresh: Vec<Flow> = readers.iter_mut().flat_map(|r| decode(r.read())).map(named).filter(|f| sel.keep(f)).collect();
         fresh.sort_by_key(|f| f.time_ns);
         for f in &fresh {
             print(f);
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        if sel.until.is_some_and(|u| now_ns() > u) {
+            return Ok(());
+        }
     }
 }
 
@@ -297,5 +585,54 @@ mod tests {
         let e = f("yesterday").unwrap_err().to_string();
         assert!(e.contains("--since \"yesterday\"") && e.contains("RFC 3339"), "{e}");
         assert!(f("1969-01-01T00:00:00Z").is_err(), "before the epoch");
+    }
+
+    #[test]
+    fn not_is_rewritten_with_the_filter_it_precedes() {
+        let v = |a: &[&str]| a.iter().map(std::ffi::OsString::from).collect::<Vec<_>>();
+        let out = rewrite_not(v(&[
+            "palisade",
+            "observe",
+            "--not",
+            "--to-ip",
+            "10.0.0.1",
+            "--not",
+            "-l",
+            "app=x",
+            "--not",
+            "--verdict=DROPPED",
+            "-f",
+        ]))
+        .unwrap();
+        assert_eq!(
+            out,
+            v(&[
+                "palisade",
+                "observe",
+                "--not-filter",
+                "to-ip=10.0.0.1",
+                "--not-filter",
+                "label=app=x",
+                "--not-filter",
+                "verdict=DROPPED",
+                "-f"
+            ])
+        );
+        assert_eq!(rewrite_not(v(&["palisade", "policy", "get", "--not"])).unwrap().len(), 4, "only observe's arguments");
+        assert!(rewrite_not(v(&["palisade", "observe", "--not"])).unwrap_err().to_string().contains("must be followed by a filter"));
+        assert!(rewrite_not(v(&["palisade", "observe", "--not", "--last", "3"])).unwrap_err().to_string().contains("not a filter"));
+        let f = Filter { not_filter: vec!["to-ip=10.0.0.0/8".into()], ..Default::default() };
+        assert_eq!(f.negated().unwrap()[0].to_ip, vec!["10.0.0.0/8".to_string()]);
+        let bad = Filter { not_filter: vec!["ip=nope".into()], ..Default::default() };
+        assert!(bad.negated().unwrap_err().to_string().contains("--ip \"nope\""));
+    }
+
+    #[test]
+    fn addresses_cidrs_and_node_globs() {
+        assert!(ip_matches("10.0.0.0/8", "10.1.2.3") && !ip_matches("10.0.0.0/8", "11.0.0.1"));
+        assert!(ip_matches("10.1.2.3", "10.1.2.3") && !ip_matches("10.1.2.3", "10.1.2.4"));
+        assert!(!ip_matches("10.0.0.0/8", ""), "a flow without an address");
+        assert!(glob("node-*", "node-1") && glob("*-1", "node-1") && glob("n*e*1", "node-1") && glob("node-1", "node-1"));
+        assert!(!glob("node-*", "other") && !glob("n*x", "node-1") && !glob("node-1-*", "node-1"));
     }
 }

@@ -1,0 +1,120 @@
+//! What an operator coming from cilium and hubble expects of the CLI:
+//! policies from standard input and from directories (GitOps trees),
+//! identities found by label, endpoints by numeric ID.
+use palisade_netns_tests::Node;
+
+fn policy_names(node: &Node) -> Vec<String> {
+    let v = node.json(&["policy", "get"]);
+    let mut names: Vec<String> = v.as_array().expect("a list").iter().map(|p| p["name"].as_str().unwrap().to_string()).collect();
+    names.sort();
+    names
+}
+
+const TWO_DOCS: &str = "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-stdin-a, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-stdin-b, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: cart}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: frontend}}]}]
+";
+
+#[test]
+fn policies_apply_from_stdin_and_from_directories_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[8080]);
+    assert!(cart.tcp(&back, 8080));
+
+    // kubectl-style: `-f -` reads standard input, several documents.
+    let (ok, out, err) = node.cli_stdin(&["policy", "apply", "-f", "-"], TWO_DOCS);
+    assert!(ok, "{err}");
+    assert!(out.contains("from-stdin-a") && out.contains("from-stdin-b"), "{out}");
+    assert_eq!(policy_names(&node), ["from-stdin-a", "from-stdin-b"]);
+    assert!(front.tcp(&back, 8080) && !cart.tcp(&back, 8080), "the policy from stdin is enforced");
+    let (ok, out, _) = node.cli_stdin(&["policy", "validate", "-f", "-"], TWO_DOCS);
+    assert!(ok && out.contains("<stdin>: shop/from-stdin-a valid"), "{out}");
+    let (ok, _, err) = node.cli_stdin(&["policy", "apply", "-f", "-", "-f", "-"], TWO_DOCS);
+    assert!(!ok && err.contains("standard input can be read once"), "{err}");
+    let (ok, _, _) = node.cli_stdin(&["policy", "delete", "-f", "-"], TWO_DOCS);
+    assert!(ok);
+    assert!(policy_names(&node).is_empty());
+
+    // A directory: every *.yaml/*.yml/*.json below it, hidden files and
+    // other extensions skipped.
+    let dir = node.tmp.join("gitops");
+    std::fs::create_dir_all(dir.join("shop/nested")).unwrap();
+    std::fs::create_dir_all(dir.join(".git")).unwrap();
+    std::fs::write(
+        dir.join("shop/allow.yaml"),
+        std::fs::read_to_string(palisade_netns_tests::example("allow-frontend-to-backend.yaml")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("shop/nested/ns.yml"),
+        std::fs::read_to_string(palisade_netns_tests::example("allow-from-monitoring.yaml")).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("README.md"), "not a policy").unwrap();
+    std::fs::write(dir.join(".git/config.yaml"), "kind: NotAPolicy").unwrap();
+    std::fs::write(dir.join(".draft.yaml"), "kind: NotAPolicy").unwrap();
+    let d = dir.to_str().unwrap();
+    node.ok(&["policy", "apply", "-f", d]);
+    let applied = policy_names(&node);
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert!(applied.contains(&"allow-frontend-to-backend".to_string()), "{applied:?}");
+    assert!(front.tcp(&back, 8080) && !cart.tcp(&back, 8080));
+
+    // One bad file anywhere in the tree: nothing is applied, the file is named.
+    std::fs::write(dir.join("shop/nested/zz-bad.yaml"), TWO_DOCS.replace("endpointSelector", "endpointSelektor")).unwrap();
+    std::fs::write(dir.join("shop/new.yaml"), TWO_DOCS).unwrap();
+    let err = node.fails(&["policy", "apply", "-f", d]);
+    assert!(err.contains("zz-bad.yaml") && err.contains("endpointSelektor"), "{err}");
+    assert_eq!(policy_names(&node), applied, "the last good state stays");
+    std::fs::remove_file(dir.join("shop/nested/zz-bad.yaml")).unwrap();
+    std::fs::remove_file(dir.join("shop/new.yaml")).unwrap();
+    node.ok(&["policy", "delete", "-f", d]);
+    assert!(policy_names(&node).is_empty());
+    let empty = node.tmp.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let err = node.fails(&["policy", "apply", "-f", empty.to_str().unwrap()]);
+    assert!(err.contains("no *.yaml, *.yml or *.json files"), "{err}");
+}
+
+#[test]
+fn identities_by_label_and_endpoints_by_id_privileged_test() {
+    let mut node = Node::new();
+    let (front, _back, _cart) = node.shop(&[8080]);
+    let _pay = node.pod("pay/payments", "app=payments,environment=production");
+    // The seed's command.
+    let found = node.json(&["identity", "get", "-l", "app=payments,environment=production"]);
+    let found = found.as_array().expect("a list of identities");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["endpoints"], serde_json::json!(["pay/payments"]));
+    // Source prefixes, bare keys, repeated -l.
+    let by_source = node.json(&["identity", "get", "-l", "k8s:app=payments"]);
+    assert_eq!(by_source[0]["id"], found[0]["id"]);
+    let shop = node.json(&["identity", "get", "-l", "k8s:io.kubernetes.pod.namespace=shop", "-l", "app"]);
+    assert_eq!(shop.as_array().unwrap().len(), 3, "frontend, backend, cart: {shop}");
+    let err = node.fails(&["identity", "get", "-l", "app=payments,environment=staging"]);
+    assert!(err.contains("no identity has all of the labels app=payments,environment=staging"), "{err}");
+    let err = node.fails(&["identity", "get"]);
+    assert!(err.to_lowercase().contains("usage"), "{err}");
+    // By number, as before.
+    let id = found[0]["id"].as_u64().unwrap().to_string();
+    assert_eq!(node.json(&["identity", "get", &id])["endpoints"], serde_json::json!(["pay/payments"]));
+
+    // Endpoints by their numeric ID, as `cilium endpoint get`.
+    let by_name = node.json(&["endpoint", "get", "shop/frontend"]);
+    let ep_id = by_name["id"].as_u64().unwrap().to_string();
+    let by_id = node.json(&["endpoint", "get", &ep_id]);
+    assert_eq!(by_id["name"], "shop/frontend");
+    assert_eq!(by_id["ipv4"], front.ip.to_string());
+    let err = node.fails(&["endpoint", "get", "4242"]);
+    assert!(err.contains("no endpoint has ID 4242"), "{err}");
+}
