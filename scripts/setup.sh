@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian 12 machine for Palisade: packages, bpffs, build.
 # Idempotent; run as root. Usage: scripts/setup.sh [--release]
-# (--release also installs the binaries in /usr/local/bin.)
+# (--release also puts the binaries in /usr/local/bin for the demo and the
+# benchmarks; to install Palisade on a node with its units, scripts/install.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,8 @@ fi
 PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
   iproute2 iputils-ping util-linux procps iptables nftables iperf3
   dnsmasq-base dnsperf dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl
-  curl nginx-light nghttp2-client wrk haproxy kcat python3 python3-grpcio python3-kafka linux-perf)
+  curl nginx-light nghttp2-client wrk haproxy kcat python3 python3-grpcio python3-kafka linux-perf
+  systemd man-db)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -198,6 +198,37 @@ pub fn detach(ifindex: u32, hook: Hook) -> Result<()> {
     Ok(())
 }
 
+/// Takes every Palisade program off `ifindex`, whatever attached it (tcx,
+/// found by program name, or our clsact filter, found by its fixed handle
+/// and priority): what `palisade-ctrl --teardown` does to each interface.
+/// Returns how many hooks had one.
+pub fn detach_all_ours(ifindex: u32) -> Result<usize> {
+    // Querying an interface with no clsact qdisc makes libbpf print the
+    // kernel's complaint: expected here, for most interfaces.
+    libbpf_rs::set_print(None);
+    let mut n = 0;
+    for hook in [Hook::FromEndpoint, Hook::ToEndpoint, Hook::HostIngress, Hook::HostEgress] {
+        if find_ours(ifindex, hook)?.is_some() {
+            detach(ifindex, hook)?;
+            n += 1;
+        }
+    }
+    // bpf_tc_detach matches on handle and priority only (libbpf-rs clears
+    // the program fd it is given): any open descriptor will do to build
+    // the hook. One per direction (the hooks of a direction share a filter
+    // slot).
+    let any_fd = std::fs::File::open("/dev/null").map_err(|source| Error::Io { what: "opening /dev/null".into(), source })?;
+    for hook in [Hook::FromEndpoint, Hook::ToEndpoint] {
+        let fd = std::os::fd::AsFd::as_fd(&any_fd);
+        let mut h = clsact_hook(fd, ifindex, hook);
+        if h.query().is_ok_and(|id| id != 0) {
+            h.detach().map_err(|source| Error::Libbpf { what: format!("detaching the clsact filter from ifindex {ifindex}"), source })?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Handle and priority of our cls_bpf filters ("PA" + 1): fixed, so a
 /// restarted agent replaces its own filter and nobody else's.
 const CLSACT_HANDLE: u32 = 0x5041_0001;

@@ -132,6 +132,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     tracing::info!(port = a.port, "palisade-dnsproxy ready on 127.0.0.1 (UDP and TCP)");
     println!("ready");
+    palisade_node::notify::ready("answering DNS for redirected queries");
     udp.serve_queries(0);
     Ok(())
 }

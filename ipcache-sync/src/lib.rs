@@ -185,6 +185,7 @@ impl Sync {
         }
         self.adopt_previous_lease().await;
         println!("ready");
+        palisade_node::notify::ready("in sync with etcd");
         let tick_every = (self.cfg.lease_ttl / 3).clamp(Duration::from_millis(300), Duration::from_secs(5));
         let mut tick = tokio::time::interval(tick_every);
         let mut status_tick = tokio::time::interval(Duration::from_secs(1));

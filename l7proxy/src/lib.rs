@@ -171,6 +171,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let workers = workers(a.workers)?;
     tracing::info!(port = a.port, workers = workers.len(), "palisade-l7proxy ready on 127.0.0.1");
     println!("ready");
+    palisade_node::notify::ready("proxying redirected connections");
     // Round robin: connections are long-lived and cost alike; a worker's
     // queue is its runtime's (Handle::spawn wakes it).
     let mut next = 0usize;

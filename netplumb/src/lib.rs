@@ -454,3 +454,33 @@ pub fn prepare_node(proxy_mark: u32, mask: u32) -> Result<()> {
     ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
     Ok(())
 }
+
+/// Undoes [`prepare_node`]'s policy routing (the proxy rule and table);
+/// `ip_forward` is left as it is (other software may need it). For
+/// `palisade-ctrl --teardown`. Returns how many rules it removed.
+pub fn unprepare_node() -> Result<usize> {
+    let table = PROXY_TABLE.to_string();
+    let rules = ip(&["-4", "rule", "show", "table", &table])?;
+    let mut n = 0;
+    for line in rules.lines().filter(|l| l.contains("fwmark")) {
+        if let Some(mark) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
+            ip(&["-4", "rule", "del", "fwmark", mark, "lookup", &table])?;
+            n += 1;
+        }
+    }
+    let _ = ip(&["-4", "route", "flush", "table", &table]);
+    Ok(n)
+}
+
+/// Every interface of this network namespace: (ifindex, name).
+pub fn interfaces() -> Result<Vec<(u32, String)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/class/net").context("listing /sys/class/net")? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(i) = ifindex(&name) {
+            out.push((i, name));
+        }
+    }
+    out.sort();
+    Ok(out)
+}

@@ -16,6 +16,7 @@ pub mod config;
 pub mod lock;
 pub mod metrics;
 pub mod mutate;
+pub mod notify;
 
 pub use args::{EtcdArgs, EtcdConfig, NodeArgs, NodePaths};
 pub use lock::lock_dir;
@@ -38,6 +39,8 @@ impl ConfigError {
 /// and exits 0 when it returns, 64 on a bad flag or when it failed with a
 /// [`ConfigError`] anywhere in its error chain, 1 on any other error.
 pub fn main<A: clap::Parser + clap::CommandFactory>(name: &str, run: fn(A) -> anyhow::Result<()>) -> ! {
+    // Daemons are system administration commands: section 8.
+    print_man_page_if_asked(A::command(), "8");
     let args = match config::expand(&A::command(), std::env::args_os().collect()) {
         Ok(argv) => match A::try_parse_from(argv) {
             Ok(a) => a,
@@ -67,6 +70,29 @@ pub fn main<A: clap::Parser + clap::CommandFactory>(name: &str, run: fn(A) -> an
             std::process::exit(exit_code(&e));
         }
     }
+}
+
+/// With `PALISADE_PRINT_MAN=1` in the environment, prints the program's
+/// man page (roff, from its clap definition) and exits: how
+/// scripts/install.sh makes the pages it installs, without a flag in every
+/// daemon's interface.
+pub fn print_man_page_if_asked(cmd: clap::Command, section: &str) {
+    if std::env::var_os("PALISADE_PRINT_MAN").is_none_or(|v| v.is_empty()) {
+        return;
+    }
+    let mut out = Vec::new();
+    let code = match clap_mangen::Man::new(cmd).section(section.to_string()).render(&mut out) {
+        Ok(()) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(&out);
+            0
+        }
+        Err(e) => {
+            eprintln!("rendering the man page: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
 }
 
 /// 64 for a configuration error (anywhere in the chain), else 1.

@@ -106,6 +106,14 @@ pub struct Args {
     /// Size of the FQDN table (learned address x port entries, all endpoints).
     #[arg(long, default_value_t = 65536)]
     pub fqdn_map_size: u32,
+    /// Remove Palisade from this node instead of running: detach its
+    /// programs from every interface, remove the proxy routing rule; the
+    /// agent must be stopped. Pods are unprotected afterwards.
+    #[arg(long)]
+    pub teardown: bool,
+    /// With --teardown: also remove the pinned maps (--bpf-dir).
+    #[arg(long)]
+    pub remove_pins: bool,
 }
 
 /// `--attach-mode`.
@@ -154,7 +162,46 @@ fn lock(d: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     d.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// `--teardown`: what removing Palisade from a node needs, with the agent
+/// stopped (it takes the agent's lock, so a running agent is refused):
+/// every Palisade program off every interface of the node's network
+/// namespace (pods are unprotected from here on), the proxy routing rule
+/// and table removed, and with `--remove-pins` the pinned maps.
+fn teardown(a: &Args) -> Result<()> {
+    let palisade_node::NodePaths { bpf_dir, state_dir, .. } = a.node.paths()?;
+    let _lock = if state_dir.exists() {
+        Some(palisade_node::lock_dir(&state_dir, "palisade-ctrl").context("--teardown: stop palisade-ctrl first")?)
+    } else {
+        None
+    };
+    let mut hooks = 0;
+    for (ifindex, name) in palisade_netplumb::interfaces()? {
+        let n = palisade_bpf::attach::detach_all_ours(ifindex).with_context(|| format!("detaching from {name}"))?;
+        if n > 0 {
+            println!("detached {n} program(s) from {name}");
+        }
+        hooks += n;
+    }
+    let rules = palisade_netplumb::unprepare_node()?;
+    println!("teardown: {hooks} program(s) detached, {rules} proxy routing rule(s) removed");
+    if a.remove_pins {
+        if bpf_dir.exists() {
+            std::fs::remove_dir_all(&bpf_dir).with_context(|| format!("removing the pinned maps in {}", bpf_dir.display()))?;
+            println!("removed the pinned maps in {}", bpf_dir.display());
+        }
+    } else if bpf_dir.exists() {
+        println!("pinned maps kept in {} (--remove-pins removes them)", bpf_dir.display());
+    }
+    Ok(())
+}
+
 pub fn run(a: Args) -> Result<()> {
+    if a.teardown {
+        return teardown(&a);
+    }
+    if a.remove_pins {
+        return Err(ConfigError::new("--remove-pins goes with --teardown").into());
+    }
     let etcd = a.node.etcd.config()?;
     if etcd.is_some() && a.node.node_name.is_none() {
         return Err(ConfigError::new("--etcd-endpoints needs --node-name (each node's name in the cluster)").into());

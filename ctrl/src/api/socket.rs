@@ -63,6 +63,9 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
     let listener = std::os::unix::net::UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %socket.display(), "serving the palisade API");
+    // Everything before this (datapath loaded, state restored, endpoints
+    // re-attached) is done: units after palisade-ctrl may start.
+    palisade_node::notify::ready("serving the palisade API");
     let handle = std::sync::Arc::new(handle);
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };

@@ -2,6 +2,7 @@
 use clap::Parser;
 
 fn main() {
+    palisade_node::print_man_page_if_asked(<palisade_ctrl::cli::Cli as clap::CommandFactory>::command(), "1");
     // `observe --not FLAG VALUE`: clap does not keep the order of
     // different flags, so the negations are rewritten first.
     let args = match palisade_ctrl::cli::observe::rewrite_not(std::env::args_os().collect()) {

@@ -104,6 +104,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Namespace(NamespaceCmd::Set { name, labels }) => namespace_set(c, name, &labels),
         Cmd::Namespace(NamespaceCmd::List) => namespace_list(c),
         Cmd::Node(NodeCmd::List) => node_list(c),
+        Cmd::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "palisade", &mut out);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
+            Ok(())
+        }
     }
 }
 

@@ -137,6 +137,13 @@ pub enum Cmd {
     /// Cluster nodes (cluster mode).
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell): `source <(palisade completion bash)`; scripts/install.sh
+    /// installs the bash one.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand, Debug)]
