@@ -55,7 +55,7 @@ impl Sandbox {
         for d in ["etc-up", "etc-work"] {
             std::fs::create_dir_all(tmp.join(d)).unwrap();
         }
-        std::fs::create_dir_all(tmp.join("etc-up/palisade")).unwrap();
+        std::fs::create_dir_all(tmp.join("etc-up/palisade/policies")).unwrap();
         std::fs::write(tmp.join("etc-up/palisade/config"), config).unwrap();
         assert!(Command::new("ip").args(["netns", "add", &netns]).status().unwrap().success());
         let _ = Command::new("ip").args(["-n", &netns, "link", "set", "lo", "up"]).status();
@@ -191,8 +191,13 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
     let uncommented: String = std::fs::read_to_string(repo().join("scripts/palisade.config"))
         .unwrap()
         .lines()
-        .filter(|l| l.starts_with('#') && (l[1..].starts_with(|c: char| c.is_ascii_lowercase()) || l[1..].starts_with("  ")))
-        .map(|l| format!("{}\n", l[1..].split("  #").next().unwrap().trim_end()))
+        .filter_map(|l| match l.strip_prefix('#') {
+            // A commented setting (`#key: value`, `#  key: value`).
+            Some(rest) if rest.starts_with(|c: char| c.is_ascii_lowercase()) || rest.starts_with("  ") => Some(rest),
+            Some(_) => None,
+            None => Some(l),
+        })
+        .map(|l| format!("{}\n", l.split("  #").next().unwrap().trim_end()))
         .collect();
     let full = root.join("full-config");
     std::fs::write(&full, &uncommented).unwrap();
@@ -214,7 +219,10 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
 
     // Standalone: the agent and both proxies from their units' ExecStart,
     // with the installed config plus a host interface.
-    let config = std::fs::read_to_string(root.join("etc/palisade/config")).unwrap() + "palisade-ctrl:\n  host-interface: [uplink0]\n";
+    let config = std::fs::read_to_string(root.join("etc/palisade/config"))
+        .unwrap()
+        .replace("#  host-interface: [eth0]", "  host-interface: [uplink0]");
+    assert!(config.contains("  host-interface: [uplink0]"));
     let mut sb = Sandbox::new("sa", &root, &config);
     for d in ["palisade-ctrl", "palisade-dnsproxy", "palisade-l7proxy"] {
         let took = sb.start_ready(d, &exec_start(&root, d));
@@ -228,6 +236,14 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
     assert!(ok && metrics.contains("palisade_l7proxy"), "{metrics}");
     let (_, rules) = sb.run(&["ip", "rule", "show"]);
     assert!(rules.contains("fwmark 0xa00/0xf00 lookup 2005"), "{rules}");
+    // The shipped config follows /etc/palisade/policies.
+    let example = repo().join("examples/policies/allow-frontend-to-backend.yaml");
+    assert!(sb.run(&["cp", example.to_str().unwrap(), "/etc/palisade/policies/allow.yaml"]).0);
+    let t0 = Instant::now();
+    while !sb.run(&["/usr/local/bin/palisade", "policy", "get"]).1.contains("allow-frontend-to-backend") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "a file dropped in /etc/palisade/policies was not applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Removing Palisade: refused while the agent runs, then every program
     // off every interface, the proxy rule gone, pins removed on request.

@@ -118,3 +118,55 @@ fn identities_by_label_and_endpoints_by_id_privileged_test() {
     let err = node.fails(&["endpoint", "get", "4242"]);
     assert!(err.contains("no endpoint has ID 4242"), "{err}");
 }
+
+/// Polls `cond` for up to 5 s.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5), "not within 5 s: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_policy_directory_is_followed_privileged_test() {
+    let dir = std::env::temp_dir().join(format!("palisade-policy-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("shop")).unwrap();
+    let allow = std::fs::read_to_string(palisade_netns_tests::example("allow-frontend-to-backend.yaml")).unwrap();
+    std::fs::write(dir.join("shop/allow.yaml"), &allow).unwrap();
+    let mut node = Node::with_ctrl_args(&["--policy-dir", dir.to_str().unwrap()]);
+    let (front, back, cart) = node.shop(&[8080]);
+    // Present at start: enforced before the agent said ready.
+    assert_eq!(policy_names(&node), ["allow-frontend-to-backend"]);
+    assert!(front.tcp(&back, 8080) && !cart.tcp(&back, 8080));
+
+    // A new file applies, a changed file updates.
+    std::fs::write(
+        dir.join("shop/cart.yml"),
+        allow.replace("allow-frontend-to-backend", "allow-cart").replace("app: frontend", "app: cart"),
+    )
+    .unwrap();
+    eventually("the new file's policy admits cart", || cart.tcp(&back, 8080));
+    std::fs::write(dir.join("shop/cart.yml"), allow.replace("allow-frontend-to-backend", "allow-cart").replace("8080", "9090")).unwrap();
+    eventually("the changed file no longer admits cart on 8080", || !cart.tcp(&back, 8080));
+    assert_eq!(policy_names(&node), ["allow-cart", "allow-frontend-to-backend"]);
+
+    // A bad file: refused with a log line naming it; the rest keeps working.
+    std::fs::write(dir.join("shop/allow.yaml"), allow.replace("endpointSelector", "endpointSelektor")).unwrap();
+    eventually("the refusal is logged", || node.log().contains("shop/allow.yaml") && node.log().contains("endpointSelektor"));
+    assert_eq!(policy_names(&node), ["allow-cart", "allow-frontend-to-backend"], "the last good policies stay");
+    assert!(front.tcp(&back, 8080) && !cart.tcp(&back, 8080));
+    std::fs::write(dir.join("shop/allow.yaml"), &allow).unwrap();
+
+    // A removed file's policies go; a policy applied by hand stays.
+    node.apply("by-hand.yaml", &allow.replace("allow-frontend-to-backend", "by-hand"));
+    std::fs::remove_file(dir.join("shop/cart.yml")).unwrap();
+    eventually("allow-cart deleted", || policy_names(&node) == ["allow-frontend-to-backend", "by-hand"]);
+    // Removed while the agent is down: cleaned up when it is back.
+    node.kill_ctrl();
+    std::fs::remove_file(dir.join("shop/allow.yaml")).unwrap();
+    node.start_ctrl();
+    assert_eq!(policy_names(&node), ["by-hand"]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

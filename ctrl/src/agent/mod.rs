@@ -25,6 +25,7 @@ pub mod enforcer;
 pub mod flowlog;
 pub mod lint;
 pub mod metrics;
+pub mod policydir;
 pub mod policysnap;
 pub mod preview;
 pub mod selcache;
@@ -106,6 +107,12 @@ pub struct Args {
     /// Size of the FQDN table (learned address x port entries, all endpoints).
     #[arg(long, default_value_t = 65536)]
     pub fqdn_map_size: u32,
+    /// Apply every policy file (*.yaml, *.yml, *.json, recursively) in this
+    /// directory, and follow it: changed files are re-applied, removed
+    /// files' policies deleted, a bad file refused with a log line (its
+    /// earlier policies stay). E.g. /etc/palisade/policies.
+    #[arg(long, value_name = "DIR")]
+    pub policy_dir: Option<std::path::PathBuf>,
     /// Remove Palisade from this node instead of running: detach its
     /// programs from every interface, remove the proxy routing rule; the
     /// agent must be stopped. Pods are unprotected afterwards.
@@ -282,11 +289,15 @@ pub fn run(a: Args) -> Result<()> {
             metrics::render(&d.view(), d.datapath_config(), &d.apply_latency)
         })?;
     }
-    crate::api::serve(&socket, move |req| {
+    let handle: Arc<dyn Fn(crate::api::Request) -> Result<serde_json::Value> + Send + Sync> = Arc::new(move |req| {
         let r = lock(&daemon).handle(req);
         version.fetch_add(1, std::sync::atomic::Ordering::Release);
         r
-    })
+    });
+    if let Some(dir) = &a.policy_dir {
+        policydir::spawn(dir.clone(), &state_dir, handle.clone())?;
+    }
+    crate::api::serve(&socket, move |req| handle(req))
 }
 
 /// The thread that applies the cluster's watch updates to the daemon, a

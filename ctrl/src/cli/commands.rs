@@ -169,8 +169,7 @@ pub fn sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading standard input")?;
             out.push(("<stdin>".to_string(), text));
         } else if p.is_dir() {
-            let mut files = Vec::new();
-            policy_files(p, &mut files)?;
+            let files = api::policy_files(p)?;
             if files.is_empty() {
                 bail!("{}: no *.yaml, *.yml or *.json files in this directory", p.display());
             }
@@ -182,26 +181,6 @@ pub fn sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>> {
         }
     }
     Ok(out)
-}
-
-fn policy_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading directory {}", dir.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading directory {}", dir.display()))?;
-    entries.sort();
-    for e in entries {
-        if e.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
-            continue;
-        }
-        if e.is_dir() {
-            policy_files(&e, out)?;
-        } else if e.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")) {
-            out.push(e);
-        }
-    }
-    Ok(())
 }
 
 fn status(c: &Ctx) -> Result<()> {
