@@ -144,7 +144,7 @@ done
 # The operator's files: created once, never overwritten or listed for removal.
 if [ ! -f "$ROOT/etc/palisade/config" ]; then
   install -D -m 0644 scripts/palisade.config "$ROOT/etc/palisade/config"
-  echo "==> wrote /etc/palisade/config (all settings commented: standalone defaults)"
+  echo "==> wrote /etc/palisade/config (standalone defaults; policies from /etc/palisade/policies)"
 else
   echo "==> kept the existing /etc/palisade/config"
 fi

@@ -341,6 +341,14 @@ impl Node {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// `palisade LINE` through `sh -c`, so LINE may go on with a pipe
+    /// (`observe -o json | jq …`, as the seeds' pipelines do); stdout.
+    pub fn cli_pipe(&self, line: &str) -> String {
+        let out = run(Command::new("sh").arg("-c").arg(format!("{} --socket {} {line}", bin("palisade").display(), self.socket.display())));
+        assert!(out.status.success(), "palisade {line}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Runs the CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);

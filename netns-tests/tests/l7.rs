@@ -106,6 +106,14 @@ fn ingress_http_rules_answer_403_and_let_allowed_requests_through() {
     let first: serde_json::Value = serde_json::from_str(out.lines().next().expect("a flow")).unwrap();
     assert_eq!(first["flow"]["l7"]["http"]["code"], 403, "{first}");
     assert_eq!(first["flow"]["source"]["pod_name"], "web");
+    // ... and through jq itself, the seed's expression unchanged.
+    let st = state.to_str().unwrap();
+    let seed = "{src: .source.pod_name, method: .l7.http.method, path: .l7.http.url, verdict: .verdict}";
+    let out = node.cli_pipe(&format!("observe --state-dir {st} --protocol http --to-pod shop/api -o json | jq -c '{seed}'"));
+    let want = format!(r#"{{"src":"web","method":"DELETE","path":"http://{}/api/users","verdict":"DROPPED"}}"#, api.ip);
+    assert!(out.lines().any(|l| l == want), "{out}");
+    let out = node.cli_pipe(&format!("observe --state-dir {st} --protocol http --to-pod shop/api -o jsonpb | jq -c '.flow | {seed}'"));
+    assert!(out.lines().any(|l| l == want), "with Hubble's wrapper: {out}");
 }
 
 #[test]

@@ -241,6 +241,13 @@ fn hubble_filters_negation_and_output_forms_privileged_test() {
     assert!(table.starts_with("TIMESTAMP  SOURCE  DESTINATION  TYPE  VERDICT  SUMMARY\n"), "{table}");
     let compact = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart", "-o", "compact"]);
     assert!(compact.lines().all(|l| l.contains("shop/cart") && l.contains(" -> ")), "{compact}");
+    // The seeds' jq pipelines, unchanged (with jq, installed by setup.sh).
+    let labels = node.cli_pipe(&format!(
+        "observe --state-dir {state} --to-pod shop/backend --verdict DROPPED -o jsonpb | jq -r '.flow.destination.labels | join(\",\")'"
+    ));
+    assert!(labels.lines().next().is_some_and(|l| l.contains("k8s:app=backend")), "{labels}");
+    let drops = node.cli_pipe(&format!("observe --state-dir {state} -o json | jq -c 'select(.verdict == \"DROPPED\") | .source.pod_name'"));
+    assert!(!drops.is_empty() && drops.lines().all(|l| l == "\"cart\""), "{drops}");
     let dict = node.ok(&["observe", "--state-dir", state, "--from-pod", "shop/cart", "-o", "dict"]);
     assert!(dict.contains("    VERDICT: DROPPED") && dict.contains("     SOURCE: shop/cart"), "{dict}");
 }

@@ -95,7 +95,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 _ => observe::Window::All,
             };
             let node_name = observe::local_node_name(c.node.as_deref());
-            observe::run(&c.state_dir(state_dir), &filter, window, follow, observe::Format::of(c.output), &node_name)
+            observe::run(&c.state_dir(state_dir), &filter, window, follow, observe_format(c.output), &node_name)
         }
         Cmd::Fqdn(FqdnCmd::Cache(FqdnCacheCmd::List { endpoint, state_dir })) => fqdn_cache_list(c, endpoint.as_deref(), state_dir),
         Cmd::Fqdn(FqdnCmd::Status { state_dir }) => fqdn_status(c, state_dir),
@@ -112,6 +112,16 @@ pub fn run(cli: Cli) -> Result<()> {
             let _ = std::io::Write::write_all(&mut std::io::stdout(), &out);
             Ok(())
         }
+    }
+}
+
+fn observe_format(o: Output) -> observe::Format {
+    match o {
+        Output::Table => observe::Format::Table,
+        Output::Compact => observe::Format::Compact,
+        Output::Dict => observe::Format::Dict,
+        Output::Json => observe::Format::Json,
+        Output::Jsonpb => observe::Format::Jsonpb,
     }
 }
 
@@ -363,7 +373,7 @@ fn identity_get(c: &Ctx, id: Option<u32>, labels: &[String]) -> Result<()> {
     let found: Vec<replies::Identity> = c
         .call(req::IdentityList {})?
         .into_iter()
-        .filter(|i| want.iter().all(|w| i.labels.iter().any(|l| super::label_matches(l, w))))
+        .filter(|i| want.iter().all(|w| i.labels.iter().any(|l| observe::label_matches(l, w))))
         .collect();
     if found.is_empty() {
         bail!("no identity has all of the labels {} (see `palisade identity list`)", want.join(","));

@@ -16,18 +16,6 @@ pub mod observe;
 pub mod render;
 pub mod suggest;
 
-/// `app=web` matches the label `k8s:app=web` (any source), `k8s:app=web`
-/// only that source, a bare `app` any value (`identity get -l`,
-/// `observe -l`).
-pub fn label_matches(label: &str, want: &str) -> bool {
-    fn parts(s: &str) -> (Option<&str>, &str, Option<&str>) {
-        let (key, value) = s.split_once('=').map_or((s, None), |(k, v)| (k, Some(v)));
-        key.split_once(':').map_or((None, key, value), |(src, k)| (Some(src), k, value))
-    }
-    let ((ls, lk, lv), (ws, wk, wv)) = (parts(label), parts(want));
-    lk == wk && (ws.is_none() || ws == ls) && (wv.is_none() || wv == lv)
-}
-
 #[derive(Parser, Debug)]
 #[command(name = "palisade", version, about = "Palisade network policy: endpoints, policies, identities and the BPF datapath of this node")]
 pub struct Cli {

@@ -177,8 +177,20 @@ fn glob(pattern: &str, s: &str) -> bool {
     true
 }
 
+/// `app=web` matches the label `k8s:app=web` (any source), `k8s:app=web`
+/// only that source, a bare `app` any value (`identity get -l`,
+/// `observe -l`).
+pub fn label_matches(label: &str, want: &str) -> bool {
+    fn parts(s: &str) -> (Option<&str>, &str, Option<&str>) {
+        let (key, value) = s.split_once('=').map_or((s, None), |(k, v)| (k, Some(v)));
+        key.split_once(':').map_or((None, key, value), |(src, k)| (Some(src), k, value))
+    }
+    let ((ls, lk, lv), (ws, wk, wv)) = (parts(label), parts(want));
+    lk == wk && (ws.is_none() || ws == ls) && (wv.is_none() || wv == lv)
+}
+
 fn has_labels(want: &str, e: &palisade_flow::Endpoint) -> bool {
-    want.split(',').map(str::trim).filter(|w| !w.is_empty()).all(|w| e.labels.iter().any(|l| super::label_matches(l, w)))
+    want.split(',').map(str::trim).filter(|w| !w.is_empty()).all(|w| e.labels.iter().any(|l| label_matches(l, w)))
 }
 
 fn pod_matches(want: &str, e: &palisade_flow::Endpoint) -> bool {
@@ -471,16 +483,6 @@ fn columns(f: &Flow) -> [String; 6] {
 const COLUMNS: [&str; 6] = ["TIMESTAMP", "SOURCE", "DESTINATION", "TYPE", "VERDICT", "SUMMARY"];
 
 impl Format {
-    pub fn of(o: super::Output) -> Self {
-        match o {
-            super::Output::Table => Format::Table,
-            super::Output::Compact => Format::Compact,
-            super::Output::Dict => Format::Dict,
-            super::Output::Json => Format::Json,
-            super::Output::Jsonpb => Format::Jsonpb,
-        }
-    }
-
     fn header(self) -> Option<String> {
         (self == Format::Table).then(|| COLUMNS.join("  "))
     }
