@@ -265,8 +265,7 @@ banner "palisade observe --protocol http --last 4"
 "$BIN/palisade" observe --state-dir "$STATE/state" --protocol http --last 4
 
 banner "Prometheus metrics (curl 127.0.0.1:9962/metrics | grep drop_count)"
-exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && grep -E '^cilium_(drop|forward)_count' <&3 || true
-exec 3<&-
+curl -s --max-time 5 http://127.0.0.1:9962/metrics | grep -E '^(cilium_(drop|forward)_count|hubble_drop)' || true
 
 banner "palisade status (datapath counters by reason and direction)"
 "$BIN/palisade" status

@@ -6,7 +6,8 @@
 #   /usr/local/lib/systemd/system/       palisade-*.service
 #   /etc/palisade/config                 commented settings (kept if present)
 #   /etc/palisade/policies/              policies (kept)
-#   /usr/local/share/doc/palisade/       README, docs/, examples/
+#   /usr/local/share/doc/palisade/       README, docs/, runbooks/, examples/,
+#                                        monitoring/ (Prometheus alerts, Grafana dashboard)
 #   /usr/local/share/man/man{1,8}/       palisade(1), palisade-*(8)
 #   /usr/local/share/bash-completion/completions/palisade
 # and lists what it wrote in /usr/local/share/palisade/installed-files, which
@@ -83,6 +84,7 @@ if [ "$UNINSTALL" = 1 ]; then
     done < "$MANIFEST"
     rm -f "$MANIFEST"
     rmdir "$ROOT/usr/local/share/palisade" "$ROOT/usr/local/share/doc/palisade/examples/policies" \
+      "$ROOT/usr/local/share/doc/palisade/monitoring" "$ROOT/usr/local/share/doc/palisade/runbooks" \
       "$ROOT/usr/local/share/doc/palisade/examples" "$ROOT/usr/local/share/doc/palisade/docs" \
       "$ROOT/usr/local/share/doc/palisade" 2>/dev/null || true
     echo "==> removed $n installed files"
@@ -138,6 +140,9 @@ if [ -d docs/runbooks ]; then
     put 0644 "$f" "/usr/local/share/doc/palisade/runbooks/$(basename "$f")"
   done
 fi
+for f in monitoring/*; do
+  put 0644 "$f" "/usr/local/share/doc/palisade/monitoring/$(basename "$f")"
+done
 for f in examples/policies/*.yaml; do
   put 0644 "$f" "/usr/local/share/doc/palisade/examples/policies/$(basename "$f")"
 done

@@ -348,41 +348,13 @@ impl Datapath {
 
     /// Non-zero counters, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<Counter>> {
-        let map = &self.skel.maps.palisade_metrics_v1;
-        let mut out = Vec::new();
-        for reason in Reason::ALL {
-            for direction in [DIR_INGRESS, DIR_EGRESS] {
-                let idx = reason.metrics_index(direction);
-                let per_cpu = map
-                    .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
-                    .ctx(|| format!("reading counter {}", reason.description()))?
-                    .unwrap_or_default();
-                let (mut packets, mut bytes) = (0, 0);
-                for b in per_cpu {
-                    if let Some(v) = abi::from_bytes::<abi::metrics_value>(&b) {
-                        packets += v.packets;
-                        bytes += v.bytes;
-                    }
-                }
-                if packets > 0 {
-                    out.push(Counter { reason, direction, packets, bytes });
-                }
-            }
-        }
-        Ok(out)
+        read_counters(&self.skel.maps.palisade_metrics_v1)
     }
 
     /// (events lost to a full ring, events suppressed by the per-flow rate
     /// limit), summed over CPUs.
     pub fn flow_stats(&self) -> Result<(u64, u64)> {
-        let map = &self.skel.maps.palisade_flow_stats_v1;
-        let mut out = [0u64; 2];
-        for (i, o) in out.iter_mut().enumerate() {
-            let per_cpu =
-                map.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY).ctx(|| "reading flow stats".into())?.unwrap_or_default();
-            *o = per_cpu.iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).sum();
-        }
-        Ok((out[0], out[1]))
+        read_flow_stats(&self.skel.maps.palisade_flow_stats_v1)
     }
 
     // --- BPF_PROG_TEST_RUN ---
@@ -445,6 +417,42 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         return Ok(());
     }
     abi::mount_bpffs(root).ctx(|| "mounting bpffs at /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)".into())
+}
+
+/// The verdict counters of a metrics map (the skeleton's or a pinned
+/// handle's): non-zero ones, summed over CPUs.
+pub(crate) fn read_counters(map: &impl MapCore) -> Result<Vec<Counter>> {
+    let mut out = Vec::new();
+    for reason in Reason::ALL {
+        for direction in [DIR_INGRESS, DIR_EGRESS] {
+            let idx = reason.metrics_index(direction);
+            let per_cpu = map
+                .lookup_percpu(&idx.to_ne_bytes(), MapFlags::ANY)
+                .ctx(|| format!("reading counter {}", reason.description()))?
+                .unwrap_or_default();
+            let (mut packets, mut bytes) = (0, 0);
+            for b in per_cpu {
+                if let Some(v) = abi::from_bytes::<abi::metrics_value>(&b) {
+                    packets += v.packets;
+                    bytes += v.bytes;
+                }
+            }
+            if packets > 0 {
+                out.push(Counter { reason, direction, packets, bytes });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// (lost, suppressed) flow events of a flow-stats map, summed over CPUs.
+pub(crate) fn read_flow_stats(map: &impl MapCore) -> Result<(u64, u64)> {
+    let mut out = [0u64; 2];
+    for (i, o) in out.iter_mut().enumerate() {
+        let per_cpu = map.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY).ctx(|| "reading flow stats".into())?.unwrap_or_default();
+        *o = per_cpu.iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).sum();
+    }
+    Ok((out[0], out[1]))
 }
 
 #[cfg(test)]

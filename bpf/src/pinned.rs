@@ -151,3 +151,36 @@ pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) 
     }
     Ok(removed)
 }
+
+/// What a metrics scrape reads from the datapath, through handles of its
+/// own on the pins: palisade-ctrl's metrics server walks maps with these,
+/// never under the agent's lock.
+pub struct MapStats {
+    maps: Vec<(&'static str, MapHandle)>,
+    metrics: MapHandle,
+    flow_stats: MapHandle,
+}
+
+impl MapStats {
+    pub fn open(bpf_dir: &Path) -> Result<Self> {
+        let mut maps = Vec::new();
+        for name in [pins::POLICY, pins::IPCACHE, pins::CT, pins::ENDPOINTS] {
+            maps.push((name, open_pinned(bpf_dir, name)?));
+        }
+        Ok(Self { maps, metrics: open_pinned(bpf_dir, pins::METRICS)?, flow_stats: open_pinned(bpf_dir, pins::FLOW_STATS)? })
+    }
+
+    /// (pin name, entries, max_entries) of the policy, ipcache, conntrack
+    /// and endpoint maps. Counting walks the keys: O(entries), lock-free.
+    pub fn fill(&self) -> Vec<(&'static str, u64, u64)> {
+        self.maps.iter().map(|(n, m)| (*n, m.keys().count() as u64, u64::from(m.max_entries()))).collect()
+    }
+
+    pub fn counters(&self) -> Result<Vec<crate::reason::Counter>> {
+        crate::datapath::read_counters(&self.metrics)
+    }
+
+    pub fn flow_stats(&self) -> Result<(u64, u64)> {
+        crate::datapath::read_flow_stats(&self.flow_stats)
+    }
+}

@@ -63,6 +63,9 @@ pub struct Args {
     /// Do not write DNS flow records (<state-dir>/flows/dns.ring).
     #[arg(long)]
     pub no_flows: bool,
+    /// Prometheus metrics (GET /metrics); "off" disables.
+    #[arg(long, default_value = "127.0.0.1:9967")]
+    pub metrics_address: String,
 }
 
 fn watch_rules(dir: &std::path::Path, rules: &rules::RulesHandle) {
@@ -83,7 +86,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.port == 0 || a.workers == 0 || a.max_ips_per_name == 0 || a.hold_timeout_ms == 0 {
         return Err(ConfigError("--port, --workers, --max-ips-per-name and --hold-timeout-ms must be at least 1".into()).into());
     }
+    let metrics_address: Option<std::net::SocketAddr> = match a.metrics_address.as_str() {
+        "off" => None,
+        s => Some(s.parse().map_err(|_| ConfigError(format!("--metrics-address {s:?}: expected ADDRESS:PORT or off")))?),
+    };
     let stats = Arc::new(stats::Stats::default());
+    if let Some(addr) = metrics_address {
+        let stats = stats.clone();
+        palisade_node::metrics::serve(addr, move || stats::render(&stats))?;
+    }
     let rules = Arc::new(rules::RulesHandle::new(&state_dir));
     let settings = installer::Settings {
         min_ttl: a.min_ttl,

@@ -53,6 +53,60 @@ use palisade_snapshot::{FileId, Mapped, PolicySnapshot};
 pub struct Args {
     #[command(flatten)]
     pub node: palisade_node::NodeArgs,
+    /// Prometheus metrics (GET /metrics); "off" disables.
+    #[arg(long, default_value = "127.0.0.1:9968")]
+    pub metrics_address: String,
+}
+
+/// The last status written, for `/metrics` (refreshed every second with
+/// the status file).
+type Shown = std::sync::Arc<std::sync::Mutex<SyncStatus>>;
+
+/// `palisade_ipcache_sync_*`: the status file's numbers as metrics.
+fn render(shown: &Shown) -> Result<String> {
+    use prometheus_client::{
+        collector::Collector,
+        encoding::{DescriptorEncoder, EncodeMetric},
+        metrics::{counter::ConstCounter, gauge::ConstGauge, MetricType},
+        registry::Registry,
+    };
+    #[derive(Debug)]
+    struct C(SyncStatus);
+    impl Collector for C {
+        fn encode(&self, mut enc: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+            let s = &self.0;
+            let gauges: [(&str, &str, f64); 6] = [
+                ("etcd_connected", "1 while the etcd watch is up", f64::from(u8::from(s.connected))),
+                ("etcd_revision", "Last etcd revision seen", s.revision as f64),
+                ("published_endpoints", "This node's endpoints published in etcd", s.published_endpoints as f64),
+                ("remote_endpoints", "Other nodes' endpoints in this node's ipcache", s.remote_endpoints as f64),
+                ("nodes", "Nodes in the cluster, this one included", s.nodes.len() as f64),
+                (
+                    "last_sync_lag_seconds",
+                    "Publication to ipcache entry, last remote endpoint applied",
+                    s.last_sync_lag_ms.unwrap_or(0.0) / 1e3,
+                ),
+            ];
+            for (n, h, v) in gauges {
+                ConstGauge::new(v).encode(enc.encode_descriptor(n, h, None, MetricType::Gauge)?)?;
+            }
+            let counters: [(&str, &str, u64); 3] = [
+                ("resyncs", "Full lists after a lost watch (etcd outage, compaction)", s.resyncs),
+                ("lease_regrants", "Leases granted again after one was lost", s.lease_regrants),
+                ("etcd_requests", "etcd requests made (transactions, grants, keep-alives)", s.etcd_requests),
+            ];
+            for (n, h, v) in counters {
+                ConstCounter::new(v).encode(enc.encode_descriptor(n, h, None, MetricType::Counter)?)?;
+            }
+            Ok(())
+        }
+    }
+    let snapshot = shown.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut reg = Registry::with_prefix("palisade_ipcache_sync");
+    reg.register_collector(Box::new(C(snapshot)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    Ok(out)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -67,12 +121,22 @@ pub fn run(a: Args) -> Result<()> {
     // One sync per node: two would revoke each other's leases.
     let _lock =
         palisade_node::lock_dir(&state_dir.join("ipcache-sync"), "palisade-ipcache-sync").map_err(|e| ConfigError(format!("{e:#}")))?;
+    let shown = Shown::default();
+    match a.metrics_address.as_str() {
+        "off" => {}
+        addr => {
+            let addr: std::net::SocketAddr =
+                addr.parse().map_err(|_| ConfigError(format!("--metrics-address {addr:?}: expected ADDRESS:PORT or off")))?;
+            let shown = shown.clone();
+            palisade_node::metrics::serve(addr, move || render(&shown))?;
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         let map = open_map(&bpf_dir).await;
         let client = palisade_cluster::etcd::connect(&etcd).await?;
         tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), bpf_dir = %bpf_dir.display(), "palisade-ipcache-sync started");
-        Sync::new(node, etcd, client, map, state_dir).run().await
+        Sync::new(node, etcd, client, map, state_dir, shown).run().await
     })
 }
 
@@ -129,10 +193,11 @@ struct Sync {
     /// Something the status file shows changed since it was written.
     status_stale: bool,
     requests: u64,
+    shown: Shown,
 }
 
 impl Sync {
-    fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf) -> Self {
+    fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf, shown: Shown) -> Self {
         let status =
             SyncStatus { node: node.clone(), pid: std::process::id(), etcd_endpoints: cfg.redacted_endpoints(), ..Default::default() };
         Self {
@@ -153,6 +218,7 @@ impl Sync {
             status,
             status_stale: false,
             requests: 0,
+            shown,
         }
     }
 
@@ -620,6 +686,7 @@ impl Sync {
         self.status.remote_endpoints = self.remote.values().filter(|r| r.node != self.node).count();
         self.status.updated_unix_ms = now_ms();
         self.status.etcd_requests = self.requests;
+        *self.shown.lock().unwrap_or_else(|p| p.into_inner()) = self.status.clone();
         let path = self.state_dir.join(palisade_cluster::status::STATUS_FILE);
         let tmp = path.with_extension("json.tmp");
         let r =

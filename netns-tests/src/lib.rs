@@ -418,9 +418,12 @@ impl Node {
             "netns",
             "exec",
             &self.netns,
-            "bash",
-            "-c",
-            "exec 3<>/dev/tcp/127.0.0.1/9962 && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3",
+            "curl",
+            "-sS",
+            "-i",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:9962/metrics",
         ]));
         assert!(out.status.success(), "scraping metrics: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()

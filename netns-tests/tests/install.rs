@@ -277,6 +277,21 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
         assert!(t0.elapsed() < Duration::from_secs(10), "node-1 is not listed: {nodes}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Every daemon serves /metrics, ipcache-sync included.
+    let t0 = Instant::now();
+    loop {
+        let (_, m) = sb.run(&["curl", "-sS", "http://127.0.0.1:9968/metrics"]);
+        if m.contains("palisade_ipcache_sync_etcd_connected 1") {
+            assert!(m.contains("palisade_ipcache_sync_nodes 1"), "{m}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "ipcache-sync metrics: {m}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for port in [9962, 9964, 9967] {
+        let (ok, m) = sb.run(&["curl", "-sS", &format!("http://127.0.0.1:{port}/metrics")]);
+        assert!(ok && m.trim_end().ends_with("# EOF"), "port {port}: {m}");
+    }
     drop(sb);
 
     // Uninstall: what install wrote is gone; the config stays unless --purge.

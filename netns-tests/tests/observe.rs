@@ -55,6 +55,7 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     };
     let m1 = node.metrics();
     assert!(m1.starts_with("HTTP/1.1 200"), "{m1}");
+    assert!(m1.trim_end().ends_with("# EOF"), "one OpenMetrics exposition: {m1}");
     assert!(m1.contains("# TYPE cilium_drop_count counter"), "{m1}");
     let drops1 = value(&m1, "cilium_drop_count_total{reason=\"Policy denied\",direction=\"INGRESS\"}");
     assert!(drops1 >= 2, "{m1}");
@@ -62,8 +63,15 @@ fn flows_record_verdicts_and_filters_select_privileged_test() {
     assert!(m1.contains("cilium_policy 1"), "{m1}");
     assert!(m1.contains("cilium_endpoint_state{endpoint_state=\"ready\"} 3"), "{m1}");
     assert!(m1.contains("cilium_bpf_map_pressure{map_name=\"palisade_policy_v2\"}"), "{m1}");
-    assert!(m1.contains("cilium_policy_implementation_delay_seconds_count 1"), "one apply, one latency sample: {m1}");
-    assert!(m1.contains("cilium_policy_implementation_delay_seconds_bucket{le=\"+Inf\"} 1"), "{m1}");
+    assert!(m1.contains("cilium_policy_implementation_delay_count 1"), "one apply, one latency sample (Cilium's name): {m1}");
+    assert!(m1.contains("cilium_policy_implementation_delay_bucket{le=\"+Inf\"} 1"), "{m1}");
+    assert!(m1.contains("cilium_policy_count 1") && m1.contains("cilium_identity_count "), "{m1}");
+    assert!(m1.contains("cilium_policy_endpoint_enforcement_status{enforcement=\"ingress\"} 1"), "backend enforces ingress: {m1}");
+    assert!(m1.contains("cilium_policy_endpoint_enforcement_status{enforcement=\"none\"} 2"), "{m1}");
+    assert!(value(&m1, "hubble_flows_processed_total{protocol=\"TCP\",type=\"L3_L4\",verdict=\"DROPPED\"}") >= 1, "{m1}");
+    let hubble_drops1 = value(&m1, "hubble_drop_total{protocol=\"TCP\",reason=\"POLICY_DENIED\"}");
+    assert!(hubble_drops1 >= 1, "{m1}");
+    assert!(m1.contains("palisade_flow_events_lost_total 0") && !m1.contains("cilium_palisade_"), "ours under palisade_: {m1}");
     assert!(!cart.tcp(&back, 8080));
     let drops2 = value(&node.metrics(), "cilium_drop_count_total{reason=\"Policy denied\",direction=\"INGRESS\"}");
     assert!(drops2 > drops1, "drop counter moved: {drops1} -> {drops2}");

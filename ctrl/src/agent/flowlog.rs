@@ -144,6 +144,7 @@ pub fn spawn(
     version: Arc<AtomicU64>,
     bpf_dir: PathBuf,
     state_dir: &Path,
+    counts: Arc<std::sync::Mutex<crate::agent::metrics::FlowCounts>>,
 ) -> Result<()> {
     let dir = palisade_flow::ring_dir(state_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -160,7 +161,9 @@ pub fn spawn(
                     names = names_now();
                     seen = v;
                 }
-                if let Ok(json) = serde_json::to_vec(&names.flow(&e, offset)) {
+                let flow = names.flow(&e, offset);
+                counts.lock().unwrap_or_else(|p| p.into_inner()).count(&flow);
+                if let Ok(json) = serde_json::to_vec(&flow) {
                     writer.append(&json);
                 }
                 true

@@ -267,9 +267,16 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(rx) = cluster_rx {
         spawn_cluster_apply(rx, daemon.clone(), version.clone())?;
     }
+    let flow_counts = Arc::new(Mutex::new(metrics::FlowCounts::default()));
     {
         let d = daemon.clone();
-        flowlog::spawn(move || flowlog::Names::from_store(&lock(&d).store), version.clone(), bpf_dir.clone(), &state_dir)?;
+        flowlog::spawn(
+            move || flowlog::Names::from_store(&lock(&d).store),
+            version.clone(),
+            bpf_dir.clone(),
+            &state_dir,
+            flow_counts.clone(),
+        )?;
     }
     {
         let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
@@ -284,9 +291,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let MetricsAddress(Some(addr)) = a.metrics_address {
         let d = daemon.clone();
-        metrics::spawn(addr, move || {
+        metrics::spawn(addr, &bpf_dir, flow_counts.clone(), move || {
             let d = lock(&d);
-            metrics::render(&d.view(), d.datapath_config(), &d.apply_latency)
+            metrics::AgentSide::take(&d.view(), &d.apply_latency)
         })?;
     }
     let handle: Arc<dyn Fn(crate::api::Request) -> Result<serde_json::Value> + Send + Sync> = Arc::new(move |req| {
