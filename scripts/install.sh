@@ -9,7 +9,7 @@
 #   /usr/local/share/doc/palisade/       README, docs/, runbooks/, examples/,
 #                                        monitoring/ (Prometheus alerts, Grafana dashboard)
 #   /usr/local/share/man/man{1,8}/       palisade(1), palisade-*(8)
-#   /usr/local/share/bash-completion/completions/palisade
+#   /usr/local/share/bash-completion/completions/palisade, zsh and fish completions
 # and lists what it wrote in /usr/local/share/palisade/installed-files, which
 # --uninstall removes (config and policies stay unless --purge).
 #
@@ -131,6 +131,10 @@ for d in "${DAEMONS[@]}"; do
 done
 "$BIN_DIR/palisade" completion bash > "$tmp/palisade.bash"
 put 0644 "$tmp/palisade.bash" /usr/local/share/bash-completion/completions/palisade
+"$BIN_DIR/palisade" completion zsh > "$tmp/_palisade"
+put 0644 "$tmp/_palisade" /usr/local/share/zsh/site-functions/_palisade
+"$BIN_DIR/palisade" completion fish > "$tmp/palisade.fish"
+put 0644 "$tmp/palisade.fish" /usr/local/share/fish/vendor_completions.d/palisade.fish
 put 0644 README.md /usr/local/share/doc/palisade/README.md
 for f in docs/*.md; do
   put 0644 "$f" "/usr/local/share/doc/palisade/$(basename "$f")"

@@ -167,6 +167,8 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
         "usr/local/share/man/man8/palisade-ctrl.8",
         "usr/local/share/man/man8/palisade-ipcache-sync.8",
         "usr/local/share/bash-completion/completions/palisade",
+        "usr/local/share/zsh/site-functions/_palisade",
+        "usr/local/share/fish/vendor_completions.d/palisade.fish",
         "usr/local/share/doc/palisade/l7.md",
         "usr/local/share/doc/palisade/examples/policies/cde-lockdown.yaml",
         "etc/palisade/config",
