@@ -120,6 +120,11 @@ impl Node {
 
     /// Starts palisade-ctrl in the node netns and waits for its socket.
     pub fn start_ctrl(&mut self) {
+        self.start_ctrl_with(&[]);
+    }
+
+    /// Like [`Node::start_ctrl`], with `extra` flags for this start only.
+    pub fn start_ctrl_with(&mut self, extra: &[&str]) {
         assert!(self.ctrl.is_none(), "ctrl already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("ctrl.log")).expect("log file");
         let child = Command::new("nsenter")
@@ -129,6 +134,7 @@ impl Node {
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])
             .args(["--socket", &self.socket.display().to_string()])
             .args(&self.ctrl_args)
+            .args(extra)
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
