@@ -471,3 +471,43 @@ fn bad_records_in_etcd_change_nothing_privileged_test() {
     );
     assert!(c.node(1).log().contains("/palisade/v1/policies/shop/bad"), "the bad policy is reported");
 }
+
+/// docs/runbooks/etcd-outage.md, step by step (`-- --nocapture` prints
+/// each command and its output).
+#[test]
+fn runbook_etcd_outage_lost_lease_and_restore_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let (frontend, backend) = shop_across(&mut c);
+    let step = |n: &palisade_netns_tests::Node, args: &[&str]| {
+        let out = n.ok(args);
+        println!("$ palisade {}\n{out}", args.join(" "));
+        out
+    };
+    step(c.node(1), &["node", "list"]);
+    c.etcd.stop();
+    assert!(Cluster::wait(10, || c.node(1).json(&["status"])["cluster"]["connected"] == false));
+    // 1. What the node says.
+    let st = c.node(1).ok(&["status", "-o", "json"]);
+    let cluster: serde_json::Value = serde_json::from_str::<serde_json::Value>(&st).unwrap()["cluster"].clone();
+    println!("$ palisade status -o json | jq .cluster\n{cluster:#}");
+    assert_eq!(cluster["connected"], false);
+    // 2. Changes that need etcd are refused whole; verdicts stay.
+    let f = c.node(1).tmp.join("wider.yaml");
+    std::fs::write(&f, BACKEND_8080.replace("\"8080\"", "\"9090\"")).unwrap();
+    let err = c.node(1).fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    println!("$ palisade policy apply -f wider.yaml\n{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    // Longer than the 3 s lease: nothing that enforces depends on it.
+    for _ in 0..5 {
+        assert!(frontend.tcp(&backend, 8080) && !frontend.tcp(&backend, 9090));
+        std::thread::sleep(Duration::from_millis(800));
+    }
+    // 3. Restore: etcd back, the nodes re-list, re-grant their leases and
+    // republish; the refused change can be applied now.
+    c.etcd.resume();
+    assert!(Cluster::wait(20, || c.nodes.iter().all(|n| n.json(&["status"])["cluster"]["connected"] == true)));
+    assert!(Cluster::wait(20, || c.node(1).ipcache_entry(backend.ip).is_some()));
+    step(c.node(1), &["node", "list"]);
+    step(c.node(1), &["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(Cluster::wait(10, || frontend.tcp(&backend, 9090)));
+}
