@@ -355,6 +355,14 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// A runbook step: runs the CLI like [`Node::ok`] and prints the
+    /// command with its output (the runbooks' examples come from these).
+    pub fn step(&self, args: &[&str]) -> String {
+        let out = self.ok(args);
+        println!("$ palisade {}\n{out}", args.join(" "));
+        out
+    }
+
     /// Runs the CLI expecting failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.cli(args);

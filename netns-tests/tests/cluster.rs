@@ -478,12 +478,7 @@ fn bad_records_in_etcd_change_nothing_privileged_test() {
 fn runbook_etcd_outage_lost_lease_and_restore_privileged_test() {
     let mut c = Cluster::new(2, 3);
     let (frontend, backend) = shop_across(&mut c);
-    let step = |n: &palisade_netns_tests::Node, args: &[&str]| {
-        let out = n.ok(args);
-        println!("$ palisade {}\n{out}", args.join(" "));
-        out
-    };
-    step(c.node(1), &["node", "list"]);
+    c.node(1).step(&["node", "list"]);
     c.etcd.stop();
     assert!(Cluster::wait(10, || c.node(1).json(&["status"])["cluster"]["connected"] == false));
     // 1. What the node says.
@@ -507,7 +502,7 @@ fn runbook_etcd_outage_lost_lease_and_restore_privileged_test() {
     c.etcd.resume();
     assert!(Cluster::wait(20, || c.nodes.iter().all(|n| n.json(&["status"])["cluster"]["connected"] == true)));
     assert!(Cluster::wait(20, || c.node(1).ipcache_entry(backend.ip).is_some()));
-    step(c.node(1), &["node", "list"]);
-    step(c.node(1), &["policy", "apply", "-f", f.to_str().unwrap()]);
+    c.node(1).step(&["node", "list"]);
+    c.node(1).step(&["policy", "apply", "-f", f.to_str().unwrap()]);
     assert!(Cluster::wait(10, || frontend.tcp(&backend, 9090)));
 }

@@ -359,11 +359,6 @@ fn runbook_host_policy_lockout_and_recovery_privileged_test() {
     let mut c = Cluster::with_args(&["--host-interface", "uplink0", "--node-labels", "role=edge"]);
     let mut host_srv = c.node.host();
     host_srv.serve(&[9000, 22]);
-    let step = |node: &Node, args: &[&str]| {
-        let out = node.ok(args);
-        println!("$ palisade {}\n{out}", args.join(" "));
-        out
-    };
     let lockout = format!(
         "{CCNP}  name: edge-host\nspec:\n  nodeSelector: {{matchLabels: {{role: edge}}}}\n  ingress:\n  - fromEntities: [world]\n    toPorts: [{{ports: [{{port: \"9000\", protocol: TCP}}]}}]\n"
     );
@@ -375,12 +370,12 @@ fn runbook_host_policy_lockout_and_recovery_privileged_test() {
     let state = c.node.tmp.join("state");
     let state = state.to_str().unwrap().to_string();
     // 1. From the node's console: what drops, and which policy selects the node.
-    let seen = step(&c.node, &["observe", "--state-dir", &state, "--verdict", "DROPPED", "--port", "22", "--last", "2", "-o", "compact"]);
+    let seen = c.node.step(&["observe", "--state-dir", &state, "--verdict", "DROPPED", "--port", "22", "--last", "2", "-o", "compact"]);
     assert!(seen.contains(":22") && seen.contains("INGRESS DROPPED"), "{seen}");
-    let pols = step(&c.node, &["policy", "get"]);
+    let pols = c.node.step(&["policy", "get"]);
     assert!(pols.contains("edge-host") && pols.contains("CiliumClusterwideNetworkPolicy"), "{pols}");
     // 2. The agent answers on its local socket: delete (or fix) the policy.
-    step(&c.node, &["policy", "delete", "edge-host"]);
+    c.node.step(&["policy", "delete", "edge-host"]);
     check_probes(&[to_host(&c.world, 22, true)]);
     // 3. Break glass when the policy keeps coming back or the agent is not
     // reachable: enforcement survives the agent, so restart it with
@@ -391,7 +386,7 @@ fn runbook_host_policy_lockout_and_recovery_privileged_test() {
     check_probes(&[to_host(&c.world, 22, false)]);
     c.node.start_ctrl_with(&["--enforcement-mode", "never"]);
     check_probes(&[to_host(&c.world, 22, true)]);
-    step(&c.node, &["policy", "delete", "edge-host"]);
+    c.node.step(&["policy", "delete", "edge-host"]);
     c.node.kill_ctrl();
     c.node.start_ctrl();
     check_probes(&[to_host(&c.world, 22, true), to_host(&c.world, 9000, true)]);

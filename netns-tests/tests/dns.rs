@@ -380,11 +380,6 @@ fn runbook_tofqdns_connects_fail() {
     let pay = node.pod("pay/payments", "app=payments");
     let state = node.tmp.join("state");
     let state = state.to_str().unwrap();
-    let step = |args: &[&str]| {
-        let out = node.ok(args);
-        println!("$ palisade {}\n{out}", args.join(" "));
-        out
-    };
     // The DNS rule forgets the name the toFQDNs rule needs.
     node.apply("payments.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*.github.com\"}", PAYMENTS_FQDN));
     let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
@@ -392,12 +387,13 @@ fn runbook_tofqdns_connects_fail() {
     println!("pod: api.stripe.com -> {}", r[0]);
     node.wait_flows(&["--protocol", "dns", "--from-pod", "pay/payments"], 1);
     // 1. The DNS flow says refused, and by whom.
-    let flows = step(&["observe", "--state-dir", state, "--protocol", "dns", "--from-pod", "pay/payments", "--last", "2", "-o", "compact"]);
+    let flows =
+        node.step(&["observe", "--state-dir", state, "--protocol", "dns", "--from-pod", "pay/payments", "--last", "2", "-o", "compact"]);
     assert!(flows.contains("api.stripe.com") && flows.contains("REFUSED"), "{flows}");
     // 2. Nothing was learned, so nothing is open.
-    let cache = step(&["fqdn", "cache", "list", "--state-dir", state, "--endpoint", "pay/payments"]);
+    let cache = node.step(&["fqdn", "cache", "list", "--state-dir", state, "--endpoint", "pay/payments"]);
     assert!(!cache.contains("api.stripe.com"), "{cache}");
-    let trace = step(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
+    let trace = node.step(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
     assert!(trace.contains("Final verdict: DENIED"), "{trace}");
     // 3. Fix the DNS rule; resolve again; the address is learned, with its TTL.
     node.apply(
@@ -408,13 +404,13 @@ fn runbook_tofqdns_connects_fail() {
     assert!(ok, "{r:?}");
     println!("pod: api.stripe.com -> {}", r[0]);
     std::thread::sleep(std::time::Duration::from_millis(1200));
-    let cache = step(&["fqdn", "cache", "list", "--state-dir", state, "--endpoint", "pay/payments"]);
+    let cache = node.step(&["fqdn", "cache", "list", "--state-dir", state, "--endpoint", "pay/payments"]);
     assert!(cache.contains("api.stripe.com") && cache.contains("192.0.2.100"), "{cache}");
-    let trace = step(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
+    let trace = node.step(&["policy", "trace", "--src", "pay/payments", "--dst", "192.0.2.100", "--dport", "443/TCP"]);
     assert!(trace.contains("Final verdict: ALLOWED") && trace.contains("DNS answer"), "{trace}");
     // 4. An address the pod never resolved (hard-coded, or resolved by
     // someone else) stays closed, by design.
     assert!(!pay.tcp_ip(ip("192.0.2.150"), 443));
-    let st = step(&["fqdn", "status", "--state-dir", state]);
+    let st = node.step(&["fqdn", "status", "--state-dir", state]);
     assert!(st.contains("denied"), "{st}");
 }

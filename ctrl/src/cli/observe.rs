@@ -84,30 +84,17 @@ pub struct Filter {
     pub not_filter: Vec<String>,
 }
 
-/// Filter flags that take a value (all of them): `--not` must precede one.
-const FILTER_FLAGS: &[&str] = &[
-    "verdict",
-    "namespace",
-    "pod",
-    "from-pod",
-    "to-pod",
-    "protocol",
-    "type",
-    "port",
-    "to-fqdn",
-    "from-namespace",
-    "to-namespace",
-    "label",
-    "from-label",
-    "to-label",
-    "ip",
-    "from-ip",
-    "to-ip",
-    "identity",
-    "from-identity",
-    "to-identity",
-    "node-name",
-];
+/// The filter flags `--not` may precede: every long flag of [`Filter`]
+/// (all take a value) but the time window, from its clap definition, so a
+/// new filter is negatable without a second list to keep.
+fn filter_flags() -> Vec<String> {
+    <One as clap::CommandFactory>::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "not" | "not-filter" | "help" | "since" | "until"))
+        .map(str::to_string)
+        .collect()
+}
 
 /// Rewrites `--not --FLAG VALUE` (or `--not --FLAG=VALUE`, `--not -l V`)
 /// into the hidden `--not-filter FLAG=VALUE`, so that clap, which does not
@@ -129,8 +116,9 @@ pub fn rewrite_not(args: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsStri
             None if flag == "-l" => ("label", None),
             None => bail!("{usage} (got {flag:?})"),
         };
-        if !FILTER_FLAGS.contains(&name) {
-            bail!("--not --{name}: not a filter (one of --{})", FILTER_FLAGS.join(", --"));
+        let flags = filter_flags();
+        if !flags.iter().any(|f| f == name) {
+            bail!("--not --{name}: not a filter (one of --{})", flags.join(", --"));
         }
         let value = match inline {
             Some(v) => v,
