@@ -26,10 +26,12 @@ use crate::{
     maps::{ipcache_host_key, ipcache_lpm_key, CtEntry, EndpointValue, IpcacheValue, PolicyKey, PolicyValue},
     pins,
     reason::{Counter, Reason},
+    resize::{self, Resized},
 };
 
-/// Map sizes and timeouts, fixed at load. Changing a size against existing
-/// pins fails loudly (libbpf refuses to reuse an incompatible map).
+/// Map sizes and timeouts, fixed at load. A size that differs from an
+/// existing pin's is a resize: the map is replaced by a new one holding the
+/// same entries ([`crate::resize`]).
 #[derive(Debug, Clone)]
 pub struct DatapathConfig {
     pub bpf_dir: PathBuf,
@@ -79,6 +81,9 @@ pub struct Datapath {
     skel: EndpointSkel<'static>,
     dir: PathBuf,
     mode: AttachMode,
+    /// Maps resized by this load, with the entries copied so far, until
+    /// [`Datapath::finish_resizes`].
+    resizing: std::sync::Mutex<Vec<(resize::Pending, u64)>>,
 }
 
 /// Pinned file name of each map (also its versioned ABI name): [`pins::ALL`].
@@ -95,6 +100,7 @@ impl Datapath {
         let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = EndpointSkelBuilder::default().open(storage).ctx(|| "opening the endpoint BPF object".into())?;
         let dir = cfg.bpf_dir.clone();
+        let mut wanted = Vec::new();
         {
             let m = &mut open.maps;
             let sized: [(&mut libbpf_rs::OpenMapMut<'_>, u32); 7] = [
@@ -109,6 +115,7 @@ impl Datapath {
             for (map, max) in sized {
                 let name = map.name().to_string_lossy().into_owned();
                 map.set_max_entries(max).ctx(|| format!("sizing map {name} to {max}"))?;
+                wanted.push((name, max));
             }
             let ro = m.rodata_data.as_deref_mut().expect("endpoint object has rodata");
             ro.ct_lifetime_tcp_ns = cfg.ct_tcp_lifetime_s * 1_000_000_000;
@@ -131,13 +138,33 @@ impl Datapath {
             }
             map.set_pin_path(dir.join(&name)).ctx(|| format!("setting pin path of {name}"))?;
         }
-        let skel = open.load().ctx(|| {
-            format!(
-                "loading the endpoint programs with maps pinned in {} (if a map's size or layout changed, \
-                 remove the old pins or use another --bpf-dir)",
-                dir.display()
-            )
-        })?;
+        // Pins whose size differs move aside; libbpf then creates the new
+        // maps, and their entries are copied before any program changes.
+        let pending = resize::prepare(&dir, &wanted)?;
+        for p in &pending {
+            tracing::info!(map = %p.name, from = p.from, to = p.to, entries = p.entries, "resizing a pinned map");
+        }
+        let skel = match open.load() {
+            Ok(skel) => skel,
+            Err(source) => {
+                resize::abort(&dir, pending);
+                return Err(Error::Libbpf {
+                    what: format!(
+                        "loading the endpoint programs with maps pinned in {} (if a map's layout changed without a \
+                         new name, remove the old pins or use another --bpf-dir)",
+                        dir.display()
+                    ),
+                    source,
+                });
+            }
+        };
+        let mut resizing = Vec::new();
+        for p in pending {
+            let t = std::time::Instant::now();
+            let copied = resize::copy(&dir, &p, false)?;
+            tracing::info!(map = %p.name, copied, ms = t.elapsed().as_millis() as u64, "entries copied into the resized map");
+            resizing.push((p, copied));
+        }
         for old in pins::SUPERSEDED {
             match std::fs::remove_file(dir.join(old)) {
                 Ok(()) => tracing::info!(map = old, "removed the pin of a superseded map"),
@@ -145,7 +172,21 @@ impl Datapath {
                 Err(e) => tracing::warn!(map = old, error = %e, "could not remove the pin of a superseded map"),
             }
         }
-        Ok(Self { skel, dir, mode: cfg.attach_mode })
+        Ok(Self { skel, dir, mode: cfg.attach_mode, resizing: std::sync::Mutex::new(resizing) })
+    }
+
+    /// Completes the resizes this load started, once every interface runs
+    /// this process's programs: copies what the old programs created in
+    /// the meantime and removes the old pins ([`crate::resize`]).
+    pub fn finish_resizes(&self) -> Result<Vec<Resized>> {
+        let pending = std::mem::take(&mut *self.resizing.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut done = Vec::new();
+        for (p, copied) in pending {
+            let r = resize::finish(&self.dir, p, copied)?;
+            tracing::info!(map = %r.map, from = r.from, to = r.to, copied = r.copied, late = r.late, "map resized; the old map is released");
+            done.push(r);
+        }
+        Ok(done)
     }
 
     pub fn bpf_dir(&self) -> &Path {

@@ -19,8 +19,10 @@ pub enum Error {
     },
     #[error("map {map}: value of {got} bytes, expected {expected}")]
     ValueSize { map: &'static str, got: usize, expected: usize },
-    #[error("map {map} is full ({max} entries); nothing was changed — raise its size (palisade-ctrl --{map}-map-size, with a new --bpf-dir) or reduce the rules")]
+    #[error("map {map} is full ({max} entries); nothing was changed — raise its size (palisade-ctrl --{map}-map-size; a restart resizes it in place, keeping its entries) or reduce the rules")]
     Full { map: &'static str, max: u32 },
+    #[error("resizing map {map}: {detail}")]
+    Resize { map: String, detail: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

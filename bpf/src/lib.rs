@@ -11,7 +11,7 @@
 //!
 //! Modules, leaves first (each uses only those before it): [`error`],
 //! [`consts`], [`pins`], [`reason`], [`abi`], [`attach`], `mapio`,
-//! [`maps`], [`flows`], [`fqdn`], [`pinned`], [`datapath`], [`fixtures`].
+//! [`maps`], [`flows`], [`fqdn`], [`pinned`], [`resize`], [`datapath`], [`fixtures`].
 
 pub mod abi;
 pub mod attach;
@@ -28,6 +28,7 @@ pub mod maps;
 pub mod pinned;
 pub mod pins;
 pub mod reason;
+pub mod resize;
 
 pub use attach::{AttachMode, Hook};
 pub use consts::{identity, DIR_EGRESS, DIR_INGRESS};

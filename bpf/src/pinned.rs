@@ -17,24 +17,97 @@ use crate::{
     pins,
 };
 
+/// Identity of a pin, (device, inode): a map replaced under the same name
+/// (palisade-ctrl resizing it, [`crate::resize`]) has a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinId(u64, u64);
+
+impl PinId {
+    pub fn of(bpf_dir: &Path, name: &str) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(bpf_dir.join(name)).ok().map(|m| Self(m.dev(), m.ino()))
+    }
+}
+
+/// Watches pins a process holds open, so it can reopen a map that was
+/// replaced. Call [`PinWatch::changed`] from a periodic tick.
+#[derive(Debug)]
+pub struct PinWatch {
+    dir: std::path::PathBuf,
+    pins: Vec<(&'static str, Option<PinId>)>,
+}
+
+impl PinWatch {
+    /// Records the pins as they are now (call right after opening them).
+    pub fn new(bpf_dir: &Path, names: &[&'static str]) -> Self {
+        Self { dir: bpf_dir.to_path_buf(), pins: names.iter().map(|n| (*n, PinId::of(bpf_dir, n))).collect() }
+    }
+
+    /// Whether a pin now names another map than when last recorded (a pin
+    /// that is missing, mid-replace, is not a change yet).
+    pub fn changed(&mut self) -> bool {
+        let mut changed = false;
+        for (name, id) in &mut self.pins {
+            if let Some(now) = PinId::of(&self.dir, name) {
+                if *id != Some(now) {
+                    *id = Some(now);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+}
+
 /// The ipcache, looked up as the datapath does (host hash, then CIDR trie,
-/// else world).
+/// else world). Reopens its maps when palisade-ctrl replaces them (checked
+/// at most once a second, on lookup).
 pub struct Ipcache {
-    host: MapHandle,
-    lpm: MapHandle,
+    maps: std::sync::RwLock<std::sync::Arc<(MapHandle, MapHandle)>>,
+    watch: std::sync::Mutex<(PinWatch, std::time::Instant)>,
 }
 
 impl Ipcache {
+    const NAMES: [&'static str; 2] = [pins::IPCACHE, pins::IPCACHE_LPM];
+
     pub fn open(bpf_dir: &Path) -> Result<Self> {
-        Ok(Self { host: open_pinned(bpf_dir, pins::IPCACHE)?, lpm: open_pinned(bpf_dir, pins::IPCACHE_LPM)? })
+        let maps = Self::open_maps(bpf_dir)?;
+        let watch = PinWatch::new(bpf_dir, &Self::NAMES);
+        Ok(Self {
+            maps: std::sync::RwLock::new(std::sync::Arc::new(maps)),
+            watch: std::sync::Mutex::new((watch, std::time::Instant::now())),
+        })
+    }
+
+    fn open_maps(bpf_dir: &Path) -> Result<(MapHandle, MapHandle)> {
+        Ok((open_pinned(bpf_dir, pins::IPCACHE)?, open_pinned(bpf_dir, pins::IPCACHE_LPM)?))
+    }
+
+    fn current(&self) -> std::sync::Arc<(MapHandle, MapHandle)> {
+        if let Ok(mut w) = self.watch.try_lock() {
+            if w.1.elapsed() >= std::time::Duration::from_secs(1) {
+                w.1 = std::time::Instant::now();
+                if w.0.changed() {
+                    match Self::open_maps(&w.0.dir) {
+                        Ok(m) => {
+                            tracing::info!("the ipcache maps were replaced; reopened them");
+                            *self.maps.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(m);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not reopen the replaced ipcache maps"),
+                    }
+                }
+            }
+        }
+        self.maps.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn identity_v4(&self, ip: Ipv4Addr) -> u32 {
+        let m = self.current();
         let get = |m: &MapHandle, k: &[u8]| {
             m.lookup(k, MapFlags::ANY).ok().flatten().and_then(|v| abi::from_bytes::<abi::ipcache_entry>(&v)).map(|e| e.identity)
         };
-        get(&self.host, abi::bytes_of(&maps::ipcache_host_key(ip)))
-            .or_else(|| get(&self.lpm, abi::bytes_of(&maps::ipcache_lpm_key(ip, 32))))
+        get(&m.0, abi::bytes_of(&maps::ipcache_host_key(ip)))
+            .or_else(|| get(&m.1, abi::bytes_of(&maps::ipcache_lpm_key(ip, 32))))
             .unwrap_or(identity::WORLD)
     }
 }
@@ -42,11 +115,23 @@ impl Ipcache {
 /// The host-address ipcache, for the remote entries palisade-ipcache-sync owns.
 pub struct RemoteIpcache {
     host: MapHandle,
+    watch: PinWatch,
 }
 
 impl RemoteIpcache {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
-        Ok(Self { host: open_pinned(bpf_dir, pins::IPCACHE)? })
+        let host = open_pinned(bpf_dir, pins::IPCACHE)?;
+        Ok(Self { host, watch: PinWatch::new(bpf_dir, &[pins::IPCACHE]) })
+    }
+
+    /// Reopens the map if palisade-ctrl replaced it (a resize); returns
+    /// whether it did, and the caller then rewrites its entries.
+    pub fn reopen_if_replaced(&mut self) -> Result<bool> {
+        if !self.watch.changed() {
+            return Ok(false);
+        }
+        self.host = open_pinned(&self.watch.dir, pins::IPCACHE)?;
+        Ok(true)
     }
 
     pub fn get(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
@@ -164,14 +249,14 @@ pub struct MapStats {
 impl MapStats {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
         let mut maps = Vec::new();
-        for name in [pins::POLICY, pins::IPCACHE, pins::CT, pins::ENDPOINTS] {
+        for name in [pins::POLICY, pins::IPCACHE, pins::IPCACHE_LPM, pins::CT, pins::ENDPOINTS, pins::FQDN] {
             maps.push((name, open_pinned(bpf_dir, name)?));
         }
         Ok(Self { maps, metrics: open_pinned(bpf_dir, pins::METRICS)?, flow_stats: open_pinned(bpf_dir, pins::FLOW_STATS)? })
     }
 
-    /// (pin name, entries, max_entries) of the policy, ipcache, conntrack
-    /// and endpoint maps. Counting walks the keys: O(entries), lock-free.
+    /// (pin name, entries, max_entries) of the policy, ipcache (both),
+    /// conntrack, endpoint and FQDN maps: those sized by flags. Counting walks the keys: O(entries), lock-free.
     pub fn fill(&self) -> Vec<(&'static str, u64, u64)> {
         self.maps.iter().map(|(n, m)| (*n, m.keys().count() as u64, u64::from(m.max_entries()))).collect()
     }

@@ -103,6 +103,8 @@ fn stale(have: Option<&Entry>, want: &Entry) -> bool {
 
 pub struct Installer {
     map: FqdnMap,
+    /// The map's pin, to notice palisade-ctrl replacing it.
+    watch: palisade_bpf::pinned::PinWatch,
     rules: Arc<RulesHandle>,
     settings: Settings,
     stats: Arc<Stats>,
@@ -145,6 +147,7 @@ impl Installer {
         known: Known,
     ) -> anyhow::Result<Self> {
         let map = FqdnMap::open(bpf_dir)?;
+        let watch = palisade_bpf::pinned::PinWatch::new(bpf_dir, &[palisade_bpf::pins::FQDN]);
         let dir = state_dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
         let mut cache: BTreeMap<Key, Vec<Addr>> = BTreeMap::new();
@@ -188,6 +191,7 @@ impl Installer {
         let restored: usize = cache.values().map(Vec::len).sum();
         let mut me = Self {
             map,
+            watch,
             rules,
             settings,
             stats,
@@ -205,6 +209,27 @@ impl Installer {
         me.persist();
         tracing::info!(addresses = restored, map_entries = me.installed_count(), "FQDN cache restored");
         Ok(me)
+    }
+
+    /// palisade-ctrl replaced the FQDN map (a resize): reopen it, read what
+    /// it holds (ctrl copied the old entries) and write what it lacks.
+    fn reopen_if_replaced(&mut self) {
+        if !self.watch.changed() {
+            return;
+        }
+        let reopened = FqdnMap::open(&self.bpf_dir).and_then(|m| m.dump().map(|d| (m, d)));
+        match reopened {
+            Ok((map, dump)) => {
+                self.map = map;
+                self.installed.clear();
+                for (k, cookie, expires) in dump {
+                    self.installed.entry(k.ep_id).or_default().insert(k, (cookie, unix_ms(expires)));
+                }
+                self.reconcile_all();
+                tracing::info!(map_entries = self.installed_count(), "the FQDN map was replaced; reopened it");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not reopen the replaced FQDN map"),
+        }
     }
 
     fn installed_count(&self) -> usize {
@@ -531,6 +556,9 @@ impl Installer {
                 ticks += 1;
                 if self.rules.get().generation != self.rules_gen {
                     self.reconcile_all();
+                }
+                if ticks.is_multiple_of(4) {
+                    self.reopen_if_replaced();
                 }
                 self.expire(ticks.is_multiple_of(20));
                 if ticks.is_multiple_of(4) {

@@ -265,7 +265,10 @@ impl Sync {
                     self.handle(batch).await;
                 }
                 _ = tick.tick() => self.lease_tick().await,
-                _ = status_tick.tick() => self.write_status(),
+                _ = status_tick.tick() => {
+                    self.reopen_if_replaced();
+                    self.write_status();
+                }
             }
         }
     }
@@ -470,6 +473,22 @@ impl Sync {
         };
         if let Err(e) = r {
             tracing::error!(%ip, "ipcache: {e}");
+        }
+    }
+
+    /// palisade-ctrl replaced the ipcache (a resize): write every remote
+    /// entry into the new map (it copied them too; this covers the writes
+    /// made to the old one since).
+    fn reopen_if_replaced(&mut self) {
+        match self.map.reopen_if_replaced() {
+            Ok(true) => {
+                tracing::info!("the pinned ipcache was replaced; reopened it");
+                if self.listed == (true, true) {
+                    self.reconcile_map();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not reopen the replaced ipcache"),
         }
     }
 

@@ -127,18 +127,7 @@ impl Node {
     pub fn start_ctrl_with(&mut self, extra: &[&str]) {
         assert!(self.ctrl.is_none(), "ctrl already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join("ctrl.log")).expect("log file");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
-            .arg(bin("palisade-ctrl"))
-            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
-            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
-            .args(["--socket", &self.socket.display().to_string()])
-            .args(&self.ctrl_args)
-            .args(extra)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn palisade-ctrl");
+        let child = self.ctrl_command(extra).stdout(log.try_clone().expect("log")).stderr(log).spawn().expect("spawn palisade-ctrl");
         self.ctrl = Some(child);
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
@@ -151,6 +140,29 @@ impl Node {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("palisade-ctrl did not come up: {}", self.log());
+    }
+
+    /// palisade-ctrl with this node's flags and `extra`, in the node netns.
+    fn ctrl_command(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(bin("palisade-ctrl"))
+            .args(["--bpf-dir", &self.bpf_dir.display().to_string()])
+            .args(["--state-dir", &self.tmp.join("state").display().to_string()])
+            .args(["--socket", &self.socket.display().to_string()])
+            .args(&self.ctrl_args)
+            .args(extra);
+        c
+    }
+
+    /// Starts palisade-ctrl with `extra` expecting it to refuse to start;
+    /// returns what it printed.
+    pub fn ctrl_refuses(&self, extra: &[&str]) -> String {
+        assert!(self.ctrl.is_none(), "ctrl already running");
+        let out = run(&mut self.ctrl_command(extra));
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "palisade-ctrl {extra:?} started: {text}");
+        text
     }
 
     /// Kills palisade-ctrl (SIGKILL: a crash, not a clean stop).
@@ -580,6 +592,17 @@ impl Pod {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.netns]).arg(program);
         c
+    }
+
+    /// TCP segments this pod's namespace retransmitted (`RetransSegs` of
+    /// /proc/net/snmp, read inside it): a packet the path dropped shows here.
+    pub fn tcp_retransmits(&self) -> u64 {
+        let out = run(Command::new("ip").args(["netns", "exec", &self.netns, "cat", "/proc/net/snmp"]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+        let (head, vals) = (tcp.next().unwrap_or_default(), tcp.next().unwrap_or_default());
+        let i = head.split_whitespace().position(|h| h == "RetransSegs").expect("RetransSegs in /proc/net/snmp");
+        vals.split_whitespace().nth(i).and_then(|v| v.parse().ok()).expect("a RetransSegs value")
     }
 
     /// Starts an echo server on TCP and UDP `ports`, waits until it listens.

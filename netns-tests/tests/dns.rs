@@ -3,7 +3,7 @@
 //! addresses, and pods that resolve and connect with real sockets.
 use std::net::Ipv4Addr;
 
-use palisade_netns_tests::{Node, Pod};
+use palisade_netns_tests::{cluster::Cluster, Node, Pod};
 
 /// The seeds' zones. Several names share 192.0.2.100.
 const HOSTS: &str = "192.0.2.100 api.stripe.com hooks.stripe.com\n\
@@ -413,4 +413,43 @@ fn runbook_tofqdns_connects_fail() {
     assert!(!pay.tcp_ip(ip("192.0.2.150"), 443));
     let st = node.step(&["fqdn", "status", "--state-dir", state]);
     assert!(st.contains("denied"), "{st}");
+}
+
+/// docs/runbooks/upgrade-and-resize.md, with palisade-dnsproxy running:
+/// the FQDN and ipcache maps grown by an agent restart keep the addresses
+/// learned before, and the proxy reopens them (what it learns next lands
+/// in the new maps, not the released ones).
+#[test]
+fn resizing_the_fqdn_map_keeps_learned_addresses_and_the_proxy_follows() {
+    let (mut node, world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
+    let stripe = Pod::existing("stripe", &world.netns, ip("192.0.2.100"));
+    let mut established = pay.session(&stripe, 443);
+
+    node.kill_ctrl();
+    node.start_ctrl_with(&["--fqdn-map-size", "131072", "--ipcache-map-size", "131072"]);
+    assert!(established.round_trip(), "established connection across the resize");
+    assert!(pay.tcp_ip(ip("192.0.2.100"), 443), "an address learned before the resize");
+    let st = node.json(&["status"]);
+    let max = |name: &str| st["maps"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["max_entries"].as_u64().unwrap();
+    assert_eq!((max("palisade_fqdn_v1"), max("palisade_ipcache_v1")), (131072, 131072), "{st}");
+
+    // The proxy notices within a second or two, and what it learns next
+    // opens connections (so it is written into the map the programs use).
+    assert!(Cluster::wait(10, || node.log().contains("the FQDN map was replaced; reopened it")), "{}", node.log());
+    let (ok, r) = pay.resolve(dns.ip, "prod-db.cxyz.us-east-1.rds.amazonaws.com", &["--connect", "5432"]);
+    assert!(ok, "a name learned after the resize: {r:?}\n{}", node.log());
+    assert!(node.ok(&["bpf", "fqdn", "list"]).contains("192.0.2.101"), "the agent sees the new address in the new map");
+    assert!(!pay.tcp_ip(ip("192.0.2.150"), 443), "an address no allowed name resolved to");
+    // Its ipcache reader reopens on the next lookup after a second.
+    assert!(
+        Cluster::wait(10, || {
+            pay.resolve(dns.ip, "api.stripe.com", &[]);
+            node.log().contains("the ipcache maps were replaced; reopened them")
+        }),
+        "{}",
+        node.log()
+    );
 }

@@ -145,3 +145,142 @@ fn runbook_rolling_out_default_deny_with_audit_mode_privileged_test() {
     let dropped = node.step(&["observe", "--state-dir", state, "--verdict", "DROPPED", "--since", "1m", "-o", "compact"]);
     assert!(dropped.lines().all(|l| l.contains("shop/backend:9090") && l.contains("shop/frontend")), "nothing unexpected: {dropped}");
 }
+
+/// Datapath drops counted on the node so far (every reason).
+fn drops(node: &Node) -> u64 {
+    let st = node.json(&["status"]);
+    st["counters"].as_array().expect("counters").iter().filter(|c| c["drop"] == true).map(|c| c["packets"].as_u64().unwrap_or(0)).sum()
+}
+
+/// (entries, max) of one map in `palisade status -o json`.
+fn map_fill(node: &Node, name: &str) -> (u64, u64) {
+    let st = node.json(&["status"]);
+    let m = st["maps"].as_array().expect("maps").iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("{name} in {st}")).clone();
+    (m["entries"].as_u64().unwrap(), m["max_entries"].as_u64().unwrap())
+}
+
+/// docs/runbooks/upgrade-and-resize.md: the agent restarted as by an
+/// upgrade, then restarted with a larger conntrack map, while an
+/// established connection talks and new connections open all along; not
+/// one packet of them is dropped, and policy stays what it was.
+#[test]
+fn runbook_upgrade_and_resize_maps_without_dropping_traffic_privileged_test() {
+    use std::{
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+        time::{Duration, Instant},
+    };
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[8080]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let policy_before = node.ok(&["bpf", "policy", "get", "shop/backend"]);
+    let mut session = front.session(&back, 8080);
+    assert!(session.round_trip());
+
+    // 1. Before: the node is healthy, and the maps' fill is known.
+    let status = node.step(&["status"]);
+    assert!(status.contains("palisade_ct_v1") && status.contains("262144"), "{status}");
+    let drops0 = drops(&node);
+    let retrans0 = front.tcp_retransmits();
+
+    // Traffic for the whole procedure: round trips on the established
+    // connection every 10 ms, and a new connection every 100 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let talk = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut slowest) = (0u32, 0u32, Duration::ZERO);
+            while !stop.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                if session.round_trip() {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                slowest = slowest.max(t.elapsed());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (session, ok, failed, slowest)
+        })
+    };
+    let connect = {
+        let stop = stop.clone();
+        let (from, to) = (palisade_netns_tests::Pod::existing("front", &front.netns, front.ip), back.ip);
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                if from.tcp_ip(to, 8080) {
+                    ok += 1;
+                } else {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (ok, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 2. Upgrade: new binaries installed, the agent restarted. The
+    // programs are swapped atomically; nothing is rewritten.
+    node.kill_ctrl();
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_ctrl();
+    assert!(node.log().contains("put=0 deleted=0"), "{}", node.log());
+
+    // 3. Resize: conntrack raised to 524288 in the config, agent restarted.
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill_ctrl();
+    let log_before = node.log().len();
+    node.start_ctrl_with(&["--ct-map-size", "524288"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let log = node.log()[log_before..].to_string();
+    println!("$ journalctl -u palisade-ctrl (the resize)\n{log}");
+    assert!(log.contains("resizing a pinned map") && log.contains("map=palisade_ct_v1 from=262144 to=524288"), "{log}");
+    assert!(log.contains("map resized; the old map is released"), "{log}");
+    let status = node.step(&["status"]);
+    assert!(status.contains("524288"), "{status}");
+    let (ct_entries, ct_max) = map_fill(&node, "palisade_ct_v1");
+    assert_eq!(ct_max, 524288);
+    assert!(ct_entries > 0, "conntrack entries were carried over");
+    let leftovers: Vec<_> = std::fs::read_dir(&node.bpf_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains("_resizing"))
+        .collect();
+    assert!(leftovers.is_empty(), "old pins left behind: {leftovers:?}");
+
+    stop.store(true, Ordering::SeqCst);
+    let (mut session, rt_ok, rt_failed, slowest) = talk.join().unwrap();
+    let (conn_ok, conn_failed) = connect.join().unwrap();
+    println!("round trips: {rt_ok} ok, {rt_failed} failed, slowest {slowest:?}; new connections: {conn_ok} ok, {conn_failed} failed");
+    assert_eq!(rt_failed, 0, "round trips on the established connection failed");
+    assert_eq!(conn_failed, 0, "new connections failed during the upgrade and the resize");
+    assert!(rt_ok > 50 && conn_ok > 5, "traffic ran all along: {rt_ok} round trips, {conn_ok} connections");
+    assert_eq!(drops(&node), drops0, "the datapath dropped packets during the procedure");
+    assert_eq!(front.tcp_retransmits(), retrans0, "TCP retransmitted: a segment was lost");
+
+    // 4. After: same policy, same verdicts.
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), policy_before);
+    assert!(!cart.tcp(&back, 8080), "a denied peer was let through after the resize");
+    assert!(session.round_trip());
+
+    // 5. A shrink below what the map holds is refused before anything
+    // changes; the datapath keeps running on the maps it has.
+    node.kill_ctrl();
+    let refused = node.ctrl_refuses(&["--ct-map-size", "1"]);
+    println!("$ palisade-ctrl --ct-map-size 1\n{refused}");
+    assert!(
+        refused.contains("resizing map palisade_ct_v1: cannot shrink from 524288 to 1 entries") && refused.contains("nothing was changed"),
+        "{refused}"
+    );
+    assert!(session.round_trip(), "the refused start disturbed the established connection");
+    let log_before = node.log().len();
+    node.start_ctrl_with(&["--ct-map-size", "524288"]);
+    let log = node.log()[log_before..].to_string();
+    assert!(!log.contains("resizing a pinned map") && log.contains("put=0 deleted=0"), "{log}");
+    assert!(session.round_trip());
+}

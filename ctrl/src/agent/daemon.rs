@@ -87,6 +87,9 @@ impl Daemon {
         };
         d.reconcile_endpoints()?;
         let stats = d.enforce(&Scope::All)?;
+        // Every interface now runs this process's programs: a resize this
+        // start began can drop its old maps.
+        d.enforcer.datapath().finish_resizes().context("finishing the map resizes")?;
         tracing::info!(
             endpoints = d.store.endpoints.len(),
             policies = d.store.policies.len(),

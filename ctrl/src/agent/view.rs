@@ -318,6 +318,11 @@ impl View<'_> {
             policy_sets: self.enforcer.policy_sets(),
             ipcache_entries: dp.ipcache()?.len(),
             conntrack_entries: dp.conntrack()?.len(),
+            maps: palisade_bpf::pinned::MapStats::open(dp.bpf_dir())?
+                .fill()
+                .into_iter()
+                .map(|(name, entries, max_entries)| replies::MapFill { name: name.into(), entries, max_entries })
+                .collect(),
             counters,
             flows: replies::FlowRing {
                 lost,

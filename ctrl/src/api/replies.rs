@@ -221,11 +221,23 @@ pub struct Status {
     pub policy_sets: usize,
     pub ipcache_entries: usize,
     pub conntrack_entries: usize,
+    /// Fill of the maps sized by flags (`--*-map-size`).
+    #[serde(default)]
+    pub maps: Vec<MapFill>,
     pub counters: Vec<Counter>,
     pub flows: FlowRing,
     pub dns_proxy: DnsProxy,
     /// `None` standalone.
     pub cluster: Option<Cluster>,
+}
+
+/// One pinned map's fill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapFill {
+    /// Pin name, e.g. `palisade_ct_v1`.
+    pub name: String,
+    pub entries: u64,
+    pub max_entries: u64,
 }
 
 /// A datapath counter (non-zero ones only).

@@ -207,6 +207,14 @@ pub fn status(v: &replies::Status) -> String {
             js(&detail.and_then(|s| s.last_sync_lag_ms)),
         );
     }
+    out += "\nMaps:\n";
+    out += &table(
+        &["MAP", "ENTRIES", "MAX", "FILL"],
+        v.maps.iter().map(|m| {
+            let fill = if m.max_entries > 0 { m.entries as f64 * 100.0 / m.max_entries as f64 } else { 0.0 };
+            vec![m.name.clone(), m.entries.to_string(), m.max_entries.to_string(), format!("{fill:.1}%")]
+        }),
+    );
     out += "\nCounters:\n";
     out += &table(
         &["DIRECTION", "REASON", "PACKETS", "BYTES"],
