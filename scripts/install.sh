@@ -4,6 +4,7 @@
 #   /usr/local/bin/                      palisade, palisade-ctrl, palisade-dnsproxy,
 #                                        palisade-l7proxy, palisade-ipcache-sync
 #   /usr/local/lib/systemd/system/       palisade-*.service
+#   /usr/local/lib/cni/palisade-cni      the CNI plugin (docs/cni.md)
 #   /etc/palisade/config                 commented settings (kept if present)
 #   /etc/palisade/policies/              policies (kept)
 #   /usr/local/share/doc/palisade/       README, docs/, runbooks/, examples/,
@@ -84,6 +85,7 @@ if [ "$UNINSTALL" = 1 ]; then
     done < "$MANIFEST"
     rm -f "$MANIFEST"
     rmdir "$ROOT/usr/local/share/palisade" "$ROOT/usr/local/share/doc/palisade/examples/policies" \
+      "$ROOT/usr/local/share/doc/palisade/examples/cni" "$ROOT/usr/local/lib/cni" \
       "$ROOT/usr/local/share/doc/palisade/monitoring" "$ROOT/usr/local/share/doc/palisade/runbooks" \
       "$ROOT/usr/local/share/doc/palisade/examples" "$ROOT/usr/local/share/doc/palisade/docs" \
       "$ROOT/usr/local/share/doc/palisade" 2>/dev/null || true
@@ -102,10 +104,10 @@ fi
 if [ -z "$BIN_DIR" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
   echo "==> building release binaries"
-  cargo build --release --quiet -p palisade-ctrl -p palisade-dnsproxy -p palisade-l7proxy -p palisade-ipcache-sync
+  cargo build --release --quiet -p palisade-ctrl -p palisade-dnsproxy -p palisade-l7proxy -p palisade-ipcache-sync -p palisade-cni
   BIN_DIR=target/release
 fi
-for b in "${BINS[@]}"; do
+for b in "${BINS[@]}" palisade-cni; do
   [ -x "$BIN_DIR/$b" ] || { echo "install.sh: $BIN_DIR/$b is missing (build first, or give --bin-dir)" >&2; exit 1; }
 done
 
@@ -118,6 +120,11 @@ put() { # put MODE SRC DEST (DEST relative to the root)
 for b in "${BINS[@]}"; do
   put 0755 "$BIN_DIR/$b" "/usr/local/bin/$b"
 done
+# The CNI plugin where runtimes look for local plugins (podman's and
+# CRI-O's default list has /usr/local/lib/cni; kubelet/containerd use
+# /opt/cni/bin: link it there). No network config is installed: which
+# network a runtime uses is the operator's choice (docs/cni.md).
+put 0755 "$BIN_DIR/palisade-cni" /usr/local/lib/cni/palisade-cni
 for d in "${DAEMONS[@]}"; do
   put 0644 "scripts/$d.service" "/usr/local/lib/systemd/system/$d.service"
 done
@@ -149,6 +156,9 @@ for f in monitoring/*; do
 done
 for f in examples/policies/*.yaml; do
   put 0644 "$f" "/usr/local/share/doc/palisade/examples/policies/$(basename "$f")"
+done
+for f in examples/cni/*; do
+  put 0644 "$f" "/usr/local/share/doc/palisade/examples/cni/$(basename "$f")"
 done
 # The operator's files: created once, never overwritten or listed for removal.
 if [ ! -f "$ROOT/etc/palisade/config" ]; then

@@ -171,6 +171,8 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
         "usr/local/share/fish/vendor_completions.d/palisade.fish",
         "usr/local/share/doc/palisade/l7.md",
         "usr/local/share/doc/palisade/examples/policies/cde-lockdown.yaml",
+        "usr/local/share/doc/palisade/examples/cni/10-palisade.conflist",
+        "usr/local/lib/cni/palisade-cni",
         "etc/palisade/config",
     ] {
         assert!(root.join(f).exists(), "{f} not installed");

@@ -17,8 +17,22 @@ use anyhow::{bail, Context, Result};
 /// Link-local next hop the pod routes through (answered by the host veth).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// Where a pod's network namespace is: a name under /run/netns (`ip netns
+/// add`), or an absolute path to a namespace file, as a container runtime
+/// hands a CNI plugin (`CNI_NETNS`, e.g. /run/netns/cni-… or
+/// /proc/PID/ns/net). `None` for anything else (a relative path).
+pub fn netns_path(netns: &str) -> Option<std::path::PathBuf> {
+    if netns.starts_with('/') {
+        Some(netns.into())
+    } else if netns.is_empty() || netns.contains('/') {
+        None
+    } else {
+        Some(Path::new("/run/netns").join(netns))
+    }
+}
+
 pub fn netns_exists(netns: &str) -> bool {
-    !netns.is_empty() && !netns.contains('/') && Path::new("/run/netns").join(netns).exists()
+    netns_path(netns).is_some_and(|p| p.exists())
 }
 
 /// Host-side interface name for an endpoint: `pal` + 8 hex digits of a hash
@@ -64,7 +78,7 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
 /// does not grow with the number of pods on the node.
 pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
     if !netns_exists(netns) {
-        bail!("network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
+        bail!("network namespace {netns:?} does not exist (a name under /run/netns, made with `ip netns add`, or an absolute path to a namespace file)");
     }
     if in_netns(netns, || Ok(ifindex("eth0").is_some()))? {
         bail!("network namespace {netns:?} already has an eth0; one endpoint per namespace");
@@ -89,7 +103,8 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
 /// Runs `f` on a thread inside network namespace `netns` (only that
 /// thread moves; sockets it opens belong to the pod's namespace).
 fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let ns = std::fs::File::open(Path::new("/run/netns").join(netns)).with_context(|| format!("opening network namespace {netns}"))?;
+    let path = netns_path(netns).with_context(|| format!("network namespace {netns:?}: not a name or an absolute path"))?;
+    let ns = std::fs::File::open(&path).with_context(|| format!("opening network namespace {}", path.display()))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering network namespace {netns}"))?;

@@ -367,7 +367,7 @@ impl Daemon {
             None => self.allocate_ip().with_context(|| format!("endpoint {full}"))?,
         };
         if !netplumb::netns_exists(netns) {
-            bail!("endpoint {full}: network namespace {netns:?} does not exist (expected /run/netns/{netns}; create it with `ip netns add {netns}`)");
+            bail!("endpoint {full}: network namespace {netns:?} does not exist (a name under /run/netns, made with `ip netns add {netns}`, or an absolute path to a namespace file)");
         }
 
         for name in named_ports.keys() {
