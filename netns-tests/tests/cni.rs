@@ -256,3 +256,127 @@ fn bad_invocations_get_cni_errors_and_change_nothing_privileged_test() {
     assert_eq!(endpoints(&node), before, "GC removed the stale attachment");
     assert!(rt.leases().is_empty(), "GC released its address");
 }
+
+/// A real runtime: podman 4.3 (Debian's, CNI backend, runc) runs a busybox
+/// container on a network whose plugin is palisade-cni. The container is
+/// an endpoint with the labels given through `CNI_ARGS`, the policy for
+/// those labels decides who reaches it, and `podman rm` takes it away.
+#[test]
+fn podman_runs_a_container_as_a_palisade_endpoint_privileged_test() {
+    let mut node = Node::new();
+    let front = node.pod("shop/frontend", "app=frontend");
+    let cart = node.pod("shop/cart", "app=cart");
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let dir = node.tmp.join("podman");
+    let rootfs = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
+    assert!(Command::new("chroot").arg(&rootfs).args(["/bin/busybox", "--install", "-s", "/bin"]).status().unwrap().success());
+    let net = format!("{}-net", node.tag);
+    let netdir = dir.join("net.d");
+    std::fs::create_dir_all(&netdir).unwrap();
+    let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": net,
+        "plugins": [{
+            "type": "palisade-cni",
+            "socket": node.socket,
+            "namespace": "shop",
+            "dataDir": dir.join("cni"),
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.200.0.0/16", "rangeStart": "10.200.241.1", "rangeEnd": "10.200.241.254"}]],
+                "dataDir": dir.join("ipam"),
+            },
+        }],
+    });
+    std::fs::write(netdir.join(format!("{net}.conflist")), conflist.to_string()).unwrap();
+    // This machine: runc (crun cannot use its hybrid cgroups) and rlimits
+    // within the sandbox's hard limits.
+    let conf = dir.join("containers.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[containers]\ndefault_ulimits = [\"nofile=4096:4096\", \"nproc=4096:4096\"]\n[network]\nnetwork_backend = \"cni\"\n\
+             cni_plugin_dirs = [\"/usr/lib/cni\", \"{}\"]\nnetwork_config_dir = \"{}\"\n[engine]\ncgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"file\"\nruntime = \"runc\"\n",
+            palisade_netns_tests::bin_dir().display(),
+            netdir.display()
+        ),
+    )
+    .unwrap();
+    let name = format!("{}-web", node.tag);
+    let podman = |args: &[&str], cni_args: Option<&str>| {
+        let mut c = Command::new("podman");
+        c.env("CONTAINERS_CONF", &conf).args([
+            "--root",
+            dir.join("root").to_str().unwrap(),
+            "--runroot",
+            dir.join("runroot").to_str().unwrap(),
+        ]);
+        c.args(["--storage-driver", "vfs"]).args(args);
+        if let Some(a) = cni_args {
+            c.env("CNI_ARGS", a);
+        }
+        let out = c.output().expect("podman is installed");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("$ podman {}\n{text}", args.join(" "));
+        (out.status.success(), text)
+    };
+    struct Cleanup<F: Fn()>(F);
+    impl<F: Fn()> Drop for Cleanup<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let _cleanup = Cleanup(|| {
+        podman(&["rm", "-f", "-t", "0", &name], None);
+    });
+
+    let (ok, out) = podman(
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            &net,
+            "--rootfs",
+            rootfs.to_str().unwrap(),
+            "/bin/nc",
+            "-ll",
+            "-p",
+            "8080",
+            "-e",
+            "/bin/cat",
+        ],
+        Some("PALISADE_LABELS=app:backend,tier:web"),
+    );
+    assert!(ok, "podman run: {out}\n{}", node.log());
+    let ep = node.json(&["endpoint", "get", &format!("shop/{name}")]);
+    assert_eq!(ep["state"], "ready", "{ep}");
+    let labels = ep["labels"].to_string();
+    assert!(labels.contains("app=backend") && labels.contains("tier=web"), "{labels}");
+    let ip: Ipv4Addr = ep["ipv4"].as_str().unwrap().parse().unwrap();
+    assert!(ip.to_string().starts_with("10.200.241."), "{ip}");
+    let (_, inspect) = podman(&["inspect", "--format", "{{json .NetworkSettings.Networks}}", &name], None);
+    assert!(inspect.contains(&ip.to_string()), "podman sees the address the plugin returned: {inspect}");
+
+    let web = Pod::existing(&format!("shop/{name}"), "unused", ip);
+    let ok = palisade_netns_tests::cluster::Cluster::wait(10, || front.tcp(&web, 8080));
+    assert!(ok, "frontend reaches the container\n{}", node.log());
+    assert!(!cart.tcp(&web, 8080), "cart is denied by the policy for app=backend");
+
+    let (ok, out) = podman(&["rm", "-f", "-t", "0", &name], None);
+    assert!(ok, "{out}");
+    assert!(node.fails(&["endpoint", "get", &format!("shop/{name}")]).contains("does not exist"));
+    assert!(!front.tcp_ip(ip, 8080), "a removed container's address is unreachable");
+    let leases = std::fs::read_dir(dir.join("ipam").join(&net))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<Ipv4Addr>().is_ok())
+        .count();
+    assert_eq!(leases, 0, "podman rm released the address");
+}
