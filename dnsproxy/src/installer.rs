@@ -466,7 +466,9 @@ impl Installer {
                 touched.insert(*ep);
             }
         }
+        let names = self.cache.len();
         self.cache.retain(|_, v| !v.is_empty());
+        self.stats.gc_deletions.fetch_add((names - self.cache.len()) as u64, Ordering::Relaxed);
         self.known.write().unwrap_or_else(|p| p.into_inner()).retain(|_, e| *e > now);
         for ep in &touched {
             self.reconcile(*ep, now);
@@ -480,6 +482,22 @@ impl Installer {
     /// The counters, every second, in a file of their own (`stats.json`),
     /// so the cache file is rewritten only when the cache changed.
     fn write_stats(&self) {
+        let now = now_ms();
+        let mut active: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
+        for ((ep, _), addrs) in &self.cache {
+            let live = addrs.iter().filter(|a| a.expires_ms > now).count() as u64;
+            if live > 0 {
+                let e = active.entry(*ep).or_default();
+                e.0 += 1;
+                e.1 += live;
+            }
+        }
+        self.stats.dns.set_active(
+            active
+                .into_iter()
+                .map(|(ep, (names, ips))| (self.endpoints.get(&ep).cloned().unwrap_or_else(|| ep.to_string()), names, ips))
+                .collect(),
+        );
         let v = serde_json::json!({
             "written_unix_ms": now_ms(),
             "entries": self.cache.values().map(Vec::len).sum::<usize>(),

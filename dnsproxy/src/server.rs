@@ -124,8 +124,10 @@ impl Shared {
             rules = self.rules.get();
             ep = rules.by_ip.get(client.ip()).cloned();
         }
+        self.stats.dns.query(q.qtype);
         let Some(ep) = ep.filter(|e| e.has_dns_rules()) else {
             self.stats.unknown_source.fetch_add(1, Ordering::Relaxed);
+            self.stats.dns.response(q.qtype, 5, 0, 0, 0);
             return Decision::Deny(wire::deny_response(buf, &q, DenyRcode::Refused));
         };
         let rule = if q.opcode == 0 { ep.allowing_rule(proto, orig.port(), &q.name, || self.server_identity(orig)) } else { None };
@@ -138,6 +140,7 @@ impl Shared {
                 self.stats.denied.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(endpoint = %ep.name, name = %q.name, "query denied by DNS rules");
                 self.record_denied(&ep, client, orig, tcp, &q, self.deny);
+                self.stats.dns.response(q.qtype, if self.deny == DenyRcode::Refused { 5 } else { 3 }, 0, 0, 0);
                 Decision::Deny(wire::deny_response(buf, &q, self.deny))
             }
         }
@@ -172,6 +175,8 @@ impl Shared {
                 latency_ns: q.sent.elapsed().as_nanos() as u64,
             });
         }
+        let v6 = a.addrs.iter().filter(|(ip, _)| ip.is_ipv6()).count() as u32;
+        self.stats.dns.response(q.qtype, a.rcode, a.addrs.len() as u32, a.names.len().saturating_sub(1) as u32, v6);
         if !a.addrs.is_empty() {
             // Already installed for a while longer: release now; refresh
             // the TTL behind the answer only when more than half of it is

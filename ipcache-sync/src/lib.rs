@@ -31,6 +31,8 @@ use std::{
     time::Duration,
 };
 
+mod kvmetrics;
+
 use anyhow::{Context, Result};
 use clap::Parser;
 use etcd_client::{Client, PutOptions, Txn, TxnOp};
@@ -63,7 +65,7 @@ pub struct Args {
 type Shown = std::sync::Arc<std::sync::Mutex<SyncStatus>>;
 
 /// `palisade_ipcache_sync_*`: the status file's numbers as metrics.
-fn render(shown: &Shown) -> Result<String> {
+fn render(shown: &Shown, kv: &kvmetrics::Kv) -> Result<String> {
     use prometheus_client::{
         collector::Collector,
         encoding::{DescriptorEncoder, EncodeMetric},
@@ -101,11 +103,23 @@ fn render(shown: &Shown) -> Result<String> {
             Ok(())
         }
     }
+    #[derive(Debug)]
+    struct K(kvmetrics::KvMetrics);
+    impl Collector for K {
+        fn encode(&self, mut enc: DescriptorEncoder) -> std::result::Result<(), std::fmt::Error> {
+            self.0.encode(&mut enc)
+        }
+    }
     let snapshot = shown.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let kv = kv.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut out = String::new();
     let mut reg = Registry::with_prefix("palisade_ipcache_sync");
     reg.register_collector(Box::new(C(snapshot)));
-    let mut out = String::new();
-    prometheus_client::encoding::text::encode(&mut out, &reg)?;
+    prometheus_client::encoding::text::encode_registry(&mut out, &reg)?;
+    let mut reg = Registry::with_prefix("cilium");
+    reg.register_collector(Box::new(K(kv)));
+    prometheus_client::encoding::text::encode_registry(&mut out, &reg)?;
+    prometheus_client::encoding::text::encode_eof(&mut out)?;
     Ok(out)
 }
 
@@ -122,13 +136,14 @@ pub fn run(a: Args) -> Result<()> {
     let _lock =
         palisade_node::lock_dir(&state_dir.join("ipcache-sync"), "palisade-ipcache-sync").map_err(|e| ConfigError(format!("{e:#}")))?;
     let shown = Shown::default();
+    let kv = kvmetrics::Kv::default();
     match a.metrics_address.as_str() {
         "off" => {}
         addr => {
             let addr: std::net::SocketAddr =
                 addr.parse().map_err(|_| ConfigError(format!("--metrics-address {addr:?}: expected ADDRESS:PORT or off")))?;
-            let shown = shown.clone();
-            palisade_node::metrics::serve(addr, move || render(&shown))?;
+            let (shown, kv) = (shown.clone(), kv.clone());
+            palisade_node::metrics::serve(addr, move || render(&shown, &kv))?;
         }
     }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
@@ -136,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         let map = open_map(&bpf_dir).await;
         let client = palisade_cluster::etcd::connect(&etcd).await?;
         tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), bpf_dir = %bpf_dir.display(), "palisade-ipcache-sync started");
-        Sync::new(node, etcd, client, map, state_dir, shown).run().await
+        Sync::new(node, etcd, client, map, state_dir, shown, kv).run().await
     })
 }
 
@@ -194,10 +209,12 @@ struct Sync {
     status_stale: bool,
     requests: u64,
     shown: Shown,
+    /// Cilium's kvstore metrics (`/metrics`).
+    kv: kvmetrics::Kv,
 }
 
 impl Sync {
-    fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf, shown: Shown) -> Self {
+    fn new(node: String, cfg: EtcdConfig, client: Client, map: RemoteIpcache, state_dir: PathBuf, shown: Shown, kv: kvmetrics::Kv) -> Self {
         let status =
             SyncStatus { node: node.clone(), pid: std::process::id(), etcd_endpoints: cfg.redacted_endpoints(), ..Default::default() };
         Self {
@@ -219,6 +236,7 @@ impl Sync {
             status_stale: false,
             requests: 0,
             shown,
+            kv,
         }
     }
 
@@ -314,6 +332,7 @@ impl Sync {
                     self.remote = next;
                     self.check_own_keys();
                     self.listed.0 = true;
+                    self.kv.lock().unwrap_or_else(|p| p.into_inner()).set_synced("ipcache", true);
                     full = true;
                 }
                 Ev::Ipcache(Update::Put { key, value, .. }) => {
@@ -351,6 +370,7 @@ impl Sync {
                     }
                     self.nodes = next;
                     self.listed.1 = true;
+                    self.kv.lock().unwrap_or_else(|p| p.into_inner()).set_synced("nodes", true);
                     full = true;
                 }
                 Ev::Nodes(Update::Put { key, value, .. }) => {
@@ -476,6 +496,13 @@ impl Sync {
         }
     }
 
+    /// One etcd request done: counted, and timed for
+    /// `cilium_kvstore_operations_duration_seconds`.
+    fn requested(&mut self, action: &'static str, kind: &'static str, ok: bool, t0: std::time::Instant) {
+        self.requests += 1;
+        self.kv.lock().unwrap_or_else(|p| p.into_inner()).observe(action, kind, ok, t0.elapsed());
+    }
+
     /// palisade-ctrl replaced the ipcache (a resize): write every remote
     /// entry into the new map (it copied them too; this covers the writes
     /// made to the old one since).
@@ -544,8 +571,10 @@ impl Sync {
         // belong to another node by now), and only as it was read.
         for ip in deletes {
             let key = keys::ipcache(ip);
-            self.requests += 1;
-            let Ok(Ok(got)) = tokio::time::timeout(self.cfg.request_timeout, self.client.get(key.as_str(), None)).await else { continue };
+            let t0 = std::time::Instant::now();
+            let got = tokio::time::timeout(self.cfg.request_timeout, self.client.get(key.as_str(), None)).await;
+            self.requested("Get", "ipcache", matches!(got, Ok(Ok(_))), t0);
+            let Ok(Ok(got)) = got else { continue };
             let done = match got.kvs().first() {
                 None => true,
                 Some(kv) if parse_ipcache(&key, kv.value()).is_some_and(|(_, r)| r.node != self.node) => true,
@@ -553,8 +582,10 @@ impl Sync {
                     let txn = Txn::new()
                         .when([etcd_client::Compare::mod_revision(key.as_str(), etcd_client::CompareOp::Equal, kv.mod_revision())])
                         .and_then([TxnOp::delete(key.as_str(), None)]);
-                    self.requests += 1;
-                    matches!(tokio::time::timeout(self.cfg.request_timeout, self.client.txn(txn)).await, Ok(Ok(_)))
+                    let t0 = std::time::Instant::now();
+                    let ok = matches!(tokio::time::timeout(self.cfg.request_timeout, self.client.txn(txn)).await, Ok(Ok(_)));
+                    self.requested("Delete", "ipcache", ok, t0);
+                    ok
                 }
             };
             if done {
@@ -568,8 +599,9 @@ impl Sync {
         // etcd's default limit is 128 operations per transaction.
         let mut done = 0;
         for chunk in ops.chunks(128) {
-            self.requests += 1;
+            let t0 = std::time::Instant::now();
             let r = tokio::time::timeout(self.cfg.request_timeout, self.client.txn(Txn::new().and_then(chunk.to_vec()))).await;
+            self.requested("Update", "ipcache", matches!(r, Ok(Ok(_))), t0);
             match r {
                 Ok(Ok(_)) => done += chunk.len(),
                 Ok(Err(e)) => {
@@ -599,9 +631,13 @@ impl Sync {
     /// Keeps the lease alive; grants a new one (and republishes
     /// everything) when there is none or it was lost.
     async fn lease_tick(&mut self) {
-        if let Some(l) = &mut self.lease {
-            self.requests += 1;
-            match l.renew(&mut self.client, self.cfg.lease_ttl).await {
+        if let Some(mut l) = self.lease.take() {
+            let t0 = std::time::Instant::now();
+            let r = l.renew(&mut self.client, self.cfg.lease_ttl).await;
+            self.requested("LeaseKeepAlive", "lease", matches!(r, Renewal::Renewed), t0);
+            self.lease = Some(l);
+            let l = self.lease.as_mut().expect("just put back");
+            match r {
                 Renewal::Renewed => {}
                 Renewal::Failed(e) => tracing::debug!(lease = l.id, "keep-alive: {e}"),
                 Renewal::Lost(why) => {
@@ -627,8 +663,10 @@ impl Sync {
     async fn adopt_previous_lease(&mut self) {
         let Some(id) = self.recorded_lease() else { return };
         let mut lease = Lease::new(id);
-        self.requests += 1;
-        match lease.renew(&mut self.client, self.cfg.lease_ttl).await {
+        let t0 = std::time::Instant::now();
+        let r = lease.renew(&mut self.client, self.cfg.lease_ttl).await;
+        self.requested("LeaseKeepAlive", "lease", matches!(r, Renewal::Renewed), t0);
+        match r {
             Renewal::Renewed => {
                 tracing::info!(lease = id, "kept the previous run's lease alive; this node's keys stay where they are");
                 self.lease = Some(lease);
@@ -649,8 +687,10 @@ impl Sync {
         if self.local.is_none() || self.lease.is_some() {
             return;
         }
-        self.requests += 1;
-        match tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await {
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(self.cfg.request_timeout, self.client.lease_grant(self.cfg.lease_ttl.as_secs() as i64, None)).await;
+        self.requested("LeaseGrant", "lease", matches!(r, Ok(Ok(_))), t0);
+        match r {
             Ok(Ok(r)) => {
                 self.lease = Some(Lease::new(r.id()));
                 self.status.lease_id = r.id();
@@ -671,8 +711,10 @@ impl Sync {
     async fn retire_previous_lease(&mut self, new: i64) {
         let path = self.state_dir.join(LEASE_FILE);
         if let Some(old) = self.recorded_lease().filter(|o| *o != new) {
-            self.requests += 1;
-            match self.client.lease_revoke(old).await {
+            let t0 = std::time::Instant::now();
+            let r = self.client.lease_revoke(old).await;
+            self.requested("LeaseRevoke", "lease", r.is_ok(), t0);
+            match r {
                 Ok(_) => tracing::info!(lease = old, "previous lease revoked"),
                 Err(e) => tracing::debug!(lease = old, "previous lease: {}", palisade_cluster::etcd::describe(&e)),
             }

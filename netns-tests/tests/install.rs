@@ -287,6 +287,15 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
         let (_, m) = sb.run(&["curl", "-sS", "http://127.0.0.1:9968/metrics"]);
         if m.contains("palisade_ipcache_sync_etcd_connected 1") {
             assert!(m.contains("palisade_ipcache_sync_nodes 1"), "{m}");
+            // Cilium's kvstore metrics, from the real etcd requests made.
+            assert!(
+                m.contains("cilium_kvstore_initial_sync_completed{scope=\"palisade/v1/nodes\",source=\"etcd\",action=\"read\"} 1"),
+                "{m}"
+            );
+            assert!(
+                m.contains("cilium_kvstore_operations_duration_seconds_count{action=\"Update\",kind=\"ipcache\",outcome=\"success\""),
+                "{m}"
+            );
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "ipcache-sync metrics: {m}");

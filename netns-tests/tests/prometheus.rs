@@ -144,6 +144,20 @@ fn a_real_prometheus_scrapes_every_daemon_and_sees_traffic_privileged_test() {
     node.apply_example("api-l7-ingress.yaml");
     assert_eq!(web.http("GET", &format!("http://{}/api/status", api.ip)).0, 200);
     assert_eq!(web.http("DELETE", &format!("http://{}/api/users", api.ip)).0, 403);
+    // A lookup through palisade-dnsproxy, so the DNS and FQDN series exist
+    // (the uplink gives the node the address the proxy asks upstream from).
+    let _world = node.world();
+    let (dns, _dns_server) = node.kube_dns("192.0.2.100 api.stripe.com\n", &[], 30);
+    let client = node.pod("shop/payments", "app=payments");
+    node.apply(
+        "dns.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: payments-dns, namespace: shop}\nspec:\n  \
+         endpointSelector: {matchLabels: {app: payments}}\n  egress:\n  - toEndpoints: [{matchLabels: \
+         {\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: \"53\", protocol: ANY}], \
+         rules: {dns: [{matchPattern: \"*\"}]}}]\n  - toFQDNs: [{matchName: api.stripe.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n",
+    );
+    let r = client.resolve(dns.ip, "api.stripe.com", &[]);
+    assert!(r.0, "{r:?}\n{}", node.log());
     let prom = Prometheus::start(&node);
 
     // Every daemon is a target, and up.
@@ -161,7 +175,15 @@ fn a_real_prometheus_scrapes_every_daemon_and_sees_traffic_privileged_test() {
     eprintln!("PromQL {q}: {before} -> {after}");
     let hubble = prom.wait("hubble drops seen", "sum by (reason) (hubble_drop_total)", |r| !r.is_empty());
     assert!(hubble.iter().any(|(m, v)| m["reason"] == "POLICY_DENIED" && *v >= 1.0), "{hubble:?}");
-    prom.wait("the policy count", "cilium_policy_count", |r| r.first().is_some_and(|(_, v)| *v == 2.0));
+    prom.wait("the policy count", "cilium_policy_count", |r| r.first().is_some_and(|(_, v)| *v == 3.0));
+    // Hubble's DNS labels and Cilium's FQDN gauges, from the lookup above.
+    let q = "hubble_dns_responses_total{rcode=\"No Error\",qtypes=\"A\",ips_returned=\"1\"}";
+    prom.wait("a DNS response by rcode, qtype, IPs", q, |r| r.first().is_some_and(|(_, v)| *v >= 1.0));
+    let q = "hubble_dns_queries_total{qtypes=\"A\"}";
+    let before = prom.wait("DNS queries", q, |r| !r.is_empty())[0].1;
+    assert!(client.resolve(dns.ip, "api.stripe.com", &[]).0);
+    prom.wait("the DNS query counter moved", q, |r| r.first().is_some_and(|(_, v)| *v > before));
+    prom.wait("active FQDN names", "cilium_fqdn_active_names{endpoint=\"shop/payments\"}", |r| r.first().is_some_and(|(_, v)| *v == 1.0));
     let http = prom.wait("HTTP verdicts", "sum by (verdict) (hubble_http_requests_total)", |r| r.len() == 2);
     assert!(http.iter().any(|(m, v)| m["verdict"] == "DROPPED" && *v == 1.0), "{http:?}");
     // The shipped rules loaded and evaluate (no alert fires on a healthy node
