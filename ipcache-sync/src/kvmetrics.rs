@@ -117,9 +117,9 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         let line = |s: &str| out.lines().find(|l| l.starts_with(s)).unwrap_or_else(|| panic!("{s} in {out}")).to_string();
-        let txn = "cilium_kvstore_operations_duration_seconds_bucket{action=\"Txn\",kind=\"ipcache\",outcome=\"success\",scope=\"palisade/v1/ipcache\"";
-        assert!(line(&format!("{txn},le=\"0.005\"}}")).ends_with(" 1"), "{out}");
-        assert!(line(&format!("{txn},le=\"0.05\"}}")).ends_with(" 2"), "{out}");
+        let txn = "action=\"Txn\",kind=\"ipcache\",outcome=\"success\",scope=\"palisade/v1/ipcache\"}";
+        let bucket = |le: &str| line(&format!("cilium_kvstore_operations_duration_seconds_bucket{{le=\"{le}\",{txn}"));
+        assert!(bucket("0.001").ends_with(" 0") && bucket("0.005").ends_with(" 1") && bucket("0.05").ends_with(" 2"), "{out}");
         assert!(
             line("cilium_kvstore_operations_duration_seconds_count{action=\"Get\",kind=\"ipcache\",outcome=\"failure\"").ends_with(" 1")
         );
