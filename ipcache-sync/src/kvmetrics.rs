@@ -19,7 +19,7 @@ const BOUNDS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 struct Hist {
     sum: f64,
     count: u64,
-    /// Observations at or below each bound (not yet cumulative).
+    /// Observations in each bucket (above the bound before, at or below this one).
     buckets: [u64; BOUNDS.len()],
 }
 
@@ -64,16 +64,9 @@ impl KvMetrics {
             MetricType::Histogram,
         )?;
         for ((action, kind, outcome), h) in &self.ops {
-            let mut acc = 0;
-            let buckets: Vec<(f64, u64)> = BOUNDS
-                .iter()
-                .zip(h.buckets)
-                .map(|(b, n)| {
-                    acc += n;
-                    (*b, acc)
-                })
-                .chain([(f64::INFINITY, h.count)])
-                .collect();
+            // Per-bucket counts: the encoder makes them cumulative.
+            let above = h.count - h.buckets.iter().sum::<u64>();
+            let buckets: Vec<(f64, u64)> = BOUNDS.iter().copied().zip(h.buckets).chain([(f64::INFINITY, above)]).collect();
             let labels = [("action", *action), ("kind", *kind), ("outcome", *outcome), ("scope", scope(kind))];
             m.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(h.sum, h.count, &buckets, None)?;
         }
