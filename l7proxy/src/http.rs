@@ -224,8 +224,10 @@ fn protocol(v: Version) -> &'static str {
     }
 }
 
-/// Serves one redirected connection until either side closes it.
-pub async fn serve<I>(stream: I, conn: Arc<Conn>, sh: Arc<Shared>)
+/// Serves one redirected connection until either side closes it. Returns
+/// whether it ended on a malformed request (answered 400/431, with input
+/// perhaps left unread: the caller closes it lingering).
+pub async fn serve<I>(stream: I, conn: Arc<Conn>, sh: Arc<Shared>) -> bool
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -265,7 +267,35 @@ where
             sh.metrics.malformed("http", r);
         }
         tracing::debug!("HTTP connection ended: {e}");
+        return matches!(reason, Some("head_too_large" | "parse"));
     }
+    false
+}
+
+/// Closes a connection whose client may still be sending what will never
+/// be read (the rest of an oversized head). A plain close would make the
+/// kernel answer with RST, and a client that gets the RST before it read
+/// the 431 loses the response. So: half-close, read and discard for up to
+/// 2 s (1 MiB at most), then close (nginx's "lingering close").
+pub async fn lingering_close(fd: std::os::fd::OwnedFd) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let std = std::net::TcpStream::from(fd);
+    if std.set_nonblocking(true).is_err() {
+        return;
+    }
+    let Ok(mut s) = tokio::net::TcpStream::from_std(std) else { return };
+    let _ = s.shutdown().await;
+    let mut buf = [0u8; 16384];
+    let mut total = 0;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            total += n;
+            if total > 1 << 20 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh: &Shared) -> Response<Body> {

@@ -117,7 +117,14 @@ async fn connection(stream: tokio::net::TcpStream, sh: Arc<Shared>) {
     match conn.proto() {
         Ok(Some(rules::Proto::Http)) => {
             sh.metrics.connection("http");
-            http::serve(stream, conn, sh).await;
+            // A second handle on the socket, so it can be closed lingering
+            // after hyper let go of it (see http::lingering_close).
+            let linger = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+            if http::serve(stream, conn, sh).await {
+                if let Some(fd) = linger {
+                    http::lingering_close(fd).await;
+                }
+            }
         }
         Ok(Some(rules::Proto::Kafka)) => {
             sh.metrics.connection("kafka");
