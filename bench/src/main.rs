@@ -9,6 +9,7 @@ mod cluster;
 mod dns;
 mod l7;
 mod plot;
+mod resize;
 mod vs;
 
 use std::path::PathBuf;
@@ -47,6 +48,14 @@ enum Cmd {
         /// Directory for the SVG plots.
         #[arg(long, default_value = "results")]
         out: PathBuf,
+    },
+    /// An agent restart that resizes the conntrack map (to twice its size)
+    /// against a plain restart, by the entries the map holds.
+    Resize {
+        #[arg(long, value_delimiter = ',', default_value = "0,10000,100000,250000")]
+        entries: Vec<u32>,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Policy apply latency (apply → enforced) for one CNP over N endpoints
     /// and for a change touching one endpoint among N; agent RSS and BPF
@@ -373,6 +382,19 @@ fn main() -> Result<()> {
             }
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+            }
+            Ok(())
+        }
+        Cmd::Resize { entries, rounds } => {
+            vs::cleanup_on_interrupt()?;
+            let rows = resize::run(&entries, rounds)?;
+            println!("Map resize: palisade-ctrl's datapath load with N conntrack entries pinned, at the same size (plain restart) and at twice the size (resize: copy, swap, late copy); medians of {rounds}; {}\n", machine());
+            println!("| entries | plain load ms | resizing load ms | added ms | added µs per entry | entries copied |");
+            println!("|---:|---:|---:|---:|---:|---:|");
+            for r in rows {
+                let added = r.resize_ms - r.plain_ms;
+                let per = if r.entries > 0 { added * 1e3 / f64::from(r.entries) } else { 0.0 };
+                println!("| {} | {:.1} | {:.1} | {:.1} | {:.2} | {} |", r.entries, r.plain_ms, r.resize_ms, added, per, r.copied);
             }
             Ok(())
         }

@@ -8,7 +8,8 @@
 //! sizes of the maps in the compiled object.
 //!
 //! The `unsafe` left here is the generated skeleton itself (libbpf-cargo's
-//! code) and the three libc calls at the bottom (clock, statfs, mount).
+//! code), the three libc calls at the bottom (clock, statfs, mount) and the
+//! batch lookup a map resize copies with (`lookup_batch_all`).
 #![expect(unsafe_code, reason = "the generated skeleton and the libc calls below; every hand-written block says why it is sound")]
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
@@ -81,6 +82,56 @@ pub(crate) fn mount_bpffs(path: &std::path::Path) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Every (key, value) of a hash map through BPF_MAP_LOOKUP_BATCH, until
+/// the kernel says ENOENT. libbpf-rs's batch iterator stops at the first
+/// batch shorter than asked for, which hash maps return at bucket
+/// boundaries, so it reads a fraction of a big map. A batch too small for
+/// one bucket (ENOSPC) is retried with a larger one. `None` when the map
+/// has no batch lookup (LPM tries): the caller reads key by key.
+pub(crate) fn lookup_batch_all(fd: std::os::fd::BorrowedFd<'_>, key_size: usize, value_size: usize) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut count_want: u32 = 4096;
+    let mut in_batch: Option<Vec<u8>> = None;
+    let mut out_batch = vec![0u8; key_size.max(8)];
+    let opts = libbpf_sys::bpf_map_batch_opts { sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _, ..Default::default() };
+    loop {
+        let mut keys = vec![0u8; key_size * count_want as usize];
+        let mut vals = vec![0u8; value_size * count_want as usize];
+        let mut count = count_want;
+        let in_ptr = in_batch.as_mut().map_or(std::ptr::null_mut(), |b| b.as_mut_ptr().cast());
+        // SAFETY: keys and vals hold `count` keys and values of the map's
+        // sizes; in/out batch tokens are key-sized (at least 8 bytes, the
+        // hash map's token), opts is initialised with its size.
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                fd.as_raw_fd(),
+                in_ptr,
+                out_batch.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                vals.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let errno = if rc < 0 { -rc } else { 0 };
+        if errno == libc::ENOSPC && count_want < 1 << 20 {
+            count_want *= 4;
+            continue;
+        }
+        if errno != 0 && errno != libc::ENOENT {
+            return None; // no batch lookups here, or failed half-way
+        }
+        for i in 0..count as usize {
+            out.push((keys[i * key_size..][..key_size].to_vec(), vals[i * value_size..][..value_size].to_vec()));
+        }
+        if errno == libc::ENOENT {
+            return Some(out);
+        }
+        in_batch = Some(out_batch.clone());
     }
 }
 

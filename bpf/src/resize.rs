@@ -25,7 +25,7 @@
 //! finishes it.
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, MapType};
 
 use crate::error::{Context, Error, Result};
 
@@ -94,7 +94,7 @@ pub(crate) fn prepare(dir: &Path, sized: &[(String, u32)]) -> Result<Vec<Pending
                             ),
                         });
                     }
-                    let entries = h.keys().count() as u64;
+                    let entries = entries(&h).len() as u64;
                     pending.push(Pending { name: name.clone(), from: h.max_entries(), to: *want, entries, old: h, old_path: old });
                     continue;
                 }
@@ -104,7 +104,7 @@ pub(crate) fn prepare(dir: &Path, sized: &[(String, u32)]) -> Result<Vec<Pending
             if from == *want {
                 continue;
             }
-            let entries = h.keys().count() as u64;
+            let entries = entries(&h).len() as u64;
             if entries > u64::from(*want) {
                 return Err(Error::Resize {
                     map: name.clone(),
@@ -143,23 +143,55 @@ pub(crate) fn abort(dir: &Path, pending: Vec<Pending>) {
     }
 }
 
+/// Every (key, value) of `m`: in batches where the kernel has batch
+/// lookups for the map type (hash maps; conntrack is the big one), else key
+/// by key (LPM tries, or a batch read that failed half-way).
+pub(crate) fn entries(m: &MapHandle) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use std::os::fd::AsFd;
+    if matches!(m.map_type(), MapType::Hash | MapType::LruHash) {
+        if let Some(all) = crate::abi::lookup_batch_all(m.as_fd(), m.key_size() as usize, m.value_size() as usize) {
+            return all;
+        }
+    }
+    m.keys().filter_map(|k| m.lookup(&k, MapFlags::ANY).ok().flatten().map(|v| (k, v))).collect()
+}
+
 /// Copies every entry of the old map into the new one; with `late`, only
 /// those the new map lacks (entries the new programs wrote are newer).
 /// Returns how many were written.
 pub(crate) fn copy(dir: &Path, p: &Pending, late: bool) -> Result<u64> {
     let path = dir.join(&p.name);
     let new = MapHandle::from_pinned_path(&path).ctx(|| format!("opening {}", path.display()))?;
-    let flags = if late { MapFlags::NO_EXIST } else { MapFlags::ANY };
-    let mut n = 0;
-    for k in p.old.keys() {
-        let Ok(Some(v)) = p.old.lookup(&k, MapFlags::ANY) else { continue }; // deleted meanwhile
-        match new.update(&k, &v, flags) {
-            Ok(()) => n += 1,
-            Err(e) if late && e.kind() == libbpf_rs::ErrorKind::AlreadyExists => {}
-            Err(source) => return Err(Error::Libbpf { what: format!("copying an entry into the resized map {}", p.name), source }),
+    let err = |source| Error::Libbpf { what: format!("copying entries into the resized map {}", p.name), source };
+    let mut old = entries(&p.old);
+    if late {
+        let have: std::collections::HashSet<Vec<u8>> = entries(&new).into_iter().map(|(k, _)| k).collect();
+        old.retain(|(k, _)| !have.contains(k));
+        let mut n = 0;
+        for (k, v) in &old {
+            match new.update(k, v, MapFlags::NO_EXIST) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::AlreadyExists => {} // written since
+                Err(e) => return Err(err(e)),
+            }
+        }
+        return Ok(n);
+    }
+    let (ks, vs) = (new.key_size() as usize, new.value_size() as usize);
+    for chunk in old.chunks(4096) {
+        let (mut keys, mut vals) = (Vec::with_capacity(chunk.len() * ks), Vec::with_capacity(chunk.len() * vs));
+        for (k, v) in chunk {
+            keys.extend_from_slice(k);
+            vals.extend_from_slice(v);
+        }
+        if new.update_batch(&keys, &vals, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY).is_err() {
+            // No batch updates for this map type (LPM tries): one by one.
+            for (k, v) in chunk {
+                new.update(k, v, MapFlags::ANY).map_err(err)?;
+            }
         }
     }
-    Ok(n)
+    Ok(old.len() as u64)
 }
 
 /// Step 3: the late copy, then the old pin goes.
