@@ -391,3 +391,58 @@ fn runbook_host_policy_lockout_and_recovery_privileged_test() {
     c.node.start_ctrl();
     check_probes(&[to_host(&c.world, 22, true), to_host(&c.world, 9000, true)]);
 }
+
+/// A CNP peer selector that names namespace labels
+/// (`io.cilium.k8s.namespace.labels.*`, with or without `k8s:`) selects
+/// across namespaces, matchLabels and matchExpressions alike, ingress and
+/// egress; relabelling a namespace moves its pods in and out, both ways.
+/// Without such a key a peer stays in the policy's namespace.
+#[test]
+fn namespace_label_peers_select_across_namespaces_privileged_test() {
+    let c = Cluster::new();
+    // Ingress of x/a: pods of any namespace labelled team=blue (none yet).
+    c.apply(
+        "team.yaml",
+        &format!(
+            "{CNP}  name: from-team-blue\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{io.cilium.k8s.namespace.labels.team: blue}}}}]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    c.matrix(What::Tcp(80), |_, t| t != "x/a");
+    c.node.ok(&["namespace", "set", "y", "--labels", "ns=y,team=blue"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || ns(f) == "y");
+    let tr = c.node.json(&["policy", "trace", "--src", "y/b", "--dst", "x/a", "--dport", "80/TCP"]);
+    assert_eq!(tr["verdict"], "ALLOWED", "{tr}");
+    // The policy's own namespace gets the label: its pods are selected
+    // like any other namespace's.
+    c.node.ok(&["namespace", "set", "x", "--labels", "ns=x,team=blue"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || ns(f) == "y" || ns(f) == "x");
+    // Relabel the other way: y loses it, z gains it.
+    c.node.ok(&["namespace", "set", "y", "--labels", "ns=y"]);
+    c.node.ok(&["namespace", "set", "z", "--labels", "ns=z,team=blue"]);
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || ns(f) == "z" || ns(f) == "x");
+
+    // Egress of y/b, with matchExpressions and the k8s: prefix: to pods of
+    // namespaces whose tier is backend or db, on 81.
+    c.apply(
+        "tier.yaml",
+        &format!(
+            "{CNP}  name: to-backends\n  namespace: y\nspec:\n  endpointSelector: {{matchLabels: {{pod: b}}}}\n  egress:\n  - toEndpoints: [{{matchExpressions: [{{key: k8s:io.cilium.k8s.namespace.labels.tier, operator: In, values: [backend, db]}}]}}]\n    toPorts: [{{ports: [{{port: \"81\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    // (x/a's ingress is isolated on 81: its policy names port 80 only.)
+    c.matrix(What::Tcp(81), |f, t| t != "x/a" && f != "y/b");
+    c.node.ok(&["namespace", "set", "z", "--labels", "ns=z,team=blue,tier=db"]);
+    c.matrix(What::Tcp(81), |f, t| t != "x/a" && (f != "y/b" || ns(t) == "z"));
+    c.node.ok(&["namespace", "set", "z", "--labels", "ns=z,team=blue,tier=cache"]);
+    c.matrix(What::Tcp(81), |f, t| t != "x/a" && f != "y/b");
+
+    // Without a namespace-label key, a peer stays in the policy's namespace.
+    c.apply(
+        "plain.yaml",
+        &format!(
+            "{CNP}  name: from-pod-b\n  namespace: z\nspec:\n  endpointSelector: {{matchLabels: {{pod: c}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{pod: b}}}}]\n"
+        ),
+    );
+    // (y/b's egress is only to the backends on 81 by now.)
+    c.matrix(What::Tcp(80), |f, t| f != "y/b" && (t != "x/a" || ns(f) == "z" || ns(f) == "x") && (t != "z/c" || f == "z/b"));
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::labels::{split_source, Labels, NAMESPACE_LABEL};
+use crate::labels::{split_source, Labels, NAMESPACE_LABEL, NAMESPACE_LABELS_PREFIX};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Operator {
@@ -46,6 +46,25 @@ impl Selector {
     pub fn names_namespace(&self) -> bool {
         let is_ns = |k: &str| split_source(k).1 == NAMESPACE_LABEL;
         self.match_labels.keys().any(|k| is_ns(k)) || self.match_expressions.iter().any(|r| is_ns(&r.key))
+    }
+
+    /// Whether the selector says anything about a namespace's labels
+    /// (`io.cilium.k8s.namespace.labels.<key>`, with any source prefix).
+    pub fn names_namespace_labels(&self) -> bool {
+        let is_ns_label = |k: &str| split_source(k).1.starts_with(NAMESPACE_LABELS_PREFIX);
+        self.match_labels.keys().any(|k| is_ns_label(k)) || self.match_expressions.iter().any(|r| is_ns_label(&r.key))
+    }
+
+    /// A namespaced CiliumNetworkPolicy's peer selector (`fromEndpoints`,
+    /// `toEndpoints`): confined to the policy's namespace unless it names
+    /// the namespace or a namespace label, in which case it selects across
+    /// namespaces, as Cilium reads it.
+    pub fn peer_in_namespace(self, ns: &str) -> Self {
+        if self.names_namespace_labels() {
+            self
+        } else {
+            self.in_namespace(ns)
+        }
     }
 
     /// Restricts the selector to one namespace (how a namespaced policy's
@@ -119,5 +138,26 @@ mod tests {
         let cross = sel(&[("k8s:io.kubernetes.pod.namespace", "monitoring")], vec![]).in_namespace("shop");
         assert!(cross.matches(&ep("monitoring", "app=prom")));
         assert!(!cross.matches(&ep("shop", "app=prom")));
+    }
+
+    #[test]
+    fn peers_naming_namespace_labels_select_across_namespaces() {
+        let blue = |ns: &str, team: &str| {
+            let ns_labels: BTreeMap<String, String> = [("team".to_string(), team.to_string())].into();
+            Labels::for_endpoint_in(ns, &ns_labels, &parse_label_list("app=web").unwrap())
+        };
+        for key in ["io.cilium.k8s.namespace.labels.team", "k8s:io.cilium.k8s.namespace.labels.team"] {
+            let by_label = sel(&[(key, "blue")], vec![]).peer_in_namespace("a");
+            assert!(by_label.matches(&blue("b", "blue")), "{key}: another namespace labelled team=blue");
+            assert!(!by_label.matches(&blue("a", "red")), "{key}: the policy's own namespace, labelled otherwise");
+            let by_expr = sel(&[], vec![req(key, Operator::In, &["blue", "green"])]).peer_in_namespace("a");
+            assert!(by_expr.matches(&blue("c", "green")), "{key}: matchExpressions alike");
+            assert!(!by_expr.matches(&blue("c", "red")));
+        }
+        // Anything else stays in the policy's namespace, for peers and subjects.
+        let plain = sel(&[("app", "web")], vec![]).peer_in_namespace("a");
+        assert!(plain.matches(&blue("a", "red")) && !plain.matches(&blue("b", "blue")));
+        let subject = sel(&[("io.cilium.k8s.namespace.labels.team", "blue")], vec![]).in_namespace("a");
+        assert!(!subject.matches(&blue("b", "blue")), "a policy's subjects never leave its namespace");
     }
 }

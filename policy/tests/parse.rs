@@ -252,3 +252,30 @@ fn dns_rules_and_to_fqdns_parse_into_the_model() {
     assert_eq!(f[1].match_pattern.as_deref(), Some("**.rds.amazonaws.com"));
     assert!(p.rules[0].enforces(Direction::Egress), "a toFQDNs rule puts egress in default deny");
 }
+
+/// Cilium's rule for a CNP's peers: confined to the policy's namespace
+/// unless the selector names the namespace or a namespace label; subjects
+/// always stay in it.
+#[test]
+fn cnp_peers_naming_namespace_labels_are_not_confined() {
+    let ns_labels = |ns: &str, team: &str| {
+        let m: std::collections::BTreeMap<String, String> = [("team".to_string(), team.to_string())].into();
+        Labels::for_endpoint_in(ns, &m, &palisade_policy::labels::parse_label_list("app=web").unwrap())
+    };
+    for (field, sel) in [
+        ("fromEndpoints", "{matchLabels: {io.cilium.k8s.namespace.labels.team: blue}}"),
+        ("fromEndpoints", "{matchExpressions: [{key: \"k8s:io.cilium.k8s.namespace.labels.team\", operator: In, values: [blue]}]}"),
+    ] {
+        let y = format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: p, namespace: a}}\nspec:\n  endpointSelector: {{matchLabels: {{io.cilium.k8s.namespace.labels.team: blue}}}}\n  ingress:\n  - {field}: [{sel}]\n"
+        );
+        let p = &parse_policies("p.yaml", &y).unwrap()[0];
+        let r = &p.rules[0];
+        let Peers::Select(sels) = &r.direction(Direction::Ingress).unwrap()[0].peers else { panic!("selectors") };
+        let PeerSelector::Endpoints(peer) = &sels[0] else { panic!("an endpoint selector") };
+        assert!(peer.matches(&ns_labels("b", "blue")), "{sel}: a pod of another namespace labelled team=blue");
+        assert!(!peer.matches(&ns_labels("a", "red")), "{sel}");
+        assert!(r.endpoint_selector.matches(&ns_labels("a", "blue")));
+        assert!(!r.endpoint_selector.matches(&ns_labels("b", "blue")), "the subject stays in the policy's namespace");
+    }
+}

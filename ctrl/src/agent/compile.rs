@@ -640,6 +640,19 @@ mod tests {
     }
 
     #[test]
+    fn namespace_label_peers_compile_to_every_namespace_carrying_the_label() {
+        let in_ns = |ns: &str, team: &str, id: u32| {
+            let m: BTreeMap<String, String> = [("team".to_string(), team.to_string())].into();
+            (id, Labels::for_endpoint_in(ns, &m, &parse_label_list("app=web").unwrap()))
+        };
+        let ids = [in_ns("a", "red", 300), in_ns("b", "blue", 301), in_ns("c", "blue", 302), in_ns("d", "red", 303)];
+        let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: a}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {io.cilium.k8s.namespace.labels.team: blue}}]\n";
+        let c = compile_endpoint(&subject(&ids[0].1, &NamedPorts::new()), &policies(yaml), &universe(&ids));
+        let peers: std::collections::BTreeSet<u32> = c.entries.keys().map(|k| k.identity).collect();
+        assert_eq!(peers, [301, 302].into(), "the blue namespaces, wherever they are: {:?}", c.entries);
+    }
+
+    #[test]
     fn deny_shadows_more_specific_allow() {
         let yaml = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: d, namespace: shop}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: TCP}]}]\n  ingressDeny:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n";
         let ids = ids();

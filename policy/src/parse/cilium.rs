@@ -392,7 +392,11 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
     if let (field, Some(list)) = ep {
         any_l3 = true;
         for (i, s) in list.into_iter().enumerate() {
-            sels.push(PeerSelector::Endpoints(scoped(convert_selector(&format!("{path}.{field}[{i}]"), s)?, ns)));
+            let sel = convert_selector(&format!("{path}.{field}[{i}]"), s)?;
+            sels.push(PeerSelector::Endpoints(match ns {
+                Some(ns) => sel.peer_in_namespace(ns),
+                None => sel,
+            }));
         }
     }
     if let (field, Some(list)) = cidr {
