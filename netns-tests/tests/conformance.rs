@@ -446,3 +446,48 @@ fn namespace_label_peers_select_across_namespaces_privileged_test() {
     // (y/b's egress is only to the backends on 81 by now.)
     c.matrix(What::Tcp(80), |f, t| f != "y/b" && (t != "x/a" || ns(f) == "z" || ns(f) == "x") && (t != "z/c" || f == "z/b"));
 }
+
+/// Every endpoint carries `io.cilium.k8s.policy.cluster` (`default`
+/// unless `--cluster-name`): shown by `endpoint list` and `identity get`,
+/// selectable (in a CNP still within the policy's namespace), changing no
+/// other verdict; a restart with another name re-derives every endpoint's
+/// labels, and policies follow.
+#[test]
+fn the_cluster_label_is_derived_and_selectable_privileged_test() {
+    let mut c = Cluster::new();
+    let eps = c.node.json(&["endpoint", "list"]);
+    for e in eps.as_array().unwrap() {
+        assert!(e["labels"].as_array().unwrap().iter().any(|l| l == "k8s:io.cilium.k8s.policy.cluster=default"), "{e}");
+    }
+    let id = c.node.json(&["endpoint", "get", "x/a"])["identity"].as_u64().unwrap().to_string();
+    let ident = c.node.ok(&["identity", "get", &id]);
+    assert!(ident.contains("k8s:io.cilium.k8s.policy.cluster=default"), "{ident}");
+    assert!(c.node.ok(&["endpoint", "list"]).contains("io.cilium.k8s.policy.cluster=default"));
+    c.matrix(What::Tcp(80), |_, _| true);
+
+    // A CNP selecting only on the cluster label: still the policy's namespace.
+    c.apply(
+        "cl.yaml",
+        &format!("{CNP}  name: same-cluster\n  namespace: x\nspec:\n  endpointSelector: {{matchLabels: {{pod: a}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{io.cilium.k8s.policy.cluster: default}}}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || ns(f) == "x");
+    // A CCNP: the whole cluster.
+    c.apply(
+        "ccl.yaml",
+        &format!("{CCNP}  name: cluster-wide\nspec:\n  endpointSelector: {{matchLabels: {{pod: b, k8s:io.kubernetes.pod.namespace: y}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{k8s:io.cilium.k8s.policy.cluster: default}}}}]\n"),
+    );
+    c.matrix(What::Tcp(80), |f, t| t != "x/a" || ns(f) == "x");
+
+    // Another cluster name: labels derived again at start, and a policy
+    // naming the old one selects nobody any more.
+    c.node.kill_ctrl();
+    c.node.start_ctrl_with(&["--cluster-name", "prod-eu"]);
+    assert!(c.node.log().contains("endpoint labels derived again"), "{}", c.node.log());
+    let e = c.node.json(&["endpoint", "get", "y/c"]);
+    assert!(e["labels"].as_array().unwrap().iter().any(|l| l == "k8s:io.cilium.k8s.policy.cluster=prod-eu"), "{e}");
+    c.matrix(What::Tcp(80), |_, t| t != "x/a" && t != "y/b");
+    // A bad name is refused at start with the flag named.
+    c.node.kill_ctrl();
+    let refused = c.node.ctrl_refuses(&["--cluster-name", "Prod_EU"]);
+    assert!(refused.contains("--cluster-name") && refused.contains("a cluster name is lowercase"), "{refused}");
+}

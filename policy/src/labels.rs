@@ -11,6 +11,8 @@ pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
 /// Prefix under which a pod carries its namespace's labels (Cilium's), so
 /// a `namespaceSelector` is a selector on pod identities.
 pub const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
+/// The cluster an endpoint belongs to (`default` unless configured).
+pub const CLUSTER_LABEL: &str = "io.cilium.k8s.policy.cluster";
 /// The service-account label (Cilium's).
 pub const SERVICE_ACCOUNT_LABEL: &str = "io.cilium.k8s.policy.serviceaccount";
 /// Sources a label key may be prefixed with.
@@ -69,6 +71,13 @@ impl Labels {
             m.insert(format!("{}:{}", src.unwrap_or("k8s"), key), v.clone());
         }
         m.insert(format!("k8s:{NAMESPACE_LABEL}"), namespace.to_string());
+        Labels(Arc::new(m))
+    }
+
+    /// These labels with `key` (source included) set to `value`.
+    pub fn with(&self, key: &str, value: &str) -> Self {
+        let mut m = (*self.0).clone();
+        m.insert(key.to_string(), value.to_string());
         Labels(Arc::new(m))
     }
 

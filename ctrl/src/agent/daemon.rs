@@ -35,6 +35,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pod_cidr: ipnet::Ipv4Net,
+    /// `io.cilium.k8s.policy.cluster` of every endpoint.
+    pub cluster_name: String,
     pub datapath: DatapathConfig,
     pub enforcement: EnforcerConfig,
 }
@@ -50,8 +52,17 @@ pub struct Daemon {
     node: NodeInfo,
     /// Time from `policy apply` to enforced (maps written), in µs.
     pub(crate) apply_latency: hdrhistogram::Histogram<u64>,
+    /// Some endpoint still has labels from before (see
+    /// [`Daemon::rederive_labels`]).
+    labels_pending: bool,
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
+}
+
+/// An endpoint's labels: its own, its namespace's, and the cluster's name
+/// (`io.cilium.k8s.policy.cluster`, as Cilium gives every endpoint).
+fn endpoint_labels(cluster: &str, namespace: &str, ns_labels: &BTreeMap<String, String>, user: &BTreeMap<String, String>) -> Labels {
+    Labels::for_endpoint_in(namespace, ns_labels, user).with(&format!("k8s:{}", palisade_policy::labels::CLUSTER_LABEL), cluster)
 }
 
 /// Runs one verb: the handler must answer with the verb's reply type.
@@ -82,6 +93,7 @@ impl Daemon {
             store,
             enforcer,
             node,
+            labels_pending: false,
             _lock: lock,
             apply_latency: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
         };
@@ -98,6 +110,40 @@ impl Daemon {
             "state restored from pinned maps and state file"
         );
         Ok(d)
+    }
+
+    /// Gives every endpoint the labels this agent derives, where its
+    /// recorded ones differ: state written before endpoints carried
+    /// `io.cilium.k8s.policy.cluster`, or a changed `--cluster-name`. An
+    /// endpoint whose new identity cannot be had yet (cluster mode, etcd
+    /// away) keeps its labels and is retried with the next cluster events.
+    /// Returns how many endpoints changed.
+    pub fn rederive_labels(&mut self) -> Result<usize> {
+        let todo: Vec<(String, Labels)> = self
+            .store
+            .endpoints
+            .values()
+            .filter_map(|e| {
+                let want = endpoint_labels(&self.cfg.cluster_name, &e.namespace, self.store.namespace_labels(&e.namespace), &e.user_labels);
+                (want != e.labels).then(|| (e.name.clone(), want))
+            })
+            .collect();
+        self.labels_pending = false;
+        let mut changed = 0;
+        for (name, labels) in todo {
+            match self.relabel(&name, labels) {
+                Ok(()) => changed += 1,
+                Err(e) => {
+                    tracing::warn!(endpoint = %name, "keeping its labels for now: {e:#}");
+                    self.labels_pending = true;
+                }
+            }
+        }
+        if changed > 0 {
+            self.enforce(&Scope::All)?;
+            tracing::info!(endpoints = changed, cluster = %self.cfg.cluster_name, "endpoint labels derived again (cluster label)");
+        }
+        Ok(changed)
     }
 
     /// Cluster mode: the etcd side, started once the local state is
@@ -182,6 +228,9 @@ impl Daemon {
     /// cluster's identities and policies, then one recompile of the
     /// endpoints the changes can reach.
     pub fn cluster_events(&mut self, events: Vec<cluster::Event>) -> Result<()> {
+        if self.labels_pending {
+            self.rederive_labels()?;
+        }
         let before = self.store.policies.clone();
         let applied = cluster::apply_events(&mut self.store, events);
         if applied.is_empty() {
@@ -296,7 +345,7 @@ impl Daemon {
             palisade_policy::labels::validate_value(&v).map_err(anyhow::Error::msg)?;
             user.insert(k, v);
         }
-        let labels = Labels::for_endpoint_in(&ep.namespace, self.store.namespace_labels(&ep.namespace), &user);
+        let labels = endpoint_labels(&self.cfg.cluster_name, &ep.namespace, self.store.namespace_labels(&ep.namespace), &user);
         // The identity first (cluster mode may refuse it): nothing changes
         // if it cannot be had.
         self.identity_for(&labels).with_context(|| format!("endpoint {}: nothing was changed", ep.name))?;
@@ -319,12 +368,12 @@ impl Daemon {
         // Every member's new identity first (cluster mode may refuse one):
         // nothing changes if any cannot be had.
         for (_, user) in &members {
-            let l = Labels::for_endpoint_in(name, &labels, user);
+            let l = endpoint_labels(&self.cfg.cluster_name, name, &labels, user);
             self.identity_for(&l).with_context(|| format!("namespace {name}: nothing was changed"))?;
         }
         self.store.namespaces.insert(name.to_string(), labels);
         for (ep, user) in &members {
-            let l = Labels::for_endpoint_in(name, self.store.namespace_labels(name), user);
+            let l = endpoint_labels(&self.cfg.cluster_name, name, self.store.namespace_labels(name), user);
             self.relabel(ep, l)?;
         }
         self.state.save(&self.store)?;
@@ -375,7 +424,7 @@ impl Daemon {
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("endpoint {full}: --port"))?;
         }
-        let labels = Labels::for_endpoint_in(namespace, self.store.namespace_labels(namespace), &user_labels);
+        let labels = endpoint_labels(&self.cfg.cluster_name, namespace, self.store.namespace_labels(namespace), &user_labels);
         let identity = self.identity_for(&labels).with_context(|| format!("endpoint {full}: nothing was changed"))?;
         let ep_id = self.next_ep_id();
         let ifname = netplumb::host_ifname(&full);

@@ -56,6 +56,11 @@ pub struct Args {
     /// Pod CIDR to allocate endpoint addresses from (IPv4, prefix 8 to 30).
     #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16", value_parser = parse_pod_cidr)]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// The cluster's name: every endpoint carries it as the label
+    /// `io.cilium.k8s.policy.cluster` (as Cilium's do), so policies can
+    /// select on it. Changing it re-identifies every endpoint at start.
+    #[arg(long, env = "PALISADE_CLUSTER_NAME", default_value = "default", value_parser = parse_cluster_name)]
+    pub cluster_name: String,
     /// Size of the policy map (entries, all endpoints together).
     #[arg(long, default_value_t = 65536)]
     pub policy_map_size: u32,
@@ -156,6 +161,14 @@ impl std::str::FromStr for MetricsAddress {
 }
 
 /// An IPv4 CIDR with a prefix of 8 to 30 (room for pods, not the world).
+pub fn parse_cluster_name(s: &str) -> Result<String, String> {
+    if palisade_policy::labels::is_dns_label(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?}: a cluster name is lowercase letters, digits and '-', at most 63"))
+    }
+}
+
 pub fn parse_pod_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
     let bad = || format!("{s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)");
     let net: ipnet::Ipv4Net = s.parse().map_err(|_| bad())?;
@@ -237,6 +250,7 @@ pub fn run(a: Args) -> Result<()> {
         state_dir: state_dir.clone(),
         socket: socket.clone(),
         pod_cidr: a.pod_cidr,
+        cluster_name: a.cluster_name.clone(),
         datapath: dp,
         enforcement: EnforcerConfig {
             mode: a.enforcement_mode,
@@ -260,6 +274,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         _ => None,
     };
+    // After the cluster side (identities of new label sets come from etcd).
+    daemon.rederive_labels().context("deriving endpoint labels")?;
     let daemon = Arc::new(Mutex::new(daemon));
     // Names in flow records follow the agent's state: every handled
     // request bumps the version the flow thread checks.
