@@ -181,6 +181,20 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 			pv.proxy_port = 0;
 		}
 	}
+	if (pv.reason == -DROP_POLICY && (ep->flags & EP_F_IPBLOCK_PODS)) {
+		/* No rule for the peer's identity: under
+		 * --k8s-ipblock-selects-pods a NetworkPolicy ipBlock holds for
+		 * a pod whose address is inside it, by the address's CIDR
+		 * identity, and only through entries that say so (PODS). */
+		__u32 cidr_id = ipcache_cidr_identity_v4(ck.remote_ip);
+		struct policy_verdict cv;
+
+		if (cidr_id != peer) {
+			cv = policy_decide(set_id, gen, endpoint_enforced(ep, dir), cidr_id, dir, t.proto, t.dport);
+			if (cv.reason == REASON_FORWARDED && cv.pods)
+				pv = cv;
+		}
+	}
 	if (from_proxy)
 		ct_flags = CT_F_REPLY_TO_PROXY;
 	if (pv.reason != REASON_FORWARDED) {

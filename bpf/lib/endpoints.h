@@ -10,6 +10,7 @@
 #define EP_F_AUDIT_INGRESS (1U << 3) /* policy drops pass and are reported as AUDIT */
 #define EP_F_AUDIT_EGRESS (1U << 4)
 #define EP_F_FQDN (1U << 5) /* has toFQDNs rules: consult palisade_fqdn_v1 (fqdn.h) */
+#define EP_F_IPBLOCK_PODS (1U << 6) /* has POLICY_F_PODS entries: a pod peer may match by its CIDR identity */
 
 struct endpoint_key {
 	__u32 ifindex; /* host-side veth */

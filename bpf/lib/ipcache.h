@@ -60,4 +60,16 @@ static __always_inline __u32 ipcache_identity_v4(__be32 addr)
 	return IDENTITY_WORLD;
 }
 
+/* The CIDR identity of an address, ignoring the host-address map: what a
+ * pod's address is inside the policies' prefixes (WORLD in none). */
+static __always_inline __u32 ipcache_cidr_identity_v4(__be32 addr)
+{
+	struct ipcache_lpm_key lk = { .prefixlen = 64, .family = ADDR_FAMILY_IPV4 };
+	struct ipcache_entry *e;
+
+	__builtin_memcpy(lk.addr, &addr, 4);
+	e = bpf_map_lookup_elem(&palisade_ipcache_lpm_v1, &lk);
+	return e ? e->identity : IDENTITY_WORLD;
+}
+
 #endif

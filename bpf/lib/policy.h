@@ -43,6 +43,10 @@ struct policy_key {
 };
 
 #define POLICY_F_DENY (1U << 0)
+/* An allow that also holds for pod addresses inside a CIDR identity: a
+ * Kubernetes NetworkPolicy ipBlock under --k8s-ipblock-selects-pods (a pod
+ * is otherwise only ever its own identity, as in Cilium). */
+#define POLICY_F_PODS (1U << 1)
 
 struct policy_entry {
 	__u32 cookie;     /* which rule installed it: (policy index << 16 | rule) */
@@ -71,13 +75,14 @@ struct policy_verdict {
 	int reason;       /* REASON_FORWARDED or -DROP_* */
 	__u32 cookie;     /* rule that decided, 0 when none */
 	__u16 proxy_port; /* allowed, through this local proxy (0 = none) */
+	__u8 pods;        /* allowed by a POLICY_F_PODS entry */
 };
 
 struct policy_match {
 	__u32 cookie;
 	__u16 proxy_port;
 	__u8 outcome; /* POLICY_MATCH_* */
-	__u8 pad;
+	__u8 flags;   /* POLICY_F_PODS of the allow that matched */
 };
 
 static __always_inline struct policy_match
@@ -108,10 +113,12 @@ policy_lookup(__u32 set_id, __u32 peer, __u8 dir, __u8 proto, __be16 dport)
 		m.outcome = POLICY_MATCH_ALLOW;
 		m.cookie = by_id->cookie;
 		m.proxy_port = by_id->proxy_port;
+		m.flags = by_id->flags & POLICY_F_PODS;
 	} else if (by_any) {
 		m.outcome = POLICY_MATCH_ALLOW;
 		m.cookie = by_any->cookie;
 		m.proxy_port = by_any->proxy_port;
+		m.flags = by_any->flags & POLICY_F_PODS;
 	}
 	return m;
 }
@@ -162,7 +169,7 @@ policy_decide(__u32 set_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 
 	};
 	struct policy_match *c = bpf_map_lookup_elem(&palisade_policy_cache_v3, &ck);
 	struct policy_match m;
-	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0, .proxy_port = 0 };
+	struct policy_verdict v = { .reason = REASON_FORWARDED, .cookie = 0, .proxy_port = 0, .pods = 0 };
 
 	if (c) {
 		m = *c;
@@ -173,8 +180,10 @@ policy_decide(__u32 set_id, __u32 gen, int enforced, __u32 peer, __u8 dir, __u8 
 	v.cookie = m.cookie;
 	if (m.outcome == POLICY_MATCH_DENY)
 		v.reason = -DROP_POLICY_DENY;
-	else if (m.outcome == POLICY_MATCH_ALLOW)
+	else if (m.outcome == POLICY_MATCH_ALLOW) {
 		v.proxy_port = m.proxy_port;
+		v.pods = !!(m.flags & POLICY_F_PODS);
+	}
 	else if (enforced)
 		v.reason = -DROP_POLICY;
 	return v;

@@ -30,6 +30,9 @@ pub const ADDR_FAMILY_IPV6: u8 = 6;
 
 /// `POLICY_F_DENY` (`policy.h`): bit of `policy_entry.flags`.
 pub const POLICY_F_DENY: u8 = 1 << 0;
+/// `POLICY_F_PODS` (`policy.h`): an allow that also holds for pod addresses
+/// inside a CIDR identity (`--k8s-ipblock-selects-pods`).
+pub const POLICY_F_PODS: u8 = 1 << 1;
 
 /// `CT_F_CLOSING` (`conntrack.h`): bit of `ct_entry.flags`.
 pub const CT_F_CLOSING: u8 = 1 << 0;
@@ -97,6 +100,7 @@ mod tests {
         check("common.h", "ADDR_FAMILY_IPV4", ADDR_FAMILY_IPV4.into());
         check("common.h", "ADDR_FAMILY_IPV6", ADDR_FAMILY_IPV6.into());
         check("policy.h", "POLICY_F_DENY", POLICY_F_DENY.into());
+        check("policy.h", "POLICY_F_PODS", POLICY_F_PODS.into());
         check("conntrack.h", "CT_F_CLOSING", CT_F_CLOSING.into());
         check("conntrack.h", "CT_F_REPLY_TO_PROXY", CT_F_REPLY_TO_PROXY.into());
         check("proxy.h", "MARK_MAGIC_MASK", MARK_MAGIC_MASK.into());

@@ -50,13 +50,13 @@ pub fn install_state(dp: &Datapath, ep_flags: u32) -> Result<()> {
         dp.ipcache_put(ip, IpcacheValue { identity: id, node_id: 0 })?;
     }
     dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: identity::WORLD, node_id: 0 })?;
-    let allow = |cookie| PolicyValue { cookie, proxy_port: 0, deny: false };
+    let allow = |cookie| PolicyValue { cookie, proxy_port: 0, deny: false, pods: false };
     let key =
         |identity, direction, proto: Option<u8>, port, port_bits| PolicyKey { set_id: EP_SET, identity, direction, proto, port, port_bits };
     dp.policy_put(key(301, DIR_INGRESS, Some(6), 8080, 16), allow(1))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(17), 53, 16), allow(2))?;
     dp.policy_put(key(0, DIR_INGRESS, Some(6), 9090, 16), allow(3))?;
-    dp.policy_put(key(303, DIR_INGRESS, None, 0, 0), PolicyValue { cookie: 4, proxy_port: 0, deny: true })?;
+    dp.policy_put(key(303, DIR_INGRESS, None, 0, 0), PolicyValue { cookie: 4, proxy_port: 0, deny: true, pods: false })?;
     dp.policy_put(key(304, DIR_INGRESS, Some(6), 0, 0), allow(5))?;
     for (port, bits) in PolicyKey::port_blocks(5000, 5999) {
         dp.policy_put(key(301, DIR_INGRESS, Some(6), port, bits), allow(6))?;
@@ -371,7 +371,7 @@ fn counter(dp: &Datapath, reason: Reason, direction: u8) -> Result<u64> {
 /// ipcache host entries. The rows' verdicts do not change; their cost must
 /// not either.
 pub fn install_scale(dp: &Datapath, n: u32) -> Result<()> {
-    let allow = PolicyValue { cookie: 99, proxy_port: 0, deny: false };
+    let allow = PolicyValue { cookie: 99, proxy_port: 0, deny: false, pods: false };
     for i in 0..n {
         let id = 100_000 + i;
         let port = 10_000 + (i % 50_000) as u16;

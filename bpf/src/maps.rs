@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use crate::{
     abi,
-    consts::{ADDR_FAMILY_IPV4, CT_F_CLOSING, POLICY_F_DENY},
+    consts::{ADDR_FAMILY_IPV4, CT_F_CLOSING, POLICY_F_DENY, POLICY_F_PODS},
 };
 
 /// Endpoint table value (`struct endpoint_info`).
@@ -33,6 +33,9 @@ impl EndpointValue {
     /// Has toFQDNs rules: new egress flows the policy table does not allow
     /// are looked up in the FQDN table.
     pub const FQDN: u32 = 1 << 5;
+    /// Has entries that hold for pod addresses inside a CIDR identity
+    /// (`--k8s-ipblock-selects-pods`).
+    pub const IPBLOCK_PODS: u32 = 1 << 6;
 
     pub(crate) fn to_abi(self) -> abi::endpoint_info {
         abi::endpoint_info {
@@ -163,15 +166,19 @@ pub struct PolicyValue {
     pub cookie: u32,
     pub proxy_port: u16,
     pub deny: bool,
+    /// An allow that also holds for pods inside the CIDR identity (a
+    /// NetworkPolicy ipBlock under `--k8s-ipblock-selects-pods`).
+    pub pods: bool,
 }
 
 impl PolicyValue {
     pub(crate) fn to_abi(self) -> abi::policy_entry {
-        abi::policy_entry { cookie: self.cookie, proxy_port: self.proxy_port, flags: if self.deny { POLICY_F_DENY } else { 0 }, pad: 0 }
+        let flags = if self.deny { POLICY_F_DENY } else { 0 } | if self.pods { POLICY_F_PODS } else { 0 };
+        abi::policy_entry { cookie: self.cookie, proxy_port: self.proxy_port, flags, pad: 0 }
     }
 
     pub(crate) fn from_abi(v: &abi::policy_entry) -> Self {
-        Self { cookie: v.cookie, proxy_port: v.proxy_port, deny: v.flags & POLICY_F_DENY != 0 }
+        Self { cookie: v.cookie, proxy_port: v.proxy_port, deny: v.flags & POLICY_F_DENY != 0, pods: v.flags & POLICY_F_PODS != 0 }
     }
 }
 

@@ -112,6 +112,9 @@ pub struct Universe<'a> {
     /// palisade-l7proxy's port: entries of ports with HTTP or Kafka rules
     /// redirect there (0: none, the agent's tests).
     pub l7_proxy_port: u16,
+    /// `--k8s-ipblock-selects-pods`: a Kubernetes NetworkPolicy ipBlock's
+    /// allows also hold for pods whose address is inside it.
+    pub ipblock_pods: bool,
     /// The agent's selector cache (selcache.rs), kept across changes and
     /// refreshed to `pods` before this universe was made; without one (a
     /// preview over a scratch copy of the identities) selectors are
@@ -148,6 +151,7 @@ impl<'a> Universe<'a> {
             selector_cache: Default::default(),
             dns_proxy_port: 0,
             l7_proxy_port: 0,
+            ipblock_pods: false,
             selectors: None,
             rule_subjects: Default::default(),
         }
@@ -356,7 +360,20 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
                         v
                     }
                 };
-                let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny };
+                // A NetworkPolicy ipBlock under --k8s-ipblock-selects-pods:
+                // its CIDR identities' allows hold for pods inside too.
+                let pods_ids: std::collections::HashSet<u32> = match &pr.peers {
+                    Peers::Select(sels) if u.ipblock_pods && p.kind == palisade_policy::Kind::NetworkPolicy && !pr.deny => sels
+                        .iter()
+                        .filter(|s| matches!(s, palisade_policy::PeerSelector::Cidr { .. }))
+                        .flat_map(|s| u.cached_identities(s).iter().copied().collect::<Vec<_>>())
+                        .collect(),
+                    _ => Default::default(),
+                };
+                if !pods_ids.is_empty() {
+                    flags |= EndpointValue::IPBLOCK_PODS;
+                }
+                let value = PolicyValue { cookie: cookie(&pkey, &pr.path), proxy_port: 0, deny: pr.deny, pods: false };
                 let redirect = |proto: Option<u8>, via: Via| match (via, proto) {
                     (Via::Dns, Some(6 | 17 | 132)) if d == Direction::Egress => PolicyValue { proxy_port: u.dns_proxy_port, ..value },
                     (Via::L7, Some(6)) if !ep.host => PolicyValue { proxy_port: u.l7_proxy_port, ..value },
@@ -386,9 +403,10 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
                     targets.retain(|(id, _)| *id != palisade_bpf::identity::ANY || pr.ports.iter().any(|p| p.name.is_none()));
                 }
                 for (id, owners) in targets {
+                    let pods = pods_ids.contains(&id);
                     for (proto, port, port_bits, via) in l4_keys(&pr.ports, &owners) {
                         let k = PolicyKey { set_id: 0, identity: id, direction: dir_num(d), proto, port, port_bits };
-                        insert(&mut entries, k, redirect(proto, via), u.l7_proxy_port);
+                        insert(&mut entries, k, PolicyValue { pods, ..redirect(proto, via) }, u.l7_proxy_port);
                     }
                 }
             }
@@ -396,6 +414,7 @@ fn compile_selected(ep: &Subject<'_>, policies: &[Policy], selected: &[(u32, u32
     }
     l4_wins_over_l7(&mut entries, u.l7_proxy_port);
     propagate_denies(&mut entries);
+    propagate_pods(&mut entries);
     Compiled { flags, entries: std::sync::Arc::new(entries) }
 }
 
@@ -489,10 +508,36 @@ fn insert(entries: &mut BTreeMap<PolicyKey, PolicyValue>, k: PolicyKey, v: Polic
         (false, p) if p == l7_port => 0,
         _ => 2,
     };
-    match entries.get(&k) {
-        Some(old) if rank(old) >= rank(&v) => {}
-        _ => {
+    // Two allows of one key: whichever is kept, it holds for pods if
+    // either did (the pods flag widens who the allow is for, nothing else).
+    let old = entries.get(&k).copied();
+    match old {
+        Some(o) if rank(&o) >= rank(&v) => {
+            if !o.deny && !v.deny && v.pods && !o.pods {
+                entries.insert(k, PolicyValue { pods: true, ..o });
+            }
+        }
+        Some(o) => {
+            entries.insert(k, PolicyValue { pods: v.pods || (!v.deny && !o.deny && o.pods), ..v });
+        }
+        None => {
             entries.insert(k, v);
+        }
+    }
+}
+
+/// An allow for pods (a NetworkPolicy ipBlock) over a port range also
+/// holds on the narrower entries of the same identity inside it: the LPM
+/// trie answers with the narrowest one, which another rule may have put
+/// there without the flag.
+fn propagate_pods(entries: &mut BTreeMap<PolicyKey, PolicyValue>) {
+    let wide: Vec<PolicyKey> = entries.iter().filter(|(_, v)| v.pods && !v.deny).map(|(k, _)| *k).collect();
+    if wide.is_empty() {
+        return;
+    }
+    for (k, v) in entries.iter_mut() {
+        if !v.deny && !v.pods && wide.iter().any(|w| covers(w, k)) {
+            v.pods = true;
         }
     }
 }
@@ -706,6 +751,39 @@ mod peer_tests {
 
     fn l(ns: &str, s: &str) -> Labels {
         Labels::for_endpoint(ns, &parse_label_list(s).unwrap())
+    }
+
+    /// `--k8s-ipblock-selects-pods`: only a NetworkPolicy ipBlock's allows
+    /// carry the pods flag (and the endpoint the flag that makes the
+    /// datapath look), narrower entries of the same identity inherit it,
+    /// and without the option nothing does.
+    #[test]
+    fn ipblock_allows_hold_for_pods_only_under_the_option_and_only_for_network_policies() {
+        let pods = [(256, l("x", "app=a"))];
+        let net = |s: &str| Cidr::parse(s).unwrap();
+        let block = 1 << 24;
+        let cidrs = vec![(block, net("10.200.0.0/16"))];
+        let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: n, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - from: [{ipBlock: {cidr: 10.200.0.0/16}}]\n";
+        let cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: c, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromCIDR: [10.200.0.0/16]\n    toPorts: [{ports: [{port: \"80\", protocol: TCP}]}]\n";
+        let mut pol = parse_policies("n.yaml", np).unwrap();
+        pol.extend(parse_policies("c.yaml", cnp).unwrap());
+        let named = NamedPorts::new();
+        let me = Subject { labels: &pods[0].1, identity: None, named_ports: &named, host: false };
+        for on in [false, true] {
+            let mut u =
+                Universe::new(pods.iter().map(|(i, l)| (*i, l)).collect(), cidrs.clone(), BTreeMap::new(), EnforcementMode::Default);
+            u.ipblock_pods = on;
+            let c = compile_endpoint(&me, &pol, &u);
+            let of_block: Vec<&PolicyValue> = c.entries.iter().filter(|(k, _)| k.identity == block).map(|(_, v)| v).collect();
+            assert_eq!(of_block.len(), 2, "any port (NP) and 80/TCP (CNP): {:?}", c.entries);
+            assert!(of_block.iter().all(|v| v.pods == on), "on={on}: {:?}", c.entries);
+            assert_eq!(c.flags & EndpointValue::IPBLOCK_PODS != 0, on);
+        }
+        // The CNP alone: never for pods.
+        let mut u = Universe::new(pods.iter().map(|(i, l)| (*i, l)).collect(), cidrs.clone(), BTreeMap::new(), EnforcementMode::Default);
+        u.ipblock_pods = true;
+        let c = compile_endpoint(&me, &parse_policies("c.yaml", cnp).unwrap(), &u);
+        assert!(c.entries.values().all(|v| !v.pods) && c.flags & EndpointValue::IPBLOCK_PODS == 0, "{:?}", c.entries);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct EnforcerConfig {
     pub dns_proxy_port: u16,
     /// palisade-l7proxy's port (127.0.0.1, TCP).
     pub l7_proxy_port: u16,
+    /// `--k8s-ipblock-selects-pods`.
+    pub ipblock_pods: bool,
 }
 
 impl EnforcerConfig {
@@ -272,6 +274,7 @@ impl Enforcer {
         let mut universe = compile::Universe::of(store, &store.identities, self.cfg.mode);
         universe.dns_proxy_port = self.cfg.dns_proxy_port;
         universe.l7_proxy_port = self.cfg.l7_proxy_port;
+        universe.ipblock_pods = self.cfg.ipblock_pods;
         universe.selectors = Some(&self.selectors);
         // The proxy's rules first: a query redirected under a new rule
         // must find it.

@@ -56,6 +56,13 @@ pub struct Args {
     /// Pod CIDR to allocate endpoint addresses from (IPv4, prefix 8 to 30).
     #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16", value_parser = parse_pod_cidr)]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// Kubernetes NetworkPolicy `ipBlock`s also select pods whose address
+    /// is inside them (and not in an `except`), as the upstream
+    /// NetworkPolicy e2e suite, Calico and iptables-based plugins have it.
+    /// Off (the default): CIDR rules never select pods, as in Cilium.
+    /// CiliumNetworkPolicy CIDR rules never select pods either way.
+    #[arg(long, env = "PALISADE_K8S_IPBLOCK_SELECTS_PODS")]
+    pub k8s_ipblock_selects_pods: bool,
     /// The cluster's name: every endpoint carries it as the label
     /// `io.cilium.k8s.policy.cluster` (as Cilium's do), so policies can
     /// select on it. Changing it re-identifies every endpoint at start.
@@ -258,6 +265,7 @@ pub fn run(a: Args) -> Result<()> {
             node_labels,
             dns_proxy_port: a.dns_proxy_port,
             l7_proxy_port: a.l7_proxy_port,
+            ipblock_pods: a.k8s_ipblock_selects_pods,
         },
     };
     let mut daemon = Daemon::start(cfg).context("starting palisade-ctrl")?;

@@ -255,7 +255,7 @@ mod tests {
             .map(|p| {
                 (
                     PolicyKey { set_id: 0, identity: 300, direction: 0, proto: Some(6), port: *p, port_bits: 16 },
-                    PolicyValue { cookie: 1, proxy_port: 0, deny: false },
+                    PolicyValue { cookie: 1, proxy_port: 0, deny: false, pods: false },
                 )
             })
             .collect()
@@ -363,7 +363,7 @@ mod tests {
         let put = |id: u32, port: u16| {
             (
                 PolicyKey { set_id: id, identity: 300, direction: 0, proto: Some(6), port, port_bits: 16 },
-                PolicyValue { cookie: 1, proxy_port: 0, deny: false },
+                PolicyValue { cookie: 1, proxy_port: 0, deny: false, pods: false },
             )
         };
         s.rebuild(vec![put(4, 80), put(9, 81)], [(4, 7), (4, 7), (0, 0)]);

@@ -87,7 +87,39 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16, http: Op
                 }
             }
         }
+        // The datapath's other second look: under --k8s-ipblock-selects-pods,
+        // a pod peer by the CIDR identity of its address, through entries
+        // a NetworkPolicy ipBlock made for pods.
+        let mut by_block = None;
+        if verdict == Verdict::DefaultDeny && flags & EndpointValue::IPBLOCK_PODS != 0 && peer.endpoint.is_some() {
+            if let Some(ip) = peer.ip {
+                let cidr_id = v
+                    .enforcer
+                    .datapath()
+                    .ipcache_prefixes()?
+                    .into_iter()
+                    .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
+                    .max_by_key(|(_, len, _)| *len)
+                    .map_or(palisade_bpf::identity::WORLD, |(_, _, e)| e.identity);
+                if let v2 @ Verdict::Allowed { key, .. } = compile::verdict(&entries, enforced, cidr_id, dir, proto, dport) {
+                    if entries.get(&key).is_some_and(|e| e.pods) {
+                        verdict = v2;
+                        by_block = Some((ip, cidr_id));
+                    }
+                }
+            }
+        }
         let (mut ok, mut why) = match &verdict {
+            Verdict::Allowed { cookie, .. } if by_block.is_some() => {
+                let (ip, id) = by_block.expect("checked");
+                (
+                    true,
+                    format!(
+                        "allowed by {}: the pod's address {ip} is inside its ipBlock (CIDR identity {id}; --k8s-ipblock-selects-pods)",
+                        rule_of(cookie)
+                    ),
+                )
+            }
             Verdict::NotEnforced if v.mode() == EnforcementMode::Never => {
                 (true, "allowed: enforcement mode is never (policy is not enforced on this node)".to_string())
             }
