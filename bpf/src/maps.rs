@@ -265,6 +265,7 @@ mod tests {
             ("AUDIT_INGRESS", EndpointValue::AUDIT_INGRESS),
             ("AUDIT_EGRESS", EndpointValue::AUDIT_EGRESS),
             ("FQDN", EndpointValue::FQDN),
+            ("IPBLOCK_PODS", EndpointValue::IPBLOCK_PODS),
         ];
         let c: Vec<(String, u64)> =
             crate::cdefs::defines("endpoints.h").into_iter().filter_map(|(k, v)| Some((k.strip_prefix("EP_F_")?.to_string(), v))).collect();
