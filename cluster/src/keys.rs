@@ -19,6 +19,11 @@ pub const IDENTITY_REFS: &str = "/palisade/v1/identities/refs/";
 pub const IPCACHE: &str = "/palisade/v1/ipcache/";
 pub const NODES: &str = "/palisade/v1/nodes/";
 pub const POLICIES: &str = "/palisade/v1/policies/";
+/// The cluster's ID, written once by the first agent of a new cluster
+/// (create-if-absent). Every node records the ID it joined; an etcd without
+/// it, or with another, is a wiped or different cluster, not an operator
+/// deleting policies.
+pub const CLUSTER_ID: &str = "/palisade/v1/cluster-id";
 
 pub fn identity_id(id: u32) -> String {
     format!("{IDENTITY_IDS}{id}")

@@ -178,6 +178,14 @@ impl Etcd {
         }
     }
 
+    /// Data loss: the server killed, its data directory deleted, and a
+    /// fresh, empty server started at the same address.
+    pub fn wipe(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.data.join("member-data")).expect("removing etcd's data");
+        self.resume();
+    }
+
     /// Runs etcdctl (v3 API) against this server.
     pub fn ctl(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new("ip");
@@ -280,8 +288,9 @@ impl Cluster {
             &ttl,
             "--identity-gc-interval",
             "2",
+            // Each node has its own netns, so its own loopback.
             "--metrics-address",
-            "off",
+            "127.0.0.1:9962",
         ];
         ctrl_args.extend(tls_args.iter().map(String::as_str));
         if self.l7 {

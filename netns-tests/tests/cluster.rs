@@ -506,3 +506,57 @@ fn runbook_etcd_outage_lost_lease_and_restore_privileged_test() {
     c.node(1).step(&["policy", "apply", "-f", f.to_str().unwrap()]);
     assert!(Cluster::wait(10, || frontend.tcp(&backend, 9090)));
 }
+
+/// etcd loses its data (not an operator deleting policies): every node
+/// sees an etcd without the cluster ID it joined, keeps enforcing what it
+/// knows, says so (log, status, metric) and refuses to write; `palisade
+/// cluster reseed` on one node puts its policies, then the ID, back, and
+/// the nodes trust etcd again with the policies in place: at no point is
+/// a denied port open.
+#[test]
+fn etcd_wiped_keeps_enforcing_alarms_and_is_reseeded_privileged_test() {
+    let mut c = Cluster::new(2, 3);
+    let (frontend, backend) = shop_across(&mut c);
+    let id = std::fs::read_to_string(c.node(1).tmp.join("state/cluster-id")).expect("node-1 recorded the cluster ID");
+    assert_eq!(std::fs::read_to_string(c.node(2).tmp.join("state/cluster-id")).unwrap(), id, "one cluster, one ID");
+    // Probes that must stay blocked, all along.
+    let closed = || !frontend.tcp(&backend, 9090);
+
+    c.etcd.wipe();
+    let mismatch = |n: &palisade_netns_tests::Node| n.json(&["status"])["cluster"]["cluster_id_mismatch"].as_str().map(str::to_string);
+    assert!(Cluster::wait(20, || c.nodes.iter().all(|n| mismatch(n).is_some())), "{}", c.node(2).log());
+    let why = mismatch(c.node(2)).unwrap();
+    assert!(why.contains("etcd holds no cluster ID") && why.contains(id.trim()), "{why}");
+    for _ in 0..5 {
+        assert!(closed(), "a wiped etcd opened what policy closed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(c.node(2).ok(&["policy", "get"]).contains("backend-from-frontend"), "the policy is still enforced");
+    assert!(c.node(2).ok(&["status"]).contains("CLUSTER ID MISMATCH"));
+    assert!(c.node(2).metrics().contains("palisade_cluster_id_mismatch 1"));
+    assert!(c.node(2).log().contains("etcd was wiped or replaced"));
+    // Writes are refused: they would seed the wrong etcd.
+    let f = c.node(1).tmp.join("again.yaml");
+    std::fs::write(&f, BACKEND_8080).unwrap();
+    let err = c.node(1).fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("nothing written to etcd"), "{err}");
+    // Allowed traffic comes back as ipcache-sync republishes the endpoints.
+    assert!(Cluster::wait(20, || frontend.tcp(&backend, 8080)), "{}", c.node(2).log());
+
+    // Recovery without a backup: reseed from one node.
+    let out = c.node(1).step(&["cluster", "reseed"]);
+    assert!(out.contains("1 policies") && out.contains(id.trim()), "{out}");
+    assert!(Cluster::wait(20, || c.nodes.iter().all(|n| mismatch(n).is_none())), "{}", c.node(2).log());
+    for _ in 0..5 {
+        assert!(closed(), "the reseed opened what policy closed");
+        assert!(frontend.tcp(&backend, 8080));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(c.node(2).metrics().contains("palisade_cluster_id_mismatch 0"));
+    // etcd is the cluster's again: a change goes through.
+    std::fs::write(&f, BACKEND_8080.replace("\"8080\"", "\"9090\"")).unwrap();
+    c.node(1).ok(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(Cluster::wait(10, || frontend.tcp(&backend, 9090)));
+    // A second reseed is refused: etcd holds the ID.
+    assert!(c.node(2).fails(&["cluster", "reseed"]).contains("already"));
+}

@@ -39,6 +39,22 @@ pub enum Event {
         old: u32,
         new: u32,
     },
+    /// etcd holds this node's cluster ID again: what the watches said
+    /// while it did not can be applied now.
+    Trusted,
+}
+
+/// Whether what etcd says may be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// Not checked since the last (re)connect: events wait.
+    Unknown,
+    /// etcd holds the cluster ID this node joined.
+    Trusted,
+    /// etcd holds no cluster ID, or another one: wiped, restored from
+    /// nothing, or another cluster. Events wait; the node keeps enforcing
+    /// what it knows.
+    Mismatch(String),
 }
 
 /// Connection state, for `palisade status`.
@@ -51,6 +67,10 @@ pub struct Status {
     /// Times the lease was lost and granted again.
     pub lease_regrants: u64,
     pub identities_collected: u64,
+    /// The cluster ID this node joined (`<state-dir>/cluster-id`).
+    pub cluster_id: Option<String>,
+    /// Set while etcd is not the cluster this node joined (see [`Trust`]).
+    pub cluster_id_mismatch: Option<String>,
 }
 
 pub struct Cluster {
@@ -61,6 +81,7 @@ pub struct Cluster {
     /// The identity worker's queue (see [`worker`]).
     ops: tokio::sync::mpsc::UnboundedSender<Op>,
     pub status: Arc<Mutex<Status>>,
+    trust: Arc<Mutex<Trust>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,7 +101,14 @@ impl Cluster {
     /// Starts the etcd side; `held` are the identities local endpoints
     /// hold now (restored from the state directory). Returns at once, also
     /// when etcd is down: the loops retry.
-    pub fn start(cfg: EtcdConfig, node: String, held: BTreeMap<u32, Labels>, gc_every: Duration, tx: mpsc::Sender<Event>) -> Result<Self> {
+    pub fn start(
+        cfg: EtcdConfig,
+        node: String,
+        held: BTreeMap<u32, Labels>,
+        gc_every: Duration,
+        tx: mpsc::Sender<Event>,
+        id_file: std::path::PathBuf,
+    ) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("etcd")
@@ -89,13 +117,16 @@ impl Cluster {
             .context("starting the etcd client runtime")?;
         let client = rt.block_on(palisade_cluster::etcd::connect(&cfg))?;
         let (ops, rx) = tokio::sync::mpsc::unbounded_channel();
-        let c = Self { rt, client, node, cfg, ops, status: Arc::new(Mutex::new(Status::default())) };
+        let trust = Arc::new(Mutex::new(Trust::Unknown));
+        let c = Self { rt, client, node, cfg, ops, status: Arc::new(Mutex::new(Status::default())), trust: trust.clone() };
+        lock(&c.status).cluster_id = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        c.rt.spawn(guard(c.client.clone(), id_file, trust.clone(), c.status.clone(), tx.clone()));
         c.rt.spawn(worker(c.client.clone(), c.node.clone(), c.cfg.lease_ttl, held, rx, tx.clone(), c.status.clone()));
         for (prefix, wrap) in [
             (keys::IDENTITY_IDS, Event::Identities as fn(listwatch::Update) -> Event),
             (keys::POLICIES, Event::Policies as fn(listwatch::Update) -> Event),
         ] {
-            let (tx, status, status2) = (tx.clone(), c.status.clone(), c.status.clone());
+            let (tx, status, status2, trust) = (tx.clone(), c.status.clone(), c.status.clone(), trust.clone());
             c.rt.spawn(listwatch::run(
                 c.client.clone(),
                 prefix.to_string(),
@@ -110,6 +141,11 @@ impl Cluster {
                         s.error = None;
                     }
                     listwatch::Link::Down { error } => {
+                        // The etcd that answers next may not be the one we
+                        // knew (wiped, replaced): check before applying.
+                        if *lock(&trust) == Trust::Trusted {
+                            *lock(&trust) = Trust::Unknown;
+                        }
                         let mut s = lock(&status2);
                         if s.connected || s.error.is_none() {
                             tracing::warn!(%error, "etcd watch lost; enforcing the last known state and retrying");
@@ -141,6 +177,7 @@ impl Cluster {
     /// The cluster's identity for `labels`, referenced by this node.
     /// `hint`: one past the highest identity known.
     pub fn allocate(&self, labels: &Labels, hint: u32) -> Result<u32> {
+        self.refuse_on_mismatch()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.ops.send(Op::Reference { labels: labels.clone(), hint, reply }).map_err(|_| anyhow!("the etcd worker stopped"))?;
         self.block_on(async move { rx.await.map_err(|_| anyhow!("the etcd worker stopped"))? })
@@ -162,6 +199,7 @@ impl Cluster {
     /// Stores policies in etcd, all or none: each as the object the
     /// operator wrote (JSON), which every node parses and validates itself.
     pub fn put_policies(&self, policies: &[Policy]) -> Result<i64> {
+        self.refuse_on_mismatch()?;
         let ops: Vec<TxnOp> = policies
             .iter()
             .map(|p| Ok(TxnOp::put(keys::policy(&p.key()), serde_json::to_vec(&p.source)?, None::<PutOptions>)))
@@ -169,8 +207,42 @@ impl Cluster {
         self.commit(ops)
     }
 
+    /// After etcd lost its data (it holds no cluster ID while this node
+    /// joined one): writes this node's policies, then its cluster ID, so
+    /// every node trusts etcd again only once the policies are back. Refused
+    /// when etcd holds any cluster ID (then restore a backup instead, or it
+    /// is another cluster) or this node never joined one.
+    pub fn reseed(&self, policies: &[Policy]) -> Result<String> {
+        let id = lock(&self.status).cluster_id.clone().context("this node has not joined a cluster yet: nothing to reseed from")?;
+        let mut client = self.client.clone();
+        let limit = Duration::from_secs(10);
+        self.rt.block_on(async move {
+            let now = tokio::time::timeout(limit, client.get(keys::CLUSTER_ID, None)).await.map_err(|_| anyhow!("etcd did not answer"))??;
+            if let Some(kv) = now.kvs().first() {
+                anyhow::bail!(
+                    "etcd holds cluster ID {} already: not reseeding (this node joined {id}; if that is another cluster, restore this one's etcd backup)",
+                    String::from_utf8_lossy(kv.value())
+                );
+            }
+            let ops: Vec<TxnOp> = policies
+                .iter()
+                .map(|p| Ok(TxnOp::put(keys::policy(&p.key()), serde_json::to_vec(&p.source)?, None::<PutOptions>)))
+                .collect::<Result<_>>()?;
+            for chunk in ops.chunks(120) {
+                tokio::time::timeout(limit, client.txn(Txn::new().and_then(chunk.to_vec()))).await.map_err(|_| anyhow!("etcd did not answer"))??;
+            }
+            let txn = Txn::new()
+                .when([etcd_client::Compare::create_revision(keys::CLUSTER_ID, etcd_client::CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(keys::CLUSTER_ID, id.clone(), None)]);
+            let r = tokio::time::timeout(limit, client.txn(txn)).await.map_err(|_| anyhow!("etcd did not answer"))??;
+            anyhow::ensure!(r.succeeded(), "another node wrote a cluster ID meanwhile: not reseeding");
+            Ok(id)
+        })
+    }
+
     /// Deletes policies from etcd, all or none.
     pub fn delete_policies(&self, keys_: &[String]) -> Result<i64> {
+        self.refuse_on_mismatch()?;
         self.commit(keys_.iter().map(|k| TxnOp::delete(keys::policy(k), None)).collect())
     }
 
@@ -189,6 +261,129 @@ impl Cluster {
     pub fn status(&self) -> Status {
         lock(&self.status).clone()
     }
+
+    /// Writes to an etcd that is not the cluster this node joined are
+    /// refused: they would seed the wrong cluster with this node's view.
+    fn refuse_on_mismatch(&self) -> Result<()> {
+        match &*lock(&self.trust) {
+            Trust::Mismatch(why) => Err(anyhow!("{why}: nothing written to etcd (docs/runbooks/etcd-outage.md)")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether etcd's events may be applied now ([`Trust`]).
+    pub fn trusted(&self) -> bool {
+        *lock(&self.trust) == Trust::Trusted
+    }
+}
+
+/// Checks, whenever trust is not established, that etcd holds the cluster
+/// ID this node joined: a new cluster (no ID anywhere) gets one, a node
+/// joining an existing cluster records its ID, and anything else is a
+/// mismatch that holds every event back, logged, counted and shown, until
+/// etcd holds the ID again (restored from a backup, or reseeded: docs/runbooks/etcd-outage.md).
+async fn guard(
+    mut client: Client,
+    id_file: std::path::PathBuf,
+    trust: Arc<Mutex<Trust>>,
+    status: Arc<Mutex<Status>>,
+    tx: mpsc::Sender<Event>,
+) {
+    let limit = Duration::from_secs(3);
+    loop {
+        if *lock(&trust) != Trust::Trusted {
+            let recorded = std::fs::read_to_string(&id_file).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+            let got = tokio::time::timeout(limit, client.get(keys::CLUSTER_ID, None)).await;
+            let current = match got {
+                Ok(Ok(r)) => Some(r.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())),
+                _ => None, // etcd away: try again
+            };
+            let verdict = match (current, recorded) {
+                (None, _) => None,
+                (Some(Some(now)), Some(mine)) if now == mine => Some(Ok(mine)),
+                (Some(Some(now)), None) => {
+                    // Joining a cluster that exists: remember which.
+                    match std::fs::write(&id_file, &now) {
+                        Ok(()) => Some(Ok(now)),
+                        Err(e) => Some(Err(format!("recording the cluster ID in {}: {e}", id_file.display()))),
+                    }
+                }
+                (Some(None), None) => {
+                    // A new cluster: the first node names it.
+                    let id = new_cluster_id();
+                    let txn = Txn::new()
+                        .when([etcd_client::Compare::create_revision(keys::CLUSTER_ID, etcd_client::CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(keys::CLUSTER_ID, id.clone(), None)]);
+                    match tokio::time::timeout(limit, client.txn(txn)).await {
+                        Ok(Ok(r)) if r.succeeded() => match std::fs::write(&id_file, &id) {
+                            Ok(()) => {
+                                tracing::info!(cluster_id = %id, "new cluster: its ID is written to etcd");
+                                Some(Ok(id))
+                            }
+                            Err(e) => Some(Err(format!("recording the cluster ID in {}: {e}", id_file.display()))),
+                        },
+                        _ => None, // another node was first, or etcd went away: look again
+                    }
+                }
+                (Some(Some(now)), Some(mine)) => Some(Err(format!(
+                    "etcd holds cluster ID {now}, but this node joined {mine}: another cluster, or etcd restored from elsewhere"
+                ))),
+                (Some(None), Some(mine)) => {
+                    Some(Err(format!("etcd holds no cluster ID, but this node joined {mine}: etcd was wiped or replaced")))
+                }
+            };
+            match verdict {
+                Some(Ok(id)) => {
+                    let was = std::mem::replace(&mut *lock(&trust), Trust::Trusted);
+                    {
+                        let mut s = lock(&status);
+                        s.cluster_id = Some(id);
+                        s.cluster_id_mismatch = None;
+                    }
+                    if matches!(was, Trust::Mismatch(_)) {
+                        tracing::warn!("etcd holds this node's cluster ID again: applying what it says");
+                    }
+                    // Fresh full lists, so what waited (an empty list from
+                    // the wiped etcd, say) is superseded by etcd as it is now.
+                    for (prefix, wrap) in [
+                        (keys::IDENTITY_IDS, Event::Identities as fn(listwatch::Update) -> Event),
+                        (keys::POLICIES, Event::Policies as fn(listwatch::Update) -> Event),
+                    ] {
+                        if let Ok(Ok(r)) =
+                            tokio::time::timeout(limit, client.get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))).await
+                        {
+                            let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                            let items =
+                                r.kvs().iter().map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.value().to_vec())).collect();
+                            let _ = tx.send(wrap(listwatch::Update::Reset { revision, items }));
+                        }
+                    }
+                    let _ = tx.send(Event::Trusted);
+                }
+                Some(Err(why)) => {
+                    let mut t = lock(&trust);
+                    if *t != Trust::Mismatch(why.clone()) {
+                        tracing::error!("{why}; enforcing the last known policies and ignoring etcd until it holds this node's cluster ID again (docs/runbooks/etcd-outage.md)");
+                    }
+                    *t = Trust::Mismatch(why.clone());
+                    lock(&status).cluster_id_mismatch = Some(why);
+                }
+                None => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A fresh cluster ID: time and process, hashed (no UUID crate for one value).
+fn new_cluster_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    h.write_u64(a);
+    format!("{a:016x}{:016x}", h.finish())
 }
 
 /// The identity worker: owns the lease and the references this node
@@ -413,6 +608,7 @@ pub fn apply_events(store: &mut Store, events: Vec<Event>) -> Applied {
                         }
                     }
                 },
+                Event::Trusted => {}
                 Event::IdentityMoved { labels, old, new } => {
                     tracing::warn!(old, new, %labels, "identity renumbered after the lease was lost");
                     store.identities.insert(&labels, new);

@@ -55,6 +55,10 @@ pub struct Daemon {
     /// Some endpoint still has labels from before (see
     /// [`Daemon::rederive_labels`]).
     labels_pending: bool,
+    /// Cluster events waiting until etcd holds this node's cluster ID.
+    held_events: Vec<cluster::Event>,
+    /// Revision of the last full list, per prefix (identities, policies).
+    reset_revision: [i64; 3],
     /// Held for the agent's life: one agent per state directory.
     _lock: std::fs::File,
 }
@@ -63,6 +67,13 @@ pub struct Daemon {
 /// (`io.cilium.k8s.policy.cluster`, as Cilium gives every endpoint).
 fn endpoint_labels(cluster: &str, namespace: &str, ns_labels: &BTreeMap<String, String>, user: &BTreeMap<String, String>) -> Labels {
     Labels::for_endpoint_in(namespace, ns_labels, user).with(&format!("k8s:{}", palisade_policy::labels::CLUSTER_LABEL), cluster)
+}
+
+fn update_revision(u: &palisade_cluster::listwatch::Update) -> i64 {
+    use palisade_cluster::listwatch::Update;
+    match u {
+        Update::Reset { revision, .. } | Update::Put { revision, .. } | Update::Delete { revision, .. } => *revision,
+    }
 }
 
 /// Runs one verb: the handler must answer with the verb's reply type.
@@ -94,6 +105,8 @@ impl Daemon {
             enforcer,
             node,
             labels_pending: false,
+            held_events: Vec::new(),
+            reset_revision: [0; 3],
             _lock: lock,
             apply_latency: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("static histogram bounds"),
         };
@@ -228,6 +241,50 @@ impl Daemon {
     /// cluster's identities and policies, then one recompile of the
     /// endpoints the changes can reach.
     pub fn cluster_events(&mut self, events: Vec<cluster::Event>) -> Result<()> {
+        // Until etcd is known to be the cluster this node joined, what it
+        // says waits (a wiped etcd's empty lists would delete every policy).
+        // A full list supersedes what was waiting for its prefix.
+        // Watch events at or below the revision of a later full list are
+        // already in it.
+        use palisade_cluster::listwatch::Update;
+        let trusted = self.cluster.as_ref().is_some_and(|c| c.trusted());
+        for ev in events {
+            let (p, u) = match &ev {
+                cluster::Event::Identities(u) => (0, Some(u)),
+                cluster::Event::Policies(u) => (1, Some(u)),
+                _ => (2, None),
+            };
+            let rev_of = |e: &cluster::Event| match e {
+                cluster::Event::Identities(u) if p == 0 => Some(update_revision(u)),
+                cluster::Event::Policies(u) if p == 1 => Some(update_revision(u)),
+                _ => None,
+            };
+            match u {
+                Some(Update::Reset { revision, .. }) => {
+                    // Superseded: what this list already holds. What came
+                    // after it (a watch ahead of a guard's list) stays,
+                    // and goes after the list.
+                    let r = *revision;
+                    self.held_events.retain(|e| rev_of(e).is_none_or(|x| x > r));
+                    self.reset_revision[p] = r;
+                    let at = self.held_events.iter().position(|e| rev_of(e).is_some()).unwrap_or(self.held_events.len());
+                    self.held_events.insert(at, ev);
+                    continue;
+                }
+                Some(Update::Put { revision, .. } | Update::Delete { revision, .. }) if *revision <= self.reset_revision[p] => continue,
+                _ => {}
+            }
+            if !matches!(ev, cluster::Event::Trusted) {
+                self.held_events.push(ev);
+            }
+        }
+        if !trusted {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.held_events);
+        if events.is_empty() {
+            return Ok(());
+        }
         if self.labels_pending {
             self.rederive_labels()?;
         }
@@ -294,6 +351,13 @@ impl Daemon {
             Request::BpfCtList(c) => reply(c, |_| self.view().conntrack()),
             Request::BpfFqdnList(c) => reply(c, |_| self.view().fqdn_table()),
             Request::NodeList(c) => reply(c, |_| self.view().nodes()),
+            Request::ClusterReseed(c) => reply(c, |_| {
+                let cl = self.cluster.as_ref().context("not in cluster mode: there is no etcd to reseed")?;
+                let policies: Vec<palisade_policy::Policy> = self.store.policies.values().cloned().collect();
+                let id = cl.reseed(&policies)?;
+                tracing::warn!(cluster_id = %id, policies = policies.len(), "etcd reseeded from this node");
+                Ok(replies::Reseeded { cluster_id: id, policies: policies.len() })
+            }),
         }
     }
 

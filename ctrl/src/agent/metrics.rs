@@ -64,6 +64,7 @@ pub struct AgentSide {
     policies: i64,
     /// policy apply → enforced, seconds: (sum, count, per-bucket counts)
     apply: (f64, u64, Vec<(f64, u64)>),
+    cluster_id_mismatch: Option<i64>,
 }
 
 impl AgentSide {
@@ -86,6 +87,7 @@ impl AgentSide {
         }
         s.identities = v.store.identities.all().len() as i64;
         s.policies = v.store.policies.len() as i64;
+        s.cluster_id_mismatch = v.cluster.map(|c| i64::from(c.status().cluster_id_mismatch.is_some()));
         // Per-bucket counts from the hdr histogram (µs), then +Inf.
         let mut below = 0u64;
         let mut buckets = Vec::new();
@@ -166,6 +168,8 @@ impl Collector for Hubble {
 struct Own {
     flows_lost: u64,
     flows_suppressed: u64,
+    /// Cluster mode: 1 while etcd is not the cluster this node joined.
+    cluster_id_mismatch: Option<i64>,
 }
 
 impl Collector for Own {
@@ -182,6 +186,14 @@ impl Collector for Own {
             None,
             MetricType::Counter,
         )?)?;
+        if let Some(v) = self.cluster_id_mismatch {
+            ConstGauge::new(v).encode(enc.encode_descriptor(
+                "cluster_id_mismatch",
+                "1 while etcd holds no or another cluster ID than this node joined: its events are held back (docs/runbooks/etcd-outage.md)",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
         Ok(())
     }
 }
@@ -261,7 +273,8 @@ impl Collector for Snapshot {
 /// it), the flow thread's counts.
 pub fn render(agent: AgentSide, stats: &MapStats, flows: &Arc<Mutex<FlowCounts>>) -> Result<String> {
     let snap = Snapshot::take(agent, stats)?;
-    let own = Own { flows_lost: snap.flows_lost, flows_suppressed: snap.flows_suppressed };
+    let own =
+        Own { flows_lost: snap.flows_lost, flows_suppressed: snap.flows_suppressed, cluster_id_mismatch: snap.agent.cluster_id_mismatch };
     let mut reg = Registry::with_prefix("cilium");
     reg.register_collector(Box::new(snap));
     let mut out = String::new();

@@ -277,7 +277,7 @@ pub fn run(a: Args) -> Result<()> {
             tracing::info!(node = %node, etcd = ?etcd.redacted_endpoints(), "cluster mode");
             let held = daemon.local_identities();
             let gc = std::time::Duration::from_secs(a.identity_gc_interval);
-            daemon.set_cluster(cluster::Cluster::start(etcd, node.clone(), held, gc, tx)?);
+            daemon.set_cluster(cluster::Cluster::start(etcd, node.clone(), held, gc, tx, state_dir.join("cluster-id"))?);
             Some(rx)
         }
         _ => None,

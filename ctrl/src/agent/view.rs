@@ -372,6 +372,8 @@ impl View<'_> {
             lease_regrants: st.lease_regrants,
             cluster_identities: self.store.identities.cluster().len(),
             identities_collected: st.identities_collected,
+            cluster_id: st.cluster_id,
+            cluster_id_mismatch: st.cluster_id_mismatch,
             ipcache_sync,
         })
     }

@@ -231,6 +231,13 @@ pub struct Status {
     pub cluster: Option<Cluster>,
 }
 
+/// `palisade cluster reseed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reseeded {
+    pub cluster_id: String,
+    pub policies: usize,
+}
+
 /// One pinned map's fill.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MapFill {
@@ -283,6 +290,13 @@ pub struct Cluster {
     pub lease_regrants: u64,
     pub cluster_identities: usize,
     pub identities_collected: u64,
+    /// The cluster ID this node joined.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
+    /// Set while etcd holds no or another cluster ID: etcd's events are
+    /// held back and the last known state enforced.
+    #[serde(default)]
+    pub cluster_id_mismatch: Option<String>,
     pub ipcache_sync: IpcacheSync,
 }
 

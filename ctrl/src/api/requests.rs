@@ -141,6 +141,9 @@ verbs! {
     BpfFqdnList {} => Vec<replies::FqdnEntry>;
     /// The cluster's nodes (palisade-ipcache-sync's view).
     NodeList {} => Vec<palisade_cluster::status::NodeView>;
+    /// Cluster mode, after etcd lost its data: writes this node's policies
+    /// and then its cluster ID into the empty etcd.
+    ClusterReseed {} => replies::Reseeded;
 }
 
 /// The HTTP request `policy trace --method/--path/--host/--header` asks about.

@@ -11,8 +11,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::{
-    observe, render, suggest, BpfCmd, BpfCtCmd, BpfFqdnCmd, BpfPolicyCmd, Cli, Cmd, ConfigCmd, EndpointCmd, FqdnCacheCmd, FqdnCmd,
-    IdentityCmd, NamespaceCmd, NodeCmd, Output, PolicyCmd,
+    observe, render, suggest, BpfCmd, BpfCtCmd, BpfFqdnCmd, BpfPolicyCmd, Cli, ClusterCmd, Cmd, ConfigCmd, EndpointCmd, FqdnCacheCmd,
+    FqdnCmd, IdentityCmd, NamespaceCmd, NodeCmd, Output, PolicyCmd,
 };
 use crate::api::{self, dnsproxy, replies, requests as req, Call, NamedPort};
 
@@ -104,6 +104,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Cmd::Namespace(NamespaceCmd::Set { name, labels }) => namespace_set(c, name, &labels),
         Cmd::Namespace(NamespaceCmd::List) => namespace_list(c),
         Cmd::Node(NodeCmd::List) => node_list(c),
+        Cmd::Cluster(ClusterCmd::Reseed) => {
+            c.print(&c.call(req::ClusterReseed {})?, |r| format!("etcd reseeded: {} policies, cluster ID {}\n", r.policies, r.cluster_id))
+        }
         Cmd::Completion { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();

@@ -125,6 +125,9 @@ pub enum Cmd {
     /// Cluster nodes (cluster mode).
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Cluster mode: recovery after etcd lost its data.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell): `source <(palisade completion bash)`; scripts/install.sh
     /// installs the bash one.
@@ -139,6 +142,16 @@ pub enum NodeCmd {
     /// The nodes of the cluster, as palisade-ipcache-sync sees them.
     #[command(alias = "ls")]
     List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// etcd was wiped (every node reports CLUSTER ID MISMATCH: no cluster
+    /// ID) and there is no backup to restore: write this node's policies,
+    /// then its cluster ID, into the empty etcd. Every node then trusts
+    /// etcd again, and this node's policies are the cluster's. Run on one
+    /// node only (docs/runbooks/etcd-outage.md).
+    Reseed,
 }
 
 #[derive(Subcommand, Debug)]

@@ -207,6 +207,10 @@ pub fn status(v: &replies::Status) -> String {
             js(&detail.and_then(|s| s.last_sync_lag_ms)),
         );
     }
+    if let Some(why) = v.cluster.as_ref().and_then(|c| c.cluster_id_mismatch.as_ref()) {
+        out += &format!("               CLUSTER ID MISMATCH: {why}; etcd's changes are held back, the last known policies enforced\n");
+    }
+
     out += "\nMaps:\n";
     out += &table(
         &["MAP", "ENTRIES", "MAX", "FILL"],
