@@ -532,7 +532,7 @@ fn etcd_wiped_keeps_enforcing_alarms_and_is_reseeded_privileged_test() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(c.node(2).ok(&["policy", "get"]).contains("backend-from-frontend"), "the policy is still enforced");
-    assert!(c.node(2).ok(&["status"]).contains("CLUSTER ID MISMATCH"));
+    assert!(c.node(2).step(&["status"]).contains("CLUSTER ID MISMATCH"));
     assert!(c.node(2).metrics().contains("palisade_cluster_id_mismatch 1"));
     assert!(c.node(2).log().contains("etcd was wiped or replaced"));
     // Writes are refused: they would seed the wrong etcd.
