@@ -170,3 +170,28 @@ fn a_policy_directory_is_followed_privileged_test() {
     assert_eq!(policy_names(&node), ["by-hand"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A real unprivileged user (`nobody`) gets nothing from a node: the API
+/// socket and the state directory (policies, endpoints, flow rings) are
+/// root's only, whatever the umask the agent was started with.
+#[test]
+fn a_non_root_user_cannot_use_the_socket_or_read_the_state_privileged_test() {
+    let node = Node::new();
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let state = node.tmp.join("state");
+    let as_nobody = |args: &[&str]| {
+        let out = std::process::Command::new("runuser").args(["-u", "nobody", "--"]).args(args).output().expect("runuser (util-linux)");
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let cli = palisade_netns_tests::bin_dir().join("palisade");
+    let (ok, out) = as_nobody(&[cli.to_str().unwrap(), "--socket", node.socket.to_str().unwrap(), "status"]);
+    assert!(!ok && out.contains("Permission denied"), "nobody used the API socket: {out}");
+    let (ok, out) = as_nobody(&[cli.to_str().unwrap(), "observe", "--state-dir", state.to_str().unwrap()]);
+    assert!(!ok, "nobody read the flow rings: {out}");
+    let (ok, out) = as_nobody(&["ls", state.join("policies").to_str().unwrap()]);
+    assert!(!ok && out.contains("Permission denied"), "nobody listed the policies: {out}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    // Root still can.
+    assert!(node.ok(&["status"]).contains("Policies:      1"));
+}

@@ -167,6 +167,11 @@ impl StateFile {
         for d in [state_dir.to_path_buf(), state_dir.join("endpoints"), state_dir.join("policies")] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating state directory {}", d.display()))?;
         }
+        // Root's only, whatever the umask: it holds every policy, endpoint
+        // and flow of the node (the other daemons run as root too).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} root's only", state_dir.display()))?;
         Ok(Self { dir: state_dir.to_path_buf(), written: Default::default() })
     }
 
