@@ -195,3 +195,42 @@ fn a_non_root_user_cannot_use_the_socket_or_read_the_state_privileged_test() {
     // Root still can.
     assert!(node.ok(&["status"]).contains("Policies:      1"));
 }
+
+/// Slowloris against `/metrics`: 200 connections that send half a request
+/// head and then nothing. Scrapes keep being answered at once, and the
+/// agent's API with them (the server reads heads per connection, with a
+/// timeout, and never under the agent's lock).
+#[test]
+fn idle_and_slow_metrics_clients_stall_neither_scrapes_nor_the_agent_privileged_test() {
+    let node = Node::new();
+    let script = [
+        "import socket, time",
+        "socks = []",
+        "for i in range(200):",
+        "    s = socket.create_connection(('127.0.0.1', 9962))",
+        "    s.send(b'GET /metrics HTTP/1.1\\r\\nHo')",
+        "    socks.append(s)",
+        "print('open', flush=True)",
+        "time.sleep(8)",
+    ]
+    .join("\n");
+    let mut loris = std::process::Command::new("ip")
+        .args(["netns", "exec", &node.netns, "python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(loris.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "open", "the slow clients connected");
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let m = node.metrics();
+        assert!(m.contains("cilium_policy_count"), "{m}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "a scrape took {:?} with 200 slow clients", t.elapsed());
+        let t = std::time::Instant::now();
+        node.ok(&["status"]);
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "the API took {:?}", t.elapsed());
+    }
+    let _ = loris.kill();
+    let _ = loris.wait();
+}
