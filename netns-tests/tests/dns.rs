@@ -453,3 +453,37 @@ fn resizing_the_fqdn_map_keeps_learned_addresses_and_the_proxy_follows() {
         node.log()
     );
 }
+
+/// `policy.snap` truncated, then overwritten with garbage, under a running
+/// palisade-dnsproxy: each is refused with a log line, the proxy keeps its
+/// last rules (an allowed name still resolves, a refused one is still
+/// refused) and does not crash; the agent's next change is picked up.
+#[test]
+fn a_corrupt_policy_snapshot_keeps_the_last_rules_and_crashes_nothing() {
+    let (mut node, _world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchName: api.stripe.com}", PAYMENTS_FQDN));
+    let resolves = |name: &str| {
+        let (_, r) = pay.resolve(dns.ip, name, &[]);
+        r.first().map(|l| l["rcode"].as_str().unwrap_or("").to_string()).unwrap_or_default()
+    };
+    assert_eq!(resolves("api.stripe.com"), "NOERROR");
+    assert_eq!(resolves("api.github.com"), "REFUSED");
+    let snap = node.tmp.join("state/policy.snap");
+    let len = std::fs::metadata(&snap).unwrap().len();
+    for (what, bytes) in [("truncated", std::fs::read(&snap).unwrap()[..(len / 2) as usize].to_vec()), ("garbage", vec![0xa5u8; 4096])] {
+        let tmp = snap.with_extension("bad");
+        std::fs::write(&tmp, &bytes).unwrap();
+        std::fs::rename(&tmp, &snap).unwrap();
+        let refused = palisade_netns_tests::cluster::Cluster::wait(10, || {
+            resolves("api.stripe.com");
+            node.log().matches("keeping the last rules").count() >= if what == "truncated" { 1 } else { 2 }
+        });
+        assert!(refused, "{what} policy.snap not refused:\n{}", node.log());
+        assert_eq!(resolves("api.stripe.com"), "NOERROR", "{what}: the last rules still allow it");
+        assert_eq!(resolves("api.github.com"), "REFUSED", "{what}: the last rules still refuse it");
+    }
+    // The agent's next change writes a good snapshot; the proxy follows.
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"api.*.com\"}", PAYMENTS_FQDN));
+    assert!(palisade_netns_tests::cluster::Cluster::wait(10, || resolves("api.github.com") == "NOERROR"), "{}", node.log());
+}
