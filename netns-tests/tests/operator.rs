@@ -234,3 +234,49 @@ fn idle_and_slow_metrics_clients_stall_neither_scrapes_nor_the_agent_privileged_
     let _ = loris.kill();
     let _ = loris.wait();
 }
+
+/// Requests written straight to the API socket: truncated JSON, an
+/// unknown verb, bytes that are not UTF-8, a request that never ends its
+/// line, a frame over the 64 MiB limit, and a client that sends nothing.
+/// Each gets a clear error (or is left alone), nothing changes, and the
+/// agent keeps answering.
+#[test]
+fn bad_requests_on_the_api_socket_get_errors_and_change_nothing_privileged_test() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    let node = Node::new();
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let before = node.ok(&["policy", "get", "-o", "json"]);
+    let ask = |bytes: &[u8], close_write: bool| -> String {
+        let mut s = UnixStream::connect(&node.socket).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(40))).unwrap();
+        let _ = s.write_all(bytes);
+        if close_write {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+        let mut line = String::new();
+        let _ = BufReader::new(&s).read_line(&mut line);
+        line
+    };
+    // An idle client is held by its own thread, not the agent's.
+    let idle = UnixStream::connect(&node.socket).unwrap();
+    for (what, bytes, close, says) in [
+        ("truncated JSON", b"{\"op\":\"status\"\n".to_vec(), false, "bad request: EOF while parsing"),
+        ("unknown verb", b"{\"op\":\"no-such-verb\"}\n".to_vec(), false, "unknown variant `no-such-verb`"),
+        ("not UTF-8", b"{\"op\":\"\xff\xfe\"}\n".to_vec(), false, "bad request"),
+        ("no newline", b"{\"op\":\"status\"}".to_vec(), true, "ends before its newline"),
+    ] {
+        let r = ask(&bytes, close);
+        let v: serde_json::Value = serde_json::from_str(&r).unwrap_or_else(|e| panic!("{what}: reply {r:?}: {e}"));
+        assert_eq!(v["ok"], false, "{what}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(says), "{what}: {v}");
+    }
+    // Over the limit: refused after 64 MiB are read, whatever follows.
+    let mut huge = b"{\"op\":\"policy-apply\",\"file\":\"x\",\"text\":\"".to_vec();
+    huge.resize(65 << 20, b'a');
+    let r = ask(&huge, false);
+    assert!(r.contains("longer than 64 MiB; refused"), "{r}");
+    drop(idle);
+    assert_eq!(node.ok(&["policy", "get", "-o", "json"]), before, "a bad request changed the policies");
+    assert!(node.ok(&["status"]).contains("Policies:      1"));
+}

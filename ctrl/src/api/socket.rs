@@ -71,16 +71,25 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
         let Ok(conn) = conn else { continue };
         let handle = handle.clone();
         std::thread::spawn(move || {
-            let mut reader = BufReader::new(&conn);
-            let mut line = String::new();
-            if reader.read_line(&mut line).is_err() {
-                return;
-            }
-            let resp = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null },
-                Ok(req) => match handle(req) {
-                    Ok(data) => Response { ok: true, error: None, data },
-                    Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
+            // A request is one line, at most MAX_REQUEST bytes (a policy
+            // file's text is in it), read within REQUEST_TIMEOUT: a client
+            // that sends more, or nothing, gets an error, not a thread and
+            // memory for ever.
+            let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+            let mut reader = BufReader::new(std::io::Read::take(&conn, MAX_REQUEST + 1));
+            let mut line = Vec::new();
+            let read = reader.read_until(b'\n', &mut line);
+            let bad = |e: String| Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null };
+            let resp = match read {
+                Err(e) => bad(format!("reading it: {e}")),
+                Ok(_) if line.len() as u64 > MAX_REQUEST => bad(format!("longer than {} MiB; refused", MAX_REQUEST >> 20)),
+                Ok(_) if !line.ends_with(b"\n") => bad("it ends before its newline (truncated?)".into()),
+                Ok(_) => match serde_json::from_slice::<Request>(&line) {
+                    Err(e) => bad(e.to_string()),
+                    Ok(req) => match handle(req) {
+                        Ok(data) => Response { ok: true, error: None, data },
+                        Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
+                    },
                 },
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();
@@ -90,3 +99,8 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
     }
     Ok(())
 }
+
+/// Largest request accepted (a policy file travels inside one).
+const MAX_REQUEST: u64 = 64 << 20;
+/// Time a client has to send its request line.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
