@@ -487,3 +487,34 @@ fn a_corrupt_policy_snapshot_keeps_the_last_rules_and_crashes_nothing() {
     node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"api.*.com\"}", PAYMENTS_FQDN));
     assert!(palisade_netns_tests::cluster::Cluster::wait(10, || resolves("api.github.com") == "NOERROR"), "{}", node.log());
 }
+
+/// The FQDN map full (`--fqdn-map-size 2`): the address that finds no
+/// room stays closed (fail closed), the failure is logged naming the map
+/// and the flag, and counted; what was installed before keeps working and
+/// nothing crashes.
+#[test]
+fn a_full_fqdn_map_fails_closed_with_a_log_line_and_a_counter() {
+    let mut node = Node::with_ctrl_args(&["--fqdn-map-size", "2"]);
+    let mut world = node.world();
+    for a in ["192.0.2.101", "192.0.2.104"] {
+        let out =
+            std::process::Command::new("ip").args(["-n", &world.netns, "addr", "add", &format!("{a}/24"), "dev", "eth0"]).output().unwrap();
+        assert!(out.status.success());
+    }
+    world.serve(&[443, 5432]);
+    let (dns, _server) = node.kube_dns(HOSTS, CNAMES, 30);
+    node.start_dnsproxy(&[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
+    assert!(pay.resolve(dns.ip, "prod-db.cxyz.us-east-1.rds.amazonaws.com", &["--connect", "5432"]).0);
+    // No room for a third address: it does not open.
+    let (_, r) = pay.resolve(dns.ip, "replica.rds.amazonaws.com", &["--connect", "5432"]);
+    assert_eq!(r[0]["connected"], false, "an address with no room in the map was let through: {r:?}");
+    assert!(!pay.tcp_ip(ip("192.0.2.104"), 5432));
+    assert!(palisade_netns_tests::cluster::Cluster::wait(5, || node.log().contains("map fqdn is full (2 entries)")), "{}", node.log());
+    assert!(node.log().contains("--fqdn-map-size"), "the log says which flag raises it");
+    assert!(palisade_netns_tests::cluster::Cluster::wait(5, || node.dns_stats().get("install_errors").copied().unwrap_or(0) >= 1));
+    // What was installed before still works.
+    assert!(pay.tcp_ip(ip("192.0.2.100"), 443) && pay.tcp_ip(ip("192.0.2.101"), 5432));
+}
