@@ -394,3 +394,30 @@ fn a_small_change_to_an_unshared_set_is_made_in_place_privileged_test() {
     assert_eq!(after["entries"].as_array().map(Vec::len), Some(11));
     check_matrix(&[(&front, &back, Some(WEB), false), (&front, &back, Some(ALT), true)]);
 }
+
+/// A corrupt state file (an endpoint's JSON truncated): palisade-ctrl
+/// refuses to start, naming the file and what to do, and changes nothing;
+/// the datapath keeps enforcing meanwhile, both ways; with the file
+/// restored the agent starts and writes nothing.
+#[test]
+fn a_corrupt_state_file_stops_the_agent_not_the_enforcement_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let mut flow = front.session(&back, WEB);
+    assert!(flow.round_trip());
+    let dir = node.tmp.join("state/endpoints");
+    let file = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|x| x == "json")).unwrap();
+    let good = std::fs::read(&file).unwrap();
+    node.kill_ctrl();
+    std::fs::write(&file, &good[..good.len() / 2]).unwrap();
+    let refused = node.ctrl_refuses(&[]);
+    assert!(refused.contains(&file.display().to_string()) && refused.contains("corrupt state file"), "{refused}");
+    assert!(refused.contains("Restore the file from a backup"), "{refused}");
+    assert!(flow.round_trip(), "the refused start cut an established flow");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+    std::fs::write(&file, &good).unwrap();
+    node.start_ctrl();
+    assert!(node.log().contains("put=0 deleted=0"), "{}", node.log());
+    assert!(flow.round_trip());
+}

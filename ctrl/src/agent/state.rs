@@ -177,7 +177,14 @@ impl StateFile {
 
     fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_slice(&b).with_context(|| format!("reading {} (corrupt state file?)", path.display()))
+        serde_json::from_slice(&b).with_context(|| {
+            format!(
+                "reading {}: a corrupt state file (every write is write, fsync, rename: a disk fault or a hand edit). \
+                 palisade-ctrl does not start on a state it cannot read; the datapath keeps enforcing the last state meanwhile. \
+                 Restore the file from a backup, or remove it to forget that object",
+                path.display()
+            )
+        })
     }
 
     fn read_dir<T: serde::de::DeserializeOwned>(dir: &Path) -> Result<Vec<T>> {
