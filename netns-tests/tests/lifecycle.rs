@@ -421,3 +421,38 @@ fn a_corrupt_state_file_stops_the_agent_not_the_enforcement_privileged_test() {
     assert!(node.log().contains("put=0 deleted=0"), "{}", node.log());
     assert!(flow.round_trip());
 }
+
+/// The state directory goes read-only (a remounted or failing disk): a
+/// policy change is refused with the file system's error, before any map
+/// is touched, so verdicts stay; the agent keeps serving, and the same
+/// change goes through once the directory is writable again.
+#[test]
+fn a_read_only_state_directory_refuses_changes_and_keeps_verdicts_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let before = node.ok(&["bpf", "policy", "get", "shop/backend"]);
+    let state = node.tmp.join("state");
+    let s = state.to_str().unwrap().to_string();
+    let sh = |args: &[&str]| assert!(std::process::Command::new(args[0]).args(&args[1..]).status().unwrap().success(), "{args:?}");
+    sh(&["mount", "--bind", &s, &s]);
+    sh(&["mount", "-o", "remount,bind,ro", &s]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let guard = Unmount(s.clone());
+    let f = node.tmp.join("cart.yaml");
+    let yaml = std::fs::read_to_string(example("allow-frontend-to-backend.yaml")).unwrap();
+    std::fs::write(&f, yaml.replace("frontend", "cart")).unwrap();
+    let err = node.fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before, "maps changed although the state could not be written");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+    assert!(node.ok(&["status"]).contains("Policies:      1"));
+    drop(guard);
+    node.ok(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), true)]);
+}
