@@ -187,12 +187,16 @@ impl<'a> Invocation<'a> {
         Ok(out)
     }
 
-    fn record_path(&self, container_id: &str, ifname: &str) -> Result<PathBuf> {
+    /// Where this network's attachments are recorded.
+    fn records_dir(&self) -> Result<PathBuf> {
         if self.conf.name.is_empty() || self.conf.name.contains('/') || self.conf.name.starts_with('.') {
             return Err(Error::new(code::INVALID_CONFIG, format!("name {:?}: not usable as a network name", self.conf.name)));
         }
-        let dir = self.conf.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        Ok(dir.join(&self.conf.name).join(format!("{container_id}-{ifname}")))
+        Ok(self.conf.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into()).join(&self.conf.name))
+    }
+
+    fn record_path(&self, container_id: &str, ifname: &str) -> Result<PathBuf> {
+        Ok(self.records_dir()?.join(format!("{container_id}-{ifname}")))
     }
 
     fn read_record(&self, path: &Path) -> Option<Record> {
@@ -418,8 +422,7 @@ impl<'a> Invocation<'a> {
     /// lists in `cni.dev/valid-attachments`.
     fn gc(&self) -> Result<()> {
         let valid = self.conf.valid_attachments.clone().unwrap_or_default();
-        let dir = self.record_path("x", POD_IFNAME)?.parent().expect("a record has a directory").to_path_buf();
-        let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(self.records_dir()?) else { return Ok(()) };
         for e in entries.flatten() {
             let file = e.file_name().to_string_lossy().into_owned();
             let Some((id, ifname)) = file.rsplit_once('-') else { continue };

@@ -237,14 +237,21 @@ fn stale_address_closes_for_new_connections_and_established_ones_live_on() {
     assert!(established.round_trip());
 }
 
-#[test]
-fn restarts_of_proxy_and_agent_lose_no_lookup_and_no_connection() {
-    let (mut node, world, dns, _server) = dns_node(&[], 30, &[]);
+/// The payments pod on [`dns_node`] with [`PAYMENTS_FQDN`], having resolved
+/// api.stripe.com and opened a connection to it.
+fn payments_with_a_stripe_connection() -> (Node, Pod, Pod, palisade_netns_tests::DnsServer, Pod, palisade_netns_tests::Session) {
+    let (mut node, world, dns, server) = dns_node(&[], 30, &[]);
     let pay = node.pod("pay/payments", "app=payments");
     node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
     assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
     let stripe = Pod::existing("stripe", &world.netns, ip("192.0.2.100"));
-    let mut established = pay.session(&stripe, 443);
+    let established = pay.session(&stripe, 443);
+    (node, world, dns, server, pay, established)
+}
+
+#[test]
+fn restarts_of_proxy_and_agent_lose_no_lookup_and_no_connection() {
+    let (mut node, _world, dns, _server, pay, mut established) = payments_with_a_stripe_connection();
     // A pod resolving and connecting in a loop (a resolver's retries: 3
     // tries of 400 ms) while each process restarts.
     let server = format!("{}:53", dns.ip);
@@ -421,12 +428,7 @@ fn runbook_tofqdns_connects_fail() {
 /// in the new maps, not the released ones).
 #[test]
 fn resizing_the_fqdn_map_keeps_learned_addresses_and_the_proxy_follows() {
-    let (mut node, world, dns, _server) = dns_node(&[], 30, &[]);
-    let pay = node.pod("pay/payments", "app=payments");
-    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
-    assert!(pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]).0);
-    let stripe = Pod::existing("stripe", &world.netns, ip("192.0.2.100"));
-    let mut established = pay.session(&stripe, 443);
+    let (mut node, _world, dns, _server, pay, mut established) = payments_with_a_stripe_connection();
 
     node.kill_ctrl();
     node.start_ctrl_with(&["--fqdn-map-size", "131072", "--ipcache-map-size", "131072"]);
