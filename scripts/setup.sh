@@ -42,6 +42,13 @@ if ! command -v tansu >/dev/null 2>&1; then
   cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
 fi
 
+# cargo-fuzz: drives the libFuzzer targets in fuzz/ (scripts/fuzz.sh); the
+# nightly-only sanitizer flags are enabled with RUSTC_BOOTSTRAP there.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+  echo "==> installing cargo-fuzz (crates.io)"
+  cargo install cargo-fuzz --version 0.13.2 --locked --quiet
+fi
+
 # bpffs for pinned maps
 if ! mount | grep -q ' /sys/fs/bpf type bpf'; then
   echo "==> mounting bpffs at /sys/fs/bpf"

@@ -49,6 +49,20 @@ enum Cmd {
         #[arg(long, default_value = "results")]
         out: PathBuf,
     },
+    /// Differential test of the datapath: random policies (all three kinds)
+    /// and packets through the real parser, enforcer and BPF programs
+    /// (BPF_PROG_TEST_RUN), each verdict compared with an independent
+    /// model of the policy semantics. Prints the table; every disagreement
+    /// with its case (policies, pods, packet, seed) goes to `--out`.
+    Differential {
+        #[arg(long, default_value_t = 10_000)]
+        cases: u64,
+        /// Seed of the first case (cases use consecutive seeds).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "results/differential.txt")]
+        out: PathBuf,
+    },
     /// An agent restart that resizes the conntrack map (to twice its size)
     /// against a plain restart, by the entries the map holds.
     Resize {
@@ -382,6 +396,44 @@ fn main() -> Result<()> {
             }
             if let Some(p) = json {
                 std::fs::write(&p, serde_json::to_vec_pretty(&v)?)?;
+            }
+            Ok(())
+        }
+        Cmd::Differential { cases, seed, out } => {
+            let t0 = std::time::Instant::now();
+            let step = (cases / 10).max(1);
+            let r = palisade_difftest::run("bench", seed, cases, |r| {
+                if r.cases % step == 0 {
+                    eprintln!("  {} / {cases} cases, {} packets, {} disagreements", r.cases, r.packets, r.disagreements.len());
+                }
+            })?;
+            let secs = t0.elapsed().as_secs_f64();
+            println!("Differential datapath test: seeds {seed}..{}; {}\n", seed + cases - 1, machine());
+            println!("| cases | packets | passed | dropped | parser refusals | disagreements | seconds | packets/s |");
+            println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {secs:.0} | {:.0} |",
+                r.cases,
+                r.packets,
+                r.allowed,
+                r.denied,
+                r.refused.len(),
+                r.disagreements.len(),
+                r.packets as f64 / secs
+            );
+            let mut text = String::new();
+            for (s, e) in &r.refused {
+                text.push_str(&format!("refused, seed {s}: {e}\n\n"));
+            }
+            for d in &r.disagreements {
+                text.push_str(&format!("{d}\n\n"));
+            }
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+            if !r.disagreements.is_empty() || !r.refused.is_empty() {
+                anyhow::bail!("{} disagreements, {} refused cases: {}", r.disagreements.len(), r.refused.len(), out.display());
             }
             Ok(())
         }

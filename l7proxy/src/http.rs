@@ -394,7 +394,7 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
 }
 
 /// Feeding arbitrary bytes to the HTTP side of the proxy, for the
-/// mutation test below and the cargo-fuzz target (`l7proxy/fuzz`): one
+/// mutation test below and the cargo-fuzz target (`fuzz/`, `http_request`): one
 /// connection per input, the rules refusing everything (so no upstream is
 /// ever dialled), checked to answer or close without panicking or hanging.
 pub mod robustness {

@@ -400,7 +400,7 @@ where
     }
 }
 
-/// For the cargo-fuzz target (`l7proxy/fuzz`, `kafka_request`): decodes
+/// For the cargo-fuzz target (`fuzz/`, `kafka_request`): decodes
 /// one request frame body as the proxy does; `Err` for anything it would
 /// refuse. Never panics, never allocates more than the input allows.
 pub fn fuzz_parse(data: &[u8]) -> Result<usize, String> {

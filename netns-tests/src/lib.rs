@@ -18,6 +18,7 @@ use std::{
 
 use serde_json::Value;
 
+pub mod chaos;
 pub mod cluster;
 pub mod http;
 

@@ -4,6 +4,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// A name selector as the policy wrote it (normalised).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct NameSel {
     pub match_name: Option<String>,
@@ -12,6 +13,7 @@ pub struct NameSel {
 
 /// DNS rules of one endpoint for some peers and ports: queries sent there
 /// are allowed when the name matches one of `names`.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct DnsRule {
     pub cookie: u32,
@@ -27,6 +29,7 @@ pub struct DnsRule {
 
 /// One L4 key of a toFQDNs rule: protocol (0 = any, with any port) and a
 /// port block (`bits` 16 = one port, 0 = every port).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct L4Key {
     pub proto: u8,
@@ -36,6 +39,7 @@ pub struct L4Key {
 
 /// A toFQDNs rule of one endpoint: addresses of matching names are allowed
 /// on these keys.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FqdnRule {
     pub cookie: u32,
@@ -46,6 +50,7 @@ pub struct FqdnRule {
 /// HTTP or Kafka rules of one endpoint, one direction, for some peers and
 /// TCP ports: a request on such a connection is allowed when one of the
 /// rules of any matching `L7Rule` admits it (the union over policies).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct L7Rule {
     pub cookie: u32,
@@ -63,6 +68,7 @@ pub struct L7Rule {
     pub rules: String,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct SnapEndpoint {
     pub ep_id: u32,
@@ -80,6 +86,7 @@ pub struct SnapEndpoint {
 
 /// `policy.snap`: written by palisade-ctrl before it changes the maps, so a
 /// packet the datapath redirects under a new rule finds the rule here.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct PolicySnapshot {
     pub version: u32,
@@ -98,6 +105,7 @@ impl PolicySnapshot {
 }
 
 /// Why an address is in the FQDN cache.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// A DNS answer, within its TTL: installed in the datapath.
@@ -107,6 +115,7 @@ pub enum Source {
     LiveConnection,
 }
 
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {
     pub ep_id: u32,
@@ -123,6 +132,7 @@ pub struct CacheEntry {
 }
 
 /// `fqdn.snap`: palisade-dnsproxy's cache.
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct FqdnCache {
     pub version: u32,

@@ -65,7 +65,7 @@ pub struct Daemon {
 
 /// An endpoint's labels: its own, its namespace's, and the cluster's name
 /// (`io.cilium.k8s.policy.cluster`, as Cilium gives every endpoint).
-fn endpoint_labels(cluster: &str, namespace: &str, ns_labels: &BTreeMap<String, String>, user: &BTreeMap<String, String>) -> Labels {
+pub fn endpoint_labels(cluster: &str, namespace: &str, ns_labels: &BTreeMap<String, String>, user: &BTreeMap<String, String>) -> Labels {
     Labels::for_endpoint_in(namespace, ns_labels, user).with(&format!("k8s:{}", palisade_policy::labels::CLUSTER_LABEL), cluster)
 }
 

@@ -80,16 +80,11 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
             let mut line = Vec::new();
             let read = reader.read_until(b'\n', &mut line);
             let bad = |e: String| Response { ok: false, error: Some(format!("bad request: {e}")), data: serde_json::Value::Null };
-            let resp = match read {
-                Err(e) => bad(format!("reading it: {e}")),
-                Ok(_) if line.len() as u64 > MAX_REQUEST => bad(format!("longer than {} MiB; refused", MAX_REQUEST >> 20)),
-                Ok(_) if !line.ends_with(b"\n") => bad("it ends before its newline (truncated?)".into()),
-                Ok(_) => match serde_json::from_slice::<Request>(&line) {
-                    Err(e) => bad(e.to_string()),
-                    Ok(req) => match handle(req) {
-                        Ok(data) => Response { ok: true, error: None, data },
-                        Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
-                    },
+            let resp = match read.map_err(|e| format!("reading it: {e}")).and_then(|_| decode_request(&line)) {
+                Err(e) => bad(e),
+                Ok(req) => match handle(req) {
+                    Ok(data) => Response { ok: true, error: None, data },
+                    Err(e) => Response { ok: false, error: Some(format!("{e:#}")), data: serde_json::Value::Null },
                 },
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();
@@ -98,6 +93,18 @@ pub fn serve(socket: &Path, handle: impl Fn(Request) -> Result<serde_json::Value
         });
     }
     Ok(())
+}
+
+/// Decodes one request line as read from the socket (at most
+/// `MAX_REQUEST + 1` bytes, its newline included): the error says what is
+/// wrong with it, for the client. The fuzz target `api_request` feeds it
+/// arbitrary bytes.
+pub fn decode_request(line: &[u8]) -> std::result::Result<Request, String> {
+    if line.len() as u64 > MAX_REQUEST {
+        return Err(format!("longer than {} MiB; refused", MAX_REQUEST >> 20));
+    }
+    let Some(body) = line.strip_suffix(b"\n") else { return Err("it ends before its newline (truncated?)".into()) };
+    serde_json::from_slice::<Request>(body).map_err(|e| e.to_string())
 }
 
 /// Largest request accepted (a policy file travels inside one).

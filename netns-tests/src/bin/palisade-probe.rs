@@ -4,7 +4,9 @@
 //! back; `session` keeps one TCP connection open and does a round trip per
 //! line read from stdin (a long-lived flow for restart tests); `resolve`
 //! asks a DNS server for a name and can connect to the first answer at
-//! once, in the same process (the first-connection race test).
+//! once, in the same process (the first-connection race test); `loop`
+//! opens connection after connection (a request/response load on many
+//! short connections, or HTTP requests) and sums up what got through.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -73,6 +75,23 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         tries: u32,
     },
+    /// A new TCP connection to ADDR every INTERVAL_MS for DURATION_MS, each
+    /// one echo round trip (or, with --http-path, one HTTP/1.1 GET answered
+    /// with a status line); prints one JSON summary: attempts, ok, failed,
+    /// the longest stretch of failures (ms), HTTP statuses seen, and when
+    /// (ms from the start) the first failures happened.
+    Loop {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 500)]
+        timeout_ms: u64,
+        /// Send `GET PATH` and count the status line's code instead of an echo.
+        #[arg(long)]
+        http_path: Option<String>,
+    },
     /// One TCP connection; for each stdin line, a round trip; prints ok/fail.
     Session {
         addr: SocketAddr,
@@ -88,6 +107,9 @@ fn main() {
         Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
         Cmd::Flood { addr, count } => flood(addr, count),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
+        Cmd::Loop { addr, duration_ms, interval_ms, timeout_ms, http_path } => {
+            connect_loop(addr, duration_ms, interval_ms, Duration::from_millis(timeout_ms), http_path.as_deref())
+        }
         Cmd::Resolve { server, name, tcp, connect, timeout_ms, count, interval_ms, tries } => {
             let t = Duration::from_millis(timeout_ms);
             let mut failed = 0;
@@ -168,24 +190,84 @@ fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
     0
 }
 
-fn tcp_once(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> i32 {
-    let r = (|| -> std::io::Result<bool> {
-        let mut s = match bind {
-            None => TcpStream::connect_timeout(&addr, t)?,
-            Some(ip) => {
-                let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-                sock.bind(&SocketAddr::new(ip, 0).into())?;
-                sock.connect_timeout(&addr.into(), t)?;
-                sock.into()
-            }
-        };
+/// One HTTP/1.1 GET on a new connection: the status code, 0 if no status
+/// line came back.
+fn http_once(addr: SocketAddr, path: &str, t: Duration) -> u16 {
+    let r = (|| -> std::io::Result<u16> {
+        let mut s = TcpStream::connect_timeout(&addr, t)?;
         s.set_read_timeout(Some(t))?;
-        s.write_all(b"palisade-probe\n")?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line)?;
-        Ok(line == "palisade-probe\n")
+        Ok(line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0))
     })();
-    match r {
+    r.unwrap_or(0)
+}
+
+fn connect_loop(addr: SocketAddr, duration_ms: u64, interval_ms: u64, t: Duration, http_path: Option<&str>) -> i32 {
+    let start = std::time::Instant::now();
+    let (mut attempts, mut ok) = (0u64, 0u64);
+    let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
+    let (mut failing_since, mut longest) = (None::<std::time::Instant>, Duration::ZERO);
+    let mut first_failures = Vec::new();
+    while start.elapsed() < Duration::from_millis(duration_ms) {
+        let at = std::time::Instant::now();
+        attempts += 1;
+        let good = match http_path {
+            Some(p) => {
+                let code = http_once(addr, p, t);
+                *statuses.entry(code).or_default() += 1;
+                code != 0
+            }
+            // Errors are not printed: a line per failure would drown a
+            // long run's log; the summary counts them.
+            None => tcp_round_trip(addr, None, t).unwrap_or(false),
+        };
+        if good {
+            ok += 1;
+            if let Some(since) = failing_since.take() {
+                longest = longest.max(since.elapsed());
+            }
+        } else {
+            failing_since.get_or_insert(at);
+            if first_failures.len() < 20 {
+                first_failures.push(at.duration_since(start).as_millis() as u64);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(interval_ms).saturating_sub(at.elapsed()));
+    }
+    if let Some(since) = failing_since {
+        longest = longest.max(since.elapsed());
+    }
+    let statuses: serde_json::Map<String, serde_json::Value> = statuses.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    println!(
+        "{}",
+        serde_json::json!({"attempts": attempts, "ok": ok, "failed": attempts - ok, "longest_failure_ms": longest.as_millis() as u64,
+            "statuses": statuses, "first_failures_ms": first_failures})
+    );
+    0
+}
+
+/// Connect, send a line, and whether the same line came back.
+fn tcp_round_trip(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> std::io::Result<bool> {
+    let mut s = match bind {
+        None => TcpStream::connect_timeout(&addr, t)?,
+        Some(ip) => {
+            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            sock.bind(&SocketAddr::new(ip, 0).into())?;
+            sock.connect_timeout(&addr.into(), t)?;
+            sock.into()
+        }
+    };
+    s.set_read_timeout(Some(t))?;
+    s.write_all(b"palisade-probe\n")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    Ok(line == "palisade-probe\n")
+}
+
+fn tcp_once(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> i32 {
+    match tcp_round_trip(addr, bind, t) {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {

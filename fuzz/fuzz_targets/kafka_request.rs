@@ -2,8 +2,7 @@
 //! then the body of the APIs that name topics) and checks it returns
 //! instead of panicking or aborting.
 //!
-//! Run from `l7proxy/`:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run kafka_request -- -max_total_time=120`
+//! Run: `scripts/fuzz.sh kafka_request` (docs/reliability.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -2,8 +2,7 @@
 //! (one connection per input, rules that refuse everything) and checks it
 //! answers or closes without panicking or hanging.
 //!
-//! Run from `l7proxy/`:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run http_request -- -max_total_time=120`
+//! Run: `scripts/fuzz.sh http_request` (docs/reliability.md).
 #![no_main]
 
 use std::sync::OnceLock;

@@ -2,10 +2,7 @@
 //! and checks that a deny response to any query it accepts parses back as
 //! an answer with the same ID.
 //!
-//! Run from `dnsproxy/`:
-//! `RUSTC_BOOTSTRAP=1 cargo fuzz run dns_message -- -max_total_time=120`
-//! (stable toolchain; RUSTC_BOOTSTRAP lets cargo-fuzz pass its `-Z` flags,
-//! the default address sanitizer works).
+//! Run: `scripts/fuzz.sh dns_message` (docs/reliability.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,0 +1,357 @@
+//! Crashes under load: `kill -9` of each daemon, again and again at random
+//! moments, while real traffic runs, and what that traffic saw.
+//!
+//! One node with palisade-ctrl, palisade-dnsproxy and palisade-l7proxy;
+//! pods `shop/client`, `shop/server` (echo, nginx, iperf3), an attacker,
+//! kube-dns (dnsmasq) and a world. During each phase these run at once:
+//!
+//! - **established**: one iperf3 TCP stream for the whole phase, and one
+//!   long-lived connection doing a round trip every 100 ms;
+//! - **rr**: a new connection every 20 ms, one round trip each;
+//! - **dns**: resolve `api.stripe.com` and connect to the answer every
+//!   100 ms (a resolver's retries: 3 tries of 400 ms);
+//! - **http**: a new connection every 50 ms with `GET /ok` through the L7
+//!   proxy;
+//! - **must stay blocked**: the attacker to the server, the client to a
+//!   world port no rule allows, and `GET /admin` (refused by the L7 rule):
+//!   any of these getting through is a policy opened by a crash.
+//!
+//! A phase kills one daemon `kills` times (SIGKILL, a random 0.3-1.5 s
+//! after it is back), restarting it at once as systemd's `Restart=always`
+//! does. A baseline phase runs the same load with no kills, so the
+//! machine's own noise is in the same table.
+use std::{
+    fmt::Write as _,
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{bin, Node, Pod};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    None,
+    Ctrl,
+    Dnsproxy,
+    L7proxy,
+}
+
+impl Daemon {
+    pub fn name(self) -> &'static str {
+        match self {
+            Daemon::None => "none (baseline)",
+            Daemon::Ctrl => "palisade-ctrl",
+            Daemon::Dnsproxy => "palisade-dnsproxy",
+            Daemon::L7proxy => "palisade-l7proxy",
+        }
+    }
+}
+
+/// What a connect loop (`palisade-probe loop`) saw.
+#[derive(Debug, Clone, Default)]
+pub struct Loop {
+    pub attempts: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub longest_failure_ms: u64,
+    /// HTTP status code -> count (0: no status line came back).
+    pub statuses: Vec<(u16, u64)>,
+}
+
+impl Loop {
+    fn parse(out: &str) -> Self {
+        let v: Value = out.lines().find_map(|l| serde_json::from_str(l).ok()).unwrap_or_default();
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        let statuses = v["statuses"]
+            .as_object()
+            .map(|m| m.iter().filter_map(|(k, c)| Some((k.parse().ok()?, c.as_u64()?))).collect())
+            .unwrap_or_default();
+        Loop { attempts: n("attempts"), ok: n("ok"), failed: n("failed"), longest_failure_ms: n("longest_failure_ms"), statuses }
+    }
+
+    fn status(&self, code: u16) -> u64 {
+        self.statuses.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
+    }
+}
+
+/// One phase's outcome.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub daemon: Daemon,
+    pub kills: usize,
+    pub seconds: f64,
+    /// Kill to ready again, ms (median, max).
+    pub restart_ms: (f64, f64),
+    /// The iperf3 stream finished without error, and its bytes.
+    pub iperf_ok: bool,
+    pub iperf_gbits: f64,
+    /// Round trips on the long-lived connection, and failures.
+    pub session: (u64, u64),
+    pub rr: Loop,
+    /// DNS rounds, rounds that failed after their retries.
+    pub dns: (u64, u64),
+    pub http: Loop,
+    /// Attempts at what policy denies, and how many got through.
+    pub blocked: (u64, u64),
+}
+
+impl Row {
+    /// Established allowed flows that were cut.
+    pub fn established_cut(&self) -> u64 {
+        u64::from(!self.iperf_ok) + u64::from(self.session.1 > 0)
+    }
+}
+
+pub struct Plan {
+    pub kills: usize,
+    pub seed: u64,
+    pub daemons: Vec<Daemon>,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn ms(&mut self, lo: u64, hi: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        lo + self.0 % (hi - lo + 1)
+    }
+}
+
+const SERVER_POLICY: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: server, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}, {port: \"5201\", protocol: TCP}]}]\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts:\n    - ports: [{port: \"8080\", protocol: TCP}]\n      rules: {http: [{method: GET, path: \"/ok.*\"}]}\n";
+
+const CLIENT_POLICY: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: client, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n  - toEndpoints: [{matchLabels: {app: server}}]\n  - toEndpoints: [{matchLabels: {\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: \"53\", protocol: ANY}], rules: {dns: [{matchName: api.stripe.com}]}}]\n  - toFQDNs: [{matchName: api.stripe.com}]\n    toPorts: [{ports: [{port: \"443\", protocol: TCP}]}]\n";
+
+/// The node and its pods, set up once for every phase.
+pub struct Scenario {
+    pub node: Node,
+    client: Pod,
+    server: Pod,
+    attacker: Pod,
+    dns_ip: std::net::Ipv4Addr,
+    _world: Pod,
+    _dns: (Pod, crate::DnsServer),
+}
+
+impl Scenario {
+    pub fn new() -> Self {
+        let mut node = Node::new();
+        let mut world = node.world();
+        world.serve(&[443, 80]);
+        let dns = node.kube_dns("192.0.2.100 api.stripe.com\n", &[], 30);
+        node.start_dnsproxy(&[]);
+        node.start_l7proxy(&[]);
+        let mut server = node.pod("shop/server", "app=server");
+        server.serve(&[7000]);
+        server.nginx(&node.tmp, 8080, 8081);
+        let iperf = Command::new("ip")
+            .args(["netns", "exec", &server.netns, "iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 -s (scripts/setup.sh installs iperf3)");
+        server.servers.push(iperf);
+        let client = node.pod("shop/client", "app=client");
+        let attacker = node.pod("shop/attacker", "app=attacker");
+        node.apply("server.yaml", SERVER_POLICY);
+        node.apply("client.yaml", CLIENT_POLICY);
+        let dns_ip = dns.0.ip;
+        // Everything the phases rely on works before the first kill.
+        let t0 = Instant::now();
+        while !client.tcp(&server, 5201) && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(client.tcp(&server, 7000), "client reaches the server");
+        assert!(!attacker.tcp(&server, 7000), "the attacker does not");
+        assert!(client.resolve(dns_ip, "api.stripe.com", &["--connect", "443"]).0, "client resolves and connects");
+        assert_eq!(client.http("GET", &format!("http://{}:8080/ok", server.ip)).0, 200, "GET /ok through the proxy");
+        assert_eq!(client.http("GET", &format!("http://{}:8080/admin", server.ip)).0, 403, "GET /admin refused");
+        Scenario { node, client, server, attacker, dns_ip, _world: world, _dns: dns }
+    }
+
+    fn kill_and_restart(&mut self, d: Daemon) {
+        match d {
+            Daemon::None => {}
+            Daemon::Ctrl => {
+                self.node.kill_ctrl();
+                self.node.start_ctrl();
+            }
+            Daemon::Dnsproxy => {
+                self.node.kill_dnsproxy();
+                self.node.start_dnsproxy(&[]);
+            }
+            Daemon::L7proxy => {
+                self.node.kill_l7proxy();
+                self.node.start_l7proxy(&[]);
+            }
+        }
+    }
+
+    fn probe_loop(&self, from: &Pod, addr: String, duration_ms: u64, interval_ms: u64, http: Option<&str>) -> Child {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &from.netns]).arg(bin("palisade-probe")).args([
+            "loop",
+            &addr,
+            "--duration-ms",
+            &duration_ms.to_string(),
+            "--interval-ms",
+            &interval_ms.to_string(),
+        ]);
+        if let Some(p) = http {
+            c.args(["--http-path", p]);
+        }
+        c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn palisade-probe loop")
+    }
+
+    /// One phase: the load for long enough to kill `d` `kills` times.
+    pub fn phase(&mut self, d: Daemon, kills: usize, rng_seed: u64) -> Row {
+        let mut rng = Rng(rng_seed | 1);
+        // Room for every kill (restart plus a gap of at most 1.5 s) and a
+        // quiet second at each end.
+        let duration_ms = 2000 + kills.max(1) as u64 * 2600;
+        let server = self.server.ip;
+        let secs = (duration_ms / 1000 + 1).to_string();
+        let iperf = Command::new("ip")
+            .args(["netns", "exec", &self.client.netns, "iperf3", "-c", &server.to_string(), "-p", "5201", "-t", &secs, "-J"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 -c");
+        let mut session = self.client.session(&self.server, 7000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let (trips, trip_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let session_thread = {
+            let (stop, trips, fails) = (stop.clone(), trips.clone(), trip_failures.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    trips.fetch_add(1, Ordering::Relaxed);
+                    if !session.round_trip() {
+                        fails.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        let rr = self.probe_loop(&self.client, format!("{server}:7000"), duration_ms, 20, None);
+        let http = self.probe_loop(&self.client, format!("{server}:8080"), duration_ms, 50, Some("/ok"));
+        let admin = self.probe_loop(&self.client, format!("{server}:8080"), duration_ms, 100, Some("/admin"));
+        let attacker = self.probe_loop(&self.attacker, format!("{server}:7000"), duration_ms, 50, None);
+        let world_port = self.probe_loop(&self.client, "192.0.2.100:80".into(), duration_ms, 100, None);
+        let rounds = duration_ms / 100;
+        let dns = Command::new("ip")
+            .args(["netns", "exec", &self.client.netns])
+            .arg(bin("palisade-probe"))
+            .args(["resolve", &format!("{}:53", self.dns_ip), "api.stripe.com", "--connect", "443"])
+            .args(["--count", &rounds.to_string(), "--interval-ms", "100", "--timeout-ms", "400", "--tries", "3"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn palisade-probe resolve");
+
+        let t0 = Instant::now();
+        std::thread::sleep(Duration::from_millis(1000));
+        let mut restarts = Vec::new();
+        if d != Daemon::None {
+            while restarts.len() < kills && t0.elapsed() < Duration::from_millis(duration_ms - 1000) {
+                std::thread::sleep(Duration::from_millis(rng.ms(300, 1500)));
+                let k = Instant::now();
+                self.kill_and_restart(d);
+                restarts.push(k.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let wait = |c: Child| String::from_utf8_lossy(&c.wait_with_output().expect("probe output").stdout).into_owned();
+        let (rr, http, admin, attacker, world_port) = (
+            Loop::parse(&wait(rr)),
+            Loop::parse(&wait(http)),
+            Loop::parse(&wait(admin)),
+            Loop::parse(&wait(attacker)),
+            Loop::parse(&wait(world_port)),
+        );
+        let dns_out = wait(dns);
+        let dns_lines: Vec<Value> = dns_out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let dns_failed = dns_lines.iter().filter(|l| l["rcode"] != "NOERROR" || l["connected"] != true).count() as u64;
+        let iperf_out = wait(iperf);
+        stop.store(true, Ordering::Relaxed);
+        session_thread.join().expect("session thread");
+        let iperf: Value = serde_json::from_str(&iperf_out).unwrap_or_default();
+        let iperf_ok = iperf.get("error").is_none() && iperf["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 0;
+        let iperf_gbits = iperf["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0) / 1e9;
+        restarts.sort_by(f64::total_cmp);
+        let restart_ms = if restarts.is_empty() { (0.0, 0.0) } else { (restarts[restarts.len() / 2], restarts[restarts.len() - 1]) };
+        let blocked = (attacker.attempts + world_port.attempts + admin.attempts, attacker.ok + world_port.ok + admin.status(200));
+        Row {
+            daemon: d,
+            kills: restarts.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+            restart_ms,
+            iperf_ok,
+            iperf_gbits,
+            session: (trips.load(Ordering::Relaxed), trip_failures.load(Ordering::Relaxed)),
+            rr,
+            dns: (dns_lines.len() as u64, dns_failed),
+            http,
+            blocked,
+        }
+    }
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs every phase of `plan` on one scenario.
+pub fn run(plan: &Plan, mut progress: impl FnMut(&Row)) -> Vec<Row> {
+    let mut s = Scenario::new();
+    plan.daemons
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let r = s.phase(*d, plan.kills, plan.seed.wrapping_add(i as u64 * 7919));
+            progress(&r);
+            r
+        })
+        .collect()
+}
+
+/// The table, as Markdown.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| killed | kills | restart ms p50 / max | established flows cut | iperf3 Gbit/s | session round trips failed | rr connections failed (longest gap ms) | DNS rounds failed | HTTP requests failed (longest gap ms) | denied attempts admitted |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} / {:.0} | {} | {:.2} | {} / {} | {} / {} ({}) | {} / {} | {} / {} ({}) | {} / {} |",
+            r.daemon.name(),
+            r.kills,
+            r.restart_ms.0,
+            r.restart_ms.1,
+            r.established_cut(),
+            r.iperf_gbits,
+            r.session.1,
+            r.session.0,
+            r.rr.failed,
+            r.rr.attempts,
+            r.rr.longest_failure_ms,
+            r.dns.1,
+            r.dns.0,
+            r.http.attempts - r.http.status(200),
+            r.http.attempts,
+            r.http.longest_failure_ms,
+            r.blocked.1,
+            r.blocked.0
+        );
+    }
+    out
+}
