@@ -28,6 +28,8 @@ if [ "$status" = 0 ]; then
   target/debug/palisade-bench apply --quick >/dev/null 2>&1 || { echo "palisade-bench apply --quick failed"; status=1; }
   target/debug/palisade-bench cluster --quick >/dev/null 2>&1 || { echo "palisade-bench cluster --quick failed"; status=1; }
   if ls /sys/fs/bpf/palisade-bench >/dev/null 2>&1; then echo "benchmark left pins behind"; status=1; fi
+  echo "==> fuzz smoke (scripts/fuzz.sh --quick: every corpus input, then 20 000 executions per target)"
+  bash scripts/fuzz.sh --quick || { echo "scripts/fuzz.sh --quick failed (crashing inputs in results/fuzz/)"; status=1; }
 fi
 echo
 echo "palisade: $passed passed, $failed failed"

@@ -13,7 +13,10 @@ use palisade_l7proxy::http::robustness::{conn, exchange, shared};
 fuzz_target!(|data: &[u8]| {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     let rt = RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"));
-    let sh = shared(&std::env::temp_dir().join("palisade-l7proxy-fuzz"));
-    let c = conn("NEVER", ".*");
-    rt.block_on(exchange(&sh, &c, data));
+    // One proxy state and one connection's rules for the whole run: building
+    // them per input (a rules handle on the state directory) would cost more
+    // than the exchange itself.
+    static SH: OnceLock<(std::sync::Arc<palisade_l7proxy::Shared>, std::sync::Arc<palisade_l7proxy::rules::Conn>)> = OnceLock::new();
+    let (sh, c) = SH.get_or_init(|| (shared(&std::env::temp_dir().join("palisade-l7proxy-fuzz")), conn("NEVER", ".*")));
+    rt.block_on(exchange(sh, c, data));
 });

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
         .enumerate()
         .map(|(i, (ns, l))| (256 + i as u32, Labels::for_endpoint(ns, &parse_label_list(l).expect("fixed labels"))))
         .collect();
-    let cidrs = policy_cidrs(&policies).into_iter().enumerate().map(|(i, c)| (16_777_216 + i as u32, c)).collect();
+    let cidrs: Vec<_> = policy_cidrs(&policies).into_iter().enumerate().map(|(i, c)| (16_777_216 + i as u32, c)).collect();
     let mut http = NamedPorts::new();
     http.insert("http".into(), NamedPort { port: 8080, protocol: 6 });
     let mut named = BTreeMap::new();
