@@ -62,6 +62,8 @@ pub struct Loop {
     pub longest_failure_ms: u64,
     /// HTTP status code -> count (0: no status line came back).
     pub statuses: Vec<(u16, u64)>,
+    /// When the first failures happened, ms after the loop started.
+    pub first_failures_ms: Vec<u64>,
 }
 
 impl Loop {
@@ -72,10 +74,18 @@ impl Loop {
             .as_object()
             .map(|m| m.iter().filter_map(|(k, c)| Some((k.parse().ok()?, c.as_u64()?))).collect())
             .unwrap_or_default();
-        Loop { attempts: n("attempts"), ok: n("ok"), failed: n("failed"), longest_failure_ms: n("longest_failure_ms"), statuses }
+        let first_failures_ms = v["first_failures_ms"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default();
+        Loop {
+            attempts: n("attempts"),
+            ok: n("ok"),
+            failed: n("failed"),
+            longest_failure_ms: n("longest_failure_ms"),
+            statuses,
+            first_failures_ms,
+        }
     }
 
-    fn status(&self, code: u16) -> u64 {
+    pub fn status(&self, code: u16) -> u64 {
         self.statuses.iter().find(|(c, _)| *c == code).map_or(0, |(_, n)| *n)
     }
 }
@@ -99,6 +109,8 @@ pub struct Row {
     pub http: Loop,
     /// Attempts at what policy denies, and how many got through.
     pub blocked: (u64, u64),
+    /// When each kill happened, ms after the load started.
+    pub kill_at_ms: Vec<u64>,
 }
 
 impl Row {
@@ -131,8 +143,8 @@ const CLIENT_POLICY: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy
 /// The node and its pods, set up once for every phase.
 pub struct Scenario {
     pub node: Node,
-    client: Pod,
-    server: Pod,
+    pub client: Pod,
+    pub server: Pod,
     attacker: Pod,
     dns_ip: std::net::Ipv4Addr,
     _world: Pod,
@@ -256,11 +268,12 @@ impl Scenario {
 
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_millis(1000));
-        let mut restarts = Vec::new();
+        let (mut restarts, mut kill_at) = (Vec::new(), Vec::new());
         if d != Daemon::None {
             while restarts.len() < kills && t0.elapsed() < Duration::from_millis(duration_ms - 1000) {
                 std::thread::sleep(Duration::from_millis(rng.ms(300, 1500)));
                 let k = Instant::now();
+                kill_at.push(k.duration_since(t0).as_millis() as u64);
                 self.kill_and_restart(d);
                 restarts.push(k.elapsed().as_secs_f64() * 1e3);
             }
@@ -297,6 +310,7 @@ impl Scenario {
             dns: (dns_lines.len() as u64, dns_failed),
             http,
             blocked,
+            kill_at_ms: kill_at,
         }
     }
 }

@@ -1,0 +1,46 @@
+//! The quick version of `palisade-bench chaos`: each daemon killed three
+//! times under load (iperf3, a short-connection loop, a DNS resolve-and-
+//! connect loop, HTTP through the L7 proxy, and probes that must stay
+//! blocked). What is asserted is what docs/reliability.md promises:
+//! nothing denied gets through, ever; established flows survive every
+//! crash; a crash of the agent costs no new connection (the datapath does
+//! not need it), a crash of a proxy only the requests in flight through it.
+use palisade_netns_tests::chaos::{self, Daemon, Plan};
+
+#[test]
+fn kill_9_of_each_daemon_under_load_privileged_test() {
+    let plan = Plan { kills: 3, seed: 0x5eed, daemons: vec![Daemon::None, Daemon::Ctrl, Daemon::Dnsproxy, Daemon::L7proxy] };
+    let rows = chaos::run(&plan, |r| eprintln!("chaos: {} done", r.daemon.name()));
+    let table = chaos::table(&rows);
+    eprintln!("{table}");
+    for r in &rows {
+        let d = r.daemon.name();
+        assert!(r.blocked.0 > 0, "{d}: the must-stay-blocked probes ran\n{table}");
+        assert_eq!(r.blocked.1, 0, "{d}: a denied attempt got through\n{table}");
+        assert!(r.rr.attempts > 0 && r.http.attempts > 0 && r.dns.0 > 0, "{d}: the loops ran\n{table}");
+        if r.daemon != Daemon::None {
+            assert_eq!(r.kills, plan.kills, "{d}: every kill happened\n{table}");
+        }
+        match r.daemon {
+            // The L7 proxy holds the proxied connections: its crash closes
+            // those (documented), not the L4 flows.
+            Daemon::L7proxy => assert!(r.iperf_ok && r.session.1 == 0, "{d}: L4 established flows survive\n{table}"),
+            _ => assert_eq!(r.established_cut(), 0, "{d}: established allowed flows survive\n{table}"),
+        }
+        match r.daemon {
+            Daemon::None | Daemon::Ctrl => {
+                assert_eq!(r.rr.failed, 0, "{d}: new connections need no agent\n{table}");
+                assert_eq!(r.dns.1, 0, "{d}: DNS rounds need no agent\n{table}");
+                assert_eq!(r.http.status(200), r.http.attempts, "{d}: HTTP needs no agent\n{table}");
+            }
+            Daemon::Dnsproxy => {
+                assert_eq!(r.rr.failed, 0, "{d}: L4 connections do not need the DNS proxy\n{table}");
+                assert_eq!(r.dns.1, 0, "{d}: a resolver's retries cover a DNS proxy restart\n{table}");
+            }
+            Daemon::L7proxy => {
+                assert_eq!(r.rr.failed, 0, "{d}: L4 connections do not need the L7 proxy\n{table}");
+                assert!(r.http.longest_failure_ms < 3000, "{d}: HTTP is back within the restart window\n{table}");
+            }
+        }
+    }
+}
