@@ -280,3 +280,32 @@ int tc_host_egress(struct __sk_buff *skb)
 {
 	return finish(skb, DIR_EGRESS, verdict(skb, DIR_EGRESS, 1));
 }
+
+/* The node netns's listener lookups (attached by palisade-ctrl, link pinned
+ * as palisade_sk_lookup_link): a SYN that proxy_redirect handed to a
+ * TIME_WAIT socket, which the kernel has just retired, goes to the proxy's
+ * listener (lib/proxy.h). Every other lookup passes untouched. */
+SEC("sk_lookup")
+int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
+{
+	struct proxy_tw_key k = {};
+	struct bpf_sock *sk;
+	__u32 *port;
+
+	if (ctx->protocol != IPPROTO_TCP || ctx->family != 2 /* AF_INET */)
+		return SK_PASS;
+	k.saddr = ctx->remote_ip4;
+	k.daddr = ctx->local_ip4;
+	k.sport = ctx->remote_port;
+	k.dport = bpf_htons((__u16)ctx->local_port);
+	port = bpf_map_lookup_elem(&palisade_proxy_tw_v1, &k);
+	if (!port)
+		return SK_PASS;
+	sk = bpf_map_lookup_elem(&palisade_proxy_listeners_v1, port);
+	bpf_map_delete_elem(&palisade_proxy_tw_v1, &k);
+	if (!sk)
+		return SK_PASS;
+	bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	return SK_PASS;
+}

@@ -34,7 +34,25 @@
  *    connections (which use the client's address) goes to that socket, by
  *    tuple, never to a listener.
  * When no proxy socket exists (the proxy is down or restarting) the packet
- * is dropped: an L7 or DNS rule is never bypassed. */
+ * is dropped: an L7 or DNS rule is never bypassed.
+ *
+ * TIME_WAIT. The proxy usually closes first, so the accepted socket of a
+ * finished connection lingers in TIME_WAIT with the client's tuple. A
+ * client reusing that source port (legitimately: it closed second, so it
+ * holds no TIME_WAIT of its own) sends a SYN the lookup finds the
+ * TIME_WAIT socket for. Handing that SYN to the listener does not work:
+ * the kernel drops it, because the new request socket would duplicate the
+ * TIME_WAIT tuple in the established hash, and the client waits a second
+ * for its retransmission (found by netns-tests/tests/chaos.rs: 1-4 % of
+ * HTTP connections once ~1000 had gone through the proxy). So the SYN is
+ * handed to the TIME_WAIT socket itself, as a normal lookup would: the
+ * kernel accepts a newer SYN there (RFC 1122 4.2.2.13), retires the
+ * TIME_WAIT socket and looks for a listener of the original destination,
+ * which only sk_lookup_proxy (below) can name: it finds the tuple this
+ * program left in palisade_proxy_tw_v1 and the proxy's listener, which the
+ * proxy registered in palisade_proxy_listeners_v1 by its port. Other
+ * segments of the old connection go to the TIME_WAIT socket too, which
+ * answers them as TCP says. */
 #ifndef PALISADE_PROXY_H
 #define PALISADE_PROXY_H
 
@@ -56,6 +74,34 @@ static __always_inline int mark_is(const struct __sk_buff *skb, __u32 magic)
 }
 
 #define PROXY_ADDR_BE bpf_htonl(0x7f000001) /* 127.0.0.1 */
+
+/* A SYN handed to a TIME_WAIT socket, by its tuple as the packet has it. */
+struct proxy_tw_key {
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+};
+
+/* palisade_proxy_tw_v1: written here, read and deleted by sk_lookup_proxy;
+ * an entry lives from a SYN to the kernel's listener lookup for it (LRU:
+ * one whose lookup never came is evicted). Value: the proxy's port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct proxy_tw_key);
+	__type(value, __u32);
+} palisade_proxy_tw_v1 SEC(".maps");
+
+/* palisade_proxy_listeners_v1: proxy port -> its listening socket, put by
+ * the proxy that owns it (palisade-l7proxy, palisade-dnsproxy) when it
+ * starts; the kernel removes a socket when it closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, __u64);
+} palisade_proxy_listeners_v1 SEC(".maps");
 
 /* Hands the packet to `sk` (a reference this releases) and marks it for
  * local delivery. Returns REASON_FORWARDED or -DROP_PROXY_UNAVAILABLE. */
@@ -85,7 +131,18 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tu
 		tup.ipv4.daddr = t->daddr;
 		tup.ipv4.dport = t->dport;
 		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
-		if (sk && (sk->state == BPF_TCP_LISTEN || sk->state == BPF_TCP_TIME_WAIT)) {
+		if (sk && sk->state == BPF_TCP_TIME_WAIT) {
+			if ((t->tcp_flags & 0x12) == 0x02) {
+				struct proxy_tw_key k = {
+					.saddr = t->saddr, .daddr = t->daddr, .sport = t->sport, .dport = t->dport
+				};
+				__u32 port = proxy_port;
+
+				bpf_map_update_elem(&palisade_proxy_tw_v1, &k, &port, BPF_ANY);
+			}
+			return proxy_assign(skb, sk);
+		}
+		if (sk && sk->state == BPF_TCP_LISTEN) {
 			bpf_sk_release(sk);
 			sk = 0;
 		}
@@ -148,7 +205,9 @@ static __always_inline int proxy_reinjected(struct __sk_buff *skb, int *rc)
 		return 0;
 	port = skb->mark >> 16;
 	skb->mark = 0;
-	if (parse_packet(skb, &t) < 0 || !port) {
+	/* Only an unfragmented IPv4 packet was ever re-injected; anything
+	 * else (and t is only filled for IPv4) is dropped. */
+	if (parse_packet(skb, &t) != PARSE_L3_IPV4 || !port) {
 		*rc = -DROP_INVALID;
 		return 1;
 	}

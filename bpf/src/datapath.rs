@@ -87,7 +87,7 @@ pub struct Datapath {
 }
 
 /// Pinned file name of each map (also its versioned ABI name): [`pins::ALL`].
-pub const MAP_NAMES: [&str; 11] = pins::ALL;
+pub const MAP_NAMES: [&str; 13] = pins::ALL;
 
 impl Datapath {
     /// Loads the programs; maps are created and pinned under `bpf_dir`, or
@@ -217,6 +217,25 @@ impl Datapath {
 
     pub fn attach_mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Attaches `sk_lookup_proxy` to this process's network namespace, or
+    /// gives the link pinned by an earlier agent this load's program (one
+    /// atomic swap: no lookup runs without it). The link stays pinned in
+    /// the bpf directory ([`pins::SK_LOOKUP_LINK`]), so an agent that dies
+    /// leaves it working, as it leaves the tc programs.
+    pub fn attach_sk_lookup(&self) -> Result<()> {
+        let path = self.dir.join(pins::SK_LOOKUP_LINK);
+        let prog = &self.skel.progs.sk_lookup_proxy;
+        if path.exists() {
+            let what = || format!("giving the pinned link {} the new sk_lookup program", path.display());
+            let mut link = libbpf_rs::Link::open(&path).map_err(|source| Error::Libbpf { what: what(), source })?;
+            return link.update_prog(prog).map_err(|source| Error::Libbpf { what: what(), source });
+        }
+        let ns = std::fs::File::open("/proc/self/ns/net").ctx(|| "opening /proc/self/ns/net".into())?;
+        let what = || "attaching the sk_lookup program to the node's network namespace".to_string();
+        let mut link = prog.attach_netns(ns.as_raw_fd()).map_err(|source| Error::Libbpf { what: what(), source })?;
+        link.pin(&path).map_err(|source| Error::Libbpf { what: format!("pinning {}", path.display()), source })
     }
 
     fn prog(&self, hook: Hook) -> &libbpf_rs::ProgramMut<'static> {

@@ -269,3 +269,29 @@ impl MapStats {
         crate::datapath::read_flow_stats(&self.flow_stats)
     }
 }
+
+/// Puts a proxy's listening TCP socket into the pinned
+/// `palisade_proxy_listeners_v1` under its port, where `sk_lookup_proxy`
+/// finds it for a SYN that reuses a tuple in TIME_WAIT (`bpf/lib/proxy.h`).
+/// The proxy that owns the socket calls this once it listens; the kernel
+/// drops the entry when the socket closes, so a restarted proxy puts its
+/// new one. Without it (no agent yet, or an older one) such a SYN waits for
+/// the client's retransmission, a second: slower, never opened, so a
+/// failure is logged and not fatal.
+pub fn register_proxy_listener(bpf_dir: &Path, port: u16, listener: std::os::fd::BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    let put = || -> Result<()> {
+        let map = open_pinned(bpf_dir, pins::PROXY_LISTENERS)?;
+        let fd = u64::from(listener.as_raw_fd() as u32);
+        map.update(&u32::from(port).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(|source| crate::error::Error::Libbpf {
+            what: format!("putting the listener of port {port} into {}", pins::PROXY_LISTENERS),
+            source,
+        })
+    };
+    match put() {
+        Ok(()) => tracing::debug!(port, "listener registered for clients reusing a tuple in TIME_WAIT"),
+        Err(e) => {
+            tracing::warn!(port, error = %e, "listener not registered: a client reusing a port whose last connection is in TIME_WAIT waits a second for its SYN retransmission")
+        }
+    }
+}

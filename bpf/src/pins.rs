@@ -33,9 +33,20 @@ pub const FLOW_STATS: &str = "palisade_flow_stats_v1";
 /// Addresses learned from DNS answers (`fqdn.h`).
 pub const FQDN: &str = "palisade_fqdn_v1";
 
+/// SYNs handed to a TIME_WAIT socket, for `sk_lookup_proxy` (`proxy.h`).
+pub const PROXY_TW: &str = "palisade_proxy_tw_v1";
+/// Proxy port -> the proxy's listening socket (`proxy.h`); each proxy puts
+/// its own.
+pub const PROXY_LISTENERS: &str = "palisade_proxy_listeners_v1";
+
 /// Every map of the endpoint object: all are pinned. A test checks this
 /// is exactly the set of maps the compiled object declares.
-pub const ALL: [&str; 11] = [ENDPOINTS, IPCACHE, IPCACHE_LPM, POLICY, CT, METRICS, POLICY_CACHE, FLOWS, FLOW_RL, FLOW_STATS, FQDN];
+pub const ALL: [&str; 13] =
+    [ENDPOINTS, IPCACHE, IPCACHE_LPM, POLICY, CT, METRICS, POLICY_CACHE, FLOWS, FLOW_RL, FLOW_STATS, FQDN, PROXY_TW, PROXY_LISTENERS];
+
+/// The pinned bpf_link of `sk_lookup_proxy` on the node's network
+/// namespace (not a map: removing the pin detaches the program).
+pub const SK_LOOKUP_LINK: &str = "palisade_sk_lookup_link";
 
 /// Pins of maps an earlier layout used. Programs still attached from an
 /// earlier version keep their own references until the agent replaces them,

@@ -128,6 +128,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&state_dir).context("opening the DNS flow ring")?) },
     });
     let tcp = server::tcp_listener(a.port)?;
+    palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&tcp));
     let udp = server::UdpServer::bind(a.port, shared.clone(), a.workers)?;
     for i in 0..a.workers {
         let u = udp.clone();

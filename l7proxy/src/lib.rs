@@ -172,6 +172,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         tracing::warn!(bpf_dir = %bpf_dir.display(), "no pinned ipcache: peers that are not local endpoints count as world");
     }
     let listener = upstream::listener(a.port, 4096)?;
+    palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&listener));
     if let Some(addr) = metrics_address {
         metrics::serve(addr, metrics)?;
     }

@@ -257,6 +257,7 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
     let (ok, out) = sb.run(&["/usr/local/bin/palisade-ctrl", "--teardown", "--remove-pins", "--config", "/etc/palisade/config"]);
     assert!(ok && out.contains("detached 2 program(s) from uplink0") && out.contains("1 proxy routing rule(s) removed"), "{out}");
     assert!(out.contains("removed the pinned maps in /sys/fs/bpf/palisade"), "{out}");
+    assert!(out.contains("detached the sk_lookup program"), "the netns sk_lookup link goes too: {out}");
     let (_, rules) = sb.run(&["ip", "rule", "show"]);
     assert!(!rules.contains("lookup 2005"), "{rules}");
     let (ok, out) = sb.run(&["/usr/local/bin/palisade-ctrl", "--teardown", "--config", "/etc/palisade/config"]);

@@ -304,6 +304,44 @@ fn proxy_restart_fails_closed_and_recovers_within_a_second() {
     assert_eq!(web.http("DELETE", &format!("http://{}/api/users", api.ip)).0, 403);
 }
 
+/// The proxy closes first (`Connection: close`), so the node holds the
+/// finished connection in TIME_WAIT; a client may open the next one from the
+/// same port at once (it holds no TIME_WAIT of its own). Before the fix
+/// that SYN was dropped twice over: early demux attached the TIME_WAIT
+/// socket while it was routed (ip_forward drops such a packet), and, handed
+/// to the listener, the kernel dropped it as a duplicate of the TIME_WAIT
+/// tuple. Each reuse then stalled until TIME_WAIT ended (60 s).
+#[test]
+fn a_client_reusing_its_port_at_once_is_served() {
+    let (node, web, api) = shop();
+    node.apply("l7.yaml", API_INGRESS);
+    // Requests from one source port, 100 ms apart, 400 ms timeout each.
+    let probe = |path: &str, ms: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &web.netns])
+            .arg(palisade_netns_tests::bin_dir().join("palisade-probe"))
+            .args(["loop", &format!("{}:80", api.ip), "--duration-ms", ms, "--interval-ms", "100", "--timeout-ms", "400"])
+            .args(["--http-path", path, "--source-port", "41000"])
+            .output()
+            .expect("run palisade-probe");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe prints one JSON line");
+        v
+    };
+    let v = probe("/api/status", "2000");
+    assert!(
+        v["attempts"].as_u64().unwrap() >= 15 && v["statuses"]["200"] == v["attempts"],
+        "every request from port 41000 answered 200: {v}"
+    );
+    let v = probe("/api/users/../admin", "300");
+    assert!(v["statuses"]["200"].is_null(), "a reused port is judged like any other: {v}");
+    // Once the conntrack entry of the last connection is gone (closing
+    // entries live 10 s) but its TIME_WAIT (60 s) is not, the next SYN is
+    // routed like any new flow: the early-demux case.
+    std::thread::sleep(std::time::Duration::from_secs(11));
+    let v = probe("/api/status", "50");
+    assert!(v["attempts"].as_u64() == Some(1) && v["statuses"]["200"] == 1, "after the conntrack entry expired: {v}");
+}
+
 #[test]
 fn grpc_methods_outside_the_allow_list_end_with_permission_denied() {
     let mut node = Node::new();

@@ -453,8 +453,24 @@ pub const PROXY_TABLE: u32 = 2005;
 /// The rule matches the whole magic nibble (`mask`: `fwmark 0xa00/0xf00`), so other
 /// magics (`MARK_FROM_PROXY` 0xb00 on the L7 proxy's upstream sockets) are
 /// routed normally. A rule of an older version (mask = mark) is replaced.
+///
+/// TCP early demux is turned off in the node's namespace. The proxies own
+/// transparent sockets with pod addresses; when one of those connections
+/// ends in TIME_WAIT here and the client opens a new one from the same
+/// port (it may: it closed second and holds no TIME_WAIT), early demux
+/// attaches the TIME_WAIT socket to the new SYN while it is being routed
+/// to the server's veth, and `ip_forward` drops any packet that carries a
+/// socket: the client waits a second for its retransmission (1-4 % of HTTP
+/// connections through palisade-l7proxy once ~1000 had gone through:
+/// netns-tests/tests/chaos.rs found it, a kfree_skb trace at ip_forward
+/// showed it). What early demux saves is one route lookup per packet of
+/// the node's own established TCP connections; forwarded pod traffic,
+/// most of a node's, only pays for its failed socket lookup. Left off by
+/// `unprepare_node` (restoring it would bring the drops back for any
+/// proxy still running).
 pub fn prepare_node(proxy_mark: u32, mask: u32) -> Result<()> {
     sysctl_local("net.ipv4.ip_forward", "1")?;
+    sysctl_local("net.ipv4.tcp_early_demux", "0")?;
     let mark = format!("{proxy_mark:#x}/{mask:#x}");
     let table = PROXY_TABLE.to_string();
     let rules = ip(&["-4", "rule", "show", "table", &table])?;

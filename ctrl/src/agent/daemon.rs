@@ -88,6 +88,11 @@ impl Daemon {
         let lock = palisade_node::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
         netplumb::prepare_node(cfg.datapath.proxy_mark, palisade_bpf::consts::MARK_MAGIC_MASK)?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
+        // Not fatal: without it a client reusing a port whose proxied
+        // connection is in TIME_WAIT waits a second (bpf/lib/proxy.h).
+        if let Err(e) = dp.attach_sk_lookup() {
+            tracing::warn!(error = %e, "sk_lookup program not attached: proxied connections reusing a TIME_WAIT tuple wait for a SYN retransmission");
+        }
         let state = StateFile::new(&cfg.state_dir)?;
         let store = state.load()?;
         let enforcer = Enforcer::new(dp, cfg.enforcement.clone(), &cfg.state_dir)?;

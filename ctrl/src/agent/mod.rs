@@ -209,6 +209,15 @@ fn teardown(a: &Args) -> Result<()> {
         }
         hooks += n;
     }
+    let link = bpf_dir.join(palisade_bpf::pins::SK_LOOKUP_LINK);
+    match std::fs::remove_file(&link) {
+        Ok(()) => {
+            println!("detached the sk_lookup program (removed {})", link.display());
+            hooks += 1;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("removing {}", link.display()))),
+    }
     let rules = palisade_netplumb::unprepare_node()?;
     println!("teardown: {hooks} program(s) detached, {rules} proxy routing rule(s) removed");
     if a.remove_pins {

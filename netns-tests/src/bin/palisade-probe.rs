@@ -91,6 +91,10 @@ enum Cmd {
         /// Send `GET PATH` and count the status line's code instead of an echo.
         #[arg(long)]
         http_path: Option<String>,
+        /// Connect every time from this local port (SO_REUSEADDR), as a
+        /// client whose port allocator comes back to a port at once.
+        #[arg(long)]
+        source_port: Option<u16>,
     },
     /// One TCP connection; for each stdin line, a round trip; prints ok/fail.
     Session {
@@ -107,8 +111,8 @@ fn main() {
         Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
         Cmd::Flood { addr, count } => flood(addr, count),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
-        Cmd::Loop { addr, duration_ms, interval_ms, timeout_ms, http_path } => {
-            connect_loop(addr, duration_ms, interval_ms, Duration::from_millis(timeout_ms), http_path.as_deref())
+        Cmd::Loop { addr, duration_ms, interval_ms, timeout_ms, http_path, source_port } => {
+            connect_loop(addr, duration_ms, interval_ms, Duration::from_millis(timeout_ms), http_path.as_deref(), source_port)
         }
         Cmd::Resolve { server, name, tcp, connect, timeout_ms, count, interval_ms, tries } => {
             let t = Duration::from_millis(timeout_ms);
@@ -192,9 +196,18 @@ fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
 
 /// One HTTP/1.1 GET on a new connection: the status code, 0 if no status
 /// line came back.
-fn http_once(addr: SocketAddr, path: &str, t: Duration) -> u16 {
+fn connect_from(addr: SocketAddr, source_port: Option<u16>, t: Duration) -> std::io::Result<TcpStream> {
+    let Some(port) = source_port else { return TcpStream::connect_timeout(&addr, t) };
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port).into())?;
+    sock.connect_timeout(&addr.into(), t)?;
+    Ok(sock.into())
+}
+
+fn http_once(addr: SocketAddr, path: &str, t: Duration, source_port: Option<u16>) -> u16 {
     let r = (|| -> std::io::Result<u16> {
-        let mut s = TcpStream::connect_timeout(&addr, t)?;
+        let mut s = connect_from(addr, source_port, t)?;
         s.set_read_timeout(Some(t))?;
         write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
         let mut line = String::new();
@@ -204,7 +217,14 @@ fn http_once(addr: SocketAddr, path: &str, t: Duration) -> u16 {
     r.unwrap_or(0)
 }
 
-fn connect_loop(addr: SocketAddr, duration_ms: u64, interval_ms: u64, t: Duration, http_path: Option<&str>) -> i32 {
+fn connect_loop(
+    addr: SocketAddr,
+    duration_ms: u64,
+    interval_ms: u64,
+    t: Duration,
+    http_path: Option<&str>,
+    source_port: Option<u16>,
+) -> i32 {
     let start = std::time::Instant::now();
     let (mut attempts, mut ok) = (0u64, 0u64);
     let mut statuses = std::collections::BTreeMap::<u16, u64>::new();
@@ -215,7 +235,7 @@ fn connect_loop(addr: SocketAddr, duration_ms: u64, interval_ms: u64, t: Duratio
         attempts += 1;
         let good = match http_path {
             Some(p) => {
-                let code = http_once(addr, p, t);
+                let code = http_once(addr, p, t, source_port);
                 *statuses.entry(code).or_default() += 1;
                 code != 0
             }
