@@ -51,7 +51,7 @@ static __always_inline int host_forwarded(struct __sk_buff *skb, const struct en
 		ck.remote_ip = t->daddr;
 		ck.local_port = t->ct_sport;
 		ck.remote_port = t->ct_dport;
-		if (!ct_lookup_refresh(&ck, t->tcp_closing, &st))
+		if (!ct_lookup_refresh(&ck, t->tcp_closing, t->tcp_flags, &st))
 			ct_create(&ck, dir, 0, t->tcp_closing, 0, CT_F_REPLY_TO_PROXY);
 		return REASON_FORWARDED;
 	}
@@ -59,7 +59,7 @@ static __always_inline int host_forwarded(struct __sk_buff *skb, const struct en
 	ck.remote_ip = t->saddr;
 	ck.local_port = t->ct_dport;
 	ck.remote_port = t->ct_sport;
-	if (!ct_lookup_refresh(&ck, t->tcp_closing, &st))
+	if (!ct_lookup_refresh(&ck, t->tcp_closing, t->tcp_flags, &st))
 		return REASON_FORWARDED;
 	if (st.flags & CT_F_REPLY_TO_PROXY)
 		return proxy_reply(skb, t);
@@ -151,7 +151,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		ck.local_port = t.ct_dport;
 		ck.remote_port = t.ct_sport;
 	}
-	if (ct_lookup_refresh(&ck, t.tcp_closing, &st)) {
+	if (ct_lookup_refresh(&ck, t.tcp_closing, t.tcp_flags, &st)) {
 		if (host)
 			return REASON_FORWARDED;
 		if (dir == DIR_EGRESS) {

@@ -63,8 +63,12 @@ struct ct_state {
 };
 
 /* Returns 1 when the packet belongs to a live tracked flow, with what the
- * entry says in *st. */
-static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, struct ct_state *st)
+ * entry says in *st. A SYN (without ACK) on an entry that has seen FIN or
+ * RST opens a new connection on an old tuple (a client reusing its port):
+ * it is a new flow, judged by the current policy and given a fresh entry,
+ * never admitted on the old connection's verdict. */
+static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, __u8 tcp_flags,
+					     struct ct_state *st)
 {
 	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
 	__u64 now;
@@ -73,6 +77,8 @@ static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_
 		return 0;
 	now = bpf_ktime_get_ns();
 	if (now - e->last_seen_ns > ct_lifetime(e, key->proto))
+		return 0;
+	if ((e->flags & CT_F_CLOSING) && key->proto == IPPROTO_TCP && (tcp_flags & 0x12) == 0x02)
 		return 0;
 	if (tcp_closing && !(e->flags & CT_F_CLOSING))
 		e->flags |= CT_F_CLOSING;

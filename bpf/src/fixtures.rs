@@ -97,6 +97,7 @@ impl Fixture {
 
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+const TCP_FIN: u8 = 0x01;
 
 pub struct Ip {
     pub src: Ipv4Addr,
@@ -273,6 +274,21 @@ pub fn table() -> Vec<Fixture> {
         prime: vec![(From, tcp_syn(EP_IP, OTHER_IP, 40001, 443))],
         verdict: ok,
         reason: Forwarded,
+    });
+    // The endpoint's own allowed connection to OTHER_IP:443, closed; then
+    // OTHER_IP opens a connection on the same tuple towards the endpoint,
+    // which no ingress rule allows: a new flow, not the old one's reply.
+    rows.push(Fixture {
+        name: "SYN on a closed flow's tuple is judged anew",
+        hook: To,
+        packet: Ip::new(OTHER_IP, EP_IP, 6).packet(&tcp(443, 40005, TCP_SYN)),
+        ep_flags: ENFORCED,
+        prime: vec![
+            (From, tcp_syn(EP_IP, OTHER_IP, 40005, 443)),
+            (From, Ip::new(EP_IP, OTHER_IP, 6).packet(&tcp(40005, 443, TCP_FIN | TCP_ACK))),
+        ],
+        verdict: shot,
+        reason: Policy,
     });
     rows.push(Fixture {
         name: "established flow (conntrack hit)",
