@@ -15,7 +15,7 @@ PACKAGES=(gcc libc6-dev make pkg-config libelf-dev zlib1g-dev clang-19 llvm-19
   iproute2 iputils-ping util-linux procps iptables nftables iperf3
   dnsmasq-base dnsperf dnsutils etcd-server etcd-client protobuf-compiler libprotobuf-dev openssl
   curl nginx-light nghttp2-client wrk haproxy kcat python3 python3-grpcio python3-kafka linux-perf
-  systemd man-db jq prometheus containernetworking-plugins podman runc busybox-static)
+  systemd man-db jq prometheus containernetworking-plugins podman runc busybox-static libfaketime)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -63,6 +63,28 @@ enum Cmd {
         #[arg(long, default_value = "results/differential.txt")]
         out: PathBuf,
     },
+    /// Crashes under load: each daemon SIGKILLed KILLS times at random
+    /// moments (restarted at once, as systemd would) while iperf3, a
+    /// short-connection loop, a DNS resolve-and-connect loop, HTTP through
+    /// the L7 proxy and probes that must stay blocked run; a baseline phase
+    /// with no kill first; palisade-ipcache-sync on a two-node cluster
+    /// under cross-node L4 load. Prints the Markdown table (docs/reliability.md);
+    /// fails if a denied attempt got through or an L4 established flow was
+    /// cut.
+    Chaos {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Seed of the kill timings.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Phases, in order: none (the baseline), ctrl, dnsproxy, l7proxy,
+        /// ipcache-sync (on a two-node cluster with a real etcd, last).
+        #[arg(long, value_delimiter = ',', default_value = "none,ctrl,dnsproxy,l7proxy,ipcache-sync")]
+        daemons: Vec<String>,
+        /// Also write the table here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// An agent restart that resizes the conntrack map (to twice its size)
     /// against a plain restart, by the entries the map holds.
     Resize {
@@ -399,6 +421,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Chaos { kills, seed, daemons, out } => chaos(kills, seed, &daemons, out.as_deref()),
         Cmd::Differential { cases, seed, out } => {
             let t0 = std::time::Instant::now();
             let step = (cases / 10).max(1);
@@ -671,6 +694,49 @@ fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>
 
 fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").iter().flat_map(std::env::split_paths).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+/// `palisade-bench chaos`: the crash phases of the chaos suite, as a table.
+fn chaos(kills: usize, seed: u64, daemons: &[String], out: Option<&std::path::Path>) -> Result<()> {
+    use palisade_netns_tests::chaos::{self, Daemon, Plan};
+    let daemons = daemons
+        .iter()
+        .map(|d| match d.as_str() {
+            "none" => Ok(Daemon::None),
+            "ctrl" => Ok(Daemon::Ctrl),
+            "dnsproxy" => Ok(Daemon::Dnsproxy),
+            "l7proxy" => Ok(Daemon::L7proxy),
+            "ipcache-sync" => Ok(Daemon::IpcacheSync),
+            other => Err(anyhow::anyhow!("--daemons: {other:?} is not one of none, ctrl, dnsproxy, l7proxy, ipcache-sync")),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan { kills, seed, daemons };
+    let t0 = std::time::Instant::now();
+    eprintln!("chaos: {} phases, {kills} kills each (about {} s)", plan.daemons.len(), plan.daemons.len() * (3 + kills * 3));
+    let rows = chaos::run(&plan, |r| {
+        eprintln!(
+            "  {} done at {:.0} s: {} kills, {} denied admitted, {} established cut",
+            r.daemon.name(),
+            t0.elapsed().as_secs_f64(),
+            r.kills,
+            r.blocked.1,
+            r.established_cut()
+        )
+    });
+    let text = format!("Crashes under load, {kills} kills per daemon, seed {seed}; {}\n\n{}", machine(), chaos::table(&rows));
+    println!("{text}");
+    if let Some(p) = out {
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    let admitted: u64 = rows.iter().map(|r| r.blocked.1).sum();
+    let cut: u64 = rows.iter().map(chaos::Row::established_cut).sum();
+    if admitted > 0 || cut > 0 {
+        anyhow::bail!("{admitted} denied attempts admitted, {cut} established L4 flows cut");
+    }
+    Ok(())
 }
 
 /// The machine a table was measured on: CPU model, CPUs, memory, kernel.

@@ -389,15 +389,22 @@ impl Datapath {
             .map(|v| v.iter().map(|(k, e)| CtEntry::from_abi(k, e)).collect())
     }
 
-    /// Removes every conntrack entry of one endpoint (on endpoint delete).
+    /// Removes every conntrack entry of one endpoint (on endpoint delete):
+    /// its own, and every other endpoint's (and the host's) entries with
+    /// its address as the remote end. Those must go too: the address will
+    /// be another pod's, and a packet of the new owner on the same tuple
+    /// (UDP from the same port, trivially) would otherwise ride the old
+    /// owner's verdict for the entry's lifetime. Found by the IP-reuse
+    /// test (Adversary 4).
     ///
     /// (Expired entries are removed by [`conntrack_gc`], which works on the
     /// pin so it can run on its own thread.)
-    pub fn conntrack_flush_endpoint(&self, ep_id: u32) -> Result<usize> {
+    pub fn conntrack_flush_endpoint(&self, ep_id: u32, ip: std::net::Ipv4Addr) -> Result<usize> {
         let map = &self.skel.maps.palisade_ct_v1;
+        let remote = u32::from_ne_bytes(ip.octets());
         let mut n = 0;
         for key in map.keys().collect::<Vec<_>>() {
-            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id) && map.delete(&key).is_ok() {
+            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id || k.remote_ip == remote) && map.delete(&key).is_ok() {
                 n += 1;
             }
         }

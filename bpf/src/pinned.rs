@@ -116,12 +116,33 @@ impl Ipcache {
 pub struct RemoteIpcache {
     host: MapHandle,
     watch: PinWatch,
+    bpf_dir: std::path::PathBuf,
 }
 
 impl RemoteIpcache {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
         let host = open_pinned(bpf_dir, pins::IPCACHE)?;
-        Ok(Self { host, watch: PinWatch::new(bpf_dir, &[pins::IPCACHE]) })
+        Ok(Self { host, watch: PinWatch::new(bpf_dir, &[pins::IPCACHE]), bpf_dir: bpf_dir.to_path_buf() })
+    }
+
+    /// Deletes the conntrack entries whose remote end is one of `ips`: a
+    /// remote pod's address that went away or now carries another
+    /// identity must not keep admitting, on the old pod's verdict, a
+    /// packet of the new owner on the same tuple (the local case is
+    /// `Datapath::conntrack_flush_endpoint`). One pass over the map.
+    pub fn flush_conntrack(&self, ips: &std::collections::BTreeSet<Ipv4Addr>) -> Result<usize> {
+        if ips.is_empty() {
+            return Ok(0);
+        }
+        let ct = open_pinned(&self.bpf_dir, pins::CT)?;
+        let remotes: std::collections::BTreeSet<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
+        let mut n = 0;
+        for key in ct.keys().collect::<Vec<_>>() {
+            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| remotes.contains(&k.remote_ip)) && ct.delete(&key).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Reopens the map if palisade-ctrl replaced it (a resize); returns
@@ -222,19 +243,45 @@ pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifet
 /// Deletes the conntrack entries idle past their lifetime (the datapath
 /// already ignores them; this frees their slots and keeps `bpf ct list`
 /// honest). Opens the pinned map, so it needs no loaded object. Returns how
-/// many were removed.
-pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<usize> {
+/// many were removed and how full the map is.
+pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<CtSweep> {
     let map = open_pinned(bpf_dir, pins::CT)?;
     let now = abi::monotonic_ns();
-    let mut removed = 0;
+    let (mut removed, mut live) = (0, 0);
     for key in map.keys().collect::<Vec<_>>() {
         let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
         let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
         if !ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) && map.delete(&key).is_ok() {
             removed += 1;
+        } else {
+            live += 1;
         }
     }
-    Ok(removed)
+    Ok(CtSweep { removed, live, max: u64::from(map.max_entries()) })
+}
+
+/// What a [`conntrack_gc`] sweep found.
+#[derive(Debug, Clone, Copy)]
+pub struct CtSweep {
+    pub removed: u64,
+    /// Entries left (live flows).
+    pub live: u64,
+    pub max: u64,
+}
+
+impl CtSweep {
+    /// At or above this fill the LRU map is evicting: a new flow takes the
+    /// least recently used entry. (An overflowing LRU hash settles between
+    /// 85 and 95 % full, not at 100 %: the kernel frees in batches.)
+    pub const FULL: f64 = 0.8;
+
+    pub fn fill(&self) -> f64 {
+        if self.max == 0 {
+            0.0
+        } else {
+            self.live as f64 / self.max as f64
+        }
+    }
 }
 
 /// What a metrics scrape reads from the datapath, through handles of its
@@ -294,4 +341,18 @@ pub fn register_proxy_listener(bpf_dir: &Path, port: u16, listener: std::os::fd:
             tracing::warn!(port, error = %e, "listener not registered: a client reusing a port whose last connection is in TIME_WAIT waits a second for its SYN retransmission")
         }
     }
+}
+
+/// The maps that hold what policy and endpoints decided (not what traffic
+/// did: conntrack, counters, the verdict cache and flow state move with
+/// every packet).
+pub const STATE_MAPS: [&str; 5] = [pins::ENDPOINTS, pins::IPCACHE, pins::IPCACHE_LPM, pins::POLICY, pins::FQDN];
+
+/// Every entry of the pinned map `name`, as raw (key, value) bytes sorted by
+/// key: for tests and tools that must show a map did not change.
+pub fn entries(bpf_dir: &Path, name: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let m = open_pinned(bpf_dir, name)?;
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = m.keys().filter_map(|k| m.lookup(&k, MapFlags::ANY).ok().flatten().map(|v| (k, v))).collect();
+    out.sort();
+    Ok(out)
 }

@@ -27,8 +27,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{rules::RulesHandle, stats::Stats};
 
+/// The proxy's clock ([`palisade_snapshot::clock`]: unix ms that never
+/// jump); this boot's anchor once [`Installer::new`] has read it.
+static CLOCK: std::sync::OnceLock<palisade_snapshot::clock::Anchor> = std::sync::OnceLock::new();
+
+fn clock() -> &'static palisade_snapshot::clock::Anchor {
+    CLOCK.get_or_init(palisade_snapshot::clock::Anchor::now)
+}
+
+/// Now, in unix ms on the proxy's clock: what every TTL is counted on.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    clock().now_ms()
 }
 
 /// What one answer taught.
@@ -75,24 +84,14 @@ type Key = (u32, String);
 /// A map entry as installed: (cookie, expiry in unix ms).
 type Entry = (u32, u64);
 
-/// The datapath's clock for a unix-ms expiry (CLOCK_MONOTONIC ns).
+/// The datapath's clock for an expiry on the proxy's (CLOCK_MONOTONIC ns).
 fn mono_ns(expires_unix_ms: u64) -> u64 {
-    let (mono, unix) = (palisade_bpf::monotonic_ns(), now_ms());
-    if expires_unix_ms >= unix {
-        mono.saturating_add((expires_unix_ms - unix).saturating_mul(1_000_000))
-    } else {
-        mono.saturating_sub((unix - expires_unix_ms).saturating_mul(1_000_000))
-    }
+    clock().mono_at(expires_unix_ms)
 }
 
 /// The other way, for entries read back from the map on restart.
 fn unix_ms(expires_mono_ns: u64) -> u64 {
-    let (mono, unix) = (palisade_bpf::monotonic_ns(), now_ms());
-    if expires_mono_ns >= mono {
-        unix + (expires_mono_ns - mono) / 1_000_000
-    } else {
-        unix.saturating_sub((mono - expires_mono_ns) / 1_000_000)
-    }
+    clock().ms_at(expires_mono_ns)
 }
 
 /// Whether an installed entry must be rewritten to carry `want`: another
@@ -150,6 +149,16 @@ impl Installer {
         let watch = palisade_bpf::pinned::PinWatch::new(bpf_dir, &[palisade_bpf::pins::FQDN]);
         let dir = state_dir.to_path_buf();
         std::fs::create_dir_all(&dir)?;
+        let (anchor, kept) = palisade_snapshot::clock::Anchor::load_or_create(&dir);
+        if let Some(e) = kept {
+            tracing::warn!(
+                "{}: {e}; TTLs are counted from this start's clock reading",
+                dir.join(palisade_snapshot::clock::Anchor::FILE).display()
+            );
+        }
+        if CLOCK.set(anchor).is_err() && CLOCK.get() != Some(&anchor) {
+            tracing::warn!("the proxy's clock was read before its anchor was loaded");
+        }
         let mut cache: BTreeMap<Key, Vec<Addr>> = BTreeMap::new();
         let mut endpoints = HashMap::new();
         if let Some(snap) = palisade_snapshot::read::<FqdnCache>(&dir.join(FqdnCache::FILE))? {

@@ -63,6 +63,15 @@ impl Mapped {
     fn open(path: &Path, write: bool) -> Result<Self, RingError> {
         let io = |source| RingError::Io { path: path.to_path_buf(), source };
         let f = OpenOptions::new().read(true).write(write).open(path).map_err(io)?;
+        if write {
+            // The writer stores through the mapping: a page the file system
+            // has not allocated yet is allocated on that store, and a full
+            // file system answers with SIGBUS, which kills the writer (the
+            // agent, found by filling its state directory). So every block
+            // is allocated here, where a full disk is an error.
+            let len = f.metadata().map_err(io)?.len();
+            nix::fcntl::posix_fallocate(&f, 0, len as libc::off_t).map_err(|e| io(std::io::Error::from(e)))?;
+        }
         let map = if write { MmapRaw::map_raw(&f) } else { memmap2::MmapOptions::new().map_raw_read_only(&f) }.map_err(io)?;
         if map.len() < HEADER {
             return Err(RingError::Format { path: path.to_path_buf() });

@@ -25,7 +25,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Duration,
@@ -404,9 +404,8 @@ impl Sync {
             if full {
                 self.reconcile_map();
             } else {
-                for ip in &changed {
-                    self.apply_one(*ip, self.desired_one(*ip));
-                }
+                let stale: BTreeSet<Ipv4Addr> = changed.iter().filter(|ip| self.apply_one(**ip, self.desired_one(**ip))).copied().collect();
+                self.flush_conntrack(&stale);
             }
         }
         if snapshot || full {
@@ -486,13 +485,31 @@ impl Sync {
             .map(|n| IpcacheValue { identity: palisade_bpf::identity::REMOTE_NODE, node_id: n.node_id })
     }
 
-    fn apply_one(&self, ip: Ipv4Addr, want: Option<IpcacheValue>) {
+    /// Writes (or deletes) one remote entry; returns whether the identity
+    /// the map held for the address went away or changed (its conntrack
+    /// entries are then stale: [`Sync::flush_conntrack`]).
+    fn apply_one(&self, ip: Ipv4Addr, want: Option<IpcacheValue>) -> bool {
+        let before = self.map.get(ip).filter(|v| v.node_id != 0);
         let r = match want {
             Some(v) => self.map.put_remote(ip, v).map(|_| ()),
             None => self.map.delete_remote(ip),
         };
         if let Err(e) = r {
             tracing::error!(%ip, "ipcache: {e}");
+        }
+        before.is_some_and(|b| want.is_none_or(|w| w.identity != b.identity))
+    }
+
+    /// Flows to or from a remote address whose pod is gone (or whose
+    /// address another pod now has) were admitted for that pod: their
+    /// conntrack entries go, so the address's next owner is judged by its
+    /// own identity. A flow that still belongs to an allowed peer is judged
+    /// again by its next packet and goes on.
+    fn flush_conntrack(&self, ips: &BTreeSet<Ipv4Addr>) {
+        match self.map.flush_conntrack(ips) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(addresses = ips.len(), entries = n, "conntrack entries of departed remote addresses removed"),
+            Err(e) => tracing::warn!(error = %e, "removing conntrack entries of departed remote addresses"),
         }
     }
 
@@ -524,17 +541,22 @@ impl Sync {
     fn reconcile_map(&mut self) {
         let want = self.desired();
         let have: BTreeMap<Ipv4Addr, IpcacheValue> = self.map.remote_entries().into_iter().collect();
-        let (mut put, mut deleted) = (0, 0);
+        let (mut put, mut deleted, mut stale) = (0, 0, BTreeSet::new());
         for (ip, v) in &want {
             if have.get(ip) != Some(v) {
-                self.apply_one(*ip, Some(*v));
+                if self.apply_one(*ip, Some(*v)) {
+                    stale.insert(*ip);
+                }
                 put += 1;
             }
         }
         for ip in have.keys().filter(|ip| !want.contains_key(ip)) {
-            self.apply_one(*ip, None);
+            if self.apply_one(*ip, None) {
+                stale.insert(*ip);
+            }
             deleted += 1;
         }
+        self.flush_conntrack(&stale);
         tracing::info!(remote = want.len(), put, deleted, "ipcache reconciled with the cluster");
     }
 

@@ -303,7 +303,14 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
     let version = req.version();
     let h2 = version == Version::HTTP_2;
     let method = req.method().as_str().to_string();
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let original = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = match crate::path::normalize(&original) {
+        Ok(p) => p,
+        Err(why) => {
+            sh.metrics.malformed("http", if why == crate::path::Refused::EncodedSlash { "encoded_slash" } else { "bad_escape" });
+            return local(StatusCode::BAD_REQUEST, "Bad request path\r\n", true);
+        }
+    };
     let host = req
         .headers()
         .get(header::HOST)
@@ -363,13 +370,18 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
     }
     strip_hop_by_hop(req.headers_mut(), h2);
     if h2 {
-        if req.uri().authority().is_none() {
-            let authority = if host.is_empty() { conn.server.to_string() } else { host.clone() };
-            if let Ok(u) = Uri::builder().scheme("http").authority(authority).path_and_query(path.as_str()).build() {
+        if req.uri().authority().is_none() || path != original {
+            let authority = match req.uri().authority() {
+                Some(a) => a.to_string(),
+                None if host.is_empty() => conn.server.to_string(),
+                None => host.clone(),
+            };
+            let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
+            if let Ok(u) = Uri::builder().scheme(scheme.as_str()).authority(authority).path_and_query(path.as_str()).build() {
                 *req.uri_mut() = u;
             }
         }
-    } else if req.uri().authority().is_some() {
+    } else if req.uri().authority().is_some() || path != original {
         // Absolute-form (a client that thinks it talks to a proxy): the
         // server gets origin-form.
         if let Ok(u) = Uri::builder().path_and_query(path.as_str()).build() {

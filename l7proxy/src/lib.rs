@@ -27,6 +27,7 @@ pub mod flowlog;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod path;
 pub mod rules;
 pub mod upstream;
 

@@ -20,6 +20,12 @@
 //! after it is back), restarting it at once as systemd's `Restart=always`
 //! does. A baseline phase runs the same load with no kills, so the
 //! machine's own noise is in the same table.
+//!
+//! palisade-ipcache-sync only matters with a cluster, so its phase runs on
+//! two nodes joined by a real etcd ([`ClusterScenario`]): the client and
+//! the attacker on node-1, the server on node-2, every flow crossing
+//! nodes, and the daemon killed on node-1 and node-2 in turn. Its load is
+//! the L4 part (iperf3, the session, rr, the attacker).
 use std::{
     fmt::Write as _,
     process::{Child, Command, Stdio},
@@ -40,6 +46,9 @@ pub enum Daemon {
     Ctrl,
     Dnsproxy,
     L7proxy,
+    /// Killed on both nodes of a two-node cluster in turn (its phase runs
+    /// on [`ClusterScenario`]: cross-node traffic, no DNS or L7 load).
+    IpcacheSync,
 }
 
 impl Daemon {
@@ -49,6 +58,7 @@ impl Daemon {
             Daemon::Ctrl => "palisade-ctrl",
             Daemon::Dnsproxy => "palisade-dnsproxy",
             Daemon::L7proxy => "palisade-l7proxy",
+            Daemon::IpcacheSync => "palisade-ipcache-sync (cluster)",
         }
     }
 }
@@ -145,18 +155,23 @@ pub struct Scenario {
     pub node: Node,
     pub client: Pod,
     pub server: Pod,
-    attacker: Pod,
-    dns_ip: std::net::Ipv4Addr,
+    pub attacker: Pod,
+    pub dns_ip: std::net::Ipv4Addr,
     _world: Pod,
     _dns: (Pod, crate::DnsServer),
 }
 
 impl Scenario {
     pub fn new() -> Self {
+        Self::with_dns_ttl(30)
+    }
+
+    /// With kube-dns answering with TTL `ttl` seconds.
+    pub fn with_dns_ttl(ttl: u32) -> Self {
         let mut node = Node::new();
         let mut world = node.world();
         world.serve(&[443, 80]);
-        let dns = node.kube_dns("192.0.2.100 api.stripe.com\n", &[], 30);
+        let dns = node.kube_dns("192.0.2.100 api.stripe.com\n", &[], ttl);
         node.start_dnsproxy(&[]);
         node.start_l7proxy(&[]);
         let mut server = node.pod("shop/server", "app=server");
@@ -187,24 +202,57 @@ impl Scenario {
         Scenario { node, client, server, attacker, dns_ip, _world: world, _dns: dns }
     }
 
-    fn kill_and_restart(&mut self, d: Daemon) {
-        match d {
-            Daemon::None => {}
-            Daemon::Ctrl => {
-                self.node.kill_ctrl();
-                self.node.start_ctrl();
-            }
-            Daemon::Dnsproxy => {
-                self.node.kill_dnsproxy();
-                self.node.start_dnsproxy(&[]);
-            }
-            Daemon::L7proxy => {
-                self.node.kill_l7proxy();
-                self.node.start_l7proxy(&[]);
-            }
+    /// One phase: the load for long enough to kill `d` `kills` times.
+    pub fn phase(&mut self, d: Daemon, kills: usize, rng_seed: u64) -> Row {
+        let load = Load {
+            client: &self.client,
+            server: &self.server,
+            attacker: &self.attacker,
+            dns_ip: Some(self.dns_ip),
+            http: true,
+            world_port: Some("192.0.2.100:80".into()),
+        };
+        let node = &mut self.node;
+        load.run(d, kills, rng_seed, &mut || kill_and_restart(node, d))
+    }
+}
+
+fn kill_and_restart(node: &mut Node, d: Daemon) {
+    match d {
+        Daemon::None => {}
+        Daemon::Ctrl => {
+            node.kill_ctrl();
+            node.start_ctrl();
+        }
+        Daemon::Dnsproxy => {
+            node.kill_dnsproxy();
+            node.start_dnsproxy(&[]);
+        }
+        Daemon::L7proxy => {
+            node.kill_l7proxy();
+            node.start_l7proxy(&[]);
+        }
+        Daemon::IpcacheSync => {
+            node.kill_sync();
+            node.start_sync(&[]);
         }
     }
+}
 
+/// What a phase runs, between whom.
+struct Load<'a> {
+    client: &'a Pod,
+    server: &'a Pod,
+    attacker: &'a Pod,
+    /// kube-dns, for the resolve-and-connect loop.
+    dns_ip: Option<std::net::Ipv4Addr>,
+    /// `GET /ok` and `GET /admin` through the L7 proxy on port 8080.
+    http: bool,
+    /// A world address:port no rule allows the client.
+    world_port: Option<String>,
+}
+
+impl Load<'_> {
     fn probe_loop(&self, from: &Pod, addr: String, duration_ms: u64, interval_ms: u64, http: Option<&str>) -> Child {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &from.netns]).arg(bin("palisade-probe")).args([
@@ -221,8 +269,8 @@ impl Scenario {
         c.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn palisade-probe loop")
     }
 
-    /// One phase: the load for long enough to kill `d` `kills` times.
-    pub fn phase(&mut self, d: Daemon, kills: usize, rng_seed: u64) -> Row {
+    /// The load for long enough to kill `kills` times with `kill`.
+    fn run(&self, d: Daemon, kills: usize, rng_seed: u64, kill: &mut dyn FnMut()) -> Row {
         let mut rng = Rng(rng_seed | 1);
         // Room for every kill (restart plus a gap of at most 1.5 s) and a
         // quiet second at each end.
@@ -235,7 +283,7 @@ impl Scenario {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn iperf3 -c");
-        let mut session = self.client.session(&self.server, 7000);
+        let mut session = self.client.session(self.server, 7000);
         let stop = Arc::new(AtomicBool::new(false));
         let (trips, trip_failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let session_thread = {
@@ -250,21 +298,23 @@ impl Scenario {
                 }
             })
         };
-        let rr = self.probe_loop(&self.client, format!("{server}:7000"), duration_ms, 20, None);
-        let http = self.probe_loop(&self.client, format!("{server}:8080"), duration_ms, 50, Some("/ok"));
-        let admin = self.probe_loop(&self.client, format!("{server}:8080"), duration_ms, 100, Some("/admin"));
-        let attacker = self.probe_loop(&self.attacker, format!("{server}:7000"), duration_ms, 50, None);
-        let world_port = self.probe_loop(&self.client, "192.0.2.100:80".into(), duration_ms, 100, None);
+        let rr = self.probe_loop(self.client, format!("{server}:7000"), duration_ms, 20, None);
+        let http = self.http.then(|| self.probe_loop(self.client, format!("{server}:8080"), duration_ms, 50, Some("/ok")));
+        let admin = self.http.then(|| self.probe_loop(self.client, format!("{server}:8080"), duration_ms, 100, Some("/admin")));
+        let attacker = self.probe_loop(self.attacker, format!("{server}:7000"), duration_ms, 50, None);
+        let world_port = self.world_port.as_ref().map(|w| self.probe_loop(self.client, w.clone(), duration_ms, 100, None));
         let rounds = duration_ms / 100;
-        let dns = Command::new("ip")
-            .args(["netns", "exec", &self.client.netns])
-            .arg(bin("palisade-probe"))
-            .args(["resolve", &format!("{}:53", self.dns_ip), "api.stripe.com", "--connect", "443"])
-            .args(["--count", &rounds.to_string(), "--interval-ms", "100", "--timeout-ms", "400", "--tries", "3"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn palisade-probe resolve");
+        let dns = self.dns_ip.map(|ip| {
+            Command::new("ip")
+                .args(["netns", "exec", &self.client.netns])
+                .arg(bin("palisade-probe"))
+                .args(["resolve", &format!("{ip}:53"), "api.stripe.com", "--connect", "443"])
+                .args(["--count", &rounds.to_string(), "--interval-ms", "100", "--timeout-ms", "400", "--tries", "3"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn palisade-probe resolve")
+        });
 
         let t0 = Instant::now();
         std::thread::sleep(Duration::from_millis(1000));
@@ -274,20 +324,15 @@ impl Scenario {
                 std::thread::sleep(Duration::from_millis(rng.ms(300, 1500)));
                 let k = Instant::now();
                 kill_at.push(k.duration_since(t0).as_millis() as u64);
-                self.kill_and_restart(d);
+                kill();
                 restarts.push(k.elapsed().as_secs_f64() * 1e3);
             }
         }
         let wait = |c: Child| String::from_utf8_lossy(&c.wait_with_output().expect("probe output").stdout).into_owned();
-        let (rr, http, admin, attacker, world_port) = (
-            Loop::parse(&wait(rr)),
-            Loop::parse(&wait(http)),
-            Loop::parse(&wait(admin)),
-            Loop::parse(&wait(attacker)),
-            Loop::parse(&wait(world_port)),
-        );
-        let dns_out = wait(dns);
-        let dns_lines: Vec<Value> = dns_out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let wait_loop = |c: Option<Child>| c.map(|c| Loop::parse(&wait(c))).unwrap_or_default();
+        let (rr, http, admin, attacker, world_port) =
+            (Loop::parse(&wait(rr)), wait_loop(http), wait_loop(admin), Loop::parse(&wait(attacker)), wait_loop(world_port));
+        let dns_lines: Vec<Value> = dns.map(|c| wait(c).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()).unwrap_or_default();
         let dns_failed = dns_lines.iter().filter(|l| l["rcode"] != "NOERROR" || l["connected"] != true).count() as u64;
         let iperf_out = wait(iperf);
         stop.store(true, Ordering::Relaxed);
@@ -315,24 +360,95 @@ impl Scenario {
     }
 }
 
+const SERVER_POLICY_L4: &str = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: server, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: server}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: client}}]\n    toPorts: [{ports: [{port: \"7000\", protocol: TCP}, {port: \"5201\", protocol: TCP}]}]\n";
+
+/// Two nodes joined by a real etcd, for the ipcache-sync phase: the
+/// client and the attacker on node-1, the server on node-2. Every verdict
+/// on these flows needs the other node's pods in the ipcache, which
+/// palisade-ipcache-sync writes.
+pub struct ClusterScenario {
+    pub cluster: crate::cluster::Cluster,
+    pub client: Pod,
+    pub server: Pod,
+    pub attacker: Pod,
+    kills: usize,
+}
+
+impl ClusterScenario {
+    pub fn new() -> Self {
+        // Leases of 4 s: a kill leaves the lease 2.7-4 s to live, longer
+        // than a restart takes.
+        let mut cluster = crate::cluster::Cluster::new(2, 4);
+        let mut server = cluster.node_mut(2).pod("shop/server", "app=server");
+        server.serve(&[7000]);
+        let iperf = Command::new("ip")
+            .args(["netns", "exec", &server.netns, "iperf3", "-s", "-p", "5201"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iperf3 -s (scripts/setup.sh installs iperf3)");
+        server.servers.push(iperf);
+        let client = cluster.node_mut(1).pod("shop/client", "app=client");
+        let attacker = cluster.node_mut(1).pod("shop/attacker", "app=attacker");
+        cluster.node(1).apply("server.yaml", SERVER_POLICY_L4);
+        let ready = crate::cluster::Cluster::wait(15, || {
+            cluster.node(1).ipcache_entry(server.ip).is_some()
+                && cluster.node(2).ipcache_entry(client.ip).is_some()
+                && cluster.node(2).ipcache_entry(attacker.ip).is_some()
+                && client.tcp(&server, 5201)
+                && !attacker.tcp(&server, 7000)
+        });
+        assert!(ready, "the cluster did not converge: {}", cluster.node(2).log());
+        assert!(client.tcp(&server, 7000), "client reaches the server across nodes");
+        ClusterScenario { cluster, client, server, attacker, kills: 0 }
+    }
+
+    /// The ipcache-sync phase (or its baseline, `Daemon::None`).
+    pub fn phase(&mut self, d: Daemon, kills: usize, rng_seed: u64) -> Row {
+        let load =
+            Load { client: &self.client, server: &self.server, attacker: &self.attacker, dns_ip: None, http: false, world_port: None };
+        let (cluster, n) = (&mut self.cluster, &mut self.kills);
+        load.run(d, kills, rng_seed, &mut || {
+            // node-1 and node-2 in turn.
+            *n += 1;
+            kill_and_restart(cluster.node_mut(1 + *n % 2), d);
+        })
+    }
+}
+
+impl Default for ClusterScenario {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Default for Scenario {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// Runs every phase of `plan` on one scenario.
+/// Runs every phase of `plan`: the single-node phases on one
+/// [`Scenario`], then the ipcache-sync phase on a [`ClusterScenario`].
 pub fn run(plan: &Plan, mut progress: impl FnMut(&Row)) -> Vec<Row> {
-    let mut s = Scenario::new();
-    plan.daemons
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let r = s.phase(*d, plan.kills, plan.seed.wrapping_add(i as u64 * 7919));
+    let seed = |i: usize| plan.seed.wrapping_add(i as u64 * 7919);
+    let mut rows = Vec::new();
+    let single: Vec<(usize, Daemon)> = plan.daemons.iter().copied().enumerate().filter(|(_, d)| *d != Daemon::IpcacheSync).collect();
+    if !single.is_empty() {
+        let mut s = Scenario::new();
+        for (i, d) in single {
+            let r = s.phase(d, plan.kills, seed(i));
             progress(&r);
-            r
-        })
-        .collect()
+            rows.push(r);
+        }
+    }
+    if let Some(i) = plan.daemons.iter().position(|d| *d == Daemon::IpcacheSync) {
+        let mut c = ClusterScenario::new();
+        let r = c.phase(Daemon::IpcacheSync, plan.kills, seed(i));
+        progress(&r);
+        rows.push(r);
+    }
+    rows
 }
 
 /// The table, as Markdown.
@@ -346,7 +462,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} / {:.0} | {} | {:.2} | {} / {} | {} / {} ({}) | {} / {} | {} / {} ({}) | {} / {} |",
+            "| {} | {} | {:.0} / {:.0} | {} | {:.2} | {} / {} | {} / {} ({}) | {} | {} | {} / {} |",
             r.daemon.name(),
             r.kills,
             r.restart_ms.0,
@@ -358,14 +474,23 @@ pub fn table(rows: &[Row]) -> String {
             r.rr.failed,
             r.rr.attempts,
             r.rr.longest_failure_ms,
-            r.dns.1,
-            r.dns.0,
-            r.http.attempts - r.http.status(200),
-            r.http.attempts,
-            r.http.longest_failure_ms,
+            dash(r.dns.0, format!("{} / {}", r.dns.1, r.dns.0)),
+            dash(
+                r.http.attempts,
+                format!("{} / {} ({})", r.http.attempts - r.http.status(200), r.http.attempts, r.http.longest_failure_ms)
+            ),
             r.blocked.1,
             r.blocked.0
         );
     }
     out
+}
+
+/// A column's text, or "—" for a load the phase did not run.
+fn dash(attempts: u64, text: String) -> String {
+    if attempts == 0 {
+        "—".into()
+    } else {
+        text
+    }
 }

@@ -72,6 +72,7 @@ pub struct Node {
     ctrl_args: Vec<String>,
     dnsproxy: Option<Child>,
     dnsproxy_args: Vec<String>,
+    dnsproxy_env: Vec<(String, String)>,
     l7proxy: Option<Child>,
     l7proxy_args: Vec<String>,
     sync: Option<Child>,
@@ -108,6 +109,7 @@ impl Node {
             ctrl_args: args.iter().map(|a| a.to_string()).collect(),
             dnsproxy: None,
             dnsproxy_args: Vec::new(),
+            dnsproxy_env: Vec::new(),
             l7proxy: None,
             l7proxy_args: Vec::new(),
             sync: None,
@@ -191,12 +193,12 @@ impl Node {
         if !args.is_empty() {
             self.sync_args = args.iter().map(|a| a.to_string()).collect();
         }
-        self.sync = Some(self.spawn_daemon("palisade-ipcache-sync", "sync.log", &self.sync_args));
+        self.sync = Some(self.spawn_daemon("palisade-ipcache-sync", "sync.log", &self.sync_args, &[]));
     }
 
     /// Starts one of the node's daemons in its netns with the node's
     /// directories and `args`, and waits for its "ready" line.
-    fn spawn_daemon(&self, program: &str, log: &str, args: &[String]) -> Child {
+    fn spawn_daemon(&self, program: &str, log: &str, args: &[String], env: &[(String, String)]) -> Child {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.join(log)).expect("log file");
         let mut child = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", self.netns))
@@ -205,6 +207,7 @@ impl Node {
             .args(["--state-dir", &self.tmp.join("state").display().to_string()])
             .args(args)
             .env("PALISADE_LOG", format!("info,{}=debug", program.replace('-', "_")))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -235,7 +238,14 @@ impl Node {
         if !args.is_empty() {
             self.dnsproxy_args = args.iter().map(|a| a.to_string()).collect();
         }
-        self.dnsproxy = Some(self.spawn_daemon("palisade-dnsproxy", "dnsproxy.log", &self.dnsproxy_args));
+        self.dnsproxy = Some(self.spawn_daemon("palisade-dnsproxy", "dnsproxy.log", &self.dnsproxy_args, &self.dnsproxy_env));
+    }
+
+    /// Like [`Node::start_dnsproxy`], with `env` set for this and every
+    /// later start (a fault injected into the process, e.g. libfaketime).
+    pub fn start_dnsproxy_with_env(&mut self, args: &[&str], env: &[(&str, &str)]) {
+        self.dnsproxy_env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.start_dnsproxy(args);
     }
 
     /// Kills palisade-dnsproxy (SIGKILL: a crash, not a clean stop).
@@ -254,7 +264,7 @@ impl Node {
         if !args.is_empty() {
             self.l7proxy_args = args.iter().map(|a| a.to_string()).collect();
         }
-        self.l7proxy = Some(self.spawn_daemon("palisade-l7proxy", "l7proxy.log", &self.l7proxy_args));
+        self.l7proxy = Some(self.spawn_daemon("palisade-l7proxy", "l7proxy.log", &self.l7proxy_args, &[]));
     }
 
     /// Kills palisade-l7proxy (SIGKILL: a crash, not a clean stop).
@@ -404,6 +414,21 @@ impl Node {
         let v = self.json(&args);
         let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
         Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
+    }
+
+    /// Like [`Node::pod`], but a refusal is returned (the agent's error),
+    /// not a failed test; the netns is removed with the node either way.
+    pub fn try_pod(&mut self, name: &str, labels: &str) -> Result<Pod, String> {
+        let netns = format!("{}-{}", self.tag, name.replace('/', "-"));
+        sh(&["ip", "netns", "add", &netns]);
+        self.pods.push(netns.clone());
+        let out = self.cli(&["endpoint", "add", name, "--netns", &netns, "--labels", labels, "-o", "json"]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).expect("endpoint JSON");
+        let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
+        Ok(Pod { name: name.to_string(), netns, ip, servers: Vec::new() })
     }
 
     /// `palisade observe --state-dir <this node's> ARGS -o json`, parsed.
@@ -638,6 +663,19 @@ impl Pod {
 
     pub fn udp_ip(&self, ip: Ipv4Addr, port: u16) -> bool {
         run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{ip}:{port}"), "--timeout-ms", "600"])).status.success()
+    }
+
+    /// A UDP round trip from source port `sport` (a flow's exact tuple).
+    pub fn udp_from_port(&self, sport: u16, ip: Ipv4Addr, port: u16) -> bool {
+        let out = run(self.in_ns(&bin("palisade-probe")).args([
+            "udp",
+            &format!("{ip}:{port}"),
+            "--timeout-ms",
+            "600",
+            "--source-port",
+            &sport.to_string(),
+        ]));
+        out.status.success()
     }
 
     pub fn ping_ip(&self, ip: Ipv4Addr) -> bool {

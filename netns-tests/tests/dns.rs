@@ -379,6 +379,78 @@ fn learned_addresses_close_at_their_ttl_even_with_the_proxy_down() {
     assert_eq!(t["verdict"], "DENIED", "{t}");
 }
 
+/// Clock jumps: libfaketime moves palisade-dnsproxy's wall clock (and only
+/// its: CLOCK_MONOTONIC and the machine's clock are untouched) a day
+/// forward, then a day back. A TTL is a duration: forward, no learned
+/// address may expire early (mass expiry); back, none may live a day
+/// longer (immortal), and a new answer must still refresh what it names.
+/// The DNS flows' times show the jump took effect.
+#[test]
+fn clock_jumps_neither_expire_nor_immortalise_learned_addresses() {
+    let lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+    assert!(std::path::Path::new(lib).exists(), "{lib} is missing: scripts/setup.sh installs libfaketime");
+    let (mut node, _world, dns, _server) = dns_node(&["--min-ttl", "1"], 6, &[]);
+    let offset = node.tmp.join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    node.kill_dnsproxy();
+    let offset_path = offset.to_str().unwrap().to_string();
+    node.start_dnsproxy_with_env(
+        &[],
+        &[
+            ("LD_PRELOAD", lib),
+            ("FAKETIME_TIMESTAMP_FILE", &offset_path),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    );
+    let pay = node.pod("pay/payments", "app=payments");
+    let yaml = policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN);
+    node.apply("p.yaml", &yaml);
+    let stripe = ip("192.0.2.100");
+    let day = |d: &str| {
+        let out = std::process::Command::new("date").args(["-u", "-d", d, "+%F"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let dns_flow_on = |node: &Node, date: &str| {
+        let flows = node.flows(&["--protocol", "dns", "--from-pod", "pay/payments"]);
+        flows.iter().any(|f| f.to_string().contains(&format!("\"{date}T")))
+    };
+    let expires_in = |node: &Node| {
+        let table = node.json(&["bpf", "fqdn", "list"]);
+        table.as_array().unwrap().iter().filter(|e| e["ip"] == "192.0.2.100").map(|e| e["expires_in_s"].as_i64().unwrap()).max()
+    };
+
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "{r:?}");
+    // A day forward: the address learned a moment ago keeps its TTL.
+    std::fs::write(&offset, "+1d\n").unwrap();
+    assert!(pay.resolve(dns.ip, "api.github.com", &[]).0);
+    let tomorrow = day("tomorrow");
+    let t = std::time::Instant::now();
+    while !dns_flow_on(&node, &tomorrow) {
+        assert!(t.elapsed() < std::time::Duration::from_secs(3), "no DNS flow dated {tomorrow}: the clock jump did not reach the proxy");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(pay.tcp_ip(stripe, 443), "mass expiry: a day's jump closed an address inside its TTL\n{}", node.ok(&["bpf", "fqdn", "list"]));
+
+    // A day back: a new answer refreshes; a policy change makes the proxy
+    // rewrite every entry; none may be given the day.
+    std::fs::write(&offset, "-1d\n").unwrap();
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "after the jump back: {r:?}");
+    let refreshed = std::time::Instant::now();
+    assert!(dns_flow_on(&node, &day("yesterday")), "no DNS flow dated yesterday: the clock jump did not reach the proxy");
+    node.apply("p.yaml", &yaml.replace("{matchPattern: \"*\"}", "{matchPattern: \"*\"}, {matchName: extra.example.com}"));
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let left = expires_in(&node);
+    assert!(left.is_some_and(|s| s <= 6), "immortal: 192.0.2.100 expires in {left:?} s with a TTL of 6\n{}", node.log());
+    std::thread::sleep(std::time::Duration::from_millis(7500).saturating_sub(refreshed.elapsed()));
+    assert!(!pay.tcp_ip(stripe, 443), "immortal: the address still opens past its TTL\n{}", node.ok(&["bpf", "fqdn", "list"]));
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "a fresh answer after the jumps did not reopen the address: {r:?}\n{}", node.ok(&["bpf", "fqdn", "list"]));
+}
+
 /// docs/runbooks/tofqdns-connect-fails.md, step by step: prints each
 /// command and its output (`-- --nocapture`).
 #[test]

@@ -456,3 +456,240 @@ fn a_read_only_state_directory_refuses_changes_and_keeps_verdicts_privileged_tes
     node.ok(&["policy", "apply", "-f", f.to_str().unwrap()]);
     check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), true)]);
 }
+
+/// The state directory fills up (a 24 MiB tmpfs, then a file that takes
+/// the rest): a policy change is refused with the file system's error
+/// naming the file, rolled back out of the maps, and leaves no half-written
+/// file holding the space; verdicts and established flows stay; once space
+/// is freed the same change goes through, and a restart enforces it.
+#[test]
+fn a_full_state_directory_refuses_changes_and_keeps_verdicts_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let mut flow = front.session(&back, WEB);
+    assert!(flow.round_trip());
+    let before = node.ok(&["bpf", "policy", "get", "shop/backend"]);
+    // Move the state onto a small tmpfs (the agent stopped meanwhile).
+    let state = node.tmp.join("state");
+    let (s, saved) = (state.to_str().unwrap().to_string(), node.tmp.join("state.saved"));
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    node.kill_ctrl();
+    sh(&["cp", "-a", &s, saved.to_str().unwrap()]);
+    sh(&["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "palisade-test-state", &s]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").args(["-l", &self.0]).status();
+        }
+    }
+    let _guard = Unmount(s.clone());
+    sh(&["cp", "-a", &format!("{}/.", saved.display()), &s]);
+    node.start_ctrl();
+    let filler = state.join("filler");
+    let _ = std::process::Command::new("dd").args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=4k"]).output().unwrap();
+    let f = node.tmp.join("cart.yaml");
+    let yaml = std::fs::read_to_string(example("allow-frontend-to-backend.yaml")).unwrap();
+    std::fs::write(&f, yaml.replace("frontend", "cart")).unwrap();
+    let err = node.fails(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    assert!(err.contains("No space left on device") && err.contains(&s) && err.contains("rolled back"), "{err}");
+    assert_eq!(node.ok(&["bpf", "policy", "get", "shop/backend"]), before, "maps changed although the state could not be written");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+    assert!(flow.round_trip(), "the refused change cut an established flow");
+    let tmp_left: Vec<_> = walk(&state).into_iter().filter(|p| p.to_string_lossy().contains(".tmp")).collect();
+    assert!(tmp_left.is_empty(), "half-written files left on the full disk: {tmp_left:?}");
+    assert!(node.ok(&["status"]).contains("Policies:      1"));
+    std::fs::remove_file(&filler).unwrap();
+    node.ok(&["policy", "apply", "-f", f.to_str().unwrap()]);
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), true)]);
+    node.kill_ctrl();
+    node.start_ctrl();
+    let log = node.log();
+    let restored = log.lines().rfind(|l| l.contains("state restored")).unwrap_or_default();
+    assert!(restored.contains("put=0 deleted=0"), "the state written after the disk was freed is what the maps hold: {restored}");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), true)]);
+    assert!(flow.round_trip());
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The conntrack map overflows: a 1024-entry map and 100 000 new allowed
+/// flows. The map is an LRU, so it never refuses an entry: a new flow
+/// evicts the least recently used, and a packet of an evicted flow is
+/// judged by policy again. So: the established session keeps flowing
+/// (its next request re-admits it, and the frontend's own ingress is
+/// enforced, so a reply with no entry would be dropped: none is), what
+/// policy denies stays denied throughout, the agent survives and says so
+/// (a log line and cilium_bpf_map_pressure).
+#[test]
+fn a_full_conntrack_map_keeps_established_flows_and_admits_nothing_denied_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--ct-map-size", "1024", "--ct-gc-interval", "1"]);
+    let (front, mut back, cart) = node.shop(&[WEB]);
+    back.serve(&[ALT]);
+    let peer = |name: &str, subject: &str, from: &str, port: u16, proto: &str| {
+        format!(
+            "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  endpointSelector: {{matchLabels: {{app: {subject}}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: {from}}}}}]\n    toPorts: [{{ports: [{{port: \"{port}\", protocol: {proto}}}]}}]\n"
+        )
+    };
+    node.apply("back.yaml", &peer("back", "backend", "frontend", WEB, "ANY"));
+    node.apply("front.yaml", &peer("front", "frontend", "cart", 1, "TCP"));
+    let mut flow = front.session(&back, WEB);
+    assert!(flow.round_trip());
+    let denied_before = node.counter("Policy denied");
+    let mut flood = front.spawn_probe(&["flood", &format!("{}:{WEB}", back.ip), "--count", "100000", "--new-flows"]);
+    let (mut trips, mut failed, mut denied_probes) = (0, 0, 0);
+    let t0 = std::time::Instant::now();
+    while flood.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(120), "the flood did not end");
+        trips += 1;
+        if !flow.round_trip() {
+            failed += 1;
+        }
+        if trips % 10 == 0 {
+            denied_probes += 1;
+            assert!(!cart.tcp(&back, WEB), "the cart reached the backend while the conntrack map overflowed");
+            assert!(!front.tcp(&back, ALT), "the frontend reached a port no rule allows while the conntrack map overflowed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sent: u64 = {
+        let mut s = String::new();
+        std::io::Read::read_to_string(flood.stdout.as_mut().unwrap(), &mut s).unwrap();
+        s.trim().parse().unwrap()
+    };
+    eprintln!("flood: {sent} new flows in {:?}; {trips} round trips, {failed} failed; {denied_probes} denied probes rounds", t0.elapsed());
+    assert!(sent > 50_000, "the flood sent {sent}");
+    assert!(trips >= 10, "the flood was over before the session was tried ({trips} round trips)");
+    // The flood's echo replies whose entries were evicted before they came
+    // back were judged again, and the frontend's ingress policy dropped
+    // them: eviction fails closed.
+    let dropped = |proto: &str| {
+        node.flows(&["--verdict", "DROPPED", "--to-pod", "shop/frontend", "--port", "8080", "--protocol", proto, "--last", "100000"]).len()
+    };
+    let (udp_replies, tcp_replies) = (dropped("udp"), dropped("tcp"));
+    eprintln!("replies to the frontend dropped: {udp_replies} UDP (the flood's), {tcp_replies} TCP (the session's)");
+    assert!(udp_replies > 0, "no reply of an evicted flow was dropped: did the map overflow?");
+    assert_eq!(failed, 0, "round trips of the established session failed while the map overflowed ({tcp_replies} TCP replies dropped)");
+    assert!(node.counter("Policy denied") > denied_before, "the denied probes were dropped by policy");
+    let ct = node.json(&["bpf", "ct", "list"]).as_array().unwrap().len();
+    eprintln!("conntrack entries after the flood: {ct}");
+    assert!(ct <= 1024, "{ct} entries in a 1024-entry map");
+    let t = std::time::Instant::now();
+    while !node.log().contains("the conntrack map is nearly full") {
+        assert!(t.elapsed() < std::time::Duration::from_secs(5), "no log line about the full conntrack map: {}", node.log());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let metrics = node.metrics();
+    let pressure: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("cilium_bpf_map_pressure{") && l.contains("palisade_ct_v1"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no map pressure for the conntrack map: {metrics}"));
+    assert!(pressure >= 0.8, "cilium_bpf_map_pressure of the conntrack map is {pressure}");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false), (&front, &back, Some(ALT), false)]);
+    assert!(flow.round_trip());
+}
+
+/// The ipcache fills up (16 entries; every endpoint takes one): the
+/// endpoint that does not fit is refused whole (the error names the map
+/// and the flag; no interface, no endpoint, no state file of it is left),
+/// the endpoints already there keep their verdicts and flows, and deleting
+/// one makes room again.
+#[test]
+fn a_full_ipcache_refuses_the_endpoint_whole_and_keeps_the_others_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--ipcache-map-size", "16"]);
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let mut flow = front.session(&back, WEB);
+    assert!(flow.round_trip());
+    let links = |node: &Node| {
+        let out = std::process::Command::new("ip").args(["-n", &node.netns, "-o", "link"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let endpoint_files = |node: &Node| walk(&node.tmp.join("state/endpoints")).len();
+    let mut added = Vec::new();
+    let (err, name) = loop {
+        let name = format!("shop/extra{}", added.len());
+        let (l, f) = (links(&node), endpoint_files(&node));
+        match node.try_pod(&name, "app=extra") {
+            Ok(p) => added.push(p),
+            Err(e) => {
+                assert_eq!((links(&node), endpoint_files(&node)), (l, f), "the refused endpoint left interfaces or state behind");
+                break (e, name);
+            }
+        }
+        assert!(added.len() < 32, "32 endpoints fit in a 16-entry ipcache");
+    };
+    assert!(err.contains("is full (16 entries)") && err.contains("--ipcache-map-size") && err.contains("rolled back"), "{err}");
+    let list = node.ok(&["endpoint", "list"]);
+    assert!(!list.contains(&name), "the refused endpoint is listed: {list}");
+    check_matrix(&[(&front, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+    assert!(flow.round_trip(), "an established flow was cut");
+    node.ok(&["endpoint", "delete", &added[0].name]);
+    let late = node.try_pod("shop/late", "app=frontend").unwrap_or_else(|e| panic!("no room after a delete: {e}"));
+    check_matrix(&[(&late, &back, Some(WEB), true), (&cart, &back, Some(WEB), false)]);
+}
+
+/// Adversary 4 of the seeds' threat model. A spoofed source: the cart
+/// sends with the frontend's address (added to its interface) and is
+/// dropped at its own veth (`Invalid source ip`). An address reused by a
+/// pod with other labels: the frontend (allowed to the backend) talks UDP
+/// to it from a fixed port and goes away; a cart pod is given its address
+/// and sends from the same port. The backend's conntrack entry of the old
+/// flow must not admit it on the frontend's verdict; a frontend given the
+/// address again is admitted (the verdict follows the labels).
+#[test]
+fn a_reused_address_inherits_nothing_and_a_spoofed_source_is_dropped_privileged_test() {
+    let mut node = Node::new();
+    let (front, back, cart) = node.shop(&[WEB]);
+    node.apply(
+        "back.yaml",
+        "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: back, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: backend}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: frontend}}]\n    toPorts: [{ports: [{port: \"8080\", protocol: ANY}]}]\n",
+    );
+    const SPORT: u16 = 41234;
+    assert!(front.udp_from_port(SPORT, back.ip, WEB), "the frontend's UDP flow");
+    let front_ip = front.ip.to_string();
+
+    let spoofed = node.counter("Invalid source ip");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &cart.netns, "addr", "add", &format!("{front_ip}/32"), "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!cart.tcp_from(front.ip, back.ip, WEB), "the cart got through with the frontend's address");
+    assert!(node.counter("Invalid source ip") > spoofed, "the spoofed packets were not dropped as such");
+    let out = std::process::Command::new("ip")
+        .args(["-n", &cart.netns, "addr", "del", &format!("{front_ip}/32"), "dev", "eth0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    node.ok(&["endpoint", "delete", "shop/frontend"]);
+    let intruder = node.pod_with("shop/intruder", "app=cart", &["--ip", &front_ip]);
+    assert_eq!(intruder.ip, front.ip);
+    assert!(
+        !intruder.udp_from_port(SPORT, back.ip, WEB),
+        "a pod with other labels at a reused address rode the old owner's flow\n{}",
+        node.ok(&["bpf", "ct", "list"])
+    );
+    assert!(!intruder.tcp(&back, WEB), "a pod with other labels at a reused address was admitted");
+    node.ok(&["endpoint", "delete", "shop/intruder"]);
+    let again = node.pod_with("shop/frontend2", "app=frontend", &["--ip", &front_ip]);
+    assert!(again.udp_from_port(SPORT, back.ip, WEB), "a frontend at the address is admitted");
+    assert!(again.tcp(&back, WEB));
+}

@@ -62,6 +62,9 @@ fn config_path(argv: &[OsString]) -> Option<std::path::PathBuf> {
     None
 }
 
+/// The daemons whose sections a config file may have.
+pub const DAEMONS: [&str; 4] = ["palisade-ctrl", "palisade-dnsproxy", "palisade-l7proxy", "palisade-ipcache-sync"];
+
 /// (flag, values) pairs; a `None` value is a switch given without a value.
 fn flags_from_yaml(cmd: &clap::Command, file: &Path, text: &str) -> Result<Vec<(String, Vec<Option<String>>)>> {
     let doc: serde_json::Value = yaml_serde::from_str(text).with_context(|| format!("--config {}: not valid YAML", file.display()))?;
@@ -82,7 +85,11 @@ fn flags_from_yaml(cmd: &clap::Command, file: &Path, text: &str) -> Result<Vec<(
     let mut entries: Vec<(String, serde_json::Value)> = Vec::new();
     for (key, value) in map {
         if key.starts_with("palisade-") {
-            // A section for one daemon: this one's is read, others' skipped.
+            // A section for one daemon: this one's is read, others' skipped
+            // (each checks its own), a misspelt one refused by every daemon.
+            if !DAEMONS.contains(&key.as_str()) && key != cmd.get_name() {
+                bail!("--config {}: unknown section {key:?}; sections are {}", file.display(), DAEMONS.join(", "));
+            }
             if key == cmd.get_name() {
                 let serde_json::Value::Object(section) = value else {
                     bail!("--config {}: {key}: expected a mapping of that command's flags", file.display());
@@ -144,7 +151,10 @@ mod tests {
     }
 
     fn parse(yaml: &str, args: &[&str]) -> Result<A> {
-        let dir = std::env::temp_dir().join(format!("palisade-config-test-{}-{}", std::process::id(), yaml.len()));
+        // Tests run in parallel: one directory per call.
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("palisade-config-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.yaml");
         std::fs::write(&f, yaml).unwrap();
@@ -168,8 +178,10 @@ mod tests {
 
     #[test]
     fn sections_hold_one_daemons_settings() {
-        let a = parse("node-name: node-1\npalisade-test:\n  lease-ttl: 9\npalisade-other:\n  pod-cidr: 10.0.0.0/24\n", &[]).unwrap();
+        let a = parse("node-name: node-1\npalisade-test:\n  lease-ttl: 9\npalisade-dnsproxy:\n  pod-cidr: 10.0.0.0/24\n", &[]).unwrap();
         assert_eq!((a.node_name.as_str(), a.lease_ttl), ("node-1", 9), "its own section is read, another's skipped");
+        let e = parse("palisade-ctrlx:\n  lease-ttl: 9\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown section \"palisade-ctrlx\"; sections are palisade-ctrl,"), "{e}");
         let e = parse("palisade-test:\n  nope: 1\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown key \"nope\""), "{e}");
     }

@@ -28,10 +28,14 @@ where
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp: PathBuf = dir.join(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("snap"), std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(&bytes).map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let written = std::fs::File::create(&tmp).and_then(|mut f| f.write_all(&bytes)).map_err(io(&tmp));
+    let r = written.and_then(|()| std::fs::rename(&tmp, path).map_err(io(path)));
+    if r.is_err() {
+        // A full disk must not keep the half-written copy (it holds the
+        // space the next try needs); the old file stays in force.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 /// Identity of a file version: a rename gives a new inode.

@@ -10,7 +10,10 @@
 //!   palisade-dnsproxy: each endpoint's DNS rules and toFQDNs rules.
 //! - `fqdn.snap` ([`FqdnCache`]): written by palisade-dnsproxy, read by
 //!   itself on restart and by `palisade fqdn cache list`.
+//! - `clock` ([`clock::Anchor`]): palisade-dnsproxy's clock for TTLs, one
+//!   anchor per boot.
 
+pub mod clock;
 mod file;
 mod live;
 mod types;

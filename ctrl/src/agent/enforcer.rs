@@ -215,7 +215,7 @@ impl Enforcer {
             self.sets.release(i.set);
             self.dp.policy_delete_batch(&self.sets.take_retired())?;
         }
-        self.dp.conntrack_flush_endpoint(ep.ep_id)?;
+        self.dp.conntrack_flush_endpoint(ep.ep_id, ep.ipv4)?;
         Ok(())
     }
 

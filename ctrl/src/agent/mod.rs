@@ -313,12 +313,34 @@ pub fn run(a: Args) -> Result<()> {
     }
     {
         let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
-        std::thread::Builder::new().name("ct-gc".into()).spawn(move || loop {
-            std::thread::sleep(std::time::Duration::from_secs(every));
-            match palisade_bpf::conntrack_gc(&dir, tcp, other) {
-                Ok(n) if n > 0 => tracing::debug!(removed = n, "conntrack sweep"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+        // A full conntrack map fails closed by itself (LRU: a new flow
+        // evicts the least recently used entry; a packet of an evicted flow
+        // is judged by policy again, so nothing policy denies gets in), but
+        // the operator must hear of it: a flow evicted while idle loses
+        // what it was admitted on. cilium_bpf_map_pressure has the ratio.
+        std::thread::Builder::new().name("ct-gc".into()).spawn(move || {
+            let mut full = false;
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(every));
+                match palisade_bpf::conntrack_gc(&dir, tcp, other) {
+                    Ok(s) => {
+                        if s.removed > 0 {
+                            tracing::debug!(removed = s.removed, live = s.live, "conntrack sweep");
+                        }
+                        if !full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL {
+                            tracing::warn!(
+                                map = palisade_bpf::pins::CT,
+                                entries = s.live,
+                                max = s.max,
+                                "the conntrack map is nearly full: new flows evict the least recently used ones (an evicted flow is judged by policy again); raise --ct-map-size"
+                            );
+                        } else if full && s.fill() < palisade_bpf::pinned::CtSweep::FULL * 0.8 {
+                            tracing::info!(map = palisade_bpf::pins::CT, entries = s.live, max = s.max, "the conntrack map has room again");
+                        }
+                        full = s.fill() >= palisade_bpf::pinned::CtSweep::FULL || (full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL * 0.8);
+                    }
+                    Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
+                }
             }
         })?;
     }

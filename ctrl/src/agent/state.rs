@@ -236,10 +236,16 @@ impl StateFile {
 
     fn write(path: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = path.with_extension("json.tmp");
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+        let r = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .with_context(|| format!("writing {}", tmp.display()))
+            .and_then(|()| std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display())));
+        if r.is_err() {
+            // On a full disk the half-written copy would hold the space the
+            // next try needs; the old file stays in force.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
     }
 
     /// The objects of `now` that differ from `was` (serialised, to write)

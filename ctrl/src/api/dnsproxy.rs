@@ -51,6 +51,7 @@ pub fn cache_list(state_dir: &Path, endpoint: Option<&str>) -> Result<Vec<CacheR
     let c = load(state_dir)?;
     let want = endpoint.map(super::requests::full_name);
     let now = now_ms();
+    let wall = proxy_clock(state_dir);
     Ok(c.entries
         .iter()
         .filter(|e| want.as_deref().is_none_or(|w| e.endpoint == w))
@@ -66,8 +67,8 @@ pub fn cache_list(state_dir: &Path, endpoint: Option<&str>) -> Result<Vec<CacheR
                 name: e.name.clone(),
                 ip,
                 ttl: e.ttl,
-                expires: rfc3339_ms(e.expires_unix_ms),
-                expires_in_s: (e.expires_unix_ms as i64 - now as i64) / 1000,
+                expires: rfc3339_ms(wall(e.expires_unix_ms)),
+                expires_in_s: (wall(e.expires_unix_ms) as i64 - now as i64) / 1000,
                 source: match e.source {
                     Source::Lookup => "lookup",
                     Source::LiveConnection => "live connection",
@@ -84,13 +85,21 @@ pub fn counters(state_dir: &Path) -> Result<Counters> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading {}: is palisade-dnsproxy running with --state-dir {}?", path.display(), state_dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let written = v["written_unix_ms"].as_u64().unwrap_or(0);
+    let written = proxy_clock(state_dir)(v["written_unix_ms"].as_u64().unwrap_or(0));
     Ok(Counters {
         written: rfc3339_ms(written),
         age_s: now_ms().saturating_sub(written) / 1000,
         entries: v["entries"].clone(),
         stats: v["stats"].clone(),
     })
+}
+
+/// The proxy counts time on its own clock (`palisade_snapshot::clock`: it
+/// does not jump when the wall clock does); its times as the wall clock
+/// reads them now.
+fn proxy_clock(state_dir: &Path) -> impl Fn(u64) -> u64 {
+    let anchor = palisade_snapshot::clock::Anchor::read(&state_dir.join("dnsproxy"));
+    move |ms| anchor.map_or(ms, |a| a.to_wall_ms(ms))
 }
 
 fn now_ms() -> u64 {

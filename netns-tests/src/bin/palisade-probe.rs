@@ -45,12 +45,19 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long, default_value_t = 800)]
         timeout_ms: u64,
+        /// Source port to send from (default: any).
+        #[arg(long, default_value_t = 0)]
+        source_port: u16,
     },
     /// Sends COUNT UDP datagrams as fast as possible (no replies awaited).
     Flood {
         addr: SocketAddr,
         #[arg(long, default_value_t = 10000)]
         count: u32,
+        /// Each datagram from a socket of its own (a new source port: a
+        /// new flow each, to fill a conntrack table).
+        #[arg(long)]
+        new_flows: bool,
     },
     /// DNS A query for NAME to SERVER; prints one JSON line per round
     /// (rcode, addresses, connect result). Exits 0 only if every round got
@@ -102,14 +109,28 @@ enum Cmd {
         #[arg(long, default_value_t = 1500)]
         timeout_ms: u64,
     },
+    /// Sends the bytes of FILE as they are (one UDP datagram, or over one
+    /// TCP connection) and prints one JSON line: how many bytes came back
+    /// before TIMEOUT_MS or the peer's close, and the reply's first line.
+    /// For bad input: a lying DNS query, a malformed HTTP request.
+    Send {
+        addr: SocketAddr,
+        #[arg(long)]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        udp: bool,
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
 }
 
 fn main() {
     let code = match Args::parse().cmd {
         Cmd::Serve { tcp, udp } => serve(tcp, udp),
         Cmd::Tcp { addr, timeout_ms, bind } => tcp_once(addr, bind, Duration::from_millis(timeout_ms)),
-        Cmd::Udp { addr, timeout_ms } => udp_once(addr, Duration::from_millis(timeout_ms)),
-        Cmd::Flood { addr, count } => flood(addr, count),
+        Cmd::Udp { addr, timeout_ms, source_port } => udp_once(addr, source_port, Duration::from_millis(timeout_ms)),
+        Cmd::Flood { addr, count, new_flows } => flood(addr, count, new_flows),
+        Cmd::Send { addr, file, udp, timeout_ms } => send(addr, &file, udp, Duration::from_millis(timeout_ms)),
         Cmd::Session { addr, timeout_ms } => session(addr, Duration::from_millis(timeout_ms)),
         Cmd::Loop { addr, duration_ms, interval_ms, timeout_ms, http_path, source_port } => {
             connect_loop(addr, duration_ms, interval_ms, Duration::from_millis(timeout_ms), http_path.as_deref(), source_port)
@@ -297,9 +318,9 @@ fn tcp_once(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> i3
     }
 }
 
-fn udp_once(addr: SocketAddr, t: Duration) -> i32 {
+fn udp_once(addr: SocketAddr, source_port: u16, t: Duration) -> i32 {
     let r = (|| -> std::io::Result<bool> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(("0.0.0.0", source_port))?;
         s.set_read_timeout(Some(t))?;
         s.send_to(b"palisade-probe", addr)?;
         let mut buf = [0u8; 64];
@@ -316,10 +337,69 @@ fn udp_once(addr: SocketAddr, t: Duration) -> i32 {
     }
 }
 
-fn flood(addr: SocketAddr, count: u32) -> i32 {
-    let Ok(s) = UdpSocket::bind("0.0.0.0:0") else { return 2 };
+fn send(addr: SocketAddr, file: &std::path::Path, udp: bool, t: Duration) -> i32 {
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("reading {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let mut reply = Vec::new();
+    let mut error = String::new();
+    if udp {
+        let r = (|| -> std::io::Result<()> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(t))?;
+            s.send_to(&bytes, addr)?;
+            let mut buf = vec![0u8; 65536];
+            let (n, _) = s.recv_from(&mut buf)?;
+            reply.extend_from_slice(&buf[..n]);
+            Ok(())
+        })();
+        if let Err(e) = r {
+            error = e.to_string();
+        }
+    } else {
+        match TcpStream::connect_timeout(&addr, t) {
+            Ok(mut s) => {
+                let _ = s.set_read_timeout(Some(t));
+                let _ = s.set_write_timeout(Some(t));
+                // A peer may answer (and close) before taking it all.
+                if let Err(e) = s.write_all(&bytes) {
+                    error = format!("write: {e}");
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => reply.extend_from_slice(&buf[..n]),
+                        Err(e) => {
+                            if reply.is_empty() && error.is_empty() {
+                                error = e.to_string();
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => error = format!("connect: {e}"),
+        }
+    }
+    let head: String = String::from_utf8_lossy(&reply).lines().next().unwrap_or_default().chars().take(200).collect();
+    let hex: String = reply.iter().take(512).map(|b| format!("{b:02x}")).collect();
+    println!("{}", serde_json::json!({ "reply_bytes": reply.len(), "head": head, "reply_hex": hex, "error": error }));
+    0
+}
+
+fn flood(addr: SocketAddr, count: u32, new_flows: bool) -> i32 {
+    let Ok(mut s) = UdpSocket::bind("0.0.0.0:0") else { return 2 };
     let mut sent = 0u32;
     for _ in 0..count {
+        if new_flows {
+            let Ok(n) = UdpSocket::bind("0.0.0.0:0") else { continue };
+            s = n;
+        }
         if s.send_to(b"flood", addr).is_ok() {
             sent += 1;
         }

@@ -10,6 +10,7 @@ use super::{
 use crate::model::{Entity, Kind, PeerRule, PeerSelector, Peers, Policy, PortRange, Protocol, Rule};
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping (a policy document)")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct Document {
     #[expect(dead_code, reason = "checked by the dispatcher")]
@@ -23,6 +24,7 @@ pub(crate) struct Document {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping (the policy's spec)")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Spec {
     endpoint_selector: Option<WireSelector>,
@@ -37,6 +39,7 @@ struct Spec {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(deny_unknown_fields)]
 struct DefaultDeny {
     ingress: Option<bool>,
@@ -76,6 +79,7 @@ struct Rule_ {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CidrRule {
     cidr: Option<String>,
@@ -85,6 +89,7 @@ struct CidrRule {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WirePortRule {
     ports: Option<Vec<WirePort>>,
@@ -98,6 +103,7 @@ struct WirePortRule {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireFqdn {
     match_name: Option<String>,
@@ -106,6 +112,7 @@ struct WireFqdn {
 
 /// `toPorts[].rules`: one of `dns`, `http`, `kafka`.
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireL7 {
     dns: Option<Vec<WireFqdn>>,
@@ -116,6 +123,7 @@ struct WireL7 {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireHttp {
     method: Option<String>,
@@ -126,6 +134,7 @@ struct WireHttp {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireHeaderMatch {
     name: String,
@@ -135,6 +144,7 @@ struct WireHeaderMatch {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WireKafka {
     role: Option<String>,
@@ -221,6 +231,7 @@ fn fqdn_selectors(path: &str, list: Vec<WireFqdn>) -> Result<Vec<crate::fqdn::Fq
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct WirePort {
     port: Option<StrOrNum>,
@@ -229,12 +240,14 @@ struct WirePort {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(deny_unknown_fields)]
 struct IcmpRule {
     fields: Vec<IcmpField>,
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(deny_unknown_fields)]
 struct IcmpField {
     #[serde(rename = "type")]

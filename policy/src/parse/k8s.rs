@@ -10,6 +10,7 @@ use super::{cidr_with_except, convert_selector, namespace_selector, namespaced, 
 use crate::model::{Kind, PeerRule, PeerSelector, Peers, Policy, Protocol, Rule};
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping (a policy document)")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct Document {
     #[expect(dead_code, reason = "checked by the dispatcher")]
@@ -23,6 +24,7 @@ pub(crate) struct Document {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping (the policy's spec)")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Spec {
     pod_selector: Option<WireSelector>,
@@ -32,6 +34,7 @@ struct Spec {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NpRule {
     from: Option<Vec<NpPeer>>,
@@ -40,6 +43,7 @@ struct NpRule {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NpPeer {
     pod_selector: Option<WireSelector>,
@@ -48,6 +52,7 @@ struct NpPeer {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(deny_unknown_fields)]
 struct IpBlock {
     cidr: String,
@@ -55,6 +60,7 @@ struct IpBlock {
 }
 
 #[derive(Deserialize)]
+#[serde(expecting = "a mapping")]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NpPort {
     protocol: Option<String>,

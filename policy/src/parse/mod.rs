@@ -58,14 +58,14 @@ pub(crate) struct Metadata {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "a label selector (matchLabels, matchExpressions)")]
 pub(crate) struct WireSelector {
     pub match_labels: Option<BTreeMap<String, String>>,
     pub match_expressions: Option<Vec<WireRequirement>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a requirement (key, operator, values)")]
 pub(crate) struct WireRequirement {
     key: String,
     operator: String,
@@ -73,11 +73,18 @@ pub(crate) struct WireRequirement {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a number or a string")]
 pub(crate) enum StrOrNum {
     Num(i64),
     Str(String),
 }
+
+/// The largest policy document accepted, as JSON: etcd's default request
+/// limit (`--max-request-bytes`, 1.5 MiB), which is also what keeps a
+/// Kubernetes object that size out of a real cluster. Cluster mode stores
+/// each policy in etcd, so a larger one could be enforced on this node and
+/// never reach the others.
+pub const MAX_DOCUMENT_BYTES: usize = 1536 * 1024;
 
 /// Parses every document of `text`. All documents must be valid: on any
 /// error nothing is returned, so a file applies whole or not at all.
@@ -94,6 +101,28 @@ pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>, PolicyError
         let object = describe(&value);
         let source: serde_json::Value =
             serde_json::to_value(&value).map_err(|e| err(object.clone(), String::new(), format!("not representable as JSON: {e}")))?;
+        if !value.is_mapping() {
+            return Err(err(
+                None,
+                String::new(),
+                format!("a policy document is a mapping (apiVersion, kind, metadata, spec), found {}", yaml_kind(&value)),
+            ));
+        }
+        for key in ["apiVersion", "kind"] {
+            if let Some(v) = value.get(key).filter(|v| !v.is_string()) {
+                return Err(err(object, key.to_string(), format!("expected a string, found {}", yaml_kind(v))));
+            }
+        }
+        let size = serde_json::to_vec(&source).map_or(0, |v| v.len());
+        if size > MAX_DOCUMENT_BYTES {
+            return Err(err(
+                object,
+                String::new(),
+                format!(
+                    "the document is {size} bytes as JSON, more than {MAX_DOCUMENT_BYTES}: the Kubernetes API server and etcd (which cluster mode stores it in) refuse objects that large; split it into several policies"
+                ),
+            ));
+        }
         let api = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
         let policy = match (api.as_str(), kind.as_str()) {
@@ -143,6 +172,19 @@ fn typed<T: serde::de::DeserializeOwned>(value: yaml_serde::Value) -> Result<T, 
         let path = if path == "." { String::new() } else { path };
         (path, e.into_inner().to_string())
     })
+}
+
+/// What a YAML value is, for an error saying what was found instead.
+fn yaml_kind(v: &yaml_serde::Value) -> &'static str {
+    match v {
+        yaml_serde::Value::Null => "null",
+        yaml_serde::Value::Bool(_) => "a boolean",
+        yaml_serde::Value::Number(_) => "a number",
+        yaml_serde::Value::String(_) => "a string",
+        yaml_serde::Value::Sequence(_) => "a sequence",
+        yaml_serde::Value::Mapping(_) => "a mapping",
+        yaml_serde::Value::Tagged(_) => "a tagged value",
+    }
 }
 
 fn describe(v: &yaml_serde::Value) -> Option<String> {
@@ -227,6 +269,9 @@ pub(crate) fn port_range(path: &str, protocol: Protocol, port: Option<StrOrNum>,
         None => port,
         Some(e) => {
             let e = check_port(path, "endPort", e)?;
+            if let Some(name) = &name {
+                return Err((format!("{path}.endPort"), format!("{e}: a range needs a numeric port, not the port name {name:?}")));
+            }
             if port == 0 || e < port {
                 return Err((format!("{path}.endPort"), format!("{e} needs a numeric port no greater than it (port is {port})")));
             }
