@@ -81,6 +81,10 @@ enum Cmd {
         /// ipcache-sync (on a two-node cluster with a real etcd, last).
         #[arg(long, value_delimiter = ',', default_value = "none,ctrl,dnsproxy,l7proxy,ipcache-sync")]
         daemons: Vec<String>,
+        /// Then etcd stopped this many seconds under cross-node load and
+        /// pod churn (0: skip).
+        #[arg(long, default_value_t = 60)]
+        etcd_outage_s: u64,
         /// Also write the table here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -421,7 +425,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Chaos { kills, seed, daemons, out } => chaos(kills, seed, &daemons, out.as_deref()),
+        Cmd::Chaos { kills, seed, daemons, etcd_outage_s, out } => chaos(kills, seed, &daemons, etcd_outage_s, out.as_deref()),
         Cmd::Differential { cases, seed, out } => {
             let t0 = std::time::Instant::now();
             let step = (cases / 10).max(1);
@@ -697,7 +701,7 @@ fn which(tool: &str) -> Option<PathBuf> {
 }
 
 /// `palisade-bench chaos`: the crash phases of the chaos suite, as a table.
-fn chaos(kills: usize, seed: u64, daemons: &[String], out: Option<&std::path::Path>) -> Result<()> {
+fn chaos(kills: usize, seed: u64, daemons: &[String], etcd_outage_s: u64, out: Option<&std::path::Path>) -> Result<()> {
     use palisade_netns_tests::chaos::{self, Daemon, Plan};
     let daemons = daemons
         .iter()
@@ -723,7 +727,14 @@ fn chaos(kills: usize, seed: u64, daemons: &[String], out: Option<&std::path::Pa
             r.established_cut()
         )
     });
-    let text = format!("Crashes under load, {kills} kills per daemon, seed {seed}; {}\n\n{}", machine(), chaos::table(&rows));
+    let mut text = format!("Crashes under load, {kills} kills per daemon, seed {seed}; {}\n\n{}", machine(), chaos::table(&rows));
+    let outage = (etcd_outage_s > 0).then(|| {
+        eprintln!("chaos: etcd outage of {etcd_outage_s} s under load and churn");
+        chaos::run_outage(etcd_outage_s, seed)
+    });
+    if let Some(o) = &outage {
+        text += &format!("\netcd stopped under cross-node load and pod churn\n\n{}", chaos::outage_table(std::slice::from_ref(o)));
+    }
     println!("{text}");
     if let Some(p) = out {
         if let Some(dir) = p.parent() {
@@ -731,8 +742,18 @@ fn chaos(kills: usize, seed: u64, daemons: &[String], out: Option<&std::path::Pa
         }
         std::fs::write(p, &text).with_context(|| format!("writing {}", p.display()))?;
     }
-    let admitted: u64 = rows.iter().map(|r| r.blocked.1).sum();
-    let cut: u64 = rows.iter().map(chaos::Row::established_cut).sum();
+    let admitted: u64 = rows.iter().chain(outage.as_ref().map(|o| &o.row)).map(|r| r.blocked.1).sum();
+    let cut: u64 = rows.iter().chain(outage.as_ref().map(|o| &o.row)).map(chaos::Row::established_cut).sum();
+    if let Some(o) = &outage {
+        if o.applied > 0 || o.converged_ms.is_none() {
+            anyhow::bail!(
+                "etcd outage: {} policy changes applied without etcd; converged: {:?}\n{}",
+                o.applied,
+                o.converged_ms,
+                o.diagnosis
+            );
+        }
+    }
     if admitted > 0 || cut > 0 {
         anyhow::bail!("{admitted} denied attempts admitted, {cut} established L4 flows cut");
     }

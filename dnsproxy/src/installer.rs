@@ -113,6 +113,10 @@ pub struct Installer {
     endpoints: HashMap<u32, String>,
     /// What the map holds: per endpoint, key → (cookie, expiry unix ms).
     installed: HashMap<u32, HashMap<FqdnKey, Entry>>,
+    /// What the map held at start when `fqdn.snap` was corrupt: the names
+    /// behind these entries are lost, so they are kept (while their rule
+    /// stands) until their own expiry, never extended, never persisted.
+    adopted: HashMap<u32, HashMap<FqdnKey, Entry>>,
     rules_gen: u64,
     journal: std::fs::File,
     dirty: bool,
@@ -161,7 +165,25 @@ impl Installer {
         }
         let mut cache: BTreeMap<Key, Vec<Addr>> = BTreeMap::new();
         let mut endpoints = HashMap::new();
-        if let Some(snap) = palisade_snapshot::read::<FqdnCache>(&dir.join(FqdnCache::FILE))? {
+        let snap_path = dir.join(FqdnCache::FILE);
+        let snap = match palisade_snapshot::read::<FqdnCache>(&snap_path) {
+            Ok(s) => s.map(|s| (s, false)),
+            Err(e @ palisade_snapshot::Error::Invalid { .. }) => {
+                // A corrupt cache must not keep the proxy down (a restart
+                // loop answers no DNS at all); the file is kept for a look.
+                let aside = dir.join(format!("{}.corrupt", FqdnCache::FILE));
+                let r = std::fs::rename(&snap_path, &aside);
+                tracing::error!(
+                    "{e}; set aside as {} ({}); the addresses the datapath holds stay open until their own expiry (the names behind them are lost; the next answer names them again)",
+                    aside.display(),
+                    r.map_or_else(|e| format!("renaming failed: {e}"), |()| "renamed".into())
+                );
+                Some((FqdnCache { version: FqdnCache::VERSION, written_unix_ms: 0, entries: Vec::new() }, true))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let corrupt = snap.as_ref().is_some_and(|(_, c)| *c);
+        if let Some((snap, _)) = snap {
             for e in snap.entries {
                 let addr = match e.addr.len() {
                     4 => IpAddr::from(<[u8; 4]>::try_from(e.addr.as_slice()).expect("4 bytes")),
@@ -198,6 +220,7 @@ impl Installer {
             installed.entry(k.ep_id).or_default().insert(k, (cookie, unix_ms(expires)));
         }
         let restored: usize = cache.values().map(Vec::len).sum();
+        let adopted = if corrupt { installed.clone() } else { HashMap::new() };
         let mut me = Self {
             map,
             watch,
@@ -209,6 +232,7 @@ impl Installer {
             cache,
             endpoints,
             installed,
+            adopted,
             rules_gen: u64::MAX,
             journal,
             dirty: true,
@@ -266,6 +290,11 @@ impl Installer {
                         e.1 = e.1.max(a.expires_ms);
                     }
                 }
+            }
+        }
+        for (k, c) in self.adopted.get(&ep_id).into_iter().flatten() {
+            if c.1 > now && ep.fqdn.iter().any(|r| r.cookie == c.0) {
+                out.entry(*k).or_insert(*c);
             }
         }
         out

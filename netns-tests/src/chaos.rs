@@ -49,6 +49,8 @@ pub enum Daemon {
     /// Killed on both nodes of a two-node cluster in turn (its phase runs
     /// on [`ClusterScenario`]: cross-node traffic, no DNS or L7 load).
     IpcacheSync,
+    /// etcd stopped for a while ([`ClusterScenario::etcd_outage`]).
+    Etcd,
 }
 
 impl Daemon {
@@ -59,6 +61,7 @@ impl Daemon {
             Daemon::Dnsproxy => "palisade-dnsproxy",
             Daemon::L7proxy => "palisade-l7proxy",
             Daemon::IpcacheSync => "palisade-ipcache-sync (cluster)",
+            Daemon::Etcd => "etcd (cluster)",
         }
     }
 }
@@ -236,6 +239,7 @@ fn kill_and_restart(node: &mut Node, d: Daemon) {
             node.kill_sync();
             node.start_sync(&[]);
         }
+        Daemon::Etcd => unreachable!("etcd is the cluster's: ClusterScenario::etcd_outage"),
     }
 }
 
@@ -271,10 +275,14 @@ impl Load<'_> {
 
     /// The load for long enough to kill `kills` times with `kill`.
     fn run(&self, d: Daemon, kills: usize, rng_seed: u64, kill: &mut dyn FnMut()) -> Row {
-        let mut rng = Rng(rng_seed | 1);
         // Room for every kill (restart plus a gap of at most 1.5 s) and a
         // quiet second at each end.
-        let duration_ms = 2000 + kills.max(1) as u64 * 2600;
+        self.run_for(d, kills, rng_seed, 2000 + kills.max(1) as u64 * 2600, kill)
+    }
+
+    /// [`Load::run`] for `duration_ms`.
+    fn run_for(&self, d: Daemon, kills: usize, rng_seed: u64, duration_ms: u64, kill: &mut dyn FnMut()) -> Row {
+        let mut rng = Rng(rng_seed | 1);
         let server = self.server.ip;
         let secs = (duration_ms / 1000 + 1).to_string();
         let iperf = Command::new("ip")
@@ -413,6 +421,149 @@ impl ClusterScenario {
             kill_and_restart(cluster.node_mut(1 + *n % 2), d);
         })
     }
+}
+
+/// What an etcd outage did ([`ClusterScenario::etcd_outage`]).
+#[derive(Debug, Clone)]
+pub struct Outage {
+    /// The L4 load during the outage and after.
+    pub row: Row,
+    pub outage_s: f64,
+    /// Pods node-2 added and deleted while etcd was away (a label set the
+    /// cluster already numbered: the node can do that alone).
+    pub added: usize,
+    pub deleted: usize,
+    /// Changes refused while etcd was away (a policy apply each round: the
+    /// policy store is etcd; refused, nothing changed).
+    pub refused: usize,
+    /// Policy applies that went through while etcd was away (must be 0).
+    pub applied: usize,
+    /// etcd healthy again → node-1's ipcache holds every pod node-2 added
+    /// and none it deleted, ms (None: not within 30 s).
+    pub converged_ms: Option<f64>,
+    /// etcd healthy again → both nodes report the cluster connected, ms.
+    pub reconnected_ms: Option<f64>,
+    /// When it did not converge: what node-1 lacks or kept, and the logs.
+    pub diagnosis: String,
+}
+
+impl ClusterScenario {
+    /// etcd stopped (SIGKILL) for `secs` under the cross-node L4 load while
+    /// node-2's pods churn (one added and, once three are there, the
+    /// oldest deleted, every 2 s) and node-1 tries a policy change each
+    /// round; then etcd is started again on its data and the time to
+    /// convergence is measured.
+    pub fn etcd_outage(&mut self, secs: u64, rng_seed: u64) -> Outage {
+        let load =
+            Load { client: &self.client, server: &self.server, attacker: &self.attacker, dns_ip: None, http: false, world_port: None };
+        let cluster = &mut self.cluster;
+        let policy = cluster.node(1).tmp.join("outage-policy.yaml");
+        std::fs::write(&policy, SERVER_POLICY_L4.replace("name: server", "name: during-outage")).expect("write policy");
+        let (mut added, mut deleted, mut refused, mut applied, mut outage_s) = (0, 0, 0, 0, 0.0);
+        let (mut converged_ms, mut reconnected_ms, mut diagnosis) = (None, None, String::new());
+        let churn = &mut self.kills;
+        let row = load.run_for(Daemon::Etcd, 1, rng_seed, secs * 1000 + 8000, &mut || {
+            cluster.etcd.stop();
+            let down = Instant::now();
+            let (mut live, mut gone) = (Vec::new(), Vec::new());
+            while down.elapsed() < Duration::from_secs(secs) {
+                let round = Instant::now();
+                *churn += 1;
+                let name = format!("shop/churn{churn}");
+                match cluster.node_mut(2).try_pod(&name, "app=server") {
+                    Ok(p) => {
+                        live.push((name, p.ip));
+                        added += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+                if live.len() > 3 {
+                    let (name, ip) = live.remove(0);
+                    if cluster.node(2).cli(&["endpoint", "delete", &name]).status.success() {
+                        gone.push(ip);
+                        deleted += 1;
+                    }
+                }
+                if cluster.node(1).cli(&["policy", "apply", "-f", policy.to_str().expect("utf-8")]).status.success() {
+                    applied += 1;
+                } else {
+                    refused += 1;
+                }
+                std::thread::sleep(Duration::from_secs(2).saturating_sub(round.elapsed()));
+            }
+            cluster.etcd.resume();
+            outage_s = down.elapsed().as_secs_f64();
+            // node-2 hands a freed address to its next pod: what is gone
+            // is what no live pod holds.
+            gone.retain(|ip| !live.iter().any(|(_, l)| l == ip));
+            gone.sort();
+            gone.dedup();
+            let back = Instant::now();
+            let server_id = cluster.node(2).ipcache_entry(live.first().map_or(std::net::Ipv4Addr::UNSPECIFIED, |l| l.1)).map(|e| e.0);
+            while back.elapsed() < Duration::from_secs(30) && (converged_ms.is_none() || reconnected_ms.is_none()) {
+                let ms = back.elapsed().as_secs_f64() * 1e3;
+                if converged_ms.is_none()
+                    && live.iter().all(|(_, ip)| cluster.node(1).ipcache_entry(*ip).map(|e| Some(e.0)) == Some(server_id))
+                    && gone.iter().all(|ip| cluster.node(1).ipcache_entry(*ip).is_none())
+                {
+                    converged_ms = Some(ms);
+                }
+                if reconnected_ms.is_none() && cluster.nodes.iter().all(|n| n.json(&["status"])["cluster"]["connected"] == true) {
+                    reconnected_ms = Some(ms);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if converged_ms.is_none() {
+                let missing: Vec<_> =
+                    live.iter().filter(|(_, ip)| cluster.node(1).ipcache_entry(*ip).map(|e| Some(e.0)) != Some(server_id)).collect();
+                let kept: Vec<_> = gone.iter().filter(|ip| cluster.node(1).ipcache_entry(**ip).is_some()).collect();
+                diagnosis = format!(
+                    "node-1 lacks {missing:?} (identity {server_id:?}), still has {kept:?}\n--- node-1 ---\n{}\n--- node-2 ---\n{}",
+                    cluster.node(1).log(),
+                    cluster.node(2).log()
+                );
+            }
+        });
+        Outage { row, outage_s, added, deleted, refused, applied, converged_ms, reconnected_ms, diagnosis }
+    }
+}
+
+/// [`ClusterScenario::etcd_outage`] on a cluster of its own.
+pub fn run_outage(secs: u64, seed: u64) -> Outage {
+    ClusterScenario::new().etcd_outage(secs, seed)
+}
+
+/// The etcd outages, as Markdown.
+pub fn outage_table(rows: &[Outage]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| etcd down s | pods added / deleted meanwhile | changes refused (applied) | established flows cut | session round trips failed | rr connections failed | denied attempts admitted | back → ipcache converged ms | back → both nodes connected ms |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |v: Option<f64>| v.map_or("not in 30 s".to_string(), |v| format!("{v:.0}"));
+    for o in rows {
+        let r = &o.row;
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} / {} | {} ({}) | {} | {} / {} | {} / {} | {} / {} | {} | {} |",
+            o.outage_s,
+            o.added,
+            o.deleted,
+            o.refused,
+            o.applied,
+            r.established_cut(),
+            r.session.1,
+            r.session.0,
+            r.rr.failed,
+            r.rr.attempts,
+            r.blocked.1,
+            r.blocked.0,
+            ms(o.converged_ms),
+            ms(o.reconnected_ms)
+        );
+    }
+    out
 }
 
 impl Default for ClusterScenario {

@@ -44,10 +44,37 @@ fn kill_9_of_each_daemon_under_load_privileged_test() {
                 assert_eq!(r.rr.failed, 0, "{d}: L4 connections do not need the L7 proxy\n{table}");
                 assert!(r.http.longest_failure_ms < 3000, "{d}: HTTP is back within the restart window\n{table}");
             }
-            Daemon::IpcacheSync => {
+            Daemon::IpcacheSync | Daemon::Etcd => {
                 // The remote pods' entries are pinned maps: they outlive it.
                 assert_eq!(r.rr.failed, 0, "{d}: cross-node connections do not need ipcache-sync\n{table}");
             }
         }
     }
+}
+
+/// The quick version of the etcd outage: etcd stopped for 8 s under
+/// cross-node load while node-2's pods churn and node-1 tries policy
+/// changes. Nothing denied gets through, no established flow is cut, no
+/// new connection fails, a policy change etcd cannot take is refused
+/// (nothing changed), and once etcd is back node-1 learns every pod node-2
+/// added and forgets every pod it deleted. (How fast is the benchmark's:
+/// `palisade-bench chaos`, docs/reliability.md.)
+#[test]
+fn etcd_outage_under_load_and_churn_privileged_test() {
+    let o = chaos::run_outage(std::env::var("PALISADE_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(8), 0x5eed);
+    let table = chaos::outage_table(std::slice::from_ref(&o));
+    eprintln!("{table}");
+    let r = &o.row;
+    assert!(r.blocked.0 > 0 && r.rr.attempts > 0, "the loops ran\n{table}");
+    assert_eq!(r.blocked.1, 0, "a denied attempt got through\n{table}");
+    assert_eq!(r.established_cut(), 0, "an established flow was cut\n{table}");
+    assert_eq!(r.rr.failed, 0, "new connections need no etcd\n{table}");
+    assert!(o.added > 0 && o.deleted > 0, "node-2 churned its pods while etcd was away\n{table}");
+    assert_eq!(o.applied, 0, "a policy change went through without etcd\n{table}");
+    assert!(o.refused > 0, "{table}");
+    assert!(
+        o.converged_ms.is_some() && o.reconnected_ms.is_some(),
+        "the cluster did not converge after etcd came back\n{table}\n{}",
+        o.diagnosis
+    );
 }

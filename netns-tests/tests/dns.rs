@@ -562,6 +562,42 @@ fn a_corrupt_policy_snapshot_keeps_the_last_rules_and_crashes_nothing() {
     assert!(palisade_netns_tests::cluster::Cluster::wait(10, || resolves("api.github.com") == "NOERROR"), "{}", node.log());
 }
 
+/// `fqdn.snap` truncated, then garbage, while palisade-dnsproxy is down:
+/// it starts anyway (a restart recovers), says which file it set aside,
+/// keeps the addresses the datapath already holds until their own expiry
+/// (the names behind them are lost, so nothing new opens), learns new
+/// ones, and `palisade fqdn cache list` reads the new snapshot.
+#[test]
+fn a_corrupt_fqdn_snapshot_at_restart_keeps_what_is_installed_and_recovers() {
+    let (mut node, _world, dns, _server) = dns_node(&[], 30, &[]);
+    let pay = node.pod("pay/payments", "app=payments");
+    node.apply("p.yaml", &policy("pay", "payments", "payments", "{matchPattern: \"*\"}", PAYMENTS_FQDN));
+    let (ok, r) = pay.resolve(dns.ip, "api.stripe.com", &["--connect", "443"]);
+    assert!(ok, "{r:?}");
+    let snap = node.tmp.join("state/dnsproxy/fqdn.snap");
+    assert!(palisade_netns_tests::cluster::Cluster::wait(5, || node.fqdn_cache(&[]).iter().any(|e| e["ip"] == "192.0.2.100")));
+    for (what, garbage, fresh, name) in [
+        ("truncated", false, "192.0.2.101", "prod-db.cxyz.us-east-1.rds.amazonaws.com"),
+        ("garbage", true, "192.0.2.104", "replica.rds.amazonaws.com"),
+    ] {
+        node.kill_dnsproxy();
+        let bytes = std::fs::read(&snap).unwrap();
+        let bad = if garbage { vec![0x5au8; 4096] } else { bytes[..bytes.len() / 2].to_vec() };
+        std::fs::write(&snap, bad).unwrap();
+        node.start_dnsproxy(&[]);
+        let log = node.log();
+        assert!(log.contains("fqdn.snap") && log.contains("set aside"), "{what}: the proxy does not say what it did with the file:\n{log}");
+        assert!(pay.tcp_ip(ip("192.0.2.100"), 443), "{what}: an address installed before the restart closed early");
+        assert!(!pay.tcp_ip(ip(fresh), 5432), "{what}: an address never resolved opened");
+        let (ok, r) = pay.resolve(dns.ip, name, &["--connect", "5432"]);
+        assert!(ok, "{what}: a new lookup after the restart: {r:?}");
+        assert!(
+            palisade_netns_tests::cluster::Cluster::wait(5, || node.fqdn_cache(&[]).iter().any(|e| e["ip"] == fresh)),
+            "{what}: the snapshot was not written anew"
+        );
+    }
+}
+
 /// The FQDN map full (`--fqdn-map-size 2`): the address that finds no
 /// room stays closed (fail closed), the failure is logged naming the map
 /// and the flag, and counted; what was installed before keeps working and
