@@ -11,7 +11,8 @@
 #                (commit them: the next run starts from there)
 # No target named: all of them. Crashing inputs are written to
 # results/fuzz/<target>-crash-*; the exit status is non-zero if any target
-# crashed. The table is also written to results/fuzz/summary.tsv.
+# crashed. The table is also written to results/fuzz/summary.tsv (or
+# $FUZZ_SUMMARY: two runs at once, one per core, each with its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -48,7 +49,7 @@ RUSTC_BOOTSTRAP=1 cargo fuzz build -O >/dev/null 2>results/fuzz-build.log || {
   tail -40 results/fuzz-build.log >&2; echo "fuzz.sh: building the targets failed" >&2; exit 1; }
 bin=fuzz/target/x86_64-unknown-linux-gnu/release
 
-summary=results/fuzz/summary.tsv
+summary=${FUZZ_SUMMARY:-results/fuzz/summary.tsv}
 printf 'target\texecutions\tseconds\texec_per_s\tcrashes\tcorpus\n' >"$summary"
 failed=0
 printf '%-16s %12s %8s %10s %8s %7s\n' target executions seconds exec/s crashes corpus

@@ -705,6 +705,7 @@ fn chaos(kills: usize, seed: u64, daemons: &[String], etcd_outage_s: u64, out: O
     use palisade_netns_tests::chaos::{self, Daemon, Plan};
     let daemons = daemons
         .iter()
+        .filter(|d| !d.is_empty()) // `--daemons ''`: only the etcd outage
         .map(|d| match d.as_str() {
             "none" => Ok(Daemon::None),
             "ctrl" => Ok(Daemon::Ctrl),

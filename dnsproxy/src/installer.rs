@@ -94,6 +94,11 @@ fn unix_ms(expires_mono_ns: u64) -> u64 {
     clock().ms_at(expires_mono_ns)
 }
 
+/// The map key that opens `addr` for endpoint `ep_id` on a rule's port.
+fn fqdn_key(ep_id: u32, addr: IpAddr, k: &palisade_snapshot::L4Key) -> FqdnKey {
+    FqdnKey { ep_id, addr, proto: (k.proto != 0).then_some(k.proto), port: k.port, port_bits: if k.proto == 0 { 0 } else { k.bits } }
+}
+
 /// Whether an installed entry must be rewritten to carry `want`: another
 /// rule, or an expiry that moved by more than a second.
 fn stale(have: Option<&Entry>, want: &Entry) -> bool {
@@ -214,6 +219,19 @@ impl Installer {
                 }
             }
         }
+        // No restored address may outlive the TTL it was learned with,
+        // counted from now: a snapshot written in another boot's clock
+        // frame (a frame a wall-clock step had put ahead) must not make
+        // entries immortal.
+        let now = now_ms();
+        for a in cache.values_mut().flatten() {
+            let cap = now + u64::from(a.ttl) * 1000;
+            if a.expires_ms > cap {
+                a.expires_ms = cap;
+                a.persisted_expires_ms = cap;
+            }
+            a.seen_ms = a.seen_ms.min(now);
+        }
         let journal = std::fs::OpenOptions::new().create(true).append(true).open(&jpath)?;
         let mut installed: HashMap<u32, HashMap<FqdnKey, Entry>> = HashMap::new();
         for (k, cookie, expires) in map.dump()? {
@@ -279,21 +297,18 @@ impl Installer {
             for rule in ep.fqdn.iter().filter(|r| r.names.matches(name)) {
                 for a in addrs.iter().filter(|a| !a.live_only && a.expires_ms > now) {
                     for k in &rule.keys {
-                        let key = FqdnKey {
-                            ep_id,
-                            addr: a.addr,
-                            proto: (k.proto != 0).then_some(k.proto),
-                            port: k.port,
-                            port_bits: if k.proto == 0 { 0 } else { k.bits },
-                        };
+                        let key = fqdn_key(ep_id, a.addr, k);
                         let e = out.entry(key).or_insert((rule.cookie, a.expires_ms));
                         e.1 = e.1.max(a.expires_ms);
                     }
                 }
             }
         }
+        // Kept only while the very rule that admitted them (same cookie,
+        // same port and protocol) still stands: a rule narrowed since
+        // closes them.
         for (k, c) in self.adopted.get(&ep_id).into_iter().flatten() {
-            if c.1 > now && ep.fqdn.iter().any(|r| r.cookie == c.0) {
+            if c.1 > now && ep.fqdn.iter().any(|r| r.cookie == c.0 && r.keys.iter().any(|rk| fqdn_key(ep_id, k.addr, rk) == *k)) {
                 out.entry(*k).or_insert(*c);
             }
         }
@@ -347,13 +362,7 @@ impl Installer {
                 let Some(a) = list.iter().find(|a| a.addr == addr) else { continue };
                 for rule in &matching {
                     for k in &rule.keys {
-                        let key = FqdnKey {
-                            ep_id: l.ep_id,
-                            addr,
-                            proto: (k.proto != 0).then_some(k.proto),
-                            port: k.port,
-                            port_bits: if k.proto == 0 { 0 } else { k.bits },
-                        };
+                        let key = fqdn_key(l.ep_id, addr, k);
                         let have = self.installed.entry(l.ep_id).or_default();
                         // Another name may hold the key longer: keep the later expiry.
                         let want = (rule.cookie, have.get(&key).map_or(a.expires_ms, |h| h.1.max(a.expires_ms)));

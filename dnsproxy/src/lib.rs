@@ -125,7 +125,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         deny,
         upstream_timeout: Duration::from_millis(a.upstream_timeout_ms),
         identities: Default::default(),
-        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&state_dir).context("opening the DNS flow ring")?) },
+        flows: if a.no_flows {
+            None
+        } else {
+            // For people, not for enforcement: a ring that cannot be opened
+            // (a full disk) costs the flow records, not the proxy.
+            flowlog::FlowLog::open(&state_dir)
+                .inspect_err(|e| tracing::error!("opening the DNS flow ring: {e:#}; running without DNS flow records"))
+                .ok()
+        },
     });
     let tcp = server::tcp_listener(a.port)?;
     palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&tcp));

@@ -101,10 +101,12 @@ impl Writer {
     /// Opens `path`, creating it (or recreating it, if its geometry differs
     /// or it is not a ring) with `slots` slots of `slot_size` bytes.
     pub fn create(path: &Path, slots: u32, slot_size: u32) -> Result<Self, RingError> {
-        if let Ok(m) = Mapped::open(path, true) {
-            if m.slots == u64::from(slots) && m.slot_size == slot_size as usize {
-                return Ok(Self { m });
-            }
+        match Mapped::open(path, true) {
+            Ok(m) if m.slots == u64::from(slots) && m.slot_size == slot_size as usize => return Ok(Self { m }),
+            Ok(_) | Err(RingError::Format { .. }) => {} // another geometry, or not a ring: recreated
+            Err(RingError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            // A full disk or a permission problem: keep the ring's history.
+            Err(e) => return Err(e),
         }
         let io = |source| RingError::Io { path: path.to_path_buf(), source };
         let tmp = path.with_extension("new");

@@ -211,6 +211,9 @@ struct Sync {
     shown: Shown,
     /// Cilium's kvstore metrics (`/metrics`).
     kv: kvmetrics::Kv,
+    /// Departed remote addresses whose conntrack entries are still to go
+    /// (a failed flush is tried again every second).
+    ct_pending: BTreeSet<Ipv4Addr>,
 }
 
 impl Sync {
@@ -237,6 +240,7 @@ impl Sync {
             requests: 0,
             shown,
             kv,
+            ct_pending: BTreeSet::new(),
         }
     }
 
@@ -285,6 +289,7 @@ impl Sync {
                 _ = tick.tick() => self.lease_tick().await,
                 _ = status_tick.tick() => {
                     self.reopen_if_replaced();
+                    self.flush_conntrack(BTreeSet::new());
                     self.write_status();
                 }
             }
@@ -405,7 +410,7 @@ impl Sync {
                 self.reconcile_map();
             } else {
                 let stale: BTreeSet<Ipv4Addr> = changed.iter().filter(|ip| self.apply_one(**ip, self.desired_one(**ip))).copied().collect();
-                self.flush_conntrack(&stale);
+                self.flush_conntrack(stale);
             }
         }
         if snapshot || full {
@@ -505,11 +510,25 @@ impl Sync {
     /// conntrack entries go, so the address's next owner is judged by its
     /// own identity. A flow that still belongs to an allowed peer is judged
     /// again by its next packet and goes on.
-    fn flush_conntrack(&self, ips: &BTreeSet<Ipv4Addr>) {
-        match self.map.flush_conntrack(ips) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(addresses = ips.len(), entries = n, "conntrack entries of departed remote addresses removed"),
-            Err(e) => tracing::warn!(error = %e, "removing conntrack entries of departed remote addresses"),
+    fn flush_conntrack(&mut self, ips: BTreeSet<Ipv4Addr>) {
+        self.ct_pending.extend(ips);
+        if self.ct_pending.is_empty() {
+            return;
+        }
+        match self.map.flush_conntrack(&self.ct_pending) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        addresses = self.ct_pending.len(),
+                        entries = n,
+                        "conntrack entries of departed remote addresses removed"
+                    );
+                }
+                self.ct_pending.clear();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, addresses = self.ct_pending.len(), "removing conntrack entries of departed remote addresses; trying again in a second")
+            }
         }
     }
 
@@ -556,7 +575,7 @@ impl Sync {
             }
             deleted += 1;
         }
-        self.flush_conntrack(&stale);
+        self.flush_conntrack(stale);
         tracing::info!(remote = want.len(), put, deleted, "ipcache reconciled with the cluster");
     }
 

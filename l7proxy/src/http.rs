@@ -307,7 +307,7 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
     let path = match crate::path::normalize(&original) {
         Ok(p) => p,
         Err(why) => {
-            sh.metrics.malformed("http", if why == crate::path::Refused::EncodedSlash { "encoded_slash" } else { "bad_escape" });
+            sh.metrics.malformed("http", why.label());
             return local(StatusCode::BAD_REQUEST, "Bad request path\r\n", true);
         }
     };
@@ -377,15 +377,18 @@ async fn handle(mut req: Request<Incoming>, conn: &Arc<Conn>, up: &Upstream, sh:
                 None => host.clone(),
             };
             let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-            if let Ok(u) = Uri::builder().scheme(scheme.as_str()).authority(authority).path_and_query(path.as_str()).build() {
-                *req.uri_mut() = u;
+            match Uri::builder().scheme(scheme.as_str()).authority(authority).path_and_query(path.as_str()).build() {
+                Ok(u) => *req.uri_mut() = u,
+                // What was judged must be what is served: never the original.
+                Err(_) => return local(StatusCode::BAD_REQUEST, "Bad request target\r\n", true),
             }
         }
     } else if req.uri().authority().is_some() || path != original {
         // Absolute-form (a client that thinks it talks to a proxy): the
         // server gets origin-form.
-        if let Ok(u) = Uri::builder().path_and_query(path.as_str()).build() {
-            *req.uri_mut() = u;
+        match Uri::builder().path_and_query(path.as_str()).build() {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => return local(StatusCode::BAD_REQUEST, "Bad request target\r\n", true),
         }
     }
     match up.send(req).await {

@@ -33,7 +33,6 @@ pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
 use palisade_node::{ConfigError, NodePaths};
 
 #[derive(Debug, clap::Parser)]
@@ -164,7 +163,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rules,
         ipcache: palisade_bpf::pinned::Ipcache::open(&bpf_dir).ok(),
         metrics: metrics.clone(),
-        flows: if a.no_flows { None } else { Some(flowlog::FlowLog::open(&state_dir).context("opening the L7 flow ring")?) },
+        flows: if a.no_flows {
+            None
+        } else {
+            // For people, not for enforcement: a ring that cannot be opened
+            // (a full disk) costs the flow records, not the proxy.
+            flowlog::FlowLog::open(&state_dir)
+                .inspect_err(|e| tracing::error!("opening the L7 flow ring: {e:#}; running without L7 flow records"))
+                .ok()
+        },
         mark: palisade_bpf::consts::MARK_FROM_PROXY,
         connect_timeout: Duration::from_millis(a.connect_timeout_ms),
         max_header_bytes: a.max_header_bytes as usize,

@@ -13,13 +13,34 @@
 //! than passed on: a server that decodes it before resolving dot segments
 //! would see a path the rule never saw, and one that does not would see a
 //! different one from the rule; there is no form that means the same to
-//! both. (Envoy's `path_with_escaped_slashes_action: REJECT_REQUEST`.)
+//! both. (Envoy's `path_with_escaped_slashes_action: REJECT_REQUEST`.) The
+//! same holds for a literal backslash (Windows-minded servers read it as a
+//! slash) and for a dot segment with parameters (`/ok/..;/admin`: Tomcat,
+//! Jetty and Spring drop `;…` and then resolve `..`): refused. A path that
+//! does not start with `/` (HTTP/2 lets a client send any `:path`) is
+//! refused too, except `*` (OPTIONS).
 
 /// Why a path was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
     EncodedSlash,
     BadEscape,
+    Backslash,
+    DotSegmentParameter,
+    NotAbsolute,
+}
+
+impl Refused {
+    /// The `reason` label of the malformed-request counter.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refused::EncodedSlash => "encoded_slash",
+            Refused::BadEscape => "bad_escape",
+            Refused::Backslash => "backslash",
+            Refused::DotSegmentParameter => "dot_segment_parameter",
+            Refused::NotAbsolute => "path_not_absolute",
+        }
+    }
 }
 
 /// `path_and_query` normalised (the query is kept as it is), or why not.
@@ -28,9 +49,14 @@ pub fn normalize(path_and_query: &str) -> Result<String, Refused> {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    if path == "*" || !path.starts_with('/') {
-        // `OPTIONS *`, or a form hyper already refused: left alone.
-        return Ok(path_and_query.to_string());
+    if path_and_query == "*" {
+        return Ok(path_and_query.to_string()); // OPTIONS *
+    }
+    if !path.starts_with('/') {
+        return Err(Refused::NotAbsolute);
+    }
+    if path.contains('\\') {
+        return Err(Refused::Backslash);
     }
     let decoded = decode_unreserved(path)?;
     let mut out: Vec<&str> = Vec::new();
@@ -38,6 +64,11 @@ pub fn normalize(path_and_query: &str) -> Result<String, Refused> {
     let last = segments.len().saturating_sub(1);
     let mut trailing_slash = false;
     for (i, seg) in segments.iter().enumerate() {
+        if let Some((base, _)) = seg.split_once(';') {
+            if base == "." || base == ".." {
+                return Err(Refused::DotSegmentParameter);
+            }
+        }
         match *seg {
             "." => trailing_slash = i == last,
             ".." => {
@@ -116,6 +147,7 @@ mod tests {
             ("/a%3fb", "/a%3Fb"),
             ("/ok/..?x=/../y", "/?x=/../y"),
             ("*", "*"),
+            ("/?", "/?"),
         ] {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
         }
@@ -127,5 +159,12 @@ mod tests {
         assert_eq!(normalize("/ok/..%5Cadmin"), Err(Refused::EncodedSlash));
         assert_eq!(normalize("/ok/%zz"), Err(Refused::BadEscape));
         assert_eq!(normalize("/ok/%4"), Err(Refused::BadEscape));
+        assert_eq!(normalize("/ok/..\\admin"), Err(Refused::Backslash));
+        assert_eq!(normalize("/ok/..;/admin"), Err(Refused::DotSegmentParameter));
+        assert_eq!(normalize("/ok/%2e%2e;x=1/admin"), Err(Refused::DotSegmentParameter));
+        assert_eq!(normalize("/ok/.;/admin"), Err(Refused::DotSegmentParameter));
+        assert_eq!(normalize("ok/../admin"), Err(Refused::NotAbsolute));
+        // Parameters elsewhere are the server's business: judged as sent.
+        assert_eq!(normalize("/ok;jsessionid=1/x").as_deref(), Ok("/ok;jsessionid=1/x"));
     }
 }

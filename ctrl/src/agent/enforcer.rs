@@ -209,13 +209,22 @@ impl Enforcer {
     /// policy set (if it was the last user) and its tracked connections.
     pub fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let _ = self.dp.detach(ep.ifindex, false);
-        self.dp.endpoint_delete(ep.ifindex)?;
-        self.dp.ipcache_delete(ep.ipv4)?;
-        if let Some(i) = self.installed.remove(&ep.ep_id) {
-            self.sets.release(i.set);
-            self.dp.policy_delete_batch(&self.sets.take_retired())?;
-        }
-        self.dp.conntrack_flush_endpoint(ep.ep_id, ep.ipv4)?;
+        let endpoint = self.dp.endpoint_delete(ep.ifindex);
+        let ipcache = self.dp.ipcache_delete(ep.ipv4);
+        let sets = match self.installed.remove(&ep.ep_id) {
+            Some(i) => {
+                self.sets.release(i.set);
+                self.dp.policy_delete_batch(&self.sets.take_retired())
+            }
+            None => Ok(()),
+        };
+        // Whatever else failed, the address's flows go: the address will be
+        // another pod's, and its entries would admit that pod.
+        let ct = self.dp.conntrack_flush_endpoint(ep.ep_id, ep.ipv4);
+        endpoint?;
+        ipcache?;
+        sets?;
+        ct?;
         Ok(())
     }
 

@@ -303,13 +303,19 @@ pub fn run(a: Args) -> Result<()> {
     let flow_counts = Arc::new(Mutex::new(metrics::FlowCounts::default()));
     {
         let d = daemon.clone();
-        flowlog::spawn(
+        // The flow log is for people, not for enforcement: a ring that
+        // cannot be opened (a full disk) costs the flows, not the agent.
+        if let Err(e) = flowlog::spawn(
             move || flowlog::Names::from_store(&lock(&d).store),
             version.clone(),
             bpf_dir.clone(),
             &state_dir,
             flow_counts.clone(),
-        )?;
+        ) {
+            tracing::error!(
+                "{e:#}; running without the datapath flow log (palisade observe shows no datapath flows until a restart succeeds)"
+            );
+        }
     }
     {
         let (dir, tcp, other, every) = (bpf_dir.clone(), a.ct_lifetime_tcp, a.ct_lifetime_other, a.ct_gc_interval);
