@@ -15,11 +15,13 @@ const PROGRAMS: &[&str] = &["endpoint"];
 /// `__pad_N` fields). A struct missing from the generated file (renamed in
 /// C) fails the build here rather than silently losing its derives.
 const ABI_STRUCTS: &[&str] = &[
+    "ct6_key",
     "ct_entry",
     "ct_key",
     "endpoint_info",
     "endpoint_key",
     "flow_event",
+    "flow_rl_key",
     "fqdn_entry",
     "fqdn_key",
     "ipcache_entry",
@@ -30,6 +32,7 @@ const ABI_STRUCTS: &[&str] = &[
     "policy_entry",
     "policy_key",
     "policy_match",
+    "proxy_tw_key",
 ];
 
 const ZEROCOPY_DERIVE: &str = "#[derive(::zerocopy::FromBytes, ::zerocopy::IntoBytes, ::zerocopy::Immutable, ::zerocopy::KnownLayout)]";

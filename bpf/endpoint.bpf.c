@@ -39,27 +39,22 @@ char LICENSE[] SEC("license") = "GPL";
 static __always_inline int host_forwarded(struct __sk_buff *skb, const struct endpoint_info *ep,
 					  const struct tuple *t, __u8 dir)
 {
-	struct ct_key ck = { .ep_id = ep->ep_id, .proto = t->proto };
+	struct ct_key k4;
+	struct ct6_key k6;
+	struct ct_ref ck = {};
 	struct ct_state st = {};
 
 	if (t->proto != IPPROTO_TCP)
 		return REASON_FORWARDED;
+	if (dir == DIR_EGRESS && !mark_is(skb, MARK_FROM_PROXY))
+		return REASON_FORWARDED;
+	ck = ct_key_fill(t, ep->ep_id, dir, &k4, &k6);
 	if (dir == DIR_EGRESS) {
-		if (!mark_is(skb, MARK_FROM_PROXY))
-			return REASON_FORWARDED;
-		ck.local_ip = t->saddr;
-		ck.remote_ip = t->daddr;
-		ck.local_port = t->ct_sport;
-		ck.remote_port = t->ct_dport;
-		if (!ct_lookup_refresh(&ck, t->tcp_closing, t->tcp_flags, &st))
-			ct_create(&ck, dir, 0, t->tcp_closing, 0, CT_F_REPLY_TO_PROXY);
+		if (!ct_lookup_refresh(ck, t->tcp_closing, t->tcp_flags, &st))
+			ct_create(ck, dir, 0, t->tcp_closing, 0, CT_F_REPLY_TO_PROXY);
 		return REASON_FORWARDED;
 	}
-	ck.local_ip = t->daddr;
-	ck.remote_ip = t->saddr;
-	ck.local_port = t->ct_dport;
-	ck.remote_port = t->ct_sport;
-	if (!ct_lookup_refresh(&ck, t->tcp_closing, t->tcp_flags, &st))
+	if (!ct_lookup_refresh(ck, t->tcp_closing, t->tcp_flags, &st))
 		return REASON_FORWARDED;
 	if (st.flags & CT_F_REPLY_TO_PROXY)
 		return proxy_reply(skb, t);
@@ -78,24 +73,14 @@ static __always_inline int host_forwarded(struct __sk_buff *skb, const struct en
 static __always_inline void proxy_at_entry(struct __sk_buff *skb, const struct tuple *t, __u16 proxy_port)
 {
 	struct endpoint_info *src = endpoint_lookup(skb->ingress_ifindex);
-	struct ct_key k = { .proto = t->proto };
+	struct ct_key k4;
+	struct ct6_key k6;
+	__u8 dir;
 
 	if (!src)
 		return;
-	k.ep_id = src->ep_id;
-	if (src->flags & EP_F_HOST) {
-		k.local_ip = t->daddr;
-		k.remote_ip = t->saddr;
-		k.local_port = t->ct_dport;
-		k.remote_port = t->ct_sport;
-		ct_set_proxy(&k, DIR_INGRESS, t->tcp_closing, proxy_port);
-	} else {
-		k.local_ip = t->saddr;
-		k.remote_ip = t->daddr;
-		k.local_port = t->ct_sport;
-		k.remote_port = t->ct_dport;
-		ct_set_proxy(&k, DIR_EGRESS, t->tcp_closing, proxy_port);
-	}
+	dir = (src->flags & EP_F_HOST) ? DIR_INGRESS : DIR_EGRESS;
+	ct_set_proxy(ct_key_fill(t, src->ep_id, dir, &k4, &k6), dir, t->tcp_closing, proxy_port);
 }
 
 static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
@@ -103,8 +88,11 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	struct endpoint_info *ep = endpoint_lookup(skb->ifindex);
 	struct policy_verdict pv;
 	struct ct_state st = {};
-	struct tuple t;
-	struct ct_key ck = {};
+	struct tuple t = {};
+	struct ct_key k4;
+	struct ct6_key k6;
+	struct ct_ref ck = {};
+	const __be32 *remote = 0;
 	__u32 set_id, gen, peer, fqdn_cookie;
 	__u8 fv, ct_flags = 0;
 	int rc, from_proxy;
@@ -115,22 +103,22 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	rc = parse_packet(skb, &t);
 	if (rc < 0)
 		return rc;
-	if (rc == PARSE_L3_ARP)
+	if (rc == PARSE_L3_ARP || rc == PARSE_LINK_CONTROL)
 		return REASON_FORWARDED;
 	if (rc == PARSE_L3_OTHER)
 		return endpoint_enforced(ep, dir) ? -DROP_UNSUPPORTED_L3 : REASON_FORWARDED;
 	if (host) {
 		/* Only traffic the node itself sends or receives is the host's. */
-		if (ipcache_identity_v4(dir == DIR_EGRESS ? t.saddr : t.daddr) != IDENTITY_HOST)
+		if (ipcache_identity(t.family, dir == DIR_EGRESS ? t.saddr : t.daddr) != IDENTITY_HOST)
 			return host_forwarded(skb, ep, &t, dir);
-	} else if (dir == DIR_EGRESS && t.saddr != ep->ipv4) {
-		ck.ep_id = ep->ep_id;
-		flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
-			  FLOW_VERDICT_DROPPED, t.tcp_flags, DROP_SPOOFED_SOURCE, 0, 0);
+	} else if (dir == DIR_EGRESS && !endpoint_owns(ep, t.family, t.saddr)) {
+		flow_emit(skb, ep->ep_id, &t, dir, FLOW_VERDICT_DROPPED, DROP_SPOOFED_SOURCE, 0, 0);
 		return -DROP_SPOOFED_SOURCE;
 	}
 	if (rc == PARSE_FRAGMENT)
 		return endpoint_enforced(ep, dir) ? -DROP_FRAG_NOSUPPORT : REASON_FORWARDED;
+	if (rc == PARSE_EXTHDR)
+		return endpoint_enforced(ep, dir) ? -DROP_IPV6_EXTHDR : REASON_FORWARDED;
 
 	/* The L7 proxy's own upstream connection, to this endpoint: its
 	 * L3/L4 policy applies (the source is the client's address), but the
@@ -138,20 +126,8 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	 * belong to the proxy. */
 	from_proxy = !host && dir == DIR_INGRESS && mark_is(skb, MARK_FROM_PROXY);
 
-	ck.ep_id = ep->ep_id;
-	ck.proto = t.proto;
-	if (dir == DIR_EGRESS) {
-		ck.local_ip = t.saddr;
-		ck.remote_ip = t.daddr;
-		ck.local_port = t.ct_sport;
-		ck.remote_port = t.ct_dport;
-	} else {
-		ck.local_ip = t.daddr;
-		ck.remote_ip = t.saddr;
-		ck.local_port = t.ct_dport;
-		ck.remote_port = t.ct_sport;
-	}
-	if (ct_lookup_refresh(&ck, t.tcp_closing, t.tcp_flags, &st)) {
+	ck = ct_key_fill(&t, ep->ep_id, dir, &k4, &k6);
+	if (ct_lookup_refresh(ck, t.tcp_closing, t.tcp_flags, &st)) {
 		if (host)
 			return REASON_FORWARDED;
 		if (dir == DIR_EGRESS) {
@@ -168,13 +144,14 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 
 	set_id = READ_ONCE_U32(ep->policy_set);
 	gen = READ_ONCE_U32(ep->policy_gen);
-	peer = ipcache_identity_v4(ck.remote_ip);
+	remote = dir == DIR_EGRESS ? t.daddr : t.saddr;
+	peer = ipcache_identity(t.family, remote);
 	pv = policy_decide(set_id, gen, endpoint_enforced(ep, dir), peer, dir, t.proto, t.dport);
 	if (pv.reason == -DROP_POLICY && dir == DIR_EGRESS && (ep->flags & EP_F_FQDN)) {
 		/* No rule for the peer's identity: an address a DNS answer
 		 * taught this endpoint may still be allowed. Not cached: two
 		 * addresses of one identity (world) differ here. */
-		fqdn_cookie = fqdn_allowed(ep->ep_id, t.daddr, t.proto, t.dport);
+		fqdn_cookie = fqdn_allowed(ep->ep_id, t.family, t.daddr, t.proto, t.dport);
 		if (fqdn_cookie) {
 			pv.reason = REASON_FORWARDED;
 			pv.cookie = fqdn_cookie;
@@ -186,7 +163,7 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		 * --k8s-ipblock-selects-pods a NetworkPolicy ipBlock holds for
 		 * a pod whose address is inside it, by the address's CIDR
 		 * identity, and only through entries that say so (PODS). */
-		__u32 cidr_id = ipcache_cidr_identity_v4(ck.remote_ip);
+		__u32 cidr_id = ipcache_cidr_identity(t.family, remote);
 		struct policy_verdict cv;
 
 		if (cidr_id != peer) {
@@ -200,13 +177,11 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 	if (pv.reason != REASON_FORWARDED) {
 		if (endpoint_audit(ep, dir)) {
 			/* Audit: pass and track the flow; report what would have broken. */
-			ct_create(&ck, dir, pv.cookie, t.tcp_closing, 0, ct_flags);
-			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
-				  FLOW_VERDICT_AUDIT, t.tcp_flags, -pv.reason, pv.cookie, peer);
+			ct_create(ck, dir, pv.cookie, t.tcp_closing, 0, ct_flags);
+			flow_emit(skb, ep->ep_id, &t, dir, FLOW_VERDICT_AUDIT, -pv.reason, pv.cookie, peer);
 			return REASON_AUDIT;
 		}
-		flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
-			  FLOW_VERDICT_DROPPED, t.tcp_flags, -pv.reason, pv.cookie, peer);
+		flow_emit(skb, ep->ep_id, &t, dir, FLOW_VERDICT_DROPPED, -pv.reason, pv.cookie, peer);
 		return pv.reason;
 	}
 	if (host || from_proxy)
@@ -217,17 +192,15 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		else
 			rc = skb->ingress_ifindex ? REASON_FORWARDED : -DROP_PROXY_UNAVAILABLE;
 		if (rc < 0) {
-			flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir,
-				  FLOW_VERDICT_DROPPED, t.tcp_flags, -rc, pv.cookie, peer);
+			flow_emit(skb, ep->ep_id, &t, dir, FLOW_VERDICT_DROPPED, -rc, pv.cookie, peer);
 			return rc;
 		}
 		if (dir == DIR_INGRESS)
 			ct_flags = CT_F_REPLY_TO_PROXY;
 	}
-	ct_create(&ck, dir, pv.cookie, t.tcp_closing, pv.proxy_port, ct_flags);
+	ct_create(ck, dir, pv.cookie, t.tcp_closing, pv.proxy_port, ct_flags);
 	fv = pv.proxy_port ? FLOW_VERDICT_REDIRECTED : FLOW_VERDICT_FORWARDED;
-	flow_emit(&ck, skb->ifindex, skb->len, t.saddr, t.daddr, t.sport, t.dport, t.proto, dir, fv, t.tcp_flags,
-		  REASON_FORWARDED, pv.cookie, peer);
+	flow_emit(skb, ep->ep_id, &t, dir, fv, REASON_FORWARDED, pv.cookie, peer);
 	if (pv.proxy_port && dir == DIR_INGRESS) {
 		proxy_at_entry(skb, &t, pv.proxy_port);
 		return proxy_reinject(skb, pv.proxy_port);
@@ -290,19 +263,41 @@ int sk_lookup_proxy(struct bpf_sk_lookup *ctx)
 {
 	struct proxy_tw_key k = {};
 	struct bpf_sock *sk;
-	__u32 *port;
+	__u32 *port, key;
 
-	if (ctx->protocol != IPPROTO_TCP || ctx->family != 2 /* AF_INET */)
+	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	k.saddr = ctx->remote_ip4;
-	k.daddr = ctx->local_ip4;
+	/* The verifier accepts context loads at a constant offset from the
+	 * context only; the compiler would merge the two branches' last
+	 * loads into one from a computed offset (a load at the end of one
+	 * branch and the other's, "sunk" below them), which the empty asm
+	 * at the end of the IPv6 branch keeps it from doing. */
+	if (ctx->family == 2 /* AF_INET */) {
+		k.family = ADDR_FAMILY_IPV4;
+		k.saddr[0] = ctx->remote_ip4;
+		k.daddr[0] = ctx->local_ip4;
+	} else if (ctx->family == 10 /* AF_INET6 */) {
+		k.family = ADDR_FAMILY_IPV6;
+		k.saddr[0] = ctx->remote_ip6[0];
+		k.saddr[1] = ctx->remote_ip6[1];
+		k.saddr[2] = ctx->remote_ip6[2];
+		k.saddr[3] = ctx->remote_ip6[3];
+		k.daddr[0] = ctx->local_ip6[0];
+		k.daddr[1] = ctx->local_ip6[1];
+		k.daddr[2] = ctx->local_ip6[2];
+		k.daddr[3] = ctx->local_ip6[3];
+		asm volatile("" ::: "memory");
+	} else {
+		return SK_PASS;
+	}
 	k.sport = ctx->remote_port;
 	k.dport = bpf_htons((__u16)ctx->local_port);
-	port = bpf_map_lookup_elem(&palisade_proxy_tw_v1, &k);
+	port = bpf_map_lookup_elem(&palisade_proxy_tw_v2, &k);
 	if (!port)
 		return SK_PASS;
-	sk = bpf_map_lookup_elem(&palisade_proxy_listeners_v1, port);
-	bpf_map_delete_elem(&palisade_proxy_tw_v1, &k);
+	key = *port | (k.family == ADDR_FAMILY_IPV6 ? PROXY_LISTENER_V6 : 0);
+	sk = bpf_map_lookup_elem(&palisade_proxy_listeners_v1, &key);
+	bpf_map_delete_elem(&palisade_proxy_tw_v2, &k);
 	if (!sk)
 		return SK_PASS;
 	bpf_sk_assign(ctx, sk, 0);

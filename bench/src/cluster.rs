@@ -68,7 +68,7 @@ fn publish_background(c: &Cluster, n: usize, identity: u32) -> Result<()> {
             let rec = NodeRecord {
                 name: name.clone(),
                 node_id: keys::node_id(&name),
-                addresses: vec![Ipv4Addr::new(172, 31, 0, 99)],
+                addresses: vec![Ipv4Addr::new(172, 31, 0, 99).into()],
                 started_unix: 0,
             };
             client.put(keys::node(&name), serde_json::to_vec(&rec)?, opts.clone()).await?;
@@ -78,7 +78,7 @@ fn publish_background(c: &Cluster, n: usize, identity: u32) -> Result<()> {
                     // 10.220.0.0/16 and up: outside every node's pod CIDR.
                     let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 220, 0, 0)) + i as u32);
                     let rec = IpcacheRecord { identity, node: name.clone(), name: format!("bench/bg{i}"), published_unix_ms: now };
-                    etcd_client::TxnOp::put(keys::ipcache(ip), serde_json::to_vec(&rec).expect("serializes"), opts.clone())
+                    etcd_client::TxnOp::put(keys::ipcache(ip.into()), serde_json::to_vec(&rec).expect("serializes"), opts.clone())
                 })
                 .collect();
             for chunk in ops.chunks(128) {
@@ -175,7 +175,7 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<Value> {
         let mut from_publish: Vec<f64> = pods
             .iter()
             .zip(&seen_unix_ms)
-            .filter_map(|(p, seen)| published.get(&keys::ipcache(p.ip)).map(|pub_ms| seen.saturating_sub(*pub_ms) as f64))
+            .filter_map(|(p, seen)| published.get(&keys::ipcache(p.ip.into())).map(|pub_ms| seen.saturating_sub(*pub_ms) as f64))
             .collect();
         let pid_of = |node: usize, k: usize| c.node(node).pids().get(k).copied().unwrap_or(0);
         let st2 = c.node(2).sync_status().unwrap_or_default();

@@ -211,6 +211,9 @@ enum Cmd {
         netns: String,
         #[arg(long)]
         ip: std::net::Ipv4Addr,
+        /// An IPv6 address too (dual stack).
+        #[arg(long)]
+        ip6: Option<std::net::Ipv6Addr>,
         #[arg(long)]
         ifname: String,
     },
@@ -297,10 +300,11 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Plumb { netns, ip, ifname } => {
-            let c = palisade_netplumb::create(&netns, &ifname, ip)?;
-            palisade_netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK, palisade_bpf::consts::MARK_MAGIC_MASK)?;
-            palisade_netplumb::bring_up(&ifname, ip, &c.pod_mac)
+        Cmd::Plumb { netns, ip, ip6, ifname } => {
+            let addrs = palisade_netplumb::Addrs { v4: Some(ip), v6: ip6 };
+            let c = palisade_netplumb::create(&netns, &ifname, addrs)?;
+            palisade_netplumb::prepare_node(palisade_bpf::datapath::PROXY_MARK, palisade_bpf::consts::MARK_MAGIC_MASK, ip6.is_some())?;
+            palisade_netplumb::bring_up(&ifname, addrs, &c.pod_mac)
         }
         Cmd::DnsClient { server, names, rate, secs } => dns::paced_client(server, names, rate, secs),
         Cmd::HttpClient { server, path, rate, secs } => l7::paced_client(server, &path, rate, secs),

@@ -21,6 +21,11 @@
 #define IDENTITY_INIT 5
 #define IDENTITY_REMOTE_NODE 6
 #define IDENTITY_KUBE_APISERVER 7
+/* An IPv6 address outside every prefix: Cilium's reserved:world-ipv6. An
+ * IPv4 one stays IDENTITY_WORLD (as in a single-stack Cilium cluster), so
+ * a rule for 0.0.0.0/0 never admits IPv6 and IPv4 flows read as before;
+ * the entity `world` is both. */
+#define IDENTITY_WORLD_IPV6 10
 
 /* Traffic direction as seen by the endpoint (Cilium's numbering). */
 #define DIR_INGRESS 0 /* to the endpoint: host-side veth egress */
@@ -28,6 +33,10 @@
 
 #define ADDR_FAMILY_IPV4 4
 #define ADDR_FAMILY_IPV6 6
+
+#ifndef IPPROTO_ICMPV6
+#define IPPROTO_ICMPV6 58
+#endif
 
 #ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))

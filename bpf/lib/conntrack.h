@@ -7,12 +7,27 @@
 #define PALISADE_CONNTRACK_H
 
 #include "common.h"
+#include "parse.h"
 
+/* IPv4 and IPv6 flows are kept in two maps, as Cilium does: the IPv4 key
+ * stays 20 bytes (what it hashes and compares per packet does not grow for
+ * the family most traffic still uses), and the IPv4 map, pinned since v1,
+ * survives the upgrade that brought IPv6 with its established flows. */
 struct ct_key {
 	__u32 ep_id;
 	__be32 local_ip;
 	__be32 remote_ip;
 	__be16 local_port;  /* ICMP echo: the echo id on both sides */
+	__be16 remote_port;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+struct ct6_key {
+	__u32 ep_id;
+	__be32 local_ip[4];
+	__be32 remote_ip[4];
+	__be16 local_port;  /* ICMPv6 echo: the echo id on both sides */
 	__be16 remote_port;
 	__u8 proto;
 	__u8 pad[3];
@@ -48,6 +63,58 @@ struct {
 	__type(value, struct ct_entry);
 } palisade_ct_v1 SEC(".maps");
 
+/* palisade_ct6_v1: the IPv6 flows, as palisade_ct_v1 (same size setting). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ct6_key);
+	__type(value, struct ct_entry);
+} palisade_ct6_v1 SEC(".maps");
+
+/* One flow's key in the map of its family: `map` is &palisade_ct_v1 with
+ * `key` a struct ct_key, or &palisade_ct6_v1 with a struct ct6_key. Both
+ * live on the caller's stack (ct_key_fill). */
+struct ct_ref {
+	void *map;
+	void *key;
+	__u8 proto;
+};
+
+/* Fills the key of the flow `t` belongs to, for endpoint `ep_id` seen in
+ * direction `dir` (local = the endpoint's side), in k4 or k6 by family. */
+static __always_inline struct ct_ref ct_key_fill(const struct tuple *t, __u32 ep_id, __u8 dir, struct ct_key *k4,
+						  struct ct6_key *k6)
+{
+	const __be32 *local = dir == DIR_EGRESS ? t->saddr : t->daddr;
+	const __be32 *remote = dir == DIR_EGRESS ? t->daddr : t->saddr;
+	__be16 lport = dir == DIR_EGRESS ? t->ct_sport : t->ct_dport;
+	__be16 rport = dir == DIR_EGRESS ? t->ct_dport : t->ct_sport;
+	struct ct_ref r = { .proto = t->proto };
+
+	if (t->family == ADDR_FAMILY_IPV6) {
+		k6->ep_id = ep_id;
+		__builtin_memcpy(k6->local_ip, local, 16);
+		__builtin_memcpy(k6->remote_ip, remote, 16);
+		k6->local_port = lport;
+		k6->remote_port = rport;
+		k6->proto = t->proto;
+		k6->pad[0] = k6->pad[1] = k6->pad[2] = 0;
+		r.map = &palisade_ct6_v1;
+		r.key = k6;
+	} else {
+		k4->ep_id = ep_id;
+		k4->local_ip = local[0];
+		k4->remote_ip = remote[0];
+		k4->local_port = lport;
+		k4->remote_port = rport;
+		k4->proto = t->proto;
+		k4->pad[0] = k4->pad[1] = k4->pad[2] = 0;
+		r.map = &palisade_ct_v1;
+		r.key = k4;
+	}
+	return r;
+}
+
 static __always_inline __u64 ct_lifetime(const struct ct_entry *e, __u8 proto)
 {
 	if (proto != IPPROTO_TCP)
@@ -67,18 +134,18 @@ struct ct_state {
  * RST opens a new connection on an old tuple (a client reusing its port):
  * it is a new flow, judged by the current policy and given a fresh entry,
  * never admitted on the old connection's verdict. */
-static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_closing, __u8 tcp_flags,
+static __always_inline int ct_lookup_refresh(struct ct_ref ref, __u8 tcp_closing, __u8 tcp_flags,
 					     struct ct_state *st)
 {
-	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
+	struct ct_entry *e = bpf_map_lookup_elem(ref.map, ref.key);
 	__u64 now;
 
 	if (!e)
 		return 0;
 	now = bpf_ktime_get_ns();
-	if (now - e->last_seen_ns > ct_lifetime(e, key->proto))
+	if (now - e->last_seen_ns > ct_lifetime(e, ref.proto))
 		return 0;
-	if ((e->flags & CT_F_CLOSING) && key->proto == IPPROTO_TCP && (tcp_flags & 0x12) == 0x02)
+	if ((e->flags & CT_F_CLOSING) && ref.proto == IPPROTO_TCP && (tcp_flags & 0x12) == 0x02)
 		return 0;
 	if (tcp_closing && !(e->flags & CT_F_CLOSING))
 		e->flags |= CT_F_CLOSING;
@@ -90,7 +157,7 @@ static __always_inline int ct_lookup_refresh(const struct ct_key *key, __u8 tcp_
 	return 1;
 }
 
-static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 cookie,
+static __always_inline void ct_create(struct ct_ref ref, __u8 dir, __u32 cookie,
 				      __u8 tcp_closing, __u16 proxy_port, __u8 flags)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -103,20 +170,20 @@ static __always_inline void ct_create(const struct ct_key *key, __u8 dir, __u32 
 		.proxy_port = proxy_port,
 	};
 
-	bpf_map_update_elem(&palisade_ct_v1, key, &e, BPF_ANY);
+	bpf_map_update_elem(ref.map, ref.key, &e, BPF_ANY);
 }
 
 /* Points an existing flow (or a new entry) at a proxy port: every later
  * packet matching it is handed to the proxy where it enters the node. */
-static __always_inline void ct_set_proxy(const struct ct_key *key, __u8 dir, __u8 tcp_closing, __u16 proxy_port)
+static __always_inline void ct_set_proxy(struct ct_ref ref, __u8 dir, __u8 tcp_closing, __u16 proxy_port)
 {
-	struct ct_entry *e = bpf_map_lookup_elem(&palisade_ct_v1, key);
+	struct ct_entry *e = bpf_map_lookup_elem(ref.map, ref.key);
 
 	if (e) {
 		e->proxy_port = proxy_port;
 		return;
 	}
-	ct_create(key, dir, 0, tcp_closing, proxy_port, 0);
+	ct_create(ref, dir, 0, tcp_closing, proxy_port, 0);
 }
 
 #endif

@@ -19,30 +19,44 @@ struct endpoint_key {
 struct endpoint_info {
 	__u32 ep_id;    /* node-local endpoint id (conntrack, FQDN table, flows) */
 	__u32 identity; /* numeric security identity of the endpoint's labels */
-	__be32 ipv4;    /* the endpoint's address; other sources are spoofed */
+	__be32 ipv4;    /* the endpoint's IPv4 address (0: none); other sources are spoofed */
 	__u32 flags;    /* EP_F_* */
 	__u32 policy_set; /* the policy set its entries are in (policy.h); 0 is
 			   * the empty set. palisade-ctrl switches an endpoint
 			   * to another set with one write of this value. */
 	__u32 policy_gen; /* the set's generation: bumped when a set with one
 			   * user is changed in place (policy.h) */
+	__be32 ipv6[4];   /* the endpoint's IPv6 address (all 0: none) */
 };
 
-/* palisade_endpoints_v2: ifindex -> endpoint_info. Written by palisade-ctrl
+/* palisade_endpoints_v3: ifindex -> endpoint_info. Written by palisade-ctrl
  * before the endpoint's programs are attached; removed after detach. v2: the
- * policy set. */
+ * policy set; v3: the IPv6 address. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_info);
-} palisade_endpoints_v2 SEC(".maps");
+} palisade_endpoints_v3 SEC(".maps");
 
 static __always_inline struct endpoint_info *endpoint_lookup(__u32 ifindex)
 {
 	struct endpoint_key key = { .ifindex = ifindex };
 
-	return bpf_map_lookup_elem(&palisade_endpoints_v2, &key);
+	return bpf_map_lookup_elem(&palisade_endpoints_v3, &key);
+}
+
+/* Whether `saddr` (a tuple address of `family`) is the endpoint's own. */
+static __always_inline int endpoint_owns(const struct endpoint_info *ep, __u8 family, const __be32 *saddr)
+{
+	if (family == ADDR_FAMILY_IPV6) {
+		/* An endpoint without IPv6 owns no IPv6 address. */
+		if (!(ep->ipv6[0] | ep->ipv6[1] | ep->ipv6[2] | ep->ipv6[3]))
+			return 0;
+		return saddr[0] == ep->ipv6[0] && saddr[1] == ep->ipv6[1] && saddr[2] == ep->ipv6[2] &&
+		       saddr[3] == ep->ipv6[3];
+	}
+	return ep->ipv4 && saddr[0] == ep->ipv4;
 }
 
 static __always_inline int endpoint_audit(const struct endpoint_info *ep, __u8 dir)

@@ -50,19 +50,23 @@ struct {
 	__type(value, struct fqdn_entry);
 } palisade_fqdn_v1 SEC(".maps");
 
-/* The cookie of the toFQDNs rule that allows this new egress flow, or 0. */
-static __always_inline __u32 fqdn_allowed(__u32 ep_id, __be32 daddr, __u8 proto, __be16 dport)
+/* The cookie of the toFQDNs rule that allows this new egress flow, or 0.
+ * `daddr` is a tuple address (IPv4 in [0]). */
+static __always_inline __u32 fqdn_allowed(__u32 ep_id, __u8 family, const __be32 *daddr, __u8 proto, __be16 dport)
 {
 	struct fqdn_key k = {
 		.prefixlen = FQDN_PREFIX_FULL,
 		.ep_id = ep_id,
-		.family = ADDR_FAMILY_IPV4,
+		.family = family,
 		.proto = proto,
 		.dport = dport,
 	};
 	struct fqdn_entry *e;
 
-	__builtin_memcpy(k.addr, &daddr, 4);
+	if (family == ADDR_FAMILY_IPV6)
+		__builtin_memcpy(k.addr, daddr, 16);
+	else
+		__builtin_memcpy(k.addr, daddr, 4);
 	e = bpf_map_lookup_elem(&palisade_fqdn_v1, &k);
 	if (!e || e->expires_ns <= bpf_ktime_get_ns())
 		return 0;

@@ -1,7 +1,8 @@
 /* ipcache.h: IP -> security identity, in two levels. Host addresses
  * (endpoints, remote pods, FQDN-learned IPs) sit in an exact-match hash that
  * is looked up first and costs the same at 10 or 100k entries; only real CIDR
- * prefixes go to the LPM trie. An address in neither is WORLD. */
+ * prefixes go to the LPM trie. An address in neither is WORLD (IPv4) or
+ * WORLD_IPV6. */
 #ifndef PALISADE_IPCACHE_H
 #define PALISADE_IPCACHE_H
 
@@ -43,33 +44,45 @@ struct {
 	__type(value, struct ipcache_entry);
 } palisade_ipcache_lpm_v1 SEC(".maps");
 
-static __always_inline __u32 ipcache_identity_v4(__be32 addr)
+/* The LPM key's prefix for a whole address: family + pad, then the address. */
+#define IPCACHE_LPM_FULL_V4 (32 + 32)
+#define IPCACHE_LPM_FULL_V6 (32 + 128)
+
+/* The CIDR identity of an address, ignoring the host-address map: what a
+ * pod's address is inside the policies' prefixes (in none: WORLD for IPv4,
+ * WORLD_IPV6 for IPv6). `addr` is a tuple address (IPv4 in [0]). */
+static __always_inline __u32 ipcache_cidr_identity(__u8 family, const __be32 *addr)
 {
-	struct ipcache_host_key hk = { .family = ADDR_FAMILY_IPV4 };
-	struct ipcache_lpm_key lk = { .prefixlen = 64, .family = ADDR_FAMILY_IPV4 };
+	struct ipcache_lpm_key lk = { .family = family };
 	struct ipcache_entry *e;
 
-	__builtin_memcpy(hk.addr, &addr, 4);
+	if (family == ADDR_FAMILY_IPV6) {
+		lk.prefixlen = IPCACHE_LPM_FULL_V6;
+		__builtin_memcpy(lk.addr, addr, 16);
+	} else {
+		lk.prefixlen = IPCACHE_LPM_FULL_V4;
+		__builtin_memcpy(lk.addr, addr, 4);
+	}
+	e = bpf_map_lookup_elem(&palisade_ipcache_lpm_v1, &lk);
+	if (e)
+		return e->identity;
+	return family == ADDR_FAMILY_IPV6 ? IDENTITY_WORLD_IPV6 : IDENTITY_WORLD;
+}
+
+/* The identity of an address: the exact host entry, else its CIDR's. */
+static __always_inline __u32 ipcache_identity(__u8 family, const __be32 *addr)
+{
+	struct ipcache_host_key hk = { .family = family };
+	struct ipcache_entry *e;
+
+	if (family == ADDR_FAMILY_IPV6)
+		__builtin_memcpy(hk.addr, addr, 16);
+	else
+		__builtin_memcpy(hk.addr, addr, 4);
 	e = bpf_map_lookup_elem(&palisade_ipcache_v1, &hk);
 	if (e)
 		return e->identity;
-	__builtin_memcpy(lk.addr, &addr, 4);
-	e = bpf_map_lookup_elem(&palisade_ipcache_lpm_v1, &lk);
-	if (e)
-		return e->identity;
-	return IDENTITY_WORLD;
-}
-
-/* The CIDR identity of an address, ignoring the host-address map: what a
- * pod's address is inside the policies' prefixes (WORLD in none). */
-static __always_inline __u32 ipcache_cidr_identity_v4(__be32 addr)
-{
-	struct ipcache_lpm_key lk = { .prefixlen = 64, .family = ADDR_FAMILY_IPV4 };
-	struct ipcache_entry *e;
-
-	__builtin_memcpy(lk.addr, &addr, 4);
-	e = bpf_map_lookup_elem(&palisade_ipcache_lpm_v1, &lk);
-	return e ? e->identity : IDENTITY_WORLD;
+	return ipcache_cidr_identity(family, addr);
 }
 
 #endif

@@ -73,35 +73,41 @@ static __always_inline int mark_is(const struct __sk_buff *skb, __u32 magic)
 	return (skb->mark & MARK_MAGIC_MASK) == magic;
 }
 
-#define PROXY_ADDR_BE bpf_htonl(0x7f000001) /* 127.0.0.1 */
+#define PROXY_ADDR_BE bpf_htonl(0x7f000001) /* 127.0.0.1; IPv6: ::1 */
 
 /* A SYN handed to a TIME_WAIT socket, by its tuple as the packet has it. */
 struct proxy_tw_key {
-	__u32 saddr;
-	__u32 daddr;
-	__u16 sport;
-	__u16 dport;
+	__be32 saddr[4]; /* IPv4: [0], the rest 0 */
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 family;     /* ADDR_FAMILY_* */
+	__u8 pad[3];
 };
 
-/* palisade_proxy_tw_v1: written here, read and deleted by sk_lookup_proxy;
+/* palisade_proxy_tw_v2: written here, read and deleted by sk_lookup_proxy;
  * an entry lives from a SYN to the kernel's listener lookup for it (LRU:
- * one whose lookup never came is evicted). Value: the proxy's port. */
+ * one whose lookup never came is evicted). Value: the proxy's port. v2:
+ * both families. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
 	__type(key, struct proxy_tw_key);
 	__type(value, __u32);
-} palisade_proxy_tw_v1 SEC(".maps");
+} palisade_proxy_tw_v2 SEC(".maps");
 
 /* palisade_proxy_listeners_v1: proxy port -> its listening socket, put by
  * the proxy that owns it (palisade-l7proxy, palisade-dnsproxy) when it
- * starts; the kernel removes a socket when it closes. */
+ * starts; the kernel removes a socket when it closes. A proxy that serves
+ * IPv6 listens on ::1 as well and puts that socket under port | 1 << 16. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 16);
 	__type(key, __u32);
 	__type(value, __u64);
 } palisade_proxy_listeners_v1 SEC(".maps");
+
+#define PROXY_LISTENER_V6 (1U << 16)
 
 /* Hands the packet to `sk` (a reference this releases) and marks it for
  * local delivery. Returns REASON_FORWARDED or -DROP_PROXY_UNAVAILABLE. */
@@ -119,26 +125,55 @@ static __always_inline int proxy_assign(struct __sk_buff *skb, struct bpf_sock *
 	return REASON_FORWARDED;
 }
 
+/* The socket lookup tuple of `t` (its own addresses and ports) and its size. */
+static __always_inline __u32 proxy_tuple(const struct tuple *t, struct bpf_sock_tuple *tup)
+{
+	if (t->family == ADDR_FAMILY_IPV6) {
+		__builtin_memcpy(tup->ipv6.saddr, t->saddr, 16);
+		__builtin_memcpy(tup->ipv6.daddr, t->daddr, 16);
+		tup->ipv6.sport = t->sport;
+		tup->ipv6.dport = t->dport;
+		return sizeof(tup->ipv6);
+	}
+	tup->ipv4.saddr = t->saddr[0];
+	tup->ipv4.daddr = t->daddr[0];
+	tup->ipv4.sport = t->sport;
+	tup->ipv4.dport = t->dport;
+	return sizeof(tup->ipv4);
+}
+
+/* Points the tuple's destination at the proxy's listener: 127.0.0.1 or ::1. */
+static __always_inline void proxy_tuple_listener(const struct tuple *t, struct bpf_sock_tuple *tup, __u16 proxy_port)
+{
+	if (t->family == ADDR_FAMILY_IPV6) {
+		tup->ipv6.daddr[0] = tup->ipv6.daddr[1] = tup->ipv6.daddr[2] = 0;
+		tup->ipv6.daddr[3] = bpf_htonl(1);
+		tup->ipv6.dport = bpf_htons(proxy_port);
+		return;
+	}
+	tup->ipv4.daddr = PROXY_ADDR_BE;
+	tup->ipv4.dport = bpf_htons(proxy_port);
+}
+
 /* Returns REASON_FORWARDED (assigned and marked) or -DROP_PROXY_UNAVAILABLE. */
 static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tuple *t, __u16 proxy_port)
 {
 	struct bpf_sock_tuple tup = {};
 	struct bpf_sock *sk = 0;
+	__u32 tlen = proxy_tuple(t, &tup);
 
-	tup.ipv4.saddr = t->saddr;
-	tup.ipv4.sport = t->sport;
 	if (t->proto == IPPROTO_TCP) {
-		tup.ipv4.daddr = t->daddr;
-		tup.ipv4.dport = t->dport;
-		sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		if (sk && sk->state == BPF_TCP_TIME_WAIT) {
 			if ((t->tcp_flags & 0x12) == 0x02) {
 				struct proxy_tw_key k = {
-					.saddr = t->saddr, .daddr = t->daddr, .sport = t->sport, .dport = t->dport
+					.sport = t->sport, .dport = t->dport, .family = t->family
 				};
 				__u32 port = proxy_port;
 
-				bpf_map_update_elem(&palisade_proxy_tw_v1, &k, &port, BPF_ANY);
+				__builtin_memcpy(k.saddr, t->saddr, 16);
+				__builtin_memcpy(k.daddr, t->daddr, 16);
+				bpf_map_update_elem(&palisade_proxy_tw_v2, &k, &port, BPF_ANY);
 			}
 			return proxy_assign(skb, sk);
 		}
@@ -147,14 +182,12 @@ static __always_inline int proxy_redirect(struct __sk_buff *skb, const struct tu
 			sk = 0;
 		}
 		if (!sk) {
-			tup.ipv4.daddr = PROXY_ADDR_BE;
-			tup.ipv4.dport = bpf_htons(proxy_port);
-			sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+			proxy_tuple_listener(t, &tup, proxy_port);
+			sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 		}
 	} else if (t->proto == IPPROTO_UDP) {
-		tup.ipv4.daddr = PROXY_ADDR_BE;
-		tup.ipv4.dport = bpf_htons(proxy_port);
-		sk = bpf_sk_lookup_udp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+		proxy_tuple_listener(t, &tup, proxy_port);
+		sk = bpf_sk_lookup_udp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 	}
 	return proxy_assign(skb, sk);
 }
@@ -164,14 +197,12 @@ static __always_inline int proxy_reply(struct __sk_buff *skb, const struct tuple
 {
 	struct bpf_sock_tuple tup = {};
 	struct bpf_sock *sk;
+	__u32 tlen;
 
 	if (t->proto != IPPROTO_TCP)
 		return -DROP_PROXY_UNAVAILABLE;
-	tup.ipv4.saddr = t->saddr;
-	tup.ipv4.sport = t->sport;
-	tup.ipv4.daddr = t->daddr;
-	tup.ipv4.dport = t->dport;
-	sk = bpf_skc_lookup_tcp(skb, &tup, sizeof(tup.ipv4), BPF_F_CURRENT_NETNS, 0);
+	tlen = proxy_tuple(t, &tup);
+	sk = bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return -DROP_PROXY_UNAVAILABLE;
 	if (sk->state == BPF_TCP_LISTEN) {
@@ -198,16 +229,18 @@ static __always_inline int proxy_reinject(struct __sk_buff *skb, __u16 proxy_por
  * verdict in *rc when it is one. */
 static __always_inline int proxy_reinjected(struct __sk_buff *skb, int *rc)
 {
-	struct tuple t;
+	struct tuple t = {};
 	__u16 port;
+	int rc_parse;
 
 	if (!mark_is(skb, MARK_REINJECT))
 		return 0;
 	port = skb->mark >> 16;
 	skb->mark = 0;
-	/* Only an unfragmented IPv4 packet was ever re-injected; anything
-	 * else (and t is only filled for IPv4) is dropped. */
-	if (parse_packet(skb, &t) != PARSE_L3_IPV4 || !port) {
+	/* Only an unfragmented IP packet was ever re-injected; anything
+	 * else (and t is only filled for IP) is dropped. */
+	rc_parse = parse_packet(skb, &t);
+	if ((rc_parse != PARSE_L3_IPV4 && rc_parse != PARSE_L3_IPV6) || !port) {
 		*rc = -DROP_INVALID;
 		return 1;
 	}

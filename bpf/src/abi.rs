@@ -8,7 +8,7 @@
 //! sizes of the maps in the compiled object.
 //!
 //! The `unsafe` left here is the generated skeleton itself (libbpf-cargo's
-//! code), the three libc calls at the bottom (clock, statfs, mount) and the
+//! code), the libc calls at the bottom (getsockname, clock, statfs, mount) and the
 //! batch lookup a map resize copies with (`lookup_batch_all`).
 #![expect(unsafe_code, reason = "the generated skeleton and the libc calls below; every hand-written block says why it is sound")]
 
@@ -21,19 +21,21 @@ mod skel_inner {
 pub use skel_inner::*;
 
 pub use skel_inner::types::{
-    ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key, ipcache_lpm_key,
-    metrics_value, policy_cache_key, policy_entry, policy_key, policy_match,
+    ct6_key, ct_entry, ct_key, endpoint_info, endpoint_key, flow_event, flow_rl_key, fqdn_entry, fqdn_key, ipcache_entry, ipcache_host_key,
+    ipcache_lpm_key, metrics_value, policy_cache_key, policy_entry, policy_key, policy_match, proxy_tw_key,
 };
 
 /// Every type re-exported above has the derives build.rs adds (a type
 /// missing from its `ABI_STRUCTS` fails to compile here).
 const _: () = {
     const fn abi<T: FromBytes + IntoBytes + Immutable + zerocopy::KnownLayout>() {}
+    abi::<ct6_key>();
     abi::<ct_entry>();
     abi::<ct_key>();
     abi::<endpoint_info>();
     abi::<endpoint_key>();
     abi::<flow_event>();
+    abi::<flow_rl_key>();
     abi::<fqdn_entry>();
     abi::<fqdn_key>();
     abi::<ipcache_entry>();
@@ -44,6 +46,7 @@ const _: () = {
     abi::<policy_entry>();
     abi::<policy_key>();
     abi::<policy_match>();
+    abi::<proxy_tw_key>();
 };
 
 /// The bytes of a map key or value (`IntoBytes::as_bytes`).
@@ -54,6 +57,17 @@ pub fn bytes_of<T: IntoBytes + Immutable>(v: &T) -> &[u8] {
 /// Reads a `T` from the front of `b`; `None` when `b` is too short.
 pub fn from_bytes<T: FromBytes>(b: &[u8]) -> Option<T> {
     T::read_from_prefix(b).ok().map(|(v, _)| v)
+}
+
+/// Whether a socket is AF_INET6 (its local address says).
+pub(crate) fn socket_is_v6(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: ss is a writable sockaddr_storage of `len` bytes; fd is a live descriptor.
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut ss).cast(), &mut len) };
+    rc == 0 && i32::from(ss.ss_family) == libc::AF_INET6
 }
 
 pub(crate) fn monotonic_ns() -> u64 {
@@ -146,7 +160,8 @@ mod tests {
     #[test]
     fn layout_matches_c_headers() {
         assert_eq!(size_of::<endpoint_key>(), 4);
-        assert_eq!(size_of::<endpoint_info>(), 24);
+        assert_eq!(size_of::<endpoint_info>(), 40);
+        assert_eq!(offset_of!(endpoint_info, ipv6), 24);
         assert_eq!(offset_of!(endpoint_info, policy_gen), 20);
         assert_eq!(offset_of!(endpoint_info, policy_set), 16);
         assert_eq!(size_of::<policy_cache_key>(), 16);
@@ -174,6 +189,17 @@ mod tests {
         assert_eq!(size_of::<ct_key>(), 20);
         assert_eq!(offset_of!(ct_key, local_port), 12);
         assert_eq!(offset_of!(ct_key, proto), 16);
+        assert_eq!(size_of::<ct6_key>(), 44);
+        assert_eq!(offset_of!(ct6_key, remote_ip), 20);
+        assert_eq!(offset_of!(ct6_key, local_port), 36);
+        assert_eq!(offset_of!(ct6_key, proto), 40);
+        assert_eq!(size_of::<flow_event>(), 80);
+        assert_eq!(offset_of!(flow_event, saddr), 16);
+        assert_eq!(offset_of!(flow_event, sport), 48);
+        assert_eq!(offset_of!(flow_event, family), 76);
+        assert_eq!(size_of::<flow_rl_key>(), 44);
+        assert_eq!(size_of::<proxy_tw_key>(), 40);
+        assert_eq!(offset_of!(proxy_tw_key, family), 36);
         assert_eq!(size_of::<ct_entry>(), 24);
         assert_eq!(offset_of!(ct_entry, cookie), 16);
         assert_eq!(offset_of!(ct_entry, origin_dir), 20);
@@ -199,11 +225,14 @@ mod tests {
             assert_eq!(map.key_size() as usize, k, "{name} key size");
             assert_eq!(map.value_size() as usize, v, "{name} value size");
         };
-        check("endpoints", &m.palisade_endpoints_v2, size_of::<endpoint_key>(), size_of::<endpoint_info>());
+        check("endpoints", &m.palisade_endpoints_v3, size_of::<endpoint_key>(), size_of::<endpoint_info>());
         check("ipcache", &m.palisade_ipcache_v1, size_of::<ipcache_host_key>(), size_of::<ipcache_entry>());
         check("ipcache_lpm", &m.palisade_ipcache_lpm_v1, size_of::<ipcache_lpm_key>(), size_of::<ipcache_entry>());
         check("policy", &m.palisade_policy_v2, size_of::<policy_key>(), size_of::<policy_entry>());
         check("ct", &m.palisade_ct_v1, size_of::<ct_key>(), size_of::<ct_entry>());
+        check("ct6", &m.palisade_ct6_v1, size_of::<ct6_key>(), size_of::<ct_entry>());
+        check("flow_rl", &m.palisade_flow_rl_v2, size_of::<flow_rl_key>(), 16);
+        check("proxy_tw", &m.palisade_proxy_tw_v2, size_of::<proxy_tw_key>(), 4);
         check("metrics", &m.palisade_metrics_v1, 4, size_of::<metrics_value>());
         check("fqdn", &m.palisade_fqdn_v1, size_of::<fqdn_key>(), size_of::<fqdn_entry>());
         check("policy_cache", &m.palisade_policy_cache_v3, size_of::<policy_cache_key>(), size_of::<policy_match>());

@@ -14,6 +14,9 @@ pub mod identity {
     pub const INIT: u32 = 5;
     pub const REMOTE_NODE: u32 = 6;
     pub const KUBE_APISERVER: u32 = 7;
+    /// An IPv6 address outside every prefix (Cilium's `reserved:world-ipv6`);
+    /// an IPv4 one is [`WORLD`].
+    pub const WORLD_IPV6: u32 = 10;
     /// First identity the label allocator hands out.
     pub const FIRST_LABEL: u32 = 256;
 }
@@ -77,6 +80,7 @@ mod tests {
             ("INIT", identity::INIT),
             ("REMOTE_NODE", identity::REMOTE_NODE),
             ("KUBE_APISERVER", identity::KUBE_APISERVER),
+            ("WORLD_IPV6", identity::WORLD_IPV6),
         ];
         let c: Vec<(String, u64)> =
             defines("common.h").into_iter().filter_map(|(k, v)| Some((k.strip_prefix("IDENTITY_")?.to_string(), v))).collect();
@@ -106,6 +110,7 @@ mod tests {
         check("proxy.h", "MARK_MAGIC_MASK", MARK_MAGIC_MASK.into());
         check("proxy.h", "MARK_FROM_PROXY", MARK_FROM_PROXY.into());
         check("proxy.h", "MARK_REINJECT", MARK_REINJECT.into());
+        check("proxy.h", "PROXY_LISTENER_V6", crate::pins::PROXY_LISTENER_V6.into());
         check("flow.h", "FLOW_VERDICT_FORWARDED", FLOW_VERDICT_FORWARDED.into());
         check("flow.h", "FLOW_VERDICT_DROPPED", FLOW_VERDICT_DROPPED.into());
         check("flow.h", "FLOW_VERDICT_AUDIT", FLOW_VERDICT_AUDIT.into());

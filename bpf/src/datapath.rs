@@ -4,7 +4,7 @@
 //! every verdict — survives the process.
 use std::{
     mem::MaybeUninit,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -19,11 +19,11 @@ pub use crate::pinned::conntrack_gc;
 use crate::{
     abi::{self, EndpointSkel, EndpointSkelBuilder},
     attach::{self, AttachMode, Hook},
-    consts::{ADDR_FAMILY_IPV4, DIR_EGRESS, DIR_INGRESS},
+    consts::{DIR_EGRESS, DIR_INGRESS},
     error::{Context, Error, Result},
     fqdn::FqdnKey,
     mapio::{clear, del, dump, put, put_batch},
-    maps::{ipcache_host_key, ipcache_lpm_key, CtEntry, EndpointValue, IpcacheValue, PolicyKey, PolicyValue},
+    maps::{addr_of_key, ipcache_host_key, ipcache_lpm_key, CtEntry, CtTuple, EndpointValue, IpcacheValue, PolicyKey, PolicyValue},
     pins,
     reason::{Counter, Reason},
     resize::{self, Resized},
@@ -87,7 +87,7 @@ pub struct Datapath {
 }
 
 /// Pinned file name of each map (also its versioned ABI name): [`pins::ALL`].
-pub const MAP_NAMES: [&str; 13] = pins::ALL;
+pub const MAP_NAMES: [&str; 15] = pins::ALL;
 
 impl Datapath {
     /// Loads the programs; maps are created and pinned under `bpf_dir`, or
@@ -103,12 +103,13 @@ impl Datapath {
         let mut wanted = Vec::new();
         {
             let m = &mut open.maps;
-            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, u32); 7] = [
-                (&mut m.palisade_endpoints_v2, cfg.endpoints_max),
+            let sized: [(&mut libbpf_rs::OpenMapMut<'_>, u32); 8] = [
+                (&mut m.palisade_endpoints_v3, cfg.endpoints_max),
                 (&mut m.palisade_ipcache_v1, cfg.ipcache_max),
                 (&mut m.palisade_ipcache_lpm_v1, cfg.ipcache_lpm_max),
                 (&mut m.palisade_policy_v2, cfg.policy_max),
                 (&mut m.palisade_ct_v1, cfg.ct_max),
+                (&mut m.palisade_ct6_v1, cfg.ct_max),
                 (&mut m.palisade_policy_cache_v3, cfg.policy_cache_max),
                 (&mut m.palisade_fqdn_v1, cfg.fqdn_max),
             ];
@@ -269,71 +270,67 @@ impl Datapath {
 
     pub fn endpoint_put(&self, ifindex: u32, v: EndpointValue) -> Result<()> {
         let k = abi::endpoint_key { ifindex };
-        put(&self.skel.maps.palisade_endpoints_v2, "endpoints", &k, &v.to_abi())
+        put(&self.skel.maps.palisade_endpoints_v3, "endpoints", &k, &v.to_abi())
     }
 
     /// Writes many endpoint entries with one BPF_MAP_UPDATE_BATCH (each
     /// entry is replaced whole, as by one update), else one by one.
     pub fn endpoint_put_batch(&self, entries: &[(u32, EndpointValue)]) -> Result<()> {
         let raw: Vec<_> = entries.iter().map(|(ifindex, v)| (abi::endpoint_key { ifindex: *ifindex }, v.to_abi())).collect();
-        put_batch(&self.skel.maps.palisade_endpoints_v2, "endpoints", &raw)
+        put_batch(&self.skel.maps.palisade_endpoints_v3, "endpoints", &raw)
     }
 
     pub fn endpoint_delete(&self, ifindex: u32) -> Result<()> {
-        del(&self.skel.maps.palisade_endpoints_v2, "endpoints", &abi::endpoint_key { ifindex })
+        del(&self.skel.maps.palisade_endpoints_v3, "endpoints", &abi::endpoint_key { ifindex })
     }
 
     /// One endpoint entry, by interface (a lookup, not a dump).
     pub fn endpoint_get(&self, ifindex: u32) -> Option<EndpointValue> {
         let k = abi::endpoint_key { ifindex };
-        let v = self.skel.maps.palisade_endpoints_v2.lookup(abi::bytes_of(&k), MapFlags::ANY).ok().flatten()?;
+        let v = self.skel.maps.palisade_endpoints_v3.lookup(abi::bytes_of(&k), MapFlags::ANY).ok().flatten()?;
         abi::from_bytes::<abi::endpoint_info>(&v).map(|e| EndpointValue::from_abi(&e))
     }
 
     pub fn endpoints(&self) -> Result<Vec<(u32, EndpointValue)>> {
-        dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v2, "endpoints")
+        dump::<abi::endpoint_key, abi::endpoint_info>(&self.skel.maps.palisade_endpoints_v3, "endpoints")
             .map(|v| v.into_iter().map(|(k, e)| (k.ifindex, EndpointValue::from_abi(&e))).collect())
     }
 
     // --- ipcache ---
 
-    pub fn ipcache_put(&self, ip: Ipv4Addr, v: IpcacheValue) -> Result<()> {
+    pub fn ipcache_put(&self, ip: IpAddr, v: IpcacheValue) -> Result<()> {
         let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
         put(&self.skel.maps.palisade_ipcache_v1, "ipcache", &ipcache_host_key(ip), &e)
     }
 
-    pub fn ipcache_delete(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn ipcache_delete(&self, ip: IpAddr) -> Result<()> {
         del(&self.skel.maps.palisade_ipcache_v1, "ipcache", &ipcache_host_key(ip))
     }
 
-    pub fn ipcache(&self) -> Result<Vec<(Ipv4Addr, IpcacheValue)>> {
+    /// Every host address in the ipcache, both families.
+    pub fn ipcache(&self) -> Result<Vec<(IpAddr, IpcacheValue)>> {
         Ok(dump::<abi::ipcache_host_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_v1, "ipcache")?
             .into_iter()
-            .filter(|(k, _)| k.family == ADDR_FAMILY_IPV4)
-            .map(|(k, e)| {
-                let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
-                (ip, IpcacheValue { identity: e.identity, node_id: e.node_id })
-            })
+            .filter_map(|(k, e)| Some((addr_of_key(k.family, &k.addr)?, IpcacheValue { identity: e.identity, node_id: e.node_id })))
             .collect())
     }
 
-    pub fn ipcache_prefix_put(&self, net: Ipv4Addr, prefix: u8, v: IpcacheValue) -> Result<()> {
+    pub fn ipcache_prefix_put(&self, net: IpAddr, prefix: u8, v: IpcacheValue) -> Result<()> {
         let e = abi::ipcache_entry { identity: v.identity, node_id: v.node_id };
         put(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm", &ipcache_lpm_key(net, prefix), &e)
     }
 
-    pub fn ipcache_prefix_delete(&self, net: Ipv4Addr, prefix: u8) -> Result<()> {
+    pub fn ipcache_prefix_delete(&self, net: IpAddr, prefix: u8) -> Result<()> {
         del(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm", &ipcache_lpm_key(net, prefix))
     }
 
     /// The CIDR prefixes in the ipcache trie, as (network, length, value).
-    pub fn ipcache_prefixes(&self) -> Result<Vec<(Ipv4Addr, u8, IpcacheValue)>> {
+    pub fn ipcache_prefixes(&self) -> Result<Vec<(IpAddr, u8, IpcacheValue)>> {
         Ok(dump::<abi::ipcache_lpm_key, abi::ipcache_entry>(&self.skel.maps.palisade_ipcache_lpm_v1, "ipcache_lpm")?
             .into_iter()
-            .filter(|(k, _)| k.family == ADDR_FAMILY_IPV4)
-            .map(|(k, e)| {
-                let ip = Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
-                (ip, k.prefixlen.saturating_sub(32) as u8, IpcacheValue { identity: e.identity, node_id: e.node_id })
+            .filter_map(|(k, e)| {
+                let ip = addr_of_key(k.family, &k.addr)?;
+                Some((ip, k.prefixlen.saturating_sub(32) as u8, IpcacheValue { identity: e.identity, node_id: e.node_id }))
             })
             .collect())
     }
@@ -384,31 +381,32 @@ impl Datapath {
 
     // --- conntrack ---
 
+    /// Every conntrack entry, IPv4 then IPv6.
     pub fn conntrack(&self) -> Result<Vec<CtEntry>> {
-        dump::<abi::ct_key, abi::ct_entry>(&self.skel.maps.palisade_ct_v1, "ct")
-            .map(|v| v.iter().map(|(k, e)| CtEntry::from_abi(k, e)).collect())
+        let mut out: Vec<CtEntry> = dump::<abi::ct_key, abi::ct_entry>(&self.skel.maps.palisade_ct_v1, "ct")?
+            .iter()
+            .map(|(k, e)| CtEntry::from_abi(CtTuple::of_v4(k), e))
+            .collect();
+        out.extend(
+            dump::<abi::ct6_key, abi::ct_entry>(&self.skel.maps.palisade_ct6_v1, "ct6")?.iter().map(|(k, e)| CtEntry::from_abi(CtTuple::of_v6(k), e)),
+        );
+        Ok(out)
     }
 
     /// Removes every conntrack entry of one endpoint (on endpoint delete):
     /// its own, and every other endpoint's (and the host's) entries with
-    /// its address as the remote end. Those must go too: the address will
-    /// be another pod's, and a packet of the new owner on the same tuple
-    /// (UDP from the same port, trivially) would otherwise ride the old
-    /// owner's verdict for the entry's lifetime. Found by the IP-reuse
-    /// test (Adversary 4).
+    /// one of its addresses as the remote end. Those must go too: the
+    /// address will be another pod's, and a packet of the new owner on the
+    /// same tuple (UDP from the same port, trivially) would otherwise ride
+    /// the old owner's verdict for the entry's lifetime. Found by the
+    /// IP-reuse test (Adversary 4).
     ///
     /// (Expired entries are removed by [`conntrack_gc`], which works on the
     /// pin so it can run on its own thread.)
-    pub fn conntrack_flush_endpoint(&self, ep_id: u32, ip: std::net::Ipv4Addr) -> Result<usize> {
-        let map = &self.skel.maps.palisade_ct_v1;
-        let remote = u32::from_ne_bytes(ip.octets());
-        let mut n = 0;
-        for key in map.keys().collect::<Vec<_>>() {
-            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| k.ep_id == ep_id || k.remote_ip == remote) && map.delete(&key).is_ok() {
-                n += 1;
-            }
-        }
-        Ok(n)
+    pub fn conntrack_flush_endpoint(&self, ep_id: u32, ips: &[IpAddr]) -> Result<usize> {
+        let remotes: std::collections::BTreeSet<IpAddr> = ips.iter().copied().collect();
+        let m = &self.skel.maps;
+        Ok(crate::pinned::ct_delete_where(&m.palisade_ct_v1, &m.palisade_ct6_v1, |t| t.ep_id == ep_id || remotes.contains(&t.remote)))
     }
 
     // --- metrics ---
@@ -422,6 +420,11 @@ impl Datapath {
     /// limit), summed over CPUs.
     pub fn flow_stats(&self) -> Result<(u64, u64)> {
         read_flow_stats(&self.skel.maps.palisade_flow_stats_v1)
+    }
+
+    /// IPv6 extension headers walked, per kind ([`IP6_EXTHDR_KINDS`]).
+    pub fn ip6_exthdrs(&self) -> Result<Vec<(&'static str, u64)>> {
+        read_ip6_exthdrs(&self.skel.maps.palisade_ip6_exthdr_v1)
     }
 
     // --- BPF_PROG_TEST_RUN ---
@@ -445,6 +448,7 @@ impl Datapath {
     /// Deletes every conntrack entry (fixtures start from a known state).
     pub fn conntrack_clear(&self) -> Result<()> {
         clear(&self.skel.maps.palisade_ct_v1);
+        clear(&self.skel.maps.palisade_ct6_v1);
         Ok(())
     }
 
@@ -458,13 +462,14 @@ impl Datapath {
     pub fn clear_all(&self) -> Result<()> {
         let m = &self.skel.maps;
         for map in [
-            &m.palisade_endpoints_v2,
+            &m.palisade_endpoints_v3,
             &m.palisade_ipcache_v1,
             &m.palisade_ipcache_lpm_v1,
             &m.palisade_policy_v2,
             &m.palisade_ct_v1,
+            &m.palisade_ct6_v1,
             &m.palisade_policy_cache_v3,
-            &m.palisade_flow_rl_v1,
+            &m.palisade_flow_rl_v2,
             &m.palisade_fqdn_v1,
         ] {
             clear(map);
@@ -508,6 +513,22 @@ pub(crate) fn read_counters(map: &impl MapCore) -> Result<Vec<Counter>> {
                 out.push(Counter { reason, direction, packets, bytes });
             }
         }
+    }
+    Ok(out)
+}
+
+/// The kinds of IPv6 extension header `palisade_ip6_exthdr_v1` counts, in
+/// its index order (`parse.h`).
+pub const IP6_EXTHDR_KINDS: [&str; 5] = ["hop_by_hop", "routing", "destination_options", "fragment", "authentication"];
+
+/// IPv6 extension headers walked, per kind ([`IP6_EXTHDR_KINDS`]), summed over CPUs.
+pub(crate) fn read_ip6_exthdrs(map: &impl MapCore) -> Result<Vec<(&'static str, u64)>> {
+    let mut out = Vec::new();
+    for (i, kind) in IP6_EXTHDR_KINDS.iter().enumerate() {
+        let per_cpu =
+            map.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY).ctx(|| "reading IPv6 extension header counters".into())?.unwrap_or_default();
+        let n = per_cpu.iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).sum();
+        out.push((*kind, n));
     }
     Ok(out)
 }

@@ -2,7 +2,11 @@
 //! reader on the pinned ring buffer. The reader opens the map by its pin, so
 //! it can live on its own thread (or in another process) apart from the
 //! loaded object.
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    time::Duration,
+};
 
 use libbpf_rs::{MapHandle, RingBufferBuilder};
 
@@ -31,8 +35,8 @@ pub struct FlowEvent {
     pub ts_ns: u64,
     pub ep_id: u32,
     pub peer_identity: u32,
-    pub saddr: Ipv4Addr,
-    pub daddr: Ipv4Addr,
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -49,12 +53,14 @@ pub struct FlowEvent {
 impl FlowEvent {
     pub fn decode(b: &[u8]) -> Option<Self> {
         let e = abi::from_bytes::<abi::flow_event>(b)?;
+        // An event from before the family field (family 0) is IPv4.
+        let family = if e.family == 0 { crate::consts::ADDR_FAMILY_IPV4 } else { e.family };
         Some(Self {
             ts_ns: e.ts_ns,
             ep_id: e.ep_id,
             peer_identity: e.peer_identity,
-            saddr: Ipv4Addr::from(e.saddr.to_ne_bytes()),
-            daddr: Ipv4Addr::from(e.daddr.to_ne_bytes()),
+            saddr: crate::maps::tuple_addr(family, e.saddr).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            daddr: crate::maps::tuple_addr(family, e.daddr).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             sport: u16::from_be(e.sport),
             dport: u16::from_be(e.dport),
             proto: e.proto,

@@ -1,11 +1,11 @@
 //! Domain views of map keys and values, converted to and from the ABI types
 //! in one place. Byte order is explicit here: ports and addresses are kept in
 //! host order in Rust and swapped only at this boundary.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
     abi,
-    consts::{ADDR_FAMILY_IPV4, CT_F_CLOSING, POLICY_F_DENY, POLICY_F_PODS},
+    consts::{ADDR_FAMILY_IPV4, ADDR_FAMILY_IPV6, CT_F_CLOSING, POLICY_F_DENY, POLICY_F_PODS},
 };
 
 /// Endpoint table value (`struct endpoint_info`).
@@ -13,7 +13,11 @@ use crate::{
 pub struct EndpointValue {
     pub ep_id: u32,
     pub identity: u32,
-    pub ipv4: Ipv4Addr,
+    /// The endpoint's IPv4 address; `None`: it has none (IPv6-only), and
+    /// every IPv4 packet it sends is spoofed.
+    pub ipv4: Option<Ipv4Addr>,
+    /// The endpoint's IPv6 address; `None`: IPv4-only.
+    pub ipv6: Option<Ipv6Addr>,
     pub flags: u32,
     /// The policy set the endpoint's entries are in (0 = the empty set).
     pub policy_set: u32,
@@ -41,10 +45,11 @@ impl EndpointValue {
         abi::endpoint_info {
             ep_id: self.ep_id,
             identity: self.identity,
-            ipv4: u32::from_ne_bytes(self.ipv4.octets()),
+            ipv4: u32::from_ne_bytes(self.ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets()),
             flags: self.flags,
             policy_set: self.policy_set,
             policy_gen: self.policy_gen,
+            ipv6: addr_words(self.ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
         }
     }
 
@@ -52,7 +57,8 @@ impl EndpointValue {
         Self {
             ep_id: v.ep_id,
             identity: v.identity,
-            ipv4: Ipv4Addr::from(v.ipv4.to_ne_bytes()),
+            ipv4: Some(Ipv4Addr::from(v.ipv4.to_ne_bytes())).filter(|a| !a.is_unspecified()),
+            ipv6: Some(words_addr(v.ipv6)).filter(|a| !a.is_unspecified()),
             flags: v.flags,
             policy_set: v.policy_set,
             policy_gen: v.policy_gen,
@@ -67,17 +73,86 @@ pub struct IpcacheValue {
     pub node_id: u32,
 }
 
-pub(crate) fn ipcache_host_key(ip: Ipv4Addr) -> abi::ipcache_host_key {
-    let mut k = abi::ipcache_host_key { family: ADDR_FAMILY_IPV4, ..Default::default() };
-    k.addr[..4].copy_from_slice(&ip.octets());
-    k
+/// An IPv6 address as the four network-order words a C `__be32[4]` holds.
+pub(crate) fn addr_words(a: Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
 }
 
-pub(crate) fn ipcache_lpm_key(net: Ipv4Addr, prefix: u8) -> abi::ipcache_lpm_key {
-    let mut k = abi::ipcache_lpm_key { prefixlen: 32 + u32::from(prefix.min(32)), family: ADDR_FAMILY_IPV4, ..Default::default() };
-    let masked = if prefix == 0 { 0 } else { u32::from(net) & (u32::MAX << (32 - u32::from(prefix.min(32)))) };
-    k.addr[..4].copy_from_slice(&masked.to_be_bytes());
-    k
+/// The inverse of [`addr_words`].
+pub(crate) fn words_addr(w: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, word) in w.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// A tuple address of `family` (C `__be32[4]`, IPv4 in `[0]`); `None` for
+/// an unknown family.
+pub(crate) fn tuple_addr(family: u8, w: [u32; 4]) -> Option<IpAddr> {
+    match family {
+        ADDR_FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::from(w[0].to_ne_bytes()))),
+        ADDR_FAMILY_IPV6 => Some(IpAddr::V6(words_addr(w))),
+        _ => None,
+    }
+}
+
+/// The family and 16 address bytes of a map key (IPv4 in the first 4).
+pub(crate) fn key_addr(ip: IpAddr) -> (u8, [u8; 16]) {
+    let mut a = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            a[..4].copy_from_slice(&v4.octets());
+            (ADDR_FAMILY_IPV4, a)
+        }
+        IpAddr::V6(v6) => (ADDR_FAMILY_IPV6, v6.octets()),
+    }
+}
+
+/// The address a map key holds (family + 16 bytes); `None` for an unknown family.
+pub(crate) fn addr_of_key(family: u8, a: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        ADDR_FAMILY_IPV4 => Some(IpAddr::from([a[0], a[1], a[2], a[3]])),
+        ADDR_FAMILY_IPV6 => Some(IpAddr::from(*a)),
+        _ => None,
+    }
+}
+
+/// The longest prefix an address of `ip`'s family has (32 or 128).
+pub fn max_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// `ip` with every bit past `prefix` cleared.
+pub fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let p = u32::from(prefix.min(32));
+            IpAddr::V4(Ipv4Addr::from(if p == 0 { 0 } else { u32::from(a) & (u32::MAX << (32 - p)) }))
+        }
+        IpAddr::V6(a) => {
+            let p = u32::from(prefix.min(128));
+            IpAddr::V6(Ipv6Addr::from(if p == 0 { 0 } else { u128::from(a) & (u128::MAX << (128 - p)) }))
+        }
+    }
+}
+
+pub(crate) fn ipcache_host_key(ip: IpAddr) -> abi::ipcache_host_key {
+    let (family, addr) = key_addr(ip);
+    abi::ipcache_host_key { family, addr, ..Default::default() }
+}
+
+/// The trie key of `net/prefix` (host bits cleared; the prefix is capped at
+/// the family's length).
+pub(crate) fn ipcache_lpm_key(net: IpAddr, prefix: u8) -> abi::ipcache_lpm_key {
+    let prefix = prefix.min(max_prefix(net));
+    let (family, addr) = key_addr(mask(net, prefix));
+    abi::ipcache_lpm_key { prefixlen: 32 + u32::from(prefix), family, addr, ..Default::default() }
 }
 
 /// A policy map key: one policy set, one peer identity (0 = any), one
@@ -186,8 +261,8 @@ impl PolicyValue {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtEntry {
     pub ep_id: u32,
-    pub local: Ipv4Addr,
-    pub remote: Ipv4Addr,
+    pub local: IpAddr,
+    pub remote: IpAddr,
     pub local_port: u16,
     pub remote_port: u16,
     pub proto: u8,
@@ -201,11 +276,11 @@ pub struct CtEntry {
 }
 
 impl CtEntry {
-    pub(crate) fn from_abi(k: &abi::ct_key, v: &abi::ct_entry) -> Self {
+    pub(crate) fn from_abi(k: CtTuple, v: &abi::ct_entry) -> Self {
         Self {
             ep_id: k.ep_id,
-            local: Ipv4Addr::from(k.local_ip.to_ne_bytes()),
-            remote: Ipv4Addr::from(k.remote_ip.to_ne_bytes()),
+            local: k.local,
+            remote: k.remote,
             local_port: u16::from_be(k.local_port),
             remote_port: u16::from_be(k.remote_port),
             proto: k.proto,
@@ -216,6 +291,28 @@ impl CtEntry {
             closing: v.flags & CT_F_CLOSING != 0,
             proxy_port: v.proxy_port,
         }
+    }
+}
+
+/// The fields of either conntrack key (ports still in network order).
+pub(crate) struct CtTuple {
+    pub ep_id: u32,
+    pub local: IpAddr,
+    pub remote: IpAddr,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub proto: u8,
+}
+
+impl CtTuple {
+    pub(crate) fn of_v4(k: &abi::ct_key) -> Self {
+        let ip = |w: u32| IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes()));
+        Self { ep_id: k.ep_id, local: ip(k.local_ip), remote: ip(k.remote_ip), local_port: k.local_port, remote_port: k.remote_port, proto: k.proto }
+    }
+
+    pub(crate) fn of_v6(k: &abi::ct6_key) -> Self {
+        let ip = |w: [u32; 4]| IpAddr::V6(words_addr(w));
+        Self { ep_id: k.ep_id, local: ip(k.local_ip), remote: ip(k.remote_ip), local_port: k.local_port, remote_port: k.remote_port, proto: k.proto }
     }
 }
 
@@ -278,8 +375,31 @@ mod tests {
 
     #[test]
     fn lpm_key_masks_host_bits() {
-        let k = ipcache_lpm_key(Ipv4Addr::new(10, 1, 2, 3), 16);
+        let k = ipcache_lpm_key(Ipv4Addr::new(10, 1, 2, 3).into(), 16);
         assert_eq!(k.prefixlen, 48);
         assert_eq!(&k.addr[..4], &[10, 1, 0, 0]);
+        assert_eq!(k.family, ADDR_FAMILY_IPV4);
+        let k = ipcache_lpm_key("2001:db8:1:2::5".parse().unwrap(), 36);
+        assert_eq!(k.prefixlen, 32 + 36);
+        assert_eq!(k.family, ADDR_FAMILY_IPV6);
+        assert_eq!(&k.addr[..6], &[0x20, 0x01, 0x0d, 0xb8, 0x00, 0x00]);
+        assert_eq!(&k.addr[6..], &[0; 10]);
+        let k = ipcache_lpm_key("2001:db8::1".parse().unwrap(), 200);
+        assert_eq!(k.prefixlen, 32 + 128, "capped at the family's length");
+    }
+
+    #[test]
+    fn endpoint_addresses_roundtrip() {
+        for (v4, v6) in [
+            (Some(Ipv4Addr::new(10, 0, 0, 1)), None),
+            (None, Some("fd00::1".parse().unwrap())),
+            (Some(Ipv4Addr::new(10, 0, 0, 1)), Some("fd00:1:2:3:4:5:6:7".parse().unwrap())),
+        ] {
+            let e = EndpointValue { ep_id: 1, identity: 2, ipv4: v4, ipv6: v6, flags: 0, policy_set: 3, policy_gen: 4 };
+            assert_eq!(EndpointValue::from_abi(&e.to_abi()), e);
+        }
+        let e = EndpointValue { ep_id: 1, identity: 2, ipv4: None, ipv6: Some("fd00::102".parse().unwrap()), flags: 0, policy_set: 3, policy_gen: 4 };
+        let b = crate::abi::bytes_of(&e.to_abi()).to_vec();
+        assert_eq!(&b[24..40], &"fd00::102".parse::<Ipv6Addr>().unwrap().octets(), "ipv6 in network order after policy_gen");
     }
 }

@@ -4,18 +4,69 @@
 //! (`node_id` ≠ 0) and never touches palisade-ctrl's (`node_id` 0); and
 //! conntrack, read (palisade-dnsproxy) and garbage-collected (palisade-ctrl's
 //! own thread) through its pin.
-use std::{collections::HashSet, net::Ipv4Addr, path::Path};
+use std::{
+    collections::HashSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
 use crate::{
     abi,
-    consts::{identity, ADDR_FAMILY_IPV4, CT_F_CLOSING},
+    consts::{identity, CT_F_CLOSING},
     error::Result,
     mapio::{self, open_pinned},
-    maps::{self, IpcacheValue},
+    maps::{self, CtTuple, IpcacheValue},
     pins,
 };
+
+/// Walks both conntrack maps (IPv4, IPv6), calling `f` with each entry's
+/// raw key, its fields and its value.
+pub(crate) fn ct_walk(ct4: &impl MapCore, ct6: &impl MapCore, mut f: impl FnMut(&[u8], &CtTuple, &abi::ct_entry, bool)) {
+    for (map, v6) in [(ct4 as &dyn MapCoreDyn, false), (ct6 as &dyn MapCoreDyn, true)] {
+        for key in map.keys_vec() {
+            let Some(val) = map.lookup_bytes(&key) else { continue };
+            let Some(v) = abi::from_bytes::<abi::ct_entry>(&val) else { continue };
+            let t = if v6 {
+                let Some(k) = abi::from_bytes::<abi::ct6_key>(&key) else { continue };
+                CtTuple::of_v6(&k)
+            } else {
+                let Some(k) = abi::from_bytes::<abi::ct_key>(&key) else { continue };
+                CtTuple::of_v4(&k)
+            };
+            f(&key, &t, &v, v6);
+        }
+    }
+}
+
+/// Deletes the entries of both conntrack maps that `pred` picks; returns
+/// how many went.
+pub(crate) fn ct_delete_where(ct4: &impl MapCore, ct6: &impl MapCore, mut pred: impl FnMut(&CtTuple) -> bool) -> usize {
+    let mut doomed = (Vec::new(), Vec::new());
+    ct_walk(ct4, ct6, |key, t, _, v6| {
+        if pred(t) {
+            if v6 { &mut doomed.1 } else { &mut doomed.0 }.push(key.to_vec());
+        }
+    });
+    doomed.0.iter().filter(|k| ct4.delete(k).is_ok()).count() + doomed.1.iter().filter(|k| ct6.delete(k).is_ok()).count()
+}
+
+/// The two calls [`ct_walk`] makes on a map, object-safe so one loop walks
+/// maps of different handle types.
+trait MapCoreDyn {
+    fn keys_vec(&self) -> Vec<Vec<u8>>;
+    fn lookup_bytes(&self, key: &[u8]) -> Option<Vec<u8>>;
+}
+
+impl<M: MapCore> MapCoreDyn for M {
+    fn keys_vec(&self) -> Vec<Vec<u8>> {
+        self.keys().collect()
+    }
+    fn lookup_bytes(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.lookup(key, MapFlags::ANY).ok().flatten()
+    }
+}
 
 /// Identity of a pin, (device, inode): a map replaced under the same name
 /// (palisade-ctrl resizing it, [`crate::resize`]) has a new one.
@@ -101,14 +152,19 @@ impl Ipcache {
         self.maps.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn identity_v4(&self, ip: Ipv4Addr) -> u32 {
+    /// The identity of an address of either family.
+    pub fn identity(&self, ip: IpAddr) -> u32 {
         let m = self.current();
         let get = |m: &MapHandle, k: &[u8]| {
             m.lookup(k, MapFlags::ANY).ok().flatten().and_then(|v| abi::from_bytes::<abi::ipcache_entry>(&v)).map(|e| e.identity)
         };
         get(&m.0, abi::bytes_of(&maps::ipcache_host_key(ip)))
-            .or_else(|| get(&m.1, abi::bytes_of(&maps::ipcache_lpm_key(ip, 32))))
+            .or_else(|| get(&m.1, abi::bytes_of(&maps::ipcache_lpm_key(ip, maps::max_prefix(ip)))))
             .unwrap_or(identity::WORLD)
+    }
+
+    pub fn identity_v4(&self, ip: Ipv4Addr) -> u32 {
+        self.identity(IpAddr::V4(ip))
     }
 }
 
@@ -130,19 +186,13 @@ impl RemoteIpcache {
     /// identity must not keep admitting, on the old pod's verdict, a
     /// packet of the new owner on the same tuple (the local case is
     /// `Datapath::conntrack_flush_endpoint`). One pass over the map.
-    pub fn flush_conntrack(&self, ips: &std::collections::BTreeSet<Ipv4Addr>) -> Result<usize> {
+    pub fn flush_conntrack(&self, ips: &std::collections::BTreeSet<IpAddr>) -> Result<usize> {
         if ips.is_empty() {
             return Ok(0);
         }
-        let ct = open_pinned(&self.bpf_dir, pins::CT)?;
-        let remotes: std::collections::BTreeSet<u32> = ips.iter().map(|ip| u32::from_ne_bytes(ip.octets())).collect();
-        let mut n = 0;
-        for key in ct.keys().collect::<Vec<_>>() {
-            if abi::from_bytes::<abi::ct_key>(&key).is_some_and(|k| remotes.contains(&k.remote_ip)) && ct.delete(&key).is_ok() {
-                n += 1;
-            }
-        }
-        Ok(n)
+        let ct4 = open_pinned(&self.bpf_dir, pins::CT)?;
+        let ct6 = open_pinned(&self.bpf_dir, pins::CT6)?;
+        Ok(ct_delete_where(&ct4, &ct6, |t| ips.contains(&t.remote)))
     }
 
     /// Reopens the map if palisade-ctrl replaced it (a resize); returns
@@ -155,7 +205,7 @@ impl RemoteIpcache {
         Ok(true)
     }
 
-    pub fn get(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
+    pub fn get(&self, ip: IpAddr) -> Option<IpcacheValue> {
         let v = self.host.lookup(abi::bytes_of(&maps::ipcache_host_key(ip)), MapFlags::ANY).ok().flatten()?;
         abi::from_bytes::<abi::ipcache_entry>(&v).map(|e| IpcacheValue { identity: e.identity, node_id: e.node_id })
     }
@@ -163,7 +213,7 @@ impl RemoteIpcache {
     /// Writes a remote entry unless palisade-ctrl owns the address (a
     /// local endpoint or the node's own address wins); returns whether it
     /// wrote.
-    pub fn put_remote(&self, ip: Ipv4Addr, v: IpcacheValue) -> Result<bool> {
+    pub fn put_remote(&self, ip: IpAddr, v: IpcacheValue) -> Result<bool> {
         if v.node_id == 0 {
             return Ok(false); // not a remote entry: never written here
         }
@@ -178,28 +228,23 @@ impl RemoteIpcache {
     }
 
     /// Deletes a remote entry (never palisade-ctrl's).
-    pub fn delete_remote(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn delete_remote(&self, ip: IpAddr) -> Result<()> {
         if self.get(ip).is_some_and(|cur| cur.node_id != 0) {
             mapio::del(&self.host, "ipcache", &maps::ipcache_host_key(ip))?;
         }
         Ok(())
     }
 
-    /// Every remote entry the map holds.
-    pub fn remote_entries(&self) -> Vec<(Ipv4Addr, IpcacheValue)> {
+    /// Every remote entry the map holds, both families.
+    pub fn remote_entries(&self) -> Vec<(IpAddr, IpcacheValue)> {
         let mut out = Vec::new();
         for key in self.host.keys() {
             let Some(k) = abi::from_bytes::<abi::ipcache_host_key>(&key) else { continue };
-            if k.family != ADDR_FAMILY_IPV4 {
-                continue;
-            }
+            let Some(ip) = maps::addr_of_key(k.family, &k.addr) else { continue };
             let Ok(Some(val)) = self.host.lookup(&key, MapFlags::ANY) else { continue };
             let Some(e) = abi::from_bytes::<abi::ipcache_entry>(&val) else { continue };
             if e.node_id != 0 {
-                out.push((
-                    Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]),
-                    IpcacheValue { identity: e.identity, node_id: e.node_id },
-                ));
+                out.push((ip, IpcacheValue { identity: e.identity, node_id: e.node_id }));
             }
         }
         out
@@ -209,17 +254,15 @@ impl RemoteIpcache {
 /// (endpoint id, remote address) of every live tracked flow: seen within
 /// its lifetime (TCP: `tcp_lifetime_s`, 10 s once closing; others:
 /// `other_lifetime_s`).
-pub fn conntrack_live(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<HashSet<(u32, Ipv4Addr)>> {
-    let map = open_pinned(bpf_dir, pins::CT)?;
+pub fn conntrack_live(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<HashSet<(u32, IpAddr)>> {
+    let (ct4, ct6) = (open_pinned(bpf_dir, pins::CT)?, open_pinned(bpf_dir, pins::CT6)?);
     let now = abi::monotonic_ns();
     let mut out = HashSet::new();
-    for key in map.keys() {
-        let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
-        let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        if ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) {
-            out.insert((k.ep_id, Ipv4Addr::from(k.remote_ip.to_ne_bytes())));
+    ct_walk(&ct4, &ct6, |_, t, v, _| {
+        if ct_live(t.proto, v, now, tcp_lifetime_s, other_lifetime_s) {
+            out.insert((t.ep_id, t.remote));
         }
-    }
+    });
     Ok(out)
 }
 
@@ -231,8 +274,8 @@ pub(crate) const CT_CLOSING_LIFETIME_S: u64 = 10;
 /// Whether a conntrack entry is within its lifetime (as the datapath
 /// judges it: TCP `tcp_lifetime_s`, 10 s once closing; others
 /// `other_lifetime_s`).
-pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifetime_s: u64, other_lifetime_s: u64) -> bool {
-    let lifetime_s = match (k.proto, v.flags & CT_F_CLOSING != 0) {
+pub(crate) fn ct_live(proto: u8, v: &abi::ct_entry, now_ns: u64, tcp_lifetime_s: u64, other_lifetime_s: u64) -> bool {
+    let lifetime_s = match (proto, v.flags & CT_F_CLOSING != 0) {
         (6, true) => CT_CLOSING_LIFETIME_S,
         (6, false) => tcp_lifetime_s,
         _ => other_lifetime_s,
@@ -242,27 +285,42 @@ pub(crate) fn ct_live(k: &abi::ct_key, v: &abi::ct_entry, now_ns: u64, tcp_lifet
 
 /// Deletes the conntrack entries idle past their lifetime (the datapath
 /// already ignores them; this frees their slots and keeps `bpf ct list`
-/// honest). Opens the pinned map, so it needs no loaded object. Returns how
-/// many were removed and how full the map is.
-pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<CtSweep> {
-    let map = open_pinned(bpf_dir, pins::CT)?;
+/// honest). Opens the pinned maps, so it needs no loaded object. Returns,
+/// per family's map (IPv4, IPv6), how many were removed and how full it is.
+pub fn conntrack_gc(bpf_dir: &Path, tcp_lifetime_s: u64, other_lifetime_s: u64) -> Result<[CtSweep; 2]> {
+    let (ct4, ct6) = (open_pinned(bpf_dir, pins::CT)?, open_pinned(bpf_dir, pins::CT6)?);
     let now = abi::monotonic_ns();
-    let (mut removed, mut live) = (0, 0);
-    for key in map.keys().collect::<Vec<_>>() {
-        let Ok(Some(val)) = map.lookup(&key, MapFlags::ANY) else { continue };
-        let (Some(k), Some(v)) = (abi::from_bytes::<abi::ct_key>(&key), abi::from_bytes::<abi::ct_entry>(&val)) else { continue };
-        if !ct_live(&k, &v, now, tcp_lifetime_s, other_lifetime_s) && map.delete(&key).is_ok() {
-            removed += 1;
+    let mut sweeps = [
+        CtSweep { map: pins::CT, removed: 0, live: 0, max: u64::from(ct4.max_entries()) },
+        CtSweep { map: pins::CT6, removed: 0, live: 0, max: u64::from(ct6.max_entries()) },
+    ];
+    let mut expired = (Vec::new(), Vec::new());
+    ct_walk(&ct4, &ct6, |key, t, v, v6| {
+        if ct_live(t.proto, v, now, tcp_lifetime_s, other_lifetime_s) {
+            sweeps[usize::from(v6)].live += 1;
+        } else if v6 {
+            expired.1.push(key.to_vec());
         } else {
-            live += 1;
+            expired.0.push(key.to_vec());
+        }
+    });
+    for (i, (map, keys)) in [(&ct4, &expired.0), (&ct6, &expired.1)].into_iter().enumerate() {
+        for key in keys {
+            if map.delete(key).is_ok() {
+                sweeps[i].removed += 1;
+            } else {
+                sweeps[i].live += 1;
+            }
         }
     }
-    Ok(CtSweep { removed, live, max: u64::from(map.max_entries()) })
+    Ok(sweeps)
 }
 
-/// What a [`conntrack_gc`] sweep found.
+/// What a [`conntrack_gc`] sweep found in one conntrack map.
 #[derive(Debug, Clone, Copy)]
 pub struct CtSweep {
+    /// The map's pin name ([`pins::CT`] or [`pins::CT6`]).
+    pub map: &'static str,
     pub removed: u64,
     /// Entries left (live flows).
     pub live: u64,
@@ -291,15 +349,27 @@ pub struct MapStats {
     maps: Vec<(&'static str, MapHandle)>,
     metrics: MapHandle,
     flow_stats: MapHandle,
+    ip6_exthdr: MapHandle,
 }
 
 impl MapStats {
     pub fn open(bpf_dir: &Path) -> Result<Self> {
         let mut maps = Vec::new();
-        for name in [pins::POLICY, pins::IPCACHE, pins::IPCACHE_LPM, pins::CT, pins::ENDPOINTS, pins::FQDN] {
+        for name in [pins::POLICY, pins::IPCACHE, pins::IPCACHE_LPM, pins::CT, pins::CT6, pins::ENDPOINTS, pins::FQDN] {
             maps.push((name, open_pinned(bpf_dir, name)?));
         }
-        Ok(Self { maps, metrics: open_pinned(bpf_dir, pins::METRICS)?, flow_stats: open_pinned(bpf_dir, pins::FLOW_STATS)? })
+        Ok(Self {
+            maps,
+            metrics: open_pinned(bpf_dir, pins::METRICS)?,
+            flow_stats: open_pinned(bpf_dir, pins::FLOW_STATS)?,
+            ip6_exthdr: open_pinned(bpf_dir, pins::IP6_EXTHDR)?,
+        })
+    }
+
+    /// IPv6 extension headers the parser has walked, by kind, summed over
+    /// CPUs (`palisade_ip6_exthdr_v1`).
+    pub fn ip6_exthdrs(&self) -> Result<Vec<(&'static str, u64)>> {
+        crate::datapath::read_ip6_exthdrs(&self.ip6_exthdr)
     }
 
     /// (pin name, entries, max_entries) of the policy, ipcache (both),
@@ -325,12 +395,14 @@ impl MapStats {
 /// new one. Without it (no agent yet, or an older one) such a SYN waits for
 /// the client's retransmission, a second: slower, never opened, so a
 /// failure is logged and not fatal.
+/// An IPv6 listener (on `::1`) goes under `port | PROXY_LISTENER_V6`.
 pub fn register_proxy_listener(bpf_dir: &Path, port: u16, listener: std::os::fd::BorrowedFd<'_>) {
     use std::os::fd::AsRawFd;
     let put = || -> Result<()> {
         let map = open_pinned(bpf_dir, pins::PROXY_LISTENERS)?;
         let fd = u64::from(listener.as_raw_fd() as u32);
-        map.update(&u32::from(port).to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(|source| crate::error::Error::Libbpf {
+        let key = u32::from(port) | if abi::socket_is_v6(listener) { pins::PROXY_LISTENER_V6 } else { 0 };
+        map.update(&key.to_ne_bytes(), &fd.to_ne_bytes(), MapFlags::ANY).map_err(|source| crate::error::Error::Libbpf {
             what: format!("putting the listener of port {port} into {}", pins::PROXY_LISTENERS),
             source,
         })

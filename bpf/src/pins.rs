@@ -11,38 +11,59 @@
 //! [`SUPERSEDED`], whose pins the loader removes.
 
 /// `ifindex -> endpoint_info` (`endpoints.h`).
-pub const ENDPOINTS: &str = "palisade_endpoints_v2";
+pub const ENDPOINTS: &str = "palisade_endpoints_v3";
 /// Host address -> identity (`ipcache.h`).
 pub const IPCACHE: &str = "palisade_ipcache_v1";
 /// CIDR prefix -> identity (`ipcache.h`).
 pub const IPCACHE_LPM: &str = "palisade_ipcache_lpm_v1";
 /// Policy sets' entries (`policy.h`).
 pub const POLICY: &str = "palisade_policy_v2";
-/// Connection tracking (`conntrack.h`).
+/// Connection tracking of IPv4 flows (`conntrack.h`).
 pub const CT: &str = "palisade_ct_v1";
+/// Connection tracking of IPv6 flows (`conntrack.h`).
+pub const CT6: &str = "palisade_ct6_v1";
 /// Per-CPU counters by reason and direction (`metrics.h`).
 pub const METRICS: &str = "palisade_metrics_v1";
 /// The verdict cache (`policy.h`).
 pub const POLICY_CACHE: &str = "palisade_policy_cache_v3";
 /// The flow event ring buffer (`flow.h`).
-pub const FLOWS: &str = "palisade_flows_v1";
+pub const FLOWS: &str = "palisade_flows_v2";
 /// Per-flow rate limit state of flow events (`flow.h`).
-pub const FLOW_RL: &str = "palisade_flow_rl_v1";
+pub const FLOW_RL: &str = "palisade_flow_rl_v2";
 /// Counters of the flow path (`flow.h`).
 pub const FLOW_STATS: &str = "palisade_flow_stats_v1";
 /// Addresses learned from DNS answers (`fqdn.h`).
 pub const FQDN: &str = "palisade_fqdn_v1";
 
 /// SYNs handed to a TIME_WAIT socket, for `sk_lookup_proxy` (`proxy.h`).
-pub const PROXY_TW: &str = "palisade_proxy_tw_v1";
+pub const PROXY_TW: &str = "palisade_proxy_tw_v2";
 /// Proxy port -> the proxy's listening socket (`proxy.h`); each proxy puts
-/// its own.
+/// its own (its IPv6 listener under port | [`PROXY_LISTENER_V6`]).
 pub const PROXY_LISTENERS: &str = "palisade_proxy_listeners_v1";
+/// `PROXY_LISTENER_V6` of `proxy.h`: the key bit of a proxy's IPv6 listener.
+pub const PROXY_LISTENER_V6: u32 = 1 << 16;
+/// IPv6 extension headers seen, per kind (`parse.h`).
+pub const IP6_EXTHDR: &str = "palisade_ip6_exthdr_v1";
 
 /// Every map of the endpoint object: all are pinned. A test checks this
 /// is exactly the set of maps the compiled object declares.
-pub const ALL: [&str; 13] =
-    [ENDPOINTS, IPCACHE, IPCACHE_LPM, POLICY, CT, METRICS, POLICY_CACHE, FLOWS, FLOW_RL, FLOW_STATS, FQDN, PROXY_TW, PROXY_LISTENERS];
+pub const ALL: [&str; 15] = [
+    ENDPOINTS,
+    IPCACHE,
+    IPCACHE_LPM,
+    POLICY,
+    CT,
+    CT6,
+    METRICS,
+    POLICY_CACHE,
+    FLOWS,
+    FLOW_RL,
+    FLOW_STATS,
+    FQDN,
+    PROXY_TW,
+    PROXY_LISTENERS,
+    IP6_EXTHDR,
+];
 
 /// The pinned bpf_link of `sk_lookup_proxy` on the node's network
 /// namespace (not a map: removing the pin detaches the program).
@@ -51,7 +72,16 @@ pub const SK_LOOKUP_LINK: &str = "palisade_sk_lookup_link";
 /// Pins of maps an earlier layout used. Programs still attached from an
 /// earlier version keep their own references until the agent replaces them,
 /// so the pins can go as soon as the new maps exist.
-pub const SUPERSEDED: [&str; 4] = ["palisade_endpoints_v1", "palisade_policy_v1", "palisade_policy_cache_v1", "palisade_policy_cache_v2"];
+pub const SUPERSEDED: [&str; 8] = [
+    "palisade_endpoints_v1",
+    "palisade_endpoints_v2",
+    "palisade_policy_v1",
+    "palisade_policy_cache_v1",
+    "palisade_policy_cache_v2",
+    "palisade_flows_v1",
+    "palisade_flow_rl_v1",
+    "palisade_proxy_tw_v1",
+];
 
 /// Whether `name` is one of libbpf's internal maps (`.rodata`, `.bss`,
 /// `.data`, `.kconfig`, named `<object>.rodata` and so on), which are not

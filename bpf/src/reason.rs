@@ -16,6 +16,10 @@ pub enum Reason {
     Audit,
     /// A rule redirects the flow to a proxy that has no socket.
     ProxyUnavailable,
+    /// An IPv6 routing header still in use (segments left), or an
+    /// extension-header chain longer than the parser walks, in an enforced
+    /// direction.
+    Ipv6ExtHeader,
 }
 
 /// `REASON_BASE` in C: metrics index = code - BASE.
@@ -24,7 +28,7 @@ pub const REASON_BASE: u32 = 128;
 pub const REASON_MAX: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::Forwarded,
         Reason::Policy,
         Reason::PolicyDeny,
@@ -35,6 +39,7 @@ impl Reason {
         Reason::NoEndpoint,
         Reason::Audit,
         Reason::ProxyUnavailable,
+        Reason::Ipv6ExtHeader,
     ];
 
     pub fn code(self) -> u32 {
@@ -49,6 +54,7 @@ impl Reason {
             Reason::NoEndpoint => 139,
             Reason::Audit => 140,
             Reason::ProxyUnavailable => 141,
+            Reason::Ipv6ExtHeader => 142,
         }
     }
 
@@ -69,6 +75,7 @@ impl Reason {
             Reason::NoEndpoint => "No endpoint for interface",
             Reason::Audit => "Policy audit (would be dropped)",
             Reason::ProxyUnavailable => "Proxy lookup failed",
+            Reason::Ipv6ExtHeader => "Invalid IPv6 extension header",
         }
     }
 
@@ -84,6 +91,7 @@ impl Reason {
             Reason::UnsupportedL3 => "UNSUPPORTED_L3_PROTOCOL",
             Reason::NoEndpoint => "NO_SUCH_ENDPOINT",
             Reason::ProxyUnavailable => "PROXY_LOOKUP_FAILED",
+            Reason::Ipv6ExtHeader => "INVALID_IPV6_EXTENSION_HEADER",
         }
     }
 

@@ -8,7 +8,7 @@
 //! | `ipcache/<ip>` | [`IpcacheRecord`] | the node's palisade-ipcache-sync | the sync's |
 //! | `nodes/<node>` | [`NodeRecord`] | the node's palisade-ipcache-sync | the sync's |
 //! | `policies/<namespace>/<name>` or `policies/<name>` | a policy (JSON) | `palisade policy apply` on any node | no |
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,7 @@ pub fn identity_ref(id: u32, node: &str) -> String {
     format!("{IDENTITY_REFS}{id}/{node}")
 }
 
-pub fn ipcache(ip: Ipv4Addr) -> String {
+pub fn ipcache(ip: IpAddr) -> String {
     format!("{IPCACHE}{ip}")
 }
 
@@ -82,13 +82,48 @@ pub struct IpcacheRecord {
 
 /// One node as the cluster sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "NodeRecordWire", into = "NodeRecordWire")]
 pub struct NodeRecord {
     pub name: String,
     /// Number other nodes' ipcache entries carry for this node's endpoints.
     pub node_id: u32,
-    /// The node's own addresses (remote-node identity elsewhere).
-    pub addresses: Vec<Ipv4Addr>,
+    /// The node's own addresses, both families (remote-node identity elsewhere).
+    pub addresses: Vec<IpAddr>,
     pub started_unix: u64,
+}
+
+/// A node record as stored in etcd: IPv6 addresses in a field of their
+/// own, so a node of a version before dual stack (which reads `addresses`
+/// as IPv4 and ignores fields it does not know) still reads the record of
+/// a dual-stack node instead of dropping it whole.
+#[derive(Serialize, Deserialize)]
+struct NodeRecordWire {
+    name: String,
+    node_id: u32,
+    addresses: Vec<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    addresses6: Vec<Ipv6Addr>,
+    started_unix: u64,
+}
+
+impl From<NodeRecordWire> for NodeRecord {
+    fn from(w: NodeRecordWire) -> Self {
+        let addresses = w.addresses.into_iter().map(IpAddr::V4).chain(w.addresses6.into_iter().map(IpAddr::V6)).collect();
+        Self { name: w.name, node_id: w.node_id, addresses, started_unix: w.started_unix }
+    }
+}
+
+impl From<NodeRecord> for NodeRecordWire {
+    fn from(r: NodeRecord) -> Self {
+        let mut w = Self { name: r.name, node_id: r.node_id, addresses: Vec::new(), addresses6: Vec::new(), started_unix: r.started_unix };
+        for a in r.addresses {
+            match a {
+                IpAddr::V4(a) => w.addresses.push(a),
+                IpAddr::V6(a) => w.addresses6.push(a),
+            }
+        }
+        w
+    }
 }
 
 /// A node's number in other nodes' ipcache (`node_id`, never 0, which
@@ -109,6 +144,35 @@ pub use palisade_node::args::validate_node_name;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dual-stack node's record keeps IPv4 addresses where a node of an
+    /// earlier version reads them, and reads back whole.
+    #[test]
+    fn node_record_wire_keeps_ipv4_readable() {
+        let r = NodeRecord {
+            name: "n1".into(),
+            node_id: 7,
+            addresses: vec!["172.31.0.10".parse().unwrap(), "fd00:31::10".parse().unwrap()],
+            started_unix: 1,
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["addresses"], serde_json::json!(["172.31.0.10"]));
+        assert_eq!(json["addresses6"], serde_json::json!(["fd00:31::10"]));
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Old {
+            name: String,
+            node_id: u32,
+            addresses: Vec<Ipv4Addr>,
+            started_unix: u64,
+        }
+        let old: Old = serde_json::from_value(json.clone()).expect("an earlier reader parses the record");
+        assert_eq!(old.addresses, vec![Ipv4Addr::new(172, 31, 0, 10)]);
+        assert_eq!(serde_json::from_value::<NodeRecord>(json).unwrap(), r);
+        let v4_only: NodeRecord = serde_json::from_str(r#"{"name":"n2","node_id":1,"addresses":["10.0.0.1"],"started_unix":2}"#).unwrap();
+        assert_eq!(v4_only.addresses, vec![IpAddr::from([10, 0, 0, 1])]);
+        assert_eq!(ipcache("fd00::1".parse().unwrap()), format!("{IPCACHE}fd00::1"));
+    }
 
     #[test]
     fn prefix_end_and_names() {

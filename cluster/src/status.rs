@@ -2,7 +2,7 @@
 //! rewritten every second), read by palisade-ctrl for `palisade status`
 //! and `palisade node list`, so the CLI shows the sync's view even while
 //! etcd is away.
-use std::{net::Ipv4Addr, path::Path};
+use std::{net::IpAddr, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +38,7 @@ pub struct SyncStatus {
 pub struct NodeView {
     pub name: String,
     pub node_id: u32,
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     pub endpoints: usize,
     pub started_unix: u64,
     pub this_node: bool,

@@ -27,7 +27,7 @@
 #![forbid(unsafe_code)]
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -87,7 +87,10 @@ struct Invocation<'a> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Record {
     endpoint: String,
-    ipv4: Ipv4Addr,
+    /// `None`: an IPv6-only attachment (records before dual stack have one).
+    ipv4: Option<Ipv4Addr>,
+    #[serde(default)]
+    ipv6: Option<Ipv6Addr>,
     netns: String,
 }
 
@@ -306,14 +309,36 @@ impl<'a> Invocation<'a> {
             let _ = self.ipam("DEL", None);
             e
         };
-        let ipv4 = allocated
-            .ips
-            .iter()
-            .find_map(|ip| ip.address.split('/').next()?.parse::<Ipv4Addr>().ok())
-            .ok_or_else(|| release(Error::new(code::INVALID_CONFIG, "the IPAM plugin returned no IPv4 address")))?;
-        let add = req::EndpointAdd { name: name.clone(), netns: netns.clone(), ip: Some(ipv4), labels, ports: Default::default() };
+        // One address per family, the first the IPAM plugin gave of each
+        // (host-local with two `ranges` gives both: dual stack).
+        let addrs: Vec<IpAddr> = allocated.ips.iter().filter_map(|ip| ip.address.split('/').next()?.parse::<IpAddr>().ok()).collect();
+        let ipv4 = addrs.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
+        let ipv6 = addrs.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        if ipv4.is_none() && ipv6.is_none() {
+            return Err(release(Error::new(code::INVALID_CONFIG, "the IPAM plugin returned no IPv4 or IPv6 address")));
+        }
+        let family = match (ipv4, ipv6) {
+            (Some(_), Some(_)) => req::IpFamily::Dual,
+            (Some(_), None) => req::IpFamily::Ipv4,
+            _ => req::IpFamily::Ipv6,
+        };
+        let add = req::EndpointAdd {
+            name: name.clone(),
+            netns: netns.clone(),
+            ip: ipv4,
+            ip6: ipv6,
+            family: Some(family),
+            labels,
+            ports: Default::default(),
+        };
         let ep: replies::Endpoint = call(&self.socket, add).map_err(|e| release(self.agent_err(e)))?;
-        let rec = Record { endpoint: ep.name.clone(), ipv4, netns: netns.clone() };
+        let rec = Record { endpoint: ep.name.clone(), ipv4, ipv6, netns: netns.clone() };
         let written = record
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -324,20 +349,25 @@ impl<'a> Invocation<'a> {
             return Err(release(e));
         }
         let old = !spec::at_least(&self.conf.cni_version, "1.0.0");
-        let gw = palisade_netplumb::GATEWAY.to_string();
+        let (gw, gw6) = (palisade_netplumb::GATEWAY.to_string(), palisade_netplumb::GATEWAY6.to_string());
+        let mut ips = Vec::new();
+        let mut routes = Vec::new();
+        if let Some(a) = ipv4 {
+            ips.push(IpConfig { version: old.then(|| "4".to_string()), address: format!("{a}/32"), gateway: Some(gw.clone()), interface: Some(1) });
+            routes.push(Route { dst: "0.0.0.0/0".into(), gw: Some(gw) });
+        }
+        if let Some(a) = ipv6 {
+            ips.push(IpConfig { version: old.then(|| "6".to_string()), address: format!("{a}/128"), gateway: Some(gw6.clone()), interface: Some(1) });
+            routes.push(Route { dst: "::/0".into(), gw: Some(gw6) });
+        }
         Ok(CniResult {
             cni_version: self.conf.cni_version.clone(),
             interfaces: vec![
                 Interface { name: ep.interface.clone(), mac: None, sandbox: None },
                 Interface { name: ifname, mac: Some(ep.mac.clone()), sandbox: Some(netns) },
             ],
-            ips: vec![IpConfig {
-                version: old.then(|| "4".to_string()),
-                address: format!("{ipv4}/32"),
-                gateway: Some(gw.clone()),
-                interface: Some(1),
-            }],
-            routes: vec![Route { dst: "0.0.0.0/0".into(), gw: Some(gw) }],
+            ips,
+            routes,
             dns: allocated.dns.filter(|d| d.as_object().is_none_or(|o| !o.is_empty())).or_else(|| self.conf.dns.clone()),
         })
     }
@@ -393,11 +423,13 @@ impl<'a> Invocation<'a> {
                 self.agent_err(e)
             }
         })?;
-        let want_ip = prev.ips.iter().find_map(|ip| ip.address.split('/').next().map(str::to_string));
+        let mut want: Vec<String> = prev.ips.iter().filter_map(|ip| ip.address.split('/').next().map(str::to_string)).collect();
+        let mut have = ep.addresses.clone();
+        want.sort();
+        have.sort();
         let problems: Vec<String> = [
             (ep.state != "ready").then(|| format!("state is {} (want ready)", ep.state)),
-            (want_ip.as_deref() != Some(ep.ipv4.as_str()))
-                .then(|| format!("address {} (prevResult says {})", ep.ipv4, want_ip.as_deref().unwrap_or("none"))),
+            (want != have).then(|| format!("addresses {} (prevResult says {})", have.join(", "), if want.is_empty() { "none".into() } else { want.join(", ") })),
             (ep.netns != netns).then(|| format!("network namespace {} (CNI_NETNS is {netns})", ep.netns)),
         ]
         .into_iter()

@@ -2,7 +2,7 @@
 //! (`<state-dir>/flows/dns.ring`, one writer), in the schema every Palisade
 //! flow uses, so `palisade observe` merges them with the datapath's.
 use std::{
-    net::SocketAddrV4,
+    net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
 };
@@ -18,8 +18,8 @@ pub struct FlowLog {
 /// What one record says.
 pub struct Record<'a> {
     pub ep: &'a Arc<EpRules>,
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
     pub server_identity: u32,
     pub tcp: bool,
     /// None: denied by the DNS rules (or no rules for the source).
@@ -73,7 +73,11 @@ impl FlowLog {
             traffic_direction: "EGRESS".into(),
             source: Endpoint { id: r.ep.ep_id, identity: r.ep.identity, namespace: namespace.into(), pod_name: pod.into(), labels: vec![] },
             destination: Endpoint { id: 0, identity: r.server_identity, namespace: String::new(), pod_name: String::new(), labels: vec![] },
-            ip: Ip { source: r.client.ip().to_string(), destination: r.server.ip().to_string(), ip_version: "IPv4".into() },
+            ip: Ip {
+                source: r.client.ip().to_string(),
+                destination: r.server.ip().to_string(),
+                ip_version: palisade_flow::schema::ip_version(&r.client.ip()).into(),
+            },
             l4: if r.tcp {
                 L4::Tcp { source_port: sp, destination_port: dp, flags: vec![] }
             } else {

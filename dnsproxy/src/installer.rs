@@ -15,7 +15,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     io::{BufRead, Write},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, mpsc, Arc},
     time::{Duration, Instant},
@@ -405,7 +405,7 @@ impl Installer {
     fn learn(&mut self, l: Learn) {
         let now = now_ms();
         self.endpoints.insert(l.ep_id, l.endpoint.clone());
-        let mut live: Option<HashSet<(u32, Ipv4Addr)>> = None;
+        let mut live: Option<HashSet<(u32, IpAddr)>> = None;
         let mut evicted = false;
         let mut journal = Vec::new();
         for name in &l.names {
@@ -436,7 +436,7 @@ impl Installer {
                                 )
                                 .unwrap_or_default()
                             });
-                            let is_live = |a: &Addr| matches!(a.addr, IpAddr::V4(v4) if live.contains(&(l.ep_id, v4)));
+                            let is_live = |a: &Addr| live.contains(&(l.ep_id, a.addr));
                             let victim = list
                                 .iter()
                                 .enumerate()
@@ -505,7 +505,7 @@ impl Installer {
                 if a.expires_ms > now {
                     return true;
                 }
-                a.live_only = matches!(a.addr, IpAddr::V4(v4) if live.contains(&(*ep, v4)));
+                a.live_only = live.contains(&(*ep, a.addr));
                 tracing::debug!(ep, addr = %a.addr, live = a.live_only, "address expired");
                 a.live_only
             });

@@ -32,7 +32,7 @@ use palisade_node::{ConfigError, NodePaths};
 pub struct Args {
     #[command(flatten)]
     pub node: palisade_node::NodeArgs,
-    /// Port to listen on, 127.0.0.1 UDP and TCP (palisade-ctrl's --dns-proxy-port).
+    /// Port to listen on, 127.0.0.1 and [::1] UDP and TCP (palisade-ctrl's --dns-proxy-port).
     #[arg(long, env = "PALISADE_DNS_PROXY_PORT", default_value_t = 10053)]
     pub port: u16,
     /// Longest time an answer waits for its addresses to be installed (ms).
@@ -135,24 +135,33 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .ok()
         },
     });
-    let tcp = server::tcp_listener(a.port)?;
-    palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&tcp));
-    let udp = server::UdpServer::bind(a.port, shared.clone(), a.workers)?;
-    for i in 0..a.workers {
-        let u = udp.clone();
-        std::thread::Builder::new().name(format!("dns-answers-{i}")).spawn(move || u.serve_answers(i))?;
-    }
-    for i in 1..a.workers {
-        let u = udp.clone();
-        std::thread::Builder::new().name(format!("dns-queries-{i}")).spawn(move || u.serve_queries(i))?;
-    }
-    {
+    // One set of sockets per family: the datapath hands a packet to a
+    // socket of its own family (bpf/lib/proxy.h). No IPv6 on the node: no
+    // IPv6 pods, and the IPv4 side alone.
+    let families: &[bool] = if std::path::Path::new("/proc/sys/net/ipv6").exists() { &[false, true] } else { &[false] };
+    let mut main = None;
+    for &v6 in families {
+        let fam = if v6 { "v6" } else { "v4" };
+        let tcp = server::tcp_listener(a.port, v6)?;
+        palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&tcp));
+        let udp = server::UdpServer::bind(a.port, v6, shared.clone(), a.workers)?;
+        for i in 0..a.workers {
+            let u = udp.clone();
+            std::thread::Builder::new().name(format!("dns-answers-{fam}-{i}")).spawn(move || u.serve_answers(i))?;
+        }
+        let first = if main.is_none() { 1 } else { 0 };
+        for i in first..a.workers {
+            let u = udp.clone();
+            std::thread::Builder::new().name(format!("dns-queries-{fam}-{i}")).spawn(move || u.serve_queries(i))?;
+        }
         let shared = shared.clone();
-        std::thread::Builder::new().name("dns-tcp-accept".into()).spawn(move || server::serve_tcp(tcp, shared))?;
+        std::thread::Builder::new().name(format!("dns-tcp-accept-{fam}")).spawn(move || server::serve_tcp(tcp, shared))?;
+        main.get_or_insert(udp);
     }
-    tracing::info!(port = a.port, "palisade-dnsproxy ready on 127.0.0.1 (UDP and TCP)");
+    let where_ = if families.len() == 2 { "127.0.0.1 and [::1]" } else { "127.0.0.1" };
+    tracing::info!(port = a.port, "palisade-dnsproxy ready on {where_} (UDP and TCP)");
     println!("ready");
     palisade_node::notify::ready("answering DNS for redirected queries");
-    udp.serve_queries(0);
+    main.expect("the IPv4 side is always bound").serve_queries(0);
     Ok(())
 }

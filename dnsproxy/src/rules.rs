@@ -4,7 +4,7 @@
 //! blocks a query for longer than one pointer copy.
 use std::{
     collections::{HashMap, HashSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::Path,
     sync::Arc,
 };
@@ -82,7 +82,7 @@ fn selectors(list: &palisade_snapshot::rkyv::vec::ArchivedVec<ArchivedNameSel>) 
 #[derive(Default)]
 pub struct Rules {
     pub generation: u64,
-    pub by_ip: HashMap<Ipv4Addr, Arc<EpRules>>,
+    pub by_ip: HashMap<IpAddr, Arc<EpRules>>,
     pub by_ep: HashMap<u32, Arc<EpRules>>,
 }
 
@@ -120,7 +120,9 @@ impl Rules {
                 fqdn,
                 uniform,
             });
-            out.by_ip.insert(Ipv4Addr::from(ep.ipv4), rules.clone());
+            for ip in ep.addrs() {
+                out.by_ip.insert(ip, rules.clone());
+            }
             out.by_ep.insert(rules.ep_id, rules);
         }
         out

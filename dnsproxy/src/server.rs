@@ -1,5 +1,7 @@
-//! The sockets: a UDP and a TCP listener on 127.0.0.1:<port>, both
-//! IP_TRANSPARENT, that the datapath assigns redirected DNS packets to.
+//! The sockets: a UDP and a TCP listener on 127.0.0.1:<port>, and on
+//! [::1]:<port> when the node has IPv6, all transparent (IP_TRANSPARENT,
+//! IPV6_TRANSPARENT), that the datapath assigns redirected DNS packets to
+//! (a packet goes to a socket of its own family).
 //!
 //! UDP: worker threads receive queries (the original destination from
 //! IP_ORIGDSTADDR), decide, and forward allowed ones through a few upstream
@@ -12,7 +14,7 @@
 use std::{
     collections::HashMap,
     io::{IoSliceMut, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU16, Ordering},
@@ -22,7 +24,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
 
 use crate::{
     installer::Learn,
@@ -41,7 +43,7 @@ pub struct Shared {
     pub deny: DenyRcode,
     pub upstream_timeout: Duration,
     pub flows: Option<crate::flowlog::FlowLog>,
-    pub identities: Mutex<HashMap<Ipv4Addr, (u32, Instant)>>,
+    pub identities: Mutex<HashMap<IpAddr, (u32, Instant)>>,
 }
 
 /// One allowed query on its way: what the answer needs to be learned,
@@ -51,8 +53,8 @@ struct Query {
     rule: usize,
     name: String,
     qtype: u16,
-    client: SocketAddrV4,
-    orig: SocketAddrV4,
+    client: SocketAddr,
+    orig: SocketAddr,
     tcp: bool,
     sent: Instant,
 }
@@ -67,23 +69,25 @@ enum Decision {
 impl Shared {
     /// The upstream's identity, from the ipcache, remembered for a second
     /// (a handful of resolvers serve every query; a map lookup is a syscall).
-    fn server_identity(&self, orig: SocketAddrV4) -> u32 {
-        let Some(c) = &self.ipcache else { return palisade_bpf::identity::WORLD };
+    fn server_identity(&self, orig: SocketAddr) -> u32 {
+        let Some(c) = &self.ipcache else {
+            return if orig.is_ipv6() { palisade_bpf::identity::WORLD_IPV6 } else { palisade_bpf::identity::WORLD };
+        };
         let mut cache = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-        match cache.get(orig.ip()) {
+        match cache.get(&orig.ip()) {
             Some(&(id, at)) if at.elapsed() < Duration::from_secs(1) => id,
             _ => {
-                let id = c.identity_v4(*orig.ip());
+                let id = c.identity(orig.ip());
                 if cache.len() > 1024 {
                     cache.clear();
                 }
-                cache.insert(*orig.ip(), (id, Instant::now()));
+                cache.insert(orig.ip(), (id, Instant::now()));
                 id
             }
         }
     }
 
-    fn record_denied(&self, ep: &Arc<EpRules>, client: SocketAddrV4, orig: SocketAddrV4, tcp: bool, q: &wire::Query, rcode: DenyRcode) {
+    fn record_denied(&self, ep: &Arc<EpRules>, client: SocketAddr, orig: SocketAddr, tcp: bool, q: &wire::Query, rcode: DenyRcode) {
         if let Some(f) = &self.flows {
             f.record(crate::flowlog::Record {
                 ep,
@@ -106,7 +110,7 @@ impl Shared {
         }
     }
 
-    fn decide(&self, buf: &[u8], client: SocketAddrV4, orig: SocketAddrV4, tcp: bool) -> Decision {
+    fn decide(&self, buf: &[u8], client: SocketAddr, orig: SocketAddr, tcp: bool) -> Decision {
         let proto = if tcp { 6 } else { 17 };
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         let q = match wire::parse_query(buf) {
@@ -118,11 +122,11 @@ impl Shared {
             }
         };
         let mut rules = self.rules.get();
-        let mut ep = rules.by_ip.get(client.ip()).cloned();
+        let mut ep = rules.by_ip.get(&client.ip()).cloned();
         if ep.is_none() && self.rules.refresh() {
             // The datapath redirected under a rule newer than ours.
             rules = self.rules.get();
-            ep = rules.by_ip.get(client.ip()).cloned();
+            ep = rules.by_ip.get(&client.ip()).cloned();
         }
         self.stats.dns.query(q.qtype);
         let Some(ep) = ep.filter(|e| e.has_dns_rules()) else {
@@ -212,20 +216,54 @@ impl Shared {
     }
 }
 
-fn transparent_udp(bind: SocketAddrV4) -> anyhow::Result<UdpSocket> {
-    let fd = socket::socket(socket::AddressFamily::Inet, socket::SockType::Datagram, socket::SockFlag::SOCK_CLOEXEC, None)?;
+/// A transparent socket of `bind`'s family (IPv6 ones IPv6-only).
+fn transparent(bind: SocketAddr, ty: socket::SockType) -> anyhow::Result<std::os::fd::OwnedFd> {
+    let family = if bind.is_ipv6() { socket::AddressFamily::Inet6 } else { socket::AddressFamily::Inet };
+    let fd = socket::socket(family, ty, socket::SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(bind)).with_context(|| format!("binding UDP {bind}"))?;
-    Ok(UdpSocket::from(fd))
+    if bind.is_ipv6() {
+        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+        socket::setsockopt(&fd, sockopt::Ipv6Transparent, &true).context("IPV6_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+    } else {
+        socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+    }
+    let what = if ty == socket::SockType::Stream { "TCP" } else { "UDP" };
+    match bind {
+        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
+        SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
+    }
+    .with_context(|| format!("binding {what} {bind}"))?;
+    Ok(fd)
+}
+
+fn transparent_udp(bind: SocketAddr) -> anyhow::Result<UdpSocket> {
+    Ok(UdpSocket::from(transparent(bind, socket::SockType::Datagram)?))
+}
+
+/// The proxy's listening address of a family: 127.0.0.1 or ::1 (where
+/// the datapath looks for it, bpf/lib/proxy.h).
+pub fn listen_addr(v6: bool, port: u16) -> SocketAddr {
+    if v6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
+    }
+}
+
+/// A socket address from what recvmmsg filled in (either family).
+fn socket_addr(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// Transparent sockets bound to the addresses pods asked, to answer from.
 #[derive(Default)]
-struct ReplySockets(RwLock<HashMap<SocketAddrV4, Arc<UdpSocket>>>);
+struct ReplySockets(RwLock<HashMap<SocketAddr, Arc<UdpSocket>>>);
 
 impl ReplySockets {
-    fn send(&self, from: SocketAddrV4, to: SocketAddrV4, buf: &[u8]) -> std::io::Result<()> {
+    fn send(&self, from: SocketAddr, to: SocketAddr, buf: &[u8]) -> std::io::Result<()> {
         let s = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&from).cloned();
         let s = match s {
             Some(s) => s,
@@ -259,12 +297,19 @@ pub struct UdpServer {
 }
 
 impl UdpServer {
-    pub fn bind(port: u16, shared: Arc<Shared>, upstream_sockets: usize) -> anyhow::Result<Arc<Self>> {
-        let listener = transparent_udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
-        socket::setsockopt(&listener, sockopt::Ipv4OrigDstAddr, &true)?;
+    /// The UDP side for one family (`v6`: [::1], queries over IPv6 and
+    /// upstreams reached over IPv6).
+    pub fn bind(port: u16, v6: bool, shared: Arc<Shared>, upstream_sockets: usize) -> anyhow::Result<Arc<Self>> {
+        let listener = transparent_udp(listen_addr(v6, port))?;
+        if v6 {
+            socket::setsockopt(&listener, sockopt::Ipv6OrigDstAddr, &true)?;
+        } else {
+            socket::setsockopt(&listener, sockopt::Ipv4OrigDstAddr, &true)?;
+        }
+        let any = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
         let mut upstreams = Vec::new();
         for _ in 0..upstream_sockets.max(1) {
-            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let sock = UdpSocket::bind((any, 0))?;
             sock.set_read_timeout(Some(Duration::from_millis(500)))?;
             upstreams.push(Upstream { sock, pending: Mutex::default(), next_id: AtomicU16::new(std::process::id() as u16) });
         }
@@ -276,8 +321,8 @@ impl UdpServer {
     /// serves many queries.
     pub fn serve_queries(self: Arc<Self>, worker: usize) {
         let mut bufs = vec![vec![0u8; 4096]; BATCH];
-        let mut headers = socket::MultiHeaders::<SockaddrIn>::preallocate(BATCH, Some(nix::cmsg_space!(nix::libc::sockaddr_in)));
-        let mut got: Vec<(usize, Option<SocketAddrV4>, Option<SocketAddrV4>)> = Vec::with_capacity(BATCH);
+        let mut headers = socket::MultiHeaders::<SockaddrStorage>::preallocate(BATCH, Some(nix::cmsg_space!(nix::libc::sockaddr_in6)));
+        let mut got: Vec<(usize, Option<SocketAddr>, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
         loop {
             got.clear();
             {
@@ -288,11 +333,12 @@ impl UdpServer {
                         for m in msgs {
                             let orig = m.cmsgs().ok().and_then(|mut c| {
                                 c.find_map(|c| match c {
-                                    ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddrV4::from(SockaddrIn::from(a))),
+                                    ControlMessageOwned::Ipv4OrigDstAddr(a) => Some(SocketAddr::V4(SockaddrIn::from(a).into())),
+                                    ControlMessageOwned::Ipv6OrigDstAddr(a) => Some(SocketAddr::V6(SockaddrIn6::from(a).into())),
                                     _ => None,
                                 })
                             });
-                            got.push((m.bytes, m.address.map(SocketAddrV4::from), orig));
+                            got.push((m.bytes, m.address.as_ref().and_then(socket_addr), orig));
                         }
                     }
                     Err(e) => {
@@ -308,7 +354,7 @@ impl UdpServer {
         }
     }
 
-    fn query(&self, worker: usize, q: &[u8], client: SocketAddrV4, orig: SocketAddrV4) {
+    fn query(&self, worker: usize, q: &[u8], client: SocketAddr, orig: SocketAddr) {
         match self.shared.decide(q, client, orig, false) {
             Decision::Drop => {}
             Decision::Deny(resp) => {
@@ -334,8 +380,8 @@ impl UdpServer {
     pub fn serve_answers(self: Arc<Self>, idx: usize) {
         let up = &self.upstreams[idx];
         let mut bufs = vec![vec![0u8; 65535]; BATCH];
-        let mut headers = socket::MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
-        let mut got: Vec<(usize, Option<SocketAddrV4>)> = Vec::with_capacity(BATCH);
+        let mut headers = socket::MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(BATCH);
         let mut last_sweep = Instant::now();
         loop {
             if last_sweep.elapsed() > Duration::from_millis(500) {
@@ -351,7 +397,7 @@ impl UdpServer {
                 let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
                 // SO_RCVTIMEO (500 ms) bounds the wait, for the sweep above.
                 match socket::recvmmsg(up.sock.as_raw_fd(), &mut headers, iovs.iter_mut(), MsgFlags::MSG_WAITFORONE, None) {
-                    Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address.map(SocketAddrV4::from)))),
+                    Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address.as_ref().and_then(socket_addr)))),
                     Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
                         tracing::warn!("receiving answers: {e}");
@@ -366,7 +412,7 @@ impl UdpServer {
         }
     }
 
-    fn answer(&self, up: &Upstream, answer: &mut [u8], from: SocketAddrV4) {
+    fn answer(&self, up: &Upstream, answer: &mut [u8], from: SocketAddr) {
         let Some(id) = wire::id_of(answer) else {
             self.shared.stats.malformed_answers.fetch_add(1, Ordering::Relaxed);
             return;
@@ -414,12 +460,9 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.write_all(&out)
 }
 
-pub fn tcp_listener(port: u16) -> anyhow::Result<TcpListener> {
-    let fd = socket::socket(socket::AddressFamily::Inet, socket::SockType::Stream, socket::SockFlag::SOCK_CLOEXEC, None)?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
-    socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
-    let bind = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(bind)).with_context(|| format!("binding TCP {bind}"))?;
+/// The TCP listener of one family (127.0.0.1 or ::1).
+pub fn tcp_listener(port: u16, v6: bool) -> anyhow::Result<TcpListener> {
+    let fd = transparent(listen_addr(v6, port), socket::SockType::Stream)?;
     socket::listen(&fd, socket::Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }
@@ -437,9 +480,7 @@ pub fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
 }
 
 fn tcp_conn(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let (SocketAddr::V4(client), SocketAddr::V4(orig)) = (conn.peer_addr()?, conn.local_addr()?) else {
-        return Ok(());
-    };
+    let (client, orig) = (conn.peer_addr()?, conn.local_addr()?);
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut upstream: Option<TcpStream> = None;
     let mut q = Vec::new();
@@ -452,7 +493,7 @@ fn tcp_conn(mut conn: TcpStream, shared: &Shared) -> std::io::Result<()> {
                 let up = match &mut upstream {
                     Some(u) => u,
                     None => {
-                        let u = TcpStream::connect_timeout(&SocketAddr::V4(orig), shared.upstream_timeout).inspect_err(|_| {
+                        let u = TcpStream::connect_timeout(&orig, shared.upstream_timeout).inspect_err(|_| {
                             shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
                         })?;
                         u.set_read_timeout(Some(shared.upstream_timeout))?;

@@ -22,6 +22,15 @@ fn is_zero(v: &u32) -> bool {
     *v == 0
 }
 
+/// Hubble's `ipVersion` of an address: "IPv4" or "IPv6".
+pub fn ip_version(ip: &std::net::IpAddr) -> &'static str {
+    if ip.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ip {
     pub source: String,
@@ -48,6 +57,11 @@ pub enum L4 {
         #[serde(rename = "type")]
         icmp_type: u8,
     },
+    #[serde(rename = "ICMPv6")]
+    Icmpv6 {
+        #[serde(rename = "type")]
+        icmp_type: u8,
+    },
     #[serde(rename = "other")]
     Other { protocol: u8 },
 }
@@ -59,6 +73,7 @@ impl L4 {
             L4::Udp { .. } => "udp",
             L4::Sctp { .. } => "sctp",
             L4::Icmpv4 { .. } => "icmp",
+            L4::Icmpv6 { .. } => "icmpv6",
             L4::Other { .. } => "other",
         }
     }

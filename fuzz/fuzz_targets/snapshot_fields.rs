@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use palisade_snapshot::{Mapped, PolicySnapshot};
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 fuzz_target!(|snap: PolicySnapshot| {
     let dir = std::env::temp_dir().join(format!("palisade-fuzz-fields-{}", std::process::id()));
@@ -27,10 +27,11 @@ fuzz_target!(|snap: PolicySnapshot| {
         }
     }
     let l7 = palisade_l7proxy::rules::Rules::compile(s);
-    let ips: Vec<_> = l7.by_ip.keys().copied().chain([std::net::Ipv4Addr::new(192, 0, 2, 1)]).collect();
+    let ips: Vec<std::net::IpAddr> =
+        l7.by_ip.keys().copied().chain([std::net::Ipv4Addr::new(192, 0, 2, 1).into(), std::net::Ipv6Addr::LOCALHOST.into()]).collect();
     for (a, b) in ips.iter().zip(ips.iter().rev()) {
         for port in [80, 8080, 9092] {
-            let c = palisade_l7proxy::rules::Conn::new(&l7, SocketAddrV4::new(*a, 40000), SocketAddrV4::new(*b, port), |_| 2);
+            let c = palisade_l7proxy::rules::Conn::new(&l7, SocketAddr::new(*a, 40000), SocketAddr::new(*b, port), |_| 2);
             let _ = (c.proto(), c.reported_ingress());
         }
     }

@@ -26,7 +26,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -183,7 +183,7 @@ enum Ev {
 const LEASE_FILE: &str = "ipcache-sync/lease";
 
 /// A local endpoint as published: (identity, name).
-type Local = BTreeMap<Ipv4Addr, (u32, String)>;
+type Local = BTreeMap<IpAddr, (u32, String)>;
 
 struct Sync {
     node: String,
@@ -199,7 +199,7 @@ struct Sync {
     published: Local,
     node_published: bool,
     lease: Option<Lease>,
-    remote: BTreeMap<Ipv4Addr, IpcacheRecord>,
+    remote: BTreeMap<IpAddr, IpcacheRecord>,
     nodes: BTreeMap<String, NodeRecord>,
     /// Full lists seen since start, for endpoints and for nodes: the map
     /// is reconciled only once both are complete.
@@ -213,7 +213,7 @@ struct Sync {
     kv: kvmetrics::Kv,
     /// Departed remote addresses whose conntrack entries are still to go
     /// (a failed flush is tried again every second).
-    ct_pending: BTreeSet<Ipv4Addr>,
+    ct_pending: BTreeSet<IpAddr>,
 }
 
 impl Sync {
@@ -298,7 +298,7 @@ impl Sync {
 
     async fn handle(&mut self, batch: Vec<Ev>) {
         let mut snapshot = false;
-        let mut changed: Vec<Ipv4Addr> = Vec::new();
+        let mut changed: Vec<IpAddr> = Vec::new();
         let mut full = false;
         let published_before = self.published.len();
         for ev in batch {
@@ -327,7 +327,7 @@ impl Sync {
                             // A record that does not parse keeps the last good one.
                             None => {
                                 tracing::warn!(key = %k, "etcd: not a valid ipcache record; keeping the last good one");
-                                let ip: Option<Ipv4Addr> = k.strip_prefix(keys::IPCACHE).and_then(|s| s.parse().ok());
+                                let ip: Option<IpAddr> = k.strip_prefix(keys::IPCACHE).and_then(|s| s.parse().ok());
                                 if let Some((ip, old)) = ip.and_then(|ip| Some((ip, self.remote.get(&ip)?.clone()))) {
                                     next.insert(ip, old);
                                 }
@@ -409,7 +409,7 @@ impl Sync {
             if full {
                 self.reconcile_map();
             } else {
-                let stale: BTreeSet<Ipv4Addr> = changed.iter().filter(|ip| self.apply_one(**ip, self.desired_one(**ip))).copied().collect();
+                let stale: BTreeSet<IpAddr> = changed.iter().filter(|ip| self.apply_one(**ip, self.desired_one(**ip))).copied().collect();
                 self.flush_conntrack(stale);
             }
         }
@@ -429,7 +429,7 @@ impl Sync {
     /// and a key of this node it no longer publishes (left by an earlier
     /// run) is deleted.
     fn check_own_keys(&mut self) {
-        let own: BTreeMap<Ipv4Addr, (u32, String)> =
+        let own: BTreeMap<IpAddr, (u32, String)> =
             self.remote.iter().filter(|(_, r)| r.node == self.node).map(|(ip, r)| (*ip, (r.identity, r.name.clone()))).collect();
         self.published.retain(|ip, v| own.get(ip) == Some(v));
         let local = self.local.as_ref();
@@ -450,8 +450,11 @@ impl Sync {
         match Mapped::open::<PolicySnapshot>(&path) {
             Ok(Some(m)) => {
                 let s = m.get::<PolicySnapshot>();
-                let local: Local =
-                    s.endpoints.iter().map(|e| (Ipv4Addr::from(e.ipv4), (e.identity.to_native(), e.name.as_str().to_string()))).collect();
+                let local: Local = s
+                    .endpoints
+                    .iter()
+                    .flat_map(|e| e.addrs().into_iter().map(move |ip| (ip, (e.identity.to_native(), e.name.as_str().to_string()))))
+                    .collect();
                 self.snap_id = Some(m.id);
                 self.local = Some(local);
             }
@@ -465,7 +468,7 @@ impl Sync {
 
     /// What the remote part of the ipcache should hold: the other nodes'
     /// addresses (remote-node identity) and endpoints.
-    fn desired(&self) -> BTreeMap<Ipv4Addr, IpcacheValue> {
+    fn desired(&self) -> BTreeMap<IpAddr, IpcacheValue> {
         let mut want = BTreeMap::new();
         for n in self.nodes.values().filter(|n| n.name != self.node) {
             for a in &n.addresses {
@@ -480,7 +483,7 @@ impl Sync {
 
     /// [`Sync::desired`] for one address (an endpoint wins over a node
     /// address), without building the whole view.
-    fn desired_one(&self, ip: Ipv4Addr) -> Option<IpcacheValue> {
+    fn desired_one(&self, ip: IpAddr) -> Option<IpcacheValue> {
         if let Some(r) = self.remote.get(&ip).filter(|r| r.node != self.node) {
             return Some(IpcacheValue { identity: r.identity, node_id: keys::node_id(&r.node) });
         }
@@ -493,7 +496,7 @@ impl Sync {
     /// Writes (or deletes) one remote entry; returns whether the identity
     /// the map held for the address went away or changed (its conntrack
     /// entries are then stale: [`Sync::flush_conntrack`]).
-    fn apply_one(&self, ip: Ipv4Addr, want: Option<IpcacheValue>) -> bool {
+    fn apply_one(&self, ip: IpAddr, want: Option<IpcacheValue>) -> bool {
         let before = self.map.get(ip).filter(|v| v.node_id != 0);
         let r = match want {
             Some(v) => self.map.put_remote(ip, v).map(|_| ()),
@@ -510,7 +513,7 @@ impl Sync {
     /// conntrack entries go, so the address's next owner is judged by its
     /// own identity. A flow that still belongs to an allowed peer is judged
     /// again by its next packet and goes on.
-    fn flush_conntrack(&mut self, ips: BTreeSet<Ipv4Addr>) {
+    fn flush_conntrack(&mut self, ips: BTreeSet<IpAddr>) {
         self.ct_pending.extend(ips);
         if self.ct_pending.is_empty() {
             return;
@@ -559,7 +562,7 @@ impl Sync {
     /// cluster's view.
     fn reconcile_map(&mut self) {
         let want = self.desired();
-        let have: BTreeMap<Ipv4Addr, IpcacheValue> = self.map.remote_entries().into_iter().collect();
+        let have: BTreeMap<IpAddr, IpcacheValue> = self.map.remote_entries().into_iter().collect();
         let (mut put, mut deleted, mut stale) = (0, 0, BTreeSet::new());
         for (ip, v) in &want {
             if have.get(ip) != Some(v) {
@@ -595,7 +598,7 @@ impl Sync {
                 Some(PutOptions::new().with_lease(lease_id)),
             ));
         }
-        let mut changes: Vec<(Ipv4Addr, Option<(u32, String)>)> = Vec::new();
+        let mut changes: Vec<(IpAddr, Option<(u32, String)>)> = Vec::new();
         for (ip, v) in local {
             if self.published.get(ip) != Some(v) {
                 let rec = IpcacheRecord { identity: v.0, node: self.node.clone(), name: v.1.clone(), published_unix_ms: now };
@@ -607,7 +610,7 @@ impl Sync {
                 changes.push((*ip, Some(v.clone())));
             }
         }
-        let deletes: Vec<Ipv4Addr> = self.published.keys().filter(|ip| !local.contains_key(ip)).copied().collect();
+        let deletes: Vec<IpAddr> = self.published.keys().filter(|ip| !local.contains_key(ip)).copied().collect();
         // A delete only removes this node's own record (the address may
         // belong to another node by now), and only as it was read.
         for ip in deletes {
@@ -801,7 +804,7 @@ impl Sync {
 
 /// An endpoint record; only label identities (a reserved or node-local
 /// number from another node would be a lie: world as "frontend").
-fn parse_ipcache(key: &str, value: &[u8]) -> Option<(Ipv4Addr, IpcacheRecord)> {
+fn parse_ipcache(key: &str, value: &[u8]) -> Option<(IpAddr, IpcacheRecord)> {
     let ip = key.strip_prefix(keys::IPCACHE)?.parse().ok()?;
     let rec: IpcacheRecord = serde_json::from_slice(value).ok()?;
     let label_identity = (palisade_cluster::identity::FIRST..=palisade_cluster::identity::LAST).contains(&rec.identity);
@@ -817,18 +820,22 @@ fn parse_node(key: &str, value: &[u8]) -> Option<(String, NodeRecord)> {
     (rec.name == name && keys::validate_node_name(&name).is_ok()).then_some((name, rec))
 }
 
-/// The node's IPv4 addresses (not loopback), from `ip -j -4 addr`.
-fn node_addresses() -> Vec<Ipv4Addr> {
-    let out = std::process::Command::new("ip").args(["-j", "-4", "addr", "show"]).output();
+/// The node's addresses of both families (not loopback, not link-local),
+/// from `ip -j addr`.
+fn node_addresses() -> Vec<IpAddr> {
+    let out = std::process::Command::new("ip").args(["-j", "addr", "show"]).output();
     let Ok(out) = out else { return Vec::new() };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut ips: Vec<Ipv4Addr> = v
+    let mut ips: Vec<IpAddr> = v
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .filter(|ip: &Ipv4Addr| !ip.is_loopback() && !ip.is_link_local())
+        .filter(|ip: &IpAddr| match ip {
+            IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+            IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local() && !a.is_multicast(),
+        })
         .collect();
     ips.sort();
     ips

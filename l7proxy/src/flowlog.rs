@@ -63,7 +63,11 @@ impl FlowLog {
             traffic_direction: if ingress { "INGRESS" } else { "EGRESS" }.into(),
             source: endpoint(c.client_ep.as_deref(), c.client_identity),
             destination: endpoint(c.server_ep.as_deref(), c.server_identity),
-            ip: Ip { source: c.client.ip().to_string(), destination: c.server.ip().to_string(), ip_version: "IPv4".into() },
+            ip: Ip {
+                source: c.client.ip().to_string(),
+                destination: c.server.ip().to_string(),
+                ip_version: palisade_flow::schema::ip_version(&c.client.ip()).into(),
+            },
             l4: L4::Tcp { source_port: c.client.port(), destination_port: c.server.port(), flags: vec![] },
             policies,
             node_name: String::new(),

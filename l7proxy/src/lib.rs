@@ -44,7 +44,7 @@ use palisade_node::{ConfigError, NodePaths};
 pub struct Args {
     #[command(flatten)]
     pub node: palisade_node::NodeArgs,
-    /// Port to listen on, 127.0.0.1 TCP (palisade-ctrl's --l7-proxy-port).
+    /// Port to listen on, 127.0.0.1 and [::1] TCP (palisade-ctrl's --l7-proxy-port).
     #[arg(long, env = "PALISADE_L7_PROXY_PORT", default_value_t = 10080, value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Worker threads (0: one per core).
@@ -77,12 +77,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn identity(&self, ip: std::net::Ipv4Addr) -> u32 {
-        self.ipcache.as_ref().map_or(palisade_bpf::identity::WORLD, |c| c.identity_v4(ip))
+    pub fn identity(&self, ip: std::net::IpAddr) -> u32 {
+        let world = if ip.is_ipv6() { palisade_bpf::identity::WORLD_IPV6 } else { palisade_bpf::identity::WORLD };
+        self.ipcache.as_ref().map_or(world, |c| c.identity(ip))
     }
 
     /// The current rules about a connection; `None` before any snapshot.
-    pub fn conn(&self, client: std::net::SocketAddrV4, server: std::net::SocketAddrV4) -> Option<rules::Conn> {
+    pub fn conn(&self, client: SocketAddr, server: SocketAddr) -> Option<rules::Conn> {
         let rules = self.rules.get()?;
         Some(rules::Conn::new(&rules, client, server, |ip| self.identity(ip)))
     }
@@ -179,17 +180,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if sh.ipcache.is_none() {
         tracing::warn!(bpf_dir = %bpf_dir.display(), "no pinned ipcache: peers that are not local endpoints count as world");
     }
-    let listener = upstream::listener(a.port, 4096)?;
+    // One listener per family: the datapath hands a packet to a socket of
+    // its own family (bpf/lib/proxy.h).
+    let listener = upstream::listener(a.port, false, 4096)?;
     palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&listener));
+    let listener6 = if std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        let l = upstream::listener(a.port, true, 4096)?;
+        palisade_bpf::pinned::register_proxy_listener(&bpf_dir, a.port, std::os::fd::AsFd::as_fd(&l));
+        Some(l)
+    } else {
+        None
+    };
     if let Some(addr) = metrics_address {
         metrics::serve(addr, metrics)?;
     }
     let workers = workers(a.workers)?;
-    tracing::info!(port = a.port, workers = workers.len(), "palisade-l7proxy ready on 127.0.0.1");
+    let where_ = if listener6.is_some() { "127.0.0.1 and [::1]" } else { "127.0.0.1" };
+    tracing::info!(port = a.port, workers = workers.len(), "palisade-l7proxy ready on {where_}");
+    if let Some(l6) = listener6 {
+        let (w, sh) = (workers.clone(), sh.clone());
+        std::thread::Builder::new().name("accept-v6".into()).spawn(move || accept_loop(&l6, &w, &sh))?;
+    }
     println!("ready");
     palisade_node::notify::ready("proxying redirected connections");
-    // Round robin: connections are long-lived and cost alike; a worker's
-    // queue is its runtime's (Handle::spawn wakes it).
+    accept_loop(&listener, &workers, &sh)
+}
+
+/// Accepts connections forever, handing them to the workers round robin:
+/// connections are long-lived and cost alike; a worker's queue is its
+/// runtime's (Handle::spawn wakes it).
+fn accept_loop(listener: &std::net::TcpListener, workers: &[tokio::runtime::Handle], sh: &Arc<Shared>) -> ! {
     let mut next = 0usize;
     loop {
         match listener.accept() {

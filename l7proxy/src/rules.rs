@@ -13,7 +13,7 @@
 //! are unioned.
 use std::{
     collections::{HashMap, HashSet},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::Path,
     sync::Arc,
 };
@@ -51,7 +51,8 @@ pub struct EpL7 {
     /// `namespace/pod`
     pub name: String,
     pub identity: u32,
-    pub ip: Ipv4Addr,
+    /// Its addresses (IPv4 first).
+    pub ips: Vec<IpAddr>,
     pub audit: bool,
     ingress: Vec<PortRules>,
     egress: Vec<PortRules>,
@@ -62,7 +63,7 @@ pub struct Rules {
     pub generation: u64,
     /// The port the agent redirects to (`--l7-proxy-port`).
     pub proxy_port: u16,
-    pub by_ip: HashMap<Ipv4Addr, Arc<EpL7>>,
+    pub by_ip: HashMap<IpAddr, Arc<EpL7>>,
 }
 
 fn compile_rules(json: &str) -> Matchers {
@@ -102,17 +103,18 @@ impl Rules {
                     egress.push(pr);
                 }
             }
-            let ip = Ipv4Addr::from(ep.ipv4);
-            let e = EpL7 {
+            let e = Arc::new(EpL7 {
                 ep_id: ep.ep_id.to_native(),
                 name: ep.name.as_str().to_string(),
                 identity: ep.identity.to_native(),
-                ip,
+                ips: ep.addrs(),
                 audit: ep.audit,
                 ingress,
                 egress,
-            };
-            out.by_ip.insert(ip, Arc::new(e));
+            });
+            for ip in &e.ips {
+                out.by_ip.insert(*ip, e.clone());
+            }
         }
         out
     }
@@ -156,8 +158,8 @@ impl Side {
 pub struct Conn {
     /// The snapshot generation the sides were computed from.
     pub generation: u64,
-    pub client: SocketAddrV4,
-    pub server: SocketAddrV4,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
     /// Endpoints (client's egress, server's ingress) with rules about it.
     pub sides: Vec<Side>,
     /// The client and server as endpoints, when they are local (for flows).
@@ -196,11 +198,11 @@ impl Verdict {
 impl Conn {
     /// The rules about a connection from `client` to `server`; `identity`
     /// looks up addresses that are not local endpoints.
-    pub fn new(rules: &Rules, client: SocketAddrV4, server: SocketAddrV4, identity: impl Fn(Ipv4Addr) -> u32) -> Self {
-        let client_ep = rules.by_ip.get(client.ip()).cloned();
-        let server_ep = rules.by_ip.get(server.ip()).cloned();
-        let client_identity = client_ep.as_ref().map_or_else(|| identity(*client.ip()), |e| e.identity);
-        let server_identity = server_ep.as_ref().map_or_else(|| identity(*server.ip()), |e| e.identity);
+    pub fn new(rules: &Rules, client: SocketAddr, server: SocketAddr, identity: impl Fn(IpAddr) -> u32) -> Self {
+        let client_ep = rules.by_ip.get(&client.ip()).cloned();
+        let server_ep = rules.by_ip.get(&server.ip()).cloned();
+        let client_identity = client_ep.as_ref().map_or_else(|| identity(client.ip()), |e| e.identity);
+        let server_identity = server_ep.as_ref().map_or_else(|| identity(server.ip()), |e| e.identity);
         let port = server.port();
         let mut sides = Vec::new();
         if let Some(ep) = &client_ep {
@@ -289,7 +291,7 @@ impl Conn {
             ep_id: 1,
             name: "test/server".into(),
             identity: 300,
-            ip: Ipv4Addr::LOCALHOST,
+            ips: vec![IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
             audit: false,
             ingress: vec![PortRules {
                 cookie: 1,
@@ -303,7 +305,8 @@ impl Conn {
         });
         let mut r = Rules::default();
         r.by_ip.insert(server.ip, server);
-        Conn::new(&r, SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9), |_| 2)
+        let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+        Conn::new(&r, SocketAddr::new(lo, 0), SocketAddr::new(lo, 9), |_| 2)
     }
 }
 
@@ -363,7 +366,7 @@ mod tests {
     use palisade_policy::l7::HttpRule;
 
     fn ep(name: &str, ip: [u8; 4], identity: u32, audit: bool, ingress: Vec<PortRules>, egress: Vec<PortRules>) -> Arc<EpL7> {
-        Arc::new(EpL7 { ep_id: identity, name: name.into(), identity, ip: Ipv4Addr::from(ip), audit, ingress, egress })
+        Arc::new(EpL7 { ep_id: identity, name: name.into(), identity, ips: vec![IpAddr::from(ip)], audit, ingress, egress })
     }
 
     fn http(cookie: u32, peers: Option<&[u32]>, port: u16, rules: &[HttpRule]) -> PortRules {

@@ -9,27 +9,41 @@
 //! sends the server's replies to this socket (bpf/lib/proxy.h). Reusing the
 //! client's port makes the proxied connection the same 4-tuple as the
 //! client's: one logical flow in conntrack and in `observe`.
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// 127.0.0.1:`port`, IP_TRANSPARENT, for the packets the datapath assigns.
-/// Blocking: one acceptor thread hands connections to the workers.
-pub fn listener(port: u16, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
+/// A TCP socket of `addr`'s family, transparent (IP_TRANSPARENT or
+/// IPV6_TRANSPARENT; IPv6 ones IPv6-only).
+fn transparent(addr: SocketAddr) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+        s.set_ip_transparent_v6(true)?;
+    } else {
+        s.set_ip_transparent_v4(true)?;
+    }
+    Ok(s)
+}
+
+/// 127.0.0.1:`port` (or, with `v6`, [::1]:`port`), transparent, for the
+/// packets the datapath assigns (it looks for the listener of the packet's
+/// family, bpf/lib/proxy.h). Blocking: one acceptor thread per listener
+/// hands connections to the workers.
+pub fn listener(port: u16, v6: bool, backlog: i32) -> anyhow::Result<std::net::TcpListener> {
     use anyhow::Context as _;
-    let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let ip = if v6 { IpAddr::V6(Ipv6Addr::LOCALHOST) } else { IpAddr::V4(Ipv4Addr::LOCALHOST) };
+    let addr = SocketAddr::new(ip, port);
+    let s = transparent(addr).context("a transparent socket (IP_TRANSPARENT needs CAP_NET_ADMIN)")?;
     s.set_reuse_address(true)?;
-    s.set_ip_transparent_v4(true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
-    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     s.bind(&SockAddr::from(addr)).with_context(|| format!("binding TCP {addr}"))?;
     s.listen(backlog)?;
     Ok(s.into())
 }
 
-fn socket(mark: u32, bind: SocketAddrV4) -> std::io::Result<Socket> {
-    let s = Socket::new(Domain::IPV4, Type::STREAM.cloexec(), Some(Protocol::TCP))?;
-    s.set_ip_transparent_v4(true)?;
+fn socket(mark: u32, bind: SocketAddr) -> std::io::Result<Socket> {
+    let s = transparent(bind)?;
     s.set_mark(mark)?;
     s.set_reuse_address(true)?;
     s.set_tcp_nodelay(true)?;
@@ -40,21 +54,18 @@ fn socket(mark: u32, bind: SocketAddrV4) -> std::io::Result<Socket> {
 
 /// Connects to `server` from `client`'s address: from its port when free,
 /// else from a port the kernel picks.
-pub async fn connect(client: SocketAddrV4, server: SocketAddrV4, mark: u32) -> std::io::Result<TcpStream> {
+pub async fn connect(client: SocketAddr, server: SocketAddr, mark: u32) -> std::io::Result<TcpStream> {
     let s = match socket(mark, client) {
         Ok(s) => s,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => socket(mark, SocketAddrV4::new(*client.ip(), 0))?,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => socket(mark, SocketAddr::new(client.ip(), 0))?,
         Err(e) => return Err(e),
     };
     let std: std::net::TcpStream = s.into();
-    TcpSocket::from_std_stream(std).connect(SocketAddr::V4(server)).await
+    TcpSocket::from_std_stream(std).connect(server).await
 }
 
 /// The accepted connection's two ends: the client, and the address it
 /// asked for (the original destination, kept by bpf_sk_assign).
-pub fn ends(s: &TcpStream) -> Option<(SocketAddrV4, SocketAddrV4)> {
-    match (s.peer_addr().ok()?, s.local_addr().ok()?) {
-        (SocketAddr::V4(c), SocketAddr::V4(o)) => Some((c, o)),
-        _ => None,
-    }
+pub fn ends(s: &TcpStream) -> Option<(SocketAddr, SocketAddr)> {
+    Some((s.peer_addr().ok()?, s.local_addr().ok()?))
 }

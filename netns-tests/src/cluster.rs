@@ -363,12 +363,12 @@ impl Drop for Cluster {
 impl Node {
     /// The identity this node's ipcache gives `ip`, with its node id
     /// (0 = this node), read from the pinned map.
-    pub fn ipcache_entry(&self, ip: Ipv4Addr) -> Option<(u32, u32)> {
-        palisade_bpf::pinned::RemoteIpcache::open(&self.bpf_dir).ok()?.get(ip).map(|v| (v.identity, v.node_id))
+    pub fn ipcache_entry(&self, ip: impl Into<std::net::IpAddr>) -> Option<(u32, u32)> {
+        palisade_bpf::pinned::RemoteIpcache::open(&self.bpf_dir).ok()?.get(ip.into()).map(|v| (v.identity, v.node_id))
     }
 
     /// The remote entries (node id ≠ 0) of this node's ipcache.
-    pub fn remote_ipcache(&self) -> Vec<(Ipv4Addr, u32, u32)> {
+    pub fn remote_ipcache(&self) -> Vec<(std::net::IpAddr, u32, u32)> {
         palisade_bpf::pinned::RemoteIpcache::open(&self.bpf_dir)
             .map(|m| m.remote_entries().into_iter().map(|(ip, v)| (ip, v.identity, v.node_id)).collect())
             .unwrap_or_default()

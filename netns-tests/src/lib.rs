@@ -9,7 +9,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -296,17 +296,23 @@ impl Node {
     }
 
     /// A kube-dns pod (`kube-system/coredns`, `k8s-app=kube-dns`) running a
-    /// real dnsmasq on port 53 that serves `hosts` (lines of a hosts file)
-    /// and `cnames` (alias, target) with TTL `ttl`.
+    /// real dnsmasq on port 53 that serves `hosts` (lines of a hosts file,
+    /// A and AAAA) and `cnames` (alias, target) with TTL `ttl`, on each of
+    /// the pod's addresses.
     pub fn kube_dns(&mut self, hosts: &str, cnames: &[(&str, &str)], ttl: u32) -> (Pod, DnsServer) {
         let pod = self.pod("kube-system/coredns", "k8s-app=kube-dns");
         let hosts_file = self.tmp.join("dns.hosts");
         std::fs::write(&hosts_file, hosts).expect("write hosts");
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &pod.netns, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts"])
-            .arg(format!("--addn-hosts={}", hosts_file.display()))
-            .arg(format!("--listen-address={}", pod.ip))
-            .args(["--bind-interfaces", "--port=53", "--user=root", "--group=root", "--pid-file", "--cache-size=0"])
+            .arg(format!("--addn-hosts={}", hosts_file.display()));
+        if !pod.ip.is_unspecified() {
+            c.arg(format!("--listen-address={}", pod.ip));
+        }
+        if let Some(v6) = pod.ip6 {
+            c.arg(format!("--listen-address={v6}"));
+        }
+        c.args(["--bind-interfaces", "--port=53", "--user=root", "--group=root", "--pid-file", "--cache-size=0"])
             .arg(format!("--local-ttl={ttl}"));
         for (alias, target) in cnames {
             c.arg(format!("--cname={alias},{target}"));
@@ -323,7 +329,7 @@ impl Node {
                 "+short",
                 "+time=1",
                 "+tries=1",
-                &format!("@{}", pod.ip),
+                &format!("@{}", if pod.ip.is_unspecified() { IpAddr::from(pod.v6()) } else { IpAddr::from(pod.ip) }),
                 "localhost.invalid",
             ]));
             if out.status.success() || t0.elapsed() > Duration::from_secs(5) {
@@ -412,8 +418,8 @@ impl Node {
         let mut args = vec!["endpoint", "add", name, "--netns", &netns, "--labels", labels];
         args.extend(extra);
         let v = self.json(&args);
-        let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
-        Pod { name: name.to_string(), netns, ip, servers: Vec::new() }
+        let (ip, ip6) = endpoint_addrs(&v);
+        Pod { name: name.to_string(), netns, ip, ip6, servers: Vec::new() }
     }
 
     /// Like [`Node::pod`], but a refusal is returned (the agent's error),
@@ -427,8 +433,8 @@ impl Node {
             return Err(String::from_utf8_lossy(&out.stderr).into_owned());
         }
         let v: Value = serde_json::from_slice(&out.stdout).expect("endpoint JSON");
-        let ip: Ipv4Addr = v["ipv4"].as_str().expect("ipv4 in endpoint JSON").parse().expect("an IPv4");
-        Ok(Pod { name: name.to_string(), netns, ip, servers: Vec::new() })
+        let (ip, ip6) = endpoint_addrs(&v);
+        Ok(Pod { name: name.to_string(), netns, ip, ip6, servers: Vec::new() })
     }
 
     /// `palisade observe --state-dir <this node's> ARGS -o json`, parsed.
@@ -505,10 +511,31 @@ impl Node {
     }
 }
 
+/// The addresses in an endpoint's JSON (`ipv4` may be empty: IPv6-only,
+/// then [`Pod::ip`] is 0.0.0.0).
+fn endpoint_addrs(v: &Value) -> (Ipv4Addr, Option<Ipv6Addr>) {
+    let ip = match v["ipv4"].as_str().unwrap_or("") {
+        "" => Ipv4Addr::UNSPECIFIED,
+        s => s.parse().expect("an IPv4 in the endpoint JSON"),
+    };
+    let ip6 = match v["ipv6"].as_str().unwrap_or("") {
+        "" => None,
+        s => Some(s.parse().expect("an IPv6 in the endpoint JSON")),
+    };
+    (ip, ip6)
+}
+
 /// Addresses of the test "world": outside the pod CIDR, behind the node's uplink.
 pub const UPLINK_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 pub const WORLD_IP2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
+/// The same world over IPv6 (documentation prefix 2001:db8:2::/64).
+pub const UPLINK_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+pub const WORLD_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x100);
+pub const WORLD_IP6_2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x200);
+/// The IPv6 pod CIDR a dual-stack test node is started with
+/// (`Node::dual_stack`).
+pub const POD_CIDR6: &str = "fd00:10:200::/64";
 
 impl Node {
     /// Builds the world: a namespace behind the node's uplink (veth
@@ -528,13 +555,25 @@ impl Node {
         sh(&["ip", "-n", &netns, "addr", "add", "192.0.2.200/24", "dev", "eth0"]);
         sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         sh(&["ip", "-n", &netns, "route", "add", "10.200.0.0/16", "via", "192.0.2.1"]);
-        Pod { name: "world".into(), netns, ip: WORLD_IP, servers: Vec::new() }
+        // IPv6 too (no DAD, so the addresses are usable at once); the
+        // world's route to the IPv6 pod CIDR goes through the node.
+        let ll = |ns: &str, dev: &str| {
+            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")]);
+        };
+        ll(&self.netns, "uplink0");
+        ll(&netns, "eth0");
+        sh(&["ip", "-n", &self.netns, "addr", "add", &format!("{UPLINK_NODE_IP6}/64"), "dev", "uplink0", "nodad"]);
+        for a in [WORLD_IP6, WORLD_IP6_2] {
+            sh(&["ip", "-n", &netns, "addr", "add", &format!("{a}/64"), "dev", "eth0", "nodad"]);
+        }
+        sh(&["ip", "-n", &netns, "route", "add", POD_CIDR6, "via", &UPLINK_NODE_IP6.to_string()]);
+        Pod { name: "world".into(), netns, ip: WORLD_IP, ip6: Some(WORLD_IP6), servers: Vec::new() }
     }
 
     /// The node itself as a probe source/target (its netns, address 192.0.2.1
-    /// once [`Node::world`] made the uplink).
+    /// and 2001:db8:2::1 once [`Node::world`] made the uplink).
     pub fn host(&self) -> Pod {
-        Pod { name: "host".into(), netns: self.netns.clone(), ip: UPLINK_NODE_IP, servers: Vec::new() }
+        Pod { name: "host".into(), netns: self.netns.clone(), ip: UPLINK_NODE_IP, ip6: Some(UPLINK_NODE_IP6), servers: Vec::new() }
     }
 }
 
@@ -596,20 +635,34 @@ impl Drop for DnsServer {
 pub struct Pod {
     pub name: String,
     pub netns: String,
+    /// The IPv4 address (0.0.0.0 for an IPv6-only pod).
     pub ip: Ipv4Addr,
+    /// The IPv6 address, if the pod has one.
+    pub ip6: Option<Ipv6Addr>,
     pub(crate) servers: Vec<Child>,
+}
+
+/// `ip:port`, with brackets for IPv6.
+fn hostport(ip: impl Into<IpAddr>, port: u16) -> String {
+    SocketAddr::new(ip.into(), port).to_string()
 }
 
 impl Pod {
     /// A handle on a namespace made outside [`Node::pod`] (the test owns
     /// the namespace; servers started on it are stopped on drop).
     pub fn existing(name: &str, netns: &str, ip: Ipv4Addr) -> Self {
-        Pod { name: name.into(), netns: netns.into(), ip, servers: Vec::new() }
+        Pod { name: name.into(), netns: netns.into(), ip, ip6: None, servers: Vec::new() }
+    }
+
+    /// The pod's IPv6 address (panics for a pod without one: a test bug).
+    pub fn v6(&self) -> Ipv6Addr {
+        self.ip6.unwrap_or_else(|| panic!("{} has no IPv6 address", self.name))
     }
 
     /// One TCP round trip to `ip:port` from a chosen local address.
-    pub fn tcp_from(&self, src: Ipv4Addr, ip: Ipv4Addr, port: u16) -> bool {
-        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{ip}:{port}"), "--timeout-ms", "600", "--bind", &src.to_string()]))
+    pub fn tcp_from(&self, src: impl Into<IpAddr>, ip: impl Into<IpAddr>, port: u16) -> bool {
+        let src: IpAddr = src.into();
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &hostport(ip, port), "--timeout-ms", "600", "--bind", &src.to_string()]))
             .status
             .success()
     }
@@ -657,19 +710,34 @@ impl Pod {
         self.ping_ip(dst.ip)
     }
 
-    pub fn tcp_ip(&self, ip: Ipv4Addr, port: u16) -> bool {
-        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &format!("{ip}:{port}"), "--timeout-ms", "600"])).status.success()
+    /// [`Pod::tcp`] to `dst`'s IPv6 address.
+    pub fn tcp6(&self, dst: &Pod, port: u16) -> bool {
+        self.tcp_ip(dst.v6(), port)
     }
 
-    pub fn udp_ip(&self, ip: Ipv4Addr, port: u16) -> bool {
-        run(self.in_ns(&bin("palisade-probe")).args(["udp", &format!("{ip}:{port}"), "--timeout-ms", "600"])).status.success()
+    /// [`Pod::udp`] to `dst`'s IPv6 address.
+    pub fn udp6(&self, dst: &Pod, port: u16) -> bool {
+        self.udp_ip(dst.v6(), port)
+    }
+
+    /// [`Pod::ping`] (ICMPv6 echo) to `dst`'s IPv6 address.
+    pub fn ping6(&self, dst: &Pod) -> bool {
+        self.ping_ip(dst.v6())
+    }
+
+    pub fn tcp_ip(&self, ip: impl Into<IpAddr>, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["tcp", &hostport(ip, port), "--timeout-ms", "600"])).status.success()
+    }
+
+    pub fn udp_ip(&self, ip: impl Into<IpAddr>, port: u16) -> bool {
+        run(self.in_ns(&bin("palisade-probe")).args(["udp", &hostport(ip, port), "--timeout-ms", "600"])).status.success()
     }
 
     /// A UDP round trip from source port `sport` (a flow's exact tuple).
-    pub fn udp_from_port(&self, sport: u16, ip: Ipv4Addr, port: u16) -> bool {
+    pub fn udp_from_port(&self, sport: u16, ip: impl Into<IpAddr>, port: u16) -> bool {
         let out = run(self.in_ns(&bin("palisade-probe")).args([
             "udp",
-            &format!("{ip}:{port}"),
+            &hostport(ip, port),
             "--timeout-ms",
             "600",
             "--source-port",
@@ -678,7 +746,8 @@ impl Pod {
         out.status.success()
     }
 
-    pub fn ping_ip(&self, ip: Ipv4Addr) -> bool {
+    pub fn ping_ip(&self, ip: impl Into<IpAddr>) -> bool {
+        let ip: IpAddr = ip.into();
         run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W1", "-q", &ip.to_string()])).status.success()
     }
 
@@ -691,8 +760,8 @@ impl Pod {
 
     /// `palisade-probe resolve SERVER NAME ARGS`: one JSON line per round;
     /// returns (all rounds ok, the parsed lines).
-    pub fn resolve(&self, server: Ipv4Addr, name: &str, args: &[&str]) -> (bool, Vec<Value>) {
-        let out = run(self.in_ns(&bin("palisade-probe")).args(["resolve", &format!("{server}:53"), name]).args(args));
+    pub fn resolve(&self, server: impl Into<IpAddr>, name: &str, args: &[&str]) -> (bool, Vec<Value>) {
+        let out = run(self.in_ns(&bin("palisade-probe")).args(["resolve", &hostport(server, 53), name]).args(args));
         let lines = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         (out.status.success(), lines)
     }
@@ -704,9 +773,18 @@ impl Pod {
 
     /// Opens a long-lived TCP connection to `dst:port`.
     pub fn session(&self, dst: &Pod, port: u16) -> Session {
+        self.session_to(dst.ip, &dst.name, port)
+    }
+
+    /// [`Pod::session`] to `dst`'s IPv6 address.
+    pub fn session6(&self, dst: &Pod, port: u16) -> Session {
+        self.session_to(dst.v6(), &dst.name, port)
+    }
+
+    fn session_to(&self, ip: impl Into<IpAddr>, name: &str, port: u16) -> Session {
         let mut child = self
             .in_ns(&bin("palisade-probe"))
-            .args(["session", &format!("{}:{port}", dst.ip)])
+            .args(["session", &hostport(ip, port)])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -715,7 +793,7 @@ impl Pod {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("session output");
-        assert_eq!(line.trim(), "connected", "session from {} to {}:{port} did not connect", self.name, dst.name);
+        assert_eq!(line.trim(), "connected", "session from {} to {name}:{port} did not connect", self.name);
         Session { child, stdin, out, n: 0 }
     }
 }
@@ -764,7 +842,7 @@ pub fn check_matrix(rows: &[(&Pod, &Pod, Option<u16>, bool)]) {
         .iter()
         .map(|(from, to, port, want)| Probe {
             from,
-            to: to.ip,
+            to: to.ip.into(),
             to_name: to.name.clone(),
             what: port.map_or(What::Ping, What::Tcp),
             want: *want,
@@ -783,7 +861,7 @@ pub enum What {
 /// One expected probe result.
 pub struct Probe<'a> {
     pub from: &'a Pod,
-    pub to: Ipv4Addr,
+    pub to: IpAddr,
     pub to_name: String,
     pub what: What,
     pub want: bool,

@@ -44,7 +44,7 @@ impl Cluster {
         for f in &self.pods {
             for t in &self.pods {
                 if f.name != t.name {
-                    probes.push(Probe { from: f, to: t.ip, to_name: t.name.clone(), what, want: allow(&f.name, &t.name) });
+                    probes.push(Probe { from: f, to: t.ip.into(), to_name: t.name.clone(), what, want: allow(&f.name, &t.name) });
                 }
             }
         }
@@ -122,17 +122,17 @@ fn k8s_named_ports_end_port_and_ip_block_privileged_test() {
     );
     let a = c.pod("y/a");
     check_probes(&[
-        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(81), want: true },
-        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(80), want: false },
+        Probe { from: a, to: web.ip.into(), to_name: "x/web".into(), what: What::Tcp(81), want: true },
+        Probe { from: a, to: web.ip.into(), to_name: "x/web".into(), what: What::Tcp(80), want: false },
     ]);
     c.apply(
         "range.yaml",
         &format!("{NP}  name: named\n  namespace: x\nspec:\n  podSelector: {{matchLabels: {{pod: web}}}}\n  ingress:\n  - ports: [{{port: 80, endPort: 81}}]\n"),
     );
     check_probes(&[
-        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(80), want: true },
-        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(81), want: true },
-        Probe { from: a, to: web.ip, to_name: "x/web".into(), what: What::Tcp(82), want: false },
+        Probe { from: a, to: web.ip.into(), to_name: "x/web".into(), what: What::Tcp(80), want: true },
+        Probe { from: a, to: web.ip.into(), to_name: "x/web".into(), what: What::Tcp(81), want: true },
+        Probe { from: a, to: web.ip.into(), to_name: "x/web".into(), what: What::Tcp(82), want: false },
     ]);
     // ipBlock with except, from the world: .100 in, .200 (the exception) out.
     c.apply(
@@ -144,8 +144,8 @@ fn k8s_named_ports_end_port_and_ip_block_privileged_test() {
     let xa = c.pod("x/a");
     let world2 = Pod::existing("world@.200", &c.world.netns, WORLD_IP2);
     check_probes(&[
-        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
-        Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: &c.world, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: c.pod("y/a"), to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: false },
     ]);
     // The second world address must source from .200: bind it explicitly.
     assert!(!world2.tcp_from(WORLD_IP2, xa.ip, 80), "192.0.2.200 is in the except block");
@@ -169,13 +169,13 @@ fn cilium_entities_cidr_and_icmp_privileged_test() {
         ),
     );
     check_probes(&[
-        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
-        Probe { from: xb, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
-        Probe { from: &host, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
-        Probe { from: xa, to: WORLD_IP, to_name: "world .100".into(), what: What::Tcp(80), want: true },
-        Probe { from: xa, to: WORLD_IP2, to_name: "world .200".into(), what: What::Tcp(80), want: false },
-        Probe { from: xa, to: UPLINK_NODE_IP, to_name: "host:9000".into(), what: What::Tcp(9000), want: true },
-        Probe { from: xa, to: xb.ip, to_name: "x/b".into(), what: What::Tcp(80), want: false },
+        Probe { from: &c.world, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: xb, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: &host, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: WORLD_IP.into(), to_name: "world .100".into(), what: What::Tcp(80), want: true },
+        Probe { from: xa, to: WORLD_IP2.into(), to_name: "world .200".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: UPLINK_NODE_IP.into(), to_name: "host:9000".into(), what: What::Tcp(9000), want: true },
+        Probe { from: xa, to: xb.ip.into(), to_name: "x/b".into(), what: What::Tcp(80), want: false },
     ]);
     // cluster entity + ICMP echo only, for x/b.
     c.apply(
@@ -185,10 +185,10 @@ fn cilium_entities_cidr_and_icmp_privileged_test() {
         ),
     );
     check_probes(&[
-        Probe { from: c.pod("y/c"), to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: true },
-        Probe { from: &host, to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: true },
-        Probe { from: &c.world, to: xb.ip, to_name: "x/b".into(), what: What::Ping, want: false },
-        Probe { from: c.pod("y/c"), to: xb.ip, to_name: "x/b".into(), what: What::Tcp(80), want: false },
+        Probe { from: c.pod("y/c"), to: xb.ip.into(), to_name: "x/b".into(), what: What::Ping, want: true },
+        Probe { from: &host, to: xb.ip.into(), to_name: "x/b".into(), what: What::Ping, want: true },
+        Probe { from: &c.world, to: xb.ip.into(), to_name: "x/b".into(), what: What::Ping, want: false },
+        Probe { from: c.pod("y/c"), to: xb.ip.into(), to_name: "x/b".into(), what: What::Tcp(80), want: false },
     ]);
     let tr = c.node.ok(&["policy", "trace", "--src", "x/a", "--dst", "192.0.2.100", "--dport", "80/TCP"]);
     assert!(tr.contains("x/ent spec.egress[0]") && tr.trim_end().ends_with("ALLOWED"), "{tr}");
@@ -280,13 +280,13 @@ fn service_account_selection_privileged_test() {
     );
     let xa = c.pod("x/a");
     check_probes(&[
-        Probe { from: &robot, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: true },
-        Probe { from: c.pod("y/a"), to: xa.ip, to_name: "x/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: &robot, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: true },
+        Probe { from: c.pod("y/a"), to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(80), want: false },
     ]);
 }
 
 fn to_host(from: &Pod, port: u16, want: bool) -> Probe<'_> {
-    Probe { from, to: UPLINK_NODE_IP, to_name: format!("host:{port}"), what: What::Tcp(port), want }
+    Probe { from, to: UPLINK_NODE_IP.into(), to_name: format!("host:{port}"), what: What::Tcp(port), want }
 }
 
 #[test]
@@ -310,16 +310,16 @@ fn host_policy_on_the_uplink_privileged_test() {
         to_host(&c.world, 9000, true),
         to_host(&c.world, 9001, false),
         // Forwarded traffic is not the host's: pods' own policy applies.
-        Probe { from: &c.world, to: xa.ip, to_name: "x/a".into(), what: What::Tcp(81), want: true },
-        Probe { from: xa, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: true },
-        Probe { from: &host, to: WORLD_IP, to_name: "world:80".into(), what: What::Tcp(80), want: true },
-        Probe { from: &host, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: false },
+        Probe { from: &c.world, to: xa.ip.into(), to_name: "x/a".into(), what: What::Tcp(81), want: true },
+        Probe { from: xa, to: WORLD_IP.into(), to_name: "world:81".into(), what: What::Tcp(81), want: true },
+        Probe { from: &host, to: WORLD_IP.into(), to_name: "world:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: &host, to: WORLD_IP.into(), to_name: "world:81".into(), what: What::Tcp(81), want: false },
     ]);
     // A host policy for other nodes does not apply here.
     c.apply("host.yaml", &format!("{CCNP}  name: edge-host\nspec:\n  nodeSelector: {{matchLabels: {{role: core}}}}\n  ingress: [{{}}]\n"));
     check_probes(&[
         to_host(&c.world, 9001, true),
-        Probe { from: &host, to: WORLD_IP, to_name: "world:81".into(), what: What::Tcp(81), want: true },
+        Probe { from: &host, to: WORLD_IP.into(), to_name: "world:81".into(), what: What::Tcp(81), want: true },
     ]);
 }
 
@@ -337,12 +337,12 @@ fn specs_match_expressions_egress_deny_and_cidr_sets_privileged_test() {
     );
     let (xa, xb) = (c.pod("x/a"), c.pod("x/b"));
     check_probes(&[
-        Probe { from: xa, to: WORLD_IP, to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
-        Probe { from: xb, to: WORLD_IP, to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
-        Probe { from: xa, to: WORLD_IP, to_name: "world .100:81 (deny)".into(), what: What::Tcp(81), want: false },
-        Probe { from: xa, to: WORLD_IP2, to_name: "world .200:80 (except)".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: WORLD_IP.into(), to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: xb, to: WORLD_IP.into(), to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
+        Probe { from: xa, to: WORLD_IP.into(), to_name: "world .100:81 (deny)".into(), what: What::Tcp(81), want: false },
+        Probe { from: xa, to: WORLD_IP2.into(), to_name: "world .200:80 (except)".into(), what: What::Tcp(80), want: false },
         Probe { from: xa, to: c.pod("y/a").ip, to_name: "y/a".into(), what: What::Tcp(80), want: false },
-        Probe { from: c.pod("x/c"), to: WORLD_IP, to_name: "world (x/c egress open)".into(), what: What::Tcp(81), want: true },
+        Probe { from: c.pod("x/c"), to: WORLD_IP.into(), to_name: "world (x/c egress open)".into(), what: What::Tcp(81), want: true },
     ]);
     c.matrix(What::Tcp(80), |f, t| {
         if f == "x/a" || f == "x/b" {

@@ -1,21 +1,77 @@
 //! What a CNI plugin would do for an endpoint: a veth pair with the host side
-//! in the agent's network namespace and `eth0` in the pod's, a /32 address,
-//! a default route through a link-local gateway, static neighbours both ways
-//! (no ARP dependence), and a /32 host route back. One `ip link add` makes
-//! the pair; the rest is netlink (the pod's side from a thread inside the
-//! pod's namespace), so an endpoint costs the same on a node with 10 or
-//! 10 000 pods. Everything is what an operator reads back with `ip`.
+//! in the agent's network namespace and `eth0` in the pod's, a /32 and/or
+//! /128 address, a default route per family through a link-local gateway
+//! (169.254.1.1, fe80::1), static neighbours both ways (no ARP or neighbour
+//! discovery dependence), and a host route back per address. One `ip link
+//! add` makes the pair; the rest is netlink (the pod's side from a thread
+//! inside the pod's namespace), so an endpoint costs the same on a node
+//! with 10 or 10 000 pods. Everything is what an operator reads back with
+//! `ip`.
+//!
+//! IPv6 is switched off in an IPv4-only pod (and on its host veth), as
+//! before dual stack. A pod with an IPv6 address gets it without duplicate
+//! address detection (`nodad`: the address is the agent's to hand out),
+//! and neither side generates a link-local address or takes router
+//! advertisements: the static neighbours make neighbour discovery
+//! unnecessary, so the only ICMPv6 a pod sends on its own is MLD (which the
+//! datapath passes, bpf/lib/parse.h).
 //!
 //! A crate of its own because palisade-ctrl (endpoints) and palisade-bench
 //! (benchmark topologies) both plumb pods, and the bench should not link
 //! the agent for it.
 #![forbid(unsafe_code)]
-use std::{net::Ipv4Addr, path::Path, process::Command};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    process::Command,
+};
 
 use anyhow::{bail, Context, Result};
 
 /// Link-local next hop the pod routes through (answered by the host veth).
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The IPv6 one: never an address of the host veth, only a permanent
+/// neighbour with its MAC in the pod (as [`GATEWAY`] is).
+pub const GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// An endpoint's addresses: IPv4, IPv6 or both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Addrs {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Addrs {
+    pub fn v4(ip: Ipv4Addr) -> Self {
+        Self { v4: Some(ip), v6: None }
+    }
+
+    /// Every address, IPv4 first.
+    pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_none() && self.v6.is_none()
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.iter().any(|a| a == ip)
+    }
+}
+
+impl std::fmt::Display for Addrs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v: Vec<String> = self.iter().map(|a| a.to_string()).collect();
+        f.write_str(&v.join(", "))
+    }
+}
+
+/// Whether this network namespace has IPv6 at all (a kernel booted with
+/// `ipv6.disable=1` has no /proc/sys/net/ipv6).
+pub fn ipv6_available() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
 
 /// Where a pod's network namespace is: a name under /run/netns (`ip netns
 /// add`), or an absolute path to a namespace file, as a container runtime
@@ -76,7 +132,13 @@ pub fn ifindex(ifname: &str) -> Option<u32> {
 /// pod's namespace); everything else is netlink, the pod's side from a
 /// thread that entered the pod's namespace, so the cost of an endpoint
 /// does not grow with the number of pods on the node.
-pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
+pub fn create(netns: &str, host_if: &str, addrs: Addrs) -> Result<Created> {
+    if addrs.is_empty() {
+        bail!("an endpoint needs an IPv4 or an IPv6 address");
+    }
+    if addrs.v6.is_some() && !ipv6_available() {
+        bail!("IPv6 is disabled on this node (no /proc/sys/net/ipv6): an endpoint cannot have an IPv6 address");
+    }
     if !netns_exists(netns) {
         bail!("network namespace {netns:?} does not exist (a name under /run/netns, made with `ip netns add`, or an absolute path to a namespace file)");
     }
@@ -88,10 +150,18 @@ pub fn create(netns: &str, host_if: &str, ipv4: Ipv4Addr) -> Result<Created> {
     }
     let r = (|| -> Result<Created> {
         ip(&["link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", netns])?;
-        let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
+        if addrs.v6.is_some() {
+            // Forwards IPv6 without an address of its own: no link-local,
+            // no router advertisements (set before the link comes up).
+            for (k, v) in [("addr_gen_mode", "1"), ("accept_ra", "0"), ("disable_ipv6", "0")] {
+                sysctl_local(&format!("net.ipv6.conf.{host_if}.{k}"), v)?;
+            }
+        } else {
+            let _ = sysctl_local(&format!("net.ipv6.conf.{host_if}.disable_ipv6"), "1");
+        }
         let ifindex = ifindex(host_if).with_context(|| format!("interface {host_if} vanished"))?;
         let host_mac = Netlink::open()?.link_mac(ifindex)?;
-        let pod_mac = in_netns(netns, move || configure_pod(ipv4, &host_mac))?;
+        let pod_mac = in_netns(netns, move || configure_pod(addrs, &host_mac))?;
         Ok(Created { ifindex, pod_mac })
     })();
     if r.is_err() {
@@ -115,37 +185,65 @@ fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> Resul
     })
 }
 
-/// Inside the pod's namespace: IPv6 off, lo and eth0 up, the /32 address,
-/// a route to the link-local gateway and a default route through it, the
-/// gateway as a permanent neighbour (the host side's MAC). Returns eth0's
-/// MAC.
-fn configure_pod(ipv4: Ipv4Addr, host_mac: &[u8]) -> Result<String> {
+/// Inside the pod's namespace: lo and eth0 up, the addresses (/32, /128
+/// without DAD), per family a route to the link-local gateway and a
+/// default route through it, the gateways as permanent neighbours (the
+/// host side's MAC). IPv6 is off in an IPv4-only pod; in one with IPv6,
+/// eth0 makes no link-local address and takes no router advertisements.
+/// Returns eth0's MAC.
+fn configure_pod(addrs: Addrs, host_mac: &[u8]) -> Result<String> {
     use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
     use netlink_packet_route::{
-        address::{AddressAttribute, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
         AddressFamily, RouteNetlinkMessage,
     };
-    std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").context("disabling IPv6 in the pod")?;
+    if addrs.v6.is_none() {
+        std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1").context("disabling IPv6 in the pod")?;
+    } else {
+        for (k, v) in [("addr_gen_mode", "1"), ("accept_ra", "0"), ("accept_dad", "0"), ("router_solicitations", "0")] {
+            sysctl_local(&format!("net.ipv6.conf.eth0.{k}"), v).context("preparing eth0 for IPv6 in the pod")?;
+        }
+    }
     let eth0 = ifindex("eth0").context("eth0 is not in the pod's namespace")?;
     let lo = ifindex("lo").context("the pod's namespace has no lo")?;
     let mut nl = Netlink::open()?;
     for (index, what) in [(lo, "lo"), (eth0, "eth0")] {
         nl.link_up(index).with_context(|| format!("ip link set {what} up (in the pod)"))?;
     }
-    let mut addr = AddressMessage::default();
-    addr.header.family = AddressFamily::Inet;
-    addr.header.prefix_len = 32;
-    addr.header.index = eth0;
-    addr.attributes = vec![AddressAttribute::Local(ipv4.into()), AddressAttribute::Address(ipv4.into())];
-    nl.request(RouteNetlinkMessage::NewAddress(addr), NLM_F_CREATE | NLM_F_EXCL)
-        .with_context(|| format!("ip addr add {ipv4}/32 dev eth0"))?;
-    let gw = GATEWAY;
-    nl.route(gw, 32, None, eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
-    nl.route(Ipv4Addr::UNSPECIFIED, 0, Some(gw), eth0, NLM_F_CREATE | NLM_F_EXCL)
-        .with_context(|| format!("ip route add default via {gw} dev eth0"))?;
-    nl.neigh_permanent(eth0, gw, host_mac).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
+    for ip in addrs.iter() {
+        let mut addr = AddressMessage::default();
+        addr.header.index = eth0;
+        addr.header.prefix_len = max_len(ip);
+        addr.attributes = vec![AddressAttribute::Local(ip), AddressAttribute::Address(ip)];
+        if ip.is_ipv6() {
+            addr.header.family = AddressFamily::Inet6;
+            addr.header.flags = AddressHeaderFlags::Nodad;
+            addr.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        } else {
+            addr.header.family = AddressFamily::Inet;
+        }
+        nl.request(RouteNetlinkMessage::NewAddress(addr), NLM_F_CREATE | NLM_F_EXCL)
+            .with_context(|| format!("ip addr add {ip}/{} dev eth0", max_len(ip)))?;
+        let (gw, any) = if ip.is_ipv6() {
+            (IpAddr::V6(GATEWAY6), IpAddr::V6(Ipv6Addr::UNSPECIFIED))
+        } else {
+            (IpAddr::V4(GATEWAY), IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        };
+        nl.route(gw, max_len(gw), None, eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
+        nl.route(any, 0, Some(gw), eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add default via {gw} dev eth0"))?;
+        nl.neigh_permanent(eth0, gw, host_mac).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
+    }
     let mac = nl.link_mac(eth0)?;
     Ok(mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+}
+
+/// 32 or 128: the host prefix of `ip`'s family.
+fn max_len(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
 }
 
 pub struct Created {
@@ -153,18 +251,23 @@ pub struct Created {
     pub pod_mac: String,
 }
 
-/// Brings the host side up, routes the endpoint's address to it and pins
-/// the pod's MAC as a permanent neighbour (set after up: a link going down
-/// flushes its neighbours). Three netlink requests in the agent's own
-/// namespace: running `ip` here cost a process and, with `-batch`, a walk
-/// of every interface of the node per endpoint (58 ms at 1000 pods).
-pub fn bring_up(host_if: &str, ipv4: Ipv4Addr, pod_mac: &str) -> Result<()> {
+/// Brings the host side up, routes each of the endpoint's addresses to it
+/// and pins the pod's MAC as a permanent neighbour of each (set after up: a
+/// link going down flushes its neighbours). Netlink requests in the agent's
+/// own namespace: running `ip` here cost a process and, with `-batch`, a
+/// walk of every interface of the node per endpoint (58 ms at 1000 pods).
+pub fn bring_up(host_if: &str, addrs: Addrs, pod_mac: &str) -> Result<()> {
     let ifindex = ifindex(host_if).with_context(|| format!("interface {host_if} is gone"))?;
     let mac = parse_mac(pod_mac)?;
     let mut nl = Netlink::open()?;
     nl.link_up(ifindex).with_context(|| format!("ip link set {host_if} up"))?;
-    nl.route(ipv4, 32, None, ifindex, NLM_CREATE_REPLACE).with_context(|| format!("ip route replace {ipv4}/32 dev {host_if}"))?;
-    nl.neigh_permanent(ifindex, ipv4, &mac).with_context(|| format!("ip neigh replace {ipv4} lladdr {pod_mac} dev {host_if} nud permanent"))
+    for ip in addrs.iter() {
+        let len = max_len(ip);
+        nl.route(ip, len, None, ifindex, NLM_CREATE_REPLACE).with_context(|| format!("ip route replace {ip}/{len} dev {host_if}"))?;
+        nl.neigh_permanent(ifindex, ip, &mac)
+            .with_context(|| format!("ip neigh replace {ip} lladdr {pod_mac} dev {host_if} nud permanent"))?;
+    }
+    Ok(())
 }
 
 const NLM_CREATE_REPLACE: u16 = netlink_packet_core::NLM_F_CREATE | netlink_packet_core::NLM_F_REPLACE;
@@ -211,25 +314,30 @@ impl Netlink {
         self.request(netlink_packet_route::RouteNetlinkMessage::SetLink(link), 0)
     }
 
-    /// A main-table IPv4 route to `dst/len` out of `oif`, through `via` or
-    /// on the link (scope link for a host route, universe otherwise).
-    fn route(&mut self, dst: Ipv4Addr, len: u8, via: Option<Ipv4Addr>, oif: u32, flags: u16) -> Result<()> {
+    /// A main-table route to `dst/len` out of `oif`, through `via` or on
+    /// the link (scope link for an IPv4 host route, universe otherwise), of
+    /// `dst`'s family (`via`, if any, is of the same family).
+    fn route(&mut self, dst: IpAddr, len: u8, via: Option<IpAddr>, oif: u32, flags: u16) -> Result<()> {
         use netlink_packet_route::{
             route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType},
             AddressFamily,
         };
+        let addr = |a: IpAddr| match a {
+            IpAddr::V4(a) => RouteAddress::Inet(a),
+            IpAddr::V6(a) => RouteAddress::Inet6(a),
+        };
         let mut r = RouteMessage::default();
-        r.header.address_family = AddressFamily::Inet;
+        r.header.address_family = if dst.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
         r.header.destination_prefix_length = len;
         r.header.table = RouteHeader::RT_TABLE_MAIN;
         r.header.protocol = RouteProtocol::Boot;
-        r.header.scope = if via.is_none() && len == 32 { RouteScope::Link } else { RouteScope::Universe };
+        r.header.scope = if via.is_none() && dst.is_ipv4() && len == 32 { RouteScope::Link } else { RouteScope::Universe };
         r.header.kind = RouteType::Unicast;
         if len > 0 {
-            r.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+            r.attributes.push(RouteAttribute::Destination(addr(dst)));
         }
         if let Some(g) = via {
-            r.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+            r.attributes.push(RouteAttribute::Gateway(addr(g)));
         }
         r.attributes.push(RouteAttribute::Oif(oif));
         self.request(netlink_packet_route::RouteNetlinkMessage::NewRoute(r), flags)
@@ -237,17 +345,25 @@ impl Netlink {
 
     /// `ip` as a permanent neighbour with `mac` on interface `ifindex`
     /// (created or replaced).
-    fn neigh_permanent(&mut self, ifindex: u32, ip: Ipv4Addr, mac: &[u8]) -> Result<()> {
+    fn neigh_permanent(&mut self, ifindex: u32, ip: IpAddr, mac: &[u8]) -> Result<()> {
         use netlink_packet_route::{
             neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
             AddressFamily,
         };
         let mut neigh = NeighbourMessage::default();
-        neigh.header.family = AddressFamily::Inet;
+        let dst = match ip {
+            IpAddr::V4(a) => {
+                neigh.header.family = AddressFamily::Inet;
+                NeighbourAddress::Inet(a)
+            }
+            IpAddr::V6(a) => {
+                neigh.header.family = AddressFamily::Inet6;
+                NeighbourAddress::Inet6(a)
+            }
+        };
         neigh.header.ifindex = ifindex;
         neigh.header.state = NeighbourState::Permanent;
-        neigh.attributes =
-            vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
+        neigh.attributes = vec![NeighbourAttribute::Destination(dst), NeighbourAttribute::LinkLayerAddress(mac.to_vec())];
         self.request(netlink_packet_route::RouteNetlinkMessage::NewNeighbour(neigh), NLM_CREATE_REPLACE)
     }
 
@@ -326,7 +442,7 @@ pub fn delete(host_if: &str) -> Result<()> {
     ip(&["link", "del", host_if]).map(|_| ())
 }
 
-/// Whether the node's IPv4 addresses may have changed since the last look:
+/// Whether the node's addresses may have changed since the last look:
 /// a netlink socket subscribed to address events, drained without
 /// blocking. The kernel queues the event before `ip addr add` returns, so
 /// the agent's next operation sees it, without dumping every address of a
@@ -347,11 +463,11 @@ impl Default for AddressWatch {
 impl AddressWatch {
     pub fn new() -> Self {
         use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
-        /// RTMGRP_IPV4_IFADDR (rtnetlink.h).
-        const IPV4_IFADDR_GROUP: u32 = 0x10;
+        /// RTMGRP_IPV4_IFADDR and RTMGRP_IPV6_IFADDR (rtnetlink.h).
+        const IFADDR_GROUPS: u32 = 0x10 | 0x100;
         let socket = (|| -> std::io::Result<Socket> {
             let mut s = Socket::new(NETLINK_ROUTE)?;
-            s.bind(&SocketAddr::new(0, IPV4_IFADDR_GROUP))?;
+            s.bind(&SocketAddr::new(0, IFADDR_GROUPS))?;
             s.set_non_blocking(true)?;
             Ok(s)
         })();
@@ -382,11 +498,13 @@ impl AddressWatch {
     }
 }
 
-/// The node's own IPv4 addresses (identity host), loopback aside, from one
-/// netlink address dump: O(addresses). (`/proc/self/net/fib_trie` costs a
-/// line per route, and every endpoint has a /32 route: 1.7 ms a change at
-/// 1000 endpoints; `getifaddrs` walks every veth: 15 ms.)
-pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
+/// The node's own addresses of both families (identity host), loopback,
+/// IPv6 link-local and multicast aside (they are never a flow's peer
+/// across the uplink: link-local ones are the same on every link), from
+/// one netlink address dump: O(addresses). (`/proc/self/net/fib_trie`
+/// costs a line per route, and every endpoint has a /32 route: 1.7 ms a
+/// change at 1000 endpoints; `getifaddrs` walks every veth: 15 ms.)
+pub fn node_addresses() -> Result<std::collections::BTreeSet<IpAddr>> {
     use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
     use netlink_packet_route::{
         address::{AddressAttribute, AddressMessage},
@@ -398,7 +516,7 @@ pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
     socket.bind_auto().context("binding the netlink socket")?;
     socket.connect(&SocketAddr::new(0, 0)).context("connecting the netlink socket")?;
     let mut req = AddressMessage::default();
-    req.header.family = AddressFamily::Inet;
+    req.header.family = AddressFamily::Unspec;
     let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::GetAddress(req)));
     packet.header.flags = NLM_F_DUMP | NLM_F_REQUEST;
     packet.header.sequence_number = 1;
@@ -420,16 +538,20 @@ pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
                 NetlinkPayload::Error(e) => bail!("address dump: {e:?}"),
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => {
                     let local = a.attributes.iter().find_map(|x| match x {
-                        AddressAttribute::Local(std::net::IpAddr::V4(ip)) => Some(*ip),
+                        AddressAttribute::Local(ip) => Some(*ip),
                         _ => None,
                     });
                     let addr = local.or_else(|| {
                         a.attributes.iter().find_map(|x| match x {
-                            AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
+                            AddressAttribute::Address(ip) => Some(*ip),
                             _ => None,
                         })
                     });
-                    if let Some(ip) = addr.filter(|ip| !ip.is_loopback()) {
+                    let own = |ip: &IpAddr| match ip {
+                        IpAddr::V4(v4) => !v4.is_loopback(),
+                        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_multicast(),
+                    };
+                    if let Some(ip) = addr.filter(own) {
                         out.insert(ip);
                     }
                 }
@@ -446,7 +568,10 @@ pub fn node_addresses() -> Result<std::collections::BTreeSet<Ipv4Addr>> {
 /// Routing table that delivers packets redirected to a local proxy.
 pub const PROXY_TABLE: u32 = 2005;
 
-/// Node-wide settings: forwarding, and the policy routing that makes a
+/// Node-wide settings: forwarding (IPv6 forwarding only with `ipv6`, an
+/// IPv6 pod CIDR: it makes the kernel ignore router advertisements on
+/// interfaces with `accept_ra` 1, which a node that is never to route IPv6
+/// need not pay for), and the policy routing, per family, that makes a
 /// packet the datapath assigned to a proxy socket (bpf_sk_assign, marked
 /// `proxy_mark`) local, whatever its destination address. Idempotent.
 ///
@@ -468,38 +593,51 @@ pub const PROXY_TABLE: u32 = 2005;
 /// most of a node's, only pays for its failed socket lookup. Left off by
 /// `unprepare_node` (restoring it would bring the drops back for any
 /// proxy still running).
-pub fn prepare_node(proxy_mark: u32, mask: u32) -> Result<()> {
+pub fn prepare_node(proxy_mark: u32, mask: u32, ipv6: bool) -> Result<()> {
     sysctl_local("net.ipv4.ip_forward", "1")?;
+    // Covers IPv6 TCP too (ip6_rcv_finish_core reads the same setting).
     sysctl_local("net.ipv4.tcp_early_demux", "0")?;
+    if ipv6 {
+        if !ipv6_available() {
+            bail!("an IPv6 pod CIDR is configured, but IPv6 is disabled on this node (no /proc/sys/net/ipv6)");
+        }
+        sysctl_local("net.ipv6.conf.all.forwarding", "1")?;
+    }
     let mark = format!("{proxy_mark:#x}/{mask:#x}");
     let table = PROXY_TABLE.to_string();
-    let rules = ip(&["-4", "rule", "show", "table", &table])?;
-    if !rules.contains(&format!("fwmark {mark}")) {
-        for line in rules.lines().filter(|l| l.contains("fwmark")) {
-            if let Some(old) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
-                let _ = ip(&["-4", "rule", "del", "fwmark", old, "lookup", &table]);
+    let families: &[(&str, &str)] = if ipv6_available() { &[("-4", "0.0.0.0/0"), ("-6", "::/0")] } else { &[("-4", "0.0.0.0/0")] };
+    for (family, everything) in families {
+        let rules = ip(&[family, "rule", "show", "table", &table])?;
+        if !rules.contains(&format!("fwmark {mark}")) {
+            for line in rules.lines().filter(|l| l.contains("fwmark")) {
+                if let Some(old) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
+                    let _ = ip(&[family, "rule", "del", "fwmark", old, "lookup", &table]);
+                }
             }
+            ip(&[family, "rule", "add", "pref", "90", "fwmark", &mark, "lookup", &table])?;
         }
-        ip(&["-4", "rule", "add", "pref", "90", "fwmark", &mark, "lookup", &table])?;
+        ip(&[family, "route", "replace", "local", everything, "dev", "lo", "table", &table])?;
     }
-    ip(&["-4", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", &table])?;
     Ok(())
 }
 
-/// Undoes [`prepare_node`]'s policy routing (the proxy rule and table);
-/// `ip_forward` is left as it is (other software may need it). For
-/// `palisade-ctrl --teardown`. Returns how many rules it removed.
+/// Undoes [`prepare_node`]'s policy routing (the proxy rules and tables of
+/// both families); forwarding is left as it is (other software may need
+/// it). For `palisade-ctrl --teardown`. Returns how many rules it removed.
 pub fn unprepare_node() -> Result<usize> {
     let table = PROXY_TABLE.to_string();
-    let rules = ip(&["-4", "rule", "show", "table", &table])?;
     let mut n = 0;
-    for line in rules.lines().filter(|l| l.contains("fwmark")) {
-        if let Some(mark) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
-            ip(&["-4", "rule", "del", "fwmark", mark, "lookup", &table])?;
-            n += 1;
+    let families: &[&str] = if ipv6_available() { &["-4", "-6"] } else { &["-4"] };
+    for family in families {
+        let rules = ip(&[family, "rule", "show", "table", &table])?;
+        for line in rules.lines().filter(|l| l.contains("fwmark")) {
+            if let Some(mark) = line.split_whitespace().skip_while(|w| *w != "fwmark").nth(1) {
+                ip(&[family, "rule", "del", "fwmark", mark, "lookup", &table])?;
+                n += 1;
+            }
         }
+        let _ = ip(&[family, "route", "flush", "table", &table]);
     }
-    let _ = ip(&["-4", "route", "flush", "table", &table]);
     Ok(n)
 }
 

@@ -22,7 +22,7 @@ impl Direction {
 }
 
 /// L4 protocol of a port rule. `Any` means TCP, UDP and SCTP on that port,
-/// or every protocol (ICMP too) when no port is given.
+/// or every protocol (ICMP and ICMPv6 too) when no port is given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
@@ -31,6 +31,10 @@ pub enum Protocol {
     Sctp,
     Icmp,
     Any,
+    /// ICMP for IPv6 (Cilium: `icmps` with `family: IPv6`); the port is
+    /// the ICMPv6 type.
+    #[serde(rename = "ICMPV6", alias = "ICMPv6")]
+    Icmpv6,
 }
 
 impl Protocol {
@@ -41,12 +45,18 @@ impl Protocol {
             Protocol::Udp => Some(17),
             Protocol::Sctp => Some(132),
             Protocol::Icmp => Some(1),
+            Protocol::Icmpv6 => Some(58),
             Protocol::Any => None,
         }
     }
 
     pub fn from_number(n: u8) -> Option<Self> {
-        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp].into_iter().find(|p| p.number() == Some(n))
+        [Protocol::Tcp, Protocol::Udp, Protocol::Sctp, Protocol::Icmp, Protocol::Icmpv6].into_iter().find(|p| p.number() == Some(n))
+    }
+
+    /// Whether the "port" of this protocol is an ICMP type.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Protocol::Icmp | Protocol::Icmpv6)
     }
 
     pub fn parse(s: &str) -> Option<Self> {
@@ -55,6 +65,7 @@ impl Protocol {
             "UDP" => Some(Protocol::Udp),
             "SCTP" => Some(Protocol::Sctp),
             "ICMP" => Some(Protocol::Icmp),
+            "ICMPV6" => Some(Protocol::Icmpv6),
             "ANY" => Some(Protocol::Any),
             _ => None,
         }
@@ -66,6 +77,7 @@ impl Protocol {
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
             Protocol::Icmp => "ICMP",
+            Protocol::Icmpv6 => "ICMPv6",
             Protocol::Any => "ANY",
         }
     }
@@ -125,6 +137,10 @@ impl std::fmt::Display for PortRange {
 #[serde(rename_all = "kebab-case")]
 pub enum Entity {
     World,
+    /// IPv4 addresses outside the cluster (Cilium's `world-ipv4`).
+    WorldIpv4,
+    /// IPv6 addresses outside the cluster (Cilium's `world-ipv6`).
+    WorldIpv6,
     Cluster,
     Host,
     RemoteNode,
@@ -136,8 +152,10 @@ pub enum Entity {
 }
 
 impl Entity {
-    pub const ALL: [Entity; 9] = [
+    pub const ALL: [Entity; 11] = [
         Entity::World,
+        Entity::WorldIpv4,
+        Entity::WorldIpv6,
         Entity::Cluster,
         Entity::Host,
         Entity::RemoteNode,
@@ -151,6 +169,8 @@ impl Entity {
     pub fn as_str(self) -> &'static str {
         match self {
             Entity::World => "world",
+            Entity::WorldIpv4 => "world-ipv4",
+            Entity::WorldIpv6 => "world-ipv6",
             Entity::Cluster => "cluster",
             Entity::Host => "host",
             Entity::RemoteNode => "remote-node",
@@ -167,30 +187,34 @@ impl Entity {
     }
 }
 
-/// An IPv4 prefix, host bits cleared.
+/// An IPv4 or IPv6 prefix, host bits cleared. Prefixes of different
+/// families never contain each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Cidr {
-    pub net: std::net::Ipv4Addr,
+    pub net: std::net::IpAddr,
     pub len: u8,
 }
 
 impl Cidr {
-    /// Parses `a.b.c.d/n` (a bare address is a /32). Host bits must be zero,
-    /// as Kubernetes requires for `ipBlock.cidr`.
+    /// Parses `a.b.c.d/n` or `x:y::z/n` (a bare address is a /32 or /128).
+    /// Host bits must be zero, as Kubernetes requires for `ipBlock.cidr`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (ip, len) = match s.split_once('/') {
-            Some((ip, len)) => (ip, len.parse::<u8>().map_err(|_| format!("{s:?}: prefix length {len:?} is not a number"))?),
-            None => (s, 32),
+            Some((ip, len)) => (ip, Some(len.parse::<u8>().map_err(|_| format!("{s:?}: prefix length {len:?} is not a number"))?)),
+            None => (s, None),
         };
-        let net: std::net::Ipv4Addr = ip.parse().map_err(|_| {
+        let net: std::net::IpAddr = ip.parse().map_err(|_| {
             if ip.contains(':') {
-                format!("{s:?}: IPv6 CIDRs are not supported yet")
+                format!("{s:?} is not an IPv6 CIDR")
             } else {
-                format!("{s:?} is not an IPv4 CIDR")
+                format!("{s:?} is not an IPv4 or IPv6 CIDR")
             }
         })?;
-        if len > 32 {
-            return Err(format!("{s:?}: prefix length {len} is more than 32"));
+        let max = Self::max_len(net);
+        let len = len.unwrap_or(max);
+        if len > max {
+            let family = if net.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!("{s:?}: prefix length {len} is more than {max} (the length of an {family} address)"));
         }
         let c = Cidr { net, len };
         if c.masked() != net {
@@ -199,25 +223,58 @@ impl Cidr {
         Ok(c)
     }
 
-    fn mask(len: u8) -> u32 {
-        if len == 0 {
-            0
+    /// The prefix of one address (`/32` or `/128`).
+    pub fn host(ip: std::net::IpAddr) -> Self {
+        Cidr { net: ip, len: Self::max_len(ip) }
+    }
+
+    /// 32 for IPv4, 128 for IPv6.
+    pub fn max_len(ip: std::net::IpAddr) -> u8 {
+        if ip.is_ipv4() {
+            32
         } else {
-            u32::MAX << (32 - u32::from(len))
+            128
         }
     }
 
-    fn masked(&self) -> std::net::Ipv4Addr {
-        std::net::Ipv4Addr::from(u32::from(self.net) & Self::mask(self.len))
+    pub fn is_ipv6(&self) -> bool {
+        self.net.is_ipv6()
     }
 
-    /// Whether `other` lies entirely inside this prefix.
+    /// Whether this is the whole address space of its family (`0.0.0.0/0`, `::/0`).
+    pub fn is_everything(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `ip`'s bits under a `len`-bit mask, as a 128-bit number (IPv4 in the
+    /// low 32 bits), with the family.
+    fn bits(ip: std::net::IpAddr, len: u8) -> (bool, u128) {
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) };
+                (false, u128::from(u32::from(a) & m))
+            }
+            std::net::IpAddr::V6(a) => {
+                let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) };
+                (true, u128::from(a) & m)
+            }
+        }
+    }
+
+    fn masked(&self) -> std::net::IpAddr {
+        match (self.net, Self::bits(self.net, self.len).1) {
+            (std::net::IpAddr::V4(_), b) => std::net::IpAddr::V4(std::net::Ipv4Addr::from(b as u32)),
+            (std::net::IpAddr::V6(_), b) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(b)),
+        }
+    }
+
+    /// Whether `other` lies entirely inside this prefix (same family).
     pub fn contains(&self, other: &Cidr) -> bool {
-        other.len >= self.len && (u32::from(other.net) & Self::mask(self.len)) == u32::from(self.net)
+        other.len >= self.len && self.contains_ip(other.net)
     }
 
-    pub fn contains_ip(&self, ip: std::net::Ipv4Addr) -> bool {
-        (u32::from(ip) & Self::mask(self.len)) == u32::from(self.net)
+    pub fn contains_ip(&self, ip: impl Into<std::net::IpAddr>) -> bool {
+        Self::bits(ip.into(), self.len) == Self::bits(self.net, self.len)
     }
 }
 

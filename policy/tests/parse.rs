@@ -130,6 +130,35 @@ fn cidr_entities_icmp_and_cluster_wide() {
 }
 
 #[test]
+fn ipv6_cidrs_icmpv6_and_world_families() {
+    let y = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: v6, namespace: x}\nspec:\n  endpointSelector: {}\n  ingress:\n  - fromCIDR: [\"2001:db8:1::/48\", 10.0.0.0/8]\n    icmps: [{fields: [{type: EchoRequest, family: IPv6}, {type: NeighborSolicitation, family: IPv6}, {type: 8}]}]\n  egress:\n  - toCIDRSet: [{cidr: \"::/0\", except: [\"fd00::/8\"]}]\n  - toEntities: [world-ipv6, world-ipv4]\n";
+    let p = &parse_policies("f", y).unwrap()[0];
+    let r = &p.rules[0];
+    let ing = &r.ingress.as_ref().unwrap()[0];
+    assert_eq!(
+        ing.peers,
+        Peers::Select(vec![
+            PeerSelector::Cidr { cidr: Cidr::parse("2001:db8:1::/48").unwrap(), except: vec![] },
+            PeerSelector::Cidr { cidr: Cidr::parse("10.0.0.0/8").unwrap(), except: vec![] },
+        ])
+    );
+    assert_eq!(
+        ing.ports.iter().map(|p| (p.protocol, p.port)).collect::<Vec<_>>(),
+        vec![(Protocol::Icmpv6, 128), (Protocol::Icmpv6, 135), (Protocol::Icmp, 8)]
+    );
+    let eg = &r.egress.as_ref().unwrap();
+    let Peers::Select(sels) = &eg[0].peers else { panic!() };
+    let PeerSelector::Cidr { cidr, except } = &sels[0] else { panic!() };
+    assert!(cidr.is_everything() && cidr.is_ipv6());
+    assert!(cidr.contains_ip("2001:db8::1".parse::<std::net::IpAddr>().unwrap()));
+    assert!(!cidr.contains_ip("10.0.0.1".parse::<std::net::IpAddr>().unwrap()), "::/0 holds no IPv4 address");
+    assert!(!Cidr::parse("0.0.0.0/0").unwrap().contains(&Cidr::parse("fd00::/8").unwrap()), "0.0.0.0/0 holds no IPv6 prefix");
+    assert_eq!(except, &vec![Cidr::parse("fd00::/8").unwrap()]);
+    assert_eq!(eg[1].peers, Peers::Select(vec![PeerSelector::Entity(Entity::WorldIpv6), PeerSelector::Entity(Entity::WorldIpv4)]));
+    assert_eq!(Cidr::parse("2001:db8::7").unwrap().len, 128, "a bare IPv6 address is a /128");
+}
+
+#[test]
 fn kubernetes_network_policy() {
     let y = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {ns: y}}\n      podSelector: {matchLabels: {pod: b}}\n    - podSelector: {matchLabels: {pod: c}}\n    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}\n    ports: [{port: 80}, {port: 8000, endPort: 8080, protocol: UDP}]\n";
     let p = &parse_policies("f", y).unwrap()[0];
@@ -158,7 +187,21 @@ fn kubernetes_network_policy() {
 #[test]
 fn bad_input_of_every_kind_names_the_field() {
     let cases = [
-        ("toCIDR: [10.0.0.300/8]", "spec.egress[0].toCIDR[0]: \"10.0.0.300/8\" is not an IPv4 CIDR"),
+        ("toCIDR: [10.0.0.300/8]", "spec.egress[0].toCIDR[0]: \"10.0.0.300/8\" is not an IPv4 or IPv6 CIDR"),
+        ("toCIDR: [\"2001:db8::g/32\"]", "spec.egress[0].toCIDR[0]: \"2001:db8::g/32\" is not an IPv6 CIDR"),
+        ("toCIDR: [\"2001:db8::/129\"]", "prefix length 129 is more than 128 (the length of an IPv6 address)"),
+        ("toCIDR: [\"2001:db8::1/32\"]", "has host bits set (did you mean 2001:db8::/32?)"),
+        ("toCIDR: [10.0.0.0/33]", "prefix length 33 is more than 32 (the length of an IPv4 address)"),
+        (
+            "toCIDRSet: [{cidr: \"2001:db8::/32\", except: [10.0.0.0/8]}]",
+            "spec.egress[0].toCIDRSet[0].except[0]: 10.0.0.0/8 is an IPv4 prefix inside the IPv6 CIDR 2001:db8::/32",
+        ),
+        (
+            "toCIDRSet: [{cidr: \"2001:db8::/32\", except: [\"2001:db9::/48\"]}]",
+            "spec.egress[0].toCIDRSet[0].except[0]: 2001:db9::/48 is not strictly inside 2001:db8::/32",
+        ),
+        ("icmps: [{fields: [{type: Bogus, family: IPv6}]}]", "icmps[0].fields[0].type: not an ICMPv6 type"),
+        ("icmps: [{fields: [{type: 8, family: IPv7}]}]", "icmps[0].fields[0].family: \"IPv7\" is not a family"),
         ("toCIDR: [10.0.0.1/8]", "has host bits set (did you mean 10.0.0.0/8?)"),
         (
             "toCIDRSet: [{cidr: 10.0.0.0/8, except: [11.0.0.0/16]}]",

@@ -74,14 +74,41 @@ pub struct SnapEndpoint {
     pub ep_id: u32,
     /// `namespace/pod`
     pub name: String,
-    /// IPv4 address, network order octets.
+    /// IPv4 address, network order octets (all zero: none).
     pub ipv4: [u8; 4],
+    /// IPv6 address, network order octets (all zero: none).
+    pub ipv6: [u8; 16],
     pub identity: u32,
     /// Audit mode: requests the rules refuse pass and are reported AUDIT.
     pub audit: bool,
     pub dns: Vec<DnsRule>,
     pub fqdn: Vec<FqdnRule>,
     pub l7: Vec<L7Rule>,
+}
+
+impl SnapEndpoint {
+    /// The endpoint's addresses (IPv4 first); zero octets mean none.
+    pub fn addrs(&self) -> Vec<std::net::IpAddr> {
+        endpoint_addrs(self.ipv4, self.ipv6)
+    }
+}
+
+impl ArchivedSnapEndpoint {
+    /// The endpoint's addresses (IPv4 first); zero octets mean none.
+    pub fn addrs(&self) -> Vec<std::net::IpAddr> {
+        endpoint_addrs(self.ipv4, self.ipv6)
+    }
+}
+
+fn endpoint_addrs(v4: [u8; 4], v6: [u8; 16]) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::with_capacity(2);
+    if v4 != [0; 4] {
+        out.push(std::net::IpAddr::from(v4));
+    }
+    if v6 != [0; 16] {
+        out.push(std::net::IpAddr::from(v6));
+    }
+    out
 }
 
 /// `policy.snap`: written by palisade-ctrl before it changes the maps, so a
@@ -91,16 +118,16 @@ pub struct SnapEndpoint {
 pub struct PolicySnapshot {
     pub version: u32,
     pub generation: u64,
-    /// Port palisade-dnsproxy listens on (127.0.0.1, UDP and TCP).
+    /// Port palisade-dnsproxy listens on (127.0.0.1 and ::1, UDP and TCP).
     pub dns_proxy_port: u16,
-    /// Port palisade-l7proxy listens on (127.0.0.1, TCP).
+    /// Port palisade-l7proxy listens on (127.0.0.1 and ::1, TCP).
     pub l7_proxy_port: u16,
     pub endpoints: Vec<SnapEndpoint>,
 }
 
 impl PolicySnapshot {
-    /// 2: L7 rules, audit mode and the L7 proxy's port.
-    pub const VERSION: u32 = 2;
+    /// 2: L7 rules, audit mode and the L7 proxy's port. 3: IPv6 addresses.
+    pub const VERSION: u32 = 3;
     pub const FILE: &'static str = "policy.snap";
 }
 

@@ -208,7 +208,11 @@ impl Universe<'_> {
             },
             PeerSelector::Entity(e) => match e {
                 Entity::All => vec![id::ANY],
-                Entity::World => std::iter::once(id::WORLD).chain(self.cidrs.iter().map(|(i, _)| *i)).collect(),
+                // World is both families: an address in no prefix is
+                // WORLD (IPv4) or WORLD_IPV6 (the datapath's ipcache.h).
+                Entity::World => [id::WORLD, id::WORLD_IPV6].into_iter().chain(self.cidrs.iter().map(|(i, _)| *i)).collect(),
+                Entity::WorldIpv4 => std::iter::once(id::WORLD).chain(self.cidrs.iter().filter(|(_, c)| !c.is_ipv6()).map(|(i, _)| *i)).collect(),
+                Entity::WorldIpv6 => std::iter::once(id::WORLD_IPV6).chain(self.cidrs.iter().filter(|(_, c)| c.is_ipv6()).map(|(i, _)| *i)).collect(),
                 Entity::Cluster => [id::HOST, id::UNMANAGED, id::HEALTH, id::INIT, id::REMOTE_NODE, id::KUBE_APISERVER]
                     .into_iter()
                     .chain(self.pods.iter().map(|(i, _)| *i))
@@ -221,13 +225,14 @@ impl Universe<'_> {
                 Entity::Unmanaged => vec![id::UNMANAGED],
             },
             // Every CIDR identity inside the prefix and outside its
-            // exceptions; addresses in no known prefix are WORLD, inside
-            // only 0.0.0.0/0.
+            // exceptions; addresses in no known prefix are WORLD (IPv4)
+            // or WORLD_IPV6, inside only 0.0.0.0/0 or ::/0. A prefix of
+            // one family never contains one of the other.
             PeerSelector::Cidr { cidr, except } => {
                 let mut v: Vec<u32> =
                     self.cidrs.iter().filter(|(_, c)| cidr.contains(c) && !except.iter().any(|e| e.contains(c))).map(|(i, _)| *i).collect();
-                if cidr.len == 0 {
-                    v.push(id::WORLD);
+                if cidr.is_everything() {
+                    v.push(if cidr.is_ipv6() { id::WORLD_IPV6 } else { id::WORLD });
                 }
                 v
             }
@@ -249,7 +254,7 @@ pub fn policy_cidrs<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> std::
                     if let Peers::Select(sels) = &pr.peers {
                         for s in sels {
                             if let PeerSelector::Cidr { cidr, except } = s {
-                                if cidr.len > 0 {
+                                if !cidr.is_everything() {
                                     out.insert(*cidr);
                                 }
                                 out.extend(except.iter().copied());
@@ -484,9 +489,9 @@ pub fn l4_keys(ports: &[palisade_policy::PortRange], owners: &[&NamedPorts]) -> 
         };
         let via = Via::of(pr);
         for proto in protos {
-            if proto.is_none() || (pr.port == 0 && pr.protocol != Protocol::Icmp) {
+            if proto.is_none() || (pr.port == 0 && !pr.protocol.is_icmp()) {
                 out.push((proto, 0, 0, via));
-            } else if pr.protocol == Protocol::Icmp {
+            } else if pr.protocol.is_icmp() {
                 out.push((proto, pr.port, 16, via));
             } else {
                 for (port, bits) in PolicyKey::port_blocks(pr.port, pr.end_port) {

@@ -7,7 +7,7 @@
 //! differs, so a restart changes no verdict and cuts no established flow.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
 };
@@ -35,6 +35,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub pod_cidr: ipnet::Ipv4Net,
+    /// The IPv6 pod CIDR; `None`: endpoints are IPv4-only unless given an
+    /// IPv6 address.
+    pub pod_cidr6: Option<ipnet::Ipv6Net>,
     /// `io.cilium.k8s.policy.cluster` of every endpoint.
     pub cluster_name: String,
     pub datapath: DatapathConfig,
@@ -86,7 +89,7 @@ impl Daemon {
         // One agent per state directory: a second fails before it touches
         // a map or an interface.
         let lock = palisade_node::lock_dir(&cfg.state_dir, "palisade-ctrl")?;
-        netplumb::prepare_node(cfg.datapath.proxy_mark, palisade_bpf::consts::MARK_MAGIC_MASK)?;
+        netplumb::prepare_node(cfg.datapath.proxy_mark, palisade_bpf::consts::MARK_MAGIC_MASK, cfg.pod_cidr6.is_some())?;
         let dp = Datapath::load(&cfg.datapath).context("loading the BPF datapath")?;
         // Not fatal: without it a client reusing a port whose proxied
         // connection is in TIME_WAIT waits a second (bpf/lib/proxy.h).
@@ -99,7 +102,10 @@ impl Daemon {
         let node = NodeInfo {
             state_dir: cfg.state_dir.clone(),
             socket: cfg.socket.clone(),
-            pod_cidr: cfg.pod_cidr.to_string(),
+            pod_cidr: match cfg.pod_cidr6 {
+                Some(v6) => format!("{}, {v6}", cfg.pod_cidr),
+                None => cfg.pod_cidr.to_string(),
+            },
             started_unix: now_unix(),
         };
         let mut d = Self {
@@ -451,7 +457,7 @@ impl Daemon {
     }
 
     fn endpoint_add(&mut self, c: req::EndpointAdd) -> Result<replies::Endpoint> {
-        let req::EndpointAdd { name, netns, ip, labels: user_labels, ports: named_ports } = c;
+        let req::EndpointAdd { name, netns, ip, ip6, family, labels: user_labels, ports: named_ports } = c;
         let netns = netns.as_str();
         let full = crate::api::full_name(&name);
         let (namespace, pod) = full.split_once('/').expect("full_name has a slash");
@@ -472,18 +478,7 @@ impl Daemon {
         if let Some(other) = self.store.endpoints.values().find(|e| e.netns == netns) {
             bail!("endpoint {full}: network namespace {netns:?} already holds endpoint {}", other.name);
         }
-        let ipv4 = match ip {
-            Some(ip) => {
-                if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || ip.is_loopback() {
-                    bail!("endpoint {full}: --ip {ip} is not a unicast address");
-                }
-                if let Some(other) = self.store.endpoints.values().find(|e| e.ipv4 == ip) {
-                    bail!("endpoint {full}: address {ip} is already used by endpoint {}", other.name);
-                }
-                ip
-            }
-            None => self.allocate_ip().with_context(|| format!("endpoint {full}"))?,
-        };
+        let addrs = self.endpoint_addrs(&full, ip, ip6, family)?;
         if !netplumb::netns_exists(netns) {
             bail!("endpoint {full}: network namespace {netns:?} does not exist (a name under /run/netns, made with `ip netns add {netns}`, or an absolute path to a namespace file)");
         }
@@ -497,7 +492,7 @@ impl Daemon {
         let identity = self.identity_for(&labels).with_context(|| format!("endpoint {full}: nothing was changed"))?;
         let ep_id = self.next_ep_id();
         let ifname = netplumb::host_ifname(&full);
-        let created = match netplumb::create(netns, &ifname, ipv4) {
+        let created = match netplumb::create(netns, &ifname, addrs) {
             Ok(c) => c,
             Err(e) => {
                 self.release_if_unused(&labels);
@@ -509,7 +504,8 @@ impl Daemon {
             namespace: namespace.to_string(),
             pod: pod.to_string(),
             netns: netns.to_string(),
-            ipv4,
+            ipv4: addrs.v4,
+            ipv6: addrs.v6,
             user_labels,
             labels: labels.clone(),
             identity,
@@ -531,7 +527,7 @@ impl Daemon {
             self.enforcer.write_endpoint_entries(&ep)?;
             self.enforce(&scope)?;
             self.enforcer.attach_endpoint(&ep)?;
-            netplumb::bring_up(&ifname, ipv4, &created.pod_mac)?;
+            netplumb::bring_up(&ifname, addrs, &created.pod_mac)?;
             Ok(())
         })();
         if let Err(e) = r {
@@ -544,7 +540,7 @@ impl Daemon {
             let _ = self.state.save(&self.store);
             return Err(e.context(format!("endpoint {full}: setting up the datapath (rolled back)")));
         }
-        tracing::info!(endpoint = %full, %ipv4, identity, ifname = %ifname, "endpoint added");
+        tracing::info!(endpoint = %full, addresses = %addrs, identity, ifname = %ifname, "endpoint added");
         Ok(self.view().endpoint(&ep))
     }
 
@@ -596,16 +592,78 @@ impl Daemon {
         id
     }
 
+    /// The addresses a new endpoint gets: the ones asked for (each checked:
+    /// unicast, not the node's loopback, not another endpoint's), and for
+    /// the other families `family` wants (default: IPv4, and IPv6 too when
+    /// the node has an IPv6 pod CIDR) one allocated from the pod CIDR.
+    fn endpoint_addrs(&self, full: &str, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>, family: Option<req::IpFamily>) -> Result<netplumb::Addrs> {
+        use req::IpFamily;
+        let taken = |a: IpAddr| self.store.endpoints.values().find(|e| e.has_ip(a)).map(|e| e.name.clone());
+        if let Some(a) = ip {
+            if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+                bail!("endpoint {full}: --ip {a} is not a unicast address");
+            }
+            if family == Some(IpFamily::Ipv6) {
+                bail!("endpoint {full}: --ip {a} is an IPv4 address, but --ip-family is ipv6");
+            }
+        }
+        if let Some(a) = ip6 {
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() || a.is_unicast_link_local() || a.to_ipv4_mapped().is_some() {
+                bail!("endpoint {full}: --ip6 {a} is not a global or unique-local unicast IPv6 address");
+            }
+            if family == Some(IpFamily::Ipv4) {
+                bail!("endpoint {full}: --ip6 {a} is an IPv6 address, but --ip-family is ipv4");
+            }
+        }
+        for a in ip.map(IpAddr::V4).into_iter().chain(ip6.map(IpAddr::V6)) {
+            if let Some(other) = taken(a) {
+                bail!("endpoint {full}: address {a} is already used by endpoint {other}");
+            }
+        }
+        let family = family.unwrap_or(if self.cfg.pod_cidr6.is_some() { IpFamily::Dual } else { IpFamily::Ipv4 });
+        let v4 = match ip {
+            Some(a) => Some(a),
+            None if family != IpFamily::Ipv6 => Some(self.allocate_ip().with_context(|| format!("endpoint {full}"))?),
+            None => None,
+        };
+        let v6 = match ip6 {
+            Some(a) => Some(a),
+            None if family != IpFamily::Ipv4 => Some(self.allocate_ip6().with_context(|| format!("endpoint {full}"))?),
+            None => None,
+        };
+        if v6.is_some() && self.cfg.pod_cidr6.is_none() {
+            // An explicit --ip6 on a node without an IPv6 pod CIDR: the
+            // node must still forward it.
+            netplumb::sysctl_local("net.ipv6.conf.all.forwarding", "1").with_context(|| format!("endpoint {full}: enabling IPv6 forwarding"))?;
+        }
+        Ok(netplumb::Addrs { v4, v6 })
+    }
+
     fn allocate_ip(&self) -> Result<Ipv4Addr> {
         let (net, len) = (self.cfg.pod_cidr.addr(), self.cfg.pod_cidr.prefix_len());
         let base = u32::from(net) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
         let size = 1u64 << (32 - len);
-        let used: BTreeSet<Ipv4Addr> = self.store.endpoints.values().map(|e| e.ipv4).collect();
+        let used: BTreeSet<Ipv4Addr> = self.store.endpoints.values().filter_map(|e| e.ipv4).collect();
         // Skip the network address and .1 (often a gateway), and broadcast.
         (2..size.saturating_sub(1))
             .map(|i| Ipv4Addr::from(base + i as u32))
             .find(|ip| !used.contains(ip))
             .with_context(|| format!("pod CIDR {net}/{len} is full"))
+    }
+
+    fn allocate_ip6(&self) -> Result<Ipv6Addr> {
+        let Some(cidr) = self.cfg.pod_cidr6 else {
+            bail!("the node has no IPv6 pod CIDR (palisade-ctrl --pod-cidr6): give the endpoint --ip6, or --ip-family ipv4")
+        };
+        let base = u128::from(cidr.network());
+        let size = 1u128 << (128 - u32::from(cidr.prefix_len()));
+        let used: BTreeSet<Ipv6Addr> = self.store.endpoints.values().filter_map(|e| e.ipv6).collect();
+        // Skip the subnet-router anycast address (::0) and ::1 (a gateway's).
+        (2..size)
+            .map(|i| Ipv6Addr::from(base + i))
+            .take(used.len() + 1)
+            .find(|ip| !used.contains(ip))
+            .with_context(|| format!("IPv6 pod CIDR {cidr} is full"))
     }
 
     fn endpoint_delete(&mut self, name: &str) -> Result<replies::EndpointDeleted> {

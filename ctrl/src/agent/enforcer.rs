@@ -14,7 +14,7 @@
 use std::{
     cell::RefCell,
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -97,7 +97,15 @@ impl Installed {
 }
 
 fn endpoint_value(ep: &Endpoint, i: Installed) -> EndpointValue {
-    EndpointValue { ep_id: ep.ep_id, identity: ep.identity, ipv4: ep.ipv4, flags: i.flags, policy_set: i.set, policy_gen: i.gen }
+    EndpointValue {
+        ep_id: ep.ep_id,
+        identity: ep.identity,
+        ipv4: ep.ipv4,
+        ipv6: ep.ipv6,
+        flags: i.flags,
+        policy_set: i.set,
+        policy_gen: i.gen,
+    }
 }
 
 /// One endpoint's part of a sync: the entry it gets and where its entries
@@ -123,7 +131,7 @@ pub struct Enforcer {
     /// (selcache.rs); refreshed to the identities before each use.
     selectors: RefCell<SelectorCache>,
     /// The node's own addresses, in the ipcache as identity host.
-    host_ips: BTreeSet<Ipv4Addr>,
+    host_ips: BTreeSet<IpAddr>,
     /// Tells when to re-read them.
     addr_watch: netplumb::AddressWatch,
     /// `policy.snap` for palisade-dnsproxy.
@@ -194,7 +202,9 @@ impl Enforcer {
     /// set that are installed ([`Enforcer::sync`] moves them).
     pub fn write_endpoint_entries(&self, ep: &Endpoint) -> Result<()> {
         let i = self.installed.get(&ep.ep_id).copied().unwrap_or_default();
-        self.dp.ipcache_put(ep.ipv4, IpcacheValue { identity: ep.identity, node_id: 0 })?;
+        for ip in ep.addrs().iter() {
+            self.dp.ipcache_put(ip, IpcacheValue { identity: ep.identity, node_id: 0 })?;
+        }
         self.dp.endpoint_put(ep.ifindex, endpoint_value(ep, i))?;
         Ok(())
     }
@@ -210,7 +220,7 @@ impl Enforcer {
     pub fn remove_endpoint(&mut self, ep: &Endpoint) -> Result<()> {
         let _ = self.dp.detach(ep.ifindex, false);
         let endpoint = self.dp.endpoint_delete(ep.ifindex);
-        let ipcache = self.dp.ipcache_delete(ep.ipv4);
+        let ipcache = ep.addrs().iter().try_for_each(|ip| self.dp.ipcache_delete(ip));
         let sets = match self.installed.remove(&ep.ep_id) {
             Some(i) => {
                 self.sets.release(i.set);
@@ -220,7 +230,7 @@ impl Enforcer {
         };
         // Whatever else failed, the address's flows go: the address will be
         // another pod's, and its entries would admit that pod.
-        let ct = self.dp.conntrack_flush_endpoint(ep.ep_id, ep.ipv4);
+        let ct = self.dp.conntrack_flush_endpoint(ep.ep_id, &ep.addrs().iter().collect::<Vec<_>>());
         endpoint?;
         ipcache?;
         sets?;
@@ -252,14 +262,21 @@ impl Enforcer {
         }
         // Host addresses (identity host) are not endpoints; keep them.
         self.host_ips = netplumb::node_addresses().unwrap_or_default();
-        let ips: BTreeSet<Ipv4Addr> = store.endpoints.values().map(|e| e.ipv4).chain(self.host_ips.iter().copied()).collect();
+        let ips: BTreeSet<IpAddr> = store.endpoints.values().flat_map(|e| e.addrs().iter().collect::<Vec<_>>()).chain(self.host_ips.iter().copied()).collect();
         for (ip, v) in self.dp.ipcache()? {
             if v.node_id == 0 && !ips.contains(&ip) {
                 self.dp.ipcache_delete(ip)?;
             }
         }
-        // `world` is everything no entry names.
-        self.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED, 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
+        // `world` is everything no entry names: WORLD for IPv4, WORLD_IPV6
+        // for IPv6 (the datapath says the same when the trie has no
+        // match; the entries make `bpf` listings and trace say it too).
+        self.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED.into(), 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
+        self.dp.ipcache_prefix_put(
+            Ipv6Addr::UNSPECIFIED.into(),
+            0,
+            IpcacheValue { identity: palisade_bpf::identity::WORLD_IPV6, node_id: 0 },
+        )?;
         Ok(())
     }
 
@@ -337,7 +354,8 @@ impl Enforcer {
             let value = EndpointValue {
                 ep_id: HOST_EP_ID,
                 identity: palisade_bpf::identity::HOST,
-                ipv4: Ipv4Addr::UNSPECIFIED,
+                ipv4: None,
+                ipv6: None,
                 flags: want.flags | EndpointValue::HOST,
                 policy_set: place.id,
                 policy_gen: place.gen,
@@ -456,7 +474,7 @@ impl Enforcer {
             }
         };
         for ip in self.host_ips.difference(&now) {
-            if !store.endpoints.values().any(|e| e.ipv4 == *ip) {
+            if !store.endpoints.values().any(|e| e.has_ip(*ip)) {
                 self.dp.ipcache_delete(*ip)?;
             }
         }

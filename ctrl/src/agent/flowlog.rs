@@ -5,7 +5,7 @@
 //! which `palisade observe` reads directly.
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -29,7 +29,7 @@ use crate::agent::{compile::RuleRef, enforcer::HOST_EP_ID, state::Store};
 #[derive(Default)]
 pub struct Names {
     by_ep_id: HashMap<u32, Endpoint>,
-    by_ip: HashMap<Ipv4Addr, Endpoint>,
+    by_ip: HashMap<IpAddr, Endpoint>,
     identity_labels: HashMap<u32, Vec<String>>,
     cookies: HashMap<u32, RuleRef>,
 }
@@ -49,7 +49,9 @@ impl Names {
                 pod_name: e.pod.clone(),
                 labels: labels_vec(&e.labels),
             };
-            n.by_ip.insert(e.ipv4, ep.clone());
+            for ip in e.addrs().iter() {
+                n.by_ip.insert(ip, ep.clone());
+            }
             n.by_ep_id.insert(e.ep_id, ep);
         }
         n.by_ep_id.insert(
@@ -63,7 +65,7 @@ impl Names {
         n
     }
 
-    fn peer(&self, ip: Ipv4Addr, identity: u32) -> Endpoint {
+    fn peer(&self, ip: IpAddr, identity: u32) -> Endpoint {
         if let Some(e) = self.by_ip.get(&ip) {
             return e.clone();
         }
@@ -80,6 +82,7 @@ impl Names {
             17 => L4::Udp { source_port: e.sport, destination_port: e.dport },
             132 => L4::Sctp { source_port: e.sport, destination_port: e.dport },
             1 => L4::Icmpv4 { icmp_type: e.dport as u8 },
+            58 => L4::Icmpv6 { icmp_type: e.dport as u8 },
             p => L4::Other { protocol: p },
         };
         let policies = self
@@ -108,7 +111,11 @@ impl Names {
             traffic_direction: if ingress { "INGRESS" } else { "EGRESS" }.into(),
             source: src,
             destination: dst,
-            ip: Ip { source: e.saddr.to_string(), destination: e.daddr.to_string(), ip_version: "IPv4".into() },
+            ip: Ip {
+                source: e.saddr.to_string(),
+                destination: e.daddr.to_string(),
+                ip_version: palisade_flow::schema::ip_version(&e.saddr).into(),
+            },
             l4,
             policies,
             node_name: String::new(),

@@ -112,6 +112,8 @@ struct Snapshot {
     maps: Vec<(&'static str, u64, u64)>,
     flows_lost: u64,
     flows_suppressed: u64,
+    /// IPv6 extension headers walked, by kind.
+    ip6_exthdrs: Vec<(&'static str, u64)>,
 }
 
 /// Histogram bucket upper bounds, seconds.
@@ -128,6 +130,7 @@ impl Snapshot {
         s.maps = stats.fill();
         s.policy_entries = s.maps.iter().find(|m| m.0 == palisade_bpf::pins::POLICY).map_or(0, |m| m.1 as i64);
         (s.flows_lost, s.flows_suppressed) = stats.flow_stats()?;
+        s.ip6_exthdrs = stats.ip6_exthdrs()?;
         Ok(s)
     }
 }
@@ -168,6 +171,7 @@ impl Collector for Hubble {
 struct Own {
     flows_lost: u64,
     flows_suppressed: u64,
+    ip6_exthdrs: Vec<(&'static str, u64)>,
     /// Cluster mode: 1 while etcd is not the cluster this node joined.
     cluster_id_mismatch: Option<i64>,
 }
@@ -186,6 +190,17 @@ impl Collector for Own {
             None,
             MetricType::Counter,
         )?)?;
+        {
+            let mut m = enc.encode_descriptor(
+                "ipv6_extension_headers",
+                "IPv6 extension headers the datapath's parser walked, by kind (docs/datapath.md)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in &self.ip6_exthdrs {
+                ConstCounter::new(*n).encode(m.encode_family(&[("kind", *kind)])?)?;
+            }
+        }
         if let Some(v) = self.cluster_id_mismatch {
             ConstGauge::new(v).encode(enc.encode_descriptor(
                 "cluster_id_mismatch",
@@ -273,8 +288,12 @@ impl Collector for Snapshot {
 /// it), the flow thread's counts.
 pub fn render(agent: AgentSide, stats: &MapStats, flows: &Arc<Mutex<FlowCounts>>) -> Result<String> {
     let snap = Snapshot::take(agent, stats)?;
-    let own =
-        Own { flows_lost: snap.flows_lost, flows_suppressed: snap.flows_suppressed, cluster_id_mismatch: snap.agent.cluster_id_mismatch };
+    let own = Own {
+        flows_lost: snap.flows_lost,
+        flows_suppressed: snap.flows_suppressed,
+        ip6_exthdrs: snap.ip6_exthdrs.clone(),
+        cluster_id_mismatch: snap.agent.cluster_id_mismatch,
+    };
     let mut reg = Registry::with_prefix("cilium");
     reg.register_collector(Box::new(snap));
     let mut out = String::new();

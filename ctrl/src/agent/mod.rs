@@ -56,6 +56,12 @@ pub struct Args {
     /// Pod CIDR to allocate endpoint addresses from (IPv4, prefix 8 to 30).
     #[arg(long, env = "PALISADE_POD_CIDR", default_value = "10.200.0.0/16", value_parser = parse_pod_cidr)]
     pub pod_cidr: ipnet::Ipv4Net,
+    /// IPv6 pod CIDR (prefix 64 to 120, e.g. fd00:10:200::/64). Set, the
+    /// node forwards IPv6 and endpoints are dual-stack unless `endpoint add
+    /// --ip-family` says otherwise; unset (the default), endpoints are
+    /// IPv4-only unless given `--ip6`.
+    #[arg(long, env = "PALISADE_POD_CIDR6", value_parser = parse_pod_cidr6)]
+    pub pod_cidr6: Option<ipnet::Ipv6Net>,
     /// Kubernetes NetworkPolicy `ipBlock`s also select pods whose address
     /// is inside them (and not in an `except`), as the upstream
     /// NetworkPolicy e2e suite, Calico and iptables-based plugins have it.
@@ -176,6 +182,19 @@ pub fn parse_cluster_name(s: &str) -> Result<String, String> {
     }
 }
 
+/// An IPv6 CIDR with a prefix of 64 to 120, host bits clear.
+pub fn parse_pod_cidr6(s: &str) -> Result<ipnet::Ipv6Net, String> {
+    let bad = || format!("{s:?}: expected an IPv6 CIDR such as fd00:10:200::/64 (prefix 64 to 120)");
+    let net: ipnet::Ipv6Net = s.parse().map_err(|_| bad())?;
+    if !(64..=120).contains(&net.prefix_len()) {
+        return Err(bad());
+    }
+    if net.trunc() != net {
+        return Err(format!("{s:?} has host bits set (did you mean {}?)", net.trunc()));
+    }
+    Ok(net)
+}
+
 pub fn parse_pod_cidr(s: &str) -> Result<ipnet::Ipv4Net, String> {
     let bad = || format!("{s:?}: expected an IPv4 CIDR such as 10.200.0.0/16 (prefix 8 to 30)");
     let net: ipnet::Ipv4Net = s.parse().map_err(|_| bad())?;
@@ -266,6 +285,7 @@ pub fn run(a: Args) -> Result<()> {
         state_dir: state_dir.clone(),
         socket: socket.clone(),
         pod_cidr: a.pod_cidr,
+        pod_cidr6: a.pod_cidr6,
         cluster_name: a.cluster_name.clone(),
         datapath: dp,
         enforcement: EnforcerConfig {
@@ -325,25 +345,28 @@ pub fn run(a: Args) -> Result<()> {
         // the operator must hear of it: a flow evicted while idle loses
         // what it was admitted on. cilium_bpf_map_pressure has the ratio.
         std::thread::Builder::new().name("ct-gc".into()).spawn(move || {
-            let mut full = false;
+            // Per map (IPv4, IPv6): each fills on its own.
+            let mut full = [false; 2];
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(every));
                 match palisade_bpf::conntrack_gc(&dir, tcp, other) {
-                    Ok(s) => {
-                        if s.removed > 0 {
-                            tracing::debug!(removed = s.removed, live = s.live, "conntrack sweep");
+                    Ok(sweeps) => {
+                        for (s, full) in sweeps.iter().zip(full.iter_mut()) {
+                            if s.removed > 0 {
+                                tracing::debug!(map = s.map, removed = s.removed, live = s.live, "conntrack sweep");
+                            }
+                            if !*full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL {
+                                tracing::warn!(
+                                    map = s.map,
+                                    entries = s.live,
+                                    max = s.max,
+                                    "the conntrack map is nearly full: new flows evict the least recently used ones (an evicted flow is judged by policy again); raise --ct-map-size"
+                                );
+                            } else if *full && s.fill() < palisade_bpf::pinned::CtSweep::FULL * 0.8 {
+                                tracing::info!(map = s.map, entries = s.live, max = s.max, "the conntrack map has room again");
+                            }
+                            *full = s.fill() >= palisade_bpf::pinned::CtSweep::FULL || (*full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL * 0.8);
                         }
-                        if !full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL {
-                            tracing::warn!(
-                                map = palisade_bpf::pins::CT,
-                                entries = s.live,
-                                max = s.max,
-                                "the conntrack map is nearly full: new flows evict the least recently used ones (an evicted flow is judged by policy again); raise --ct-map-size"
-                            );
-                        } else if full && s.fill() < palisade_bpf::pinned::CtSweep::FULL * 0.8 {
-                            tracing::info!(map = palisade_bpf::pins::CT, entries = s.live, max = s.max, "the conntrack map has room again");
-                        }
-                        full = s.fill() >= palisade_bpf::pinned::CtSweep::FULL || (full && s.fill() >= palisade_bpf::pinned::CtSweep::FULL * 0.8);
                     }
                     Err(e) => tracing::warn!("conntrack sweep: {e:#}"),
                 }
@@ -410,6 +433,9 @@ mod tests {
         for (flag, value, says) in [
             ("--pod-cidr", "10.0.0.0/31", "prefix 8 to 30"),
             ("--pod-cidr", "nonsense", "expected an IPv4 CIDR"),
+            ("--pod-cidr6", "fd00::/48", "prefix 64 to 120"),
+            ("--pod-cidr6", "10.0.0.0/24", "expected an IPv6 CIDR"),
+            ("--pod-cidr6", "fd00::1/64", "has host bits set (did you mean fd00::/64?)"),
             ("--attach-mode", "xdp", "possible values: auto, tcx, clsact"),
             ("--enforcement-mode", "strict", "possible values: default, always, never"),
             ("--metrics-address", "9962", "expected IP:PORT"),

@@ -152,7 +152,9 @@ pub fn snapshot_reusing<'e>(
         if !recompute(ep.ep_id) {
             if let Some(b) = before
                 .get(&ep.ep_id)
-                .filter(|b| b.name == ep.name && b.ipv4 == ep.ipv4.octets() && b.identity == ep.identity && b.audit == audit(ep))
+                .filter(|b| {
+                    b.name == ep.name && (b.ipv4, b.ipv6) == snap_addrs(ep) && b.identity == ep.identity && b.audit == audit(ep)
+                })
             {
                 out.endpoints.push((*b).clone());
                 continue;
@@ -165,7 +167,8 @@ pub fn snapshot_reusing<'e>(
         out.endpoints.push(SnapEndpoint {
             ep_id: ep.ep_id,
             name: ep.name.clone(),
-            ipv4: ep.ipv4.octets(),
+            ipv4: snap_addrs(ep).0,
+            ipv6: snap_addrs(ep).1,
             identity: ep.identity,
             audit: audit(ep),
             dns,
@@ -206,4 +209,9 @@ impl Writer {
         self.last = Some(snap);
         Ok(())
     }
+}
+
+/// An endpoint's addresses as the snapshot holds them (zero octets: none).
+fn snap_addrs(ep: &Endpoint) -> ([u8; 4], [u8; 16]) {
+    (ep.ipv4.map_or([0; 4], |a| a.octets()), ep.ipv6.map_or([0; 16], |a| a.octets()))
 }

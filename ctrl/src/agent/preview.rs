@@ -3,7 +3,7 @@
 //! lists the flows whose verdict would change. Compiles the endpoints each
 //! flow touches both ways, with the candidate's CIDRs given identities in a
 //! scratch copy of the allocator.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use anyhow::Result;
 use palisade_bpf::EndpointValue;
@@ -51,6 +51,7 @@ pub fn preview(store: &Store, mode: EnforcementMode, file: &str, text: &str, flo
             palisade_flow::L4::Udp { destination_port, .. } => (17, *destination_port),
             palisade_flow::L4::Sctp { destination_port, .. } => (132, *destination_port),
             palisade_flow::L4::Icmpv4 { icmp_type } => (1, u16::from(*icmp_type)),
+            palisade_flow::L4::Icmpv6 { icmp_type } => (58, u16::from(*icmp_type)),
             palisade_flow::L4::Other { .. } => continue,
         };
         // Peers outside the pods are re-resolved by address, so CIDRs
@@ -59,12 +60,9 @@ pub fn preview(store: &Store, mode: EnforcementMode, file: &str, text: &str, flo
             if !peer.pod_name.is_empty() || peer.identity == palisade_bpf::identity::HOST {
                 return peer.identity;
             }
-            let Ok(ip) = peer_ip.parse::<Ipv4Addr>() else { return peer.identity };
-            ids.cidrs()
-                .into_iter()
-                .filter(|(_, c)| c.contains_ip(ip))
-                .max_by_key(|(_, c)| c.len)
-                .map_or(palisade_bpf::identity::WORLD, |(id, _)| id)
+            let Ok(ip) = peer_ip.parse::<IpAddr>() else { return peer.identity };
+            let world = if ip.is_ipv6() { palisade_bpf::identity::WORLD_IPV6 } else { palisade_bpf::identity::WORLD };
+            ids.cidrs().into_iter().filter(|(_, c)| c.contains_ip(ip)).max_by_key(|(_, c)| c.len).map_or(world, |(id, _)| id)
         };
         replayed += 1;
         let dir = if ingress { palisade_bpf::DIR_INGRESS } else { palisade_bpf::DIR_EGRESS };

@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -22,7 +22,12 @@ pub struct Endpoint {
     pub namespace: String,
     pub pod: String,
     pub netns: String,
-    pub ipv4: Ipv4Addr,
+    /// The IPv4 address; `None` for an IPv6-only endpoint. (The field
+    /// predates dual stack: state files of earlier versions hold a string.)
+    pub ipv4: Option<Ipv4Addr>,
+    /// The IPv6 address; `None` for an IPv4-only endpoint.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     /// Labels as given by the operator (without the namespace label).
     pub user_labels: BTreeMap<String, String>,
     pub labels: Labels,
@@ -38,6 +43,18 @@ pub struct Endpoint {
     /// Per-endpoint PolicyAuditMode; `None` follows the node's.
     #[serde(default)]
     pub audit: Option<bool>,
+}
+
+impl Endpoint {
+    /// Every address of the endpoint (IPv4 first).
+    pub fn addrs(&self) -> palisade_netplumb::Addrs {
+        palisade_netplumb::Addrs { v4: self.ipv4, v6: self.ipv6 }
+    }
+
+    /// Whether `ip` is one of the endpoint's addresses.
+    pub fn has_ip(&self, ip: std::net::IpAddr) -> bool {
+        self.addrs().contains(ip)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -407,7 +424,8 @@ mod tests {
             namespace: "shop".into(),
             pod: "web".into(),
             netns: "n".into(),
-            ipv4: "10.200.0.2".parse().unwrap(),
+            ipv4: Some("10.200.0.2".parse().unwrap()),
+            ipv6: None,
             user_labels: BTreeMap::new(),
             labels,
             identity: id,

@@ -3,6 +3,8 @@
 //! each endpoint, its live flags, the ipcache and the FQDN table) with the
 //! same lookup the datapath does ([`compile::verdict`]), so the answer is
 //! what the packet meets, not what the policy was meant to say.
+use std::net::IpAddr;
+
 use anyhow::{bail, Context, Result};
 use palisade_bpf::{EndpointValue, PolicyKey, DIR_EGRESS, DIR_INGRESS};
 
@@ -22,40 +24,59 @@ struct Party<'a> {
     name: String,
     identity: u32,
     endpoint: Option<&'a Endpoint>,
-    /// The address, when the party was named by one.
-    ip: Option<std::net::Ipv4Addr>,
+    /// The address: the one the party was named by, or the endpoint's of
+    /// the trace's family.
+    ip: Option<IpAddr>,
 }
 
-fn party<'a>(v: &View<'a>, s: &str) -> Result<Party<'a>> {
-    let (store, dp) = (v.store, v.enforcer.datapath());
-    if let Ok(ip) = s.parse::<std::net::Ipv4Addr>() {
-        if let Some(ep) = store.endpoints.values().find(|e| e.ipv4 == ip) {
+/// The datapath's identity of an address outside the endpoints: exact host
+/// entry, else longest prefix, else world of its family.
+fn address_identity(v: &View<'_>, ip: IpAddr) -> Result<u32> {
+    let dp = v.enforcer.datapath();
+    Ok(match dp.ipcache()?.into_iter().find(|(a, _)| *a == ip) {
+        Some((_, e)) => e.identity,
+        None => cidr_identity(v, ip)?,
+    })
+}
+
+/// The identity of the longest prefix holding `ip` (the datapath's CIDR
+/// lookup), else world of its family.
+fn cidr_identity(v: &View<'_>, ip: IpAddr) -> Result<u32> {
+    use palisade_bpf::identity as id;
+    Ok(v.enforcer
+        .datapath()
+        .ipcache_prefixes()?
+        .into_iter()
+        .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
+        .max_by_key(|(_, len, _)| *len)
+        .map_or(if ip.is_ipv6() { id::WORLD_IPV6 } else { id::WORLD }, |(_, _, e)| e.identity))
+}
+
+fn party<'a>(v: &View<'a>, s: &str, v6: bool) -> Result<Party<'a>> {
+    let store = v.store;
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        if let Some(ep) = store.endpoints.values().find(|e| e.has_ip(ip)) {
             return Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ip) });
         }
-        // The datapath's lookup: exact host entry, else longest prefix, else world.
-        let identity = match dp.ipcache()?.into_iter().find(|(a, _)| *a == ip) {
-            Some((_, v)) => v.identity,
-            None => dp
-                .ipcache_prefixes()?
-                .into_iter()
-                .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
-                .max_by_key(|(_, len, _)| *len)
-                .map(|(_, _, v)| v.identity)
-                .unwrap_or(palisade_bpf::identity::WORLD),
-        };
+        let identity = address_identity(v, ip)?;
         let what = store.identities.get(identity).map(|l| l.to_string()).unwrap_or_default();
         return Ok(Party { name: format!("{ip} ({what})"), identity, endpoint: None, ip: Some(ip) });
     }
     let ep = store.endpoint(s)?;
-    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip: Some(ep.ipv4) })
+    let (a4, a6) = (ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6));
+    let ip = if v6 { a6.or(a4) } else { a4.or(a6) };
+    Ok(Party { name: ep.name.clone(), identity: ep.identity, endpoint: Some(ep), ip })
 }
 
 /// Which rule decides a connection, from the entries the datapath holds
 /// (and, for egress to a learned address, the FQDN table).
 pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16, http: Option<&HttpProbe>) -> Result<replies::Trace> {
     let store = v.store;
-    let s = party(v, src)?;
-    let t = party(v, dst)?;
+    // The family of the traced flow: IPv6 when either side is named by an
+    // IPv6 address, else IPv4 (an endpoint without one then uses IPv6).
+    let v6 = [src, dst].iter().any(|x| x.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()));
+    let s = party(v, src, v6)?;
+    let t = party(v, dst, v6)?;
     if s.endpoint.is_none() && t.endpoint.is_none() {
         bail!("neither {src} nor {dst} is an endpoint of this node: nothing here enforces between them");
     }
@@ -93,14 +114,7 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16, http: Op
         let mut by_block = None;
         if verdict == Verdict::DefaultDeny && flags & EndpointValue::IPBLOCK_PODS != 0 && peer.endpoint.is_some() {
             if let Some(ip) = peer.ip {
-                let cidr_id = v
-                    .enforcer
-                    .datapath()
-                    .ipcache_prefixes()?
-                    .into_iter()
-                    .filter(|(net, len, _)| palisade_policy::Cidr { net: *net, len: *len }.contains_ip(ip))
-                    .max_by_key(|(_, len, _)| *len)
-                    .map_or(palisade_bpf::identity::WORLD, |(_, _, e)| e.identity);
+                let cidr_id = cidr_identity(v, ip)?;
                 if let v2 @ Verdict::Allowed { key, .. } = compile::verdict(&entries, enforced, cidr_id, dir, proto, dport) {
                     if entries.get(&key).is_some_and(|e| e.pods) {
                         verdict = v2;
@@ -179,12 +193,12 @@ pub fn trace(v: &View<'_>, src: &str, dst: &str, proto: u8, dport: u16, http: Op
 
 /// The FQDN table's answer for one egress flow (longest prefix, as the
 /// datapath's LPM lookup).
-fn fqdn_lookup(v: &View<'_>, ep_id: u32, ip: std::net::Ipv4Addr, proto: u8, port: u16) -> Option<u32> {
+fn fqdn_lookup(v: &View<'_>, ep_id: u32, ip: IpAddr, proto: u8, port: u16) -> Option<u32> {
     let map = palisade_bpf::fqdn::FqdnMap::open(v.enforcer.datapath().bpf_dir()).ok()?;
     map.dump()
         .ok()?
         .into_iter()
-        .filter(|(k, _, expires)| k.ep_id == ep_id && k.addr == std::net::IpAddr::V4(ip) && *expires > palisade_bpf::monotonic_ns())
+        .filter(|(k, _, expires)| k.ep_id == ep_id && k.addr == ip && *expires > palisade_bpf::monotonic_ns())
         .filter(|(k, _, _)| match k.proto {
             None => true,
             Some(p) => {

@@ -16,7 +16,12 @@ pub struct Endpoint {
     pub id: u32,
     pub identity: u32,
     pub labels: Vec<String>,
+    /// The IPv4 address ("" for an IPv6-only endpoint).
     pub ipv4: String,
+    /// The IPv6 address ("" for an IPv4-only endpoint).
+    #[serde(default)]
+    pub ipv6: String,
+    /// Every address, IPv4 first.
     pub addresses: Vec<String>,
     pub netns: String,
     pub interface: String,

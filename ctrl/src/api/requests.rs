@@ -1,7 +1,10 @@
 //! One struct per API verb, as the CLI sends it. On the wire a request is
 //! its fields plus `"op"`, the verb's kebab-case name
 //! (`{"op":"endpoint-add","name":"shop/frontend",...}`).
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -58,6 +61,15 @@ macro_rules! verbs {
     };
 }
 
+/// The address families of an endpoint (`endpoint add --ip-family`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+    Dual,
+}
+
 verbs! {
     /// Agent and datapath status, with verdict counters.
     Status {} => replies::Status;
@@ -66,6 +78,13 @@ verbs! {
         pub name: String,
         pub netns: String,
         pub ip: Option<Ipv4Addr>,
+        /// The IPv6 address (absent: allocated if the family asks for one).
+        #[serde(default)]
+        pub ip6: Option<Ipv6Addr>,
+        /// Which families to give the endpoint (absent: IPv4, and IPv6
+        /// too when the node has an IPv6 pod CIDR).
+        #[serde(default)]
+        pub family: Option<IpFamily>,
         pub labels: BTreeMap<String, String>,
         #[serde(default)]
         pub ports: NamedPorts,

@@ -61,8 +61,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Status => status(c),
         Cmd::Endpoint(e) => match e {
-            EndpointCmd::Add { name, netns, ip, labels, ports, service_account } => {
-                endpoint_add(c, name, netns, ip, &labels, &ports, service_account)
+            EndpointCmd::Add { name, netns, ip, ip6, ip_family, labels, ports, service_account } => {
+                endpoint_add(c, name, netns, (ip, ip6, ip_family), &labels, &ports, service_account)
             }
             EndpointCmd::Label { name, changes } => endpoint_label(c, name, &changes),
             EndpointCmd::Delete { name } => endpoint_delete(c, name),
@@ -204,7 +204,7 @@ fn endpoint_add(
     c: &Ctx,
     name: String,
     netns: String,
-    ip: Option<std::net::Ipv4Addr>,
+    (ip, ip6, family): (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>, Option<req::IpFamily>),
     labels: &str,
     ports: &[String],
     service_account: Option<String>,
@@ -216,9 +216,17 @@ fn endpoint_add(
         labels.insert(palisade_policy::labels::SERVICE_ACCOUNT_LABEL.to_string(), sa);
     }
     let ports = ports.iter().map(|p| parse_named_port(p)).collect::<Result<_>>()?;
-    let v = c.call(req::EndpointAdd { name, netns, ip, labels, ports })?;
+    let v = c.call(req::EndpointAdd { name, netns, ip, ip6, family, labels, ports })?;
     c.print(&v, |v| {
-        format!("endpoint {} created: id {}, identity {}, {} on {} (netns {})\n", v.name, v.id, v.identity, v.ipv4, v.interface, v.netns)
+        format!(
+            "endpoint {} created: id {}, identity {}, {} on {} (netns {})\n",
+            v.name,
+            v.id,
+            v.identity,
+            v.addresses.join(", "),
+            v.interface,
+            v.netns
+        )
     })
 }
 

@@ -167,6 +167,14 @@ pub enum EndpointCmd {
         /// IPv4 address; allocated from the node's pod CIDR when omitted.
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
+        /// IPv6 address; allocated from the node's IPv6 pod CIDR
+        /// (palisade-ctrl --pod-cidr6) when omitted and the family asks for one.
+        #[arg(long)]
+        ip6: Option<std::net::Ipv6Addr>,
+        /// Address families: ipv4, ipv6 or dual. Default: dual when the
+        /// node has an IPv6 pod CIDR, else ipv4 (plus IPv6 if --ip6 is given).
+        #[arg(long, value_enum)]
+        ip_family: Option<crate::api::requests::IpFamily>,
         /// Labels, e.g. app=frontend,tier=web.
         #[arg(long, default_value = "")]
         labels: String,

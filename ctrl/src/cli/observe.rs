@@ -385,6 +385,7 @@ fn summary(f: &Flow) -> String {
     let mut summary = match &f.l4 {
         palisade_flow::L4::Tcp { flags, .. } => format!("TCP {}", flags.join(",")),
         palisade_flow::L4::Icmpv4 { icmp_type } => format!("ICMPv4 type {icmp_type}"),
+        palisade_flow::L4::Icmpv6 { icmp_type } => format!("ICMPv6 type {icmp_type}"),
         l => l.protocol_name().to_uppercase(),
     };
     if let Some(d) = f.l7.as_ref().and_then(|l| l.dns.as_ref()) {

@@ -38,13 +38,13 @@ pub fn table(head: &[&str], rows: impl Iterator<Item = Vec<String>>) -> String {
 
 pub fn endpoints(v: &[replies::Endpoint]) -> String {
     table(
-        &["ENDPOINT", "ID", "IDENTITY", "IPV4", "INGRESS-ENFORCEMENT", "EGRESS-ENFORCEMENT", "STATE", "LABELS"],
+        &["ENDPOINT", "ID", "IDENTITY", "ADDRESSES", "INGRESS-ENFORCEMENT", "EGRESS-ENFORCEMENT", "STATE", "LABELS"],
         v.iter().map(|e| {
             vec![
                 e.name.clone(),
                 e.id.to_string(),
                 e.identity.to_string(),
-                e.ipv4.clone(),
+                e.addresses.join(","),
                 e.policy.ingress.clone(),
                 e.policy.egress.clone(),
                 e.state.clone(),

@@ -29,6 +29,7 @@ enum Peer {
 enum Port {
     L4(&'static str, u16),
     Icmp(u8),
+    Icmpv6(u8),
 }
 
 fn peer_of(e: &palisade_flow::Endpoint, ip: &str) -> Option<Peer> {
@@ -39,8 +40,12 @@ fn peer_of(e: &palisade_flow::Endpoint, ip: &str) -> Option<Peer> {
     if e.labels.iter().any(|l| l == "reserved:host") {
         return Some(Peer::Entity("host"));
     }
-    if e.labels.iter().any(|l| l.starts_with("reserved:world") || l.starts_with("cidr:")) || e.identity == 2 {
-        return Some(Peer::Cidr(format!("{ip}/32")));
+    if e.labels.iter().any(|l| l.starts_with("reserved:world") || l.starts_with("cidr:"))
+        || e.identity == palisade_bpf::identity::WORLD
+        || e.identity == palisade_bpf::identity::WORLD_IPV6
+    {
+        let len = if ip.contains(':') { 128 } else { 32 };
+        return Some(Peer::Cidr(format!("{ip}/{len}")));
     }
     None
 }
@@ -51,6 +56,7 @@ fn port_of(l4: &L4) -> Option<Port> {
         L4::Udp { destination_port, .. } => Some(Port::L4("UDP", *destination_port)),
         L4::Sctp { destination_port, .. } => Some(Port::L4("SCTP", *destination_port)),
         L4::Icmpv4 { icmp_type } => Some(Port::Icmp(*icmp_type)),
+        L4::Icmpv6 { icmp_type } => Some(Port::Icmpv6(*icmp_type)),
         L4::Other { .. } => None,
     }
 }
@@ -120,10 +126,17 @@ fn rule(p: &Peer, ports: &BTreeSet<Port>, my_ns: &str, ingress: bool) -> Value {
         .iter()
         .filter_map(|p| match p {
             Port::L4(proto, port) => Some(json!({ "port": port.to_string(), "protocol": proto })),
-            Port::Icmp(_) => None,
+            Port::Icmp(_) | Port::Icmpv6(_) => None,
         })
         .collect();
-    let icmp: Vec<Value> = ports.iter().filter_map(|p| if let Port::Icmp(t) = p { Some(json!({ "type": t })) } else { None }).collect();
+    let icmp: Vec<Value> = ports
+        .iter()
+        .filter_map(|p| match p {
+            Port::Icmp(t) => Some(json!({ "type": t })),
+            Port::Icmpv6(t) => Some(json!({ "type": t, "family": "IPv6" })),
+            Port::L4(..) => None,
+        })
+        .collect();
     if !l4.is_empty() {
         r["toPorts"] = json!([{ "ports": l4 }]);
     } else if !icmp.is_empty() {

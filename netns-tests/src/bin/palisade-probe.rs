@@ -24,7 +24,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Echo server on the given TCP and UDP ports (0.0.0.0), until killed.
+    /// Echo server on the given TCP and UDP ports ([::] for both families,
+    /// or 0.0.0.0 where the pod has no IPv6), until killed.
     Serve {
         #[arg(long)]
         tcp: Vec<u16>,
@@ -81,6 +82,9 @@ enum Cmd {
         /// Attempts per query (a resolver's retries) before a round fails.
         #[arg(long, default_value_t = 1)]
         tries: u32,
+        /// Ask for AAAA records instead of A (`--connect` then dials IPv6).
+        #[arg(long)]
+        aaaa: bool,
     },
     /// A new TCP connection to ADDR every INTERVAL_MS for DURATION_MS, each
     /// one echo round trip (or, with --http-path, one HTTP/1.1 GET answered
@@ -135,7 +139,7 @@ fn main() {
         Cmd::Loop { addr, duration_ms, interval_ms, timeout_ms, http_path, source_port } => {
             connect_loop(addr, duration_ms, interval_ms, Duration::from_millis(timeout_ms), http_path.as_deref(), source_port)
         }
-        Cmd::Resolve { server, name, tcp, connect, timeout_ms, count, interval_ms, tries } => {
+        Cmd::Resolve { server, name, tcp, connect, timeout_ms, count, interval_ms, tries, aaaa } => {
             let t = Duration::from_millis(timeout_ms);
             let mut failed = 0;
             for i in 0..count {
@@ -143,9 +147,9 @@ fn main() {
                     std::thread::sleep(Duration::from_millis(interval_ms));
                 }
                 let r = (0..tries.max(1))
-                    .map(|_| resolve_once(server, &name, tcp, t))
+                    .map(|_| resolve_once(server, &name, tcp, aaaa, t))
                     .find(|r| r.is_ok())
-                    .unwrap_or_else(|| resolve_once(server, &name, tcp, t));
+                    .unwrap_or_else(|| resolve_once(server, &name, tcp, aaaa, t));
                 let (rcode, addrs, err) = match r {
                     Ok((rc, a)) => (rc, a, String::new()),
                     Err(e) => ("TIMEOUT".to_string(), vec![], e.to_string()),
@@ -168,10 +172,23 @@ fn main() {
     std::process::exit(code);
 }
 
+/// The unspecified address of `addr`'s family, port `port`: what a
+/// client socket binds.
+fn any_of(addr: &SocketAddr, port: u16) -> SocketAddr {
+    let ip: std::net::IpAddr = if addr.is_ipv6() { std::net::Ipv6Addr::UNSPECIFIED.into() } else { std::net::Ipv4Addr::UNSPECIFIED.into() };
+    SocketAddr::new(ip, port)
+}
+
+/// Where a server listens: [::] taking both families (IPv4 as mapped
+/// addresses), or 0.0.0.0 where the pod has no IPv6.
+fn serve_addr(port: u16) -> [SocketAddr; 2] {
+    [SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port), SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port)]
+}
+
 fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
     let mut threads = Vec::new();
     for port in tcp {
-        let l = match TcpListener::bind(("0.0.0.0", port)) {
+        let l = match TcpListener::bind(&serve_addr(port)[..]) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("tcp port {port}: {e}");
@@ -193,7 +210,7 @@ fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
         }));
     }
     for port in udp {
-        let s = match UdpSocket::bind(("0.0.0.0", port)) {
+        let s = match UdpSocket::bind(&serve_addr(port)[..]) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("udp port {port}: {e}");
@@ -219,9 +236,9 @@ fn serve(tcp: Vec<u16>, udp: Vec<u16>) -> i32 {
 /// line came back.
 fn connect_from(addr: SocketAddr, source_port: Option<u16>, t: Duration) -> std::io::Result<TcpStream> {
     let Some(port) = source_port else { return TcpStream::connect_timeout(&addr, t) };
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
-    sock.bind(&SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port).into())?;
+    sock.bind(&any_of(&addr, port).into())?;
     sock.connect_timeout(&addr.into(), t)?;
     Ok(sock.into())
 }
@@ -294,7 +311,7 @@ fn tcp_round_trip(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration)
     let mut s = match bind {
         None => TcpStream::connect_timeout(&addr, t)?,
         Some(ip) => {
-            let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
             sock.bind(&SocketAddr::new(ip, 0).into())?;
             sock.connect_timeout(&addr.into(), t)?;
             sock.into()
@@ -320,7 +337,7 @@ fn tcp_once(addr: SocketAddr, bind: Option<std::net::IpAddr>, t: Duration) -> i3
 
 fn udp_once(addr: SocketAddr, source_port: u16, t: Duration) -> i32 {
     let r = (|| -> std::io::Result<bool> {
-        let s = UdpSocket::bind(("0.0.0.0", source_port))?;
+        let s = UdpSocket::bind(any_of(&addr, source_port))?;
         s.set_read_timeout(Some(t))?;
         s.send_to(b"palisade-probe", addr)?;
         let mut buf = [0u8; 64];
@@ -349,7 +366,7 @@ fn send(addr: SocketAddr, file: &std::path::Path, udp: bool, t: Duration) -> i32
     let mut error = String::new();
     if udp {
         let r = (|| -> std::io::Result<()> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(any_of(&addr, 0))?;
             s.set_read_timeout(Some(t))?;
             s.send_to(&bytes, addr)?;
             let mut buf = vec![0u8; 65536];
@@ -393,11 +410,11 @@ fn send(addr: SocketAddr, file: &std::path::Path, udp: bool, t: Duration) -> i32
 }
 
 fn flood(addr: SocketAddr, count: u32, new_flows: bool) -> i32 {
-    let Ok(mut s) = UdpSocket::bind("0.0.0.0:0") else { return 2 };
+    let Ok(mut s) = UdpSocket::bind(any_of(&addr, 0)) else { return 2 };
     let mut sent = 0u32;
     for _ in 0..count {
         if new_flows {
-            let Ok(n) = UdpSocket::bind("0.0.0.0:0") else { continue };
+            let Ok(n) = UdpSocket::bind(any_of(&addr, 0)) else { continue };
             s = n;
         }
         if s.send_to(b"flood", addr).is_ok() {
@@ -428,7 +445,7 @@ fn session(addr: SocketAddr, t: Duration) -> i32 {
 }
 
 /// One query; (rcode name, A/AAAA addresses of the answer).
-fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::io::Result<(String, Vec<std::net::IpAddr>)> {
+fn resolve_once(server: SocketAddr, name: &str, tcp: bool, aaaa: bool, t: Duration) -> std::io::Result<(String, Vec<std::net::IpAddr>)> {
     use hickory_proto::{
         op::{Message, MessageType, OpCode, Query},
         rr::{Name, RData, RecordType},
@@ -438,7 +455,8 @@ fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::
         ^ (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0) as u16);
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = true;
-    m.add_query(Query::query(Name::from_ascii(name).map_err(err)?, RecordType::A));
+    let qtype = if aaaa { RecordType::AAAA } else { RecordType::A };
+    m.add_query(Query::query(Name::from_ascii(name).map_err(err)?, qtype));
     let q = m.to_vec().map_err(err)?;
     let buf = if tcp {
         let mut s = TcpStream::connect_timeout(&server, t)?;
@@ -452,7 +470,7 @@ fn resolve_once(server: SocketAddr, name: &str, tcp: bool, t: Duration) -> std::
         s.read_exact(&mut b)?;
         b
     } else {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(any_of(&server, 0))?;
         s.set_read_timeout(Some(t))?;
         s.send_to(&q, server)?;
         let mut b = vec![0u8; 4096];

@@ -527,14 +527,17 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
         for (i, rule) in list.into_iter().enumerate() {
             for (j, f) in rule.fields.into_iter().enumerate() {
                 let p = format!("{path}.icmps[{i}].fields[{j}]");
-                match f.family.as_deref() {
-                    None | Some("IPv4") => {}
-                    Some("IPv6") => return Err((format!("{p}.family"), "IPv6 (ICMPv6) is not supported yet".into())),
+                let v6 = match f.family.as_deref() {
+                    None | Some("IPv4") => false,
+                    Some("IPv6") => true,
                     Some(o) => return Err((format!("{p}.family"), format!("{o:?} is not a family; expected IPv4 or IPv6"))),
-                }
-                let t = icmp_type(&f.icmp_type)
-                    .ok_or((format!("{p}.type"), "not an ICMPv4 type (0-255 or a name such as EchoRequest)".to_string()))?;
-                ports.push(PortRange::l4(Protocol::Icmp, u16::from(t), u16::from(t)));
+                };
+                let t = icmp_type(&f.icmp_type, v6).ok_or_else(|| {
+                    let what = if v6 { "an ICMPv6 type (0-255 or a name such as EchoRequest or NeighborSolicitation)" } else { "an ICMPv4 type (0-255 or a name such as EchoRequest)" };
+                    (format!("{p}.type"), format!("not {what}"))
+                })?;
+                let proto = if v6 { Protocol::Icmpv6 } else { Protocol::Icmp };
+                ports.push(PortRange::l4(proto, u16::from(t), u16::from(t)));
             }
         }
         if ports.is_empty() {
@@ -555,8 +558,37 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
     Ok(PeerRule { peers, ports, deny, path: path.to_string() })
 }
 
-/// ICMPv4 type by number or by Cilium's names.
-fn icmp_type(v: &StrOrNum) -> Option<u8> {
+/// ICMPv4 (or, with `v6`, ICMPv6) type by number or by Cilium's names.
+fn icmp_type(v: &StrOrNum, v6: bool) -> Option<u8> {
+    const NAMES_V6: &[(&str, u8)] = &[
+        ("DestinationUnreachable", 1),
+        ("PacketTooBig", 2),
+        ("TimeExceeded", 3),
+        ("ParameterProblem", 4),
+        ("EchoRequest", 128),
+        ("EchoReply", 129),
+        ("MulticastListenerQuery", 130),
+        ("MulticastListenerReport", 131),
+        ("MulticastListenerDone", 132),
+        ("RouterSolicitation", 133),
+        ("RouterAdvertisement", 134),
+        ("NeighborSolicitation", 135),
+        ("NeighborAdvertisement", 136),
+        ("RedirectMessage", 137),
+        ("RouterRenumbering", 138),
+        ("ICMPNodeInformationQuery", 139),
+        ("ICMPNodeInformationResponse", 140),
+        ("InverseNeighborDiscoverySolicitation", 141),
+        ("InverseNeighborDiscoveryAdvertisement", 142),
+        ("HomeAgentAddressDiscoveryRequest", 144),
+        ("HomeAgentAddressDiscoveryReply", 145),
+        ("MobilePrefixSolicitation", 146),
+        ("MobilePrefixAdvertisement", 147),
+        ("DuplicateAddressRequestCodeSuffix", 157),
+        ("DuplicateAddressConfirmationCodeSuffix", 158),
+        ("ExtendedEchoRequest", 160),
+        ("ExtendedEchoReply", 161),
+    ];
     const NAMES: &[(&str, u8)] = &[
         ("EchoReply", 0),
         ("DestinationUnreachable", 3),
@@ -573,8 +605,9 @@ fn icmp_type(v: &StrOrNum) -> Option<u8> {
         ("ExtendedEchoRequest", 42),
         ("ExtendedEchoReply", 43),
     ];
+    let names = if v6 { NAMES_V6 } else { NAMES };
     match v {
         StrOrNum::Num(n) => u8::try_from(*n).ok(),
-        StrOrNum::Str(s) => s.parse::<u8>().ok().or_else(|| NAMES.iter().find(|(n, _)| n == s).map(|(_, t)| *t)),
+        StrOrNum::Str(s) => s.parse::<u8>().ok().or_else(|| names.iter().find(|(n, _)| n == s).map(|(_, t)| *t)),
     }
 }

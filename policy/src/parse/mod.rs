@@ -292,6 +292,10 @@ pub(crate) fn cidr_with_except(path: &str, cidr_field: &str, cidr: &str, except:
     for (i, e) in except.iter().enumerate() {
         let p = format!("{path}.except[{i}]");
         let e = parse_cidr(&p, e)?;
+        if e.is_ipv6() != c.is_ipv6() {
+            let (fe, fc) = if e.is_ipv6() { ("IPv6", "IPv4") } else { ("IPv4", "IPv6") };
+            return Err((p, format!("{e} is an {fe} prefix inside the {fc} CIDR {c}: an exception must be of the CIDR's family")));
+        }
         if !c.contains(&e) || e == c {
             return Err((p, format!("{e} is not strictly inside {c}")));
         }
