@@ -147,7 +147,7 @@ pub fn run(sizes: &[usize], adds: usize) -> Result<Value> {
                     (p, Instant::now())
                 });
                 let deadline = t_start + Duration::from_secs(10);
-                while m2.get(ip).is_none() {
+                while m2.get(ip.into()).is_none() {
                     if Instant::now() > deadline {
                         bail!("node-2 never saw {ip}");
                     }

@@ -24,7 +24,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{self, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn, SockaddrIn6, SockaddrStorage};
 
 use crate::{
     installer::Learn,
@@ -216,28 +216,24 @@ impl Shared {
     }
 }
 
-/// A transparent socket of `bind`'s family (IPv6 ones IPv6-only).
-fn transparent(bind: SocketAddr, ty: socket::SockType) -> anyhow::Result<std::os::fd::OwnedFd> {
-    let family = if bind.is_ipv6() { socket::AddressFamily::Inet6 } else { socket::AddressFamily::Inet };
-    let fd = socket::socket(family, ty, socket::SockFlag::SOCK_CLOEXEC, None)?;
-    socket::setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+/// A transparent socket of `bind`'s family (IPv6 ones IPv6-only), bound.
+/// socket2 because nix has no IPV6_TRANSPARENT.
+fn transparent(bind: SocketAddr, ty: socket2::Type) -> anyhow::Result<std::os::fd::OwnedFd> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(bind), ty.cloexec(), None)?;
+    s.set_reuse_address(true)?;
     if bind.is_ipv6() {
-        socket::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
-        socket::setsockopt(&fd, sockopt::Ipv6Transparent, &true).context("IPV6_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+        s.set_only_v6(true)?;
+        s.set_ip_transparent_v6(true).context("IPV6_TRANSPARENT (needs CAP_NET_ADMIN)")?;
     } else {
-        socket::setsockopt(&fd, sockopt::IpTransparent, &true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+        s.set_ip_transparent_v4(true).context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
     }
-    let what = if ty == socket::SockType::Stream { "TCP" } else { "UDP" };
-    match bind {
-        SocketAddr::V4(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn::from(a)),
-        SocketAddr::V6(a) => socket::bind(fd.as_raw_fd(), &SockaddrIn6::from(a)),
-    }
-    .with_context(|| format!("binding {what} {bind}"))?;
-    Ok(fd)
+    let what = if ty == socket2::Type::STREAM { "TCP" } else { "UDP" };
+    s.bind(&bind.into()).with_context(|| format!("binding {what} {bind}"))?;
+    Ok(s.into())
 }
 
 fn transparent_udp(bind: SocketAddr) -> anyhow::Result<UdpSocket> {
-    Ok(UdpSocket::from(transparent(bind, socket::SockType::Datagram)?))
+    Ok(UdpSocket::from(transparent(bind, socket2::Type::DGRAM)?))
 }
 
 /// The proxy's listening address of a family: 127.0.0.1 or ::1 (where
@@ -462,7 +458,7 @@ fn write_msg(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
 
 /// The TCP listener of one family (127.0.0.1 or ::1).
 pub fn tcp_listener(port: u16, v6: bool) -> anyhow::Result<TcpListener> {
-    let fd = transparent(listen_addr(v6, port), socket::SockType::Stream)?;
+    let fd = transparent(listen_addr(v6, port), socket2::Type::STREAM)?;
     socket::listen(&fd, socket::Backlog::new(1024)?)?;
     Ok(TcpListener::from(fd))
 }

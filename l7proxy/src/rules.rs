@@ -304,7 +304,7 @@ impl Conn {
             egress: vec![],
         });
         let mut r = Rules::default();
-        r.by_ip.insert(server.ip, server);
+        r.by_ip.insert(server.ips[0], server);
         let lo = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
         Conn::new(&r, SocketAddr::new(lo, 0), SocketAddr::new(lo, 9), |_| 2)
     }
@@ -401,8 +401,8 @@ mod tests {
             vec![],
         );
         let client = ep("shop/web", [10, 0, 0, 1], 256, false, vec![], vec![http(3, None, 80, &[get("/a"), get("/c")])]);
-        rules.by_ip.insert(server.ip, server);
-        rules.by_ip.insert(client.ip, client);
+        rules.by_ip.insert(server.ips[0], server);
+        rules.by_ip.insert(client.ips[0], client);
         let c = Conn::new(&rules, "10.0.0.1:40000".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), |_| 2);
         assert_eq!(c.sides.len(), 2, "client egress and server ingress");
         assert_eq!(c.proto(), Ok(Some(Proto::Http)));
@@ -423,7 +423,7 @@ mod tests {
     fn audit_mode_passes_and_says_so() {
         let mut rules = Rules::default();
         let server = ep("shop/api", [10, 0, 0, 2], 300, true, vec![http(1, None, 80, &[get("/a")])], vec![]);
-        rules.by_ip.insert(server.ip, server);
+        rules.by_ip.insert(server.ips[0], server);
         let c = Conn::new(&rules, "192.0.2.1:1".parse().unwrap(), "10.0.0.2:80".parse().unwrap(), |_| 2);
         assert_eq!(verdict(&c, "DELETE", "/a"), Verdict::Audit { ingress: true });
         assert!(matches!(verdict(&c, "GET", "/a"), Verdict::Allow { cookie: 1, .. }));

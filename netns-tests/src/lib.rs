@@ -548,25 +548,29 @@ impl Node {
         sh(&["ip", "netns", "add", &netns]);
         self.pods.push(netns.clone());
         sh(&["ip", "-n", &self.netns, "link", "add", "uplink0", "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        // No duplicate address detection on either side (set before the
+        // links come up, so the link-local addresses are usable at once).
+        sh(&["ip", "netns", "exec", &self.netns, "sysctl", "-qw", "net.ipv6.conf.uplink0.accept_dad=0"]);
+        sh(&["ip", "netns", "exec", &netns, "sysctl", "-qw", "net.ipv6.conf.eth0.accept_dad=0"]);
         sh(&["ip", "-n", &self.netns, "addr", "add", "192.0.2.1/24", "dev", "uplink0"]);
+        sh(&["ip", "-n", &self.netns, "addr", "add", &format!("{UPLINK_NODE_IP6}/64"), "dev", "uplink0", "nodad"]);
         sh(&["ip", "-n", &self.netns, "link", "set", "uplink0", "up"]);
         sh(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         sh(&["ip", "-n", &netns, "addr", "add", "192.0.2.100/24", "dev", "eth0"]);
         sh(&["ip", "-n", &netns, "addr", "add", "192.0.2.200/24", "dev", "eth0"]);
-        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
-        sh(&["ip", "-n", &netns, "route", "add", "10.200.0.0/16", "via", "192.0.2.1"]);
-        // IPv6 too (no DAD, so the addresses are usable at once); the
-        // world's route to the IPv6 pod CIDR goes through the node.
-        let ll = |ns: &str, dev: &str| {
-            sh(&["ip", "netns", "exec", ns, "sysctl", "-qw", &format!("net.ipv6.conf.{dev}.accept_dad=0")]);
-        };
-        ll(&self.netns, "uplink0");
-        ll(&netns, "eth0");
-        sh(&["ip", "-n", &self.netns, "addr", "add", &format!("{UPLINK_NODE_IP6}/64"), "dev", "uplink0", "nodad"]);
         for a in [WORLD_IP6, WORLD_IP6_2] {
             sh(&["ip", "-n", &netns, "addr", "add", &format!("{a}/64"), "dev", "eth0", "nodad"]);
         }
+        sh(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        sh(&["ip", "-n", &netns, "route", "add", "10.200.0.0/16", "via", "192.0.2.1"]);
+        // The world's route to the IPv6 pod CIDR goes through the node.
         sh(&["ip", "-n", &netns, "route", "add", POD_CIDR6, "via", &UPLINK_NODE_IP6.to_string()]);
+        // Neighbour discovery both ways now, so a test's first probe does
+        // not wait out a resolution (the probes' timeout is 600 ms).
+        for a in [WORLD_IP6, WORLD_IP6_2] {
+            let _ = run(Command::new("ip").args(["netns", "exec", &self.netns, "ping", "-c1", "-W2", "-q", &a.to_string()]));
+        }
+        let _ = run(Command::new("ip").args(["netns", "exec", &netns, "ping", "-c1", "-W2", "-q", &UPLINK_NODE_IP6.to_string()]));
         Pod { name: "world".into(), netns, ip: WORLD_IP, ip6: Some(WORLD_IP6), servers: Vec::new() }
     }
 

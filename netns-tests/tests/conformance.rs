@@ -341,7 +341,7 @@ fn specs_match_expressions_egress_deny_and_cidr_sets_privileged_test() {
         Probe { from: xb, to: WORLD_IP.into(), to_name: "world .100:80".into(), what: What::Tcp(80), want: true },
         Probe { from: xa, to: WORLD_IP.into(), to_name: "world .100:81 (deny)".into(), what: What::Tcp(81), want: false },
         Probe { from: xa, to: WORLD_IP2.into(), to_name: "world .200:80 (except)".into(), what: What::Tcp(80), want: false },
-        Probe { from: xa, to: c.pod("y/a").ip, to_name: "y/a".into(), what: What::Tcp(80), want: false },
+        Probe { from: xa, to: c.pod("y/a").ip.into(), to_name: "y/a".into(), what: What::Tcp(80), want: false },
         Probe { from: c.pod("x/c"), to: WORLD_IP.into(), to_name: "world (x/c egress open)".into(), what: What::Tcp(81), want: true },
     ]);
     c.matrix(What::Tcp(80), |f, t| {

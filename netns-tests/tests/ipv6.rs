@@ -114,6 +114,11 @@ fn ipv6_cidr_rules_world_entities_and_icmpv6_types() {
     world.serve(&[80]);
     let client = node.pod("w/client", "app=client");
     let other = node.pod("w/other", "app=other");
+    // Without policy, the world is there on both families.
+    check_probes(&[
+        v6(&client, WORLD_IP6.into(), "world .100 (IPv6)", What::Tcp(80), true),
+        v6(&client, world.ip.into(), "world (IPv4)", What::Tcp(80), true),
+    ]);
     // Egress: TCP 80 to one IPv6 world address (a /128), ICMPv6 echo to
     // the other pods; IPv4 world through 0.0.0.0/0 only.
     node.apply(
