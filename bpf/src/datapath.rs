@@ -388,7 +388,9 @@ impl Datapath {
             .map(|(k, e)| CtEntry::from_abi(CtTuple::of_v4(k), e))
             .collect();
         out.extend(
-            dump::<abi::ct6_key, abi::ct_entry>(&self.skel.maps.palisade_ct6_v1, "ct6")?.iter().map(|(k, e)| CtEntry::from_abi(CtTuple::of_v6(k), e)),
+            dump::<abi::ct6_key, abi::ct_entry>(&self.skel.maps.palisade_ct6_v1, "ct6")?
+                .iter()
+                .map(|(k, e)| CtEntry::from_abi(CtTuple::of_v6(k), e)),
         );
         Ok(out)
     }
@@ -525,8 +527,10 @@ pub const IP6_EXTHDR_KINDS: [&str; 5] = ["hop_by_hop", "routing", "destination_o
 pub(crate) fn read_ip6_exthdrs(map: &impl MapCore) -> Result<Vec<(&'static str, u64)>> {
     let mut out = Vec::new();
     for (i, kind) in IP6_EXTHDR_KINDS.iter().enumerate() {
-        let per_cpu =
-            map.lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY).ctx(|| "reading IPv6 extension header counters".into())?.unwrap_or_default();
+        let per_cpu = map
+            .lookup_percpu(&(i as u32).to_ne_bytes(), MapFlags::ANY)
+            .ctx(|| "reading IPv6 extension header counters".into())?
+            .unwrap_or_default();
         let n = per_cpu.iter().filter_map(|b| b.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().expect("8 bytes"))).sum();
         out.push((*kind, n));
     }

@@ -573,13 +573,7 @@ fn ipv6_rows() -> Vec<Fixture> {
         ),
         row("IPv6: authentication header skipped", To, v6(FRONTEND_IP6, EP_IP6).ext(51, auth_hdr()).packet(&syn), ok, Forwarded),
         row("IPv6: routing header, 0 segments left", To, v6(FRONTEND_IP6, EP_IP6).ext(43, routing_hdr(0)).packet(&syn), ok, Forwarded),
-        row(
-            "IPv6: routing header, 1 segment left",
-            To,
-            v6(FRONTEND_IP6, EP_IP6).ext(43, routing_hdr(1)).packet(&syn),
-            shot,
-            Ipv6ExtHeader,
-        ),
+        row("IPv6: routing header, 1 segment left", To, v6(FRONTEND_IP6, EP_IP6).ext(43, routing_hdr(1)).packet(&syn), shot, Ipv6ExtHeader),
         row(
             "IPv6: chain of 7 extension headers",
             To,

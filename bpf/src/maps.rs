@@ -307,12 +307,26 @@ pub(crate) struct CtTuple {
 impl CtTuple {
     pub(crate) fn of_v4(k: &abi::ct_key) -> Self {
         let ip = |w: u32| IpAddr::V4(Ipv4Addr::from(w.to_ne_bytes()));
-        Self { ep_id: k.ep_id, local: ip(k.local_ip), remote: ip(k.remote_ip), local_port: k.local_port, remote_port: k.remote_port, proto: k.proto }
+        Self {
+            ep_id: k.ep_id,
+            local: ip(k.local_ip),
+            remote: ip(k.remote_ip),
+            local_port: k.local_port,
+            remote_port: k.remote_port,
+            proto: k.proto,
+        }
     }
 
     pub(crate) fn of_v6(k: &abi::ct6_key) -> Self {
         let ip = |w: [u32; 4]| IpAddr::V6(words_addr(w));
-        Self { ep_id: k.ep_id, local: ip(k.local_ip), remote: ip(k.remote_ip), local_port: k.local_port, remote_port: k.remote_port, proto: k.proto }
+        Self {
+            ep_id: k.ep_id,
+            local: ip(k.local_ip),
+            remote: ip(k.remote_ip),
+            local_port: k.local_port,
+            remote_port: k.remote_port,
+            proto: k.proto,
+        }
     }
 }
 
@@ -398,7 +412,15 @@ mod tests {
             let e = EndpointValue { ep_id: 1, identity: 2, ipv4: v4, ipv6: v6, flags: 0, policy_set: 3, policy_gen: 4 };
             assert_eq!(EndpointValue::from_abi(&e.to_abi()), e);
         }
-        let e = EndpointValue { ep_id: 1, identity: 2, ipv4: None, ipv6: Some("fd00::102".parse().unwrap()), flags: 0, policy_set: 3, policy_gen: 4 };
+        let e = EndpointValue {
+            ep_id: 1,
+            identity: 2,
+            ipv4: None,
+            ipv6: Some("fd00::102".parse().unwrap()),
+            flags: 0,
+            policy_set: 3,
+            policy_gen: 4,
+        };
         let b = crate::abi::bytes_of(&e.to_abi()).to_vec();
         assert_eq!(&b[24..40], &"fd00::102".parse::<Ipv6Addr>().unwrap().octets(), "ipv6 in network order after policy_gen");
     }

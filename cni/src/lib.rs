@@ -353,11 +353,21 @@ impl<'a> Invocation<'a> {
         let mut ips = Vec::new();
         let mut routes = Vec::new();
         if let Some(a) = ipv4 {
-            ips.push(IpConfig { version: old.then(|| "4".to_string()), address: format!("{a}/32"), gateway: Some(gw.clone()), interface: Some(1) });
+            ips.push(IpConfig {
+                version: old.then(|| "4".to_string()),
+                address: format!("{a}/32"),
+                gateway: Some(gw.clone()),
+                interface: Some(1),
+            });
             routes.push(Route { dst: "0.0.0.0/0".into(), gw: Some(gw) });
         }
         if let Some(a) = ipv6 {
-            ips.push(IpConfig { version: old.then(|| "6".to_string()), address: format!("{a}/128"), gateway: Some(gw6.clone()), interface: Some(1) });
+            ips.push(IpConfig {
+                version: old.then(|| "6".to_string()),
+                address: format!("{a}/128"),
+                gateway: Some(gw6.clone()),
+                interface: Some(1),
+            });
             routes.push(Route { dst: "::/0".into(), gw: Some(gw6) });
         }
         Ok(CniResult {
@@ -429,7 +439,9 @@ impl<'a> Invocation<'a> {
         have.sort();
         let problems: Vec<String> = [
             (ep.state != "ready").then(|| format!("state is {} (want ready)", ep.state)),
-            (want != have).then(|| format!("addresses {} (prevResult says {})", have.join(", "), if want.is_empty() { "none".into() } else { want.join(", ") })),
+            (want != have).then(|| {
+                format!("addresses {} (prevResult says {})", have.join(", "), if want.is_empty() { "none".into() } else { want.join(", ") })
+            }),
             (ep.netns != netns).then(|| format!("network namespace {} (CNI_NETNS is {netns})", ep.netns)),
         ]
         .into_iter()

@@ -454,7 +454,10 @@ fn bad_records_in_etcd_change_nothing_privileged_test() {
         let st = n.json(&["status"]);
         assert_eq!(st["cluster"]["ipcache_sync"]["state"], "running", "node-{}: {st}", i + 1);
         assert_eq!(n.json(&["identity", "get", "2"])["labels"], serde_json::json!(["reserved:world"]), "identity 2 stays world");
-        assert!(n.ipcache_entry("10.210.9.9".parse::<std::net::IpAddr>().unwrap()).is_none() && n.ipcache_entry("10.210.9.8".parse::<std::net::IpAddr>().unwrap()).is_none());
+        assert!(
+            n.ipcache_entry("10.210.9.9".parse::<std::net::IpAddr>().unwrap()).is_none()
+                && n.ipcache_entry("10.210.9.8".parse::<std::net::IpAddr>().unwrap()).is_none()
+        );
         assert!(!n.ok(&["policy", "get"]).contains("shop/bad"));
     }
     // No allow entry for world (2) on backend: "frontend" did not widen.

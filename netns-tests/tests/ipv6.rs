@@ -159,7 +159,8 @@ fn ipv6_cidr_rules_world_entities_and_icmpv6_types() {
     ];
     check_probes(&probes);
     // Bad IPv6 input changes nothing and names the field.
-    let bad = format!("{CNP}  name: egress\n  namespace: w\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toCIDR: [\"2001:db8::/129\"]\n");
+    let bad =
+        format!("{CNP}  name: egress\n  namespace: w\nspec:\n  endpointSelector: {{}}\n  egress:\n  - toCIDR: [\"2001:db8::/129\"]\n");
     let f = node.tmp.join("bad.yaml");
     std::fs::write(&f, bad).unwrap();
     let err = node.fails(&["policy", "apply", "-f", &f.display().to_string()]);
@@ -199,7 +200,10 @@ fn a_spoofed_ipv6_source_is_dropped_and_established_ipv6_flows_survive_policy_ch
     let (front, back, _cart) = node.shop(&[8080]);
     // A second IPv6 address inside the frontend: traffic from it is spoofed.
     let spoofed = "fd00:10:200::f00";
-    let out = std::process::Command::new("ip").args(["-n", &front.netns, "addr", "add", &format!("{spoofed}/128"), "dev", "eth0", "nodad"]).output().unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["-n", &front.netns, "addr", "add", &format!("{spoofed}/128"), "dev", "eth0", "nodad"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let before = node.counter("Invalid source ip");
     assert!(!front.tcp_from(spoofed.parse::<IpAddr>().unwrap(), back.v6(), 8080), "a spoofed IPv6 source got through");
@@ -220,4 +224,49 @@ fn a_spoofed_ipv6_source_is_dropped_and_established_ipv6_flows_survive_policy_ch
     let ct = node.json(&["bpf", "ct", "list"]);
     let text = ct.to_string();
     assert!(text.contains(&back.v6().to_string()), "bpf ct list shows the IPv6 flow: {text}");
+}
+
+/// A toFQDNs rule with DNS over both families through the real
+/// palisade-dnsproxy and a real dnsmasq: AAAA answers open exactly the
+/// IPv6 addresses they carry, before the answer reaches the pod.
+#[test]
+fn to_fqdns_installs_aaaa_answers_and_the_proxy_serves_dns_over_ipv6() {
+    let mut node = dual_node();
+    let mut world = node.world();
+    world.serve(&[443]);
+    let hosts = format!("{WORLD_IP6} api.example.com\n192.0.2.100 api.example.com\n{WORLD_IP6_2} other.example.com\n");
+    let (dns, _server) = node.kube_dns(&hosts, &[], 30);
+    node.start_dnsproxy(&[]);
+    let app = node.pod("pay/app", "app=pay");
+    node.apply(
+        "fqdn.yaml",
+        &format!(
+            "{CNP}  name: app\n  namespace: pay\nspec:\n  endpointSelector: {{matchLabels: {{app: pay}}}}\n  egress:\n  - toEndpoints: [{{matchLabels: {{\"k8s:io.kubernetes.pod.namespace\": kube-system, k8s-app: kube-dns}}}}]\n    toPorts: [{{ports: [{{port: \"53\", protocol: ANY}}], rules: {{dns: [{{matchPattern: \"*.example.com\"}}]}}}}]\n  - toFQDNs: [{{matchName: api.example.com}}]\n    toPorts: [{{ports: [{{port: \"443\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    assert!(!app.tcp_ip(WORLD_IP6, 443), "api.example.com's IPv6 address before resolving it");
+    // AAAA over IPv6 DNS: the pod's first connect after the answer passes.
+    let (ok, r) = app.resolve(dns.v6(), "api.example.com", &["--aaaa", "--connect", "443"]);
+    assert!(ok, "AAAA over IPv6 through the proxy, then connect: {r:?}");
+    assert_eq!(r[0]["addrs"][0], WORLD_IP6.to_string(), "{r:?}");
+    // Only that address: the other world address (another name) stays shut,
+    // and so does the IPv4 address until an A answer teaches it.
+    assert!(!app.tcp_ip(WORLD_IP6_2, 443), "an address no allowed answer carried");
+    assert!(!app.tcp_ip(world.ip, 443), "the IPv4 address of the name before an A answer");
+    // An A answer over IPv4 DNS opens the IPv4 address.
+    let (ok, r) = app.resolve(dns.ip, "api.example.com", &["--connect", "443"]);
+    assert!(ok && r[0]["addrs"][0] == "192.0.2.100", "A over IPv4: {r:?}");
+    // DNS rules hold over IPv6 too: a name outside them is refused.
+    let (ok, r) = app.resolve(dns.v6(), "api.github.com", &["--aaaa"]);
+    assert!(!ok && r[0]["rcode"] == "REFUSED", "a name outside the DNS rules, over IPv6: {r:?}");
+    // other.example.com resolves (DNS rule) but opens nothing (no toFQDNs).
+    let (ok, r) = app.resolve(dns.v6(), "other.example.com", &["--aaaa", "--connect", "443"]);
+    assert!(!ok && r[0]["rcode"] == "NOERROR" && r[0]["connected"] == false, "{r:?}");
+    // The cache (written at most once a second) and the flow log show the
+    // IPv6 answer.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let cache = node.fqdn_cache(&["--endpoint", "pay/app"]);
+    assert!(cache.iter().any(|e| e.to_string().contains(&WORLD_IP6.to_string())), "the IPv6 answer in the FQDN cache: {cache:?}");
+    let flows = node.wait_flows(&["--type", "l7"], 1);
+    assert!(flows.iter().any(|f| f["IP"]["ipVersion"] == "IPv6" && f.to_string().contains("api.example.com")), "a DNS flow over IPv6: {flows:?}");
 }

@@ -229,7 +229,8 @@ fn configure_pod(addrs: Addrs, host_mac: &[u8]) -> Result<String> {
         } else {
             (IpAddr::V4(GATEWAY), IpAddr::V4(Ipv4Addr::UNSPECIFIED))
         };
-        nl.route(gw, max_len(gw), None, eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
+        nl.route(gw, max_len(gw), None, eth0, NLM_F_CREATE | NLM_F_EXCL)
+            .with_context(|| format!("ip route add {gw} dev eth0 scope link"))?;
         nl.route(any, 0, Some(gw), eth0, NLM_F_CREATE | NLM_F_EXCL).with_context(|| format!("ip route add default via {gw} dev eth0"))?;
         nl.neigh_permanent(eth0, gw, host_mac).with_context(|| format!("ip neigh replace {gw} dev eth0"))?;
     }

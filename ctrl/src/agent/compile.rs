@@ -211,8 +211,12 @@ impl Universe<'_> {
                 // World is both families: an address in no prefix is
                 // WORLD (IPv4) or WORLD_IPV6 (the datapath's ipcache.h).
                 Entity::World => [id::WORLD, id::WORLD_IPV6].into_iter().chain(self.cidrs.iter().map(|(i, _)| *i)).collect(),
-                Entity::WorldIpv4 => std::iter::once(id::WORLD).chain(self.cidrs.iter().filter(|(_, c)| !c.is_ipv6()).map(|(i, _)| *i)).collect(),
-                Entity::WorldIpv6 => std::iter::once(id::WORLD_IPV6).chain(self.cidrs.iter().filter(|(_, c)| c.is_ipv6()).map(|(i, _)| *i)).collect(),
+                Entity::WorldIpv4 => {
+                    std::iter::once(id::WORLD).chain(self.cidrs.iter().filter(|(_, c)| !c.is_ipv6()).map(|(i, _)| *i)).collect()
+                }
+                Entity::WorldIpv6 => {
+                    std::iter::once(id::WORLD_IPV6).chain(self.cidrs.iter().filter(|(_, c)| c.is_ipv6()).map(|(i, _)| *i)).collect()
+                }
                 Entity::Cluster => [id::HOST, id::UNMANAGED, id::HEALTH, id::INIT, id::REMOTE_NODE, id::KUBE_APISERVER]
                     .into_iter()
                     .chain(self.pods.iter().map(|(i, _)| *i))

@@ -596,7 +596,13 @@ impl Daemon {
     /// unicast, not the node's loopback, not another endpoint's), and for
     /// the other families `family` wants (default: IPv4, and IPv6 too when
     /// the node has an IPv6 pod CIDR) one allocated from the pod CIDR.
-    fn endpoint_addrs(&self, full: &str, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>, family: Option<req::IpFamily>) -> Result<netplumb::Addrs> {
+    fn endpoint_addrs(
+        &self,
+        full: &str,
+        ip: Option<Ipv4Addr>,
+        ip6: Option<Ipv6Addr>,
+        family: Option<req::IpFamily>,
+    ) -> Result<netplumb::Addrs> {
         use req::IpFamily;
         let taken = |a: IpAddr| self.store.endpoints.values().find(|e| e.has_ip(a)).map(|e| e.name.clone());
         if let Some(a) = ip {
@@ -634,7 +640,8 @@ impl Daemon {
         if v6.is_some() && self.cfg.pod_cidr6.is_none() {
             // An explicit --ip6 on a node without an IPv6 pod CIDR: the
             // node must still forward it.
-            netplumb::sysctl_local("net.ipv6.conf.all.forwarding", "1").with_context(|| format!("endpoint {full}: enabling IPv6 forwarding"))?;
+            netplumb::sysctl_local("net.ipv6.conf.all.forwarding", "1")
+                .with_context(|| format!("endpoint {full}: enabling IPv6 forwarding"))?;
         }
         Ok(netplumb::Addrs { v4, v6 })
     }

@@ -262,7 +262,8 @@ impl Enforcer {
         }
         // Host addresses (identity host) are not endpoints; keep them.
         self.host_ips = netplumb::node_addresses().unwrap_or_default();
-        let ips: BTreeSet<IpAddr> = store.endpoints.values().flat_map(|e| e.addrs().iter().collect::<Vec<_>>()).chain(self.host_ips.iter().copied()).collect();
+        let ips: BTreeSet<IpAddr> =
+            store.endpoints.values().flat_map(|e| e.addrs().iter().collect::<Vec<_>>()).chain(self.host_ips.iter().copied()).collect();
         for (ip, v) in self.dp.ipcache()? {
             if v.node_id == 0 && !ips.contains(&ip) {
                 self.dp.ipcache_delete(ip)?;
@@ -271,7 +272,11 @@ impl Enforcer {
         // `world` is everything no entry names: WORLD for IPv4, WORLD_IPV6
         // for IPv6 (the datapath says the same when the trie has no
         // match; the entries make `bpf` listings and trace say it too).
-        self.dp.ipcache_prefix_put(Ipv4Addr::UNSPECIFIED.into(), 0, IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 })?;
+        self.dp.ipcache_prefix_put(
+            Ipv4Addr::UNSPECIFIED.into(),
+            0,
+            IpcacheValue { identity: palisade_bpf::identity::WORLD, node_id: 0 },
+        )?;
         self.dp.ipcache_prefix_put(
             Ipv6Addr::UNSPECIFIED.into(),
             0,

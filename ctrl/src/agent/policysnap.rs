@@ -152,9 +152,7 @@ pub fn snapshot_reusing<'e>(
         if !recompute(ep.ep_id) {
             if let Some(b) = before
                 .get(&ep.ep_id)
-                .filter(|b| {
-                    b.name == ep.name && (b.ipv4, b.ipv6) == snap_addrs(ep) && b.identity == ep.identity && b.audit == audit(ep)
-                })
+                .filter(|b| b.name == ep.name && (b.ipv4, b.ipv6) == snap_addrs(ep) && b.identity == ep.identity && b.audit == audit(ep))
             {
                 out.endpoints.push((*b).clone());
                 continue;

@@ -533,7 +533,11 @@ fn convert_rule(path: &str, r: Rule_, is_ingress: bool, deny: bool, ns: Option<&
                     Some(o) => return Err((format!("{p}.family"), format!("{o:?} is not a family; expected IPv4 or IPv6"))),
                 };
                 let t = icmp_type(&f.icmp_type, v6).ok_or_else(|| {
-                    let what = if v6 { "an ICMPv6 type (0-255 or a name such as EchoRequest or NeighborSolicitation)" } else { "an ICMPv4 type (0-255 or a name such as EchoRequest)" };
+                    let what = if v6 {
+                        "an ICMPv6 type (0-255 or a name such as EchoRequest or NeighborSolicitation)"
+                    } else {
+                        "an ICMPv4 type (0-255 or a name such as EchoRequest)"
+                    };
                     (format!("{p}.type"), format!("not {what}"))
                 })?;
                 let proto = if v6 { Protocol::Icmpv6 } else { Protocol::Icmp };
