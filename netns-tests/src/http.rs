@@ -19,12 +19,14 @@ impl Pod {
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                client_max_body_size 0;\n  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
-               server {{ listen {ip}:{h1_port}; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
-               server {{ listen {ip}:{h2_port} http2; location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
+               server {{ listen {ip}:{h1_port};{v6_h1} location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
+               server {{ listen {ip}:{h2_port} http2;{v6_h2} location / {{ default_type text/plain; return 200 \"{name} $request_method $request_uri\\n\"; }} }}\n\
              }}\n",
             d = dir.display(),
             ip = self.ip,
             name = self.name,
+            v6_h1 = self.ip6.map(|a| format!(" listen [{a}]:{h1_port};")).unwrap_or_default(),
+            v6_h2 = self.ip6.map(|a| format!(" listen [{a}]:{h2_port} http2;")).unwrap_or_default(),
         );
         let path = dir.join("nginx.conf");
         std::fs::write(&path, conf).expect("nginx.conf");

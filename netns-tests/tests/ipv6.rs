@@ -270,3 +270,29 @@ fn to_fqdns_installs_aaaa_answers_and_the_proxy_serves_dns_over_ipv6() {
     let flows = node.wait_flows(&["--type", "l7"], 1);
     assert!(flows.iter().any(|f| f["IP"]["ipVersion"] == "IPv6" && f.to_string().contains("api.example.com")), "a DNS flow over IPv6: {flows:?}");
 }
+
+/// HTTP rules through the real palisade-l7proxy over IPv6: the flow goes
+/// to the proxy's IPv6 socket, the rules decide, and the server sees the
+/// client's own IPv6 address.
+#[test]
+fn l7_http_rules_hold_over_ipv6() {
+    let mut node = dual_node();
+    node.start_l7proxy(&[]);
+    let web = node.pod("shop/web", "app=web");
+    let mut api = node.pod("shop/api", "app=api");
+    let tmp = node.tmp.clone();
+    api.nginx(&tmp, 80, 8080);
+    node.apply("l7.yaml", include_str!("../../examples/policies/api-l7-ingress.yaml"));
+    for base in [format!("http://[{}]", api.v6()), format!("http://{}", api.ip)] {
+        let (code, body) = web.http("GET", &format!("{base}/api/status"));
+        assert_eq!((code, body.as_str()), (200, "shop/api GET /api/status\n"), "{base}: allowed request reaches nginx");
+        assert_eq!(web.http("DELETE", &format!("{base}/api/users")).0, 403, "{base}: denied by the HTTP rules");
+    }
+    let flows = node.wait_flows(&["--protocol", "http", "--to-pod", "shop/api", "--verdict", "DROPPED"], 2);
+    let f = flows.iter().find(|f| f["IP"]["ipVersion"] == "IPv6").unwrap_or_else(|| panic!("an IPv6 L7 flow in {flows:?}"));
+    assert_eq!(f["IP"]["source"], web.v6().to_string(), "the proxy kept the client's IPv6 address: {f}");
+    assert_eq!(f["l7"]["http"]["code"], 403, "{f}");
+    // The proxy down: an IPv6 flow to the L7 port is dropped, not let through.
+    node.kill_l7proxy();
+    assert_eq!(web.http("GET", &format!("http://[{}]/api/status", api.v6())).0, 0, "an L7 rule bypassed over IPv6 with the proxy down");
+}
