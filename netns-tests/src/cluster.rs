@@ -220,6 +220,7 @@ pub struct Cluster {
     tmp: PathBuf,
     lease_ttl: u64,
     l7: bool,
+    dual: bool,
 }
 
 /// Node *i*'s underlay address.
@@ -227,25 +228,42 @@ pub fn underlay_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 31, 0, 10 + i as u8)
 }
 
+/// Node *i*'s IPv6 underlay address (a dual-stack cluster).
+pub fn underlay_ip6(i: usize) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0xfd00, 0x31, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
+/// Node *i*'s IPv6 pod CIDR (a dual-stack cluster).
+pub fn pod_cidr6(i: usize) -> String {
+    format!("fd00:10:{:x}::/64", 0x210 + i)
+}
+
 impl Cluster {
     /// `n` nodes (node-1 … node-n) with leases of `lease_ttl` seconds.
     pub fn new(n: usize, lease_ttl: u64) -> Self {
-        Self::build(n, lease_ttl, false, false)
+        Self::build(n, lease_ttl, false, false, false)
     }
 
     /// The same with etcd on https, requiring client certificates.
     pub fn new_tls(n: usize, lease_ttl: u64) -> Self {
-        Self::build(n, lease_ttl, true, false)
+        Self::build(n, lease_ttl, true, false, false)
     }
 
     /// Nodes that also run palisade-l7proxy, with their underlay link as a
     /// host interface (where connections from other nodes are handed to
     /// the proxy).
     pub fn new_l7(n: usize, lease_ttl: u64) -> Self {
-        Self::build(n, lease_ttl, false, true)
+        Self::build(n, lease_ttl, false, true, false)
     }
 
-    fn build(n: usize, lease_ttl: u64, tls: bool, l7: bool) -> Self {
+    /// Dual-stack nodes: an IPv6 underlay beside the IPv4 one
+    /// ([`underlay_ip6`]) and an IPv6 pod CIDR each ([`pod_cidr6`]),
+    /// routed through it.
+    pub fn new_dual(n: usize, lease_ttl: u64) -> Self {
+        Self::build(n, lease_ttl, false, false, true)
+    }
+
+    fn build(n: usize, lease_ttl: u64, tls: bool, l7: bool, dual: bool) -> Self {
         require_root();
         let tag = format!("pc{:x}{}", std::process::id() & 0xfffff, COUNTER.fetch_add(1, Ordering::SeqCst));
         let underlay = format!("{tag}-ul");
@@ -258,7 +276,7 @@ impl Cluster {
         sh(&["ip", "-n", &underlay, "link", "set", "br0", "up"]);
         let tls = tls.then(|| TlsFiles::make(&tmp.join("tls"), ETCD_IP));
         let etcd = Etcd::start_with(&underlay, ETCD_IP, tmp.join("etcd"), tls);
-        let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl, l7 };
+        let mut c = Cluster { nodes: Vec::new(), etcd, underlay, tmp, lease_ttl, l7, dual };
         for i in 1..=n {
             let node = c.make_node(i);
             c.nodes.push(node);
@@ -267,6 +285,26 @@ impl Cluster {
         for i in 1..=n {
             for j in (1..=n).filter(|j| *j != i) {
                 sh(&["ip", "-n", &c.nodes[i - 1].netns, "route", "add", &format!("10.210.{j}.0/24"), "via", &underlay_ip(j).to_string()]);
+                if dual {
+                    sh(&["ip", "-n", &c.nodes[i - 1].netns, "route", "add", &pod_cidr6(j), "via", &underlay_ip6(j).to_string()]);
+                }
+            }
+        }
+        if dual {
+            // Neighbour discovery across the underlay before the first probe.
+            for i in 1..=n {
+                for j in (1..=n).filter(|j| *j != i) {
+                    let _ = crate::run(std::process::Command::new("ip").args([
+                        "netns",
+                        "exec",
+                        &c.nodes[i - 1].netns,
+                        "ping",
+                        "-c1",
+                        "-W2",
+                        "-q",
+                        &underlay_ip6(j).to_string(),
+                    ]));
+                }
             }
         }
         c
@@ -296,11 +334,19 @@ impl Cluster {
         if self.l7 {
             ctrl_args.extend(["--host-interface", "ul0"]);
         }
+        let cidr6 = pod_cidr6(i);
+        if self.dual {
+            ctrl_args.extend(["--pod-cidr6", &cidr6]);
+        }
         let mut node = Node::bare(&ctrl_args);
         let host_if = format!("n{i}");
         sh(&["ip", "link", "add", &host_if, "netns", &self.underlay, "type", "veth", "peer", "name", "ul0", "netns", &node.netns]);
         sh(&["ip", "-n", &self.underlay, "link", "set", &host_if, "master", "br0", "up"]);
         sh(&["ip", "-n", &node.netns, "addr", "add", &format!("{}/24", underlay_ip(i)), "dev", "ul0"]);
+        if self.dual {
+            sh(&["ip", "netns", "exec", &node.netns, "sysctl", "-qw", "net.ipv6.conf.ul0.accept_dad=0"]);
+            sh(&["ip", "-n", &node.netns, "addr", "add", &format!("{}/64", underlay_ip6(i)), "dev", "ul0", "nodad"]);
+        }
         sh(&["ip", "-n", &node.netns, "link", "set", "ul0", "up"]);
         node.start_ctrl();
         node.start_dnsproxy(&[]);

@@ -563,3 +563,46 @@ fn etcd_wiped_keeps_enforcing_alarms_and_is_reseeded_privileged_test() {
     // A second reseed is refused: etcd holds the ID.
     assert!(c.node(2).fails(&["cluster", "reseed"]).contains("already"));
 }
+
+/// Two dual-stack nodes: IPv6 endpoint and node addresses travel through
+/// the real etcd (`addresses6` beside `addresses` in node records,
+/// `ipcache/<IPv6>` keys), each node learns the other's IPv6 pods with
+/// their identity, and a policy applied on one node is enforced on the
+/// other over IPv6 exactly as over IPv4.
+#[test]
+fn cross_node_policy_over_ipv6_privileged_test() {
+    use palisade_netns_tests::cluster::underlay_ip6;
+    let mut c = Cluster::new_dual(2, 3);
+    let frontend = c.node_mut(1).pod("shop/frontend", "app=frontend");
+    let other = c.node_mut(1).pod("shop/other", "app=other");
+    let mut backend = c.node_mut(2).pod("shop/backend", "app=backend");
+    backend.serve(&[8080, 9090]);
+    assert!(
+        Cluster::wait(10, || c.node(1).ipcache_entry(backend.v6()).is_some_and(|(_, node)| node != 0)),
+        "node-1's ipcache never got shop/backend's IPv6 address: {}",
+        c.node(1).log()
+    );
+    let (id_v4, _) = c.node(1).ipcache_entry(backend.ip).expect("and its IPv4 address");
+    assert_eq!(c.node(1).ipcache_entry(backend.v6()).map(|e| e.0), Some(id_v4), "one identity for both of the remote pod's addresses");
+    // node-2's own IPv6 underlay address is remote-node on node-1.
+    assert!(
+        Cluster::wait(10, || c.node(1).ipcache_entry(underlay_ip6(2)).map(|e| e.0) == Some(palisade_bpf::identity::REMOTE_NODE)),
+        "node-2's IPv6 address is not remote-node on node-1"
+    );
+    let keys = c.etcd.get_prefix("/palisade/v1/ipcache/");
+    assert!(keys.iter().any(|(k, _)| k.ends_with(&backend.v6().to_string())), "an ipcache/<IPv6> key in etcd: {keys:?}");
+    let nodes = c.etcd.get_prefix("/palisade/v1/nodes/");
+    assert!(nodes.iter().any(|(_, v)| v.contains("addresses6") && v.contains(&underlay_ip6(2).to_string())), "{nodes:?}");
+    assert!(frontend.tcp6(&backend, 8080) && frontend.tcp6(&backend, 9090), "no policy yet: IPv6 passes across nodes");
+    c.node(1).apply("backend.yaml", BACKEND_8080);
+    assert!(Cluster::wait(10, || !frontend.tcp6(&backend, 9090)), "node-2 never enforced the policy over IPv6: {}", c.node(2).log());
+    assert!(frontend.tcp6(&backend, 8080), "frontend (node-1) -> backend (node-2) tcp/8080 over IPv6 must pass");
+    assert!(!other.tcp6(&backend, 8080), "other (node-1) is not frontend: dropped by node-2 over IPv6");
+    assert!(frontend.tcp(&backend, 8080) && !other.tcp(&backend, 8080), "the same over IPv4");
+    let trace = c.node(2).ok(&["policy", "trace", "--src", &frontend.v6().to_string(), "--dst", "shop/backend", "--dport", "8080"]);
+    assert!(trace.contains("ALLOWED") && trace.contains("backend-from-frontend"), "node-2 traces the remote IPv6 frontend by identity: {trace}");
+    // The frontend leaves: node-1's departure reaches node-2 for both addresses.
+    let v6 = frontend.v6();
+    c.node(1).ok(&["endpoint", "delete", "shop/frontend"]);
+    assert!(Cluster::wait(10, || c.node(2).ipcache_entry(v6).is_none()), "node-2 kept the departed pod's IPv6 address");
+}
