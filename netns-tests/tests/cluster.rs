@@ -600,7 +600,10 @@ fn cross_node_policy_over_ipv6_privileged_test() {
     assert!(!other.tcp6(&backend, 8080), "other (node-1) is not frontend: dropped by node-2 over IPv6");
     assert!(frontend.tcp(&backend, 8080) && !other.tcp(&backend, 8080), "the same over IPv4");
     let trace = c.node(2).ok(&["policy", "trace", "--src", &frontend.v6().to_string(), "--dst", "shop/backend", "--dport", "8080"]);
-    assert!(trace.contains("ALLOWED") && trace.contains("backend-from-frontend"), "node-2 traces the remote IPv6 frontend by identity: {trace}");
+    assert!(
+        trace.contains("ALLOWED") && trace.contains("backend-from-frontend"),
+        "node-2 traces the remote IPv6 frontend by identity: {trace}"
+    );
     // The frontend leaves: node-1's departure reaches node-2 for both addresses.
     let v6 = frontend.v6();
     c.node(1).ok(&["endpoint", "delete", "shop/frontend"]);

@@ -3,12 +3,14 @@
 //! 80 and 81, full reachability matrices per case, and Cilium's constructs
 //! (entities, CIDR sets, deny, ICMP, cluster-wide policies, modes) with a
 //! real "world" behind the node's uplink and the node itself as a peer.
-use palisade_netns_tests::{check_probes, Node, Pod, Probe, What, UPLINK_NODE_IP, WORLD_IP, WORLD_IP2};
+use palisade_netns_tests::{check_probes, Node, Pod, Probe, What, POD_CIDR6, UPLINK_NODE_IP, WORLD_IP, WORLD_IP2};
 
 struct Cluster {
     node: Node,
     pods: Vec<Pod>,
     world: Pod,
+    /// The matrices probe the pods' IPv6 addresses (dual-stack pods).
+    v6: bool,
 }
 
 impl Cluster {
@@ -17,7 +19,16 @@ impl Cluster {
     }
 
     fn with_args(args: &[&str]) -> Self {
-        let mut node = Node::with_ctrl_args(args);
+        Self::family(false, args)
+    }
+
+    /// With `v6`, a dual-stack node whose matrices run over IPv6.
+    fn family(v6: bool, args: &[&str]) -> Self {
+        let mut args = args.to_vec();
+        if v6 {
+            args.extend(["--pod-cidr6", POD_CIDR6]);
+        }
+        let mut node = Node::with_ctrl_args(&args);
         let mut world = node.world();
         world.serve(&[80, 81]);
         for ns in ["x", "y", "z"] {
@@ -31,7 +42,16 @@ impl Cluster {
                 pods.push(p);
             }
         }
-        Cluster { node, pods, world }
+        Cluster { node, pods, world, v6 }
+    }
+
+    /// The address a matrix probes: the pod's IPv4, or IPv6 one.
+    fn to(&self, p: &Pod) -> std::net::IpAddr {
+        if self.v6 {
+            p.v6().into()
+        } else {
+            p.ip.into()
+        }
     }
 
     fn pod(&self, name: &str) -> &Pod {
@@ -44,7 +64,7 @@ impl Cluster {
         for f in &self.pods {
             for t in &self.pods {
                 if f.name != t.name {
-                    probes.push(Probe { from: f, to: t.ip.into(), to_name: t.name.clone(), what, want: allow(&f.name, &t.name) });
+                    probes.push(Probe { from: f, to: self.to(t), to_name: t.name.clone(), what, want: allow(&f.name, &t.name) });
                 }
             }
         }
@@ -66,7 +86,17 @@ const CCNP: &str = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPoli
 
 #[test]
 fn k8s_deny_all_ingress_then_allow_from_namespace_privileged_test() {
-    let c = Cluster::new();
+    k8s_deny_all_ingress_then_allow_from_namespace(false);
+}
+
+/// The same over IPv6 (dual-stack pods, probes to their IPv6 addresses).
+#[test]
+fn k8s_deny_all_ingress_then_allow_from_namespace_ipv6_privileged_test() {
+    k8s_deny_all_ingress_then_allow_from_namespace(true);
+}
+
+fn k8s_deny_all_ingress_then_allow_from_namespace(v6: bool) {
+    let c = Cluster::family(v6, &[]);
     c.matrix(What::Tcp(80), |_, _| true);
     c.apply("deny.yaml", &format!("{NP}  name: deny-all\n  namespace: x\nspec:\n  podSelector: {{}}\n  policyTypes: [Ingress]\n"));
     c.matrix(What::Tcp(80), |_, t| ns(t) != "x");
@@ -83,7 +113,17 @@ fn k8s_deny_all_ingress_then_allow_from_namespace_privileged_test() {
 
 #[test]
 fn k8s_peers_and_or_egress_and_stacking_privileged_test() {
-    let c = Cluster::new();
+    k8s_peers_and_or_egress_and_stacking(false);
+}
+
+/// The same over IPv6 (dual-stack pods, probes to their IPv6 addresses).
+#[test]
+fn k8s_peers_and_or_egress_and_stacking_ipv6_privileged_test() {
+    k8s_peers_and_or_egress_and_stacking(true);
+}
+
+fn k8s_peers_and_or_egress_and_stacking(v6: bool) {
+    let c = Cluster::family(v6, &[]);
     // AND: pod=b in namespaces ns=z; OR: any pod=c of x.
     c.apply(
         "and-or.yaml",
@@ -196,7 +236,17 @@ fn cilium_entities_cidr_and_icmp_privileged_test() {
 
 #[test]
 fn deny_wins_across_kinds_and_cluster_wide_policies_privileged_test() {
-    let c = Cluster::new();
+    deny_wins_across_kinds_and_cluster_wide_policies(false);
+}
+
+/// The same over IPv6 (dual-stack pods, probes to their IPv6 addresses).
+#[test]
+fn deny_wins_across_kinds_and_cluster_wide_policies_ipv6_privileged_test() {
+    deny_wins_across_kinds_and_cluster_wide_policies(true);
+}
+
+fn deny_wins_across_kinds_and_cluster_wide_policies(v6: bool) {
+    let c = Cluster::family(v6, &[]);
     // A k8s allow-all for every pod of x, and a cluster-wide deny from y.
     c.apply("allow.yaml", &format!("{NP}  name: allow-all\n  namespace: x\nspec:\n  podSelector: {{}}\n  ingress: [{{}}]\n"));
     c.apply(
@@ -220,7 +270,17 @@ fn deny_wins_across_kinds_and_cluster_wide_policies_privileged_test() {
 
 #[test]
 fn relabelling_and_namespace_labels_take_effect_privileged_test() {
-    let c = Cluster::new();
+    relabelling_and_namespace_labels_take_effect(false);
+}
+
+/// The same over IPv6 (dual-stack pods, probes to their IPv6 addresses).
+#[test]
+fn relabelling_and_namespace_labels_take_effect_ipv6_privileged_test() {
+    relabelling_and_namespace_labels_take_effect(true);
+}
+
+fn relabelling_and_namespace_labels_take_effect(v6: bool) {
+    let c = Cluster::family(v6, &[]);
     c.apply(
         "p.yaml",
         &format!(
@@ -238,7 +298,17 @@ fn relabelling_and_namespace_labels_take_effect_privileged_test() {
 
 #[test]
 fn enforcement_modes_and_enable_default_deny_privileged_test() {
-    let c = Cluster::with_args(&["--enforcement-mode", "always"]);
+    enforcement_modes_and_enable_default_deny(false);
+}
+
+/// The same over IPv6 (dual-stack pods, probes to their IPv6 addresses).
+#[test]
+fn enforcement_modes_and_enable_default_deny_ipv6_privileged_test() {
+    enforcement_modes_and_enable_default_deny(true);
+}
+
+fn enforcement_modes_and_enable_default_deny(v6: bool) {
+    let c = Cluster::family(v6, &["--enforcement-mode", "always"]);
     c.matrix(What::Tcp(80), |_, _| false);
     let tr = c.node.ok(&["policy", "trace", "--src", "x/a", "--dst", "y/a", "--dport", "80/TCP"]);
     assert!(tr.contains("enforcement mode is always"), "{tr}");
@@ -249,7 +319,7 @@ fn enforcement_modes_and_enable_default_deny_privileged_test() {
     c.matrix(What::Tcp(80), |f, t| ns(f) == "x" && ns(t) == "x");
     drop(c);
 
-    let c = Cluster::with_args(&["--enforcement-mode", "never"]);
+    let c = Cluster::family(v6, &["--enforcement-mode", "never"]);
     c.apply(
         "deny.yaml",
         &format!("{CNP}  name: d\n  namespace: x\nspec:\n  endpointSelector: {{}}\n  ingressDeny: [{{fromEndpoints: [{{}}]}}]\n"),
@@ -257,7 +327,7 @@ fn enforcement_modes_and_enable_default_deny_privileged_test() {
     c.matrix(What::Tcp(80), |_, _| true);
     drop(c);
 
-    let c = Cluster::new();
+    let c = Cluster::family(v6, &[]);
     c.apply(
         "nodeny.yaml",
         &format!(

@@ -268,7 +268,10 @@ fn to_fqdns_installs_aaaa_answers_and_the_proxy_serves_dns_over_ipv6() {
     let cache = node.fqdn_cache(&["--endpoint", "pay/app"]);
     assert!(cache.iter().any(|e| e.to_string().contains(&WORLD_IP6.to_string())), "the IPv6 answer in the FQDN cache: {cache:?}");
     let flows = node.wait_flows(&["--type", "l7"], 1);
-    assert!(flows.iter().any(|f| f["IP"]["ipVersion"] == "IPv6" && f.to_string().contains("api.example.com")), "a DNS flow over IPv6: {flows:?}");
+    assert!(
+        flows.iter().any(|f| f["IP"]["ipVersion"] == "IPv6" && f.to_string().contains("api.example.com")),
+        "a DNS flow over IPv6: {flows:?}"
+    );
 }
 
 /// HTTP rules through the real palisade-l7proxy over IPv6: the flow goes
