@@ -219,7 +219,7 @@ fn write_zone(dir: &std::path::Path, names: usize) -> Result<(std::path::PathBuf
 /// The same client and server with no Palisade at all: plain veths through
 /// the node, no program attached.
 fn no_palisade(names: usize, secs: u32, rate: u32, bin_dir: &std::path::Path) -> Result<Sample> {
-    let mut t = Topo::new(crate::vs::Plane::Baseline, bin_dir)?;
+    let mut t = Topo::new(crate::vs::Plane::Baseline, bin_dir, false)?;
     let (hosts, qfile) = write_zone(t.tmp(), names)?;
     let a = dnsmasq_args(&hosts, crate::vs::SERVER_IP);
     let a: Vec<&str> = a.iter().map(String::as_str).collect();

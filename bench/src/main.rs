@@ -40,9 +40,14 @@ enum Cmd {
         /// Repeats per measurement (medians are reported).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Reduced matrix (N = 0, 1000; 2 s; one repeat), about two minutes.
+        /// Reduced matrix (N = 0, 1000; 2 s; one repeat), about two minutes
+        /// per family.
         #[arg(long)]
         quick: bool,
+        /// Address families to measure: ipv4, ipv6 or both (each against
+        /// its own no-policy baseline in the same run).
+        #[arg(long, default_value = "both", value_parser = ["ipv4", "ipv6", "both"])]
+        family: String,
         #[arg(long)]
         json: Option<PathBuf>,
         /// Directory for the SVG plots.
@@ -256,13 +261,18 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Args::parse().cmd {
-        Cmd::VsIptables { mut sizes, mut secs, mut repeats, quick, json, out } => {
+        Cmd::VsIptables { mut sizes, mut secs, mut repeats, quick, family, json, out } => {
             if quick {
                 sizes = vec![0, 1000];
                 secs = 2;
                 repeats = 1;
             }
-            vs_iptables(&sizes, secs, repeats, json, &out)
+            let families: &[bool] = match family.as_str() {
+                "ipv4" => &[false],
+                "ipv6" => &[true],
+                _ => &[false, true],
+            };
+            vs_iptables(&sizes, secs, repeats, families, json, &out)
         }
         Cmd::Apply { mut endpoints, mut rounds, quick, json } => {
             if quick {
@@ -553,6 +563,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
             )?;
             eprintln!("wrote results/datapath-ns-per-packet.svg");
         }
+        let families = family_table(sizes, &rows, &overhead);
         uncached.push(("(per-run overhead, ARP row, same timing) ‡".to_string(), overhead));
         println!("\nFirst packet of a flow class (a new destination port per run: verdict-cache miss, the policy trie is walked), single runs, median of {samples}\n");
         print_table(sizes, &uncached);
@@ -563,6 +574,7 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
             "sizes": sizes,
             "rows": rows.iter().map(|(n, c)| serde_json::json!({ "fixture": n, "ns_per_packet": c })).collect::<Vec<_>>(),
             "uncached_rows": uncached.iter().map(|(n, c)| serde_json::json!({ "fixture": n, "ns_per_packet": c })).collect::<Vec<_>>(),
+            "families": families,
         }))
     })();
     let _ = std::fs::remove_dir_all(&dir);
@@ -572,6 +584,48 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
         std::fs::write(&p, serde_json::to_vec_pretty(&v)?).with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
+}
+
+/// The IPv4 rows and their IPv6 twins of the fixture table, side by side:
+/// IPv6 ns/packet over IPv4 at each size. For rows timed as single runs
+/// (†) the ratio is of the cost above the per-run overhead (the ARP row's,
+/// the same for both), which is what the program spends.
+fn family_table(sizes: &[u32], rows: &[(String, Vec<f64>)], overhead: &[f64]) -> serde_json::Value {
+    const PAIRS: [(&str, &str); 8] = [
+        ("new flow allowed (identity + port)", "IPv6: new flow allowed (identity + port)"),
+        ("new flow denied (no rule for identity)", "IPv6: new flow denied (no rule for identity)"),
+        ("deny rule wins over wildcard allow", "IPv6: deny rule wins over wildcard allow"),
+        ("established flow (conntrack hit)", "IPv6: established flow (conntrack hit)"),
+        ("reply after allowed egress (ingress has no rule)", "IPv6: reply after allowed egress (ingress has no rule)"),
+        ("spoofed source address", "IPv6: spoofed source address"),
+        ("L3-only egress allow (ICMP echo)", "IPv6: L3-only egress allow (ICMPv6 echo)"),
+        ("FQDN-learned address, its port (toFQDNs)", "IPv6: FQDN-learned address (AAAA), its port"),
+    ];
+    let find = |name: &str| rows.iter().find(|(n, _)| n.trim_end_matches(" †") == name);
+    println!("\nIPv6 against IPv4, the same rules (ns/packet; ratio IPv6/IPv4; † above the per-run overhead)\n");
+    let mut head = "| fixture |".to_string();
+    let mut sep = "|---|".to_string();
+    for n in sizes {
+        head += &format!(" IPv4 {n} | IPv6 {n} | ratio {n} |");
+        sep += "---:|---:|---:|";
+    }
+    println!("{head}\n{sep}");
+    let mut out = Vec::new();
+    for (v4, v6) in PAIRS {
+        let (Some((n4, c4)), Some((_, c6))) = (find(v4), find(v6)) else { continue };
+        let single = n4.ends_with(" †");
+        let mut line = format!("| {n4} |");
+        let mut ratios = Vec::new();
+        for (i, (a, b)) in c4.iter().zip(c6).enumerate() {
+            let oh = if single { overhead.get(i).copied().unwrap_or(0.0) } else { 0.0 };
+            let r = (b - oh).max(1.0) / (a - oh).max(1.0);
+            ratios.push(r);
+            line += &format!(" {a:.0} | {b:.0} | {r:.2} |");
+        }
+        println!("{line}");
+        out.push(serde_json::json!({ "fixture": n4, "ipv4_ns": c4, "ipv6_ns": c6, "ratio": ratios, "single_runs": single }));
+    }
+    serde_json::Value::Array(out)
 }
 
 fn print_table(sizes: &[u32], rows: &[(String, Vec<f64>)]) {
@@ -644,27 +698,38 @@ fn flows_overhead(size: u32, repeat: u32, samples: usize, json: Option<PathBuf>)
     Ok(())
 }
 
-fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>, out: &std::path::Path) -> Result<()> {
+fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, families: &[bool], json: Option<PathBuf>, out: &std::path::Path) -> Result<()> {
     let bin_dir = std::env::current_exe()?.parent().context("binary directory")?.to_path_buf();
-    for tool in ["iperf3", "iptables-restore", "nft", "taskset"] {
+    for tool in ["iperf3", "iptables-restore", "ip6tables-restore", "nft", "taskset"] {
         if which(tool).is_none() {
             anyhow::bail!("{tool} not found: run scripts/setup.sh (installs iperf3, iptables, nftables)");
         }
     }
-    let v = vs::run(sizes, secs, repeats, &bin_dir)?;
+    let v = vs::run(sizes, secs, repeats, &bin_dir, families)?;
     let rows = v["rows"].as_array().cloned().unwrap_or_default();
-    let base = rows.iter().find(|r| r["plane"] == "no policy").cloned().unwrap_or_default();
-    let ratio = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0) / base[k].as_f64().unwrap_or(1.0).max(1e-9) * 100.0;
+    // Each family against its own baseline.
+    let base_of =
+        |fam: &serde_json::Value| rows.iter().find(|r| r["plane"] == "no policy" && r["family"] == *fam).cloned().unwrap_or_default();
+    let ratio = |r: &serde_json::Value, k: &str| {
+        let base = base_of(&r["family"]);
+        r[k].as_f64().unwrap_or(0.0) / base[k].as_f64().unwrap_or(1.0).max(1e-9) * 100.0
+    };
+    let base = base_of(&serde_json::json!(if families.first() == Some(&true) { "IPv6" } else { "IPv4" }));
     println!(
         "Pod → node → pod over veth, client and server pinned to CPUs 0 and 1; iperf3 {secs} s × {repeats} (medians); {}\n",
         machine()
     );
-    println!("| dataplane | N rules | UDP 64 B pps | vs base | TCP Gbit/s | vs base | RR p50 µs | RR p99 µs | add 1 rule ms |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| family | dataplane | N rules | UDP 64 B pps | vs base | TCP Gbit/s | vs base | RR p50 µs | RR p99 µs | add 1 rule ms |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
+        let plane = match (r["family"].as_str(), r["plane"].as_str()) {
+            (Some("IPv6"), Some("iptables (linear)")) => "ip6tables (linear)",
+            (_, p) => p.unwrap_or(""),
+        };
         println!(
-            "| {} | {} | {:.0} | {:.0}% | {:.2} | {:.0}% | {:.0} | {:.0} | {} |",
-            r["plane"].as_str().unwrap_or(""),
+            "| {} | {} | {} | {:.0} | {:.0}% | {:.2} | {:.0}% | {:.0} | {:.0} | {} |",
+            r["family"].as_str().unwrap_or(""),
+            plane,
             r["n"],
             r["udp_pps"].as_f64().unwrap_or(0.0),
             ratio(r, "udp_pps"),
@@ -683,7 +748,7 @@ fn vs_iptables(sizes: &[usize], secs: u32, repeats: usize, json: Option<PathBuf>
         for plane in vs::Plane::ALL.iter().filter(|p| **p != vs::Plane::Baseline) {
             let pts: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r["plane"] == plane.name())
+                .filter(|r| r["plane"] == plane.name() && r["family"] == base["family"])
                 .map(|r| (r["n"].as_f64().unwrap_or(0.0), r[key].as_f64().unwrap_or(0.0)))
                 .collect();
             series.push(plot::Series { name: plane.name().into(), points: pts });

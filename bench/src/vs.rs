@@ -5,10 +5,13 @@
 //! and the time to add one rule. The no-policy baseline (plain veths, no
 //! program, no rule) is measured in the same run; everything is reported
 //! relative to it. Each dataplane gets a fresh node and pods (network
-//! namespaces), removed afterwards, also on error.
+//! namespaces), removed afterwards, also on error. With IPv6 the pods are
+//! dual-stack and the traffic goes between their IPv6 addresses, against
+//! ip6tables, nftables rules on `ip6` and an `ipv6_addr` set, and the same
+//! Palisade policy (it names labels, not addresses).
 use std::{
     io::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -53,6 +56,8 @@ pub fn cleanup_on_interrupt() -> Result<()> {
 
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 10);
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 20);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, 0x10);
+pub const SERVER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x200, 0, 0, 0, 0, 0x20);
 const PORT: u16 = 5201;
 const RR_PORT: u16 = 7000;
 
@@ -70,7 +75,7 @@ impl Plane {
     pub fn name(self) -> &'static str {
         match self {
             Plane::Baseline => "no policy",
-            Plane::Iptables => "iptables (linear)",
+            Plane::Iptables => "iptables (linear)", // ip6tables for IPv6
             Plane::Nft => "nftables (linear)",
             Plane::NftSet => "nftables (set)",
             Plane::Palisade => "palisade",
@@ -114,9 +119,20 @@ pub struct Topo {
     children: Vec<std::process::Child>,
     tmp: PathBuf,
     bin_dir: PathBuf,
+    /// The measured traffic is IPv6 (dual-stack pods).
+    pub v6: bool,
 }
 
 impl Topo {
+    /// (client, server) addresses of the measured family.
+    pub fn addrs(&self) -> (IpAddr, IpAddr) {
+        if self.v6 {
+            (CLIENT_IP6.into(), SERVER_IP6.into())
+        } else {
+            (CLIENT_IP.into(), SERVER_IP.into())
+        }
+    }
+
     fn bare(suffix: &str, bin_dir: &std::path::Path) -> Result<Self> {
         let tag = format!("pbv{:x}{suffix}", std::process::id() & 0xffff);
         let mut t = Topo {
@@ -129,6 +145,7 @@ impl Topo {
             ctrl: None,
             children: Vec::new(),
             bin_dir: bin_dir.to_path_buf(),
+            v6: false,
         };
         std::fs::create_dir_all(&t.tmp)?;
         let node = t.node.clone();
@@ -205,23 +222,39 @@ impl Topo {
         &self.tmp
     }
 
-    /// A node with a client and a server pod, for `plane`.
-    pub fn new(plane: Plane, bin_dir: &std::path::Path) -> Result<Self> {
-        let mut t = Self::bare(&(plane as u8).to_string(), bin_dir)?;
+    /// A node with a client and a server pod, for `plane`; with `v6` the
+    /// pods are dual-stack and the measured traffic is IPv6.
+    pub fn new(plane: Plane, bin_dir: &std::path::Path, v6: bool) -> Result<Self> {
+        let mut t = Self::bare(&format!("{}{}", plane as u8, if v6 { "6" } else { "" }), bin_dir)?;
+        t.v6 = v6;
         t.client = t.pod_netns("c")?;
         t.server = t.pod_netns("s")?;
         if plane == Plane::Palisade {
             t.start_agent()?;
-            t.cli(&["endpoint", "add", "bench/client", "--netns", &t.client, "--ip", &CLIENT_IP.to_string(), "--labels", "app=client"])?;
-            t.cli(&["endpoint", "add", "bench/server", "--netns", &t.server, "--ip", &SERVER_IP.to_string(), "--labels", "app=server"])?;
+            for (name, ns, ip, ip6, labels) in [
+                ("bench/client", &t.client, CLIENT_IP, CLIENT_IP6, "app=client"),
+                ("bench/server", &t.server, SERVER_IP, SERVER_IP6, "app=server"),
+            ] {
+                let (ip, ip6) = (ip.to_string(), ip6.to_string());
+                let mut args = vec!["endpoint", "add", name, "--netns", ns, "--ip", &ip, "--labels", labels];
+                if v6 {
+                    args.extend(["--ip6", &ip6]);
+                }
+                t.cli(&args)?;
+            }
             return Ok(t);
         }
         // Plain pods, plumbed exactly as palisade-ctrl does (same code, run
         // inside the node's namespace), but with no program attached.
-        for (ns, ip, ifname) in [(&t.client, CLIENT_IP, "hc"), (&t.server, SERVER_IP, "hs")] {
+        for (ns, ip, ip6, ifname) in [(&t.client, CLIENT_IP, CLIENT_IP6, "hc"), (&t.server, SERVER_IP, SERVER_IP6, "hs")] {
             let net = format!("--net=/run/netns/{}", t.node);
-            let ip = ip.to_string();
-            sh(&["nsenter", &net, exe().to_str().expect("utf-8 path"), "plumb", "--netns", ns, "--ip", &ip, "--ifname", ifname])?;
+            let (ip, ip6) = (ip.to_string(), ip6.to_string());
+            let me = exe();
+            let mut args = vec!["nsenter", &net, me.to_str().expect("utf-8 path"), "plumb", "--netns", ns, "--ip", &ip, "--ifname", ifname];
+            if v6 {
+                args.extend(["--ip6", &ip6]);
+            }
+            sh(&args)?;
         }
         Ok(t)
     }
@@ -306,7 +339,8 @@ fn filler_ports(n: usize) -> impl Iterator<Item = u32> {
 /// Installs N rules that do not match the test traffic, then the allowing
 /// rules (UDP and TCP to the iperf port, TCP to the RR port) last.
 pub fn install(t: &Topo, plane: Plane, n: usize) -> Result<()> {
-    let (c, s) = (CLIENT_IP, SERVER_IP);
+    let (c, s) = t.addrs();
+    let (ipt, ip, addr_type) = if t.v6 { ("ip6tables-restore", "ip6", "ipv6_addr") } else { ("iptables-restore", "ip", "ipv4_addr") };
     match plane {
         Plane::Baseline => Ok(()),
         Plane::Iptables => {
@@ -321,16 +355,16 @@ pub fn install(t: &Topo, plane: Plane, n: usize) -> Result<()> {
                 r += &format!("-A FORWARD -s {s} -d {c} -p {proto} --sport {port} -j ACCEPT\n");
             }
             r += "COMMIT\n";
-            sh_stdin(&["ip", "netns", "exec", &t.node, "iptables-restore"], &r)
+            sh_stdin(&["ip", "netns", "exec", &t.node, ipt], &r)
         }
         Plane::Nft => {
             let mut r = String::from("table inet pbench {\n chain fwdfilter {\n  type filter hook forward priority 0; policy drop;\n");
             for p in filler_ports(n) {
-                r += &format!("  ip saddr {c} ip daddr {s} udp dport {p} accept\n");
+                r += &format!("  {ip} saddr {c} {ip} daddr {s} udp dport {p} accept\n");
             }
             for (proto, port) in [("udp", PORT), ("tcp", PORT), ("tcp", RR_PORT)] {
-                r += &format!("  ip saddr {c} ip daddr {s} {proto} dport {port} accept\n");
-                r += &format!("  ip saddr {s} ip daddr {c} {proto} sport {port} accept\n");
+                r += &format!("  {ip} saddr {c} {ip} daddr {s} {proto} dport {port} accept\n");
+                r += &format!("  {ip} saddr {s} {ip} daddr {c} {proto} sport {port} accept\n");
             }
             r += " }\n}\n";
             sh_stdin(&["ip", "netns", "exec", &t.node, "nft", "-f", "-"], &r)
@@ -340,12 +374,14 @@ pub fn install(t: &Topo, plane: Plane, n: usize) -> Result<()> {
             for (proto, port) in [("udp", PORT), ("tcp", PORT), ("tcp", RR_PORT)] {
                 elems.push(format!("{c} . {proto} . {port}"));
             }
-            let mut r = String::from("table inet pbench {\n set allowed {\n  type ipv4_addr . inet_proto . inet_service\n");
+            let mut r = format!("table inet pbench {{\n set allowed {{\n  type {addr_type} . inet_proto . inet_service\n");
             r += &format!("  elements = {{ {} }}\n }}\n", elems.join(", "));
-            r += " set replies {\n  type ipv4_addr . inet_proto . inet_service\n";
+            r += &format!(" set replies {{\n  type {addr_type} . inet_proto . inet_service\n");
             r += &format!("  elements = {{ {s} . udp . {PORT}, {s} . tcp . {PORT}, {s} . tcp . {RR_PORT} }}\n }}\n");
             r += " chain fwdfilter {\n  type filter hook forward priority 0; policy drop;\n";
-            r += "  ip saddr . meta l4proto . th dport @allowed accept\n  ip saddr . meta l4proto . th sport @replies accept\n }\n}\n";
+            r += &format!(
+                "  {ip} saddr . meta l4proto . th dport @allowed accept\n  {ip} saddr . meta l4proto . th sport @replies accept\n }}\n}}\n"
+            );
             sh_stdin(&["ip", "netns", "exec", &t.node, "nft", "-f", "-"], &r)
         }
         Plane::Palisade => {
@@ -371,7 +407,8 @@ fn palisade_policy(n: usize, extra: usize) -> String {
 
 /// Time to add one more rule to a set of N, until enforced.
 pub fn update_time(t: &Topo, plane: Plane, n: usize) -> Result<Option<f64>> {
-    let (c, s) = (CLIENT_IP, SERVER_IP);
+    let (c, s) = t.addrs();
+    let (iptables, ip) = if t.v6 { ("ip6tables", "ip6") } else { ("iptables", "ip") };
     let t0 = Instant::now();
     match plane {
         Plane::Baseline => return Ok(None),
@@ -381,7 +418,7 @@ pub fn update_time(t: &Topo, plane: Plane, n: usize) -> Result<Option<f64>> {
                 "netns",
                 "exec",
                 &t.node,
-                "iptables",
+                iptables,
                 "-I",
                 "FORWARD",
                 "1",
@@ -409,7 +446,7 @@ pub fn update_time(t: &Topo, plane: Plane, n: usize) -> Result<Option<f64>> {
                 "inet",
                 "pbench",
                 "fwdfilter",
-                "ip",
+                ip,
                 "saddr",
                 &c.to_string(),
                 "udp",
@@ -450,7 +487,8 @@ fn iperf(t: &Topo, secs: u32, extra: &[&str]) -> Result<Value> {
     let mut server =
         t.in_ns(&t.server, 1, &["iperf3", "-s", "-1", "-p", &PORT.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(300));
-    let mut args = vec!["iperf3", "-c", "10.200.0.20", "-p", "5201", "-J", "-t"];
+    let server_ip = t.addrs().1.to_string();
+    let mut args = vec!["iperf3", "-c", &server_ip, "-p", "5201", "-J", "-t"];
     let s = secs.to_string();
     args.push(&s);
     args.extend(extra);
@@ -470,7 +508,8 @@ pub fn rr(t: &Topo, count: u32) -> Result<(f64, f64)> {
     let exe = exe.to_str().expect("utf-8 path");
     let mut server = t.in_ns(&t.server, 1, &[exe, "rr-server", "--port", &RR_PORT.to_string()]).stdout(Stdio::null()).spawn()?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = t.in_ns(&t.client, 0, &[exe, "rr-client", &format!("{SERVER_IP}:{RR_PORT}"), "--count", &count.to_string()]).output()?;
+    let target = SocketAddr::new(t.addrs().1, RR_PORT).to_string();
+    let out = t.in_ns(&t.client, 0, &[exe, "rr-client", &target, "--count", &count.to_string()]).output()?;
     let _ = server.kill();
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).with_context(|| format!("rr-client: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -480,7 +519,8 @@ pub fn rr(t: &Topo, count: u32) -> Result<(f64, f64)> {
 /// The TCP_RR-style server: echoes 64-byte requests.
 pub fn rr_server(port: u16) -> Result<()> {
     use std::io::Read;
-    let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    // Both families ([::] takes IPv4 as mapped addresses).
+    let l = std::net::TcpListener::bind(("::", port))?;
     for c in l.incoming() {
         let mut c = c?;
         c.set_nodelay(true)?;
@@ -513,38 +553,42 @@ pub fn rr_client(addr: std::net::SocketAddr, count: u32) -> Result<()> {
     Ok(())
 }
 
-/// One suite run: every dataplane at every N.
-pub fn run(sizes: &[usize], secs: u32, repeats: usize, bin_dir: &std::path::Path) -> Result<Value> {
+/// One suite run: every dataplane at every N, for each family asked
+/// (`false` IPv4, `true` IPv6).
+pub fn run(sizes: &[usize], secs: u32, repeats: usize, bin_dir: &std::path::Path, families: &[bool]) -> Result<Value> {
     cleanup_on_interrupt()?;
     let mut rows = Vec::new();
-    let total = sizes.len() * Plane::ALL.len();
+    let total = sizes.len() * Plane::ALL.len() * families.len();
     let mut step = 0;
-    for &n in sizes {
-        for plane in Plane::ALL {
-            step += 1;
-            if plane == Plane::Baseline && n != sizes[0] {
-                continue; // the baseline has no rules: measured once
+    for &v6 in families {
+        for &n in sizes {
+            for plane in Plane::ALL {
+                step += 1;
+                if plane == Plane::Baseline && n != sizes[0] {
+                    continue; // the baseline has no rules: measured once
+                }
+                let family = if v6 { "IPv6" } else { "IPv4" };
+                eprint!("\r[{step}/{total}] {family} {:<20} N={n:<6}", plane.name());
+                let t = Topo::new(plane, bin_dir, v6)?;
+                install(&t, plane, n)?;
+                let mut udp = Vec::new();
+                let mut tcp = Vec::new();
+                let mut p50 = Vec::new();
+                let mut p99 = Vec::new();
+                for _ in 0..repeats {
+                    udp.push(udp_pps(&t, secs)?);
+                    tcp.push(tcp_gbps(&t, secs)?);
+                    let (a, b) = rr(&t, 20_000)?;
+                    p50.push(a);
+                    p99.push(b);
+                }
+                let update_ms = update_time(&t, plane, n)?;
+                rows.push(json!({
+                    "family": family, "plane": plane.name(), "n": n,
+                    "udp_pps": median(udp), "tcp_gbps": median(tcp), "rr_p50_us": median(p50), "rr_p99_us": median(p99),
+                    "add_rule_ms": update_ms,
+                }));
             }
-            eprint!("\r[{step}/{total}] {:<20} N={n:<6}", plane.name());
-            let t = Topo::new(plane, bin_dir)?;
-            install(&t, plane, n)?;
-            let mut udp = Vec::new();
-            let mut tcp = Vec::new();
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
-            for _ in 0..repeats {
-                udp.push(udp_pps(&t, secs)?);
-                tcp.push(tcp_gbps(&t, secs)?);
-                let (a, b) = rr(&t, 20_000)?;
-                p50.push(a);
-                p99.push(b);
-            }
-            let update_ms = update_time(&t, plane, n)?;
-            rows.push(json!({
-                "plane": plane.name(), "n": n,
-                "udp_pps": median(udp), "tcp_gbps": median(tcp), "rr_p50_us": median(p50), "rr_p99_us": median(p99),
-                "add_rule_ms": update_ms,
-            }));
         }
     }
     eprintln!();

@@ -47,9 +47,13 @@ impl Default for IdentityAllocator {
     }
 }
 
-/// Labels of a CIDR identity: the prefix, and world (it is outside the cluster).
+/// Labels of a CIDR identity: the prefix, and world of its family (it is
+/// outside the cluster). As Cilium writes them: an IPv6 prefix with its
+/// colons as dashes (`cidr:2001-db8--/32`: a label key has no colon past
+/// its source), and `reserved:world-ipv6` for it.
 pub fn cidr_labels(c: &Cidr) -> Labels {
-    Labels(std::sync::Arc::new(BTreeMap::from([(format!("cidr:{c}"), String::new()), ("reserved:world".to_string(), String::new())])))
+    let (prefix, world) = if c.is_ipv6() { (c.to_string().replace(':', "-"), "reserved:world-ipv6") } else { (c.to_string(), "reserved:world") };
+    Labels(std::sync::Arc::new(BTreeMap::from([(format!("cidr:{prefix}"), String::new()), (world.to_string(), String::new())])))
 }
 
 /// The reserved identities and their labels.
@@ -62,6 +66,7 @@ pub fn reserved_identities() -> Vec<(u32, Labels)> {
         (reserved::INIT, "init"),
         (reserved::REMOTE_NODE, "remote-node"),
         (reserved::KUBE_APISERVER, "kube-apiserver"),
+        (reserved::WORLD_IPV6, "world-ipv6"),
     ]
     .into_iter()
     .map(|(id, n)| (id, Labels::reserved(n)))

@@ -224,8 +224,8 @@ impl View<'_> {
             .map(|c| replies::Conntrack {
                 endpoint: by_id.get(&c.ep_id).copied().unwrap_or("<gone>").into(),
                 protocol: proto_name(Some(c.proto)),
-                local: format!("{}:{}", c.local, c.local_port),
-                remote: format!("{}:{}", c.remote, c.remote_port),
+                local: std::net::SocketAddr::new(c.local, c.local_port).to_string(),
+                remote: std::net::SocketAddr::new(c.remote, c.remote_port).to_string(),
                 origin: dir_name(c.origin_direction).into(),
                 age_s: now.saturating_sub(c.created_ns) / 1_000_000_000,
                 idle_s: now.saturating_sub(c.last_seen_ns) / 1_000_000_000,
