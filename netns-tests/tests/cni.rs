@@ -380,3 +380,44 @@ fn podman_runs_a_container_as_a_palisade_endpoint_privileged_test() {
         .count();
     assert_eq!(leases, 0, "podman rm released the address");
 }
+
+/// Dual stack through CNI: host-local with an IPv4 and an IPv6 range gives
+/// the pod one address of each; the agent makes the endpoint with both,
+/// the result lists both (with their gateways and default routes), and the
+/// policy for the pod's labels holds on both families.
+#[test]
+fn a_dual_stack_ipam_result_makes_a_dual_stack_endpoint_privileged_test() {
+    let mut node = Node::with_ctrl_args(&["--pod-cidr6", palisade_netns_tests::POD_CIDR6]);
+    let front = node.pod("shop/frontend", "app=frontend");
+    let cart = node.pod("shop/cart", "app=cart");
+    node.apply_example("allow-frontend-to-backend.yaml");
+    let mut rt = Runtime::new(&node, "1.0.0");
+    rt.conf["ipam"]["ranges"] = json!([
+        [{"subnet": "10.200.0.0/16", "rangeStart": "10.200.242.1", "rangeEnd": "10.200.242.254"}],
+        [{"subnet": "fd00:10:200::/64", "rangeStart": "fd00:10:200::f000", "rangeEnd": "fd00:10:200::ffff"}],
+    ]);
+    let ns = Netns::new(format!("{}-cni6", node.tag));
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=backend-v6;PALISADE_LABELS=app:backend";
+    let (code, res) = rt.cmd("ADD", "dual", Some(&ns.path()), args, &rt.conf);
+    assert_eq!(code, 0, "{res}\n{}", node.log());
+    let ips: Vec<&str> = res["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+    assert_eq!(ips.len(), 2, "{res}");
+    assert!(ips[0].starts_with("10.200.242.") && ips[0].ends_with("/32"), "{res}");
+    assert!(ips[1].starts_with("fd00:10:200::f") && ips[1].ends_with("/128"), "{res}");
+    assert_eq!(res["ips"][1]["gateway"], "fe80::1", "{res}");
+    assert_eq!(res["routes"][1]["dst"], "::/0", "{res}");
+    let ep = node.json(&["endpoint", "get", "shop/backend-v6"]);
+    assert_eq!(ep["ipv6"], ips[1].trim_end_matches("/128"), "{ep}");
+    let mut pod = Pod::existing("shop/backend-v6", &ns.0, ips[0].trim_end_matches("/32").parse().unwrap());
+    pod.ip6 = Some(ips[1].trim_end_matches("/128").parse().unwrap());
+    pod.serve(&[8080]);
+    assert!(front.tcp(&pod, 8080) && front.tcp6(&pod, 8080), "frontend to the CNI pod, both families");
+    assert!(!cart.tcp(&pod, 8080) && !cart.tcp6(&pod, 8080), "cart to the CNI pod is denied, both families");
+    // CHECK agrees with the two addresses; DEL releases both.
+    let mut conf = rt.conf.clone();
+    conf["prevResult"] = res.clone();
+    assert_eq!(rt.cmd("CHECK", "dual", Some(&ns.path()), args, &conf).0, 0);
+    assert_eq!(rt.cmd("DEL", "dual", Some(&ns.path()), args, &rt.conf).0, 0);
+    assert!(node.fails(&["endpoint", "get", "shop/backend-v6"]).contains("does not exist"));
+    drop(pod);
+}

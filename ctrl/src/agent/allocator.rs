@@ -52,7 +52,8 @@ impl Default for IdentityAllocator {
 /// colons as dashes (`cidr:2001-db8--/32`: a label key has no colon past
 /// its source), and `reserved:world-ipv6` for it.
 pub fn cidr_labels(c: &Cidr) -> Labels {
-    let (prefix, world) = if c.is_ipv6() { (c.to_string().replace(':', "-"), "reserved:world-ipv6") } else { (c.to_string(), "reserved:world") };
+    let (prefix, world) =
+        if c.is_ipv6() { (c.to_string().replace(':', "-"), "reserved:world-ipv6") } else { (c.to_string(), "reserved:world") };
     Labels(std::sync::Arc::new(BTreeMap::from([(format!("cidr:{prefix}"), String::new()), (world.to_string(), String::new())])))
 }
 

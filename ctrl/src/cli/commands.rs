@@ -134,7 +134,7 @@ pub fn parse_port_proto(s: &str) -> Result<(u16, u8)> {
     let port: u16 = port.parse().with_context(|| format!("--dport {s:?}: {port:?} is not a port number (0-65535)"))?;
     let p = palisade_policy::Protocol::parse(proto)
         .and_then(|p| p.number())
-        .with_context(|| format!("--dport {s:?}: {proto:?} is not TCP, UDP, SCTP or ICMP"))?;
+        .with_context(|| format!("--dport {s:?}: {proto:?} is not TCP, UDP, SCTP, ICMP or ICMPv6"))?;
     Ok((port, p))
 }
 
