@@ -54,6 +54,8 @@ cleanup() {
   # palisade-ctrl's policy routing for redirected connections (docs/dns.md, docs/l7.md)
   ip -4 rule del pref 90 lookup 2005 2>/dev/null
   ip -4 route flush table 2005 2>/dev/null
+  ip -6 rule del pref 90 lookup 2005 2>/dev/null
+  ip -6 route flush table 2005 2>/dev/null
   rm -rf "$BPF_DIR" "$STATE"
   echo "$FWD_BEFORE" > /proc/sys/net/ipv4/ip_forward
 }

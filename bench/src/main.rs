@@ -256,6 +256,10 @@ enum Cmd {
         /// (the cost of the flow path), at the first size.
         #[arg(long)]
         compare_flows: bool,
+        /// Only the fixtures whose name contains one of these (repeatable),
+        /// e.g. `--only "established flow"` for IPv4 and IPv6 side by side.
+        #[arg(long)]
+        only: Vec<String>,
     },
 }
 
@@ -493,7 +497,7 @@ fn main() -> Result<()> {
         }
         Cmd::RrServer { port } => vs::rr_server(port),
         Cmd::RrClient { addr, count } => vs::rr_client(addr, count),
-        Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json, compare_flows } => {
+        Cmd::Datapath { mut sizes, mut repeat, mut samples, quick, json, compare_flows, only } => {
             if quick {
                 sizes = vec![0, 1000];
                 repeat = 100_000;
@@ -502,12 +506,12 @@ fn main() -> Result<()> {
             if compare_flows {
                 return flows_overhead(sizes.first().copied().unwrap_or(0), repeat, samples, json);
             }
-            datapath(&sizes, repeat, samples, json)
+            datapath(&sizes, repeat, samples, &only, json)
         }
     }
 }
 
-fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -> Result<()> {
+fn datapath(sizes: &[u32], repeat: u32, samples: usize, only: &[String], json: Option<PathBuf>) -> Result<()> {
     vs::cleanup_on_interrupt()?;
     let dir = PathBuf::from(format!("/sys/fs/bpf/palisade-bench/datapath-{}", std::process::id()));
     let max = sizes.iter().copied().max().unwrap_or(0);
@@ -516,7 +520,8 @@ fn datapath(sizes: &[u32], repeat: u32, samples: usize, json: Option<PathBuf>) -
     cfg.ipcache_max = cfg.ipcache_max.max(max + 1024);
     let dp = Datapath::load(&cfg).context("loading the datapath (run as root)")?;
     let result = (|| -> Result<serde_json::Value> {
-        let table = fixtures::table();
+        let table: Vec<_> =
+            fixtures::table().into_iter().filter(|f| only.is_empty() || only.iter().any(|o| f.name.contains(o.as_str()))).collect();
         let mut rows = Vec::new();
         let mut uncached = Vec::new();
         let mut overhead = Vec::new();

@@ -71,14 +71,43 @@ struct {
 	__type(value, struct ct_entry);
 } palisade_ct6_v1 SEC(".maps");
 
-/* One flow's key in the map of its family: `map` is &palisade_ct_v1 with
- * `key` a struct ct_key, or &palisade_ct6_v1 with a struct ct6_key. Both
- * live on the caller's stack (ct_key_fill). */
+/* One flow's key, a struct ct_key (IPv4) or struct ct6_key (IPv6) on the
+ * caller's stack (ct_key_fill).
+ *
+ * Each map has call sites of its own (ct_map_lookup, ct_map_update): the
+ * verifier inlines a hash lookup, or calls the map's own function
+ * directly, only at a call site that only ever sees one map. A map
+ * pointer chosen at run time would make every lookup of both families an
+ * indirect call through the generic helper. The empty asm ends the IPv6
+ * branch differently from the IPv4 one, so the compiler does not merge
+ * the two calls into one with a chosen map pointer. */
 struct ct_ref {
-	void *map;
 	void *key;
 	__u8 proto;
+	__u8 v6;
 };
+
+static __always_inline struct ct_entry *ct_map_lookup(struct ct_ref ref)
+{
+	struct ct_entry *e;
+
+	if (ref.v6) {
+		e = bpf_map_lookup_elem(&palisade_ct6_v1, ref.key);
+		asm volatile("" ::: "memory");
+		return e;
+	}
+	return bpf_map_lookup_elem(&palisade_ct_v1, ref.key);
+}
+
+static __always_inline void ct_map_update(struct ct_ref ref, const struct ct_entry *e)
+{
+	if (ref.v6) {
+		bpf_map_update_elem(&palisade_ct6_v1, ref.key, e, BPF_ANY);
+		asm volatile("" ::: "memory");
+		return;
+	}
+	bpf_map_update_elem(&palisade_ct_v1, ref.key, e, BPF_ANY);
+}
 
 /* Fills the key of the flow `t` belongs to, for endpoint `ep_id` seen in
  * direction `dir` (local = the endpoint's side), in k4 or k6 by family. */
@@ -99,7 +128,7 @@ static __always_inline struct ct_ref ct_key_fill(const struct tuple *t, __u32 ep
 		k6->remote_port = rport;
 		k6->proto = t->proto;
 		k6->pad[0] = k6->pad[1] = k6->pad[2] = 0;
-		r.map = &palisade_ct6_v1;
+		r.v6 = 1;
 		r.key = k6;
 	} else {
 		k4->ep_id = ep_id;
@@ -109,7 +138,6 @@ static __always_inline struct ct_ref ct_key_fill(const struct tuple *t, __u32 ep
 		k4->remote_port = rport;
 		k4->proto = t->proto;
 		k4->pad[0] = k4->pad[1] = k4->pad[2] = 0;
-		r.map = &palisade_ct_v1;
 		r.key = k4;
 	}
 	return r;
@@ -137,7 +165,7 @@ struct ct_state {
 static __always_inline int ct_lookup_refresh(struct ct_ref ref, __u8 tcp_closing, __u8 tcp_flags,
 					     struct ct_state *st)
 {
-	struct ct_entry *e = bpf_map_lookup_elem(ref.map, ref.key);
+	struct ct_entry *e = ct_map_lookup(ref);
 	__u64 now;
 
 	if (!e)
@@ -170,14 +198,14 @@ static __always_inline void ct_create(struct ct_ref ref, __u8 dir, __u32 cookie,
 		.proxy_port = proxy_port,
 	};
 
-	bpf_map_update_elem(ref.map, ref.key, &e, BPF_ANY);
+	ct_map_update(ref, &e);
 }
 
 /* Points an existing flow (or a new entry) at a proxy port: every later
  * packet matching it is handed to the proxy where it enters the node. */
 static __always_inline void ct_set_proxy(struct ct_ref ref, __u8 dir, __u8 tcp_closing, __u16 proxy_port)
 {
-	struct ct_entry *e = bpf_map_lookup_elem(ref.map, ref.key);
+	struct ct_entry *e = ct_map_lookup(ref);
 
 	if (e) {
 		e->proxy_port = proxy_port;

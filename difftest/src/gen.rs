@@ -2,7 +2,10 @@
 //! of outside addresses, and one to four random policies of the three
 //! kinds, rendered as the YAML an operator would write. The case is plain
 //! data, so that [`crate::model`] can judge it without the policy crate.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use serde_json::{json, Map, Value};
 
@@ -47,28 +50,40 @@ pub const NAMESPACES: [&str; 2] = ["ns0", "ns1"];
 const APPS: [&str; 3] = ["a", "b", "c"];
 const TIERS: [&str; 2] = ["x", "y"];
 
-/// An IPv4 prefix, as the model computes with it.
+/// An IPv4 or IPv6 prefix, as the model computes with it (a prefix of one
+/// family holds no address of the other).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
-    pub net: Ipv4Addr,
+    pub net: IpAddr,
     pub len: u8,
 }
 
 impl Prefix {
-    const fn new(a: u8, b: u8, c: u8, d: u8, len: u8) -> Self {
-        Self { net: Ipv4Addr::new(a, b, c, d), len }
+    const fn v4(a: u8, b: u8, c: u8, d: u8, len: u8) -> Self {
+        Self { net: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), len }
     }
 
-    fn mask(self) -> u32 {
-        if self.len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.len))
+    const fn v6(segments: [u16; 8], len: u8) -> Self {
+        let [a, b, c, d, e, f, g, h] = segments;
+        Self { net: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)), len }
+    }
+
+    /// The address's bits under this prefix's mask (IPv4 in the low 32).
+    fn masked(self, ip: IpAddr) -> Option<u128> {
+        match ip {
+            IpAddr::V4(a) => {
+                let m = if self.len == 0 { 0 } else { u32::MAX << (32 - u32::from(self.len)) };
+                Some(u128::from(u32::from(a) & m))
+            }
+            IpAddr::V6(a) => {
+                let m = if self.len == 0 { 0 } else { u128::MAX << (128 - u32::from(self.len)) };
+                Some(u128::from(a) & m)
+            }
         }
     }
 
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.net) & self.mask()
+    pub fn contains(self, ip: IpAddr) -> bool {
+        self.net.is_ipv4() == ip.is_ipv4() && self.masked(ip) == self.masked(self.net)
     }
 
     /// Whether every address of `other` is in `self`.
@@ -81,34 +96,46 @@ impl Prefix {
     }
 }
 
-/// Prefixes policies name: nested, disjoint, one covering pod addresses,
-/// a /32, and the whole space.
-pub const PREFIXES: [Prefix; 9] = [
-    Prefix::new(192, 0, 2, 0, 24),
-    Prefix::new(192, 0, 2, 0, 25),
-    Prefix::new(192, 0, 2, 64, 26),
-    Prefix::new(192, 0, 2, 200, 32),
-    Prefix::new(192, 0, 2, 128, 25),
-    Prefix::new(198, 51, 100, 0, 24),
-    Prefix::new(10, 77, 0, 0, 16),
-    Prefix::new(203, 0, 113, 0, 24),
-    Prefix::new(0, 0, 0, 0, 0),
+/// Prefixes policies name, per family: nested, disjoint, one covering pod
+/// addresses, a host prefix, and the whole space.
+pub const PREFIXES: [Prefix; 14] = [
+    Prefix::v4(192, 0, 2, 0, 24),
+    Prefix::v4(192, 0, 2, 0, 25),
+    Prefix::v4(192, 0, 2, 64, 26),
+    Prefix::v4(192, 0, 2, 200, 32),
+    Prefix::v4(192, 0, 2, 128, 25),
+    Prefix::v4(198, 51, 100, 0, 24),
+    Prefix::v4(10, 77, 0, 0, 16),
+    Prefix::v4(203, 0, 113, 0, 24),
+    Prefix::v4(0, 0, 0, 0, 0),
+    Prefix::v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),
+    Prefix::v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 0], 48),
+    Prefix::v6([0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xc8], 128),
+    Prefix::v6([0xfd77, 0, 0, 0, 0, 0, 0, 0], 16),
+    Prefix::v6([0, 0, 0, 0, 0, 0, 0, 0], 0),
 ];
 
 /// Outside addresses packets come from and go to: inside one, several or
-/// none of the prefixes; one inside the pods' own range but not a pod.
-pub const OUTSIDE: [Ipv4Addr; 8] = [
-    Ipv4Addr::new(192, 0, 2, 1),
-    Ipv4Addr::new(192, 0, 2, 70),
-    Ipv4Addr::new(192, 0, 2, 130),
-    Ipv4Addr::new(192, 0, 2, 200),
-    Ipv4Addr::new(198, 51, 100, 9),
-    Ipv4Addr::new(203, 0, 113, 5),
-    Ipv4Addr::new(10, 77, 0, 200),
-    Ipv4Addr::new(100, 64, 0, 1),
+/// none of the prefixes; one inside the pods' own range but not a pod;
+/// both families.
+pub const OUTSIDE: [IpAddr; 13] = [
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 70)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 130)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 200)),
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 9)),
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 5)),
+    IpAddr::V4(Ipv4Addr::new(10, 77, 0, 200)),
+    IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xc8)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 5)),
+    IpAddr::V6(Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0xc8)),
+    IpAddr::V6(Ipv6Addr::new(0x2600, 0, 0, 0, 0, 0, 0, 1)),
 ];
 
-/// The (protocol, port) pairs packets use; ICMP is an echo request.
+/// The (protocol, port) pairs packets use; ICMP is an echo request (ICMPv6
+/// over IPv6).
 pub const PROBES: [(u8, u16); 7] = [(6, 80), (6, 443), (6, 8080), (6, 5432), (17, 53), (17, 8080), (1, 0)];
 
 #[derive(Debug, Clone)]
@@ -117,6 +144,8 @@ pub struct Pod {
     pub name: String,
     pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
+    /// Every pod is dual-stack.
+    pub ip6: Ipv6Addr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +181,8 @@ pub struct Sel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Entity {
     World,
+    WorldIpv4,
+    WorldIpv6,
     Cluster,
     All,
 }
@@ -228,6 +259,11 @@ pub fn pod_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, 10 + i as u8)
 }
 
+/// The pods' IPv6 addresses: fd77::10, ::11, ...
+pub fn pod_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0x10 + i as u16)
+}
+
 pub const MAX_PODS: usize = 6;
 
 impl Case {
@@ -241,7 +277,7 @@ impl Case {
                 if !r.one_in(2) {
                     labels.insert("tier".to_string(), r.pick(&TIERS).to_string());
                 }
-                Pod { ns: r.namespace(), name: format!("pod{i}"), labels, ip: pod_ip(i) }
+                Pod { ns: r.namespace(), name: format!("pod{i}"), labels, ip: pod_ip(i), ip6: pod_ip6(i) }
             })
             .collect();
         let policies = (0..1 + r.below(4)).map(|i| policy(&mut r, i)).collect();
@@ -355,7 +391,7 @@ fn policy(r: &mut Rng, i: usize) -> Pol {
                 0 if !deny => Peer::All,
                 0 | 1 => Peer::Endpoints((0..r.below(3)).map(|_| selector(r, true)).collect()),
                 2 => Peer::Cidrs((0..1 + r.below(2)).map(|_| prefix_with_excepts(r)).collect()),
-                3 => Peer::Entities(vec![*r.pick(&[Entity::World, Entity::Cluster, Entity::All])]),
+                3 => Peer::Entities(vec![*r.pick(&[Entity::World, Entity::WorldIpv4, Entity::WorldIpv6, Entity::Cluster, Entity::All])]),
                 _ => Peer::Endpoints(vec![selector(r, true)]),
             };
             let mut p = ports(r, false);
@@ -442,6 +478,8 @@ fn cilium_rule(rule: &Rule) -> Value {
                 .map(|e| {
                     json!(match e {
                         Entity::World => "world",
+                        Entity::WorldIpv4 => "world-ipv4",
+                        Entity::WorldIpv6 => "world-ipv6",
                         Entity::Cluster => "cluster",
                         Entity::All => "all",
                     })

@@ -21,11 +21,11 @@
 pub mod gen;
 pub mod model;
 
-use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, net::IpAddr, path::PathBuf, sync::Arc};
 
 use anyhow::{Context, Result};
 use palisade_bpf::{
-    fixtures::{icmp_echo, tcp, udp, Ip, TC_ACT_SHOT},
+    fixtures::{icmp6_echo, icmp_echo, tcp, udp, Ip, Ip6, TC_ACT_SHOT},
     Datapath, DatapathConfig, Hook,
 };
 use palisade_ctrl::agent::{
@@ -140,7 +140,7 @@ impl Harness {
                 pod: pod.name.clone(),
                 netns: String::new(),
                 ipv4: Some(pod.ip),
-                ipv6: None,
+                ipv6: Some(pod.ip6),
                 user_labels: pod.labels.clone(),
                 labels,
                 identity,
@@ -175,47 +175,58 @@ impl Harness {
         let subject = &case.pods[0];
         let remotes: Vec<Remote<'_>> = case.pods[1..].iter().map(Remote::Pod).chain(OUTSIDE.iter().copied().map(Remote::Outside)).collect();
         for remote in &remotes {
-            for ingress in [true, false] {
-                for (proto, port) in PROBES {
-                    self.sport = if self.sport >= 60000 { 20000 } else { self.sport + 1 };
-                    let (src, dst) = if ingress { (remote.ip(), subject.ip) } else { (subject.ip, remote.ip()) };
-                    let l4 = match proto {
-                        6 => tcp(self.sport, port, 0x02),
-                        17 => udp(self.sport, port),
-                        _ => icmp_echo(self.sport),
-                    };
-                    let pkt = Ip::new(src, dst, proto).packet(&l4);
-                    let hook = if ingress { Hook::ToEndpoint } else { Hook::FromEndpoint };
-                    let (ret, _) = dp.test_run(hook, SUBJECT_IFINDEX, &pkt, 1)?;
-                    let want = model::verdict(case, subject, ingress, *remote, proto, port);
-                    report.packets += 1;
-                    let passed = ret != TC_ACT_SHOT;
-                    if passed {
-                        report.allowed += 1;
-                    } else {
-                        report.denied += 1;
-                    }
-                    if passed != want.passes() {
-                        report.disagreements.push(Disagreement {
-                            seed: case.seed,
-                            yaml: yaml.clone(),
-                            pods: pods_text(case),
-                            packet: format!(
-                                "{} {src} -> {dst} {} {port} ({})",
-                                if ingress { "ingress" } else { "egress" },
-                                match proto {
-                                    6 => "TCP",
-                                    17 => "UDP",
-                                    _ => "ICMP",
-                                },
-                                match remote {
-                                    Remote::Pod(p) => format!("peer {}/{}", p.ns, p.name),
-                                    Remote::Outside(_) => "peer outside".to_string(),
-                                }
-                            ),
-                            model: want,
-                            datapath: ret,
-                        });
+            for v6 in [false, true] {
+                let Some(remote_ip) = remote.ip(v6) else { continue };
+                let subject_ip: IpAddr = if v6 { subject.ip6.into() } else { subject.ip.into() };
+                for ingress in [true, false] {
+                    for (proto, port) in PROBES {
+                        let proto = if proto == 1 && v6 { 58 } else { proto };
+                        self.sport = if self.sport >= 60000 { 20000 } else { self.sport + 1 };
+                        let (src, dst) = if ingress { (remote_ip, subject_ip) } else { (subject_ip, remote_ip) };
+                        let l4 = match proto {
+                            6 => tcp(self.sport, port, 0x02),
+                            17 => udp(self.sport, port),
+                            58 => icmp6_echo(self.sport),
+                            _ => icmp_echo(self.sport),
+                        };
+                        let pkt = match (src, dst) {
+                            (IpAddr::V4(s), IpAddr::V4(d)) => Ip::new(s, d, proto).packet(&l4),
+                            (IpAddr::V6(s), IpAddr::V6(d)) => Ip6::new(s, d, proto).packet(&l4),
+                            _ => unreachable!("one family per probe"),
+                        };
+                        let hook = if ingress { Hook::ToEndpoint } else { Hook::FromEndpoint };
+                        let (ret, _) = dp.test_run(hook, SUBJECT_IFINDEX, &pkt, 1)?;
+                        let want = model::verdict(case, subject, ingress, *remote, proto, port);
+                        report.packets += 1;
+                        let passed = ret != TC_ACT_SHOT;
+                        if passed {
+                            report.allowed += 1;
+                        } else {
+                            report.denied += 1;
+                        }
+                        if passed != want.passes() {
+                            report.disagreements.push(Disagreement {
+                                seed: case.seed,
+                                yaml: yaml.clone(),
+                                pods: pods_text(case),
+                                packet: format!(
+                                    "{} {src} -> {dst} {} {port} ({})",
+                                    if ingress { "ingress" } else { "egress" },
+                                    match proto {
+                                        6 => "TCP",
+                                        17 => "UDP",
+                                        58 => "ICMPv6",
+                                        _ => "ICMP",
+                                    },
+                                    match remote {
+                                        Remote::Pod(p) => format!("peer {}/{}", p.ns, p.name),
+                                        Remote::Outside(_) => "peer outside".to_string(),
+                                    }
+                                ),
+                                model: want,
+                                datapath: ret,
+                            });
+                        }
                     }
                 }
             }
@@ -229,7 +240,7 @@ fn pods_text(case: &Case) -> String {
         .iter()
         .map(|p| {
             let l: Vec<String> = p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{}/{} {} [{}]", p.ns, p.name, p.ip, l.join(","))
+            format!("{}/{} {} {} [{}]", p.ns, p.name, p.ip, p.ip6, l.join(","))
         })
         .collect::<Vec<_>>()
         .join("; ")

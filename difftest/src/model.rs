@@ -10,10 +10,12 @@
 //! - an enforced direction admits only what some allow matches;
 //! - pods are told by labels, never by address: CIDR rules (and ipBlock)
 //!   select only addresses that are not pods; `world` is every address
-//!   that is not a pod, `cluster` every pod;
+//!   that is not a pod (`world-ipv4`, `world-ipv6`: those of one family),
+//!   `cluster` every pod; a prefix holds no address of the other family
+//!   (`0.0.0.0/0` is no IPv6 address);
 //! - namespaced kinds select subjects and peers in their own namespace
 //!   unless a peer selector names `io.kubernetes.pod.namespace`.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use crate::gen::{Case, Entity, Kind, NpPeer, Op, Peer, Pod, Pol, Port, Proto, Rule, Sel};
 
@@ -21,14 +23,15 @@ use crate::gen::{Case, Entity, Kind, NpPeer, Op, Peer, Pod, Pol, Port, Proto, Ru
 #[derive(Debug, Clone, Copy)]
 pub enum Remote<'a> {
     Pod(&'a Pod),
-    Outside(Ipv4Addr),
+    Outside(IpAddr),
 }
 
 impl Remote<'_> {
-    pub fn ip(&self) -> Ipv4Addr {
+    /// The remote's address of the family asked (`None`: it has none).
+    pub fn ip(&self, v6: bool) -> Option<IpAddr> {
         match self {
-            Remote::Pod(p) => p.ip,
-            Remote::Outside(ip) => *ip,
+            Remote::Pod(p) => Some(if v6 { p.ip6.into() } else { p.ip.into() }),
+            Remote::Outside(ip) => (ip.is_ipv6() == v6).then_some(*ip),
         }
     }
 }
@@ -93,9 +96,12 @@ fn peer_matches(p: &Pol, rule: &Rule, remote: Remote<'_>) -> bool {
         (Peer::Endpoints(_), Remote::Outside(_)) => false,
         (Peer::Cidrs(list), Remote::Outside(ip)) => list.iter().any(|(c, ex)| c.contains(ip) && !ex.iter().any(|e| e.contains(ip))),
         (Peer::Cidrs(_), Remote::Pod(_)) => false,
-        (Peer::Entities(e), r) => {
-            e.iter().any(|e| matches!((e, r), (Entity::All, _) | (Entity::World, Remote::Outside(_)) | (Entity::Cluster, Remote::Pod(_))))
-        }
+        (Peer::Entities(e), r) => e.iter().any(|e| match (e, r) {
+            (Entity::All, _) | (Entity::World, Remote::Outside(_)) | (Entity::Cluster, Remote::Pod(_)) => true,
+            (Entity::WorldIpv4, Remote::Outside(ip)) => ip.is_ipv4(),
+            (Entity::WorldIpv6, Remote::Outside(ip)) => ip.is_ipv6(),
+            _ => false,
+        }),
         (Peer::Np(peers), r) => {
             peers.is_empty()
                 || peers.iter().any(|np| match (np, r) {

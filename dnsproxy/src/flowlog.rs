@@ -103,8 +103,65 @@ impl FlowLog {
             source_ring: "dns".into(),
             time_ns: now,
         };
-        if let Ok(json) = serde_json::to_vec(&f) {
-            self.writer.lock().unwrap_or_else(|p| p.into_inner()).append(&json);
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(json) = fit(f, w.max_record()) {
+            w.append(&json);
         }
+    }
+}
+
+/// The record as JSON within `max` bytes: an answer with many addresses
+/// (a long AAAA list) would be cut mid-record by the ring, and `observe`
+/// skips a record that does not parse; so addresses, then CNAMEs, are
+/// dropped from the end until it fits (the proxy installed all of them;
+/// the record is for people). `None` if even the bare record does not fit.
+fn fit(mut f: Flow, max: usize) -> Option<Vec<u8>> {
+    loop {
+        let json = serde_json::to_vec(&f).ok()?;
+        if json.len() <= max {
+            return Some(json);
+        }
+        let dns = f.l7.as_mut()?.dns.as_mut()?;
+        if dns.ips.pop().is_none() && dns.cnames.pop().is_none() {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DNS flow with 64 AAAA addresses fits a 1 KiB slot as valid JSON,
+    /// keeping the addresses that fit, in order.
+    #[test]
+    fn a_long_aaaa_answer_is_cut_to_the_slot_as_valid_json() {
+        let ips: Vec<String> = (0..64).map(|i| format!("2001:db8:ffff:ffff:ffff:ffff:ffff:{i:x}")).collect();
+        let f = Flow {
+            time: String::new(),
+            verdict: "FORWARDED".into(),
+            drop_reason_desc: String::new(),
+            flow_type: "L7".into(),
+            traffic_direction: "EGRESS".into(),
+            source: Endpoint::default(),
+            destination: Endpoint::default(),
+            ip: Ip::default(),
+            l4: L4::Udp { source_port: 1, destination_port: 53 },
+            policies: vec![],
+            node_name: String::new(),
+            suppressed: 0,
+            l7: Some(L7 {
+                dns: Some(Dns { query: "many.example.com.".into(), ips: ips.clone(), ..Default::default() }),
+                ..Default::default()
+            }),
+            source_ring: "dns".into(),
+            time_ns: 0,
+        };
+        let json = fit(f, 1008).expect("fits");
+        assert!(json.len() <= 1008);
+        let back: Flow = serde_json::from_slice(&json).expect("valid JSON");
+        let kept = back.l7.unwrap().dns.unwrap().ips;
+        assert!(!kept.is_empty() && kept.len() < 64, "{}", kept.len());
+        assert_eq!(kept[..], ips[..kept.len()]);
     }
 }

@@ -255,11 +255,14 @@ fn install_then_the_units_own_command_lines_bring_up_a_node_privileged_test() {
     assert!(!ok && out.contains("stop palisade-ctrl first"), "{out}");
     sb.stop_daemons();
     let (ok, out) = sb.run(&["/usr/local/bin/palisade-ctrl", "--teardown", "--remove-pins", "--config", "/etc/palisade/config"]);
-    assert!(ok && out.contains("detached 2 program(s) from uplink0") && out.contains("1 proxy routing rule(s) removed"), "{out}");
+    // One proxy routing rule per family (the sandbox has IPv6).
+    assert!(ok && out.contains("detached 2 program(s) from uplink0") && out.contains("2 proxy routing rule(s) removed"), "{out}");
     assert!(out.contains("removed the pinned maps in /sys/fs/bpf/palisade"), "{out}");
     assert!(out.contains("detached the sk_lookup program"), "the netns sk_lookup link goes too: {out}");
     let (_, rules) = sb.run(&["ip", "rule", "show"]);
     assert!(!rules.contains("lookup 2005"), "{rules}");
+    let (_, rules) = sb.run(&["ip", "-6", "rule", "show"]);
+    assert!(!rules.contains("lookup 2005"), "IPv6: {rules}");
     let (ok, out) = sb.run(&["/usr/local/bin/palisade-ctrl", "--teardown", "--config", "/etc/palisade/config"]);
     assert!(ok && out.contains("teardown: 0 program(s) detached, 0 proxy routing rule(s) removed"), "{out}");
     drop(sb);

@@ -67,6 +67,16 @@ fn dual_stack_pods_get_one_identity_and_the_same_policy_on_both_families() {
         assert_eq!(t["verdict"], "DENIED", "trace to {dst}: {t}");
     }
 
+    // The pods' kernels sent MLD reports (a hop-by-hop header with a
+    // router alert) when their addresses came up: the parser walked those
+    // headers, and /metrics counts them by kind.
+    let m = node.metrics();
+    let hbh = m
+        .lines()
+        .find(|l| l.starts_with("palisade_ipv6_extension_headers_total{kind=\"hop_by_hop\"}"))
+        .unwrap_or_else(|| panic!("no hop-by-hop counter in /metrics:\n{m}"));
+    assert!(hbh.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0), "{hbh}");
+
     // The IPv6 drop is in observe as IPv6, with both ends named.
     let flows = node.wait_flows(&["--verdict", "DROPPED", "--to-pod", "shop/backend"], 1);
     let f6 = flows.iter().find(|f| f["IP"]["ipVersion"] == "IPv6").unwrap_or_else(|| panic!("no IPv6 drop in {flows:?}"));
@@ -192,6 +202,27 @@ fn host_firewall_on_ipv6() {
         v6(&world, palisade_netns_tests::UPLINK_NODE_IP.into(), "node (IPv4) :8443", What::Tcp(8443), false),
     ];
     check_probes(&probes);
+    // The node's link-local address on the uplink is the node's too: host
+    // policy holds there (it is not forwarded traffic).
+    let out = std::process::Command::new("ip")
+        .args(["-n", &node.netns, "-6", "-j", "addr", "show", "dev", "uplink0", "scope", "link"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j addr");
+    let ll = v[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find_map(|a| a["local"].as_str())
+        .unwrap_or_else(|| panic!("the uplink's link-local address: {v}"))
+        .to_string();
+    let out = std::process::Command::new("ip").args(["-n", &world.netns, "-j", "link", "show", "eth0"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ip -j link");
+    let scope = v[0]["ifindex"].as_u64().expect("eth0's ifindex");
+    let probe = palisade_netns_tests::bin_dir().join("palisade-probe");
+    let tcp = |port: u16| world.exec(&[probe.to_str().unwrap(), "tcp", &format!("[{ll}%{scope}]:{port}"), "--timeout-ms", "600"]).0;
+    assert!(tcp(22), "world -> the node's link-local address :22 (allowed)");
+    assert!(!tcp(8443), "world -> the node's link-local address :8443 passed the host policy");
 }
 
 #[test]

@@ -172,7 +172,7 @@ fn bad_input_is_rejected_and_changes_nothing_privileged_test() {
     let err = node.fails(&["policy", "delete", "nope", "-n", "shop"]);
     assert!(err.contains("policy shop/nope does not exist"), "{err}");
     let err = node.fails(&["policy", "trace", "--src", "shop/frontend", "--dst", "shop/backend", "--dport", "80/XTP"]);
-    assert!(err.contains("\"XTP\" is not TCP, UDP, SCTP or ICMP"), "{err}");
+    assert!(err.contains("\"XTP\" is not TCP, UDP, SCTP, ICMP or ICMPv6"), "{err}");
     assert_eq!(node.json(&["endpoint", "list"]).as_array().unwrap().len(), 3, "failed adds left nothing behind");
 
     // Valid but suspicious: applied, with a warning on stderr.

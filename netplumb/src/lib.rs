@@ -499,10 +499,11 @@ impl AddressWatch {
     }
 }
 
-/// The node's own addresses of both families (identity host), loopback,
-/// IPv6 link-local and multicast aside (they are never a flow's peer
-/// across the uplink: link-local ones are the same on every link), from
-/// one netlink address dump: O(addresses). (`/proc/self/net/fib_trie`
+/// The node's own addresses of both families (identity host), loopback
+/// and multicast aside, from one netlink address dump: O(addresses). IPv6
+/// link-local addresses are in: a packet to the node's `fe80::` address on
+/// an uplink is the node's own traffic, under host policy like any other
+/// (left out, it would pass the uplink's programs as forwarded traffic). (`/proc/self/net/fib_trie`
 /// costs a line per route, and every endpoint has a /32 route: 1.7 ms a
 /// change at 1000 endpoints; `getifaddrs` walks every veth: 15 ms.)
 pub fn node_addresses() -> Result<std::collections::BTreeSet<IpAddr>> {
@@ -550,7 +551,7 @@ pub fn node_addresses() -> Result<std::collections::BTreeSet<IpAddr>> {
                     });
                     let own = |ip: &IpAddr| match ip {
                         IpAddr::V4(v4) => !v4.is_loopback(),
-                        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_unicast_link_local() && !v6.is_multicast(),
+                        IpAddr::V6(v6) => !v6.is_loopback() && !v6.is_multicast(),
                     };
                     if let Some(ip) = addr.filter(own) {
                         out.insert(ip);
