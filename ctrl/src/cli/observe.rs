@@ -361,7 +361,12 @@ fn decode(records: Vec<Vec<u8>>) -> Vec<Flow> {
 }
 
 fn endpoint_text(e: &palisade_flow::Endpoint, ip: &str, port: Option<u16>) -> String {
-    let who = if e.pod_name.is_empty() { ip.to_string() } else { format!("{}/{}", e.namespace, e.pod_name) };
+    let who = match (e.pod_name.is_empty(), port.is_some() && ip.contains(':')) {
+        // An IPv6 address before a port is bracketed, as in a URL.
+        (true, true) => format!("[{ip}]"),
+        (true, false) => ip.to_string(),
+        (false, _) => format!("{}/{}", e.namespace, e.pod_name),
+    };
     let port = port.map(|p| format!(":{p}")).unwrap_or_default();
     format!("{who}{port} ({})", e.identity)
 }
@@ -559,6 +564,16 @@ pub fn run(state_dir: &Path, filter: &Filter, window: Window, follow: bool, form
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_peers_are_bracketed_before_their_port() {
+        let world = palisade_flow::Endpoint { identity: 10, ..Default::default() };
+        assert_eq!(endpoint_text(&world, "2001:db8::7", Some(443)), "[2001:db8::7]:443 (10)");
+        assert_eq!(endpoint_text(&world, "2001:db8::7", None), "2001:db8::7 (10)");
+        assert_eq!(endpoint_text(&world, "192.0.2.7", Some(443)), "192.0.2.7:443 (10)");
+        let pod = palisade_flow::Endpoint { identity: 300, namespace: "shop".into(), pod_name: "api".into(), ..Default::default() };
+        assert_eq!(endpoint_text(&pod, "fd00::5", Some(80)), "shop/api:80 (300)");
+    }
 
     #[test]
     fn since_takes_durations_and_rfc3339_times() {
