@@ -119,6 +119,8 @@ static __always_inline int verdict(struct __sk_buff *skb, __u8 dir, int host)
 		return endpoint_enforced(ep, dir) ? -DROP_FRAG_NOSUPPORT : REASON_FORWARDED;
 	if (rc == PARSE_EXTHDR)
 		return endpoint_enforced(ep, dir) ? -DROP_IPV6_EXTHDR : REASON_FORWARDED;
+	if (t.icmp_err && icmp_error_related(skb, &t, ep->ep_id, dir))
+		return REASON_FORWARDED;
 
 	/* The L7 proxy's own upstream connection, to this endpoint: its
 	 * L3/L4 policy applies (the source is the client's address), but the

@@ -215,3 +215,70 @@ static __always_inline void ct_set_proxy(struct ct_ref ref, __u8 dir, __u8 tcp_c
 }
 
 #endif
+
+#ifndef PALISADE_CONNTRACK_RELATED
+#define PALISADE_CONNTRACK_RELATED
+/* Whether an ICMP or ICMPv6 error that endpoint `ep_id` sends or receives
+ * in direction `dir` is about one of its live flows: the packet it quotes
+ * (the inner header and the first 8 bytes of its L4 header) went the other
+ * way, so its tuple seen from the other direction is the flow's conntrack
+ * key. Such an error (Packet Too Big above all: path MTU discovery) is
+ * part of the flow, as Linux conntrack calls it RELATED, and passes
+ * without a rule for its ICMP type. A lookup only: the flow's timer is not
+ * refreshed by errors. An error whose quote is cut short or names no live
+ * flow is an ordinary ICMP packet, judged by policy. */
+static __always_inline int icmp_error_related(struct __sk_buff *skb, const struct tuple *t, __u32 ep_id, __u8 dir)
+{
+	struct tuple in = {};
+	struct ct_key k4;
+	struct ct6_key k6;
+	struct ct_entry *e;
+	__u32 off = (__u32)t->l4off + 8;
+	__u8 l4[8];
+
+	if (off > 0xffff)
+		return 0;
+	if (t->family == ADDR_FAMILY_IPV6) {
+		struct ip6_hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)) < 0)
+			return 0;
+		__builtin_memcpy(in.saddr, ip6.saddr, 16);
+		__builtin_memcpy(in.daddr, ip6.daddr, 16);
+		in.proto = ip6.nexthdr;
+		off += IP6_HLEN;
+	} else {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+			return 0;
+		in.saddr[0] = ip.saddr;
+		in.daddr[0] = ip.daddr;
+		in.proto = ip.protocol;
+		off += (__u32)ip.ihl * 4;
+	}
+	in.family = t->family;
+	if (bpf_skb_load_bytes(skb, off, l4, sizeof(l4)) < 0)
+		return 0;
+	switch (in.proto) {
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+	case IPPROTO_SCTP:
+		__builtin_memcpy(&in.ct_sport, &l4[0], 2);
+		__builtin_memcpy(&in.ct_dport, &l4[2], 2);
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		if (l4[0] != ICMP_ECHO && l4[0] != ICMP_ECHOREPLY && l4[0] != ICMPV6_ECHO_REQUEST &&
+		    l4[0] != ICMPV6_ECHO_REPLY)
+			return 0;
+		__builtin_memcpy(&in.ct_sport, &l4[4], 2);
+		in.ct_dport = in.ct_sport;
+		break;
+	default:
+		return 0;
+	}
+	e = ct_map_lookup(ct_key_fill(&in, ep_id, dir == DIR_EGRESS ? DIR_INGRESS : DIR_EGRESS, &k4, &k6));
+	return e && bpf_ktime_get_ns() - e->last_seen_ns <= ct_lifetime(e, in.proto);
+}
+#endif

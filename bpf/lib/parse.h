@@ -26,6 +26,8 @@
  *    ARP. RFC 4861 and 3810 make receivers drop such a packet that crossed
  *    a router, so one a pod sends anywhere else dies on the way; with any
  *    other hop limit they are ICMPv6 like the rest, judged by policy.
+ *  - ICMP errors (3, 11, 12; ICMPv6 1-4) are marked (icmp_err): one about
+ *    a live flow of the endpoint passes (conntrack.h, icmp_error_related).
  * Headers are read with bpf_skb_load_bytes so non-linear skbs parse too. */
 #ifndef PALISADE_PARSE_H
 #define PALISADE_PARSE_H
@@ -90,6 +92,9 @@ struct tuple {
 	__u8 tcp_closing;  /* FIN or RST */
 	__u8 tcp_flags;    /* the TCP flags byte (FIN 0x01 SYN 0x02 RST 0x04 ACK 0x10) */
 	__u8 family;       /* ADDR_FAMILY_* (0 before parsing an IP header) */
+	__u16 l4off;       /* where the L4 header starts */
+	__u8 icmp_err;     /* an ICMP/ICMPv6 error message (it quotes a packet) */
+	__u8 pad;
 };
 
 /* palisade_ip6_exthdr_v1: IPv6 extension headers seen, per CPU, by kind:
@@ -115,6 +120,7 @@ static __always_inline void exthdr_count(__u32 idx)
  * left in the IP payload. Returns 0 or -DROP_INVALID. */
 static __always_inline int parse_l4(struct __sk_buff *skb, struct tuple *t, __u32 l4off, __u32 l4len)
 {
+	t->l4off = l4off;
 	switch (t->proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr th;
@@ -149,6 +155,11 @@ static __always_inline int parse_l4(struct __sk_buff *skb, struct tuple *t, __u3
 		t->dport = bpf_htons(ih.type);
 		if (ih.type == req || ih.type == rep)
 			t->ct_sport = t->ct_dport = ih.id;
+		/* Errors quote the packet they are about (icmp_error_related):
+		 * ICMP 3, 11, 12; ICMPv6 1-4. */
+		if (t->proto == IPPROTO_ICMP ? (ih.type == 3 || ih.type == 11 || ih.type == 12)
+					     : (ih.type >= 1 && ih.type <= 4))
+			t->icmp_err = 1;
 		break;
 	}
 	default:
@@ -164,6 +175,7 @@ static __always_inline void tuple_reset(struct tuple *t, __u8 family, __u8 proto
 	t->sport = t->dport = t->ct_sport = t->ct_dport = 0;
 	t->tcp_closing = 0;
 	t->tcp_flags = 0;
+	t->icmp_err = 0;
 }
 
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct tuple *t)

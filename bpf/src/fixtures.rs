@@ -704,6 +704,72 @@ fn ipv6_rows() -> Vec<Fixture> {
         verdict: shot,
         reason: Policy,
     });
+    // ICMP errors about a flow the endpoint has (RELATED): Packet Too Big
+    // from a router (world) quoting the endpoint's own SYN.
+    let quote6 = |sport| {
+        let p = tcp_syn6(EP_IP6, OTHER_IP6, sport, 443);
+        p[14..14 + 40 + 8].to_vec()
+    };
+    let ptb = |q: Vec<u8>| {
+        let mut m = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00]; // type 2, MTU 1280
+        m.extend(q);
+        Ip6::new(WORLD_IP6, EP_IP6, 58).packet(&m)
+    };
+    rows.push(Fixture {
+        name: "IPv6: Packet Too Big about an open flow passes (related)",
+        hook: To,
+        packet: ptb(quote6(40007)),
+        ep_flags: ENFORCED,
+        prime: vec![(From, tcp_syn6(EP_IP6, OTHER_IP6, 40007, 443))],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows.push(Fixture {
+        name: "IPv6: Packet Too Big about no flow is judged by policy",
+        hook: To,
+        packet: ptb(quote6(40007)),
+        ep_flags: ENFORCED,
+        prime: vec![],
+        verdict: shot,
+        reason: Policy,
+    });
+    rows.push(Fixture {
+        name: "IPv6: Packet Too Big quoting another port is judged by policy",
+        hook: To,
+        packet: ptb(quote6(40009)),
+        ep_flags: ENFORCED,
+        prime: vec![(From, tcp_syn6(EP_IP6, OTHER_IP6, 40008, 443))],
+        verdict: shot,
+        reason: Policy,
+    });
+    rows.push(Fixture {
+        name: "ICMP fragmentation needed about an open flow passes (related)",
+        hook: To,
+        packet: {
+            let q = tcp_syn(EP_IP, OTHER_IP, 40010, 443);
+            let mut m = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc]; // dest. unreachable, frag needed, MTU 1500
+            m.extend_from_slice(&q[14..14 + 20 + 8]);
+            Ip::new(WORLD_IP, EP_IP, 1).packet(&m)
+        },
+        ep_flags: ENFORCED,
+        prime: vec![(From, tcp_syn(EP_IP, OTHER_IP, 40010, 443))],
+        verdict: ok,
+        reason: Forwarded,
+    });
+    rows.push(Fixture {
+        name: "ICMP error with its quote cut short is judged by policy",
+        hook: To,
+        packet: {
+            let q = tcp_syn(EP_IP, OTHER_IP, 40011, 443);
+            let mut m = vec![3, 4, 0, 0, 0, 0, 0x05, 0xdc];
+            m.extend_from_slice(&q[14..14 + 20 + 2]);
+            Ip::new(WORLD_IP, EP_IP, 1).packet(&m)
+        },
+        ep_flags: ENFORCED,
+        prime: vec![(From, tcp_syn(EP_IP, OTHER_IP, 40011, 443))],
+        verdict: shot,
+        reason: Policy,
+    });
     rows.push(Fixture {
         name: "IPv6: unenforced direction passes without a rule",
         hook: To,

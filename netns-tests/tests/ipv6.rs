@@ -330,3 +330,42 @@ fn l7_http_rules_hold_over_ipv6() {
     node.kill_l7proxy();
     assert_eq!(web.http("GET", &format!("http://[{}]/api/status", api.v6())).0, 0, "an L7 rule bypassed over IPv6 with the proxy down");
 }
+
+/// Path MTU discovery through an enforced ingress, both families: the link
+/// to the world is narrower (1280) than the pods' (1500), so the node
+/// answers the pod's full-size segments with ICMPv6 Packet Too Big (ICMP
+/// fragmentation needed for IPv4). No rule allows those ICMP types in;
+/// they pass as errors about the pod's own flow (conntrack RELATED), the
+/// pod lowers its path MTU, and the transfer completes.
+#[test]
+fn path_mtu_discovery_works_through_an_enforced_ingress() {
+    let mut node = dual_node();
+    let mut world = node.world();
+    world.serve(&[80]);
+    // The node's side of the world link is 1280; the world sends at most
+    // that (its routes to the pods say so) but advertises a full-size MSS,
+    // as a far end behind a narrower hop would: the pod's segments are
+    // 1500 bytes and the node has to tell it.
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh(&["-n", &node.netns, "link", "set", "uplink0", "mtu", "1280"]);
+    sh(&["-n", &world.netns, "route", "change", "10.200.0.0/16", "via", "192.0.2.1", "mtu", "1280", "advmss", "1460"]);
+    sh(&["-n", &world.netns, "-6", "route", "change", POD_CIDR6, "via", &UPLINK_NODE_IP6.to_string(), "mtu", "1280", "advmss", "1440"]);
+    let app = node.pod("w/app", "app=app");
+    node.apply(
+        "app.yaml",
+        &format!(
+            "{CNP}  name: app\n  namespace: w\nspec:\n  endpointSelector: {{matchLabels: {{app: app}}}}\n  ingress:\n  - fromEndpoints: [{{matchLabels: {{app: nobody}}}}]\n  egress:\n  - toEntities: [world]\n    toPorts: [{{ports: [{{port: \"80\", protocol: TCP}}]}}]\n"
+        ),
+    );
+    let file = node.tmp.join("bulk.bin");
+    std::fs::write(&file, vec![b'x'; 20_000]).unwrap();
+    let probe = palisade_netns_tests::bin_dir().join("palisade-probe");
+    for target in [format!("[{WORLD_IP6}]:80"), format!("{}:80", world.ip)] {
+        let (_, out) = app.exec(&[probe.to_str().unwrap(), "send", &target, "--file", file.to_str().unwrap(), "--timeout-ms", "3000"]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or("{}")).unwrap_or_default();
+        assert_eq!(v["reply_bytes"], 20_000, "{target}: 20 000 bytes through a 1280-byte link came back: {out}");
+    }
+}
