@@ -42,6 +42,15 @@
 #define __always_inline inline __attribute__((always_inline))
 #endif
 
+/* Adds one to slot `idx` of a per-CPU array of __u64 counters. */
+#define PERCPU_COUNT(map, idx)                                   \
+	do {                                                     \
+		__u32 __k = (idx);                               \
+		__u64 *__v = bpf_map_lookup_elem(&(map), &__k); \
+		if (__v)                                         \
+			*__v += 1;                               \
+	} while (0)
+
 /* A single untorn read of a field another CPU (or userspace) may rewrite. */
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
 

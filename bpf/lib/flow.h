@@ -88,10 +88,7 @@ struct {
 
 static __always_inline void flow_stat(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&palisade_flow_stats_v1, &idx);
-
-	if (v)
-		*v += 1;
+	PERCPU_COUNT(palisade_flow_stats_v1, idx);
 }
 
 /* Returns the number suppressed since the last report, or -1 to stay quiet. */

@@ -110,10 +110,7 @@ struct {
 
 static __always_inline void exthdr_count(__u32 idx)
 {
-	__u64 *v = bpf_map_lookup_elem(&palisade_ip6_exthdr_v1, &idx);
-
-	if (v)
-		*v += 1;
+	PERCPU_COUNT(palisade_ip6_exthdr_v1, idx);
 }
 
 /* Reads the L4 ports (or ICMP type and echo id) at l4off, with l4len bytes

@@ -4,11 +4,7 @@
 //! (`node_id` ≠ 0) and never touches palisade-ctrl's (`node_id` 0); and
 //! conntrack, read (palisade-dnsproxy) and garbage-collected (palisade-ctrl's
 //! own thread) through its pin.
-use std::{
-    collections::HashSet,
-    net::{IpAddr, Ipv4Addr},
-    path::Path,
-};
+use std::{collections::HashSet, net::IpAddr, path::Path};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 
@@ -161,10 +157,6 @@ impl Ipcache {
         get(&m.0, abi::bytes_of(&maps::ipcache_host_key(ip)))
             .or_else(|| get(&m.1, abi::bytes_of(&maps::ipcache_lpm_key(ip, maps::max_prefix(ip)))))
             .unwrap_or(identity::WORLD)
-    }
-
-    pub fn identity_v4(&self, ip: Ipv4Addr) -> u32 {
-        self.identity(IpAddr::V4(ip))
     }
 }
 

@@ -42,10 +42,6 @@ pub struct Addrs {
 }
 
 impl Addrs {
-    pub fn v4(ip: Ipv4Addr) -> Self {
-        Self { v4: Some(ip), v6: None }
-    }
-
     /// Every address, IPv4 first.
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.v4.map(IpAddr::V4).into_iter().chain(self.v6.map(IpAddr::V6))

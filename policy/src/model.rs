@@ -223,11 +223,6 @@ impl Cidr {
         Ok(c)
     }
 
-    /// The prefix of one address (`/32` or `/128`).
-    pub fn host(ip: std::net::IpAddr) -> Self {
-        Cidr { net: ip, len: Self::max_len(ip) }
-    }
-
     /// 32 for IPv4, 128 for IPv6.
     pub fn max_len(ip: std::net::IpAddr) -> u8 {
         if ip.is_ipv4() {
