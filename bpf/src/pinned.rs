@@ -107,7 +107,7 @@ impl PinWatch {
 }
 
 /// The ipcache, looked up as the datapath does (host hash, then CIDR trie,
-/// else world). Reopens its maps when palisade-ctrl replaces them (checked
+/// else world of the family). Reopens its maps when palisade-ctrl replaces them (checked
 /// at most once a second, on lookup).
 pub struct Ipcache {
     maps: std::sync::RwLock<std::sync::Arc<(MapHandle, MapHandle)>>,
@@ -156,7 +156,8 @@ impl Ipcache {
         };
         get(&m.0, abi::bytes_of(&maps::ipcache_host_key(ip)))
             .or_else(|| get(&m.1, abi::bytes_of(&maps::ipcache_lpm_key(ip, maps::max_prefix(ip)))))
-            .unwrap_or(identity::WORLD)
+            // As the datapath (ipcache.h): world of the address's family.
+            .unwrap_or(if ip.is_ipv6() { identity::WORLD_IPV6 } else { identity::WORLD })
     }
 }
 
